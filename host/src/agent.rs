@@ -1,0 +1,214 @@
+//! The agent loop: one turn of a conversation, from a user message through model rounds and
+//! tool calls to the final reply, streamed as `RunEvent`s.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{AgentConfig, Config};
+use crate::dispatch::{Caller, Dispatcher, SessionSender};
+use crate::ids::SessionKey;
+use crate::metrics::Metrics;
+use crate::model::{ModelProvider, ModelRequest, Usage};
+use crate::scheduler::Scheduler;
+use crate::session::{Message, SessionStore, TenantSessions};
+
+/// Most transcript messages sent to the model as context.
+const MAX_CONTEXT_MESSAGES: usize = 200;
+
+/// What a client sees while a turn runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunEvent {
+    Delta(String),
+    ToolCall { id: String, name: String, arguments: serde_json::Value },
+    ToolResult { id: String, name: String, content: String, is_error: bool },
+}
+
+/// How a turn ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunOutcome {
+    /// The reply text, or a user-facing error message when `failed`.
+    pub text: String,
+    pub failed: bool,
+    pub usage: Usage,
+}
+
+/// Everything a run needs, shared by all front doors.
+pub struct Runtime {
+    pub config: Arc<Config>,
+    pub providers: BTreeMap<String, Arc<dyn ModelProvider>>,
+    pub dispatcher: Dispatcher,
+    pub store: Arc<dyn SessionStore>,
+    pub scheduler: Scheduler,
+    pub metrics: Metrics,
+    /// Runs in flight (spawned so a client that disconnects never loses its turn).
+    pub tasks: TaskTracker,
+}
+
+impl Runtime {
+    /// The tenant-bound session handle for an agent.
+    pub fn sessions_for(&self, agent: &AgentConfig) -> TenantSessions {
+        TenantSessions::new(agent.tenant.clone(), self.store.clone())
+    }
+
+    /// Starts a turn in the background and returns its event stream and outcome. The turn runs
+    /// to completion (and is stored) even if the caller stops listening.
+    pub fn spawn_turn(
+        self: &Arc<Self>,
+        agent: AgentConfig,
+        session: SessionKey,
+        text: String,
+    ) -> (mpsc::Receiver<RunEvent>, tokio::sync::oneshot::Receiver<RunOutcome>) {
+        let (tx, rx) = mpsc::channel(256);
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let rt = self.clone();
+        self.tasks.spawn(async move {
+            let outcome = rt.run_turn(&agent, &session, text, &tx, false).await;
+            let _ = done_tx.send(outcome);
+        });
+        (rx, done_rx)
+    }
+
+    /// Runs one turn: waits for the session, stores the user message, then alternates model
+    /// rounds and tool calls until the model answers without tools or the round limit is hit.
+    pub async fn run_turn(
+        self: &Arc<Self>,
+        agent: &AgentConfig,
+        session: &SessionKey,
+        text: String,
+        events: &mpsc::Sender<RunEvent>,
+        started_by_send: bool,
+    ) -> RunOutcome {
+        let _permit = self.scheduler.acquire(session).await;
+        let sessions = self.sessions_for(agent);
+        self.metrics.run_started(&agent.tenant);
+        let user = Message::User { text };
+        // The accepted message is stored before anything can fail, so it is never lost.
+        if let Err(e) = sessions.append(session, std::slice::from_ref(&user)).await {
+            tracing::error!(tenant = %agent.tenant, error = %e, "Cannot store user message.");
+            return self.failed(agent, "The conversation could not be saved. Please try again.");
+        }
+        let Some(provider) = self.providers.get(&agent.model.provider) else {
+            return self.failed(agent, "The model service is not available for this assistant.");
+        };
+        let mut context = match sessions.history(session, Some(MAX_CONTEXT_MESSAGES)).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(tenant = %agent.tenant, error = %e, "Cannot read session history.");
+                return self.failed(agent, "The conversation could not be loaded. Please try again.");
+            }
+        };
+        let tools = self.dispatcher.offered(agent);
+        let sender = RunSender { rt: self.clone(), agent: agent.clone() };
+        let caller = Caller { agent, sessions: &sessions, session, started_by_send, sender: &sender };
+        let mut usage = Usage::default();
+        for _round in 0..agent.max_tool_rounds {
+            let req = ModelRequest {
+                model: agent.model.model.clone(),
+                system: agent.system_prompt.clone(),
+                messages: context.clone(),
+                tools: tools.clone(),
+            };
+            let (dtx, mut drx) = mpsc::channel::<String>(64);
+            let forward = {
+                let events = events.clone();
+                async move {
+                    while let Some(d) = drx.recv().await {
+                        let _ = events.send(RunEvent::Delta(d)).await;
+                    }
+                }
+            };
+            let call = async {
+                let reply = provider.complete(&req, &dtx).await;
+                drop(dtx);
+                reply
+            };
+            let (reply, ()) = tokio::join!(call, forward);
+            let reply = match reply {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(tenant = %agent.tenant, agent = %agent.id, provider = %agent.model.provider, error = %e, "Model call failed.");
+                    return self.failed(agent, e.user_message());
+                }
+            };
+            usage.input_tokens += reply.usage.input_tokens;
+            usage.output_tokens += reply.usage.output_tokens;
+            if reply.tool_calls.is_empty() {
+                let msg = Message::Assistant { text: reply.text.clone(), tool_calls: Vec::new() };
+                if let Err(e) = sessions.append(session, &[msg]).await {
+                    tracing::error!(tenant = %agent.tenant, error = %e, "Cannot store reply.");
+                }
+                return RunOutcome { text: reply.text, failed: false, usage };
+            }
+            let assistant = Message::Assistant { text: reply.text.clone(), tool_calls: reply.tool_calls.clone() };
+            let mut new = vec![assistant];
+            for call in &reply.tool_calls {
+                let _ = events
+                    .send(RunEvent::ToolCall {
+                        id: call.id.clone(),
+                        name: call.name.clone(),
+                        arguments: call.arguments.clone(),
+                    })
+                    .await;
+                let out = self.dispatcher.dispatch(&caller, call).await;
+                self.metrics.tool_call(&agent.tenant, !out.is_error);
+                let _ = events
+                    .send(RunEvent::ToolResult {
+                        id: call.id.clone(),
+                        name: call.name.clone(),
+                        content: out.text.clone(),
+                        is_error: out.is_error,
+                    })
+                    .await;
+                new.push(Message::ToolResult {
+                    call_id: call.id.clone(),
+                    name: call.name.clone(),
+                    content: out.text,
+                    is_error: out.is_error,
+                });
+            }
+            if let Err(e) = sessions.append(session, &new).await {
+                tracing::error!(tenant = %agent.tenant, error = %e, "Cannot store tool round.");
+                return self.failed(agent, "The conversation could not be saved. Please try again.");
+            }
+            context.extend(new);
+        }
+        let text = format!("Stopped after {} tool rounds without a final answer.", agent.max_tool_rounds);
+        let _ = sessions.append(session, &[Message::Assistant { text: text.clone(), tool_calls: Vec::new() }]).await;
+        RunOutcome { text, failed: false, usage }
+    }
+
+    fn failed(&self, agent: &AgentConfig, message: &str) -> RunOutcome {
+        self.metrics.run_failed(&agent.tenant);
+        RunOutcome { text: message.to_string(), failed: true, usage: Usage::default() }
+    }
+}
+
+/// `sessions_send` starts a turn of the target session's agent, in the same tenant.
+struct RunSender {
+    rt: Arc<Runtime>,
+    agent: AgentConfig,
+}
+
+#[async_trait::async_trait]
+impl SessionSender for RunSender {
+    async fn send(&self, target: SessionKey, message: String) -> Result<(), String> {
+        let agent = self
+            .rt
+            .config
+            .agent(target.agent())
+            .filter(|a| a.tenant == self.agent.tenant)
+            .cloned()
+            .ok_or_else(|| "session not found".to_string())?;
+        let rt = self.rt.clone();
+        self.rt.tasks.spawn(async move {
+            // Nobody watches this turn live; its events are drained and its reply is stored.
+            let (tx, mut rx) = mpsc::channel(16);
+            tokio::spawn(async move { while rx.recv().await.is_some() {} });
+            rt.run_turn(&agent, &target, message, &tx, true).await;
+        });
+        Ok(())
+    }
+}

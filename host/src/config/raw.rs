@@ -1,0 +1,305 @@
+//! The config file as written: JSON5, camelCase, every struct closed to unknown keys.
+//!
+//! Nothing here is trusted or cross-checked; `validate` turns a `RawConfig` into a `Config`.
+//! The shape is a compatible superset of OpenClaw's (`agents.list`, `bindings`, `channels`,
+//! `sandbox.mode/scope`, `tools.allow/deny`), so an OpenClaw operator's config reads naturally.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::secret::SecretRef;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(rename = "$schema")]
+    pub schema: Option<String>,
+    pub gateway: Option<RawGateway>,
+    pub state_dir: Option<String>,
+    pub models: Option<RawModels>,
+    pub tenants: Option<Vec<RawTenant>>,
+    pub agents: Option<RawAgents>,
+    pub bindings: Option<Vec<RawBinding>>,
+    pub channels: Option<RawChannels>,
+    /// The global tool-policy layer.
+    pub tools: Option<RawToolPolicy>,
+    pub logging: Option<RawLogging>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawGateway {
+    pub bind: Option<String>,
+    /// Largest accepted HTTP request body.
+    pub max_body_bytes: Option<u64>,
+    /// How long in-flight runs may take to finish after SIGTERM.
+    pub shutdown_grace_sec: Option<u64>,
+    /// Tokens for `/metrics` and, later, `/admin/`.
+    pub operators: Option<Vec<RawOperator>>,
+    pub auth: Option<RawAuthThrottle>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawOperator {
+    pub id: Option<String>,
+    pub token: Option<SecretRef>,
+    pub role: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawAuthThrottle {
+    pub max_failures: Option<u32>,
+    pub window_sec: Option<u64>,
+    pub lockout_sec: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawLogging {
+    /// `text` (default) or `json`.
+    pub format: Option<String>,
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawModels {
+    pub providers: Option<BTreeMap<String, RawProvider>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawProvider {
+    /// `openai`, `anthropic` or `scripted`.
+    pub api: Option<String>,
+    pub base_url: Option<String>,
+    pub api_key: Option<SecretRef>,
+    pub timeout_sec: Option<u64>,
+    pub max_tokens: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawTenant {
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub api_tokens: Option<Vec<SecretRef>>,
+    pub tools: Option<RawToolPolicy>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawAgents {
+    pub defaults: Option<RawAgentDefaults>,
+    pub list: Option<Vec<RawAgent>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawAgentDefaults {
+    pub model: Option<String>,
+    /// Global cap on concurrent runs (OpenClaw's main lane).
+    pub max_concurrent: Option<u32>,
+    pub max_tool_rounds: Option<u32>,
+    pub system_prompt: Option<String>,
+    pub sandbox: Option<RawSandbox>,
+    pub tools: Option<RawToolPolicy>,
+    pub workspace: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawAgent {
+    pub id: Option<String>,
+    pub tenant: Option<String>,
+    pub default: Option<bool>,
+    pub name: Option<String>,
+    pub workspace: Option<String>,
+    pub model: Option<String>,
+    pub system_prompt: Option<String>,
+    pub max_tool_rounds: Option<u32>,
+    pub identity: Option<RawIdentity>,
+    pub sandbox: Option<RawSandbox>,
+    pub tools: Option<RawToolPolicy>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawIdentity {
+    pub name: Option<String>,
+    pub emoji: Option<String>,
+    pub avatar: Option<String>,
+    pub theme: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawSandbox {
+    /// `off` | `non-main` | `all`.
+    pub mode: Option<String>,
+    /// `session` | `agent` | `shared` (shared within one tenant, never across tenants).
+    pub scope: Option<String>,
+    /// `wasm` | `docker`.
+    pub backend: Option<String>,
+    /// `none` | `ro` | `rw`.
+    pub workspace_access: Option<String>,
+    pub docker: Option<RawDockerSandbox>,
+    pub wasm: Option<RawWasmSandbox>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawDockerSandbox {
+    pub image: Option<String>,
+    pub network: Option<String>,
+    pub user: Option<String>,
+    pub read_only_root: Option<bool>,
+    pub tmpfs: Option<Vec<String>>,
+    pub cap_drop: Option<Vec<String>>,
+    pub env: Option<BTreeMap<String, String>>,
+    pub pids_limit: Option<i64>,
+    pub memory: Option<String>,
+    pub memory_swap: Option<String>,
+    pub cpus: Option<f64>,
+    pub ulimits: Option<serde_json::Map<String, serde_json::Value>>,
+    pub seccomp_profile: Option<String>,
+    pub apparmor_profile: Option<String>,
+    pub runtime: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawWasmSandbox {
+    pub fuel: Option<u64>,
+    pub memory_mb: Option<u64>,
+    pub timeout_sec: Option<u64>,
+    pub disk_quota_mb: Option<u64>,
+}
+
+/// One tool-policy layer: `allow` (non-empty = only these), `deny` (always wins).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawToolPolicy {
+    pub allow: Option<Vec<String>>,
+    pub deny: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawBinding {
+    pub agent_id: Option<String>,
+    pub comment: Option<String>,
+    #[serde(rename = "match")]
+    pub match_: Option<RawMatch>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawMatch {
+    pub channel: Option<String>,
+    pub account_id: Option<String>,
+    pub peer: Option<RawPeer>,
+    pub guild_id: Option<String>,
+    pub team_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawPeer {
+    pub kind: Option<String>,
+    pub id: Option<String>,
+}
+
+/// Every channel the seed lists. Only those with an adapter in this build can be started; the
+/// others validate so that an operator's config checks clean before the adapter lands.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawChannels {
+    pub defaults: Option<RawChannelDefaults>,
+    pub discord: Option<RawChannel>,
+    pub slack: Option<RawChannel>,
+    pub telegram: Option<RawChannel>,
+    pub whatsapp: Option<RawChannel>,
+    pub signal: Option<RawChannel>,
+    pub imessage: Option<RawChannel>,
+    pub webchat: Option<RawWebchat>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawChannelDefaults {
+    pub dm_policy: Option<String>,
+    pub group_policy: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawWebchat {
+    pub enabled: Option<bool>,
+}
+
+/// The fields chat channels share (OpenClaw's vocabulary), plus each platform's credentials.
+/// Platform-specific keys on the wrong platform are rejected in validation, naming the platform.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawChannel {
+    pub enabled: Option<bool>,
+    pub dm_policy: Option<String>,
+    pub allow_from: Option<Vec<String>>,
+    pub group_policy: Option<String>,
+    pub group_allow_from: Option<Vec<String>>,
+    pub require_mention: Option<bool>,
+    pub text_chunk_limit: Option<u32>,
+    pub history_limit: Option<u32>,
+    pub default_account: Option<String>,
+    pub accounts: Option<BTreeMap<String, RawChannel>>,
+    // Credentials and endpoints.
+    pub token: Option<SecretRef>,
+    pub bot_token: Option<SecretRef>,
+    pub app_token: Option<SecretRef>,
+    pub signing_secret: Option<SecretRef>,
+    pub api_url: Option<String>,
+    pub webhook_url: Option<String>,
+    pub webhook_secret: Option<SecretRef>,
+    /// Slack: `socket` | `http`.
+    pub mode: Option<String>,
+    /// Signal: the account's number; iMessage/Signal: helper binaries and endpoints.
+    pub account: Option<String>,
+    pub cli_path: Option<String>,
+    pub http_url: Option<String>,
+    pub db_path: Option<String>,
+    // Where conversations are allowed.
+    pub guilds: Option<BTreeMap<String, RawGuild>>,
+    pub groups: Option<BTreeMap<String, RawGroup>>,
+    pub channels: Option<BTreeMap<String, RawRoom>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawGuild {
+    pub slug: Option<String>,
+    pub require_mention: Option<bool>,
+    pub users: Option<Vec<String>>,
+    pub roles: Option<Vec<String>>,
+    pub channels: Option<BTreeMap<String, RawRoom>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawRoom {
+    pub allow: Option<bool>,
+    pub require_mention: Option<bool>,
+    pub users: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawGroup {
+    pub enabled: Option<bool>,
+    pub require_mention: Option<bool>,
+    pub allow_from: Option<Vec<String>>,
+    pub tools: Option<RawToolPolicy>,
+}

@@ -1,0 +1,900 @@
+//! Stage two: `RawConfig` → `Config`, with defaults applied and every cross-reference checked.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::ConfigError;
+use super::raw::*;
+use super::secret::SecretRef;
+use crate::ids::{AgentId, PeerKind, TenantId, validate_peer};
+use crate::tools::parse_policy_name;
+
+/// A checked config. Internal: not `Serialize`, and secrets are still references.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Folder that relative paths (secret files, `stateDir`) resolve against.
+    pub base_dir: PathBuf,
+    pub gateway: GatewayConfig,
+    pub logging: LoggingConfig,
+    pub state_dir: PathBuf,
+    pub providers: BTreeMap<String, ProviderConfig>,
+    pub tenants: BTreeMap<TenantId, TenantConfig>,
+    /// In declaration order.
+    pub agents: Vec<AgentConfig>,
+    pub default_agent: Option<AgentId>,
+    pub bindings: Vec<Binding>,
+    pub channels: ChannelsConfig,
+    /// The global tool-policy layer.
+    pub tools: ToolLayer,
+    pub max_concurrent: usize,
+    /// Things that load but deserve the operator's attention (literal secrets, ...).
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    pub fn agent(&self, id: &AgentId) -> Option<&AgentConfig> {
+        self.agents.iter().find(|a| &a.id == id)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub bind: SocketAddr,
+    pub max_body_bytes: usize,
+    pub shutdown_grace: Duration,
+    pub operators: Vec<OperatorConfig>,
+    pub auth_max_failures: u32,
+    pub auth_window: Duration,
+    pub auth_lockout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperatorRole {
+    Admin,
+    Operator,
+    Auditor,
+}
+
+#[derive(Debug, Clone)]
+pub struct OperatorConfig {
+    pub id: String,
+    pub token: SecretRef,
+    pub role: OperatorRole,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoggingConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderApi {
+    OpenAi,
+    Anthropic,
+    Scripted,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub api: ProviderApi,
+    pub base_url: String,
+    pub api_key: Option<SecretRef>,
+    pub timeout: Duration,
+    pub max_tokens: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct TenantConfig {
+    pub id: TenantId,
+    pub name: String,
+    pub api_tokens: Vec<SecretRef>,
+    pub tools: ToolLayer,
+    /// Declared in `tenants` (rather than implied by an agent without a `tenant` key).
+    pub explicit: bool,
+}
+
+/// One layer of tool policy as written (names validated, not yet expanded).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ToolLayer {
+    pub allow: Option<Vec<String>>,
+    pub deny: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelRef {
+    pub provider: String,
+    pub model: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    pub name: Option<String>,
+    pub emoji: Option<String>,
+    pub avatar: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub id: AgentId,
+    pub tenant: TenantId,
+    pub display_name: String,
+    pub identity: Identity,
+    pub model: ModelRef,
+    pub system_prompt: Option<String>,
+    pub max_tool_rounds: u32,
+    pub workspace: Option<PathBuf>,
+    pub sandbox: SandboxConfig,
+    pub tools: ToolLayer,
+    pub defaults_tools: ToolLayer,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxMode {
+    Off,
+    NonMain,
+    All,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SandboxScope {
+    Session,
+    Agent,
+    Shared,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxBackend {
+    Wasm,
+    Docker,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum WorkspaceAccess {
+    None,
+    Ro,
+    Rw,
+}
+
+#[derive(Debug, Clone)]
+pub struct WasmSettings {
+    pub fuel: u64,
+    pub memory_bytes: u64,
+    pub timeout: Duration,
+    pub disk_quota_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    pub mode: SandboxMode,
+    pub scope: SandboxScope,
+    pub backend: SandboxBackend,
+    pub workspace_access: WorkspaceAccess,
+    pub wasm: WasmSettings,
+    /// Kept as written; the Docker backend owns its interpretation.
+    pub docker: DockerSettings,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DockerSettings {
+    pub image: Option<String>,
+    pub network: Option<String>,
+    pub user: Option<String>,
+    pub pids_limit: Option<i64>,
+    pub memory: Option<String>,
+    pub cpus: Option<f64>,
+    pub runtime: Option<String>,
+    pub seccomp_profile: Option<String>,
+}
+
+/// Routes inbound chat traffic to an agent. Most specific wins: peer > guild/team > account > channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    pub agent: AgentId,
+    pub channel: String,
+    pub account_id: Option<String>,
+    pub peer: Option<(PeerKind, String)>,
+    pub guild_id: Option<String>,
+    pub team_id: Option<String>,
+}
+
+impl Binding {
+    /// Higher is more specific.
+    pub fn specificity(&self) -> u8 {
+        if self.peer.is_some() {
+            3
+        } else if self.guild_id.is_some() || self.team_id.is_some() {
+            2
+        } else if self.account_id.is_some() {
+            1
+        } else {
+            0
+        }
+    }
+}
+
+/// Chat channels present in the config. Adapters read their own block.
+#[derive(Debug, Clone, Default)]
+pub struct ChannelsConfig {
+    /// Enabled chat channels, by name.
+    pub enabled: Vec<&'static str>,
+    pub webchat_enabled: bool,
+    /// Accounts per channel (the implicit `default` account when none are listed).
+    pub accounts: BTreeMap<&'static str, BTreeSet<String>>,
+}
+
+/// Names of chat channels the schema knows.
+pub const CHANNELS: [&str; 7] = ["discord", "slack", "telegram", "whatsapp", "signal", "imessage", "webchat"];
+
+/// Chat channels with an adapter in this build. `serve` refuses to start any other.
+pub const BUILT_CHANNELS: [&str; 1] = ["webchat"];
+
+const DEFAULT_BIND: &str = "127.0.0.1:7878";
+
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError { path: path.into(), line: None, column: None, message: message.into() });
+    }
+}
+
+fn one_of<T: Copy>(errs: &mut Errors, path: &str, raw: Option<&str>, default: T, choices: &[(&str, T)]) -> T {
+    let Some(raw) = raw else { return default };
+    match choices.iter().find(|(name, _)| *name == raw) {
+        Some((_, v)) => *v,
+        None => {
+            let names: Vec<_> = choices.iter().map(|(n, _)| format!("{n:?}")).collect();
+            errs.push(path, format!("invalid value {raw:?}: expected one of {}", names.join(", ")));
+            default
+        }
+    }
+}
+
+fn tool_layer(errs: &mut Errors, path: &str, raw: Option<&RawToolPolicy>) -> ToolLayer {
+    let Some(raw) = raw else { return ToolLayer::default() };
+    let mut check = |list: &Option<Vec<String>>, key: &str| {
+        for (i, name) in list.iter().flatten().enumerate() {
+            if let Err(e) = parse_policy_name(name) {
+                errs.push(format!("{path}.{key}[{i}]"), e);
+            }
+        }
+    };
+    check(&raw.allow, "allow");
+    check(&raw.deny, "deny");
+    ToolLayer { allow: raw.allow.clone(), deny: raw.deny.clone().unwrap_or_default() }
+}
+
+fn secret(errs: &mut Errors, warnings: &mut Vec<String>, path: &str, s: &SecretRef) {
+    let _ = errs;
+    if s.is_literal() {
+        warnings.push(format!("{path}: literal secret in the config; use {{ env: \"NAME\" }} or {{ file: \"PATH\" }}"));
+    }
+}
+
+/// Checks a raw config and applies defaults. `base` resolves relative paths.
+pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>> {
+    let mut errs = Errors(Vec::new());
+    let mut warnings = Vec::new();
+
+    // gateway
+    let g = raw.gateway.unwrap_or_default();
+    let bind_text = g.bind.as_deref().unwrap_or(DEFAULT_BIND);
+    let bind = match bind_text {
+        "loopback" => DEFAULT_BIND.parse().ok(),
+        other => other.parse::<SocketAddr>().ok(),
+    };
+    let bind = bind.unwrap_or_else(|| {
+        errs.push(
+            "gateway.bind",
+            format!("invalid address {bind_text:?}: expected IP:PORT such as \"127.0.0.1:7878\""),
+        );
+        DEFAULT_BIND.parse().expect("default bind parses")
+    });
+    let mut operators = Vec::new();
+    for (i, op) in g.operators.iter().flatten().enumerate() {
+        let path = format!("gateway.operators[{i}]");
+        let role = one_of(
+            &mut errs,
+            &format!("{path}.role"),
+            op.role.as_deref(),
+            OperatorRole::Operator,
+            &[("admin", OperatorRole::Admin), ("operator", OperatorRole::Operator), ("auditor", OperatorRole::Auditor)],
+        );
+        let id = op.id.clone().unwrap_or_else(|| {
+            errs.push(format!("{path}.id"), "missing key");
+            String::new()
+        });
+        match &op.token {
+            Some(t) => {
+                secret(&mut errs, &mut warnings, &format!("{path}.token"), t);
+                operators.push(OperatorConfig { id, token: t.clone(), role });
+            }
+            None => errs.push(format!("{path}.token"), "missing key"),
+        }
+    }
+    let auth = g.auth.unwrap_or_default();
+    let max_body_bytes = g.max_body_bytes.unwrap_or(1 << 20);
+    if !(1024..=64 << 20).contains(&max_body_bytes) {
+        errs.push("gateway.maxBodyBytes", "must be between 1024 and 67108864");
+    }
+    let gateway = GatewayConfig {
+        bind,
+        max_body_bytes: max_body_bytes as usize,
+        shutdown_grace: Duration::from_secs(g.shutdown_grace_sec.unwrap_or(10)),
+        operators,
+        auth_max_failures: auth.max_failures.unwrap_or(10).max(1),
+        auth_window: Duration::from_secs(auth.window_sec.unwrap_or(60).max(1)),
+        auth_lockout: Duration::from_secs(auth.lockout_sec.unwrap_or(300)),
+    };
+
+    let l = raw.logging.unwrap_or_default();
+    let logging = LoggingConfig {
+        format: one_of(
+            &mut errs,
+            "logging.format",
+            l.format.as_deref(),
+            LogFormat::Text,
+            &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+        ),
+        level: l.level.unwrap_or_else(|| "info".into()),
+    };
+
+    let state_dir = base.join(raw.state_dir.as_deref().unwrap_or(".bulkhead"));
+
+    // models
+    let mut providers = BTreeMap::new();
+    for (name, p) in raw.models.and_then(|m| m.providers).unwrap_or_default() {
+        let path = format!("models.providers.{name}");
+        if name.is_empty() || name.contains('/') {
+            errs.push(&path, "provider names may not be empty or contain '/'");
+        }
+        let api = match p.api.as_deref() {
+            None => {
+                errs.push(format!("{path}.api"), "missing key (\"openai\", \"anthropic\" or \"scripted\")");
+                ProviderApi::Scripted
+            }
+            Some(a) => one_of(
+                &mut errs,
+                &format!("{path}.api"),
+                Some(a),
+                ProviderApi::Scripted,
+                &[
+                    ("openai", ProviderApi::OpenAi),
+                    ("anthropic", ProviderApi::Anthropic),
+                    ("scripted", ProviderApi::Scripted),
+                ],
+            ),
+        };
+        let default_url = match api {
+            ProviderApi::OpenAi => "https://api.openai.com/v1",
+            ProviderApi::Anthropic => "https://api.anthropic.com/v1",
+            ProviderApi::Scripted => "",
+        };
+        let base_url = p.base_url.clone().unwrap_or_else(|| default_url.to_string());
+        if api != ProviderApi::Scripted && !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+            errs.push(format!("{path}.baseUrl"), format!("invalid URL {base_url:?}: expected http:// or https://"));
+        }
+        if let Some(k) = &p.api_key {
+            secret(&mut errs, &mut warnings, &format!("{path}.apiKey"), k);
+        }
+        providers.insert(
+            name.clone(),
+            ProviderConfig {
+                name,
+                api,
+                base_url: base_url.trim_end_matches('/').to_string(),
+                api_key: p.api_key,
+                timeout: Duration::from_secs(p.timeout_sec.unwrap_or(120).max(1)),
+                max_tokens: p.max_tokens.unwrap_or(4096),
+            },
+        );
+    }
+    if providers.is_empty() {
+        // With no providers configured, the offline scripted provider is the one model there is.
+        providers.insert(
+            "scripted".into(),
+            ProviderConfig {
+                name: "scripted".into(),
+                api: ProviderApi::Scripted,
+                base_url: String::new(),
+                api_key: None,
+                timeout: Duration::from_secs(30),
+                max_tokens: 4096,
+            },
+        );
+    }
+
+    // global tools
+    let tools = tool_layer(&mut errs, "tools", raw.tools.as_ref());
+
+    // tenants
+    let mut tenants = BTreeMap::new();
+    for (i, t) in raw.tenants.iter().flatten().enumerate() {
+        let path = format!("tenants[{i}]");
+        let Some(id_raw) = &t.id else {
+            errs.push(format!("{path}.id"), "missing key");
+            continue;
+        };
+        let id = match TenantId::parse(id_raw) {
+            Ok(id) => id,
+            Err(e) => {
+                errs.push(format!("{path}.id"), e);
+                continue;
+            }
+        };
+        for (j, tok) in t.api_tokens.iter().flatten().enumerate() {
+            secret(&mut errs, &mut warnings, &format!("{path}.apiTokens[{j}]"), tok);
+        }
+        let layer = tool_layer(&mut errs, &format!("{path}.tools"), t.tools.as_ref());
+        if tenants.contains_key(&id) {
+            errs.push(format!("{path}.id"), format!("duplicate tenant id {:?}", id.as_str()));
+            continue;
+        }
+        tenants.insert(
+            id.clone(),
+            TenantConfig {
+                name: t.name.clone().unwrap_or_else(|| id.to_string()),
+                id,
+                api_tokens: t.api_tokens.clone().unwrap_or_default(),
+                tools: layer,
+                explicit: true,
+            },
+        );
+    }
+
+    // agents
+    let agents_raw = raw.agents.unwrap_or_default();
+    let defaults = agents_raw.defaults.unwrap_or_default();
+    let default_model = defaults.model.clone();
+    let max_concurrent = defaults.max_concurrent.unwrap_or(4);
+    if max_concurrent == 0 || max_concurrent > 1024 {
+        errs.push("agents.defaults.maxConcurrent", "must be between 1 and 1024");
+    }
+    let defaults_tools = tool_layer(&mut errs, "agents.defaults.tools", defaults.tools.as_ref());
+    let mut agents: Vec<AgentConfig> = Vec::new();
+    let mut default_agent = None;
+    for (i, a) in agents_raw.list.iter().flatten().enumerate() {
+        let path = format!("agents.list[{i}]");
+        let Some(id_raw) = &a.id else {
+            errs.push(format!("{path}.id"), "missing key");
+            continue;
+        };
+        let id = match AgentId::parse(id_raw) {
+            Ok(id) => id,
+            Err(e) => {
+                errs.push(format!("{path}.id"), e);
+                continue;
+            }
+        };
+        if agents.iter().any(|x| x.id == id) {
+            errs.push(format!("{path}.id"), format!("duplicate agent id {:?}", id.as_str()));
+            continue;
+        }
+        let tenant = match &a.tenant {
+            Some(t) => match TenantId::parse(t) {
+                Ok(t) if tenants.get(&t).is_some_and(|x: &TenantConfig| x.explicit) => t,
+                Ok(t) => {
+                    errs.push(
+                        format!("{path}.tenant"),
+                        format!("unknown tenant {:?} (declare it in tenants)", t.as_str()),
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    errs.push(format!("{path}.tenant"), e);
+                    continue;
+                }
+            },
+            // An agent without a tenant is its own tenant, so single-tenant configs need no new keys.
+            None => {
+                let t = TenantId::parse(id.as_str()).expect("agent ids are valid tenant ids");
+                if tenants.get(&t).is_some_and(|x| x.explicit) {
+                    errs.push(
+                        format!("{path}.tenant"),
+                        format!(
+                            "agent {:?} has no tenant key but a declared tenant has its id; set tenant explicitly",
+                            id.as_str()
+                        ),
+                    );
+                    continue;
+                }
+                tenants.entry(t.clone()).or_insert_with(|| TenantConfig {
+                    id: t.clone(),
+                    name: t.to_string(),
+                    api_tokens: Vec::new(),
+                    tools: ToolLayer::default(),
+                    explicit: false,
+                });
+                t
+            }
+        };
+        let model_text = a.model.clone().or_else(|| default_model.clone()).unwrap_or_else(|| {
+            if providers.contains_key("scripted") { "scripted/scripted".into() } else { String::new() }
+        });
+        let model = match model_text.split_once('/') {
+            Some((p, m)) if providers.contains_key(p) && !m.is_empty() => {
+                ModelRef { provider: p.into(), model: m.into() }
+            }
+            Some((p, _)) if !providers.contains_key(p) => {
+                errs.push(format!("{path}.model"), format!("unknown provider {p:?} in model {model_text:?}"));
+                ModelRef { provider: p.into(), model: String::new() }
+            }
+            _ => {
+                errs.push(
+                    format!("{path}.model"),
+                    format!("invalid model {model_text:?}: expected \"provider/model\""),
+                );
+                ModelRef { provider: String::new(), model: String::new() }
+            }
+        };
+        let sandbox = sandbox_config(&mut errs, &path, defaults.sandbox.as_ref(), a.sandbox.as_ref());
+        let layer = tool_layer(&mut errs, &format!("{path}.tools"), a.tools.as_ref());
+        let identity = a.identity.as_ref().map(|i| Identity {
+            name: i.name.clone(),
+            emoji: i.emoji.clone(),
+            avatar: i.avatar.clone(),
+        });
+        let identity = identity.unwrap_or_default();
+        let display_name = identity.name.clone().or_else(|| a.name.clone()).unwrap_or_else(|| id.to_string());
+        if a.default == Some(true) {
+            if default_agent.is_some() {
+                errs.push(format!("{path}.default"), "more than one agent has default: true");
+            } else {
+                default_agent = Some(id.clone());
+            }
+        }
+        let rounds = a.max_tool_rounds.or(defaults.max_tool_rounds).unwrap_or(8);
+        if rounds == 0 || rounds > 64 {
+            errs.push(format!("{path}.maxToolRounds"), "must be between 1 and 64");
+        }
+        agents.push(AgentConfig {
+            id,
+            tenant,
+            display_name,
+            identity,
+            model,
+            system_prompt: a.system_prompt.clone().or_else(|| defaults.system_prompt.clone()),
+            max_tool_rounds: rounds,
+            workspace: a.workspace.as_ref().or(defaults.workspace.as_ref()).map(PathBuf::from),
+            sandbox,
+            tools: layer,
+            defaults_tools: defaults_tools.clone(),
+        });
+    }
+    for t in tenants.values() {
+        if t.explicit && !agents.iter().any(|a| a.tenant == t.id) {
+            warnings.push(format!("tenant {:?} has no agents", t.id.as_str()));
+        }
+    }
+
+    // channels
+    let channels = channels_config(&mut errs, &mut warnings, raw.channels.unwrap_or_default());
+
+    // bindings
+    let mut bindings: Vec<Binding> = Vec::new();
+    for (i, b) in raw.bindings.iter().flatten().enumerate() {
+        let path = format!("bindings[{i}]");
+        let agent = match b.agent_id.as_deref().map(AgentId::parse) {
+            None => {
+                errs.push(format!("{path}.agentId"), "missing key");
+                continue;
+            }
+            Some(Err(e)) => {
+                errs.push(format!("{path}.agentId"), e);
+                continue;
+            }
+            Some(Ok(a)) if agents.iter().any(|x| x.id == a) => a,
+            Some(Ok(a)) => {
+                errs.push(format!("{path}.agentId"), format!("unknown agent {:?}", a.as_str()));
+                continue;
+            }
+        };
+        let Some(m) = &b.match_ else {
+            errs.push(format!("{path}.match"), "missing key");
+            continue;
+        };
+        let Some(channel) = m.channel.as_deref() else {
+            errs.push(format!("{path}.match.channel"), "missing key");
+            continue;
+        };
+        let Some(channel) = CHANNELS.iter().find(|c| **c == channel).copied() else {
+            errs.push(
+                format!("{path}.match.channel"),
+                format!("unknown channel {channel:?}: expected one of {}", CHANNELS.join(", ")),
+            );
+            continue;
+        };
+        if channel == "webchat" {
+            errs.push(
+                format!("{path}.match.channel"),
+                "the web chat is routed by tenant token and agent id, not by bindings; this binding can never match",
+            );
+            continue;
+        }
+        if !channels.enabled.contains(&channel) {
+            errs.push(
+                format!("{path}.match.channel"),
+                format!("channel {channel:?} is not configured or is disabled, so this binding can never match"),
+            );
+        }
+        if let Some(acc) = &m.account_id
+            && acc != "*"
+            && channels.accounts.get(channel).is_some_and(|set| !set.contains(acc))
+        {
+            errs.push(
+                format!("{path}.match.accountId"),
+                format!("channel {channel:?} has no account {acc:?}, so this binding can never match"),
+            );
+        }
+        if m.guild_id.is_some() && channel != "discord" {
+            errs.push(format!("{path}.match.guildId"), format!("guildId applies to discord only, not {channel:?}"));
+        }
+        if m.team_id.is_some() && channel != "slack" {
+            errs.push(format!("{path}.match.teamId"), format!("teamId applies to slack only, not {channel:?}"));
+        }
+        let peer = match &m.peer {
+            None => None,
+            Some(p) => {
+                let kind = match p.kind.as_deref().map(|k| (k, PeerKind::parse(k))) {
+                    Some((_, Some(k))) => Some(k),
+                    Some((k, None)) => {
+                        errs.push(
+                            format!("{path}.match.peer.kind"),
+                            format!("invalid value {k:?}: expected \"direct\", \"group\" or \"channel\""),
+                        );
+                        None
+                    }
+                    None => {
+                        errs.push(format!("{path}.match.peer.kind"), "missing key");
+                        None
+                    }
+                };
+                let id = match p.id.as_deref() {
+                    Some(id) if id == "*" || validate_peer(id).is_ok() => Some(id.to_string()),
+                    Some(id) => {
+                        errs.push(format!("{path}.match.peer.id"), format!("invalid peer id {id:?}"));
+                        None
+                    }
+                    None => {
+                        errs.push(format!("{path}.match.peer.id"), "missing key");
+                        None
+                    }
+                };
+                kind.zip(id)
+            }
+        };
+        let binding = Binding {
+            agent,
+            channel: channel.to_string(),
+            account_id: m.account_id.clone(),
+            peer,
+            guild_id: m.guild_id.clone(),
+            team_id: m.team_id.clone(),
+        };
+        if let Some(j) = bindings.iter().position(|x| same_match(x, &binding)) {
+            errs.push(
+                &path,
+                format!("same match as an earlier binding (bindings[{j}] or before), so this binding can never match"),
+            );
+        }
+        bindings.push(binding);
+    }
+
+    let errors = errs.0;
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Config {
+        base_dir: base.to_path_buf(),
+        gateway,
+        logging,
+        state_dir,
+        providers,
+        tenants,
+        agents,
+        default_agent,
+        bindings,
+        channels,
+        tools,
+        max_concurrent: max_concurrent as usize,
+        warnings,
+    })
+}
+
+fn same_match(a: &Binding, b: &Binding) -> bool {
+    a.channel == b.channel
+        && a.account_id == b.account_id
+        && a.peer == b.peer
+        && a.guild_id == b.guild_id
+        && a.team_id == b.team_id
+}
+
+fn sandbox_config(
+    errs: &mut Errors,
+    path: &str,
+    defaults: Option<&RawSandbox>,
+    agent: Option<&RawSandbox>,
+) -> SandboxConfig {
+    // Per-agent values override the defaults key by key; errors name where the value was written.
+    fn pick<'a, T>(
+        agent: Option<&'a RawSandbox>,
+        defaults: Option<&'a RawSandbox>,
+        path: &str,
+        key: &str,
+        f: impl Fn(&'a RawSandbox) -> Option<T>,
+    ) -> (Option<T>, String) {
+        match agent.and_then(&f) {
+            Some(v) => (Some(v), format!("{path}.sandbox.{key}")),
+            None => (defaults.and_then(&f), format!("agents.defaults.sandbox.{key}")),
+        }
+    }
+    let (mode, p) = pick(agent, defaults, path, "mode", |s| s.mode.as_deref());
+    let mode = one_of(
+        errs,
+        &p,
+        mode,
+        SandboxMode::All,
+        &[("off", SandboxMode::Off), ("non-main", SandboxMode::NonMain), ("all", SandboxMode::All)],
+    );
+    let (scope, p) = pick(agent, defaults, path, "scope", |s| s.scope.as_deref());
+    let scope = one_of(
+        errs,
+        &p,
+        scope,
+        SandboxScope::Agent,
+        &[("session", SandboxScope::Session), ("agent", SandboxScope::Agent), ("shared", SandboxScope::Shared)],
+    );
+    let (backend, p) = pick(agent, defaults, path, "backend", |s| s.backend.as_deref());
+    let backend = one_of(
+        errs,
+        &p,
+        backend,
+        SandboxBackend::Wasm,
+        &[("wasm", SandboxBackend::Wasm), ("docker", SandboxBackend::Docker)],
+    );
+    let (access, p) = pick(agent, defaults, path, "workspaceAccess", |s| s.workspace_access.as_deref());
+    let workspace_access = one_of(
+        errs,
+        &p,
+        access,
+        WorkspaceAccess::Rw,
+        &[("none", WorkspaceAccess::None), ("ro", WorkspaceAccess::Ro), ("rw", WorkspaceAccess::Rw)],
+    );
+    let wasm_of = |s: &RawSandbox| s.wasm.as_ref().map(|w| (w.fuel, w.memory_mb, w.timeout_sec, w.disk_quota_mb));
+    let (a, d) = (agent.and_then(wasm_of), defaults.and_then(wasm_of));
+    let get = |f: fn(&(Option<u64>, Option<u64>, Option<u64>, Option<u64>)) -> Option<u64>| {
+        a.as_ref().and_then(f).or(d.as_ref().and_then(f))
+    };
+    let wasm = WasmSettings {
+        fuel: get(|w| w.0).unwrap_or(2_000_000_000),
+        memory_bytes: get(|w| w.1).unwrap_or(64) << 20,
+        timeout: Duration::from_secs(get(|w| w.2).unwrap_or(30).max(1)),
+        disk_quota_bytes: get(|w| w.3).unwrap_or(100) << 20,
+    };
+    let dk = |f: fn(&RawDockerSandbox) -> Option<String>| {
+        agent
+            .and_then(|s| s.docker.as_ref())
+            .and_then(f)
+            .or_else(|| defaults.and_then(|s| s.docker.as_ref()).and_then(f))
+    };
+    let docker = DockerSettings {
+        image: dk(|d| d.image.clone()),
+        network: dk(|d| d.network.clone()),
+        user: dk(|d| d.user.clone()),
+        memory: dk(|d| d.memory.clone()),
+        runtime: dk(|d| d.runtime.clone()),
+        seccomp_profile: dk(|d| d.seccomp_profile.clone()),
+        pids_limit: agent
+            .and_then(|s| s.docker.as_ref())
+            .and_then(|d| d.pids_limit)
+            .or_else(|| defaults.and_then(|s| s.docker.as_ref()).and_then(|d| d.pids_limit)),
+        cpus: agent
+            .and_then(|s| s.docker.as_ref())
+            .and_then(|d| d.cpus)
+            .or_else(|| defaults.and_then(|s| s.docker.as_ref()).and_then(|d| d.cpus)),
+    };
+    if let Some(net) = &docker.network
+        && (net == "host" || net.starts_with("container:"))
+    {
+        errs.push(
+            format!("{path}.sandbox.docker.network"),
+            format!("network {net:?} would share the host's or another container's network; refused"),
+        );
+    }
+    if docker.seccomp_profile.as_deref() == Some("unconfined") {
+        errs.push(format!("{path}.sandbox.docker.seccompProfile"), "seccomp \"unconfined\" is refused");
+    }
+    SandboxConfig { mode, scope, backend, workspace_access, wasm, docker }
+}
+
+fn channels_config(errs: &mut Errors, warnings: &mut Vec<String>, raw: RawChannels) -> ChannelsConfig {
+    let mut out = ChannelsConfig {
+        webchat_enabled: raw.webchat.as_ref().and_then(|w| w.enabled).unwrap_or(true),
+        ..Default::default()
+    };
+    let dm_policies = [("pairing", ()), ("allowlist", ()), ("open", ()), ("disabled", ())];
+    let group_policies = [("allowlist", ()), ("open", ()), ("disabled", ())];
+    if let Some(d) = &raw.defaults {
+        one_of(errs, "channels.defaults.dmPolicy", d.dm_policy.as_deref(), (), &dm_policies);
+        one_of(errs, "channels.defaults.groupPolicy", d.group_policy.as_deref(), (), &group_policies);
+    }
+    let list: [(&'static str, Option<&RawChannel>); 6] = [
+        ("discord", raw.discord.as_ref()),
+        ("slack", raw.slack.as_ref()),
+        ("telegram", raw.telegram.as_ref()),
+        ("whatsapp", raw.whatsapp.as_ref()),
+        ("signal", raw.signal.as_ref()),
+        ("imessage", raw.imessage.as_ref()),
+    ];
+    for (name, ch) in list {
+        let Some(ch) = ch else { continue };
+        let check = |errs: &mut Errors, warnings: &mut Vec<String>, path: String, c: &RawChannel| {
+            one_of(errs, &format!("{path}.dmPolicy"), c.dm_policy.as_deref(), (), &dm_policies);
+            one_of(errs, &format!("{path}.groupPolicy"), c.group_policy.as_deref(), (), &group_policies);
+            if c.dm_policy.as_deref() == Some("open") && !c.allow_from.iter().flatten().any(|x| x == "*") {
+                errs.push(
+                    format!("{path}.allowFrom"),
+                    "dmPolicy \"open\" requires allowFrom: [\"*\"] so the choice is explicit",
+                );
+            }
+            let only = |key: &str, set: bool, platforms: &[&str], errs: &mut Errors| {
+                if set && !platforms.contains(&name) {
+                    errs.push(format!("{path}.{key}"), format!("{key} does not apply to {name}"));
+                }
+            };
+            only("guilds", c.guilds.is_some(), &["discord"], errs);
+            only("appToken", c.app_token.is_some(), &["slack"], errs);
+            only("signingSecret", c.signing_secret.is_some(), &["slack"], errs);
+            only("mode", c.mode.is_some(), &["slack"], errs);
+            only("groups", c.groups.is_some(), &["telegram", "whatsapp", "signal", "imessage"], errs);
+            only("channels", c.channels.is_some(), &["slack"], errs);
+            only("apiUrl", c.api_url.is_some(), &["telegram"], errs);
+            only("dbPath", c.db_path.is_some(), &["imessage"], errs);
+            for (key, s) in [
+                ("token", &c.token),
+                ("botToken", &c.bot_token),
+                ("appToken", &c.app_token),
+                ("signingSecret", &c.signing_secret),
+                ("webhookSecret", &c.webhook_secret),
+            ] {
+                if let Some(s) = s {
+                    secret(errs, warnings, &format!("{path}.{key}"), s);
+                }
+            }
+        };
+        let path = format!("channels.{name}");
+        check(errs, warnings, path.clone(), ch);
+        let mut accounts = BTreeSet::new();
+        for (acc, c) in ch.accounts.iter().flatten() {
+            let p = format!("{path}.accounts.{acc}");
+            if c.accounts.is_some() {
+                errs.push(format!("{p}.accounts"), "accounts cannot be nested");
+            }
+            check(errs, warnings, p, c);
+            if c.enabled != Some(false) {
+                accounts.insert(acc.clone());
+            }
+        }
+        if accounts.is_empty() {
+            accounts.insert(ch.default_account.clone().unwrap_or_else(|| "default".into()));
+        }
+        if ch.enabled != Some(false) {
+            out.enabled.push(name);
+            out.accounts.insert(name, accounts);
+        }
+    }
+    if out.webchat_enabled {
+        out.enabled.push("webchat");
+    }
+    out
+}

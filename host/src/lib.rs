@@ -1,0 +1,16 @@
+//! bulkhead: a multi-tenant agent gateway.
+//!
+//! See `ARCHITECTURE.md` for the codemap. Every tool call goes model → `policy` gate →
+//! tenant's `sandbox`; every conversation is kept per tenant in `session`.
+
+pub mod agent;
+pub mod config;
+pub mod dispatch;
+pub mod ids;
+pub mod metrics;
+pub mod model;
+pub mod policy;
+pub mod sandbox;
+pub mod scheduler;
+pub mod session;
+pub mod tools;

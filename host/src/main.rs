@@ -1,0 +1,3 @@
+fn main() {
+    let _ = bulkhead::config::default_path();
+}

@@ -1,0 +1,306 @@
+//! OpenAI chat completions (`POST {baseUrl}/chat/completions`) with tools, streamed over SSE.
+//! Also what local servers (Ollama, vLLM, llama.cpp) speak.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::sse::Parser;
+use super::{HttpSettings, ModelError, ModelProvider, ModelReply, ModelRequest, Usage, detail};
+use crate::config::SecretString;
+use crate::session::{Message, ToolCall};
+
+/// Largest reply (text plus tool arguments) accepted from a provider.
+pub(crate) const MAX_REPLY_BYTES: usize = 1 << 20;
+
+pub struct OpenAi {
+    settings: HttpSettings,
+    key: Option<SecretString>,
+    http: reqwest::Client,
+}
+
+impl OpenAi {
+    pub fn new(settings: HttpSettings, key: Option<SecretString>, http: reqwest::Client) -> Self {
+        Self { settings, key, http }
+    }
+}
+
+pub(crate) fn request_body(req: &ModelRequest) -> Value {
+    let mut messages = Vec::new();
+    if let Some(system) = &req.system {
+        messages.push(json!({ "role": "system", "content": system }));
+    }
+    for m in &req.messages {
+        messages.push(match m {
+            Message::User { text } => json!({ "role": "user", "content": text }),
+            Message::Assistant { text, tool_calls } if tool_calls.is_empty() => {
+                json!({ "role": "assistant", "content": text })
+            }
+            Message::Assistant { text, tool_calls } => json!({
+                "role": "assistant",
+                "content": if text.is_empty() { Value::Null } else { Value::String(text.clone()) },
+                "tool_calls": tool_calls.iter().map(|c| json!({
+                    "id": c.id, "type": "function",
+                    "function": { "name": c.name, "arguments": c.arguments.to_string() },
+                })).collect::<Vec<_>>(),
+            }),
+            Message::ToolResult { call_id, content, .. } => {
+                json!({ "role": "tool", "tool_call_id": call_id, "content": content })
+            }
+        });
+    }
+    let mut body = json!({
+        "model": req.model,
+        "messages": messages,
+        "stream": true,
+        "stream_options": { "include_usage": true },
+    });
+    if !req.tools.is_empty() {
+        body["tools"] = req
+            .tools
+            .iter()
+            .map(|t| {
+                json!({ "type": "function", "function": {
+                    "name": t.name(), "description": t.description(), "parameters": t.parameters(),
+                }})
+            })
+            .collect();
+    }
+    body
+}
+
+/// Tool-call fragments accumulate by index across chunks.
+#[derive(Default)]
+struct PartialCall {
+    id: String,
+    name: String,
+    arguments: String,
+}
+
+/// Folds streamed chunks into a reply.
+#[derive(Default)]
+pub(crate) struct Accumulator {
+    text: String,
+    calls: BTreeMap<u64, PartialCall>,
+    usage: Usage,
+    size: usize,
+}
+
+impl Accumulator {
+    /// Applies one `data:` chunk; returns the text delta it carried.
+    pub(crate) fn apply(&mut self, chunk: &Value) -> Result<Option<String>, ModelError> {
+        if let Some(err) = chunk.get("error") {
+            let msg = err.get("message").and_then(Value::as_str).unwrap_or("error in stream");
+            return Err(ModelError::Upstream { status: 200, detail: detail(msg) });
+        }
+        if let Some(u) = chunk.get("usage").filter(|u| !u.is_null()) {
+            self.usage.input_tokens = u["prompt_tokens"].as_u64().unwrap_or(0);
+            self.usage.output_tokens = u["completion_tokens"].as_u64().unwrap_or(0);
+        }
+        let mut out = None;
+        for choice in chunk.get("choices").and_then(Value::as_array).into_iter().flatten() {
+            // Non-streaming replies carry `message`; streamed ones carry `delta`.
+            let delta = choice.get("delta").or_else(|| choice.get("message"));
+            let Some(delta) = delta else { continue };
+            if let Some(t) = delta.get("content").and_then(Value::as_str)
+                && !t.is_empty()
+            {
+                self.grow(t.len())?;
+                self.text.push_str(t);
+                out.get_or_insert_with(String::new).push_str(t);
+            }
+            for (pos, tc) in delta.get("tool_calls").and_then(Value::as_array).into_iter().flatten().enumerate() {
+                let index = tc.get("index").and_then(Value::as_u64).unwrap_or(pos as u64);
+                let f = tc.get("function");
+                let mut fragment = 0;
+                let call = self.calls.entry(index).or_default();
+                if let Some(id) = tc.get("id").and_then(Value::as_str) {
+                    call.id = id.to_string();
+                }
+                if let Some(n) = f.and_then(|f| f.get("name")).and_then(Value::as_str) {
+                    call.name.push_str(n);
+                    fragment += n.len();
+                }
+                if let Some(a) = f.and_then(|f| f.get("arguments")).and_then(Value::as_str) {
+                    call.arguments.push_str(a);
+                    fragment += a.len();
+                }
+                self.grow(fragment)?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn grow(&mut self, n: usize) -> Result<(), ModelError> {
+        self.size += n;
+        if self.size > MAX_REPLY_BYTES {
+            return Err(ModelError::Protocol(format!("reply larger than {MAX_REPLY_BYTES} bytes")));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn finish(self) -> ModelReply {
+        let tool_calls = self
+            .calls
+            .into_values()
+            .enumerate()
+            .map(|(i, c)| ToolCall {
+                id: if c.id.is_empty() { format!("call_{i}") } else { c.id },
+                name: c.name,
+                // Arguments that are not a JSON object reach the gate and the sandbox as a string,
+                // where they are rejected with a clear error for the model.
+                arguments: if c.arguments.trim().is_empty() {
+                    json!({})
+                } else {
+                    serde_json::from_str(&c.arguments).unwrap_or(Value::String(c.arguments))
+                },
+            })
+            .collect();
+        ModelReply { text: self.text, tool_calls, usage: self.usage }
+    }
+}
+
+/// Reads an error body (bounded) and turns it into a `ModelError`.
+pub(crate) async fn upstream_error(resp: reqwest::Response) -> ModelError {
+    let status = resp.status().as_u16();
+    let mut body = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(Ok(chunk)) = stream.next().await {
+        body.extend_from_slice(&chunk);
+        if body.len() > 16 * 1024 {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&body);
+    let msg = serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| text.to_string());
+    ModelError::Upstream { status, detail: detail(&msg) }
+}
+
+pub(crate) fn transport(e: reqwest::Error) -> ModelError {
+    // reqwest errors include the URL; keep only the kind of failure.
+    let kind = if e.is_connect() {
+        "connection failed"
+    } else if e.is_timeout() {
+        "timed out"
+    } else if e.is_body() || e.is_decode() {
+        "response body failed"
+    } else {
+        "request failed"
+    };
+    ModelError::Transport(kind.into())
+}
+
+#[async_trait]
+impl ModelProvider for OpenAi {
+    async fn complete(&self, req: &ModelRequest, deltas: &mpsc::Sender<String>) -> Result<ModelReply, ModelError> {
+        let work = async {
+            let mut builder =
+                self.http.post(format!("{}/chat/completions", self.settings.base_url)).json(&request_body(req));
+            if let Some(key) = &self.key {
+                builder = builder.bearer_auth(key.expose());
+            }
+            let resp = builder.send().await.map_err(transport)?;
+            if !resp.status().is_success() {
+                return Err(upstream_error(resp).await);
+            }
+            let is_sse = resp
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("text/event-stream"));
+            let mut acc = Accumulator::default();
+            let mut stream = resp.bytes_stream();
+            if !is_sse {
+                // Some servers ignore `stream: true`; accept a plain JSON completion too.
+                let mut body = Vec::new();
+                while let Some(chunk) = stream.next().await {
+                    body.extend_from_slice(&chunk.map_err(transport)?);
+                    if body.len() > MAX_REPLY_BYTES * 2 {
+                        return Err(ModelError::Protocol("response too large".into()));
+                    }
+                }
+                let v: Value =
+                    serde_json::from_slice(&body).map_err(|e| ModelError::Protocol(format!("invalid JSON: {e}")))?;
+                if let Some(t) = acc.apply(&v)? {
+                    let _ = deltas.send(t).await;
+                }
+                return Ok(acc.finish());
+            }
+            let mut parser = Parser::default();
+            while let Some(chunk) = stream.next().await {
+                for ev in parser.feed(&chunk.map_err(transport)?).map_err(ModelError::Protocol)? {
+                    if ev.data == "[DONE]" {
+                        return Ok(acc.finish());
+                    }
+                    let v: Value = serde_json::from_str(&ev.data)
+                        .map_err(|e| ModelError::Protocol(format!("invalid JSON chunk: {e}")))?;
+                    if let Some(t) = acc.apply(&v)? {
+                        let _ = deltas.send(t).await;
+                    }
+                }
+            }
+            // A stream that ends without [DONE] still yields what arrived, if anything did.
+            Ok(acc.finish())
+        };
+        tokio::time::timeout(self.settings.timeout, work)
+            .await
+            .map_err(|_| ModelError::Timeout(self.settings.timeout))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tools::Tool;
+
+    #[test]
+    fn request_carries_tools_and_tool_results() {
+        let req = ModelRequest {
+            model: "gpt".into(),
+            system: Some("be brief".into()),
+            messages: vec![
+                Message::User { text: "hi".into() },
+                Message::Assistant {
+                    text: String::new(),
+                    tool_calls: vec![ToolCall {
+                        id: "c1".into(),
+                        name: "read".into(),
+                        arguments: json!({"path": "a"}),
+                    }],
+                },
+                Message::ToolResult { call_id: "c1".into(), name: "read".into(), content: "x".into(), is_error: false },
+            ],
+            tools: vec![Tool::Read],
+        };
+        let body = request_body(&req);
+        assert_eq!(body["messages"][0]["role"], "system");
+        assert_eq!(body["messages"][2]["tool_calls"][0]["function"]["arguments"], "{\"path\":\"a\"}");
+        assert_eq!(body["messages"][3]["tool_call_id"], "c1");
+        assert_eq!(body["tools"][0]["function"]["name"], "read");
+    }
+
+    #[test]
+    fn streamed_tool_call_fragments_join() {
+        let mut acc = Accumulator::default();
+        let chunks = [
+            json!({"choices":[{"delta":{"content":"Hel"}}]}),
+            json!({"choices":[{"delta":{"content":"lo"}}]}),
+            json!({"choices":[{"delta":{"tool_calls":[{"index":0,"id":"c9","function":{"name":"exec","arguments":"{\"comm"}}]}}]}),
+            json!({"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"and\":\"ls\"}"}}]}}]}),
+            json!({"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":7}}),
+        ];
+        for c in &chunks {
+            acc.apply(c).unwrap();
+        }
+        let r = acc.finish();
+        assert_eq!(r.text, "Hello");
+        assert_eq!(r.tool_calls[0].arguments["command"], "ls");
+        assert_eq!(r.usage, Usage { input_tokens: 5, output_tokens: 7 });
+    }
+}

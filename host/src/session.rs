@@ -1,0 +1,170 @@
+//! Conversations: the transcript of each session, kept per tenant behind a store trait.
+//!
+//! Every store operation goes through a `TenantSessions` handle bound to one tenant, so code
+//! holding a handle cannot name another tenant's sessions at all: scoping is by construction.
+//! Until the encrypted store lands, the only store is in memory and nothing is written to disk.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+
+use crate::ids::{SessionKey, TenantId};
+
+/// One entry in a transcript.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    User { text: String },
+    Assistant { text: String, tool_calls: Vec<ToolCall> },
+    ToolResult { call_id: String, name: String, content: String, is_error: bool },
+}
+
+/// A model's request to run a tool, as the model sent it (the name is not yet trusted).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    pub arguments: serde_json::Value,
+}
+
+impl Message {
+    pub fn text(&self) -> &str {
+        match self {
+            Message::User { text } | Message::Assistant { text, .. } => text,
+            Message::ToolResult { content, .. } => content,
+        }
+    }
+    pub fn role(&self) -> &'static str {
+        match self {
+            Message::User { .. } => "user",
+            Message::Assistant { .. } => "assistant",
+            Message::ToolResult { .. } => "tool",
+        }
+    }
+}
+
+/// What `sessions_list` shows of a session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionSummary {
+    pub key: SessionKey,
+    pub messages: usize,
+    pub updated: SystemTime,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("session store failure: {0}")]
+    Io(String),
+}
+
+/// Storage for transcripts. Every method takes the tenant; callers use `TenantSessions`.
+#[async_trait]
+pub trait SessionStore: Send + Sync {
+    async fn append(&self, tenant: &TenantId, key: &SessionKey, messages: &[Message]) -> Result<(), StoreError>;
+    /// The last `limit` messages (all when `None`), oldest first. Unknown sessions are empty.
+    async fn history(
+        &self,
+        tenant: &TenantId,
+        key: &SessionKey,
+        limit: Option<usize>,
+    ) -> Result<Vec<Message>, StoreError>;
+    async fn list(&self, tenant: &TenantId) -> Result<Vec<SessionSummary>, StoreError>;
+    async fn exists(&self, tenant: &TenantId, key: &SessionKey) -> Result<bool, StoreError>;
+}
+
+/// A store handle bound to one tenant.
+#[derive(Clone)]
+pub struct TenantSessions {
+    tenant: TenantId,
+    store: Arc<dyn SessionStore>,
+}
+
+impl TenantSessions {
+    pub fn new(tenant: TenantId, store: Arc<dyn SessionStore>) -> Self {
+        Self { tenant, store }
+    }
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+    pub async fn append(&self, key: &SessionKey, messages: &[Message]) -> Result<(), StoreError> {
+        self.store.append(&self.tenant, key, messages).await
+    }
+    pub async fn history(&self, key: &SessionKey, limit: Option<usize>) -> Result<Vec<Message>, StoreError> {
+        self.store.history(&self.tenant, key, limit).await
+    }
+    pub async fn list(&self) -> Result<Vec<SessionSummary>, StoreError> {
+        self.store.list(&self.tenant).await
+    }
+    pub async fn exists(&self, key: &SessionKey) -> Result<bool, StoreError> {
+        self.store.exists(&self.tenant, key).await
+    }
+}
+
+/// In-memory transcripts: nothing touches the disk. Lost on restart by design until the
+/// encrypted store replaces it.
+#[derive(Default)]
+pub struct MemoryStore {
+    tenants: Mutex<HashMap<TenantId, BTreeMap<SessionKey, (Vec<Message>, SystemTime)>>>,
+}
+
+#[async_trait]
+impl SessionStore for MemoryStore {
+    async fn append(&self, tenant: &TenantId, key: &SessionKey, messages: &[Message]) -> Result<(), StoreError> {
+        let mut all = self.tenants.lock().expect("session store lock");
+        let entry = all
+            .entry(tenant.clone())
+            .or_default()
+            .entry(key.clone())
+            .or_insert_with(|| (Vec::new(), SystemTime::now()));
+        entry.0.extend_from_slice(messages);
+        entry.1 = SystemTime::now();
+        Ok(())
+    }
+
+    async fn history(
+        &self,
+        tenant: &TenantId,
+        key: &SessionKey,
+        limit: Option<usize>,
+    ) -> Result<Vec<Message>, StoreError> {
+        let all = self.tenants.lock().expect("session store lock");
+        let msgs = all.get(tenant).and_then(|s| s.get(key)).map(|(m, _)| m.as_slice()).unwrap_or(&[]);
+        let skip = limit.map_or(0, |l| msgs.len().saturating_sub(l));
+        Ok(msgs[skip..].to_vec())
+    }
+
+    async fn list(&self, tenant: &TenantId) -> Result<Vec<SessionSummary>, StoreError> {
+        let all = self.tenants.lock().expect("session store lock");
+        Ok(all
+            .get(tenant)
+            .map(|s| {
+                s.iter().map(|(k, (m, t))| SessionSummary { key: k.clone(), messages: m.len(), updated: *t }).collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn exists(&self, tenant: &TenantId, key: &SessionKey) -> Result<bool, StoreError> {
+        let all = self.tenants.lock().expect("session store lock");
+        Ok(all.get(tenant).is_some_and(|s| s.contains_key(key)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{AgentId, PeerKind};
+
+    #[tokio::test]
+    async fn handles_see_only_their_tenant() {
+        let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::default());
+        let a = TenantSessions::new(TenantId::parse("a").unwrap(), store.clone());
+        let b = TenantSessions::new(TenantId::parse("b").unwrap(), store);
+        let key = SessionKey::new(AgentId::parse("x").unwrap(), "api", PeerKind::Direct, "u").unwrap();
+        a.append(&key, &[Message::User { text: "secret".into() }]).await.unwrap();
+        assert_eq!(a.history(&key, None).await.unwrap().len(), 1);
+        assert!(b.history(&key, None).await.unwrap().is_empty());
+        assert!(b.list().await.unwrap().is_empty());
+        assert!(!b.exists(&key).await.unwrap());
+    }
+}
