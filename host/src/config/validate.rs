@@ -770,16 +770,13 @@ fn sandbox_config(
         WorkspaceAccess::Rw,
         &[("none", WorkspaceAccess::None), ("ro", WorkspaceAccess::Ro), ("rw", WorkspaceAccess::Rw)],
     );
-    let wasm_of = |s: &RawSandbox| s.wasm.as_ref().map(|w| (w.fuel, w.memory_mb, w.timeout_sec, w.disk_quota_mb));
-    let (a, d) = (agent.and_then(wasm_of), defaults.and_then(wasm_of));
-    let get = |f: fn(&(Option<u64>, Option<u64>, Option<u64>, Option<u64>)) -> Option<u64>| {
-        a.as_ref().and_then(f).or(d.as_ref().and_then(f))
-    };
+    let (a, d) = (agent.and_then(|s| s.wasm.as_ref()), defaults.and_then(|s| s.wasm.as_ref()));
+    let get = |f: fn(&RawWasmSandbox) -> Option<u64>| a.and_then(f).or_else(|| d.and_then(f));
     let wasm = WasmSettings {
-        fuel: get(|w| w.0).unwrap_or(2_000_000_000),
-        memory_bytes: get(|w| w.1).unwrap_or(64) << 20,
-        timeout: Duration::from_secs(get(|w| w.2).unwrap_or(30).max(1)),
-        disk_quota_bytes: get(|w| w.3).unwrap_or(100) << 20,
+        fuel: get(|w| w.fuel).unwrap_or(2_000_000_000),
+        memory_bytes: get(|w| w.memory_mb).unwrap_or(64) << 20,
+        timeout: Duration::from_secs(get(|w| w.timeout_sec).unwrap_or(30).max(1)),
+        disk_quota_bytes: get(|w| w.disk_quota_mb).unwrap_or(100) << 20,
     };
     let dk = |f: fn(&RawDockerSandbox) -> Option<String>| {
         agent
