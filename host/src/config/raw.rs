@@ -25,6 +25,18 @@ pub struct RawConfig {
     /// The global tool-policy layer.
     pub tools: Option<RawToolPolicy>,
     pub logging: Option<RawLogging>,
+    /// Default scheduling share of every tenant.
+    pub scheduling: Option<RawScheduling>,
+}
+
+/// A tenant's share of the gateway's run slots.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawScheduling {
+    pub weight: Option<u32>,
+    pub priority: Option<u8>,
+    pub max_concurrent: Option<u32>,
+    pub max_queued: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -88,6 +100,7 @@ pub struct RawTenant {
     pub name: Option<String>,
     pub api_tokens: Option<Vec<SecretRef>>,
     pub tools: Option<RawToolPolicy>,
+    pub scheduling: Option<RawScheduling>,
 }
 
 #[derive(Debug, Default, Deserialize)]

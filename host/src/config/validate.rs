@@ -9,6 +9,7 @@ use super::ConfigError;
 use super::raw::*;
 use super::secret::SecretRef;
 use crate::ids::{AgentId, PeerKind, TenantId, validate_peer};
+use crate::scheduler::TenantShare;
 use crate::tools::parse_policy_name;
 
 /// A checked config. Internal: not `Serialize`, and secrets are still references.
@@ -29,6 +30,8 @@ pub struct Config {
     /// The global tool-policy layer.
     pub tools: ToolLayer,
     pub max_concurrent: usize,
+    /// Scheduling share of tenants that set none.
+    pub scheduling_default: TenantShare,
     /// Things that load but deserve the operator's attention (literal secrets, ...).
     pub warnings: Vec<String>,
 }
@@ -99,6 +102,7 @@ pub struct TenantConfig {
     pub name: String,
     pub api_tokens: Vec<SecretRef>,
     pub tools: ToolLayer,
+    pub share: TenantShare,
     /// Declared in `tenants` (rather than implied by an agent without a `tenant` key).
     pub explicit: bool,
 }
@@ -417,6 +421,9 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
     // global tools
     let tools = tool_layer(&mut errs, "tools", raw.tools.as_ref());
 
+    // scheduling
+    let default_share = share(&mut errs, "scheduling", raw.scheduling.as_ref(), TenantShare::default());
+
     // tenants
     let mut tenants = BTreeMap::new();
     for (i, t) in raw.tenants.iter().flatten().enumerate() {
@@ -436,6 +443,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
             secret(&mut errs, &mut warnings, &format!("{path}.apiTokens[{j}]"), tok);
         }
         let layer = tool_layer(&mut errs, &format!("{path}.tools"), t.tools.as_ref());
+        let tenant_share = share(&mut errs, &format!("{path}.scheduling"), t.scheduling.as_ref(), default_share);
         if tenants.contains_key(&id) {
             errs.push(format!("{path}.id"), format!("duplicate tenant id {:?}", id.as_str()));
             continue;
@@ -447,6 +455,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
                 id,
                 api_tokens: t.api_tokens.clone().unwrap_or_default(),
                 tools: layer,
+                share: tenant_share,
                 explicit: true,
             },
         );
@@ -513,6 +522,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
                     name: t.to_string(),
                     api_tokens: Vec::new(),
                     tools: ToolLayer::default(),
+                    share: default_share,
                     explicit: false,
                 });
                 t
@@ -707,8 +717,43 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
         channels,
         tools,
         max_concurrent: max_concurrent as usize,
+        scheduling_default: default_share,
         warnings,
     })
+}
+
+fn share(errs: &mut Errors, path: &str, raw: Option<&RawScheduling>, default: TenantShare) -> TenantShare {
+    let Some(raw) = raw else { return default };
+    let mut out = default;
+    if let Some(w) = raw.weight {
+        if (1..=1000).contains(&w) {
+            out.weight = w;
+        } else {
+            errs.push(format!("{path}.weight"), "must be between 1 and 1000");
+        }
+    }
+    if let Some(p) = raw.priority {
+        if p <= 9 {
+            out.priority = p;
+        } else {
+            errs.push(format!("{path}.priority"), "must be between 0 and 9");
+        }
+    }
+    if let Some(c) = raw.max_concurrent {
+        if (1..=1024).contains(&c) {
+            out.max_concurrent = c as usize;
+        } else {
+            errs.push(format!("{path}.maxConcurrent"), "must be between 1 and 1024");
+        }
+    }
+    if let Some(q) = raw.max_queued {
+        if q <= 100_000 {
+            out.max_queued = q as usize;
+        } else {
+            errs.push(format!("{path}.maxQueued"), "must be at most 100000");
+        }
+    }
+    out
 }
 
 fn same_match(a: &Binding, b: &Binding) -> bool {

@@ -97,7 +97,11 @@ impl Gateway {
         let throttle =
             Throttle::new(config.gateway.auth_max_failures, config.gateway.auth_window, config.gateway.auth_lockout);
         let runtime = Runtime {
-            scheduler: Scheduler::new(config.max_concurrent),
+            scheduler: Scheduler::with_shares(
+                config.max_concurrent,
+                config.scheduling_default,
+                config.tenants.values().map(|t| (t.id.clone(), t.share)),
+            ),
             config: Arc::new(config),
             providers,
             dispatcher: Dispatcher { gate: parts.gate, sandboxes: parts.sandboxes },

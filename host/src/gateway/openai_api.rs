@@ -198,6 +198,11 @@ pub async fn chat_completions(
     if !req.stream {
         while events.recv().await.is_some() {}
         let outcome = done.await.unwrap_or_else(|_| lost_run());
+        if outcome.busy {
+            let mut r = error(StatusCode::TOO_MANY_REQUESTS, "busy", &outcome.text);
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(5));
+            return r;
+        }
         if outcome.failed {
             return error(StatusCode::BAD_GATEWAY, "upstream_error", &outcome.text);
         }
@@ -263,6 +268,7 @@ pub(super) fn lost_run() -> RunOutcome {
     RunOutcome {
         text: "The request could not be completed. Please try again.".into(),
         failed: true,
+        busy: false,
         usage: Default::default(),
     }
 }
