@@ -2,9 +2,12 @@
 //! servers speaking the OpenAI and Anthropic wire formats.
 
 mod api;
+mod browser;
+mod cdp;
 mod cli;
 mod fakes;
 mod harness;
+mod webchat_page;
 mod webchat_ws;
 
 pub const TOKEN_A: &str = "tok-alpha-0123456789";
