@@ -25,7 +25,7 @@ struct Running {
 }
 
 fn config(model_base: &str, extra_tenants: usize) -> String {
-    let mut tenants = format!(r#"{{ id: "bench", apiTokens: [ {{ env: "BENCH_TOKEN" }} ] }}"#);
+    let mut tenants = r#"{ id: "bench", apiTokens: [ { env: "BENCH_TOKEN" } ] }"#.to_string();
     let mut agents = r#"{ id: "fast", tenant: "bench", model: "fake/bench-model" }"#.to_string();
     for i in 0..extra_tenants {
         tenants.push_str(&format!(r#", {{ id: "t{i}", apiTokens: [ {{ env: "BENCH_TOKEN" }} ] }}"#));
