@@ -6,15 +6,10 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use sandbox_runner::shell::{Connector, Script};
+use sandbox_runner::shell::{BUILTINS, Connector, Script};
 
 use crate::ws::{ToolError, ToolResult, Ws, failed};
 
-/// The built-in command names.
-pub const BUILTINS: &[&str] = &[
-    "cat", "cp", "echo", "false", "find", "grep", "head", "ln", "ls", "mkdir", "mv", "pwd", "rm", "sort", "tail",
-    "touch", "true", "uniq", "wc",
-];
 /// Most bytes held between two stages of a pipeline, or read from one file.
 pub const MAX_PIPE_BYTES: usize = 32 << 20;
 /// Most entries a recursive walk visits.

@@ -10,6 +10,13 @@ pub const MAX_WORDS: usize = 4096;
 /// Most stages in one command line (over all pipelines).
 pub const MAX_STAGES: usize = 64;
 
+/// The built-in utilities of `exec` (the runner implements them; anything else is a tenant
+/// command module run by the host, or "command not found").
+pub const BUILTINS: &[&str] = &[
+    "cat", "cp", "echo", "false", "find", "grep", "head", "ln", "ls", "mkdir", "mv", "pwd", "rm", "sort", "tail",
+    "touch", "true", "uniq", "wc",
+];
+
 /// How a pipeline is joined to the one before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Connector {
