@@ -143,7 +143,7 @@ async fn symlinks_swapped_during_calls_do_not_leave_the_workspace() {
             let mut n = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let tmp = link.with_extension(format!("tmp{n}"));
-                let target: &Path = if n % 2 == 0 { &secret } else { Path::new("inside.txt") };
+                let target: &Path = if n.is_multiple_of(2) { &secret } else { Path::new("inside.txt") };
                 let _ = std::os::unix::fs::symlink(target, &tmp);
                 let _ = std::fs::rename(&tmp, &link);
                 n += 1;

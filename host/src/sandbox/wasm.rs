@@ -257,7 +257,7 @@ impl WasmSandbox {
                 .map_err(|e| SandboxError::Unavailable(format!("cannot create the workspace: {}", e.kind())))?;
         }
         let ctx = CallCtx {
-            workspace: (access != Access::None).then(|| (dir, access)),
+            workspace: (access != Access::None).then_some((dir, access)),
             timeout,
             fuel: wasm.fuel,
             memory_bytes: wasm.memory_bytes.min(MAX_MEMORY_BYTES) as usize,
