@@ -5,6 +5,7 @@ mod api;
 mod cli;
 mod fakes;
 mod harness;
+mod store;
 mod webchat_ws;
 
 pub const TOKEN_A: &str = "tok-alpha-0123456789";

@@ -25,6 +25,24 @@ pub struct RawConfig {
     /// The global tool-policy layer.
     pub tools: Option<RawToolPolicy>,
     pub logging: Option<RawLogging>,
+    /// The encrypted session store (master key).
+    pub store: Option<RawStore>,
+    /// Global default retention of sessions.
+    pub retention: Option<RawRetention>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawStore {
+    /// The operator's master key (an age identity), `{ file: ".." }` or `{ env: ".." }`.
+    pub master_key: Option<SecretRef>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawRetention {
+    /// Sessions whose last message is older than this many days are deleted.
+    pub days: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -88,6 +106,7 @@ pub struct RawTenant {
     pub name: Option<String>,
     pub api_tokens: Option<Vec<SecretRef>>,
     pub tools: Option<RawToolPolicy>,
+    pub retention: Option<RawRetention>,
 }
 
 #[derive(Debug, Default, Deserialize)]
