@@ -169,15 +169,18 @@ async fn sigkill_during_appends_loses_no_acknowledged_turn() {
                 (user, ok)
             }));
         }
-        // A pseudo-random kill point between 20 and 320 ms in.
+        // A pseudo-random kill point between 100 and 1000 ms in.
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        tokio::time::sleep(Duration::from_millis(20 + (seed >> 33) % 300)).await;
+        tokio::time::sleep(Duration::from_millis(100 + (seed >> 33) % 900)).await;
         gw.kill().await;
         for task in tasks {
             acked.push(task.await.unwrap());
         }
     }
+    let counts: Vec<usize> = acked.iter().map(|(_, a)| a.len()).collect();
+    eprintln!("acknowledged turns per session before SIGKILL: {counts:?}");
     assert!(acked.iter().any(|(_, a)| !a.is_empty()), "some turns were acknowledged before the kills");
+    assert!(counts.iter().any(|&c| c < 60), "at least one kill landed mid-stream: {counts:?}");
     let mut gw = Gateway::start_in(site.path(), &config, &env()).await;
     for (user, acks) in &acked {
         let check = format!("check-{user}");

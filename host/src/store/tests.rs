@@ -552,3 +552,21 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+#[test]
+fn config_takes_a_master_key_reference_and_retention() {
+    let text = r#"{ store: { masterKey: { env: "BULKHEAD_MASTER_KEY" } }, retention: { days: 90 },
+        tenants: [ { id: "acme", retention: { days: 30 } }, { id: "beta" } ],
+        agents: { list: [ { id: "a", tenant: "acme" }, { id: "b", tenant: "beta" } ] } }"#;
+    let config = crate::config::load_str(text, Path::new(".")).unwrap();
+    assert_eq!(config.store.master_key, Some(crate::config::SecretRef::Env("BULKHEAD_MASTER_KEY".into())));
+    let r = Retention::from_config(&config);
+    assert_eq!(r.days_for(&tid("acme")), Some(30));
+    assert_eq!(r.days_for(&tid("beta")), Some(90));
+    let bad = r#"{ retention: { days: 0 }, store: { masterKey: { vault: "x" } }, tenants: [ { id: "acme", retention: { days: 99999 } } ] }"#;
+    let errors = crate::config::load_str(bad, Path::new(".")).unwrap_err();
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    for p in ["retention.days", "store.masterKey", "tenants[0].retention.days"] {
+        assert!(paths.contains(&p), "{p} missing from {paths:?}");
+    }
+}
