@@ -16,4 +16,5 @@ pub mod policy;
 pub mod sandbox;
 pub mod scheduler;
 pub mod session;
+pub mod store;
 pub mod tools;

@@ -39,6 +39,23 @@ enum Command {
     Tenant(TenantCommand),
     /// Check the environment: config, secrets, state directory, backends
     Doctor,
+    /// Master key and tenant key rotation
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Write a new master key file (mode 0600); refuses to overwrite
+    Init {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Re-encrypt a tenant's stored data to a new key (stop the gateway first)
+    Rotate {
+        #[arg(long, value_name = "ID")]
+        tenant: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -60,6 +77,19 @@ enum TenantCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write a tenant's decrypted data (JSON Lines) to a file
+    Export {
+        id: String,
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Crypto-shred a tenant's stored data (stop the gateway first)
+    Delete {
+        id: String,
+        /// Do not ask for confirmation
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -74,6 +104,16 @@ fn main() -> ExitCode {
             cli::config_check::run(&ConfigSource::new(path.or(args.config)), json)
         }
         Command::Tenant(TenantCommand::List { json }) => cli::tenant::list(&ConfigSource::new(args.config), json),
+        Command::Tenant(TenantCommand::Export { id, out }) => {
+            cli::tenant::export(&ConfigSource::new(args.config), &id, &out)
+        }
+        Command::Tenant(TenantCommand::Delete { id, yes }) => {
+            cli::tenant::delete(&ConfigSource::new(args.config), &id, yes)
+        }
+        Command::Keys(KeysCommand::Init { out }) => cli::keys::init(&out),
+        Command::Keys(KeysCommand::Rotate { tenant }) => {
+            cli::keys::rotate_tenant(&ConfigSource::new(args.config), &tenant)
+        }
         Command::Doctor => cli::doctor::run(&ConfigSource::new(args.config)),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))

@@ -2,7 +2,8 @@
 //!
 //! Every store operation goes through a `TenantSessions` handle bound to one tenant, so code
 //! holding a handle cannot name another tenant's sessions at all: scoping is by construction.
-//! Until the encrypted store lands, the only store is in memory and nothing is written to disk.
+//! `MemoryStore` keeps transcripts in memory only; `crate::store::EncryptedStore` keeps them on
+//! disk, encrypted per tenant.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -56,6 +57,9 @@ pub struct SessionSummary {
 pub enum StoreError {
     #[error("session store failure: {0}")]
     Io(String),
+    /// Stored data failed verification (modified, moved, reordered, truncated or replaced).
+    #[error("session store integrity failure: {0}")]
+    Integrity(String),
 }
 
 /// Storage for transcripts. Every method takes the tenant; callers use `TenantSessions`.
@@ -71,6 +75,11 @@ pub trait SessionStore: Send + Sync {
     ) -> Result<Vec<Message>, StoreError>;
     async fn list(&self, tenant: &TenantId) -> Result<Vec<SessionSummary>, StoreError>;
     async fn exists(&self, tenant: &TenantId, key: &SessionKey) -> Result<bool, StoreError>;
+    /// Deletes one session; `false` when it did not exist.
+    async fn delete_session(&self, tenant: &TenantId, key: &SessionKey) -> Result<bool, StoreError> {
+        let _ = (tenant, key);
+        Err(StoreError::Io("this store cannot delete sessions".into()))
+    }
 }
 
 /// A store handle bound to one tenant.
@@ -98,6 +107,9 @@ impl TenantSessions {
     }
     pub async fn exists(&self, key: &SessionKey) -> Result<bool, StoreError> {
         self.store.exists(&self.tenant, key).await
+    }
+    pub async fn delete(&self, key: &SessionKey) -> Result<bool, StoreError> {
+        self.store.delete_session(&self.tenant, key).await
     }
 }
 
@@ -150,6 +162,11 @@ impl SessionStore for MemoryStore {
     async fn exists(&self, tenant: &TenantId, key: &SessionKey) -> Result<bool, StoreError> {
         let all = self.tenants.lock().expect("session store lock");
         Ok(all.get(tenant).is_some_and(|s| s.contains_key(key)))
+    }
+
+    async fn delete_session(&self, tenant: &TenantId, key: &SessionKey) -> Result<bool, StoreError> {
+        let mut all = self.tenants.lock().expect("session store lock");
+        Ok(all.get_mut(tenant).is_some_and(|s| s.remove(key).is_some()))
     }
 }
 

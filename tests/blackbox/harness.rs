@@ -14,8 +14,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_bulkhead");
 pub struct Gateway {
     child: Child,
     pub base: String,
-    /// Holds the config and state directory for the gateway's lifetime.
-    _dir: tempfile::TempDir,
+    /// Holds the config and state directory for the gateway's lifetime (`None`: the caller's).
+    _dir: Option<tempfile::TempDir>,
     logs: Arc<Mutex<String>>,
 }
 
@@ -23,7 +23,14 @@ impl Gateway {
     /// Writes `config` (JSON5; `gateway.bind` should be `127.0.0.1:0`) and serves it.
     pub async fn start(config: &str, env: &[(&str, &str)]) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("bulkhead.json5");
+        let mut gw = Self::start_in(dir.path(), config, env).await;
+        gw._dir = Some(dir);
+        gw
+    }
+
+    /// Like `start`, with the config and state in `dir`, which the caller keeps (for restarts).
+    pub async fn start_in(dir: &std::path::Path, config: &str, env: &[(&str, &str)]) -> Gateway {
+        let path = dir.join("bulkhead.json5");
         std::fs::write(&path, config).expect("write config");
         let mut cmd = Command::new(BIN);
         cmd.arg("serve")
@@ -59,7 +66,7 @@ impl Gateway {
             }
         };
         tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
-        Gateway { child, base, _dir: dir, logs }
+        Gateway { child, base, _dir: None, logs }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -72,6 +79,12 @@ impl Gateway {
 
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
+    }
+
+    /// Sends SIGKILL (no cleanup at all) and waits for the process to be gone.
+    pub async fn kill(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
     }
 
     /// Sends SIGTERM and waits for the exit code.

@@ -3,6 +3,7 @@
 
 pub mod config_check;
 pub mod doctor;
+pub mod keys;
 pub mod serve;
 pub mod tenant;
 
@@ -48,4 +49,34 @@ impl ConfigSource {
 /// Prints a load error for a person, on stderr.
 pub fn report_load_error(e: &LoadError) {
     eprint!("{e}");
+}
+
+/// Opens the encrypted store of a config for a command; prints the error and returns the exit
+/// code on failure (2 for key and permission problems the operator must fix, 1 otherwise).
+pub fn open_store(config: &Config) -> Result<crate::store::EncryptedStore, i32> {
+    use crate::store::StoreOpenError as E;
+    crate::store::EncryptedStore::open(config).map_err(|e| {
+        eprintln!("error: {e}");
+        match e {
+            E::Locked { .. } | E::Io { .. } => EXIT_FAILURE,
+            _ => EXIT_INVALID,
+        }
+    })
+}
+
+/// Asks on the terminal for `expected` to be typed; refuses without a terminal.
+pub fn confirm(prompt: &str, expected: &str) -> bool {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        eprintln!("error: refusing a destructive command without a terminal to confirm on; pass --yes");
+        return false;
+    }
+    eprint!("{prompt}");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    if std::io::stdin().lock().read_line(&mut line).is_err() || line.trim() != expected {
+        eprintln!("error: not confirmed; nothing was changed");
+        return false;
+    }
+    true
 }

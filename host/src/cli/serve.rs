@@ -3,8 +3,52 @@
 use std::sync::Arc;
 
 use super::{ConfigSource, EXIT_FAILURE, EXIT_INVALID, EXIT_OK};
-use crate::config::LogFormat;
+use crate::config::{LogFormat, SandboxBackend};
 use crate::gateway::{self, Gateway, Parts};
+use crate::sandbox::wasm::WasmSandbox;
+use crate::sandbox::{Deferred, Sandboxes};
+use crate::session::{MemoryStore, SessionStore};
+use crate::store::{Retention, store_root};
+
+/// How often retention runs while serving.
+const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The encrypted store when `store.masterKey` is set (refusing to start on any key problem);
+/// otherwise transcripts stay in memory, unless an encrypted store already exists (then refuse).
+fn open_session_store(config: &crate::config::Config) -> Result<Arc<dyn SessionStore>, i32> {
+    if config.store.master_key.is_none() {
+        if store_root(config).join("store.age").exists() {
+            eprintln!(
+                "error: {} holds an encrypted store but store.masterKey is not configured",
+                store_root(config).display()
+            );
+            return Err(EXIT_INVALID);
+        }
+        tracing::warn!("store.masterKey is not configured: transcripts are kept in memory only and lost on restart.");
+        return Ok(Arc::new(MemoryStore::default()));
+    }
+    let store = super::open_store(config)?;
+    let retention = Retention::from_config(config);
+    if retention.default_days.is_some() || !retention.per_tenant.is_empty() {
+        let s = store.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RETENTION_INTERVAL);
+            loop {
+                tick.tick().await;
+                let (s, r) = (s.clone(), retention.clone());
+                let res =
+                    tokio::task::spawn_blocking(move || s.apply_retention(&r, std::time::SystemTime::now())).await;
+                match res {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "Retention failed."),
+                    Err(e) => tracing::error!(error = %e, "Retention task failed."),
+                }
+            }
+        });
+    }
+    tracing::info!(tenants = store.tenants().len(), "Encrypted session store open.");
+    Ok(Arc::new(store))
+}
 
 pub fn run(source: &ConfigSource, log_format: Option<LogFormat>) -> i32 {
     let config = match source.load(true) {
@@ -26,9 +70,19 @@ pub fn run(source: &ConfigSource, log_format: Option<LogFormat>) -> i32 {
         }
     };
     runtime.block_on(async move {
+        let store: Arc<dyn SessionStore> = match open_session_store(&config) {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
         let bind = config.gateway.bind;
         let (tenants, agents) = (config.tenants.len(), config.agents.len());
-        let gw = match Gateway::start(config, Parts::fail_closed()) {
+        // The wasm runner compiles in the background so the gateway accepts requests at once.
+        let state_dir = config.state_dir.clone();
+        let wasm = Deferred::spawn("wasm", move || {
+            WasmSandbox::new(&state_dir).map(|s| Arc::new(s) as Arc<dyn crate::sandbox::Sandbox>)
+        });
+        let sandboxes = Sandboxes::default().with(SandboxBackend::Wasm, Arc::new(wasm));
+        let gw = match Gateway::start(config, Parts { store, sandboxes, ..Parts::fail_closed() }) {
             Ok(g) => Arc::new(g),
             Err(errors) => {
                 for e in errors {

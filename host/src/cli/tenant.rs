@@ -1,6 +1,11 @@
 //! `bulkhead tenant ...`: the tenant data lifecycle.
 
-use super::{ConfigSource, EXIT_INVALID, EXIT_OK};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use super::{ConfigSource, EXIT_FAILURE, EXIT_INVALID, EXIT_OK};
+use crate::ids::TenantId;
+use crate::store::ExportSummary;
 
 /// `tenant list`: tenants with their agents and token counts (never the tokens).
 pub fn list(source: &ConfigSource, as_json: bool) -> i32 {
@@ -33,4 +38,130 @@ pub fn list(source: &ConfigSource, as_json: bool) -> i32 {
         }
     }
     EXIT_OK
+}
+
+/// `tenant export ID --out FILE`: the tenant's decrypted archive (JSON Lines, see docs/store.md).
+/// The file is written 0600 through a temp file beside it; it may not lie inside the state dir.
+pub fn export(source: &ConfigSource, id: &str, out: &Path) -> i32 {
+    let Some((config, tenant)) = load_with_tenant(source, id) else { return EXIT_INVALID };
+    if is_inside(out, &config.state_dir) {
+        eprintln!(
+            "error: --out {} lies inside the state directory; an export is plaintext, write it elsewhere",
+            out.display()
+        );
+        return EXIT_INVALID;
+    }
+    let store = match super::open_store(&config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    if !store.tenants().contains(&tenant) {
+        eprintln!("error: tenant {id:?} has no data in the store");
+        return EXIT_FAILURE;
+    }
+    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{}.partial", out.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
+    let result = (|| -> Result<ExportSummary, String> {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+        let mut w = std::io::BufWriter::new(f);
+        let summary = store.export_tenant(&tenant, &mut w).map_err(|e| e.to_string())?;
+        let f = w.into_inner().map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+        f.sync_all().map_err(|e| format!("cannot sync {}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, out).map_err(|e| format!("cannot rename to {}: {e}", out.display()))?;
+        Ok(summary)
+    })();
+    match result {
+        Ok(s) => {
+            println!("exported tenant {id}: {} sessions, {} messages to {}", s.sessions, s.messages, out.display());
+            if s.problems > 0 {
+                eprintln!(
+                    "warning: {} integrity problem(s) found; the affected sessions hold their readable prefix and a \"problems\" list",
+                    s.problems
+                );
+            }
+            EXIT_OK
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            eprintln!("error: export of tenant {id:?} failed: {e}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+/// `tenant delete ID [--yes]`: crypto-shredding of the tenant's stored data.
+pub fn delete(source: &ConfigSource, id: &str, yes: bool) -> i32 {
+    let Ok(tenant) = TenantId::parse(id) else {
+        eprintln!("error: invalid tenant id {id:?}");
+        return EXIT_INVALID;
+    };
+    let config = match source.load(false) {
+        Ok(c) => c,
+        Err(e) => {
+            super::report_load_error(&e);
+            return EXIT_INVALID;
+        }
+    };
+    if !yes
+        && !super::confirm(
+            &format!(
+                "Delete every stored conversation of tenant {id}? This cannot be undone. Type the tenant id to confirm: "
+            ),
+            id,
+        )
+    {
+        return EXIT_INVALID;
+    }
+    let store = match super::open_store(&config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    match store.delete_tenant(&tenant) {
+        Ok(true) => {
+            println!("deleted tenant {id}: its key is destroyed and its stored data removed");
+            if config.tenants.contains_key(&tenant) {
+                println!("note: {id} is still in the config; the next start gives it a new, empty store");
+            }
+            EXIT_OK
+        }
+        Ok(false) => {
+            eprintln!("error: tenant {id:?} has no data in the store");
+            EXIT_FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: deleting tenant {id:?} failed: {e}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+fn load_with_tenant(source: &ConfigSource, id: &str) -> Option<(crate::config::Config, TenantId)> {
+    let config = match source.load(false) {
+        Ok(c) => c,
+        Err(e) => {
+            super::report_load_error(&e);
+            return None;
+        }
+    };
+    match TenantId::parse(id) {
+        Ok(t) => Some((config, t)),
+        Err(_) => {
+            eprintln!("error: invalid tenant id {id:?}");
+            None
+        }
+    }
+}
+
+/// Whether `path` (which may not exist yet) lies under `dir`.
+fn is_inside(path: &Path, dir: &Path) -> bool {
+    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = parent.canonicalize().unwrap_or_else(|_| abs(parent));
+    let dir = dir.canonicalize().unwrap_or_else(|_| abs(dir));
+    parent.starts_with(dir)
 }

@@ -27,6 +27,24 @@ pub struct RawConfig {
     pub logging: Option<RawLogging>,
     /// Default scheduling share of every tenant.
     pub scheduling: Option<RawScheduling>,
+    /// The encrypted session store (master key).
+    pub store: Option<RawStore>,
+    /// Global default retention of sessions.
+    pub retention: Option<RawRetention>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawStore {
+    /// The operator's master key (an age identity), `{ file: ".." }` or `{ env: ".." }`.
+    pub master_key: Option<SecretRef>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawRetention {
+    /// Sessions whose last message is older than this many days are deleted.
+    pub days: Option<u32>,
 }
 
 /// A tenant's share of the gateway's run slots.
@@ -101,6 +119,7 @@ pub struct RawTenant {
     pub api_tokens: Option<Vec<SecretRef>>,
     pub tools: Option<RawToolPolicy>,
     pub scheduling: Option<RawScheduling>,
+    pub retention: Option<RawRetention>,
 }
 
 #[derive(Debug, Default, Deserialize)]

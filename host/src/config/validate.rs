@@ -32,6 +32,8 @@ pub struct Config {
     pub max_concurrent: usize,
     /// Scheduling share of tenants that set none.
     pub scheduling_default: TenantShare,
+    /// The encrypted session store and retention.
+    pub store: StoreConfig,
     /// Things that load but deserve the operator's attention (literal secrets, ...).
     pub warnings: Vec<String>,
 }
@@ -105,6 +107,15 @@ pub struct TenantConfig {
     pub share: TenantShare,
     /// Declared in `tenants` (rather than implied by an agent without a `tenant` key).
     pub explicit: bool,
+}
+
+/// The encrypted session store: master key reference and retention (global and per tenant).
+#[derive(Debug, Clone, Default)]
+pub struct StoreConfig {
+    /// `None`: transcripts stay in memory only (nothing is written to disk).
+    pub master_key: Option<SecretRef>,
+    pub retention_days: Option<u32>,
+    pub tenant_retention_days: BTreeMap<TenantId, u32>,
 }
 
 /// One layer of tool policy as written (names validated, not yet expanded).
@@ -285,6 +296,15 @@ fn secret(errs: &mut Errors, warnings: &mut Vec<String>, path: &str, s: &SecretR
     }
 }
 
+fn retention_days(errs: &mut Errors, path: &str, r: Option<&RawRetention>) -> Option<u32> {
+    let days = r?.days?;
+    if days == 0 || days > 36_500 {
+        errs.push(path, format!("retention must be 1-36500 days, got {days}"));
+        return None;
+    }
+    Some(days)
+}
+
 /// Checks a raw config and applies defaults. `base` resolves relative paths.
 pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>> {
     let mut errs = Errors(Vec::new());
@@ -354,6 +374,14 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
     };
 
     let state_dir = base.join(raw.state_dir.as_deref().unwrap_or(".bulkhead"));
+    let mut store = StoreConfig {
+        master_key: raw.store.and_then(|s| s.master_key),
+        retention_days: retention_days(&mut errs, "retention.days", raw.retention.as_ref()),
+        tenant_retention_days: BTreeMap::new(),
+    };
+    if let Some(k) = &store.master_key {
+        secret(&mut errs, &mut warnings, "store.masterKey", k);
+    }
 
     // models
     let mut providers = BTreeMap::new();
@@ -444,6 +472,9 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
         }
         let layer = tool_layer(&mut errs, &format!("{path}.tools"), t.tools.as_ref());
         let tenant_share = share(&mut errs, &format!("{path}.scheduling"), t.scheduling.as_ref(), default_share);
+        if let Some(days) = retention_days(&mut errs, &format!("{path}.retention.days"), t.retention.as_ref()) {
+            store.tenant_retention_days.insert(id.clone(), days);
+        }
         if tenants.contains_key(&id) {
             errs.push(format!("{path}.id"), format!("duplicate tenant id {:?}", id.as_str()));
             continue;
@@ -718,6 +749,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
         tools,
         max_concurrent: max_concurrent as usize,
         scheduling_default: default_share,
+        store,
         warnings,
     })
 }

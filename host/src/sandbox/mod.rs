@@ -132,3 +132,44 @@ impl Sandboxes {
         }
     }
 }
+
+/// A backend that is still starting (the wasm backend compiles its runner, ~¼ s): the gateway
+/// accepts requests at once and tool calls wait until the backend is ready — or, if it failed to
+/// start, fail closed with the reason.
+pub struct Deferred {
+    backend: &'static str,
+    ready: tokio::sync::watch::Receiver<Option<Arc<dyn Sandbox>>>,
+}
+
+impl Deferred {
+    /// Starts `make` on a blocking thread; its error becomes an `Unavailable` backend.
+    pub fn spawn(
+        backend: &'static str,
+        make: impl FnOnce() -> Result<Arc<dyn Sandbox>, String> + Send + 'static,
+    ) -> Self {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        tokio::task::spawn_blocking(move || {
+            let sandbox = make().unwrap_or_else(|reason| {
+                tracing::error!(backend, %reason, "Sandbox backend failed to start; its tool calls will fail.");
+                Arc::new(Unavailable { backend, reason })
+            });
+            let _ = tx.send(Some(sandbox));
+        });
+        Self { backend, ready: rx }
+    }
+}
+
+#[async_trait]
+impl Sandbox for Deferred {
+    fn name(&self) -> &'static str {
+        self.backend
+    }
+    async fn call(&self, call: &SandboxCall) -> Result<ToolOutput, SandboxError> {
+        let mut rx = self.ready.clone();
+        let sandbox = match rx.wait_for(Option::is_some).await {
+            Ok(v) => v.clone().expect("waited for Some"),
+            Err(_) => return Err(SandboxError::Unavailable(format!("the {} backend did not start", self.backend))),
+        };
+        sandbox.call(call).await
+    }
+}

@@ -1,0 +1,69 @@
+//! `bulkhead keys ...`: the operator's master key and tenant key rotation.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use super::{ConfigSource, EXIT_FAILURE, EXIT_INVALID, EXIT_OK};
+use crate::ids::TenantId;
+use crate::store::MasterKey;
+
+/// `keys init --out FILE`: writes a new master key (mode 0600); never overwrites a file.
+pub fn init(out: &Path) -> i32 {
+    let key = MasterKey::generate(format!("file {}", out.display()));
+    let file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(out);
+    let result = file.and_then(|mut f| {
+        f.write_all(key.to_text().as_bytes())?;
+        f.sync_all()
+    });
+    match result {
+        Ok(()) => {
+            println!("wrote a new master key to {}", out.display());
+            println!(
+                "keep it outside the state directory, back it up offline, and set store.masterKey: {{ file: \"...\" }}"
+            );
+            EXIT_OK
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            eprintln!("error: {} already exists; refusing to overwrite a key", out.display());
+            EXIT_INVALID
+        }
+        Err(e) => {
+            eprintln!("error: cannot write {}: {e}", out.display());
+            EXIT_FAILURE
+        }
+    }
+}
+
+/// `keys rotate --tenant ID`: re-encrypts the tenant's data to a new identity (gateway stopped).
+pub fn rotate_tenant(source: &ConfigSource, id: &str) -> i32 {
+    let Ok(tenant) = TenantId::parse(id) else {
+        eprintln!("error: invalid tenant id {id:?}");
+        return EXIT_INVALID;
+    };
+    let config = match source.load(false) {
+        Ok(c) => c,
+        Err(e) => {
+            super::report_load_error(&e);
+            return EXIT_INVALID;
+        }
+    };
+    let store = match super::open_store(&config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    if !store.tenants().contains(&tenant) {
+        eprintln!("error: tenant {id:?} has no data in the store");
+        return EXIT_INVALID;
+    }
+    match store.rotate_tenant(&tenant) {
+        Ok(n) => {
+            println!("rotated the key of tenant {id}: {n} session(s) re-encrypted, the old key destroyed");
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("error: key rotation of tenant {id:?} failed (the old key and data are unchanged): {e}");
+            EXIT_FAILURE
+        }
+    }
+}

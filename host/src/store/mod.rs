@@ -1,0 +1,1129 @@
+//! The encrypted per-tenant session store: transcripts at rest, sealed to each tenant's age key.
+//!
+//! Layout under `<stateDir>/store/` (every directory 0700, every file 0600; see `docs/store.md`):
+//!
+//! ```text
+//! store.age                      marker, age-encrypted to the master key (detects a wrong key)
+//! lock                           held by the process that has the store open
+//! tenants/<tenant>/identity.age  the tenant's age identity, encrypted to the master key + MAC
+//! tenants/<tenant>/sessions/<sid>/meta.age      session key, data key, MAC; age to the tenant
+//! tenants/<tenant>/sessions/<sid>/00000000.seg  records, each sealed with the session data key
+//! ```
+//!
+//! `<sid>` is a keyed hash of the session key, so no session key or peer id appears in a name.
+//! An append seals the new records (ChaCha20-Poly1305, random nonce, associated data = tenant,
+//! session id and position), appends them to the open segment and fsyncs: O(turn).
+
+mod format;
+mod fsutil;
+mod keys;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use ring::rand::SystemRandom;
+use serde::{Deserialize, Serialize};
+
+pub use format::{Record, RecordMessage, RecordToolCall};
+use format::{RecordKey, SEGMENT_MAGIC, hex, random, split_frames, unhex};
+use keys::TenantKeys;
+pub use keys::{MasterKey, MasterKeyError};
+
+use crate::config::Config;
+use crate::ids::{SessionKey, TenantId};
+use crate::session::{Message, SessionStore, SessionSummary, StoreError};
+
+/// Records per segment file; a full segment is never written again.
+pub const DEFAULT_RECORDS_PER_SEGMENT: u64 = 1024;
+
+/// Tuning knobs (tests use small segments).
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub records_per_segment: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { records_per_segment: DEFAULT_RECORDS_PER_SEGMENT }
+    }
+}
+
+/// Why the store could not be opened. Opening never overwrites anything on failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreOpenError {
+    #[error(
+        "store.masterKey is not configured, but {root} holds an encrypted store; configure the master key that created it"
+    )]
+    NoMasterKey { root: String },
+    #[error(transparent)]
+    MasterKey(#[from] MasterKeyError),
+    #[error("the master key ({origin}) does not open the store at {root} (wrong master key?); nothing was changed")]
+    WrongMasterKey { origin: String, root: String },
+    #[error("{path} has mode {mode:04o}: it must not be accessible by group or others; run `chmod 700 {path}`")]
+    Permissions { path: String, mode: u32 },
+    #[error("the store at {root} is in use by another bulkhead process (is the gateway running?)")]
+    Locked { root: String },
+    #[error("the store at {root} has tenant data but no store.age marker; refusing to open it")]
+    MissingMarker { root: String },
+    #[error("tenant {tenant:?}: {reason}; nothing was changed")]
+    Tenant { tenant: String, reason: String },
+    #[error("store at {path}: {what}: {error}")]
+    Io { path: String, what: &'static str, error: io::Error },
+}
+
+fn io_err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> StoreOpenError + 'a {
+    move |error| StoreOpenError::Io { path: path.display().to_string(), what, error }
+}
+
+fn store_io(what: &str, path: &Path, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(format!("{what} {}: {e}", path.display()))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Retention: how many days a session is kept after its last message, by tenant.
+#[derive(Debug, Clone, Default)]
+pub struct Retention {
+    pub default_days: Option<u32>,
+    pub per_tenant: BTreeMap<TenantId, u32>,
+}
+
+impl Retention {
+    pub fn from_config(config: &Config) -> Self {
+        Self { default_days: config.store.retention_days, per_tenant: config.store.tenant_retention_days.clone() }
+    }
+    pub fn days_for(&self, tenant: &TenantId) -> Option<u32> {
+        self.per_tenant.get(tenant).copied().or(self.default_days)
+    }
+}
+
+/// One session's content as read from disk.
+#[derive(Debug, Clone)]
+pub struct SessionRead {
+    pub key: String,
+    pub created_ms: u64,
+    /// The readable records, in order: everything, or the prefix before the first problem.
+    pub records: Vec<Record>,
+    /// Integrity problems found (empty when the session verified).
+    pub problems: Vec<String>,
+    /// A torn tail (an unacknowledged partial write) was skipped.
+    pub torn_tail: bool,
+}
+
+/// What `tenant export` wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportSummary {
+    pub sessions: usize,
+    pub messages: usize,
+    pub problems: usize,
+}
+
+/// The plaintext inside a session's `meta.age`.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct MetaFile {
+    v: u32,
+    tenant: String,
+    sid: String,
+    key: String,
+    created_ms: u64,
+    data_key: String,
+    mac: String,
+}
+
+/// The plaintext inside `store.age`.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct StoreMarker {
+    format: String,
+    v: u32,
+    mac: String,
+}
+
+struct OpenMeta {
+    key: String,
+    created_ms: u64,
+    data: RecordKey,
+}
+
+/// What is known about one session while the store is open.
+struct SessionState {
+    loaded: bool,
+    meta: Option<OpenMeta>,
+    next_seq: u64,
+    updated_ms: u64,
+    /// The segment open for appends and its index.
+    tail: Option<(u64, File)>,
+}
+
+impl SessionState {
+    fn empty() -> Self {
+        Self { loaded: false, meta: None, next_seq: 0, updated_ms: 0, tail: None }
+    }
+}
+
+type SessionSlot = Arc<Mutex<SessionState>>;
+
+struct Inner {
+    root: PathBuf,
+    master: MasterKey,
+    opts: StoreOptions,
+    rng: SystemRandom,
+    tenants: RwLock<HashMap<TenantId, Arc<TenantKeys>>>,
+    sessions: Mutex<HashMap<(TenantId, String), SessionSlot>>,
+    _lock: File,
+}
+
+/// The encrypted store. Cheap to clone; one per process (it holds the store lock).
+#[derive(Clone)]
+pub struct EncryptedStore {
+    inner: Arc<Inner>,
+}
+
+/// Where the store lives for a config.
+pub fn store_root(config: &Config) -> PathBuf {
+    config.state_dir.join("store")
+}
+
+impl EncryptedStore {
+    /// Opens the store of a config: loads and checks the master key, creates missing tenant
+    /// identities, and refuses (changing nothing) on a missing or wrong key or loose permissions.
+    pub fn open(config: &Config) -> Result<Self, StoreOpenError> {
+        let root = store_root(config);
+        let Some(reference) = &config.store.master_key else {
+            return Err(StoreOpenError::NoMasterKey { root: root.display().to_string() });
+        };
+        let master = MasterKey::load(reference, &config.base_dir, &config.state_dir)?;
+        let tenants: Vec<TenantId> = config.tenants.keys().cloned().collect();
+        Self::open_at(&root, master, &tenants, StoreOptions::default())
+    }
+
+    /// Opens (creating if needed) the store at `root` for `tenants`.
+    pub fn open_at(
+        root: &Path,
+        master: MasterKey,
+        tenants: &[TenantId],
+        opts: StoreOptions,
+    ) -> Result<Self, StoreOpenError> {
+        let opts = StoreOptions { records_per_segment: opts.records_per_segment.max(1) };
+        if let Some(parent) = root.parent()
+            && !parent.exists()
+        {
+            fsutil::create_private_dir(parent).map_err(io_err(parent, "cannot create the state directory"))?;
+        }
+        fsutil::create_private_dir(root).map_err(io_err(root, "cannot create the store directory"))?;
+        check_private(root)?;
+        let lock_path = root.join("lock");
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path, "cannot open the lock file"))?;
+        if lock.try_lock().is_err() {
+            return Err(StoreOpenError::Locked { root: root.display().to_string() });
+        }
+        let tenants_dir = root.join("tenants");
+        check_marker(root, &master)?;
+        fsutil::create_private_dir(&tenants_dir).map_err(io_err(&tenants_dir, "cannot create"))?;
+        check_private(&tenants_dir)?;
+        recover_tenant_dirs(&tenants_dir).map_err(io_err(&tenants_dir, "cannot finish an interrupted operation"))?;
+
+        let mut loaded = HashMap::new();
+        // Tenants on disk (configured or not: export and delete must reach removed tenants too).
+        let entries = fs::read_dir(&tenants_dir).map_err(io_err(&tenants_dir, "cannot list"))?;
+        for entry in entries {
+            let entry = entry.map_err(io_err(&tenants_dir, "cannot list"))?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            let Ok(id) = TenantId::parse(&name) else { continue };
+            if id.as_str() != name {
+                continue;
+            }
+            let dir = entry.path();
+            check_private(&dir)?;
+            let id_path = dir.join("identity.age");
+            if !id_path.exists() {
+                continue; // handled below if configured
+            }
+            let bytes = fs::read(&id_path).map_err(io_err(&id_path, "cannot read"))?;
+            let keys = TenantKeys::unwrap(&name, &master, &bytes)
+                .map_err(|reason| StoreOpenError::Tenant { tenant: name.clone(), reason })?;
+            loaded.insert(id, Arc::new(keys));
+        }
+        for t in tenants {
+            if loaded.contains_key(t) {
+                continue;
+            }
+            let dir = tenants_dir.join(t.as_str());
+            let sessions = dir.join("sessions");
+            if fs::read_dir(&sessions).map(|mut d| d.next().is_some()).unwrap_or(false) {
+                return Err(StoreOpenError::Tenant {
+                    tenant: t.to_string(),
+                    reason: "sessions exist but identity.age is missing; refusing to create a new identity over them"
+                        .into(),
+                });
+            }
+            let keys = TenantKeys::generate();
+            let wrapped = keys
+                .wrap(t.as_str(), &master)
+                .map_err(|reason| StoreOpenError::Tenant { tenant: t.to_string(), reason })?;
+            fsutil::create_private_dir(&sessions).map_err(io_err(&sessions, "cannot create"))?;
+            let id_path = dir.join("identity.age");
+            fsutil::write_atomic(&id_path, &wrapped).map_err(io_err(&id_path, "cannot write"))?;
+            tracing::info!(tenant = %t, "Created the tenant's store identity.");
+            loaded.insert(t.clone(), Arc::new(keys));
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                root: root.to_path_buf(),
+                master,
+                opts,
+                rng: SystemRandom::new(),
+                tenants: RwLock::new(loaded),
+                sessions: Mutex::new(HashMap::new()),
+                _lock: lock,
+            }),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// Tenants that have an identity in the store.
+    pub fn tenants(&self) -> Vec<TenantId> {
+        let mut v: Vec<TenantId> = self.inner.tenants.read().expect("tenants lock").keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    fn tenant_dir(&self, t: &TenantId) -> PathBuf {
+        self.inner.root.join("tenants").join(t.as_str())
+    }
+
+    fn keys(&self, t: &TenantId) -> Result<Arc<TenantKeys>, StoreError> {
+        self.inner
+            .tenants
+            .read()
+            .expect("tenants lock")
+            .get(t)
+            .cloned()
+            .ok_or_else(|| StoreError::Io(format!("tenant {:?} has no identity in the store", t.as_str())))
+    }
+
+    fn slot(&self, t: &TenantId, sid: &str) -> SessionSlot {
+        let mut map = self.inner.sessions.lock().expect("sessions lock");
+        map.entry((t.clone(), sid.to_string())).or_insert_with(|| Arc::new(Mutex::new(SessionState::empty()))).clone()
+    }
+
+    fn session_dir(&self, t: &TenantId, sid: &str) -> PathBuf {
+        self.tenant_dir(t).join("sessions").join(sid)
+    }
+
+    fn seg_path(dir: &Path, index: u64) -> PathBuf {
+        dir.join(format!("{index:08}.seg"))
+    }
+
+    /// Reads and verifies `meta.age` of session `sid`.
+    fn read_meta(&self, t: &TenantId, keys: &TenantKeys, sid: &str) -> Result<Option<OpenMeta>, StoreError> {
+        let path = self.session_dir(t, sid).join("meta.age");
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(store_io("cannot read", &path, e)),
+        };
+        let bad = |why: &str| StoreError::Integrity(format!("session {sid} of tenant {:?}: {why}", t.as_str()));
+        let json = keys.decrypt(&bytes).ok_or_else(|| bad("meta.age does not decrypt with the tenant key"))?;
+        let m: MetaFile = serde_json::from_slice(&json).map_err(|_| bad("meta.age has an unknown format"))?;
+        if m.v != 1 {
+            return Err(bad("meta.age has an unsupported version"));
+        }
+        let created = m.created_ms.to_be_bytes();
+        let parts: [&[u8]; 6] =
+            [b"meta", m.tenant.as_bytes(), m.sid.as_bytes(), m.key.as_bytes(), &created, m.data_key.as_bytes()];
+        if !keys.verify(&parts, &m.mac) {
+            return Err(bad("meta.age fails authentication (replaced by a file not made with the tenant key)"));
+        }
+        if m.tenant != t.as_str() || m.sid != sid || keys.session_id(&m.key) != sid {
+            return Err(bad("meta.age belongs to another session or tenant (moved)"));
+        }
+        let dk: [u8; 32] = unhex(&m.data_key)
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| bad("meta.age holds an invalid data key"))?;
+        Ok(Some(OpenMeta { key: m.key, created_ms: m.created_ms, data: RecordKey::new(&dk) }))
+    }
+
+    fn write_meta(&self, t: &TenantId, keys: &TenantKeys, sid: &str, key: &str) -> Result<OpenMeta, StoreError> {
+        let dir = self.session_dir(t, sid);
+        let dk: [u8; 32] = random(&self.inner.rng).map_err(StoreError::Io)?;
+        let created_ms = now_ms();
+        let meta = make_meta(keys, t.as_str(), sid, key, created_ms, &dk)?;
+        fsutil::create_private_dir(&dir).map_err(|e| store_io("cannot create", &dir, e))?;
+        let path = dir.join("meta.age");
+        fsutil::write_atomic(&path, &meta).map_err(|e| store_io("cannot write", &path, e))?;
+        Ok(OpenMeta { key: key.to_string(), created_ms, data: RecordKey::new(&dk) })
+    }
+
+    /// Loads a session's state for appending: meta, and the last segment verified (a torn tail is
+    /// cut off with a warning; it was never acknowledged).
+    fn load(&self, t: &TenantId, keys: &TenantKeys, sid: &str, st: &mut SessionState) -> Result<(), StoreError> {
+        if st.loaded {
+            return Ok(());
+        }
+        *st = SessionState::empty();
+        let Some(meta) = self.read_meta(t, keys, sid)? else {
+            st.loaded = true;
+            return Ok(());
+        };
+        let dir = self.session_dir(t, sid);
+        let segs = list_segments(&dir)?;
+        let per = self.inner.opts.records_per_segment;
+        let mut updated = meta.created_ms;
+        let mut next = 0;
+        if let Some(&last) = segs.last() {
+            let path = Self::seg_path(&dir, last);
+            let bytes = fs::read(&path).map_err(|e| store_io("cannot read", &path, e))?;
+            let frames = split_frames(&bytes).map_err(|e| integrity(t, sid, &format!("segment {last}: {e}")))?;
+            if frames.frames.len() as u64 > per {
+                return Err(integrity(t, sid, &format!("segment {last} holds too many records")));
+            }
+            for (j, f) in frames.frames.iter().enumerate() {
+                let seq = last * per + j as u64;
+                let rec = open_record(&meta.data, t, sid, seq, f)?;
+                updated = rec.ts;
+            }
+            next = last * per + frames.frames.len() as u64;
+            if let Some(at) = frames.torn_at {
+                tracing::warn!(tenant = %t, session = sid, segment = last, "Skipped a torn write at the end of a session (an unacknowledged append); cutting it off.");
+                let f = OpenOptions::new().write(true).open(&path).map_err(|e| store_io("cannot open", &path, e))?;
+                if at < SEGMENT_MAGIC.len() {
+                    f.set_len(0).map_err(|e| store_io("cannot truncate", &path, e))?;
+                    (&f).write_all(SEGMENT_MAGIC).map_err(|e| store_io("cannot write", &path, e))?;
+                } else {
+                    f.set_len(at as u64).map_err(|e| store_io("cannot truncate", &path, e))?;
+                }
+                f.sync_all().map_err(|e| store_io("cannot sync", &path, e))?;
+            }
+        }
+        st.meta = Some(meta);
+        st.next_seq = next;
+        st.updated_ms = updated;
+        st.loaded = true;
+        Ok(())
+    }
+
+    fn append_blocking(&self, t: &TenantId, key: &SessionKey, messages: &[Message]) -> Result<(), StoreError> {
+        let keys = self.keys(t)?;
+        let key_text = key.to_string();
+        let sid = keys.session_id(&key_text);
+        let slot = self.slot(t, &sid);
+        let mut st = slot.lock().expect("session lock");
+        let result = self.append_locked(t, &keys, &sid, &key_text, messages, &mut st);
+        if result.is_err() {
+            // Whatever was half written is a torn tail: reload (and cut it) on the next access.
+            st.loaded = false;
+            st.tail = None;
+        }
+        result
+    }
+
+    fn append_locked(
+        &self,
+        t: &TenantId,
+        keys: &TenantKeys,
+        sid: &str,
+        key_text: &str,
+        messages: &[Message],
+        st: &mut SessionState,
+    ) -> Result<(), StoreError> {
+        self.load(t, keys, sid, st)?;
+        if st.meta.is_none() {
+            st.meta = Some(self.write_meta(t, keys, sid, key_text)?);
+            st.updated_ms = now_ms();
+        }
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let dir = self.session_dir(t, sid);
+        let per = self.inner.opts.records_per_segment;
+        let ts = now_ms();
+        let mut pending: Vec<u8> = Vec::new();
+        let mut seq = st.next_seq;
+        for m in messages {
+            let seg = seq / per;
+            if st.tail.as_ref().is_none_or(|(i, _)| *i != seg) {
+                flush(st, &mut pending, &dir)?;
+                st.tail = Some((seg, open_segment(&Self::seg_path(&dir, seg), &dir)?));
+            }
+            let rec = Record { v: format::RECORD_VERSION, ts, msg: RecordMessage::from(m) };
+            let pt = serde_json::to_vec(&rec).map_err(|e| StoreError::Io(format!("cannot encode a record: {e}")))?;
+            let meta = st.meta.as_ref().expect("meta set above");
+            let frame = meta.data.seal_frame(&self.inner.rng, t.as_str(), sid, seq, &pt).map_err(StoreError::Io)?;
+            pending.extend_from_slice(&frame);
+            seq += 1;
+            if seq.is_multiple_of(per) {
+                flush(st, &mut pending, &dir)?;
+            }
+        }
+        flush(st, &mut pending, &dir)?;
+        st.next_seq = seq;
+        st.updated_ms = ts;
+        Ok(())
+    }
+
+    /// Reads a session. `strict`: stop at the first problem and return it as an error; otherwise
+    /// return the readable prefix and the problems. `from_seq` skips segments wholly before it.
+    fn read_session(
+        &self,
+        t: &TenantId,
+        keys: &TenantKeys,
+        sid: &str,
+        meta: &OpenMeta,
+        from_seq: u64,
+    ) -> Result<SessionRead, StoreError> {
+        let dir = self.session_dir(t, sid);
+        let per = self.inner.opts.records_per_segment;
+        let segs = list_segments(&dir)?;
+        let mut out = SessionRead {
+            key: meta.key.clone(),
+            created_ms: meta.created_ms,
+            records: Vec::new(),
+            problems: Vec::new(),
+            torn_tail: false,
+        };
+        let _ = keys;
+        'segments: for (i, &index) in segs.iter().enumerate() {
+            if index != i as u64 {
+                out.problems.push(format!("segment {i} is missing (deleted or renamed)"));
+                break;
+            }
+            if (index + 1) * per <= from_seq {
+                continue;
+            }
+            let last = i + 1 == segs.len();
+            let path = Self::seg_path(&dir, index);
+            let bytes = fs::read(&path).map_err(|e| store_io("cannot read", &path, e))?;
+            let frames = match split_frames(&bytes) {
+                Ok(f) => f,
+                Err(e) => {
+                    out.problems.push(format!("segment {index}: {e}"));
+                    break;
+                }
+            };
+            if frames.torn_at.is_some() {
+                if last {
+                    out.torn_tail = true;
+                } else {
+                    out.problems.push(format!("segment {index} is truncated"));
+                }
+            }
+            let count = frames.frames.len() as u64;
+            if (count > per || (!last && count < per)) && out.problems.is_empty() {
+                {
+                    out.problems
+                        .push(format!("segment {index} has the wrong number of records (truncated or spliced)"));
+                }
+            }
+            for (j, f) in frames.frames.iter().enumerate() {
+                let seq = index * per + j as u64;
+                match open_record(&meta.data, t, sid, seq, f) {
+                    Ok(r) => {
+                        if seq >= from_seq {
+                            out.records.push(r)
+                        }
+                    }
+                    Err(StoreError::Integrity(e)) => {
+                        out.problems.push(e);
+                        break 'segments;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if !out.problems.is_empty() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Opens a session for reading (through its cached state); `None` when it does not exist.
+    fn with_session<R>(
+        &self,
+        t: &TenantId,
+        key_text: &str,
+        f: impl FnOnce(&Self, &TenantKeys, &str, &SessionState) -> Result<R, StoreError>,
+    ) -> Result<Option<R>, StoreError> {
+        let keys = self.keys(t)?;
+        let sid = keys.session_id(key_text);
+        let dir = self.session_dir(t, &sid);
+        if !dir.exists() {
+            return Ok(None);
+        }
+        self.with_sid(t, &keys, &sid, f)
+    }
+
+    fn with_sid<R>(
+        &self,
+        t: &TenantId,
+        keys: &TenantKeys,
+        sid: &str,
+        f: impl FnOnce(&Self, &TenantKeys, &str, &SessionState) -> Result<R, StoreError>,
+    ) -> Result<Option<R>, StoreError> {
+        let slot = self.slot(t, sid);
+        let mut st = slot.lock().expect("session lock");
+        if let Err(e) = self.load(t, keys, sid, &mut st) {
+            st.loaded = false;
+            return Err(e);
+        }
+        if st.meta.is_none() {
+            return Ok(None);
+        }
+        f(self, keys, sid, &st).map(Some)
+    }
+
+    fn history_blocking(
+        &self,
+        t: &TenantId,
+        key: &SessionKey,
+        limit: Option<usize>,
+    ) -> Result<Vec<Message>, StoreError> {
+        let read = self.with_session(t, &key.to_string(), |s, keys, sid, st| {
+            let from = limit.map_or(0, |l| st.next_seq.saturating_sub(l as u64));
+            let meta = st.meta.as_ref().expect("checked");
+            s.read_session(t, keys, sid, meta, from)
+        })?;
+        let Some(read) = read else { return Ok(Vec::new()) };
+        if let Some(p) = read.problems.first() {
+            return Err(StoreError::Integrity(p.clone()));
+        }
+        let skip = limit.map_or(0, |l| read.records.len().saturating_sub(l));
+        Ok(read.records.into_iter().skip(skip).map(|r| Message::from(r.msg)).collect())
+    }
+
+    /// Every session of a tenant, read leniently (for export and rotation).
+    pub fn read_tenant(&self, t: &TenantId) -> Result<Vec<SessionRead>, StoreError> {
+        let keys = self.keys(t)?;
+        let mut out = Vec::new();
+        for sid in self.session_ids(t)? {
+            // Hold the session lock so no append interleaves with the read.
+            let slot = self.slot(t, &sid);
+            let _guard = slot.lock().expect("session lock");
+            let r = self.read_meta(t, &keys, &sid).and_then(|meta| match meta {
+                Some(meta) => self.read_session(t, &keys, &sid, &meta, 0).map(Some),
+                None => Ok(None),
+            });
+            match r {
+                Ok(Some(read)) => out.push(read),
+                Ok(None) => {}
+                Err(StoreError::Integrity(e)) => out.push(SessionRead {
+                    key: String::new(),
+                    created_ms: 0,
+                    records: Vec::new(),
+                    problems: vec![e],
+                    torn_tail: false,
+                }),
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    fn session_ids(&self, t: &TenantId) -> Result<Vec<String>, StoreError> {
+        let dir = self.tenant_dir(t).join("sessions");
+        let mut out = Vec::new();
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(store_io("cannot list", &dir, e)),
+        };
+        for e in entries {
+            let e = e.map_err(|e| store_io("cannot list", &dir, e))?;
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.len() == 32 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+                out.push(name);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn list_blocking(&self, t: &TenantId) -> Result<Vec<SessionSummary>, StoreError> {
+        let keys = self.keys(t)?;
+        let mut out = Vec::new();
+        for sid in self.session_ids(t)? {
+            let r = self.with_sid(t, &keys, &sid, |_, _, _, st| {
+                let meta = st.meta.as_ref().expect("checked");
+                Ok((meta.key.clone(), st.next_seq, st.updated_ms))
+            });
+            match r {
+                Ok(Some((key, n, updated))) => match SessionKey::parse(&key) {
+                    Ok(key) => out.push(SessionSummary {
+                        key,
+                        messages: n as usize,
+                        updated: UNIX_EPOCH + Duration::from_millis(updated),
+                    }),
+                    Err(_) => tracing::warn!(tenant = %t, session = %sid, "Skipped a session with an invalid key."),
+                },
+                Ok(None) => {}
+                Err(e) => tracing::warn!(tenant = %t, session = %sid, error = %e, "Skipped an unreadable session."),
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    /// Deletes one session: the meta file (which holds the data key) goes first.
+    fn delete_sid(&self, t: &TenantId, sid: &str) -> Result<bool, StoreError> {
+        let slot = self.slot(t, sid);
+        let mut st = slot.lock().expect("session lock");
+        let dir = self.session_dir(t, sid);
+        let existed = dir.exists();
+        let meta = dir.join("meta.age");
+        fsutil::remove_file_if_exists(&meta).map_err(|e| store_io("cannot remove", &meta, e))?;
+        if existed {
+            fsutil::sync_dir(&dir).map_err(|e| store_io("cannot sync", &dir, e))?;
+        }
+        fsutil::remove_dir_all_if_exists(&dir).map_err(|e| store_io("cannot remove", &dir, e))?;
+        if let Some(parent) = dir.parent() {
+            let _ = fsutil::sync_dir(parent);
+        }
+        *st = SessionState::empty();
+        drop(st);
+        self.inner.sessions.lock().expect("sessions lock").remove(&(t.clone(), sid.to_string()));
+        Ok(existed)
+    }
+
+    /// Deletes one session of a tenant; `false` when it did not exist.
+    pub fn delete_session_blocking(&self, t: &TenantId, key: &SessionKey) -> Result<bool, StoreError> {
+        let keys = self.keys(t)?;
+        let sid = keys.session_id(&key.to_string());
+        self.delete_sid(t, &sid)
+    }
+
+    /// Deletes sessions whose last message is older than the retention of their tenant.
+    /// Returns how many sessions were deleted per tenant.
+    pub fn apply_retention(
+        &self,
+        retention: &Retention,
+        now: SystemTime,
+    ) -> Result<Vec<(TenantId, usize)>, StoreError> {
+        let now = now.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let mut report = Vec::new();
+        for t in self.tenants() {
+            let Some(days) = retention.days_for(&t) else { continue };
+            let cutoff = now.saturating_sub(u64::from(days) * 86_400_000);
+            let keys = self.keys(&t)?;
+            let mut deleted = 0;
+            for sid in self.session_ids(&t)? {
+                let updated = self.with_sid(&t, &keys, &sid, |_, _, _, st| Ok(st.updated_ms));
+                match updated {
+                    Ok(Some(u)) if u < cutoff => {
+                        self.delete_sid(&t, &sid)?;
+                        deleted += 1;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(tenant = %t, session = %sid, error = %e, "Retention skipped an unreadable session.")
+                    }
+                }
+            }
+            if deleted > 0 {
+                tracing::info!(tenant = %t, deleted, days, "Retention deleted expired sessions.");
+            }
+            report.push((t, deleted));
+        }
+        Ok(report)
+    }
+
+    /// Writes a tenant's decrypted archive (JSON Lines; see `docs/store.md`).
+    pub fn export_tenant(&self, t: &TenantId, out: &mut dyn Write) -> Result<ExportSummary, StoreError> {
+        let sessions = self.read_tenant(t)?;
+        let w = |out: &mut dyn Write, v: serde_json::Value| -> Result<(), StoreError> {
+            writeln!(out, "{v}").map_err(|e| StoreError::Io(format!("cannot write the export: {e}")))
+        };
+        w(
+            out,
+            serde_json::json!({"type": "bulkhead-export", "version": 1, "tenant": t.as_str(), "exportedAtMs": now_ms()}),
+        )?;
+        let mut summary = ExportSummary { sessions: 0, messages: 0, problems: 0 };
+        for s in &sessions {
+            summary.sessions += 1;
+            summary.problems += s.problems.len();
+            w(
+                out,
+                serde_json::json!({"type": "session", "session": s.key, "createdMs": s.created_ms,
+                    "messages": s.records.len(), "problems": s.problems}),
+            )?;
+            for (seq, r) in s.records.iter().enumerate() {
+                summary.messages += 1;
+                let mut v = serde_json::to_value(&r.msg).map_err(|e| StoreError::Io(e.to_string()))?;
+                if let Some(obj) = v.as_object_mut() {
+                    obj.insert("type".into(), "message".into());
+                    obj.insert("session".into(), s.key.clone().into());
+                    obj.insert("seq".into(), seq.into());
+                    obj.insert("ts".into(), r.ts.into());
+                }
+                w(out, v)?;
+            }
+        }
+        w(
+            out,
+            serde_json::json!({"type": "end", "sessions": summary.sessions, "messages": summary.messages,
+                "problems": summary.problems}),
+        )?;
+        Ok(summary)
+    }
+
+    /// Crypto-shredding: destroys the tenant's wrapped identity first, then its data. Returns
+    /// `false` when the tenant had nothing in the store.
+    pub fn delete_tenant(&self, t: &TenantId) -> Result<bool, StoreError> {
+        let tenants_dir = self.inner.root.join("tenants");
+        let dir = self.tenant_dir(t);
+        self.inner.tenants.write().expect("tenants lock").remove(t);
+        self.inner.sessions.lock().expect("sessions lock").retain(|(tt, _), _| tt != t);
+        if !dir.exists() {
+            return Ok(false);
+        }
+        let doomed = tenants_dir.join(format!("{}.deleting", t.as_str()));
+        fs::rename(&dir, &doomed).map_err(|e| store_io("cannot rename", &dir, e))?;
+        fsutil::sync_dir(&tenants_dir).map_err(|e| store_io("cannot sync", &tenants_dir, e))?;
+        shred_dir(&doomed).map_err(|e| store_io("cannot remove", &doomed, e))?;
+        fsutil::sync_dir(&tenants_dir).map_err(|e| store_io("cannot sync", &tenants_dir, e))?;
+        Ok(true)
+    }
+
+    /// Re-encrypts a tenant's data to a new identity. Crash-safe: the new tree is built beside
+    /// the old one and swapped in by renames; `open` finishes or discards an interrupted rotation.
+    /// A session that fails verification stops the rotation (nothing is changed).
+    pub fn rotate_tenant(&self, t: &TenantId) -> Result<usize, StoreError> {
+        let sessions = self.read_tenant(t)?;
+        if let Some(bad) = sessions.iter().find(|s| !s.problems.is_empty()) {
+            return Err(StoreError::Integrity(format!(
+                "cannot rotate tenant {:?}: a session fails verification ({}); export it and delete the session first",
+                t.as_str(),
+                bad.problems.join("; ")
+            )));
+        }
+        let tenants_dir = self.inner.root.join("tenants");
+        let tmp = tenants_dir.join(format!("{}.rotate.tmp", t.as_str()));
+        let new = tenants_dir.join(format!("{}.rotate.new", t.as_str()));
+        let old = tenants_dir.join(format!("{}.rotate.old", t.as_str()));
+        let dir = self.tenant_dir(t);
+        fsutil::remove_dir_all_if_exists(&tmp).map_err(|e| store_io("cannot remove", &tmp, e))?;
+        let keys = TenantKeys::generate();
+        let per = self.inner.opts.records_per_segment;
+        let build = || -> Result<(), StoreError> {
+            let sessions_dir = tmp.join("sessions");
+            fsutil::create_private_dir(&sessions_dir).map_err(|e| store_io("cannot create", &sessions_dir, e))?;
+            let wrapped = keys.wrap(t.as_str(), &self.inner.master).map_err(StoreError::Io)?;
+            let idp = tmp.join("identity.age");
+            fsutil::write_atomic(&idp, &wrapped).map_err(|e| store_io("cannot write", &idp, e))?;
+            for s in &sessions {
+                let sid = keys.session_id(&s.key);
+                let sdir = sessions_dir.join(&sid);
+                fsutil::create_private_dir(&sdir).map_err(|e| store_io("cannot create", &sdir, e))?;
+                let dk: [u8; 32] = random(&self.inner.rng).map_err(StoreError::Io)?;
+                let meta = make_meta(&keys, t.as_str(), &sid, &s.key, s.created_ms, &dk)?;
+                let mp = sdir.join("meta.age");
+                fsutil::write_atomic(&mp, &meta).map_err(|e| store_io("cannot write", &mp, e))?;
+                let rk = RecordKey::new(&dk);
+                for (index, chunk) in s.records.chunks(per as usize).enumerate() {
+                    let mut bytes = SEGMENT_MAGIC.to_vec();
+                    for (j, r) in chunk.iter().enumerate() {
+                        let seq = index as u64 * per + j as u64;
+                        let pt = serde_json::to_vec(r).map_err(|e| StoreError::Io(e.to_string()))?;
+                        bytes.extend(
+                            rk.seal_frame(&self.inner.rng, t.as_str(), &sid, seq, &pt).map_err(StoreError::Io)?,
+                        );
+                    }
+                    let p = Self::seg_path(&sdir, index as u64);
+                    fsutil::write_atomic(&p, &bytes).map_err(|e| store_io("cannot write", &p, e))?;
+                }
+            }
+            fsutil::sync_dir(&sessions_dir).map_err(|e| store_io("cannot sync", &sessions_dir, e))?;
+            Ok(())
+        };
+        if let Err(e) = build() {
+            let _ = fsutil::remove_dir_all_if_exists(&tmp);
+            return Err(e);
+        }
+        let step = |from: &Path, to: &Path| -> Result<(), StoreError> {
+            fs::rename(from, to).map_err(|e| store_io("cannot rename", from, e))?;
+            fsutil::sync_dir(&tenants_dir).map_err(|e| store_io("cannot sync", &tenants_dir, e))
+        };
+        // Commit point: the complete new tree gets its final-looking name.
+        step(&tmp, &new)?;
+        // Hold the tenant's session cache while swapping so no append lands in the old tree.
+        let mut cache = self.inner.sessions.lock().expect("sessions lock");
+        cache.retain(|(tt, _), _| tt != t);
+        step(&dir, &old)?;
+        step(&new, &dir)?;
+        self.inner.tenants.write().expect("tenants lock").insert(t.clone(), Arc::new(keys));
+        drop(cache);
+        shred_dir(&old).map_err(|e| store_io("cannot remove", &old, e))?;
+        Ok(sessions.len())
+    }
+}
+
+fn make_meta(
+    keys: &TenantKeys,
+    tenant: &str,
+    sid: &str,
+    key: &str,
+    created_ms: u64,
+    dk: &[u8; 32],
+) -> Result<Vec<u8>, StoreError> {
+    let data_key = hex(dk);
+    let created = created_ms.to_be_bytes();
+    let parts: [&[u8]; 6] = [b"meta", tenant.as_bytes(), sid.as_bytes(), key.as_bytes(), &created, data_key.as_bytes()];
+    let mac = keys.mac(&parts);
+    let m = MetaFile {
+        v: 1,
+        tenant: tenant.to_string(),
+        sid: sid.to_string(),
+        key: key.to_string(),
+        created_ms,
+        data_key,
+        mac,
+    };
+    let json = serde_json::to_vec(&m).map_err(|e| StoreError::Io(e.to_string()))?;
+    keys.encrypt(&json).map_err(StoreError::Io)
+}
+
+fn integrity(t: &TenantId, sid: &str, what: &str) -> StoreError {
+    StoreError::Integrity(format!("session {sid} of tenant {:?}: {what}", t.as_str()))
+}
+
+fn open_record(
+    key: &RecordKey,
+    t: &TenantId,
+    sid: &str,
+    seq: u64,
+    f: &format::RawFrame<'_>,
+) -> Result<Record, StoreError> {
+    let pt = key.open(t.as_str(), sid, seq, &f.nonce, f.body).ok_or_else(|| {
+        integrity(
+            t,
+            sid,
+            &format!(
+                "record {seq} (byte {} of its segment) fails authentication (modified, moved, reordered or replaced)",
+                f.offset
+            ),
+        )
+    })?;
+    let rec: Record =
+        serde_json::from_slice(&pt).map_err(|_| integrity(t, sid, &format!("record {seq} has an unknown format")))?;
+    if rec.v != format::RECORD_VERSION {
+        return Err(integrity(t, sid, &format!("record {seq} has unsupported version {}", rec.v)));
+    }
+    Ok(rec)
+}
+
+/// Segment indexes present in a session directory, sorted.
+fn list_segments(dir: &Path) -> Result<Vec<u64>, StoreError> {
+    let mut out = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(store_io("cannot list", dir, e)),
+    };
+    for e in entries {
+        let e = e.map_err(|e| store_io("cannot list", dir, e))?;
+        let name = e.file_name().to_string_lossy().to_string();
+        if let Some(n) = name.strip_suffix(".seg").and_then(|n| n.parse::<u64>().ok()) {
+            out.push(n);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Opens segment `path` for appending, creating it (with its header, durably) if missing.
+fn open_segment(path: &Path, dir: &Path) -> Result<File, StoreError> {
+    match fsutil::create_new_private(path) {
+        Ok(mut f) => {
+            f.write_all(SEGMENT_MAGIC).map_err(|e| store_io("cannot write", path, e))?;
+            f.sync_all().map_err(|e| store_io("cannot sync", path, e))?;
+            fsutil::sync_dir(dir).map_err(|e| store_io("cannot sync", dir, e))?;
+            Ok(f)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            OpenOptions::new().append(true).open(path).map_err(|e| store_io("cannot open", path, e))
+        }
+        Err(e) => Err(store_io("cannot create", path, e)),
+    }
+}
+
+/// Writes the pending frames to the open segment and makes them durable.
+fn flush(st: &mut SessionState, pending: &mut Vec<u8>, dir: &Path) -> Result<(), StoreError> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let Some((index, f)) = st.tail.as_mut() else {
+        return Err(StoreError::Io("no open segment".into()));
+    };
+    let path = EncryptedStore::seg_path(dir, *index);
+    f.write_all(pending).map_err(|e| store_io("cannot append to", &path, e))?;
+    f.sync_data().map_err(|e| store_io("cannot sync", &path, e))?;
+    pending.clear();
+    Ok(())
+}
+
+fn check_private(path: &Path) -> Result<(), StoreOpenError> {
+    let mode = fsutil::mode_of(path).map_err(io_err(path, "cannot stat"))?;
+    if mode & 0o077 != 0 {
+        return Err(StoreOpenError::Permissions { path: path.display().to_string(), mode });
+    }
+    Ok(())
+}
+
+/// Checks (or, for a fresh store, writes) `store.age`, which proves the master key is the one
+/// that created the store.
+fn check_marker(root: &Path, master: &MasterKey) -> Result<(), StoreOpenError> {
+    let path = root.join("store.age");
+    let wrong = || StoreOpenError::WrongMasterKey { origin: master.origin.clone(), root: root.display().to_string() };
+    match fs::read(&path) {
+        Ok(bytes) => {
+            let json = master.unwrap(&bytes).ok_or_else(wrong)?;
+            let m: StoreMarker = serde_json::from_slice(&json).map_err(|_| wrong())?;
+            if m.format != "bulkhead-store" || m.v != 1 || !master.verify(&[b"store"], &m.mac) {
+                return Err(wrong());
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let tenants = root.join("tenants");
+            let has_data = fs::read_dir(&tenants).map(|mut d| d.next().is_some()).unwrap_or(false);
+            if has_data {
+                return Err(StoreOpenError::MissingMarker { root: root.display().to_string() });
+            }
+            let m = StoreMarker { format: "bulkhead-store".into(), v: 1, mac: master.mac(&[b"store"]) };
+            let json = serde_json::to_vec(&m).map_err(|e| StoreOpenError::Io {
+                path: path.display().to_string(),
+                what: "cannot encode",
+                error: io::Error::other(e),
+            })?;
+            let ct = master.wrap(&json).map_err(|e| StoreOpenError::Io {
+                path: path.display().to_string(),
+                what: "cannot encrypt",
+                error: io::Error::other(e),
+            })?;
+            fsutil::write_atomic(&path, &ct).map_err(io_err(&path, "cannot write"))
+        }
+        Err(e) => Err(StoreOpenError::Io { path: path.display().to_string(), what: "cannot read", error: e }),
+    }
+}
+
+/// Removes a tenant tree, its wrapped identity first (crypto-shredding), then everything else.
+fn shred_dir(dir: &Path) -> io::Result<()> {
+    fsutil::remove_file_if_exists(&dir.join("identity.age"))?;
+    if dir.exists() {
+        fsutil::sync_dir(dir)?;
+    }
+    fsutil::remove_dir_all_if_exists(dir)
+}
+
+/// Finishes or discards what an interrupted rotation or deletion left behind.
+fn recover_tenant_dirs(tenants_dir: &Path) -> io::Result<()> {
+    let names: Vec<String> = fs::read_dir(tenants_dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    let mut changed = false;
+    for name in &names {
+        let path = tenants_dir.join(name);
+        if name.ends_with(".rotate.tmp") {
+            tracing::warn!(dir = %name, "Discarding an incomplete key rotation.");
+            fsutil::remove_dir_all_if_exists(&path)?;
+            changed = true;
+        } else if name.ends_with(".deleting") {
+            tracing::warn!(dir = %name, "Finishing an interrupted tenant deletion.");
+            shred_dir(&path)?;
+            changed = true;
+        }
+    }
+    for name in &names {
+        if let Some(base) = name.strip_suffix(".rotate.new") {
+            tracing::warn!(tenant = %base, "Finishing an interrupted key rotation.");
+            let dir = tenants_dir.join(base);
+            let old = tenants_dir.join(format!("{base}.rotate.old"));
+            if dir.exists() {
+                fs::rename(&dir, &old)?;
+                fsutil::sync_dir(tenants_dir)?;
+            }
+            fs::rename(tenants_dir.join(name), &dir)?;
+            changed = true;
+        }
+    }
+    if changed {
+        fsutil::sync_dir(tenants_dir)?;
+    }
+    let names: Vec<String> = fs::read_dir(tenants_dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    for name in &names {
+        if let Some(base) = name.strip_suffix(".rotate.old") {
+            let path = tenants_dir.join(name);
+            if tenants_dir.join(base).exists() {
+                shred_dir(&path)?;
+            } else {
+                fs::rename(&path, tenants_dir.join(base))?;
+            }
+            fsutil::sync_dir(tenants_dir)?;
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl SessionStore for EncryptedStore {
+    async fn append(&self, tenant: &TenantId, key: &SessionKey, messages: &[Message]) -> Result<(), StoreError> {
+        let (s, t, k, m) = (self.clone(), tenant.clone(), key.clone(), messages.to_vec());
+        blocking(move || s.append_blocking(&t, &k, &m)).await
+    }
+
+    async fn history(
+        &self,
+        tenant: &TenantId,
+        key: &SessionKey,
+        limit: Option<usize>,
+    ) -> Result<Vec<Message>, StoreError> {
+        let (s, t, k) = (self.clone(), tenant.clone(), key.clone());
+        blocking(move || s.history_blocking(&t, &k, limit)).await
+    }
+
+    async fn list(&self, tenant: &TenantId) -> Result<Vec<SessionSummary>, StoreError> {
+        let (s, t) = (self.clone(), tenant.clone());
+        blocking(move || s.list_blocking(&t)).await
+    }
+
+    async fn exists(&self, tenant: &TenantId, key: &SessionKey) -> Result<bool, StoreError> {
+        let (s, t, k) = (self.clone(), tenant.clone(), key.clone());
+        blocking(move || Ok(s.with_session(&t, &k.to_string(), |_, _, _, _| Ok(()))?.is_some())).await
+    }
+
+    async fn delete_session(&self, tenant: &TenantId, key: &SessionKey) -> Result<bool, StoreError> {
+        let (s, t, k) = (self.clone(), tenant.clone(), key.clone());
+        blocking(move || s.delete_session_blocking(&t, &k)).await
+    }
+}
+
+async fn blocking<R: Send + 'static>(
+    f: impl FnOnce() -> Result<R, StoreError> + Send + 'static,
+) -> Result<R, StoreError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| StoreError::Io(format!("store task failed: {e}")))?
+}

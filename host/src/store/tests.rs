@@ -1,0 +1,572 @@
+//! Unit tests of the encrypted store: persistence, no plaintext at rest, permissions, keys,
+//! tampering, torn tails, retention, export, crypto-shredding and rotation.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use super::*;
+use crate::ids::{AgentId, PeerKind};
+use crate::session::ToolCall;
+
+const SENTENCE: &str = "The quick brown fox deposits 4711 gold coins in Zurich";
+
+fn tid(s: &str) -> TenantId {
+    TenantId::parse(s).unwrap()
+}
+
+fn skey(peer: &str) -> SessionKey {
+    SessionKey::new(AgentId::parse("agent-x").unwrap(), "api", PeerKind::Direct, peer).unwrap()
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    master_text: String,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("state").join("store");
+        let master_text = MasterKey::generate("test".into()).to_text();
+        Self { _dir: dir, root, master_text }
+    }
+    fn master(&self) -> MasterKey {
+        MasterKey::from_secret(&crate::config::SecretString::new(self.master_text.clone()), "test key".into()).unwrap()
+    }
+    fn open_with(&self, per: u64) -> Result<EncryptedStore, StoreOpenError> {
+        EncryptedStore::open_at(
+            &self.root,
+            self.master(),
+            &[tid("alpha"), tid("bravo")],
+            StoreOptions { records_per_segment: per },
+        )
+    }
+    fn open(&self, per: u64) -> EncryptedStore {
+        self.open_with(per).unwrap()
+    }
+    fn session_dir(&self, store: &EncryptedStore, tenant: &str, peer: &str) -> PathBuf {
+        let t = tid(tenant);
+        let sid = store.keys(&t).unwrap().session_id(&skey(peer).to_string());
+        store.session_dir(&t, &sid)
+    }
+}
+
+fn user(text: &str) -> Message {
+    Message::User { text: text.to_string() }
+}
+
+fn texts(msgs: &[Message]) -> Vec<String> {
+    msgs.iter().map(|m| m.text().to_string()).collect()
+}
+
+fn all_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+fn tree_bytes(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    all_files(dir).into_iter().filter(|p| p.is_file()).map(|p| (p.clone(), fs::read(&p).unwrap())).collect()
+}
+
+#[tokio::test]
+async fn transcripts_persist_across_reopen_with_every_message_kind() {
+    let fx = Fixture::new();
+    let msgs = vec![
+        user("hello"),
+        Message::Assistant {
+            text: "calling".into(),
+            tool_calls: vec![ToolCall {
+                id: "c1".into(),
+                name: "read".into(),
+                arguments: serde_json::json!({"path": "a"}),
+            }],
+        },
+        Message::ToolResult { call_id: "c1".into(), name: "read".into(), content: "file body".into(), is_error: false },
+        Message::Assistant { text: "done".into(), tool_calls: vec![] },
+    ];
+    {
+        let s = fx.open(1024);
+        s.append(&tid("alpha"), &skey("u1"), &msgs[..1]).await.unwrap();
+        s.append(&tid("alpha"), &skey("u1"), &msgs[1..]).await.unwrap();
+        assert!(s.exists(&tid("alpha"), &skey("u1")).await.unwrap());
+        assert!(!s.exists(&tid("bravo"), &skey("u1")).await.unwrap(), "other tenant sees nothing");
+    }
+    let s = fx.open(1024);
+    assert_eq!(s.history(&tid("alpha"), &skey("u1"), None).await.unwrap(), msgs);
+    assert_eq!(s.history(&tid("alpha"), &skey("u1"), Some(2)).await.unwrap(), msgs[2..].to_vec());
+    assert!(s.history(&tid("bravo"), &skey("u1"), None).await.unwrap().is_empty());
+    let list = s.list(&tid("alpha")).await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].key, skey("u1"));
+    assert_eq!(list[0].messages, 4);
+    assert!(s.list(&tid("bravo")).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn segments_roll_and_limits_read_only_the_tail() {
+    let fx = Fixture::new();
+    let s = fx.open(3);
+    for i in 0..10 {
+        s.append(&tid("alpha"), &skey("u1"), &[user(&format!("m{i}"))]).await.unwrap();
+    }
+    s.append(&tid("alpha"), &skey("u1"), &[user("m10"), user("m11"), user("m12")]).await.unwrap();
+    let dir = fx.session_dir(&s, "alpha", "u1");
+    assert_eq!(list_segments(&dir).unwrap(), vec![0, 1, 2, 3, 4]);
+    drop(s);
+    let s = fx.open(3);
+    let all = s.history(&tid("alpha"), &skey("u1"), None).await.unwrap();
+    assert_eq!(texts(&all), (0..13).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    let tail = s.history(&tid("alpha"), &skey("u1"), Some(4)).await.unwrap();
+    assert_eq!(texts(&tail), ["m9", "m10", "m11", "m12"]);
+}
+
+#[tokio::test]
+async fn no_plaintext_names_or_loose_permissions_at_rest() {
+    let fx = Fixture::new();
+    let s = fx.open(4);
+    let peer = "peer-7781@example.org";
+    for _ in 0..6 {
+        s.append(&tid("alpha"), &skey(peer), &[user(SENTENCE)]).await.unwrap();
+    }
+    for p in all_files(&fx.root) {
+        let name = p.to_string_lossy().to_string();
+        assert!(!name.contains("peer-7781") && !name.contains("agent-x"), "name leaks a session key: {name}");
+        let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        if p.is_dir() {
+            assert_eq!(mode, 0o700, "{name}");
+        } else {
+            assert_eq!(mode, 0o600, "{name}");
+            let bytes = fs::read(&p).unwrap();
+            for needle in [SENTENCE.as_bytes(), b"quick brown", b"peer-7781", b"agent-x", b"AGE-SECRET-KEY"] {
+                assert!(!bytes.windows(needle.len()).any(|w| w == needle), "{name} holds plaintext");
+            }
+        }
+    }
+    assert_eq!(fs::metadata(fx.root.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
+}
+
+#[tokio::test]
+async fn wrong_master_key_is_refused_and_changes_nothing() {
+    let fx = Fixture::new();
+    let s = fx.open(4);
+    s.append(&tid("alpha"), &skey("u1"), &[user("kept")]).await.unwrap();
+    drop(s);
+    let before = tree_bytes(&fx.root);
+    let other = MasterKey::generate("other key".into());
+    let err = EncryptedStore::open_at(&fx.root, other, &[tid("alpha"), tid("carol")], StoreOptions::default())
+        .err()
+        .expect("wrong key refused");
+    assert!(matches!(err, StoreOpenError::WrongMasterKey { .. }), "{err}");
+    assert!(err.to_string().contains("wrong master key"), "{err}");
+    assert!(err.to_string().contains("other key"), "names the key's origin: {err}");
+    assert_eq!(tree_bytes(&fx.root), before, "nothing on disk changed");
+    let s = fx.open(4);
+    assert_eq!(texts(&s.history(&tid("alpha"), &skey("u1"), None).await.unwrap()), ["kept"]);
+}
+
+#[test]
+fn master_key_files_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    fs::create_dir_all(&state).unwrap();
+    let key = MasterKey::generate("k".into()).to_text();
+    let outside = dir.path().join("master.key");
+    fs::write(&outside, &key).unwrap();
+    let r = crate::config::SecretRef::File(PathBuf::from("master.key"));
+
+    fs::set_permissions(&outside, fs::Permissions::from_mode(0o644)).unwrap();
+    let e = MasterKey::load(&r, dir.path(), &state).err().unwrap();
+    assert!(matches!(e, MasterKeyError::Permissions { mode: 0o644, .. }), "{e}");
+    assert!(e.to_string().contains("chmod 600"), "{e}");
+
+    fs::set_permissions(&outside, fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(MasterKey::load(&r, dir.path(), &state).is_ok());
+
+    let inside = state.join("master.key");
+    fs::write(&inside, &key).unwrap();
+    fs::set_permissions(&inside, fs::Permissions::from_mode(0o600)).unwrap();
+    let e = MasterKey::load(&crate::config::SecretRef::File(inside), dir.path(), &state).err().unwrap();
+    assert!(matches!(e, MasterKeyError::InsideStateDir { .. }), "{e}");
+
+    let missing = crate::config::SecretRef::File(PathBuf::from("nope.key"));
+    assert!(matches!(MasterKey::load(&missing, dir.path(), &state), Err(MasterKeyError::Unreadable { .. })));
+    fs::write(&outside, "not a key").unwrap();
+    let e = MasterKey::load(&r, dir.path(), &state).err().unwrap();
+    assert!(matches!(e, MasterKeyError::Invalid { .. }), "{e}");
+    assert!(!e.to_string().contains("not a key"), "never echoes the secret: {e}");
+}
+
+#[test]
+fn loose_store_permissions_and_a_second_process_are_refused() {
+    let fx = Fixture::new();
+    let s = fx.open(4);
+    let e = fx.open_with(4).err().unwrap();
+    assert!(matches!(e, StoreOpenError::Locked { .. }), "{e}");
+    drop(s);
+    fs::set_permissions(&fx.root, fs::Permissions::from_mode(0o755)).unwrap();
+    let e = fx.open_with(4).err().unwrap();
+    assert!(matches!(e, StoreOpenError::Permissions { mode: 0o755, .. }), "{e}");
+    fs::set_permissions(&fx.root, fs::Permissions::from_mode(0o700)).unwrap();
+    fx.open(4);
+}
+
+/// Two sessions of alpha (u1, u2) and one of bravo (u1), each 9 records in segments of 3.
+async fn tamper_fixture() -> (Fixture, [PathBuf; 3]) {
+    let fx = Fixture::new();
+    let s = fx.open(3);
+    for (t, p) in [("alpha", "u1"), ("alpha", "u2"), ("bravo", "u1")] {
+        for i in 0..9 {
+            s.append(&tid(t), &skey(p), &[user(&format!("{t}-{p}-{i}"))]).await.unwrap();
+        }
+    }
+    let dirs =
+        [fx.session_dir(&s, "alpha", "u1"), fx.session_dir(&s, "alpha", "u2"), fx.session_dir(&s, "bravo", "u1")];
+    (fx, dirs)
+}
+
+async fn expect_integrity_error(fx: &Fixture, tenant: &str, peer: &str, readable_prefix: usize) {
+    expect_integrity_error_with(fx, tenant, peer, readable_prefix, ("alpha", "u2")).await
+}
+
+async fn expect_integrity_error_with(
+    fx: &Fixture,
+    tenant: &str,
+    peer: &str,
+    readable_prefix: usize,
+    intact: (&str, &str),
+) {
+    let s = fx.open(3);
+    let err = s.history(&tid(tenant), &skey(peer), None).await.unwrap_err();
+    assert!(matches!(err, StoreError::Integrity(_)), "{err}");
+    let sessions = s.read_tenant(&tid(tenant)).unwrap();
+    let read = sessions.iter().find(|r| !r.problems.is_empty()).expect("the damaged session is reported");
+    assert_eq!(read.records.len(), readable_prefix, "the safe prefix stays readable: {:?}", read.problems);
+    // Another session is unaffected.
+    assert_eq!(s.history(&tid(intact.0), &skey(intact.1), None).await.unwrap().len(), 9);
+}
+
+#[tokio::test]
+async fn tamper_byte_flip_is_detected() {
+    let (fx, [a1, ..]) = tamper_fixture().await;
+    let p = a1.join("00000001.seg");
+    let mut b = fs::read(&p).unwrap();
+    let n = b.len();
+    b[n - 40] ^= 0x01;
+    fs::write(&p, b).unwrap();
+    expect_integrity_error(&fx, "alpha", "u1", 5).await;
+}
+
+#[tokio::test]
+async fn tamper_truncated_middle_segment_is_detected() {
+    let (fx, [a1, ..]) = tamper_fixture().await;
+    let p = a1.join("00000001.seg");
+    let b = fs::read(&p).unwrap();
+    fs::write(&p, &b[..b.len() - 10]).unwrap();
+    expect_integrity_error(&fx, "alpha", "u1", 5).await;
+}
+
+#[tokio::test]
+async fn tamper_segment_swapped_between_sessions_is_detected() {
+    let (fx, [a1, a2, _]) = tamper_fixture().await;
+    let (x, y) = (a1.join("00000001.seg"), a2.join("00000001.seg"));
+    let (bx, by) = (fs::read(&x).unwrap(), fs::read(&y).unwrap());
+    fs::write(&x, by).unwrap();
+    fs::write(&y, bx).unwrap();
+    expect_integrity_error_with(&fx, "alpha", "u1", 3, ("bravo", "u1")).await;
+    let s = fx.open(3);
+    assert!(matches!(s.history(&tid("alpha"), &skey("u2"), None).await, Err(StoreError::Integrity(_))));
+}
+
+#[tokio::test]
+async fn tamper_segment_swapped_between_tenants_is_detected() {
+    let (fx, [a1, _, b1]) = tamper_fixture().await;
+    fs::copy(b1.join("00000002.seg"), a1.join("00000002.seg")).unwrap();
+    expect_integrity_error(&fx, "alpha", "u1", 6).await;
+    // A whole session directory moved to another tenant does not open either.
+    let dest = a1.parent().unwrap().join(b1.file_name().unwrap());
+    fs::rename(&b1, &dest).unwrap();
+    let s = fx.open(3);
+    let listed = s.list(&tid("alpha")).await.unwrap();
+    assert!(listed.iter().all(|x| x.key != skey("u1") || x.messages == 9), "the moved session is skipped");
+    assert!(s.read_tenant(&tid("alpha")).unwrap().iter().any(|r| !r.problems.is_empty()));
+}
+
+#[tokio::test]
+async fn tamper_meta_replaced_by_a_fresh_valid_age_file_is_detected() {
+    let (fx, [a1, ..]) = tamper_fixture().await;
+    let s = fx.open(3);
+    let keys = s.keys(&tid("alpha")).unwrap();
+    // Anyone with the tenant's public key can make a valid age file with a data key they know.
+    let forged = serde_json::json!({"v": 1, "tenant": "alpha", "sid": a1.file_name().unwrap().to_string_lossy(),
+        "key": skey("u1").to_string(), "createdMs": 1, "dataKey": hex(&[7u8; 32]), "mac": hex(&[0u8; 32])});
+    let ct = age::encrypt(&keys.recipient, forged.to_string().as_bytes()).unwrap();
+    drop(s);
+    fs::write(a1.join("meta.age"), ct).unwrap();
+    let s = fx.open(3);
+    let err = s.history(&tid("alpha"), &skey("u1"), None).await.unwrap_err();
+    assert!(err.to_string().contains("fails authentication"), "{err}");
+    // Appending to it is refused as well: nothing is written under a forged key.
+    assert!(s.append(&tid("alpha"), &skey("u1"), &[user("x")]).await.is_err());
+}
+
+#[tokio::test]
+async fn tamper_deleted_or_reordered_segments_are_detected() {
+    let (fx, [a1, a2, _]) = tamper_fixture().await;
+    fs::remove_file(a1.join("00000001.seg")).unwrap();
+    expect_integrity_error(&fx, "alpha", "u1", 3).await;
+    fs::rename(a2.join("00000000.seg"), a2.join("tmp")).unwrap();
+    fs::rename(a2.join("00000001.seg"), a2.join("00000000.seg")).unwrap();
+    fs::rename(a2.join("tmp"), a2.join("00000001.seg")).unwrap();
+    let s = fx.open(3);
+    let err = s.history(&tid("alpha"), &skey("u2"), None).await.unwrap_err();
+    assert!(err.to_string().contains("record 0 (byte 8 of its segment) fails authentication"), "{err}");
+}
+
+#[tokio::test]
+async fn tamper_record_cut_from_the_middle_is_detected() {
+    let (fx, [a1, ..]) = tamper_fixture().await;
+    let p = a1.join("00000001.seg");
+    let b = fs::read(&p).unwrap();
+    let frames = split_frames(&b).unwrap();
+    let (start, end) = (frames.frames[1].offset, frames.frames[2].offset);
+    let spliced = [&b[..start], &b[end..]].concat();
+    fs::write(&p, spliced).unwrap();
+    expect_integrity_error(&fx, "alpha", "u1", 4).await;
+}
+
+#[tokio::test]
+async fn tamper_identity_swapped_between_tenants_refuses_to_open() {
+    let (fx, [a1, _, b1]) = tamper_fixture().await;
+    let ta = a1.parent().unwrap().parent().unwrap().join("identity.age");
+    let tb = b1.parent().unwrap().parent().unwrap().join("identity.age");
+    fs::copy(&tb, &ta).unwrap();
+    let e = fx.open_with(3).err().unwrap();
+    assert!(e.to_string().contains("another tenant"), "{e}");
+}
+
+#[tokio::test]
+async fn torn_tail_is_skipped_with_earlier_turns_kept() {
+    for garbage in
+        [vec![0x55u8, 0, 0, 0, 1, 2, 3], vec![0u8; 300], vec![0x40, 0x01, 0, 0, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9]]
+    {
+        let fx = Fixture::new();
+        let s = fx.open(3);
+        for i in 0..4 {
+            s.append(&tid("alpha"), &skey("u1"), &[user(&format!("m{i}"))]).await.unwrap();
+        }
+        let dir = fx.session_dir(&s, "alpha", "u1");
+        drop(s);
+        let mut f = OpenOptions::new().append(true).open(dir.join("00000001.seg")).unwrap();
+        f.write_all(&garbage).unwrap();
+        drop(f);
+        let s = fx.open(3);
+        assert_eq!(texts(&s.history(&tid("alpha"), &skey("u1"), None).await.unwrap()), ["m0", "m1", "m2", "m3"]);
+        s.append(&tid("alpha"), &skey("u1"), &[user("m4")]).await.unwrap();
+        drop(s);
+        let s = fx.open(3);
+        assert_eq!(texts(&s.history(&tid("alpha"), &skey("u1"), None).await.unwrap()), ["m0", "m1", "m2", "m3", "m4"]);
+    }
+}
+
+#[tokio::test]
+async fn retention_deletes_exactly_the_expired_sessions() {
+    let fx = Fixture::new();
+    let s = fx.open(3);
+    s.append(&tid("alpha"), &skey("old"), &[user("x")]).await.unwrap();
+    s.append(&tid("bravo"), &skey("old"), &[user("x")]).await.unwrap();
+    std::thread::sleep(Duration::from_millis(30));
+    let mid = SystemTime::now();
+    std::thread::sleep(Duration::from_millis(30));
+    s.append(&tid("alpha"), &skey("new"), &[user("y")]).await.unwrap();
+    // One day after `mid`, a one-day retention cuts exactly at `mid`. bravo keeps 30 days.
+    let retention = Retention { default_days: Some(1), per_tenant: BTreeMap::from([(tid("bravo"), 30)]) };
+    let report = s.apply_retention(&retention, mid + Duration::from_secs(86_400)).unwrap();
+    assert_eq!(report, vec![(tid("alpha"), 1), (tid("bravo"), 0)]);
+    assert!(!s.exists(&tid("alpha"), &skey("old")).await.unwrap());
+    assert!(s.exists(&tid("alpha"), &skey("new")).await.unwrap());
+    assert!(s.exists(&tid("bravo"), &skey("old")).await.unwrap());
+    assert!(!fx.session_dir(&s, "alpha", "old").exists(), "the files are gone");
+    assert!(s.delete_session(&tid("alpha"), &skey("new")).await.unwrap());
+    assert!(!s.delete_session(&tid("alpha"), &skey("new")).await.unwrap());
+    assert!(s.list(&tid("alpha")).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn export_round_trips_as_json_lines() {
+    let fx = Fixture::new();
+    let s = fx.open(3);
+    let call = ToolCall { id: "c1".into(), name: "exec".into(), arguments: serde_json::json!({"command": "ls"}) };
+    let msgs = vec![
+        user(SENTENCE),
+        Message::Assistant { text: String::new(), tool_calls: vec![call] },
+        Message::ToolResult { call_id: "c1".into(), name: "exec".into(), content: "out\n".into(), is_error: true },
+        Message::Assistant { text: "ünïcode ✓".into(), tool_calls: vec![] },
+    ];
+    s.append(&tid("alpha"), &skey("u1"), &msgs).await.unwrap();
+    s.append(&tid("alpha"), &skey("u2"), &msgs[..1]).await.unwrap();
+    s.append(&tid("bravo"), &skey("u9"), &[user("bravo only")]).await.unwrap();
+    let mut out = Vec::new();
+    let summary = s.export_tenant(&tid("alpha"), &mut out).unwrap();
+    assert_eq!(summary, ExportSummary { sessions: 2, messages: 5, problems: 0 });
+    let text = String::from_utf8(out).unwrap();
+    assert!(!text.contains("bravo only"), "only the tenant's own data");
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines[0]["type"], "bulkhead-export");
+    assert_eq!(lines[0]["tenant"], "alpha");
+    assert_eq!(lines.last().unwrap()["type"], "end");
+    // Parse the messages back into transcripts and compare with what was written.
+    let mut back: BTreeMap<String, Vec<Message>> = BTreeMap::new();
+    for l in &lines {
+        if l["type"] == "message" {
+            let mut v = l.clone();
+            let obj = v.as_object_mut().unwrap();
+            let session = obj.remove("session").unwrap().as_str().unwrap().to_string();
+            for k in ["type", "seq", "ts"] {
+                obj.remove(k);
+            }
+            let m: RecordMessage = serde_json::from_value(v).unwrap();
+            back.entry(session).or_default().push(Message::from(m));
+        }
+    }
+    assert_eq!(back[&skey("u1").to_string()], msgs);
+    assert_eq!(back[&skey("u2").to_string()], msgs[..1].to_vec());
+}
+
+#[tokio::test]
+async fn delete_tenant_leaves_nothing_decryptable() {
+    let fx = Fixture::new();
+    let s = fx.open(3);
+    s.append(&tid("alpha"), &skey("u1"), &[user(SENTENCE)]).await.unwrap();
+    s.append(&tid("bravo"), &skey("u1"), &[user("bravo stays")]).await.unwrap();
+    let alpha_dir = s.tenant_dir(&tid("alpha"));
+    // An attacker's copy of the tenant's files taken before the deletion.
+    let copied: Vec<(PathBuf, Vec<u8>)> =
+        all_files(&alpha_dir).into_iter().filter(|p| p.is_file()).map(|p| (p.clone(), fs::read(&p).unwrap())).collect();
+    let alpha_keys = s.keys(&tid("alpha")).unwrap();
+    assert!(s.delete_tenant(&tid("alpha")).unwrap());
+    assert!(!alpha_dir.exists());
+    assert!(s.append(&tid("alpha"), &skey("u1"), &[user("x")]).await.is_err(), "no key, no writes");
+    drop(s);
+    // No file left in the store reveals alpha's identity: the master key opens only the marker
+    // and bravo's identity, and neither holds alpha's secret.
+    let secret = alpha_keys.identity.to_string();
+    let master = fx.master();
+    for p in all_files(&fx.root).into_iter().filter(|p| p.is_file()) {
+        let bytes = fs::read(&p).unwrap();
+        assert!(!bytes.windows(11).any(|w| w == b"quick brown"));
+        if let Some(pt) = master.unwrap(&bytes) {
+            let pt = String::from_utf8_lossy(&pt).to_string();
+            assert!(!pt.contains(secret.expose_secret()), "{} reveals the deleted identity", p.display());
+            assert!(!pt.contains("\"tenant\":\"alpha\""), "{}", p.display());
+        }
+    }
+    // Reopening creates a fresh, unrelated identity for the still-configured tenant; the old
+    // ciphertext does not open with it.
+    let s = fx.open(3);
+    assert!(s.list(&tid("alpha")).await.unwrap().is_empty());
+    let fresh = s.keys(&tid("alpha")).unwrap();
+    for (p, bytes) in &copied {
+        if p.extension().is_some_and(|e| e == "age") {
+            assert!(fresh.decrypt(bytes).is_none(), "{} opens with the new identity", p.display());
+            if !p.ends_with("identity.age") {
+                assert!(master.unwrap(bytes).is_none(), "{}", p.display());
+            }
+        }
+    }
+    assert_eq!(texts(&s.history(&tid("bravo"), &skey("u1"), None).await.unwrap()), ["bravo stays"]);
+}
+
+use age::secrecy::ExposeSecret;
+
+#[tokio::test]
+async fn tenant_key_rotation_re_encrypts_and_survives_interruption() {
+    let fx = Fixture::new();
+    let s = fx.open(3);
+    for i in 0..7 {
+        s.append(&tid("alpha"), &skey("u1"), &[user(&format!("m{i}"))]).await.unwrap();
+    }
+    let old_sid = fx.session_dir(&s, "alpha", "u1");
+    let old_identity = fs::read(s.tenant_dir(&tid("alpha")).join("identity.age")).unwrap();
+    assert_eq!(s.rotate_tenant(&tid("alpha")).unwrap(), 1);
+    assert!(!old_sid.exists(), "session ids change with the key");
+    assert_ne!(fs::read(s.tenant_dir(&tid("alpha")).join("identity.age")).unwrap(), old_identity);
+    s.append(&tid("alpha"), &skey("u1"), &[user("m7")]).await.unwrap();
+    let want: Vec<String> = (0..8).map(|i| format!("m{i}")).collect();
+    assert_eq!(texts(&s.history(&tid("alpha"), &skey("u1"), None).await.unwrap()), want);
+    let tenants = fx.root.join("tenants");
+    drop(s);
+
+    // Interrupted before the commit: the half-built tree is discarded, the data is intact.
+    copy_dir(&tenants.join("alpha"), &tenants.join("alpha.rotate.tmp"));
+    fs::remove_file(tenants.join("alpha.rotate.tmp").join("identity.age")).unwrap();
+    let s = fx.open(3);
+    assert_eq!(texts(&s.history(&tid("alpha"), &skey("u1"), None).await.unwrap()), want);
+    assert!(!tenants.join("alpha.rotate.tmp").exists());
+
+    // Interrupted after the commit, at each step of the swap: the new tree wins.
+    let before = tenants.join("before");
+    copy_dir(&tenants.join("alpha"), &before);
+    s.rotate_tenant(&tid("alpha")).unwrap();
+    drop(s);
+    fs::rename(tenants.join("alpha"), tenants.join("alpha.rotate.new")).unwrap();
+    fs::rename(&before, tenants.join("alpha")).unwrap();
+    let s = fx.open(3);
+    assert_eq!(texts(&s.history(&tid("alpha"), &skey("u1"), None).await.unwrap()), want);
+    let names: Vec<String> =
+        fs::read_dir(&tenants).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    let before = tenants.join("before");
+    copy_dir(&tenants.join("alpha"), &before);
+    s.rotate_tenant(&tid("alpha")).unwrap();
+    drop(s);
+    fs::rename(tenants.join("alpha"), tenants.join("alpha.rotate.new")).unwrap();
+    fs::rename(&before, tenants.join("alpha.rotate.old")).unwrap();
+    let s = fx.open(3);
+    assert_eq!(texts(&s.history(&tid("alpha"), &skey("u1"), None).await.unwrap()), want);
+    assert!(!tenants.join("alpha.rotate.old").exists() && !tenants.join("alpha.rotate.new").exists());
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fsutil::create_private_dir(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let dest = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &dest);
+        } else {
+            fs::copy(&p, &dest).unwrap();
+        }
+    }
+}
+
+#[test]
+fn config_takes_a_master_key_reference_and_retention() {
+    let text = r#"{ store: { masterKey: { env: "BULKHEAD_MASTER_KEY" } }, retention: { days: 90 },
+        tenants: [ { id: "acme", retention: { days: 30 } }, { id: "beta" } ],
+        agents: { list: [ { id: "a", tenant: "acme" }, { id: "b", tenant: "beta" } ] } }"#;
+    let config = crate::config::load_str(text, Path::new(".")).unwrap();
+    assert_eq!(config.store.master_key, Some(crate::config::SecretRef::Env("BULKHEAD_MASTER_KEY".into())));
+    let r = Retention::from_config(&config);
+    assert_eq!(r.days_for(&tid("acme")), Some(30));
+    assert_eq!(r.days_for(&tid("beta")), Some(90));
+    let bad = r#"{ retention: { days: 0 }, store: { masterKey: { vault: "x" } }, tenants: [ { id: "acme", retention: { days: 99999 } } ] }"#;
+    let errors = crate::config::load_str(bad, Path::new(".")).unwrap_err();
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    for p in ["retention.days", "store.masterKey", "tenants[0].retention.days"] {
+        assert!(paths.contains(&p), "{p} missing from {paths:?}");
+    }
+}
