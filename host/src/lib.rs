@@ -14,3 +14,8 @@ pub mod sandbox;
 pub mod scheduler;
 pub mod session;
 pub mod tools;
+
+/// Command-line subcommands, one file each; `main.rs` parses flags and calls these.
+pub mod cli {
+    pub mod policy;
+}
