@@ -607,6 +607,22 @@ mod tests {
     }
 
     #[test]
+    fn example_config_pins_tenants_to_the_shipped_policies() {
+        let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/policy-example.json5");
+        let (code, out, err) = run_cli(explain_cmd("acme-support", None, true), &config);
+        assert_eq!(code, EXIT_OK, "{err}");
+        let j: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(j["allowed"], json!(["read", "list"]));
+        let (_, out, _) = run_cli(explain_cmd("devco-coder", None, true), &config);
+        let j: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(j["allowed"], json!(["exec", "read", "write", "list"]));
+        let exec = j["tools"].as_array().unwrap().iter().find(|t| t["tool"] == "exec").unwrap().clone();
+        assert_eq!(exec["at"], "../policies/coding.json5#tools.allow[1]");
+        assert_eq!(exec["limits"]["timeoutMs"], 120_000);
+        assert_eq!(run_cli(PolicyCommand::Test { files: vec![] }, &config).0, EXIT_OK);
+    }
+
+    #[test]
     fn explain_agent_snapshot() {
         let (_dir, cfg) = repo(CONFIG);
         let (code, out, err) = run_cli(explain_cmd("acme-bot", None, false), &cfg);

@@ -180,16 +180,16 @@ fn required_access(tool: Tool) -> WorkspaceAccess {
 
 /// Decides one tool for a chain.
 pub fn decide(chain: &Chain, tool: Tool) -> Verdict {
+    // Timeout and output cap: the smallest value any layer sets, else the default (a default,
+    // not a ceiling: a policy may raise it, within the bounds a policy file accepts). Workspace
+    // access: the sandbox's setting is a ceiling that policy can only lower.
     let mut limits = ToolLimits { workspace_access: chain.workspace_access, ..ToolLimits::default() };
+    let (mut timeout, mut max_output) = (None, None);
     let mut access_at = chain.sandbox_source.clone();
     for layer in &chain.layers {
         for r in layer.limits.iter().filter(|r| r.tools.contains(&tool)) {
-            if let Some(t) = r.timeout {
-                limits.timeout = limits.timeout.min(t);
-            }
-            if let Some(b) = r.max_output_bytes {
-                limits.max_output_bytes = limits.max_output_bytes.min(b);
-            }
+            timeout = timeout.into_iter().chain(r.timeout).min();
+            max_output = max_output.into_iter().chain(r.max_output_bytes).min();
             if let Some(a) = r.workspace_access
                 && a < limits.workspace_access
             {
@@ -198,6 +198,8 @@ pub fn decide(chain: &Chain, tool: Tool) -> Verdict {
             }
         }
     }
+    limits.timeout = timeout.unwrap_or(limits.timeout);
+    limits.max_output_bytes = max_output.unwrap_or(limits.max_output_bytes);
     let deny =
         |layer: LayerKind, at: String, why: String| Verdict { tool: None, limits: limits.clone(), layer, at, why };
     let mut granted_by: Option<(LayerKind, String, String)> = None;
@@ -579,6 +581,37 @@ mod tests {
     }
 
     #[test]
+    fn limits_take_the_smallest_value_any_layer_sets() {
+        let (dir, _) = setup("{}");
+        std::fs::write(
+            dir.path().join("policies/long.json5"),
+            r#"{ limits: { exec: { timeoutSec: 600 }, "*": { maxOutputBytes: 1000 } } }"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("policies/short.json5"),
+            r#"{ limits: { "group:runtime": { timeoutSec: 60, maxOutputBytes: 5000 } } }"#,
+        )
+        .unwrap();
+        let cfg = load_str(
+            r#"{ tenants: [ { id: "t", policy: "policies/long.json5" } ],
+                 agents: { list: [ { id: "a", tenant: "t" }, { id: "b", tenant: "t", policy: "policies/short.json5" } ] } }"#,
+            dir.path(),
+        )
+        .unwrap();
+        let e = PolicyEngine::load(&cfg).unwrap();
+        let limits = |a: &str, t: &str| match e.check(&id(a), t) {
+            Decision::Allow { limits, .. } => limits,
+            d => panic!("{d:?}"),
+        };
+        assert_eq!(limits("a", "exec").timeout, std::time::Duration::from_secs(600));
+        assert_eq!(limits("a", "exec").max_output_bytes, 1000);
+        assert_eq!(limits("a", "read").timeout, ToolLimits::default().timeout);
+        assert_eq!(limits("b", "exec").timeout, std::time::Duration::from_secs(60));
+        assert_eq!(limits("b", "exec").max_output_bytes, 1000);
+    }
+
+    #[test]
     fn workspace_access_and_sandbox_mode_narrow() {
         let e = engine(
             r#"{ agents: { list: [
@@ -705,6 +738,37 @@ mod tests {
         std::fs::write(&sig, signature::sign(std::fs::read(&policy).unwrap().as_slice(), "k", &other_key).unwrap())
             .unwrap();
         assert!(load_err().contains("which is not a trusted key"), "{}", load_err());
+    }
+
+    #[test]
+    fn policy_config_keys_are_checked() {
+        let errors = load_str(
+            r#"{ policies: { requireSignature: true, trustedKeys: ["ed25519:xyz"] },
+                 tenants: [ { id: "t", policy: " " } ],
+                 agents: { list: [ { id: "a", tenant: "t", policy: "" } ] } }"#,
+            Path::new("."),
+        )
+        .unwrap_err();
+        let shown: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert!(shown.iter().any(|e| e.starts_with("policies.trustedKeys[0]: invalid public key")), "{shown:?}");
+        assert!(shown.iter().any(|e| e == "tenants[0].policy: empty policy file path"), "{shown:?}");
+        assert!(shown.iter().any(|e| e == "agents.list[0].policy: empty policy file path"), "{shown:?}");
+        let errors = load_str("{ policies: { requireSignature: true } }", Path::new(".")).unwrap_err();
+        assert_eq!(
+            errors[0].to_string(),
+            "policies.trustedKeys: requireSignature is true but no trusted keys are listed"
+        );
+        let errors = load_str("{ policies: { requireSignatures: true } }", Path::new(".")).unwrap_err();
+        assert!(errors[0].to_string().contains("requireSignatures"), "{errors:?}");
+    }
+
+    #[test]
+    fn agents_defaults_policy_file_is_a_layer() {
+        let e = engine(r#"{ agents: { defaults: { policy: "policies/untrusted.json5" }, list: [ { id: "a" } ] } }"#);
+        assert_eq!(names(e.offered(&id("a"))), ["read", "list"]);
+        assert!(
+            e.check(&id("a"), "exec").rule().starts_with("[agents.defaults] policies/untrusted.json5#tools.deny[0]")
+        );
     }
 
     // ---- laws -------------------------------------------------------------------------------
