@@ -18,6 +18,9 @@ use crate::session::{Message, SessionStore, TenantSessions};
 /// Most transcript messages sent to the model as context.
 const MAX_CONTEXT_MESSAGES: usize = 200;
 
+/// The reply to a turn refused because its tenant's queue is full (white-label wording).
+pub const BUSY_MESSAGE: &str = "This assistant is busy right now. Please try again in a moment.";
+
 /// What a client sees while a turn runs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunEvent {
@@ -32,6 +35,8 @@ pub struct RunOutcome {
     /// The reply text, or a user-facing error message when `failed`.
     pub text: String,
     pub failed: bool,
+    /// The tenant's queue was full: the turn was refused and not stored.
+    pub busy: bool,
     pub usage: Usage,
 }
 
@@ -81,7 +86,11 @@ impl Runtime {
         events: &mpsc::Sender<RunEvent>,
         started_by_send: bool,
     ) -> RunOutcome {
-        let _permit = self.scheduler.acquire(session).await;
+        let Ok(_permit) = self.scheduler.acquire(&agent.tenant, session).await else {
+            tracing::warn!(tenant = %agent.tenant, "Turn refused: the tenant's queue is full.");
+            self.metrics.run_refused(&agent.tenant);
+            return RunOutcome { text: BUSY_MESSAGE.into(), failed: true, busy: true, usage: Usage::default() };
+        };
         let sessions = self.sessions_for(agent);
         self.metrics.run_started(&agent.tenant);
         let user = Message::User { text };
@@ -140,7 +149,7 @@ impl Runtime {
                 if let Err(e) = sessions.append(session, &[msg]).await {
                     tracing::error!(tenant = %agent.tenant, error = %e, "Cannot store reply.");
                 }
-                return RunOutcome { text: reply.text, failed: false, usage };
+                return RunOutcome { text: reply.text, failed: false, busy: false, usage };
             }
             let assistant = Message::Assistant { text: reply.text.clone(), tool_calls: reply.tool_calls.clone() };
             let mut new = vec![assistant];
@@ -177,12 +186,12 @@ impl Runtime {
         }
         let text = format!("Stopped after {} tool rounds without a final answer.", agent.max_tool_rounds);
         let _ = sessions.append(session, &[Message::Assistant { text: text.clone(), tool_calls: Vec::new() }]).await;
-        RunOutcome { text, failed: false, usage }
+        RunOutcome { text, failed: false, busy: false, usage }
     }
 
     fn failed(&self, agent: &AgentConfig, message: &str) -> RunOutcome {
         self.metrics.run_failed(&agent.tenant);
-        RunOutcome { text: message.to_string(), failed: true, usage: Usage::default() }
+        RunOutcome { text: message.to_string(), failed: true, busy: false, usage: Usage::default() }
     }
 }
 

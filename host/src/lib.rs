@@ -4,9 +4,12 @@
 //! tenant's `sandbox`; every conversation is kept per tenant in `session`.
 
 pub mod agent;
+pub mod cli;
 pub mod config;
 pub mod dispatch;
+pub mod gateway;
 pub mod ids;
+pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod policy;
@@ -14,8 +17,3 @@ pub mod sandbox;
 pub mod scheduler;
 pub mod session;
 pub mod tools;
-
-/// Command-line subcommands, one file each; `main.rs` parses flags and calls these.
-pub mod cli {
-    pub mod policy;
-}

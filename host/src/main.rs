@@ -1,3 +1,80 @@
-fn main() {
-    let _ = bulkhead::config::default_path();
+//! The `bulkhead` binary: parses arguments and calls the library (see `bulkhead::cli`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use bulkhead::cli::{self, ConfigSource};
+use bulkhead::config::LogFormat;
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Multi-tenant agent gateway. Exit codes: 0 ok, 1 runtime failure, 2 invalid input or config.
+#[derive(Parser)]
+#[command(name = "bulkhead", version)]
+struct Args {
+    /// Config file [default: $BULKHEAD_CONFIG, else config/bulkhead.json5]
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Log format (overrides the config's logging.format and $BULKHEAD_LOG_FORMAT)
+    #[arg(long, global = true, value_enum, env = "BULKHEAD_LOG_FORMAT")]
+    log_format: Option<LogFormatArg>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway
+    Serve,
+    /// Work with config files
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Tenant data lifecycle
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Check the environment: config, secrets, state directory, backends
+    Doctor,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a config; every error at once, each with its key path
+    Check {
+        /// Config file (default: --config, $BULKHEAD_CONFIG, config/bulkhead.json5)
+        path: Option<PathBuf>,
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// List tenants and their agents
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let log_format = args.log_format.map(|f| match f {
+        LogFormatArg::Text => LogFormat::Text,
+        LogFormatArg::Json => LogFormat::Json,
+    });
+    let code = match args.command {
+        Command::Serve => cli::serve::run(&ConfigSource::new(args.config), log_format),
+        Command::Config(ConfigCommand::Check { path, json }) => {
+            cli::config_check::run(&ConfigSource::new(path.or(args.config)), json)
+        }
+        Command::Tenant(TenantCommand::List { json }) => cli::tenant::list(&ConfigSource::new(args.config), json),
+        Command::Doctor => cli::doctor::run(&ConfigSource::new(args.config)),
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -11,6 +11,7 @@ use crate::ids::TenantId;
 struct TenantCounters {
     runs: u64,
     runs_failed: u64,
+    runs_refused: u64,
     tool_calls_ok: u64,
     tool_calls_failed: u64,
 }
@@ -35,6 +36,9 @@ impl Metrics {
     pub fn run_failed(&self, tenant: &TenantId) {
         self.with(tenant, |c| c.runs_failed += 1);
     }
+    pub fn run_refused(&self, tenant: &TenantId) {
+        self.with(tenant, |c| c.runs_refused += 1);
+    }
     pub fn tool_call(&self, tenant: &TenantId, ok: bool) {
         self.with(tenant, |c| if ok { c.tool_calls_ok += 1 } else { c.tool_calls_failed += 1 });
     }
@@ -53,6 +57,12 @@ impl Metrics {
         };
         family("gateway_runs_total", "Agent runs started.", |c| c.runs, "");
         family("gateway_runs_failed_total", "Agent runs that ended in an error.", |c| c.runs_failed, "");
+        family(
+            "gateway_runs_refused_total",
+            "Turns refused because the tenant's queue was full.",
+            |c| c.runs_refused,
+            "",
+        );
         family("gateway_tool_calls_total", "Tool calls that succeeded.", |c| c.tool_calls_ok, ",outcome=\"ok\"");
         family(
             "gateway_tool_calls_failed_total",

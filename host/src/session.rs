@@ -101,11 +101,14 @@ impl TenantSessions {
     }
 }
 
+/// One tenant's transcripts and when each was last updated.
+type TenantTranscripts = BTreeMap<SessionKey, (Vec<Message>, SystemTime)>;
+
 /// In-memory transcripts: nothing touches the disk. Lost on restart by design until the
 /// encrypted store replaces it.
 #[derive(Default)]
 pub struct MemoryStore {
-    tenants: Mutex<HashMap<TenantId, BTreeMap<SessionKey, (Vec<Message>, SystemTime)>>>,
+    tenants: Mutex<HashMap<TenantId, TenantTranscripts>>,
 }
 
 #[async_trait]

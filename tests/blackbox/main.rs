@@ -1,1 +1,55 @@
+//! Black-box tests: the real `bulkhead` binary, driven over HTTP and WebSocket, with fake model
+//! servers speaking the OpenAI and Anthropic wire formats.
 
+mod api;
+mod browser;
+mod cdp;
+mod cli;
+mod fakes;
+mod harness;
+mod webchat_page;
+mod webchat_ws;
+
+pub const TOKEN_A: &str = "tok-alpha-0123456789";
+pub const TOKEN_B: &str = "tok-bravo-9876543210";
+pub const OPENAI_KEY: &str = "sk-test-openai-key-never-logged";
+pub const ANTHROPIC_KEY: &str = "sk-ant-test-key-never-logged";
+
+/// Two tenants: `alpha` (agents `a-openai`, `a-claude`, `a-demo`) and `bravo` (agent `b-secret`).
+pub fn two_tenant_config(model_base: &str, extra_gateway: &str) -> String {
+    format!(
+        r#"{{
+  gateway: {{ bind: "127.0.0.1:0", maxBodyBytes: 65536, shutdownGraceSec: 10, {extra_gateway}
+              operators: [ {{ id: "ops", token: {{ env: "OPS_TOKEN" }}, role: "admin" }} ] }},
+  stateDir: "state",
+  models: {{ providers: {{
+    fakeai: {{ api: "openai", baseUrl: "{model_base}", apiKey: {{ env: "FAKE_OPENAI_KEY" }}, timeoutSec: 3 }},
+    fakeclaude: {{ api: "anthropic", baseUrl: "{model_base}", apiKey: {{ env: "FAKE_ANTHROPIC_KEY" }}, timeoutSec: 3 }},
+    demo: {{ api: "scripted" }},
+  }} }},
+  tenants: [
+    {{ id: "alpha", name: "Alpha Co", apiTokens: [ {{ env: "TOKEN_A" }} ] }},
+    {{ id: "bravo", name: "Bravo Ltd", apiTokens: [ {{ env: "TOKEN_B" }} ] }},
+  ],
+  agents: {{
+    defaults: {{ sandbox: {{ mode: "all", backend: "wasm" }} }},
+    list: [
+      {{ id: "a-openai", tenant: "alpha", model: "fakeai/gpt-fake", tools: {{ allow: ["group:fs", "exec"] }} }},
+      {{ id: "a-claude", tenant: "alpha", model: "fakeclaude/claude-fake", tools: {{ allow: ["read"] }} }},
+      {{ id: "a-demo", tenant: "alpha", model: "demo/scripted", identity: {{ name: "Alpha Bot", emoji: "🅰" }} }},
+      {{ id: "b-secret", tenant: "bravo", model: "demo/scripted" }},
+    ],
+  }},
+}}"#
+    )
+}
+
+pub fn env() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("TOKEN_A", TOKEN_A),
+        ("TOKEN_B", TOKEN_B),
+        ("OPS_TOKEN", "ops-token-123"),
+        ("FAKE_OPENAI_KEY", OPENAI_KEY),
+        ("FAKE_ANTHROPIC_KEY", ANTHROPIC_KEY),
+    ]
+}

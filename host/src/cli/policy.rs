@@ -18,9 +18,7 @@ use crate::policy::{PolicyEngine, Verdict};
 use crate::sandbox::ToolLimits;
 use crate::tools::{PolicyName, Tool, parse_policy_name};
 
-pub const EXIT_OK: i32 = 0;
-pub const EXIT_FAILED: i32 = 1;
-pub const EXIT_INVALID: i32 = 2;
+use super::{EXIT_FAILURE, EXIT_INVALID, EXIT_OK};
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
@@ -364,7 +362,7 @@ fn test(o: &mut Out, config_path: &Path, files: Vec<PathBuf>) -> i32 {
     } else if failed.is_empty() {
         EXIT_OK
     } else {
-        EXIT_FAILED
+        EXIT_FAILURE
     }
 }
 
@@ -472,7 +470,7 @@ fn sign(o: &mut Out, path: &Path, key_path: &Path) -> i32 {
     let sig_path = signature::sig_path(path);
     if let Err(e) = std::fs::write(&sig_path, sig) {
         o.error(format!("signature file {}: cannot write: {e}", sig_path.display()));
-        return EXIT_FAILED;
+        return EXIT_FAILURE;
     }
     let public = signature::key_file_public_key(&key_name, &key_text).map(|k| signature::format_public_key(&k));
     o.line(format!("signed {name} with {} → {}", public.unwrap_or_default(), sig_path.display()));
@@ -512,7 +510,7 @@ fn verify(o: &mut Out, config_path: &Path, path: &Path, pubkeys: &[String]) -> i
         }
         Err(e) => {
             o.error(e.to_string());
-            EXIT_FAILED
+            EXIT_FAILURE
         }
     }
 }
@@ -526,7 +524,7 @@ fn keygen(o: &mut Out, out: &Path) -> i32 {
         Ok(k) => k,
         Err(e) => {
             o.error(e.to_string());
-            return EXIT_FAILED;
+            return EXIT_FAILURE;
         }
     };
     let mut opts = std::fs::OpenOptions::new();
@@ -536,14 +534,14 @@ fn keygen(o: &mut Out, out: &Path) -> i32 {
     let written = opts.open(out).and_then(|mut f| f.write_all(text.as_bytes()));
     if let Err(e) = written {
         o.error(format!("key file {}: cannot write: {e}", out.display()));
-        return EXIT_FAILED;
+        return EXIT_FAILURE;
     }
     let public = signature::format_public_key(&public);
     let mut pub_path = out.as_os_str().to_owned();
     pub_path.push(".pub");
     if let Err(e) = std::fs::write(&pub_path, format!("{public}\n")) {
         o.error(format!("public key file {}: cannot write: {e}", PathBuf::from(&pub_path).display()));
-        return EXIT_FAILED;
+        return EXIT_FAILURE;
     }
     o.line(format!("wrote {} (keep it secret) and {}", out.display(), PathBuf::from(pub_path).display()));
     o.line(format!("public key: {public}"));
@@ -687,7 +685,7 @@ tools:
         let bad = dir.path().join("policies/bad.json5");
         std::fs::write(&bad, r#"{ tools: { allow: ["read"] }, tests: [ { tool: "read", expect: "deny", note: "wrong on purpose" }, { agent: "dev", tool: "read", expect: "allow" } ] }"#).unwrap();
         let (code, out, _) = run_cli(PolicyCommand::Test { files: vec![bad.clone()] }, &cfg);
-        assert_eq!(code, EXIT_FAILED, "{out}");
+        assert_eq!(code, EXIT_FAILURE, "{out}");
         assert!(out.contains("expect deny ... FAILED"), "{out}");
         assert!(out.contains("expected deny, got allow by [file]") && out.contains("(wrong on purpose)"), "{out}");
         assert!(out.contains("agent \"dev\" does not use this policy file"), "{out}");
@@ -695,7 +693,7 @@ tools:
 
         std::fs::write(&bad, r#"{ tools: { allow: ["read"] } }"#).unwrap();
         let (code, out, _) = run_cli(PolicyCommand::Test { files: vec![bad.clone()] }, &cfg);
-        assert_eq!(code, EXIT_FAILED, "{out}");
+        assert_eq!(code, EXIT_FAILURE, "{out}");
         assert!(out.contains("no test cases"), "{out}");
 
         std::fs::write(&bad, r#"{ tools: { allow: ["raed"] }, tests: [ { tool: "read", expect: "allow" } ] }"#)
@@ -755,7 +753,7 @@ agent new: added (tenant new, sha256:…)
         let verify = |pubkeys: Vec<String>| run_cli(PolicyCommand::Verify { file: policy.clone(), pubkeys }, &cfg);
 
         let (code, _, err) = verify(vec![public.clone()]);
-        assert_eq!(code, EXIT_FAILED);
+        assert_eq!(code, EXIT_FAILURE);
         assert!(err.contains("unsigned"), "{err}");
 
         let (code, out, err) = run_cli(PolicyCommand::Sign { file: policy.clone(), key: key.clone() }, &cfg);
@@ -773,7 +771,7 @@ agent new: added (tenant new, sha256:…)
         let (_, out, _) = run_cli(PolicyCommand::Keygen { out: other }, &cfg);
         let other_public = out.lines().find_map(|l| l.strip_prefix("public key: ")).unwrap().to_string();
         let (code, _, err) = verify(vec![other_public]);
-        assert_eq!(code, EXIT_FAILED);
+        assert_eq!(code, EXIT_FAILURE);
         assert!(err.contains("not a trusted key"), "{err}");
 
         // One modified byte.
@@ -781,7 +779,7 @@ agent new: added (tenant new, sha256:…)
         bytes[3] ^= 0x20;
         std::fs::write(&policy, bytes).unwrap();
         let (code, _, err) = verify(vec![public.clone()]);
-        assert_eq!(code, EXIT_FAILED);
+        assert_eq!(code, EXIT_FAILURE);
         assert!(err.contains("signature does not match"), "{err}");
 
         // Default trust comes from the config; none there is invalid input.

@@ -85,8 +85,24 @@ pub fn load_file(path: &Path) -> Result<Config, LoadError> {
 
 /// Parses and validates config text; `base` is the folder relative paths resolve against.
 pub fn load_str(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
-    let raw = parse_raw(text)?;
-    validate(raw, base)
+    match parse_raw(text) {
+        Ok(raw) => validate(raw, base),
+        Err((None, errors)) => Err(errors),
+        Err((Some(repaired), mut errors)) => {
+            // Cross-checks still run on what did decode, so one pass reports everything. Errors
+            // at or under a path that already failed to decode would only repeat it.
+            if let Err(more) = validate(*repaired, base) {
+                let covered = |p: &str| {
+                    errors.iter().any(|e| {
+                        p == e.path || p.starts_with(&format!("{}.", e.path)) || p.starts_with(&format!("{}[", e.path))
+                    })
+                };
+                let more: Vec<_> = more.into_iter().filter(|e| !covered(&e.path)).collect();
+                errors.extend(more);
+            }
+            Err(errors)
+        }
+    }
 }
 
 /// Most errors reported for one file; past this the rest are noise.
@@ -95,34 +111,41 @@ const MAX_ERRORS: usize = 100;
 /// JSON5 → `RawConfig`, collecting every type and unknown-key error rather than the first.
 ///
 /// serde stops at the first error, so each error's node is removed (unknown keys) or nulled (bad
-/// values: every raw field is optional) and decoding is retried until it succeeds.
-pub fn parse_raw(text: &str) -> Result<RawConfig, Vec<ConfigError>> {
+/// values: every raw field is optional) and decoding is retried until it succeeds. On error, the
+/// repaired config (if decoding got that far) comes back with the errors.
+pub fn parse_raw(text: &str) -> Result<RawConfig, (Option<Box<RawConfig>>, Vec<ConfigError>)> {
     let mut value: serde_json::Value = json5::from_str(text).map_err(|e| {
         let pos = e.position();
         let message = match pos {
             Some(_) => e.to_string().rsplit_once(" at ").map(|(m, _)| m.to_string()).unwrap_or(e.to_string()),
             None => e.to_string(),
         };
-        vec![ConfigError {
-            path: String::new(),
-            line: pos.map(|p| p.line + 1),
-            column: pos.map(|p| p.column + 1),
-            message: format!("invalid JSON5: {message}"),
-        }]
+        (
+            None,
+            vec![ConfigError {
+                path: String::new(),
+                line: pos.map(|p| p.line + 1),
+                column: pos.map(|p| p.column + 1),
+                message: format!("invalid JSON5: {message}"),
+            }],
+        )
     })?;
     if !value.is_object() {
-        return Err(vec![ConfigError {
-            path: String::new(),
-            line: None,
-            column: None,
-            message: "the config must be a JSON5 object".into(),
-        }]);
+        return Err((
+            None,
+            vec![ConfigError {
+                path: String::new(),
+                line: None,
+                column: None,
+                message: "the config must be a JSON5 object".into(),
+            }],
+        ));
     }
     let mut errors = Vec::new();
     loop {
         match serde_path_to_error::deserialize::<_, RawConfig>(value.clone()) {
             Ok(raw) if errors.is_empty() => return Ok(raw),
-            Ok(_) => return Err(errors),
+            Ok(repaired) => return Err((Some(Box::new(repaired)), errors)),
             Err(err) => {
                 let segments = path_segments(err.path());
                 let message = err.into_inner().to_string();
@@ -142,7 +165,7 @@ pub fn parse_raw(text: &str) -> Result<RawConfig, Vec<ConfigError>> {
                 let removed =
                     if unknown || repeated { remove_at(&mut value, &path) } else { null_at(&mut value, &path) };
                 if !removed || errors.len() >= MAX_ERRORS {
-                    return Err(errors);
+                    return Err((None, errors));
                 }
             }
         }
@@ -230,3 +253,6 @@ fn null_at(value: &mut serde_json::Value, path: &[Segment]) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests;

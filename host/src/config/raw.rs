@@ -25,6 +25,8 @@ pub struct RawConfig {
     /// The global tool-policy layer.
     pub tools: Option<RawToolPolicy>,
     pub logging: Option<RawLogging>,
+    /// Default scheduling share of every tenant.
+    pub scheduling: Option<RawScheduling>,
     /// Policy-file settings: signatures and trusted keys.
     pub policies: Option<RawPolicies>,
 }
@@ -37,6 +39,16 @@ pub struct RawPolicies {
     pub require_signature: Option<bool>,
     /// Ed25519 public keys (`ed25519:` + 64 hex digits) whose signatures are accepted.
     pub trusted_keys: Option<Vec<String>>,
+}
+
+/// A tenant's share of the gateway's run slots.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawScheduling {
+    pub weight: Option<u32>,
+    pub priority: Option<u8>,
+    pub max_concurrent: Option<u32>,
+    pub max_queued: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -102,6 +114,7 @@ pub struct RawTenant {
     pub tools: Option<RawToolPolicy>,
     /// A policy file (relative to the config's folder): the tenant layer, narrowed by `tools`.
     pub policy: Option<String>,
+    pub scheduling: Option<RawScheduling>,
 }
 
 #[derive(Debug, Default, Deserialize)]

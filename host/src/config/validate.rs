@@ -9,6 +9,7 @@ use super::ConfigError;
 use super::raw::*;
 use super::secret::SecretRef;
 use crate::ids::{AgentId, PeerKind, TenantId, validate_peer};
+use crate::scheduler::TenantShare;
 use crate::tools::parse_policy_name;
 
 /// A checked config. Internal: not `Serialize`, and secrets are still references.
@@ -31,6 +32,8 @@ pub struct Config {
     pub max_concurrent: usize,
     /// Policy files referenced by tenants and agents, and the keys they must be signed with.
     pub policies: PolicySettings,
+    /// Scheduling share of tenants that set none.
+    pub scheduling_default: TenantShare,
     /// Things that load but deserve the operator's attention (literal secrets, ...).
     pub warnings: Vec<String>,
 }
@@ -101,6 +104,7 @@ pub struct TenantConfig {
     pub name: String,
     pub api_tokens: Vec<SecretRef>,
     pub tools: ToolLayer,
+    pub share: TenantShare,
     /// Declared in `tenants` (rather than implied by an agent without a `tenant` key).
     pub explicit: bool,
 }
@@ -461,6 +465,8 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
     if policies.require_signature && p.trusted_keys.as_ref().is_none_or(|k| k.is_empty()) {
         errs.push("policies.trustedKeys", "requireSignature is true but no trusted keys are listed");
     }
+    // scheduling
+    let default_share = share(&mut errs, "scheduling", raw.scheduling.as_ref(), TenantShare::default());
 
     // tenants
     let mut tenants = BTreeMap::new();
@@ -481,6 +487,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
             secret(&mut errs, &mut warnings, &format!("{path}.apiTokens[{j}]"), tok);
         }
         let layer = tool_layer(&mut errs, &format!("{path}.tools"), t.tools.as_ref());
+        let tenant_share = share(&mut errs, &format!("{path}.scheduling"), t.scheduling.as_ref(), default_share);
         if tenants.contains_key(&id) {
             errs.push(format!("{path}.id"), format!("duplicate tenant id {:?}", id.as_str()));
             continue;
@@ -495,6 +502,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
                 id,
                 api_tokens: t.api_tokens.clone().unwrap_or_default(),
                 tools: layer,
+                share: tenant_share,
                 explicit: true,
             },
         );
@@ -562,6 +570,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
                     name: t.to_string(),
                     api_tokens: Vec::new(),
                     tools: ToolLayer::default(),
+                    share: default_share,
                     explicit: false,
                 });
                 t
@@ -760,8 +769,43 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
         tools,
         max_concurrent: max_concurrent as usize,
         policies,
+        scheduling_default: default_share,
         warnings,
     })
+}
+
+fn share(errs: &mut Errors, path: &str, raw: Option<&RawScheduling>, default: TenantShare) -> TenantShare {
+    let Some(raw) = raw else { return default };
+    let mut out = default;
+    if let Some(w) = raw.weight {
+        if (1..=1000).contains(&w) {
+            out.weight = w;
+        } else {
+            errs.push(format!("{path}.weight"), "must be between 1 and 1000");
+        }
+    }
+    if let Some(p) = raw.priority {
+        if p <= 9 {
+            out.priority = p;
+        } else {
+            errs.push(format!("{path}.priority"), "must be between 0 and 9");
+        }
+    }
+    if let Some(c) = raw.max_concurrent {
+        if (1..=1024).contains(&c) {
+            out.max_concurrent = c as usize;
+        } else {
+            errs.push(format!("{path}.maxConcurrent"), "must be between 1 and 1024");
+        }
+    }
+    if let Some(q) = raw.max_queued {
+        if q <= 100_000 {
+            out.max_queued = q as usize;
+        } else {
+            errs.push(format!("{path}.maxQueued"), "must be at most 100000");
+        }
+    }
+    out
 }
 
 fn same_match(a: &Binding, b: &Binding) -> bool {
@@ -823,16 +867,13 @@ fn sandbox_config(
         WorkspaceAccess::Rw,
         &[("none", WorkspaceAccess::None), ("ro", WorkspaceAccess::Ro), ("rw", WorkspaceAccess::Rw)],
     );
-    let wasm_of = |s: &RawSandbox| s.wasm.as_ref().map(|w| (w.fuel, w.memory_mb, w.timeout_sec, w.disk_quota_mb));
-    let (a, d) = (agent.and_then(wasm_of), defaults.and_then(wasm_of));
-    let get = |f: fn(&(Option<u64>, Option<u64>, Option<u64>, Option<u64>)) -> Option<u64>| {
-        a.as_ref().and_then(f).or(d.as_ref().and_then(f))
-    };
+    let (a, d) = (agent.and_then(|s| s.wasm.as_ref()), defaults.and_then(|s| s.wasm.as_ref()));
+    let get = |f: fn(&RawWasmSandbox) -> Option<u64>| a.and_then(f).or_else(|| d.and_then(f));
     let wasm = WasmSettings {
-        fuel: get(|w| w.0).unwrap_or(2_000_000_000),
-        memory_bytes: get(|w| w.1).unwrap_or(64) << 20,
-        timeout: Duration::from_secs(get(|w| w.2).unwrap_or(30).max(1)),
-        disk_quota_bytes: get(|w| w.3).unwrap_or(100) << 20,
+        fuel: get(|w| w.fuel).unwrap_or(2_000_000_000),
+        memory_bytes: get(|w| w.memory_mb).unwrap_or(64) << 20,
+        timeout: Duration::from_secs(get(|w| w.timeout_sec).unwrap_or(30).max(1)),
+        disk_quota_bytes: get(|w| w.disk_quota_mb).unwrap_or(100) << 20,
     };
     let dk = |f: fn(&RawDockerSandbox) -> Option<String>| {
         agent

@@ -1,0 +1,36 @@
+//! `bulkhead config check [PATH] [--json]`: validates a config and reports every error at once.
+
+use serde_json::json;
+
+use super::{ConfigSource, EXIT_INVALID, EXIT_OK};
+
+pub fn run(source: &ConfigSource, as_json: bool) -> i32 {
+    let result = source.load(false);
+    let shown = source.path.display().to_string();
+    match (result, as_json) {
+        (Ok(c), false) => {
+            println!(
+                "{shown}: ok ({} tenant(s), {} agent(s), {} binding(s))",
+                c.tenants.len(),
+                c.agents.len(),
+                c.bindings.len()
+            );
+            for w in &c.warnings {
+                println!("warning: {w}");
+            }
+            EXIT_OK
+        }
+        (Ok(c), true) => {
+            println!("{}", json!({ "path": shown, "valid": true, "errors": [], "warnings": c.warnings }));
+            EXIT_OK
+        }
+        (Err(e), false) => {
+            super::report_load_error(&e);
+            EXIT_INVALID
+        }
+        (Err(e), true) => {
+            println!("{}", json!({ "path": shown, "valid": false, "errors": e.errors, "warnings": [] }));
+            EXIT_INVALID
+        }
+    }
+}

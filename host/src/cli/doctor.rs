@@ -1,0 +1,52 @@
+//! `bulkhead doctor`: checks the environment an operator is about to serve from.
+
+use super::{ConfigSource, EXIT_FAILURE, EXIT_INVALID, EXIT_OK};
+use crate::gateway::{Gateway, Parts};
+
+pub fn run(source: &ConfigSource) -> i32 {
+    let mut failures = 0;
+    let config = match source.load(true) {
+        Ok(c) => {
+            println!(
+                "ok    config {} ({} tenant(s), {} agent(s))",
+                source.path.display(),
+                c.tenants.len(),
+                c.agents.len()
+            );
+            c
+        }
+        Err(e) => {
+            println!("FAIL  config");
+            super::report_load_error(&e);
+            return EXIT_INVALID;
+        }
+    };
+    for w in &config.warnings {
+        println!("warn  {w}");
+    }
+    match std::fs::create_dir_all(&config.state_dir) {
+        Ok(()) => println!("ok    state directory {}", config.state_dir.display()),
+        Err(e) => {
+            failures += 1;
+            println!("FAIL  state directory {}: {e}", config.state_dir.display());
+        }
+    }
+    let tenants_without_tokens: Vec<_> =
+        config.tenants.values().filter(|t| t.api_tokens.is_empty()).map(|t| t.id.to_string()).collect();
+    if !tenants_without_tokens.is_empty() {
+        println!(
+            "warn  tenants without API tokens (reachable only through chat channels): {}",
+            tenants_without_tokens.join(", ")
+        );
+    }
+    match Gateway::start(config, Parts::fail_closed()) {
+        Ok(_) => println!("ok    secrets resolve, channels and providers start"),
+        Err(errors) => {
+            failures += errors.len();
+            for e in errors {
+                println!("FAIL  {e}");
+            }
+        }
+    }
+    if failures == 0 { EXIT_OK } else { EXIT_FAILURE }
+}

@@ -1,0 +1,52 @@
+//! Command-line subcommands, one module each. `main.rs` only parses arguments and calls these.
+//! Every function returns the process exit code: 0 ok, 1 runtime failure, 2 invalid input/config.
+
+pub mod config_check;
+pub mod doctor;
+pub mod policy;
+pub mod serve;
+pub mod tenant;
+
+use std::path::{Path, PathBuf};
+
+use crate::config::{self, Config, LoadError};
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_FAILURE: i32 = 1;
+pub const EXIT_INVALID: i32 = 2;
+
+/// Which config a command reads: `--config`/`$BULKHEAD_CONFIG`, else `config/bulkhead.json5`,
+/// else (for `serve` only) the embedded default.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    pub path: PathBuf,
+    /// True when the path was given explicitly (flag or environment): then it must exist.
+    pub explicit: bool,
+}
+
+impl ConfigSource {
+    pub fn new(flag: Option<PathBuf>) -> Self {
+        match flag {
+            Some(path) => Self { path, explicit: true },
+            None => {
+                let explicit = std::env::var_os("BULKHEAD_CONFIG").is_some();
+                Self { path: config::default_path(), explicit }
+            }
+        }
+    }
+
+    /// Loads the config; falls back to the embedded default when allowed and no file exists.
+    pub fn load(&self, allow_embedded: bool) -> Result<Config, LoadError> {
+        if !self.explicit && allow_embedded && !self.path.exists() {
+            let base = self.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            return config::load_str(config::EMBEDDED_DEFAULT, base)
+                .map_err(|errors| LoadError { source: "embedded default config".into(), errors });
+        }
+        config::load_file(&self.path)
+    }
+}
+
+/// Prints a load error for a person, on stderr.
+pub fn report_load_error(e: &LoadError) {
+    eprint!("{e}");
+}

@@ -1,0 +1,194 @@
+//! The HTTP front door: OpenAI-compatible API, web chat (page + WebSocket), health and metrics.
+//!
+//! `Gateway::start` turns a checked `Config` into a running runtime (secrets resolved, providers,
+//! policy gate, sandboxes, session store); `run` serves it on a listener until `shutdown`
+//! resolves, then drains in-flight runs within the configured grace period.
+
+mod auth;
+mod openai_api;
+mod webchat;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+
+pub use auth::{Throttle, TokenIndex, bearer};
+
+use crate::agent::Runtime;
+use crate::config::{BUILT_CHANNELS, Config, OperatorRole};
+use crate::dispatch::Dispatcher;
+use crate::ids::TenantId;
+use crate::metrics::Metrics;
+use crate::model::build_providers;
+use crate::policy::{DenyAll, PolicyGate};
+use crate::sandbox::Sandboxes;
+use crate::scheduler::Scheduler;
+use crate::session::{MemoryStore, SessionStore};
+
+/// A gateway ready to serve.
+pub struct Gateway {
+    pub runtime: Arc<Runtime>,
+    tenant_tokens: TokenIndex<TenantId>,
+    operator_tokens: TokenIndex<OperatorRole>,
+    throttle: Throttle,
+}
+
+/// The backends a gateway runs with; tests substitute their own.
+pub struct Parts {
+    pub gate: Arc<dyn PolicyGate>,
+    pub sandboxes: Sandboxes,
+    pub store: Arc<dyn SessionStore>,
+}
+
+impl Parts {
+    /// What `serve` uses until the policy engine and sandbox backends are configured: a gate
+    /// that denies every tool (fail closed), no sandbox backend, transcripts in memory only.
+    pub fn fail_closed() -> Self {
+        Self { gate: Arc::new(DenyAll), sandboxes: Sandboxes::default(), store: Arc::new(MemoryStore::default()) }
+    }
+}
+
+impl Gateway {
+    /// Resolves secrets and builds the runtime. Every problem is reported, none is fatal alone.
+    pub fn start(config: Config, parts: Parts) -> Result<Self, Vec<String>> {
+        let mut errors = Vec::new();
+        for ch in &config.channels.enabled {
+            if !BUILT_CHANNELS.contains(ch) {
+                errors.push(format!(
+                    "channels.{ch}: the {ch} adapter is not built into this version; remove the block or set enabled: false"
+                ));
+            }
+        }
+        let mut tenant_tokens = TokenIndex::new();
+        for t in config.tenants.values() {
+            for (i, tok) in t.api_tokens.iter().enumerate() {
+                match tok.resolve(&config.base_dir) {
+                    Ok(s) => tenant_tokens.insert(s.expose(), t.id.clone()),
+                    Err(e) => errors.push(format!("tenant {:?} apiTokens[{i}]: {e}", t.id.as_str())),
+                }
+            }
+        }
+        let mut operator_tokens = TokenIndex::new();
+        for (i, op) in config.gateway.operators.iter().enumerate() {
+            match op.token.resolve(&config.base_dir) {
+                Ok(s) => operator_tokens.insert(s.expose(), op.role),
+                Err(e) => errors.push(format!("gateway.operators[{i}].token: {e}")),
+            }
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| vec![format!("cannot build the HTTP client: {e}")])?;
+        let providers = build_providers(&config, &http).unwrap_or_else(|e| {
+            errors.push(e);
+            Default::default()
+        });
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let throttle =
+            Throttle::new(config.gateway.auth_max_failures, config.gateway.auth_window, config.gateway.auth_lockout);
+        let runtime = Runtime {
+            scheduler: Scheduler::with_shares(
+                config.max_concurrent,
+                config.scheduling_default,
+                config.tenants.values().map(|t| (t.id.clone(), t.share)),
+            ),
+            config: Arc::new(config),
+            providers,
+            dispatcher: Dispatcher { gate: parts.gate, sandboxes: parts.sandboxes },
+            store: parts.store,
+            metrics: Metrics::default(),
+            tasks: TaskTracker::new(),
+        };
+        Ok(Self { runtime: Arc::new(runtime), tenant_tokens, operator_tokens, throttle })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.runtime.config
+    }
+
+    /// Resolves a tenant token, applying the failure throttle. The error is ready to send.
+    fn tenant_for(&self, token: Option<&str>, client: SocketAddr) -> Result<TenantId, AuthFailure> {
+        if let Some(secs) = self.throttle.locked(client.ip()) {
+            return Err(AuthFailure::Throttled(secs));
+        }
+        match token.and_then(|t| self.tenant_tokens.lookup(t)) {
+            Some(t) => {
+                self.throttle.success(client.ip());
+                Ok(t)
+            }
+            None => {
+                self.throttle.failure(client.ip());
+                self.runtime.metrics.auth_failure();
+                tracing::info!(client = %client.ip(), "Rejected API token.");
+                Err(AuthFailure::Invalid)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum AuthFailure {
+    Invalid,
+    Throttled(u64),
+}
+
+/// Builds the router. Exposed for tests that drive the gateway in-process.
+pub fn router(gw: Arc<Gateway>) -> Router {
+    let limit = gw.config().gateway.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/", get(webchat::page))
+        .route("/ws", get(webchat::upgrade))
+        .route("/v1/models", get(openai_api::models))
+        .route("/v1/chat/completions", post(openai_api::chat_completions))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { openai_api::error(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(gw)
+}
+
+async fn security_headers(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+async fn metrics(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    match bearer(&headers).and_then(|t| gw.operator_tokens.lookup(t)) {
+        Some(_role) => {
+            ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], gw.runtime.metrics.render()).into_response()
+        }
+        None => (StatusCode::UNAUTHORIZED, "operator token required\n").into_response(),
+    }
+}
+
+/// Serves until `shutdown` resolves, then stops accepting and drains runs in flight.
+pub async fn run(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let runtime = gw.runtime.clone();
+    let grace = gw.config().gateway.shutdown_grace;
+    let app = router(gw).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    runtime.tasks.close();
+    tracing::info!(in_flight = runtime.tasks.len(), grace_secs = grace.as_secs(), "Draining runs in flight.");
+    if tokio::time::timeout(grace, runtime.tasks.wait()).await.is_err() {
+        tracing::warn!(abandoned = runtime.tasks.len(), "Grace period over; runs still in flight are abandoned.");
+    }
+    Ok(())
+}

@@ -1,0 +1,195 @@
+//! The web chat: an embedded page at `/` and its WebSocket at `/ws`.
+//!
+//! Protocol (JSON text frames): the client's first frame is `{"type":"auth","token"}`; the server
+//! answers `ready` with the tenant's agents. Each `{"type":"send","agent","conversation","text"}`
+//! starts a turn streamed as `start`, `delta`, `tool_call`, `tool_result`, `done`. Session key:
+//! `agent:<id>:webchat:direct:<conversation>`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::openai_api::{is_scripted, lost_run, tenant_agent};
+use super::{AuthFailure, Gateway};
+use crate::agent::RunEvent;
+use crate::ids::{PeerKind, SessionKey, TenantId};
+
+const PAGE: &str = include_str!("webchat.html");
+/// Largest frame accepted from a browser.
+const MAX_FRAME: usize = 64 * 1024;
+/// Time a client has to authenticate after connecting.
+const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn page() -> Response {
+    (
+        [(
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+        )],
+        Html(PAGE),
+    )
+        .into_response()
+}
+
+/// Browsers always send `Origin` on WebSocket handshakes; a page of another origin is refused
+/// (non-browser clients send none and authenticate by token alone).
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else { return true };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    origin.split_once("://").is_some_and(|(_, rest)| rest.trim_end_matches('/') == host)
+}
+
+pub async fn upgrade(
+    State(gw): State<Arc<Gateway>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if !same_origin(&headers) {
+        return (StatusCode::FORBIDDEN, "cross-origin WebSocket refused\n").into_response();
+    }
+    ws.max_message_size(MAX_FRAME).max_frame_size(MAX_FRAME).on_upgrade(move |socket| session(gw, socket, client))
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum ClientFrame {
+    Auth { token: String },
+    Send { agent: String, conversation: String, text: String },
+}
+
+async fn send_json(socket: &mut WebSocket, v: Value) -> bool {
+    socket.send(WsMessage::Text(v.to_string().into())).await.is_ok()
+}
+
+fn parse_frame(msg: &WsMessage) -> Result<Option<ClientFrame>, String> {
+    match msg {
+        WsMessage::Text(t) => serde_json::from_str(t.as_str()).map(Some).map_err(|e| format!("invalid frame: {e}")),
+        WsMessage::Binary(_) => Err("binary frames are not supported".into()),
+        _ => Ok(None),
+    }
+}
+
+async fn session(gw: Arc<Gateway>, mut socket: WebSocket, client: SocketAddr) {
+    let Some(tenant) = authenticate(&gw, &mut socket, client).await else {
+        let _ = socket.send(WsMessage::Close(None)).await;
+        return;
+    };
+    let agents: Vec<Value> = gw
+        .config()
+        .agents
+        .iter()
+        .filter(|a| a.tenant == tenant)
+        .map(|a| json!({ "id": a.id.as_str(), "name": a.display_name, "emoji": a.identity.emoji, "scripted": is_scripted(&gw, a) }))
+        .collect();
+    let name = gw.config().tenants.get(&tenant).map(|t| t.name.clone()).unwrap_or_default();
+    if !send_json(&mut socket, json!({ "type": "ready", "tenant": name, "agents": agents })).await {
+        return;
+    }
+    while let Some(Ok(msg)) = socket.recv().await {
+        if matches!(msg, WsMessage::Close(_)) {
+            break;
+        }
+        let frame = match parse_frame(&msg) {
+            Ok(Some(f)) => f,
+            Ok(None) => continue,
+            Err(e) => {
+                if !send_json(&mut socket, json!({ "type": "error", "message": e })).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        let ClientFrame::Send { agent, conversation, text } = frame else {
+            if !send_json(&mut socket, json!({ "type": "error", "message": "already authenticated" })).await {
+                break;
+            }
+            continue;
+        };
+        if !turn(&gw, &mut socket, &tenant, &agent, &conversation, text).await {
+            break;
+        }
+    }
+}
+
+async fn authenticate(gw: &Gateway, socket: &mut WebSocket, client: SocketAddr) -> Option<TenantId> {
+    let first = tokio::time::timeout(AUTH_TIMEOUT, socket.recv()).await.ok()??.ok()?;
+    let token = match parse_frame(&first) {
+        Ok(Some(ClientFrame::Auth { token })) => Some(token),
+        _ => None,
+    };
+    match gw.tenant_for(token.as_deref(), client) {
+        Ok(t) => Some(t),
+        Err(f) => {
+            let message = match f {
+                AuthFailure::Invalid => "invalid token".to_string(),
+                AuthFailure::Throttled(s) => format!("too many failed attempts; try again in {s} s"),
+            };
+            send_json(socket, json!({ "type": "error", "message": message })).await;
+            None
+        }
+    }
+}
+
+/// Runs one turn and streams it; returns false when the socket is gone.
+async fn turn(
+    gw: &Arc<Gateway>,
+    socket: &mut WebSocket,
+    tenant: &TenantId,
+    agent: &str,
+    conversation: &str,
+    text: String,
+) -> bool {
+    let Some(agent) = tenant_agent(gw, tenant, agent).cloned() else {
+        return send_json(socket, json!({ "type": "error", "message": "unknown agent" })).await;
+    };
+    if text.trim().is_empty() {
+        return send_json(socket, json!({ "type": "error", "message": "empty message" })).await;
+    }
+    let session = match SessionKey::new(agent.id.clone(), "webchat", PeerKind::Direct, conversation) {
+        Ok(s) => s,
+        Err(e) => return send_json(socket, json!({ "type": "error", "message": e })).await,
+    };
+    let (mut events, done) = gw.runtime.spawn_turn(agent, session, text);
+    let mut open = send_json(socket, json!({ "type": "start" })).await;
+    while let Some(ev) = events.recv().await {
+        if !open {
+            continue; // keep draining: the run finishes and is stored even without a listener
+        }
+        let frame = match ev {
+            RunEvent::Delta(text) => json!({ "type": "delta", "text": text }),
+            RunEvent::ToolCall { id, name, arguments } => {
+                json!({ "type": "tool_call", "id": id, "name": name, "arguments": arguments })
+            }
+            RunEvent::ToolResult { id, name, content, is_error } => {
+                json!({ "type": "tool_result", "id": id, "name": name, "content": content, "isError": is_error })
+            }
+        };
+        open = send_json(socket, frame).await;
+    }
+    let outcome = done.await.unwrap_or_else(|_| lost_run());
+    open && send_json(socket, json!({ "type": "done", "text": outcome.text, "failed": outcome.failed })).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_must_match_host() {
+        let mut h = HeaderMap::new();
+        assert!(same_origin(&h));
+        h.insert(header::HOST, "127.0.0.1:7878".parse().unwrap());
+        h.insert(header::ORIGIN, "http://127.0.0.1:7878".parse().unwrap());
+        assert!(same_origin(&h));
+        h.insert(header::ORIGIN, "http://evil.example".parse().unwrap());
+        assert!(!same_origin(&h));
+    }
+}

@@ -1,0 +1,252 @@
+//! A fake model server speaking OpenAI chat completions (`/v1/chat/completions`) and Anthropic
+//! messages (`/v1/messages`), streamed (SSE) or not, with tool calls. What it does is chosen by
+//! the newest user text it receives:
+//!
+//! - `call-tool:NAME` → a tool call of NAME with `{"path": "notes.txt"}`;
+//! - after a tool result → `tool said: <result>`;
+//! - `upstream-500` / `upstream-429` → that HTTP error, in the provider's error shape;
+//! - `slow` → waits 10 s before answering; `slow-stream` → streams 5 words 150 ms apart;
+//! - `garbage` → a stream whose chunk is not JSON;
+//! - anything else → `fake says: <text>`, streamed in several chunks.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Value, json};
+
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+#[derive(Clone, Default)]
+pub struct FakeModel {
+    pub requests: Arc<Mutex<Vec<Recorded>>>,
+}
+
+pub struct Running {
+    pub base: String,
+    pub model: FakeModel,
+}
+
+impl Running {
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.model.requests.lock().unwrap().clone()
+    }
+}
+
+pub async fn start() -> Running {
+    let model = FakeModel::default();
+    let app = Router::new()
+        .route("/v1/chat/completions", post(openai))
+        .route("/v1/messages", post(anthropic))
+        .with_state(model.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Running { base: format!("http://{addr}/v1"), model }
+}
+
+enum Plan {
+    Text(String),
+    Tool(String),
+    Error(u16),
+    Slow,
+    SlowStream,
+    Garbage,
+}
+
+/// The newest user-side content: (text, came from a tool result).
+fn plan(last_text: &str, after_tool: bool) -> Plan {
+    if after_tool {
+        return Plan::Text(format!("tool said: {last_text}"));
+    }
+    if let Some(name) = last_text.split("call-tool:").nth(1) {
+        return Plan::Tool(name.split_whitespace().next().unwrap_or("").to_string());
+    }
+    match last_text.trim() {
+        "upstream-500" => Plan::Error(500),
+        "upstream-429" => Plan::Error(429),
+        "slow" => Plan::Slow,
+        "slow-stream" => Plan::SlowStream,
+        "garbage" => Plan::Garbage,
+        t => Plan::Text(format!("fake says: {t}")),
+    }
+}
+
+fn sse(events: Vec<(Option<String>, String)>, gap: Duration) -> Response {
+    let stream = futures_util::stream::unfold(events.into_iter(), move |mut it| async move {
+        let (name, data) = it.next()?;
+        tokio::time::sleep(gap).await;
+        let mut frame = String::new();
+        if let Some(n) = name {
+            frame.push_str(&format!("event: {n}\n"));
+        }
+        frame.push_str(&format!("data: {data}\n\n"));
+        Some((Ok::<_, Infallible>(frame), it))
+    });
+    Response::builder().header("content-type", "text/event-stream").body(Body::from_stream(stream)).unwrap()
+}
+
+fn record(model: &FakeModel, path: &str, headers: &HeaderMap, body: &Value) {
+    model.requests.lock().unwrap().push(Recorded { path: path.into(), headers: headers.clone(), body: body.clone() });
+}
+
+async fn openai(State(model): State<FakeModel>, headers: HeaderMap, body: axum::Json<Value>) -> Response {
+    let body = body.0;
+    record(&model, "/v1/chat/completions", &headers, &body);
+    let msgs = body["messages"].as_array().cloned().unwrap_or_default();
+    let last = msgs.last().cloned().unwrap_or(json!({}));
+    let after_tool = last["role"] == "tool";
+    let text = last["content"].as_str().unwrap_or("").to_string();
+    let stream = body["stream"] == true;
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":delta,"finish_reason":finish}]})
+            .to_string()
+    };
+    match plan(&text, after_tool) {
+        Plan::Error(code) => (
+            StatusCode::from_u16(code).unwrap(),
+            axum::Json(json!({"error":{"message":"fake upstream failure at http://internal.example/secret","type":"server_error"}})),
+        )
+            .into_response(),
+        Plan::Slow => {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            "late".into_response()
+        }
+        Plan::Garbage => sse(vec![(None, "{not json".into())], Duration::ZERO),
+        Plan::SlowStream => {
+            let mut ev: Vec<(Option<String>, String)> =
+                (1..=5).map(|i| (None, chunk(json!({"content": format!("w{i} ")}), Value::Null))).collect();
+            ev.push((None, chunk(json!({}), json!("stop"))));
+            ev.push((None, "[DONE]".into()));
+            sse(ev, Duration::from_millis(150))
+        }
+        Plan::Tool(name) if stream => sse(
+            vec![
+                (None, chunk(json!({"tool_calls":[{"index":0,"id":"call_fake","type":"function","function":{"name":name,"arguments":"{\"pa"}}]}), Value::Null)),
+                (None, chunk(json!({"tool_calls":[{"index":0,"function":{"arguments":"th\":\"notes.txt\"}"}}]}), Value::Null)),
+                (None, chunk(json!({}), json!("tool_calls"))),
+                (None, "[DONE]".into()),
+            ],
+            Duration::ZERO,
+        ),
+        Plan::Tool(name) => axum::Json(json!({"choices":[{"index":0,"message":{"role":"assistant","content":null,
+            "tool_calls":[{"id":"call_fake","type":"function","function":{"name":name,"arguments":"{\"path\":\"notes.txt\"}"}}]},"finish_reason":"tool_calls"}]}))
+        .into_response(),
+        Plan::Text(t) if stream => {
+            let mut ev: Vec<(Option<String>, String)> =
+                t.split_inclusive(' ').map(|w| (None, chunk(json!({"content": w}), Value::Null))).collect();
+            ev.push((None, json!({"choices":[],"usage":{"prompt_tokens":11,"completion_tokens":4}}).to_string()));
+            ev.push((None, chunk(json!({}), json!("stop"))));
+            ev.push((None, "[DONE]".into()));
+            sse(ev, Duration::ZERO)
+        }
+        Plan::Text(t) => axum::Json(json!({"choices":[{"index":0,"message":{"role":"assistant","content":t},"finish_reason":"stop"}],
+            "usage":{"prompt_tokens":11,"completion_tokens":4}}))
+        .into_response(),
+    }
+}
+
+async fn anthropic(State(model): State<FakeModel>, headers: HeaderMap, body: axum::Json<Value>) -> Response {
+    let body = body.0;
+    record(&model, "/v1/messages", &headers, &body);
+    let msgs = body["messages"].as_array().cloned().unwrap_or_default();
+    let last_blocks = msgs.last().and_then(|m| m["content"].as_array().cloned()).unwrap_or_default();
+    let tool_result = last_blocks.iter().find(|b| b["type"] == "tool_result");
+    let (text, after_tool) = match tool_result {
+        Some(b) => (b["content"].as_str().unwrap_or("").to_string(), true),
+        None => (last_blocks.iter().rev().find_map(|b| b["text"].as_str()).unwrap_or("").to_string(), false),
+    };
+    let ev = |name: &str, v: Value| (Some(name.to_string()), v.to_string());
+    let start = ev(
+        "message_start",
+        json!({"type":"message_start","message":{"id":"msg_1","role":"assistant","content":[],"usage":{"input_tokens":12,"output_tokens":0}}}),
+    );
+    let stop = |reason: &str| {
+        vec![
+            ev(
+                "message_delta",
+                json!({"type":"message_delta","delta":{"stop_reason":reason},"usage":{"output_tokens":6}}),
+            ),
+            ev("message_stop", json!({"type":"message_stop"})),
+        ]
+    };
+    match plan(&text, after_tool) {
+        Plan::Error(code) => (
+            StatusCode::from_u16(code).unwrap(),
+            axum::Json(json!({"type":"error","error":{"type":"api_error","message":"fake upstream failure"}})),
+        )
+            .into_response(),
+        Plan::Slow => {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            "late".into_response()
+        }
+        Plan::Garbage => sse(
+            vec![ev("message_start", json!({})), (Some("content_block_delta".into()), "{oops".into())],
+            Duration::ZERO,
+        ),
+        Plan::SlowStream => {
+            let mut e = vec![
+                start,
+                ev(
+                    "content_block_start",
+                    json!({"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}),
+                ),
+            ];
+            for i in 1..=5 {
+                e.push(ev("content_block_delta", json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":format!("w{i} ")}})));
+            }
+            e.extend(stop("end_turn"));
+            sse(e, Duration::from_millis(150))
+        }
+        Plan::Tool(name) => {
+            let mut e = vec![
+                start,
+                ev(
+                    "content_block_start",
+                    json!({"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"toolu_fake","name":name,"input":{}}}),
+                ),
+                ev(
+                    "content_block_delta",
+                    json!({"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{\"path\":"}}),
+                ),
+                ev(
+                    "content_block_delta",
+                    json!({"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"\"notes.txt\"}"}}),
+                ),
+                ev("content_block_stop", json!({"type":"content_block_stop","index":0})),
+            ];
+            e.extend(stop("tool_use"));
+            sse(e, Duration::ZERO)
+        }
+        Plan::Text(t) => {
+            let mut e = vec![
+                start,
+                ev("ping", json!({"type":"ping"})),
+                ev(
+                    "content_block_start",
+                    json!({"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}),
+                ),
+            ];
+            for w in t.split_inclusive(' ') {
+                e.push(ev(
+                    "content_block_delta",
+                    json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":w}}),
+                ));
+            }
+            e.push(ev("content_block_stop", json!({"type":"content_block_stop","index":0})));
+            e.extend(stop("end_turn"));
+            sse(e, Duration::ZERO)
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Starts the real `bulkhead` binary on an ephemeral port with a config written for the test,
+//! captures its logs, and stops it with SIGTERM.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_bulkhead");
+
+pub struct Gateway {
+    child: Child,
+    pub base: String,
+    /// Holds the config and state directory for the gateway's lifetime.
+    _dir: tempfile::TempDir,
+    logs: Arc<Mutex<String>>,
+}
+
+impl Gateway {
+    /// Writes `config` (JSON5; `gateway.bind` should be `127.0.0.1:0`) and serves it.
+    pub async fn start(config: &str, env: &[(&str, &str)]) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bulkhead.json5");
+        std::fs::write(&path, config).expect("write config");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .env_remove("BULKHEAD_CONFIG")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn bulkhead");
+        let logs = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&l);
+                s.push('\n');
+            }
+        });
+        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), stdout.next_line()).await;
+        let base = match line {
+            Ok(Ok(Some(l))) if l.starts_with("listening on ") => l["listening on ".len()..].to_string(),
+            other => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                panic!("gateway did not start: {other:?}\nlogs:\n{}", logs.lock().unwrap());
+            }
+        };
+        tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+        Gateway { child, base, _dir: dir, logs }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("{}/ws", self.base.replacen("http://", "ws://", 1))
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM and waits for the exit code.
+    pub async fn terminate(&mut self) -> Option<i32> {
+        let pid = self.child.id().expect("running").to_string();
+        let _ = std::process::Command::new("kill").args(["-TERM", &pid]).status();
+        let status =
+            tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.expect("exit in time").unwrap();
+        status.code()
+    }
+}
+
+/// Runs the binary to completion (for CLI commands).
+pub fn run_cli(args: &[&str], cwd: Option<&std::path::Path>) -> (i32, String, String) {
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(args).env_remove("BULKHEAD_CONFIG");
+    if let Some(d) = cwd {
+        cmd.current_dir(d);
+    }
+    let out = cmd.output().expect("run bulkhead");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
