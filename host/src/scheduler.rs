@@ -49,6 +49,8 @@ type SessionLock = Arc<tokio::sync::Mutex<()>>;
 
 struct Waiter {
     since: Instant,
+    /// Arrival order, to break ties between waiters of the same instant.
+    seq: u64,
     grant: oneshot::Sender<()>,
 }
 
@@ -68,6 +70,7 @@ struct State {
     tenants: HashMap<TenantId, TenantState>,
     /// Virtual time of the last grant: where an idle tenant re-enters.
     clock: f64,
+    seq: u64,
 }
 
 pub struct Scheduler {
@@ -167,11 +170,13 @@ impl Scheduler {
         {
             let mut st = self.state.lock().expect("scheduler lock");
             let clock = st.clock;
+            st.seq += 1;
+            let seq = st.seq;
             let t = st.tenants.get_mut(tenant).expect("tenant registered above");
             if t.queue.is_empty() && t.running == 0 {
                 t.vtime = t.vtime.max(clock);
             }
-            t.queue.push_back(Waiter { since: Instant::now(), grant: tx });
+            t.queue.push_back(Waiter { since: Instant::now(), seq, grant: tx });
             dispatch(&mut st, self.global_cap);
         }
         // If this future is dropped here, `dispatch` finds the closed channel and skips it.
@@ -203,22 +208,20 @@ impl Scheduler {
 fn dispatch(st: &mut State, global_cap: usize) {
     while st.running < global_cap {
         let now = Instant::now();
-        let next = st
-            .tenants
-            .iter()
-            .filter(|(_, t)| !t.queue.is_empty() && t.running < t.share.max_concurrent)
-            .max_by(|(_, a), (_, b)| {
-                let starving =
-                    |t: &TenantState| t.queue.front().is_some_and(|w| now.duration_since(w.since) >= STARVATION_LIMIT);
-                starving(a)
-                    .cmp(&starving(b))
-                    .then(a.share.priority.cmp(&b.share.priority))
-                    .then(b.vtime.total_cmp(&a.vtime))
-                    .then_with(|| {
-                        // Equal virtual times: the older waiter first.
-                        let since = |t: &TenantState| t.queue.front().map(|w| w.since);
-                        since(b).cmp(&since(a))
-                    })
+        let eligible = || st.tenants.iter().filter(|(_, t)| !t.queue.is_empty() && t.running < t.share.max_concurrent);
+        let age = |t: &TenantState| t.queue.front().map(|w| (w.since, w.seq)).expect("eligible queues are non-empty");
+        // A waiter past the starvation limit goes first, oldest first, whatever its class.
+        let starving =
+            eligible().filter(|(_, t)| now.duration_since(age(t).0) >= STARVATION_LIMIT).min_by_key(|(_, t)| age(t));
+        let next = starving
+            .or_else(|| {
+                eligible().max_by(|(_, a), (_, b)| {
+                    a.share
+                        .priority
+                        .cmp(&b.share.priority)
+                        .then(b.vtime.total_cmp(&a.vtime))
+                        .then_with(|| age(b).cmp(&age(a)))
+                })
             })
             .map(|(id, _)| id.clone());
         let Some(id) = next else { return };
@@ -341,17 +344,39 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn priorities_are_respected_and_nobody_starves() {
-        let base = TenantShare { max_concurrent: 4, max_queued: 1000, ..Default::default() };
+        let base = TenantShare { max_concurrent: 4, max_queued: 10_000, ..Default::default() };
         let high = TenantShare { priority: 1, ..base };
         let s = Arc::new(Scheduler::with_shares(1, base, [(tenant("hi"), high)]));
         let order = start_order(s.clone(), &[("lo", 2), ("hi", 5)]).await;
         // The first "lo" got the free slot at once; after that "hi" goes first.
         assert_eq!(order, ["lo", "hi", "hi", "hi", "hi", "hi", "lo"]);
-        // Under a flood of high-priority work lasting longer than the starvation limit, a
-        // low-priority turn still runs.
-        let order = start_order(s, &[("lo", 1), ("hi", 4000), ("lo", 1)]).await;
-        let pos = order.iter().rposition(|t| t == "lo").unwrap();
-        assert!(pos < order.len() - 1, "the low-priority turn must not wait for the whole flood");
+        // A high-priority flood that outruns capacity (one 10 ms slot, a turn every 5 ms) for
+        // 60 s: a low-priority turn arriving at 1 s still starts once it has waited 30 s.
+        let t0 = Instant::now();
+        let flood = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut runs = Vec::new();
+                for i in 0..12_000 {
+                    let s = s.clone();
+                    runs.push(tokio::spawn(async move {
+                        let _p = s.acquire(&tenant("hi"), &key(&format!("f{i}"))).await.unwrap();
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }));
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                for r in runs {
+                    r.await.unwrap();
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let permit = s.acquire(&tenant("lo"), &key("late")).await.unwrap();
+        let started = t0.elapsed();
+        drop(permit);
+        assert!(started < Duration::from_secs(33), "low priority started after {started:?}");
+        assert!(started >= STARVATION_LIMIT, "before the limit, priority wins: started after {started:?}");
+        flood.abort();
     }
 
     #[tokio::test(start_paused = true)]
@@ -367,7 +392,7 @@ mod tests {
         }
         assert_eq!(s.acquire(&tenant("a"), &key("9")).await.err(), Some(Busy));
         // Another tenant is unaffected.
-        assert!(s.acquire(&tenant("b"), &key("1")).await.is_ok());
+        assert!(s.acquire(&tenant("b"), &key("b1")).await.is_ok());
         assert_eq!(s.tenant_load(&tenant("a")), (1, 2));
     }
 

@@ -26,7 +26,9 @@ async fn web_chat_full_exchange_in_a_real_browser() -> anyhow::Result<()> {
     let agents = browser.eval("[...document.querySelectorAll('#agent option')].map(o => o.value)").await?;
     assert_eq!(agents, json!(["a-openai", "a-claude", "a-demo"]), "only the token's tenant's agents");
     browser
-        .eval("{ const s = document.getElementById('agent'); s.value = 'a-demo'; s.dispatchEvent(new Event('change')); }")
+        .eval(
+            "{ const s = document.getElementById('agent'); s.value = 'a-demo'; s.dispatchEvent(new Event('change')); }",
+        )
         .await?;
     assert_eq!(browser.eval("!document.getElementById('scripted-label').hidden").await?, json!(true));
 

@@ -52,6 +52,10 @@ pub async fn start() -> Running {
         .with_state(model.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    // Small SSE writes must not wait for delayed ACKs (Nagle), or every reply costs ~40 ms.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     Running { base: format!("http://{addr}/v1"), model }
 }

@@ -5,6 +5,7 @@ mod api;
 mod browser;
 mod cdp;
 mod cli;
+mod fairness;
 mod fakes;
 mod harness;
 mod webchat_page;

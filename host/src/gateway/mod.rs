@@ -184,6 +184,10 @@ pub async fn run(
     let runtime = gw.runtime.clone();
     let grace = gw.config().gateway.shutdown_grace;
     let app = router(gw).into_make_service_with_connect_info::<SocketAddr>();
+    // Streamed replies are many small writes: do not let Nagle hold them for delayed ACKs.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
     runtime.tasks.close();
     tracing::info!(in_flight = runtime.tasks.len(), grace_secs = grace.as_secs(), "Draining runs in flight.");

@@ -14,6 +14,8 @@ use crate::config::{SandboxBackend, SandboxConfig, WorkspaceAccess};
 use crate::ids::{AgentId, SessionKey, TenantId};
 use crate::tools::Tool;
 
+pub mod wasm;
+
 /// Limits that apply to one tool call (from policy, capped by the backend's own ceilings).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToolLimits {
