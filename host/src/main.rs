@@ -42,6 +42,9 @@ enum Command {
     /// Master key and tenant key rotation
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Explain, test, diff, sign and verify tool policies
+    #[command(subcommand)]
+    Policy(cli::policy::PolicyCommand),
 }
 
 #[derive(Subcommand)]
@@ -115,6 +118,7 @@ fn main() -> ExitCode {
             cli::keys::rotate_tenant(&ConfigSource::new(args.config), &tenant)
         }
         Command::Doctor => cli::doctor::run(&ConfigSource::new(args.config)),
+        Command::Policy(cmd) => cli::policy::run(cmd, &ConfigSource::new(args.config).path),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

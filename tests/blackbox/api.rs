@@ -54,8 +54,11 @@ async fn openai_provider_round_trip_keeps_the_conversation() {
     let contents: Vec<&str> =
         last.body["messages"].as_array().unwrap().iter().filter_map(|m| m["content"].as_str()).collect();
     assert_eq!(contents, ["hello", "fake says: hello", "again"], "the gateway keeps the conversation");
-    // Offered tools follow the policy gate: fail closed until a policy engine is configured.
-    assert!(last.body.get("tools").is_none(), "no tool is offered by the deny-all gate");
+    // Offered tools follow the policy: group:fs + exec, never the session tools.
+    let mut offered: Vec<&str> =
+        last.body["tools"].as_array().unwrap().iter().map(|t| t["function"]["name"].as_str().unwrap()).collect();
+    offered.sort();
+    assert_eq!(offered, ["edit", "exec", "list", "read", "write"]);
 }
 
 #[tokio::test]
@@ -80,12 +83,17 @@ async fn streaming_is_server_sent_events_in_openai_chunks() {
 #[tokio::test]
 async fn anthropic_tool_use_reaches_the_gate_and_the_refusal_goes_back() {
     let (gw, fake) = gateway().await;
-    let (status, body) = chat(&gw, TOKEN_A, turn("a-claude", "t1", "please call-tool:read")).await;
+    // a-claude is offered only `read`; the model asks for `exec` anyway and the gate refuses it.
+    let (status, body) = chat(&gw, TOKEN_A, turn("a-claude", "t1", "please call-tool:exec")).await;
     assert_eq!(status, 200, "{body}");
     let answer = body["choices"][0]["message"]["content"].as_str().unwrap();
     assert!(answer.starts_with("tool said: denied"), "{answer}");
     let reqs = fake.requests();
     assert_eq!(reqs.len(), 2, "one round for the tool call, one with its result");
+    let offered: Vec<&str> =
+        reqs[0].body["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(offered, ["read"]);
+    assert!(reqs[0].body["tools"][0]["input_schema"].is_object());
     let second = &reqs[1];
     assert_eq!(second.path, "/v1/messages");
     assert_eq!(second.headers["x-api-key"], ANTHROPIC_KEY);
@@ -120,7 +128,7 @@ async fn tenants_cannot_list_address_or_probe_each_other() {
     };
     let a = models(TOKEN_A).await;
     let ids: Vec<&str> = a["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["a-openai", "a-claude", "a-demo"]);
+    assert_eq!(ids, ["a-openai", "a-claude", "a-demo", "a-sessions"]);
     let b = models(TOKEN_B).await;
     assert_eq!(b["data"].as_array().unwrap().len(), 1);
     assert_eq!(b["data"][0]["id"], "b-secret");
@@ -292,4 +300,71 @@ async fn health_and_operator_metrics() {
     let r = http().get(gw.url("/nowhere")).send().await.unwrap();
     assert_eq!(r.status(), 404);
     assert!(r.json::<Value>().await.unwrap()["error"]["message"].is_string());
+}
+
+/// Scripted `/tool` commands for `agent` in conversation `user`; returns each reply.
+async fn tool_turns(gw: &Gateway, token: &str, agent: &str, user: &str, commands: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for c in commands {
+        let (s, v) = chat(gw, token, turn(agent, user, c)).await;
+        assert_eq!(s, 200, "{c}: {v}");
+        out.push(v["choices"][0]["message"]["content"].as_str().unwrap().to_string());
+    }
+    out
+}
+
+#[tokio::test]
+async fn tools_run_in_the_tenants_wasm_sandbox_end_to_end() {
+    let (gw, _fake) = gateway().await;
+    let replies = tool_turns(
+        &gw,
+        TOKEN_A,
+        "a-demo",
+        "tools",
+        &[
+            r#"/tool write {"path":"notes.txt","content":"alpha secret plans\nline two\n"}"#,
+            r#"/tool read {"path":"notes.txt"}"#,
+            r#"/tool exec {"command":"cat notes.txt | grep two"}"#,
+            r#"/tool read {"path":"../../../../etc/passwd"}"#,
+            r#"/tool EXEC {"command":"echo hi"}"#,
+        ],
+    )
+    .await;
+    assert!(replies[1].contains("alpha secret plans"), "{replies:?}");
+    assert!(replies[2].contains("line two"), "{replies:?}");
+    assert!(!replies[3].contains("root:"), "escape: {replies:?}");
+    assert!(replies[4].starts_with("denied"), "{replies:?}");
+    // Bravo's sandbox is another workspace: alpha's file does not exist there.
+    let replies = tool_turns(&gw, TOKEN_B, "b-secret", "tools", &[r#"/tool read {"path":"notes.txt"}"#]).await;
+    assert!(!replies[0].contains("alpha secret"), "{replies:?}");
+}
+
+#[tokio::test]
+async fn session_tools_see_only_the_callers_tenant_whatever_the_policy() {
+    let (gw, _fake) = gateway().await;
+    let (_, _) = chat(&gw, TOKEN_B, turn("b-secret", "private", "bravo private words")).await;
+    let (_, _) = chat(&gw, TOKEN_A, turn("a-demo", "mine", "alpha words")).await;
+    let replies = tool_turns(
+        &gw,
+        TOKEN_A,
+        "a-sessions",
+        "probe",
+        &[
+            "/tool sessions_list {}",
+            r#"/tool sessions_history {"sessionKey":"agent:b-secret:api:direct:private"}"#,
+            r#"/tool sessions_history {"sessionKey":"agent:b-secret:api:direct:does-not-exist"}"#,
+            r#"/tool sessions_send {"sessionKey":"agent:b-secret:api:direct:private","message":"hi from alpha"}"#,
+            r#"/tool sessions_history {"sessionKey":"agent:a-demo:api:direct:mine"}"#,
+        ],
+    )
+    .await;
+    assert!(replies[0].contains("agent:a-demo:api:direct:mine"), "{replies:?}");
+    assert!(!replies[0].contains("b-secret"), "{replies:?}");
+    assert_eq!(replies[1], replies[2], "another tenant's session answers like a missing one");
+    assert_eq!(replies[1], "session not found");
+    assert_eq!(replies[3], "session not found");
+    assert!(replies[4].contains("alpha words"), "{replies:?}");
+    // Nothing reached bravo's session.
+    let (_, v) = chat(&gw, TOKEN_B, turn("b-secret", "private", "check")).await;
+    assert_eq!(v["choices"][0]["message"]["content"], "echo: check");
 }

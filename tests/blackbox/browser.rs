@@ -24,7 +24,7 @@ async fn web_chat_full_exchange_in_a_real_browser() -> anyhow::Result<()> {
     browser.wait_for("document.getElementById('status').textContent === 'ready'", WAIT).await?;
     assert_eq!(browser.eval("document.getElementById('tenant').textContent").await?, json!("Alpha Co"));
     let agents = browser.eval("[...document.querySelectorAll('#agent option')].map(o => o.value)").await?;
-    assert_eq!(agents, json!(["a-openai", "a-claude", "a-demo"]), "only the token's tenant's agents");
+    assert_eq!(agents, json!(["a-openai", "a-claude", "a-demo", "a-sessions"]), "only the token's tenant's agents");
     browser
         .eval(
             "{ const s = document.getElementById('agent'); s.value = 'a-demo'; s.dispatchEvent(new Event('change')); }",

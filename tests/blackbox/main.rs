@@ -17,7 +17,9 @@ pub const TOKEN_B: &str = "tok-bravo-9876543210";
 pub const OPENAI_KEY: &str = "sk-test-openai-key-never-logged";
 pub const ANTHROPIC_KEY: &str = "sk-ant-test-key-never-logged";
 
-/// Two tenants: `alpha` (agents `a-openai`, `a-claude`, `a-demo`) and `bravo` (agent `b-secret`).
+/// Two tenants: `alpha` (agents `a-openai`, `a-claude`, `a-demo`, `a-sessions`) and `bravo` (agent
+/// `b-secret`). No agent of alpha names a policy file, so the built-in default applies to `a-demo`:
+/// every tool but the session tools.
 pub fn two_tenant_config(model_base: &str, extra_gateway: &str) -> String {
     format!(
         r#"{{
@@ -39,6 +41,7 @@ pub fn two_tenant_config(model_base: &str, extra_gateway: &str) -> String {
       {{ id: "a-openai", tenant: "alpha", model: "fakeai/gpt-fake", tools: {{ allow: ["group:fs", "exec"] }} }},
       {{ id: "a-claude", tenant: "alpha", model: "fakeclaude/claude-fake", tools: {{ allow: ["read"] }} }},
       {{ id: "a-demo", tenant: "alpha", model: "demo/scripted", identity: {{ name: "Alpha Bot", emoji: "🅰" }} }},
+      {{ id: "a-sessions", tenant: "alpha", model: "demo/scripted", tools: {{ allow: ["group:sessions"] }} }},
       {{ id: "b-secret", tenant: "bravo", model: "demo/scripted" }},
     ],
   }},

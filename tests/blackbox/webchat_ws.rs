@@ -62,7 +62,7 @@ async fn authenticated_chat_streams_deltas_and_tool_events() {
     assert_eq!(ready["type"], "ready");
     assert_eq!(ready["tenant"], "Alpha Co");
     let ids: Vec<&str> = ready["agents"].as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["a-openai", "a-claude", "a-demo"]);
+    assert_eq!(ids, ["a-openai", "a-claude", "a-demo", "a-sessions"]);
     assert_eq!(ready["agents"][2]["scripted"], true);
     assert_eq!(ready["agents"][2]["name"], "Alpha Bot");
 
@@ -78,9 +78,12 @@ async fn authenticated_chat_streams_deltas_and_tool_events() {
     assert_eq!(call["name"], "read");
     assert_eq!(call["arguments"]["path"], "notes.txt");
     let result = frames.iter().find(|f| f["type"] == "tool_result").expect("tool_result frame");
-    assert_eq!(result["isError"], true, "the deny-all gate refuses until a policy allows it");
-    assert!(result["content"].as_str().unwrap().starts_with("denied"));
+    assert_eq!(result["isError"], true, "no such file yet: {result}");
     assert_eq!(frames.last().unwrap()["type"], "done");
+    // Session tools are not in the default policy: refused at the gate.
+    let frames = exchange(&mut ws, "a-demo", "/tool sessions_list {}").await;
+    let result = frames.iter().find(|f| f["type"] == "tool_result").expect("tool_result frame");
+    assert!(result["content"].as_str().unwrap().starts_with("denied"), "{result}");
 }
 
 #[tokio::test]

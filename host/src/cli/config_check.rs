@@ -5,7 +5,22 @@ use serde_json::json;
 use super::{ConfigSource, EXIT_INVALID, EXIT_OK};
 
 pub fn run(source: &ConfigSource, as_json: bool) -> i32 {
-    let result = source.load(false);
+    // Policy files referenced by the config are part of it: load and check them too.
+    let result = source.load(false).and_then(|c| match crate::policy::PolicyEngine::load(&c) {
+        Ok(_) => Ok(c),
+        Err(errors) => Err(crate::config::LoadError {
+            source: source.path.display().to_string(),
+            errors: errors
+                .into_iter()
+                .map(|message| crate::config::ConfigError {
+                    path: "policies".into(),
+                    line: None,
+                    column: None,
+                    message,
+                })
+                .collect(),
+        }),
+    });
     let shown = source.path.display().to_string();
     match (result, as_json) {
         (Ok(c), false) => {

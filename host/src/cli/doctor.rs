@@ -39,7 +39,20 @@ pub fn run(source: &ConfigSource) -> i32 {
             tenants_without_tokens.join(", ")
         );
     }
-    match Gateway::start(config, Parts::fail_closed()) {
+    let gate: std::sync::Arc<dyn crate::policy::PolicyGate> = match crate::policy::PolicyEngine::load(&config) {
+        Ok(engine) => {
+            println!("ok    policies load ({} agent(s))", engine.agents().count());
+            std::sync::Arc::new(engine)
+        }
+        Err(errors) => {
+            failures += errors.len();
+            for e in &errors {
+                println!("FAIL  policy: {e}");
+            }
+            std::sync::Arc::new(crate::policy::DenyAll)
+        }
+    };
+    match Gateway::start(config, Parts { gate, ..Parts::fail_closed() }) {
         Ok(_) => println!("ok    secrets resolve, channels and providers start"),
         Err(errors) => {
             failures += errors.len();

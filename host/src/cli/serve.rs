@@ -82,7 +82,16 @@ pub fn run(source: &ConfigSource, log_format: Option<LogFormat>) -> i32 {
             WasmSandbox::new(&state_dir).map(|s| Arc::new(s) as Arc<dyn crate::sandbox::Sandbox>)
         });
         let sandboxes = Sandboxes::default().with(SandboxBackend::Wasm, Arc::new(wasm));
-        let gw = match Gateway::start(config, Parts { store, sandboxes, ..Parts::fail_closed() }) {
+        let gate = match crate::policy::PolicyEngine::load(&config) {
+            Ok(engine) => Arc::new(engine),
+            Err(errors) => {
+                for e in errors {
+                    eprintln!("error: {e}");
+                }
+                return EXIT_INVALID;
+            }
+        };
+        let gw = match Gateway::start(config, Parts { store, sandboxes, gate }) {
             Ok(g) => Arc::new(g),
             Err(errors) => {
                 for e in errors {

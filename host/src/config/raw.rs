@@ -31,6 +31,18 @@ pub struct RawConfig {
     pub store: Option<RawStore>,
     /// Global default retention of sessions.
     pub retention: Option<RawRetention>,
+    /// Policy-file settings: signatures and trusted keys.
+    pub policies: Option<RawPolicies>,
+}
+
+/// `policies`: how policy files referenced by tenants and agents are trusted.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawPolicies {
+    /// Refuse to start unless every referenced policy file carries a valid signature.
+    pub require_signature: Option<bool>,
+    /// Ed25519 public keys (`ed25519:` + 64 hex digits) whose signatures are accepted.
+    pub trusted_keys: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -118,6 +130,8 @@ pub struct RawTenant {
     pub name: Option<String>,
     pub api_tokens: Option<Vec<SecretRef>>,
     pub tools: Option<RawToolPolicy>,
+    /// A policy file (relative to the config's folder): the tenant layer, narrowed by `tools`.
+    pub policy: Option<String>,
     pub scheduling: Option<RawScheduling>,
     pub retention: Option<RawRetention>,
 }
@@ -140,6 +154,8 @@ pub struct RawAgentDefaults {
     pub sandbox: Option<RawSandbox>,
     pub tools: Option<RawToolPolicy>,
     pub workspace: Option<String>,
+    /// A policy file for every agent (the agents.defaults layer), narrowed by `tools`.
+    pub policy: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,6 +172,8 @@ pub struct RawAgent {
     pub identity: Option<RawIdentity>,
     pub sandbox: Option<RawSandbox>,
     pub tools: Option<RawToolPolicy>,
+    /// A policy file for this agent (the agent layer), narrowed by `tools`.
+    pub policy: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

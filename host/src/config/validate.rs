@@ -30,6 +30,8 @@ pub struct Config {
     /// The global tool-policy layer.
     pub tools: ToolLayer,
     pub max_concurrent: usize,
+    /// Policy files referenced by tenants and agents, and the keys they must be signed with.
+    pub policies: PolicySettings,
     /// Scheduling share of tenants that set none.
     pub scheduling_default: TenantShare,
     /// The encrypted session store and retention.
@@ -123,6 +125,26 @@ pub struct StoreConfig {
 pub struct ToolLayer {
     pub allow: Option<Vec<String>>,
     pub deny: Vec<String>,
+}
+
+/// Policy files named in the config (read and checked by `policy::PolicyEngine::load`).
+#[derive(Debug, Clone, Default)]
+pub struct PolicySettings {
+    pub require_signature: bool,
+    /// Trusted Ed25519 public keys.
+    pub trusted_keys: Vec<[u8; 32]>,
+    pub tenant_files: BTreeMap<TenantId, PolicyRef>,
+    pub defaults_file: Option<PolicyRef>,
+    pub agent_files: BTreeMap<AgentId, PolicyRef>,
+}
+
+/// A reference to a policy file: as written, resolved against the config's folder, and the key
+/// path it was written at (for error messages and `policy explain`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyRef {
+    pub written: String,
+    pub path: PathBuf,
+    pub key: String,
 }
 
 #[derive(Debug, Clone)]
@@ -289,6 +311,15 @@ fn tool_layer(errs: &mut Errors, path: &str, raw: Option<&RawToolPolicy>) -> Too
     ToolLayer { allow: raw.allow.clone(), deny: raw.deny.clone().unwrap_or_default() }
 }
 
+fn policy_ref(errs: &mut Errors, base: &Path, key: String, raw: Option<&String>) -> Option<PolicyRef> {
+    let written = raw?;
+    if written.trim().is_empty() {
+        errs.push(key, "empty policy file path");
+        return None;
+    }
+    Some(PolicyRef { written: written.clone(), path: base.join(written), key })
+}
+
 fn secret(errs: &mut Errors, warnings: &mut Vec<String>, path: &str, s: &SecretRef) {
     let _ = errs;
     if s.is_literal() {
@@ -449,6 +480,19 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
     // global tools
     let tools = tool_layer(&mut errs, "tools", raw.tools.as_ref());
 
+    // policy files and their trust
+    let mut policies = PolicySettings::default();
+    let p = raw.policies.unwrap_or_default();
+    policies.require_signature = p.require_signature.unwrap_or(false);
+    for (i, k) in p.trusted_keys.iter().flatten().enumerate() {
+        match crate::policy::signature::parse_public_key(k) {
+            Ok(key) => policies.trusted_keys.push(key),
+            Err(e) => errs.push(format!("policies.trustedKeys[{i}]"), e),
+        }
+    }
+    if policies.require_signature && p.trusted_keys.as_ref().is_none_or(|k| k.is_empty()) {
+        errs.push("policies.trustedKeys", "requireSignature is true but no trusted keys are listed");
+    }
     // scheduling
     let default_share = share(&mut errs, "scheduling", raw.scheduling.as_ref(), TenantShare::default());
 
@@ -479,6 +523,9 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
             errs.push(format!("{path}.id"), format!("duplicate tenant id {:?}", id.as_str()));
             continue;
         }
+        if let Some(r) = policy_ref(&mut errs, base, format!("{path}.policy"), t.policy.as_ref()) {
+            policies.tenant_files.insert(id.clone(), r);
+        }
         tenants.insert(
             id.clone(),
             TenantConfig {
@@ -501,6 +548,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
         errs.push("agents.defaults.maxConcurrent", "must be between 1 and 1024");
     }
     let defaults_tools = tool_layer(&mut errs, "agents.defaults.tools", defaults.tools.as_ref());
+    policies.defaults_file = policy_ref(&mut errs, base, "agents.defaults.policy".into(), defaults.policy.as_ref());
     let mut agents: Vec<AgentConfig> = Vec::new();
     let mut default_agent = None;
     for (i, a) in agents_raw.list.iter().flatten().enumerate() {
@@ -580,6 +628,9 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
         };
         let sandbox = sandbox_config(&mut errs, &path, defaults.sandbox.as_ref(), a.sandbox.as_ref());
         let layer = tool_layer(&mut errs, &format!("{path}.tools"), a.tools.as_ref());
+        if let Some(r) = policy_ref(&mut errs, base, format!("{path}.policy"), a.policy.as_ref()) {
+            policies.agent_files.insert(id.clone(), r);
+        }
         let identity = a.identity.as_ref().map(|i| Identity {
             name: i.name.clone(),
             emoji: i.emoji.clone(),
@@ -748,6 +799,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
         channels,
         tools,
         max_concurrent: max_concurrent as usize,
+        policies,
         scheduling_default: default_share,
         store,
         warnings,

@@ -2,6 +2,14 @@
 //!
 //! A deny is a normal outcome (a `Decision`), not an error. The gate is asked twice: once for
 //! the set of tools offered to the model, and again for every call the model makes.
+//! `PolicyEngine` (in `engine`) is the gate built from the config and the files in `policies/`.
+
+pub mod engine;
+pub mod file;
+pub mod signature;
+
+pub use engine::{AgentPolicy, LayerKind, PolicyEngine, Verdict};
+pub use file::PolicyFile;
 
 use crate::ids::AgentId;
 use crate::sandbox::ToolLimits;
