@@ -300,9 +300,16 @@ async fn export_then_crypto_shredding_delete_from_the_cli() {
     let (code, _, err) = run_cli(&["--config", cfg, "tenant", "delete", "alpha"], None);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--yes"), "{err}");
+    // The tenant's sandbox workspace goes with it; bravo's stays.
+    for t in ["alpha", "bravo"] {
+        std::fs::create_dir_all(site.state().join("workspaces").join(t)).unwrap();
+        std::fs::write(site.state().join("workspaces").join(t).join("notes.txt"), "workspace file").unwrap();
+    }
     let (code, stdout, err) = run_cli(&["--config", cfg, "tenant", "delete", "alpha", "--yes"], None);
     assert_eq!(code, 0, "{stdout}{err}");
     assert!(!site.state().join("store/tenants/alpha").exists());
+    assert!(!site.state().join("workspaces/alpha").exists(), "alpha's workspace is removed");
+    assert!(site.state().join("workspaces/bravo/notes.txt").exists(), "bravo's workspace is untouched");
 
     // Bravo is untouched; alpha starts empty.
     let mut gw = Gateway::start_in(site.path(), &config, &env()).await;

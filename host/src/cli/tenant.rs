@@ -121,7 +121,20 @@ pub fn delete(source: &ConfigSource, id: &str, yes: bool) -> i32 {
         Ok(s) => s,
         Err(code) => return code,
     };
-    match store.delete_tenant(&tenant) {
+    let deleted = store.delete_tenant(&tenant);
+    // The tenant's sandbox files go too (workspaces are plaintext by necessity; see SECURITY.md).
+    let mut removed_files = false;
+    for dir in crate::sandbox::wasm::tenant_dirs(&config.state_dir, tenant.as_str()) {
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => removed_files = true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                eprintln!("error: cannot remove {}: {e}", dir.display());
+                return EXIT_FAILURE;
+            }
+        }
+    }
+    match deleted.map(|d| d || removed_files) {
         Ok(true) => {
             println!("deleted tenant {id}: its key is destroyed and its stored data removed");
             if config.tenants.contains_key(&tenant) {

@@ -136,6 +136,11 @@ struct CallCtx {
     max_output: usize,
 }
 
+/// Everything the wasm backend keeps for a tenant: its workspaces and its command modules.
+pub fn tenant_dirs(state_dir: &Path, tenant: &str) -> [PathBuf; 2] {
+    [state_dir.join("workspaces").join(tenant), state_dir.join("wasm-modules").join(tenant)]
+}
+
 impl WasmSandbox {
     /// Starts the backend for a gateway whose state lives in `state_dir`: builds the engine,
     /// compiles the embedded runner and starts the epoch ticker.
@@ -201,7 +206,7 @@ impl WasmSandbox {
 
     /// The host directory holding every workspace of `tenant`.
     pub fn tenant_root(&self, tenant: &str) -> PathBuf {
-        self.state_dir.join("workspaces").join(tenant)
+        tenant_dirs(&self.state_dir, tenant)[0].clone()
     }
 
     /// The host directory preopened for a call: per agent, per session (hashed key) or shared,
