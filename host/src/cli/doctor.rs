@@ -31,6 +31,26 @@ pub fn run(source: &ConfigSource) -> i32 {
             println!("FAIL  state directory {}: {e}", config.state_dir.display());
         }
     }
+    match crate::sandbox::wasm::WasmSandbox::new(&config.state_dir) {
+        Ok(_) => println!("ok    wasm sandbox backend (runner compiled)"),
+        Err(e) => {
+            failures += 1;
+            println!("FAIL  wasm sandbox backend: {e}");
+        }
+    }
+    let docker_agents: Vec<_> = config
+        .agents
+        .iter()
+        .filter(|a| a.sandbox.backend == crate::config::SandboxBackend::Docker)
+        .map(|a| a.id.to_string())
+        .collect();
+    if !docker_agents.is_empty() {
+        failures += 1;
+        println!(
+            "FAIL  agents {} use the docker backend, which this version does not include: their tool calls will fail",
+            docker_agents.join(", ")
+        );
+    }
     let tenants_without_tokens: Vec<_> =
         config.tenants.values().filter(|t| t.api_tokens.is_empty()).map(|t| t.id.to_string()).collect();
     if !tenants_without_tokens.is_empty() {
