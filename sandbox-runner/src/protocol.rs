@@ -184,6 +184,20 @@ pub fn json_depth(v: &serde_json::Value) -> usize {
     max
 }
 
+/// Cuts text to at most `max` bytes on a character boundary; true when something was cut. Both
+/// sides use it: the runner on what it produces, the host on what it receives.
+pub fn cap_text(mut text: String, max: usize) -> (String, bool) {
+    if text.len() <= max {
+        return (text, false);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    (text, true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

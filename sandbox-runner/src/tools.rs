@@ -39,18 +39,8 @@ pub fn handle(req: Request, root: std::path::PathBuf) -> Response {
     }
 }
 
-/// Cuts text to at most `max` bytes on a character boundary.
-pub fn cap(mut text: String, max: usize) -> (String, bool) {
-    if text.len() <= max {
-        return (text, false);
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text.truncate(end);
-    (text, true)
-}
+/// Cuts text to at most `max` bytes on a character boundary (shared with the host).
+pub use sandbox_runner::protocol::cap_text as cap;
 
 fn args<T: DeserializeOwned>(v: serde_json::Value) -> ToolResult<T> {
     serde_json::from_value(v).map_err(|e| ToolError::Invalid(e.to_string()))

@@ -5,7 +5,6 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use super::{ConfigSource, EXIT_FAILURE, EXIT_INVALID, EXIT_OK};
-use crate::ids::TenantId;
 use crate::store::MasterKey;
 
 /// `keys init --out FILE`: writes a new master key (mode 0600); never overwrites a file.
@@ -37,17 +36,7 @@ pub fn init(out: &Path) -> i32 {
 
 /// `keys rotate --tenant ID`: re-encrypts the tenant's data to a new identity (gateway stopped).
 pub fn rotate_tenant(source: &ConfigSource, id: &str) -> i32 {
-    let Ok(tenant) = TenantId::parse(id) else {
-        eprintln!("error: invalid tenant id {id:?}");
-        return EXIT_INVALID;
-    };
-    let config = match source.load(false) {
-        Ok(c) => c,
-        Err(e) => {
-            super::report_load_error(&e);
-            return EXIT_INVALID;
-        }
-    };
+    let Some((config, tenant)) = super::load_with_tenant(source, id) else { return EXIT_INVALID };
     let store = match super::open_store(&config) {
         Ok(s) => s,
         Err(code) => return code,

@@ -47,6 +47,22 @@ impl ConfigSource {
     }
 }
 
+/// Parses a tenant id given on the command line and loads the config (no embedded fallback);
+/// reports either problem on stderr.
+pub(crate) fn load_with_tenant(source: &ConfigSource, id: &str) -> Option<(Config, crate::ids::TenantId)> {
+    let Ok(tenant) = crate::ids::TenantId::parse(id) else {
+        eprintln!("error: invalid tenant id {id:?}");
+        return None;
+    };
+    match source.load(false) {
+        Ok(c) => Some((c, tenant)),
+        Err(e) => {
+            report_load_error(&e);
+            None
+        }
+    }
+}
+
 /// Prints a load error for a person, on stderr.
 pub fn report_load_error(e: &LoadError) {
     eprint!("{e}");

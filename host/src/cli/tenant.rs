@@ -4,7 +4,6 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use super::{ConfigSource, EXIT_FAILURE, EXIT_INVALID, EXIT_OK};
-use crate::ids::TenantId;
 use crate::store::ExportSummary;
 
 /// `tenant list`: tenants with their agents and token counts (never the tokens).
@@ -43,7 +42,7 @@ pub fn list(source: &ConfigSource, as_json: bool) -> i32 {
 /// `tenant export ID --out FILE`: the tenant's decrypted archive (JSON Lines, see docs/store.md).
 /// The file is written 0600 through a temp file beside it; it may not lie inside the state dir.
 pub fn export(source: &ConfigSource, id: &str, out: &Path) -> i32 {
-    let Some((config, tenant)) = load_with_tenant(source, id) else { return EXIT_INVALID };
+    let Some((config, tenant)) = super::load_with_tenant(source, id) else { return EXIT_INVALID };
     if is_inside(out, &config.state_dir) {
         eprintln!(
             "error: --out {} lies inside the state directory; an export is plaintext, write it elsewhere",
@@ -96,17 +95,7 @@ pub fn export(source: &ConfigSource, id: &str, out: &Path) -> i32 {
 
 /// `tenant delete ID [--yes]`: crypto-shredding of the tenant's stored data.
 pub fn delete(source: &ConfigSource, id: &str, yes: bool) -> i32 {
-    let Ok(tenant) = TenantId::parse(id) else {
-        eprintln!("error: invalid tenant id {id:?}");
-        return EXIT_INVALID;
-    };
-    let config = match source.load(false) {
-        Ok(c) => c,
-        Err(e) => {
-            super::report_load_error(&e);
-            return EXIT_INVALID;
-        }
-    };
+    let Some((config, tenant)) = super::load_with_tenant(source, id) else { return EXIT_INVALID };
     if !yes
         && !super::confirm(
             &format!(
@@ -149,23 +138,6 @@ pub fn delete(source: &ConfigSource, id: &str, yes: bool) -> i32 {
         Err(e) => {
             eprintln!("error: deleting tenant {id:?} failed: {e}");
             EXIT_FAILURE
-        }
-    }
-}
-
-fn load_with_tenant(source: &ConfigSource, id: &str) -> Option<(crate::config::Config, TenantId)> {
-    let config = match source.load(false) {
-        Ok(c) => c,
-        Err(e) => {
-            super::report_load_error(&e);
-            return None;
-        }
-    };
-    match TenantId::parse(id) {
-        Ok(t) => Some((config, t)),
-        Err(_) => {
-            eprintln!("error: invalid tenant id {id:?}");
-            None
         }
     }
 }

@@ -8,6 +8,7 @@
 //! `exec` stages that name an operator-installed module (`<stateDir>/wasm-modules/<tenant>/<name>.wasm`)
 //! run that module with the same limits and the workspace read-only.
 
+use sandbox_runner::protocol::cap_text;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -562,18 +563,6 @@ fn finish(resp: Response, max_output: usize) -> Result<ToolOutput, SandboxError>
     }
     let (text, cut) = cap_text(resp.output, max_output);
     Ok(ToolOutput { text, is_error: resp.is_error, exit_code: resp.exit_code, truncated: resp.truncated || cut })
-}
-
-fn cap_text(mut text: String, max: usize) -> (String, bool) {
-    if text.len() <= max {
-        return (text, false);
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text.truncate(end);
-    (text, true)
 }
 
 /// A guest- or wasmtime-provided message cut to one printable line.
