@@ -4,6 +4,7 @@
 //! tenant's `sandbox`; every conversation is kept per tenant in `session`.
 
 pub mod agent;
+pub mod channels;
 pub mod cli;
 pub mod config;
 pub mod dispatch;
@@ -13,6 +14,7 @@ pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod policy;
+pub mod routing;
 pub mod sandbox;
 pub mod scheduler;
 pub mod session;

@@ -100,6 +100,24 @@ pub fn run(source: &ConfigSource, log_format: Option<LogFormat>) -> i32 {
                 return EXIT_INVALID;
             }
         };
+        let tenants_in_config: Vec<_> = gw.config().tenants.keys().cloned().collect();
+        match gw.pairing.restore(tenants_in_config).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(approvals = n, "Chat pairing approvals restored."),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_FAILURE;
+            }
+        }
+        let channels = match crate::channels::Channels::start(&gw.runtime, &gw.pairing) {
+            Ok(c) => c,
+            Err(errors) => {
+                for e in errors {
+                    eprintln!("error: {e}");
+                }
+                return EXIT_INVALID;
+            }
+        };
         let listener = match tokio::net::TcpListener::bind(bind).await {
             Ok(l) => l,
             Err(e) => {
@@ -111,7 +129,13 @@ pub fn run(source: &ConfigSource, log_format: Option<LogFormat>) -> i32 {
         tracing::info!(%addr, tenants, agents, "Gateway listening.");
         // A stable line on stdout so scripts and tests can find an ephemeral port.
         println!("listening on http://{addr}");
-        match gateway::run(gw, listener, shutdown_signal()).await {
+        let grace = gw.config().gateway.shutdown_grace;
+        let shutdown = async move {
+            shutdown_signal().await;
+            // Chat adapters stop taking messages first; runs already accepted are drained below.
+            channels.stop(grace).await;
+        };
+        match gateway::run(gw, listener, shutdown).await {
             Ok(()) => {
                 tracing::info!("Gateway stopped.");
                 EXIT_OK

@@ -6,6 +6,7 @@
 
 mod auth;
 mod openai_api;
+mod pairing_api;
 mod webchat;
 
 use std::future::Future;
@@ -39,6 +40,8 @@ pub struct Gateway {
     tenant_tokens: TokenIndex<TenantId>,
     operator_tokens: TokenIndex<OperatorRole>,
     throttle: Throttle,
+    /// Chat pairing requests and approvals (shared with the channel adapters).
+    pub pairing: Arc<crate::channels::pairing::Pairing>,
 }
 
 /// The backends a gateway runs with; tests substitute their own.
@@ -76,6 +79,11 @@ impl Gateway {
                 }
             }
         }
+        for acc in &config.channels.telegram {
+            if let Err(e) = acc.token.resolve(&config.base_dir) {
+                errors.push(format!("channels.telegram account {:?} token: {e}", acc.id));
+            }
+        }
         let mut operator_tokens = TokenIndex::new();
         for (i, op) in config.gateway.operators.iter().enumerate() {
             match op.token.resolve(&config.base_dir) {
@@ -105,11 +113,12 @@ impl Gateway {
             config: Arc::new(config),
             providers,
             dispatcher: Dispatcher { gate: parts.gate, sandboxes: parts.sandboxes },
-            store: parts.store,
+            store: parts.store.clone(),
             metrics: Metrics::default(),
             tasks: TaskTracker::new(),
         };
-        Ok(Self { runtime: Arc::new(runtime), tenant_tokens, operator_tokens, throttle })
+        let pairing = Arc::new(crate::channels::pairing::Pairing::new(parts.store));
+        Ok(Self { runtime: Arc::new(runtime), tenant_tokens, operator_tokens, throttle, pairing })
     }
 
     pub fn config(&self) -> &Config {
@@ -152,6 +161,9 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/models", get(openai_api::models))
         .route("/v1/chat/completions", post(openai_api::chat_completions))
         .route("/metrics", get(metrics))
+        .route("/admin/pairing", get(pairing_api::list))
+        .route("/admin/pairing/approve", post(pairing_api::approve))
+        .route("/admin/pairing/deny", post(pairing_api::deny))
         .fallback(|| async { openai_api::error(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::map_response(security_headers))
