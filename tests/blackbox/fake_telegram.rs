@@ -141,10 +141,6 @@ impl FakeTelegram {
     pub fn set_webhook(&self, token: &str, url: &str) {
         self.with(token, |b| b.webhook = Some(url.into()));
     }
-    pub fn set_privacy_off(&self, token: &str) {
-        self.with(token, |b| b.privacy_off = true);
-    }
-    /// From now on every call with this token is refused with 401, as after a token revocation.
     pub fn revoke(&self, token: &str) {
         self.with(token, |b| b.revoked = true);
     }
@@ -217,9 +213,6 @@ impl FakeTelegram {
     pub fn throttled_at(&self, token: &str) -> Vec<Instant> {
         self.inner.bots.lock().unwrap()[token].throttled_at.clone()
     }
-    pub fn pending_updates(&self, token: &str) -> usize {
-        self.inner.bots.lock().unwrap()[token].updates.len()
-    }
 
     /// Waits (up to 60 s) until `chat` has received `n` messages from this bot.
     pub async fn wait_sent(&self, token: &str, chat: i64, n: usize) -> Vec<Sent> {
@@ -246,7 +239,10 @@ impl FakeTelegram {
             if pending == 0 && last >= next {
                 return;
             }
-            assert!(Instant::now() < deadline, "updates not consumed: {pending} pending, offset {last}, next id {next}");
+            assert!(
+                Instant::now() < deadline,
+                "updates not consumed: {pending} pending, offset {last}, next id {next}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -265,8 +261,9 @@ async fn handle(State(inner): State<Arc<Inner>>, Path((bot, method)): Path<(Stri
             Some(_) => {}
         }
     }
-    match method.as_str() {
-        "getMe" => {
+    // The Bot API matches method names case-insensitively (teloxide sends `GetMe`, `SendMessage`).
+    match method.to_ascii_lowercase().as_str() {
+        "getme" => {
             let bots = inner.bots.lock().unwrap();
             let b = &bots[token];
             ok(json!({ "id": b.id, "is_bot": true, "first_name": "Bot", "username": b.username,
@@ -274,14 +271,14 @@ async fn handle(State(inner): State<Arc<Inner>>, Path((bot, method)): Path<(Stri
                        "supports_inline_queries": false, "can_connect_to_business": false,
                        "has_main_web_app": false }))
         }
-        "getWebhookInfo" => {
+        "getwebhookinfo" => {
             let bots = inner.bots.lock().unwrap();
             let b = &bots[token];
             ok(json!({ "url": b.webhook.clone().unwrap_or_default(), "has_custom_certificate": false,
                        "pending_update_count": b.updates.len() }))
         }
-        "getUpdates" => get_updates(&inner, token, &params).await,
-        "sendMessage" => {
+        "getupdates" => get_updates(&inner, token, &params).await,
+        "sendmessage" => {
             let mut bots = inner.bots.lock().unwrap();
             let b = bots.get_mut(token).unwrap();
             if let Some(f) = b.fail_send.pop_front() {

@@ -65,7 +65,7 @@ fn no_product_name(tg: &FakeTelegram, token: &str) {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn telegram_direct_messages_follow_the_allowlist_and_answer_in_the_agents_name() {
     let (tg, gw) = setup(ALLOWLIST).await;
     tg.dm(ACME, 111, "hello there");
@@ -100,7 +100,7 @@ async fn telegram_direct_messages_follow_the_allowlist_and_answer_in_the_agents_
     assert!(!gw.logs().contains("hello there"), "message content is not logged at info");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn telegram_groups_need_an_allowed_group_and_a_mention_and_topics_keep_their_thread() {
     let (tg, _gw) = setup(ALLOWLIST).await;
     tg.group(ACME, -1001, 500, "no mention here", None);
@@ -144,7 +144,7 @@ fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn telegram_pairing_flow_end_to_end_with_approvals_encrypted_and_persisted() {
     const STRANGER: i64 = 987_654_321;
     let tg = FakeTelegram::start().await;
@@ -158,13 +158,17 @@ async fn telegram_pairing_flow_end_to_end_with_approvals_encrypted_and_persisted
     let cfg = config(&tg.base, "", &store);
     let mut gw = Gateway::start_in(dir.path(), &cfg, &env()).await;
     let cfg_path = dir.path().join("bulkhead.json5");
-    let cli = |args: &[&str]| {
-        let mut all = vec!["pairing", "--config", cfg_path.to_str().unwrap(), "--url", &gw.base];
+    let cli = |base: &str, args: &[&str]| {
+        let mut all = vec!["pairing", "--config", cfg_path.to_str().unwrap(), "--url", base];
         all.extend_from_slice(args);
         let mut cmd = std::process::Command::new(crate::harness::BIN);
         cmd.args(&all).env_remove("BULKHEAD_CONFIG").env("OPS_TOKEN", OPS);
         let o = cmd.output().unwrap();
-        (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).to_string(), String::from_utf8_lossy(&o.stderr).to_string())
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).to_string(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
     };
 
     // The stranger gets a code in the agent's name, and their message is not answered.
@@ -179,13 +183,13 @@ async fn telegram_pairing_flow_end_to_end_with_approvals_encrypted_and_persisted
     assert!(got[1].text.contains(&code_text), "{:?}", got[1].text);
     assert!(!got.iter().any(|s| s.text.starts_with("echo:")));
 
-    let (code, out, err) = cli(&["list"]);
+    let (code, out, err) = cli(&gw.base, &["list"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(&code_text) && out.contains(&STRANGER.to_string()) && out.contains("telegram/acme"), "{out}");
-    let (code, _, err) = cli(&["approve", "WRONGCOD"]);
+    let (code, _, err) = cli(&gw.base, &["approve", "WRONGCOD"]);
     assert_eq!(code, 2, "unknown codes are refused: {err}");
     assert!(err.contains("no pending pairing request"), "{err}");
-    let (code, out, err) = cli(&["approve", &code_text.to_lowercase()]);
+    let (code, out, err) = cli(&gw.base, &["approve", &code_text.to_lowercase()]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("approved"), "{out}");
 
@@ -197,9 +201,9 @@ async fn telegram_pairing_flow_end_to_end_with_approvals_encrypted_and_persisted
     tg.dm(ACME, 555, "me too");
     let got = tg.wait_sent(ACME, 555, 1).await;
     let other: String = got[0].text.split("pairing code is ").nth(1).unwrap().chars().take(8).collect();
-    let (code, out, err) = cli(&["deny", &other]);
+    let (code, out, err) = cli(&gw.base, &["deny", &other]);
     assert_eq!(code, 0, "{out}{err}");
-    let (_, out, _) = cli(&["list", "--json"]);
+    let (_, out, _) = cli(&gw.base, &["list", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["pending"].as_array().unwrap().len(), 0, "{v}");
 
@@ -217,17 +221,17 @@ async fn telegram_pairing_flow_end_to_end_with_approvals_encrypted_and_persisted
     tg.dm(ACME, STRANGER, "back again");
     let got = tg.wait_sent(ACME, STRANGER, 4).await;
     assert_eq!(got[3].text, "echo: back again");
-    let (code, out, _) = cli(&["list"]);
+    let (code, out, _) = cli(&gw.base, &["list"]);
     assert_eq!(code, 0);
     assert!(out.contains("no pending"), "{out}");
     drop(gw);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn telegram_long_replies_are_split_and_paced_and_retry_after_is_honoured() {
     let (tg, _gw) = setup(ALLOWLIST).await;
-    // textChunkLimit is 1000 for acme: a reply of ~2,600 characters goes out in three pieces.
-    let words: String = (0..400).map(|i| format!("word{i:03} ")).collect();
+    // textChunkLimit is 1000 for acme: a reply of ~2,400 characters goes out in three pieces.
+    let words: String = (0..300).map(|i| format!("word{i:03} ")).collect();
     tg.fail_next_send(ACME, Fail::TooMany(1));
     tg.dm(ACME, 111, words.trim());
     let got = tg.wait_sent(ACME, 111, 3).await;
@@ -250,7 +254,7 @@ async fn telegram_long_replies_are_split_and_paced_and_retry_after_is_honoured()
     assert_eq!(tg.sent_to(ACME, 111).len(), 3);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn telegram_revoked_token_stops_only_that_account_with_a_clear_log() {
     let (tg, gw) = setup(ALLOWLIST).await;
     tg.dm(ACME, 111, "before");
@@ -271,7 +275,7 @@ async fn telegram_revoked_token_stops_only_that_account_with_a_clear_log() {
     assert_eq!(got[0].text, "echo: still there?");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn telegram_malformed_updates_and_server_errors_never_stop_polling_or_replay() {
     let (tg, gw) = setup(ALLOWLIST).await;
     tg.dm(ACME, 111, "one");
@@ -317,7 +321,7 @@ async fn telegram_malformed_updates_and_server_errors_never_stop_polling_or_repl
     assert!(!logs.contains("panicked"), "{logs}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn telegram_two_tenants_two_bots_never_cross_and_a_flood_does_not_slow_the_other() {
     let (tg, _gw) = setup(r#"dmPolicy: "open", allowFrom: ["*"],"#).await;
     tg.dm(ACME, 42, "for alpha");
@@ -344,7 +348,7 @@ async fn telegram_two_tenants_two_bots_never_cross_and_a_flood_does_not_slow_the
     assert!(acme_done < 30, "beta waited for acme's backlog ({acme_done} of 30 sent)");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_checks_telegram_tokens_privacy_and_webhooks() {
     let tg = FakeTelegram::start().await;
     tg.add_bot(ACME, 123456, "acme_bot");
@@ -367,7 +371,10 @@ async fn doctor_checks_telegram_tokens_privacy_and_webhooks() {
     assert!(out.contains("ok    telegram/acme: token accepted (bot @acme_bot)"), "{out}");
     // acme has a group with requireMention: false, and privacy mode is on.
     assert!(out.contains("warn  telegram/acme: privacy mode is on") && out.contains("/setprivacy"), "{out}");
-    assert!(out.contains("FAIL  telegram/beta: a webhook is set (to hooks.example.net)") && out.contains("deleteWebhook"), "{out}");
+    assert!(
+        out.contains("FAIL  telegram/beta: a webhook is set (to hooks.example.net)") && out.contains("deleteWebhook"),
+        "{out}"
+    );
     assert!(!out.contains("ACME-secret") && !out.contains("BETA-secret"), "{out}");
     tg.revoke(ACME);
     let (code, out) = doctor();

@@ -53,8 +53,11 @@ pub fn accept(rt: &Arc<Runtime>, pairing: &Pairing, account: &Account, msg: Chat
         return;
     };
     let approved = pairing.is_approved(&agent.tenant, account.channel, &account.id, &msg.sender);
-    let verdict =
-        decide(&account.access, &Inbound { sender: &msg.sender, group: msg.group.then_some(&msg.chat), mentioned: msg.mentioned }, approved);
+    let verdict = decide(
+        &account.access,
+        &Inbound { sender: &msg.sender, group: msg.group.then_some(&msg.chat), mentioned: msg.mentioned },
+        approved,
+    );
     let to = ChatTarget { chat: msg.chat.clone(), thread: msg.topic.clone(), group: msg.group };
     let name = &agent.display_name;
     match verdict {

@@ -102,8 +102,7 @@ impl Pairing {
             };
             let doc: Document = serde_json::from_slice(&bytes)
                 .map_err(|e| format!("tenant {:?}: pairing approvals are unreadable: {e}", t.as_str()))?;
-            let set: BTreeSet<Approval> =
-                doc.approved.into_iter().map(|a| (a.channel, a.account, a.sender)).collect();
+            let set: BTreeSet<Approval> = doc.approved.into_iter().map(|a| (a.channel, a.account, a.sender)).collect();
             total += set.len();
             self.state.lock().expect("pairing lock").approved.insert(t, set);
         }

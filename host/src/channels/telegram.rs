@@ -81,7 +81,9 @@ impl Connection {
         let v: Value = match serde_json::from_str(&text) {
             Ok(v) => v,
             Err(_) if status.as_u16() == 401 => return Err(PollError::Unauthorized),
-            Err(_) => return Err(PollError::Transient(format!("HTTP {} with a body that is not JSON", status.as_u16()))),
+            Err(_) => {
+                return Err(PollError::Transient(format!("HTTP {} with a body that is not JSON", status.as_u16())));
+            }
         };
         if v["ok"] == true {
             return match v.get("result") {
@@ -155,7 +157,9 @@ impl Transport for TelegramTransport {
             Err(RequestError::Api(ApiError::InvalidToken)) => Err(SendError::Unauthorized),
             // Unknown API errors include 5xx answers: worth a bounded retry.
             Err(e @ RequestError::Api(ApiError::Unknown(_))) => Err(SendError::Transient(describe(&e))),
-            Err(e @ (RequestError::Api(_) | RequestError::MigrateToChatId(_))) => Err(SendError::Permanent(describe(&e))),
+            Err(e @ (RequestError::Api(_) | RequestError::MigrateToChatId(_))) => {
+                Err(SendError::Permanent(describe(&e)))
+            }
             Err(e) => Err(SendError::Transient(describe(&e))),
         }
     }
@@ -289,7 +293,8 @@ impl Poller {
             return offset;
         }
         let next = update_id.saturating_add(1);
-        match serde_json::from_value::<Update>(item) {
+        // From text, not `from_value`: teloxide's `UpdateKind` visitor needs borrowed keys.
+        match serde_json::from_str::<Update>(&item.to_string()) {
             Ok(Update { kind: UpdateKind::Message(m), .. }) => self.on_message(&m, username, bot_id),
             Ok(Update { kind: UpdateKind::EditedMessage(_), .. }) => {
                 tracing::debug!(account = %id, update_id, "Ignored an edited message (the original was answered).");
@@ -332,6 +337,17 @@ impl Poller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn real_update_json_parses() {
+        let raw = serde_json::json!({ "update_id": 1000, "message": { "message_id": 2, "date": 1764000000,
+            "chat": { "id": 111, "type": "private", "first_name": "User", "username": "user111" },
+            "from": { "id": 111, "is_bot": false, "first_name": "User111", "username": "user111", "language_code": "en" },
+            "text": "hello" } });
+        let u = serde_json::from_str::<Update>(&raw.to_string());
+        let u = u.map_err(|e| e.to_string()).unwrap();
+        assert!(matches!(u.kind, UpdateKind::Message(_)), "{:?}", u.kind);
+    }
 
     #[test]
     fn errors_never_show_the_request_url() {

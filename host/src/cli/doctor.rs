@@ -120,8 +120,8 @@ fn telegram(config: &crate::config::Config) -> usize {
             }
         };
         println!("ok    {label}: token accepted (bot @{})", me.user.username.as_deref().unwrap_or("?"));
-        let wants_all = !acc.access.require_mention
-            || acc.access.groups.values().any(|g| g.require_mention == Some(false));
+        let wants_all =
+            !acc.access.require_mention || acc.access.groups.values().any(|g| g.require_mention == Some(false));
         let groups_on = acc.access.group_policy != crate::config::channels::GroupPolicy::Disabled;
         if groups_on && wants_all && !me.can_read_all_group_messages {
             println!(

@@ -42,8 +42,13 @@ fn operator_token(config: &Config) -> Result<String, String> {
         .operators
         .iter()
         .find(|o| matches!(o.role, OperatorRole::Admin | OperatorRole::Operator))
-        .ok_or("no operator token: add gateway.operators with role \"admin\" or \"operator\", or set BULKHEAD_OPERATOR_TOKEN")?;
-    op.token.resolve(&config.base_dir).map(|s| s.expose().to_string()).map_err(|e| format!("operator {:?} token: {e}", op.id))
+        .ok_or(
+        "no operator token: add gateway.operators with role \"admin\" or \"operator\", or set BULKHEAD_OPERATOR_TOKEN",
+    )?;
+    op.token
+        .resolve(&config.base_dir)
+        .map(|s| s.expose().to_string())
+        .map_err(|e| format!("operator {:?} token: {e}", op.id))
 }
 
 pub fn run(source: &ConfigSource, url: Option<&str>, action: Action) -> i32 {

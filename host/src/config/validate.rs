@@ -1048,11 +1048,9 @@ fn telegram_accounts(
                 }
             }
         }
-        _ => list.push((
-            ch.default_account.clone().unwrap_or_else(|| "default".into()),
-            "channels.telegram".into(),
-            ch,
-        )),
+        _ => {
+            list.push((ch.default_account.clone().unwrap_or_else(|| "default".into()), "channels.telegram".into(), ch))
+        }
     }
     if ch.accounts.as_ref().is_some_and(|a| !a.is_empty()) {
         check_senders(errs, "channels.telegram", "allowFrom", ch.allow_from.as_ref());
@@ -1080,7 +1078,9 @@ fn telegram_accounts(
         let api_url = acc.api_url.clone().or_else(|| ch.api_url.clone()).unwrap_or_else(|| TELEGRAM_API_URL.into());
         match reqwest::Url::parse(&api_url) {
             Ok(u) if (u.scheme() == "https" || u.scheme() == "http") && u.host().is_some() => {}
-            _ => errs.push(format!("{path}.apiUrl"), format!("invalid URL {api_url:?}: expected http(s)://host[:port]")),
+            _ => {
+                errs.push(format!("{path}.apiUrl"), format!("invalid URL {api_url:?}: expected http(s)://host[:port]"))
+            }
         }
         let limit = acc.text_chunk_limit.or(ch.text_chunk_limit).unwrap_or(TELEGRAM_TEXT_LIMIT as u32) as usize;
         if limit == 0 || limit > TELEGRAM_TEXT_LIMIT {
@@ -1144,12 +1144,19 @@ fn channel_access(
             continue;
         }
         if g.tools.is_some() {
-            errs.push(format!("{path}.groups.{chat}.tools"), "per-group tool policies are not supported; use the agent's tools");
+            errs.push(
+                format!("{path}.groups.{chat}.tools"),
+                "per-group tool policies are not supported; use the agent's tools",
+            );
         }
         check_senders(errs, &format!("{path}.groups.{chat}"), "allowFrom", g.allow_from.as_ref());
         groups.insert(
             chat.clone(),
-            GroupRule { enabled: g.enabled != Some(false), require_mention: g.require_mention, allow_from: g.allow_from.clone() },
+            GroupRule {
+                enabled: g.enabled != Some(false),
+                require_mention: g.require_mention,
+                allow_from: g.allow_from.clone(),
+            },
         );
     }
     ChannelAccess {

@@ -79,7 +79,10 @@ async fn decide(gw: Arc<Gateway>, client: SocketAddr, headers: HeaderMap, body: 
     match operator(&gw, &headers, client) {
         Ok(OperatorRole::Admin | OperatorRole::Operator) => {}
         Ok(OperatorRole::Auditor) => {
-            return reply(StatusCode::FORBIDDEN, json!({ "error": "the auditor role cannot approve or deny pairings" }));
+            return reply(
+                StatusCode::FORBIDDEN,
+                json!({ "error": "the auditor role cannot approve or deny pairings" }),
+            );
         }
         Err(r) => return r,
     }
