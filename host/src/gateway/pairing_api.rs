@@ -25,12 +25,12 @@ fn reply(status: StatusCode, body: serde_json::Value) -> Response {
     (status, Json(body)).into_response()
 }
 
-fn operator(gw: &Gateway, headers: &HeaderMap, client: SocketAddr) -> Result<OperatorRole, Response> {
+fn operator(gw: &Gateway, headers: &HeaderMap, client: SocketAddr) -> Result<OperatorRole, Box<Response>> {
     if let Some(secs) = gw.throttle.locked(client.ip()) {
-        return Err(reply(
+        return Err(Box::new(reply(
             StatusCode::TOO_MANY_REQUESTS,
             json!({ "error": format!("too many failed attempts; try again in {secs} s") }),
-        ));
+        )));
     }
     match bearer(headers).and_then(|t| gw.operator_tokens.lookup(t)) {
         Some(role) => {
@@ -40,7 +40,7 @@ fn operator(gw: &Gateway, headers: &HeaderMap, client: SocketAddr) -> Result<Ope
         None => {
             gw.throttle.failure(client.ip());
             gw.runtime.metrics.auth_failure();
-            Err(reply(StatusCode::UNAUTHORIZED, json!({ "error": "operator token required" })))
+            Err(Box::new(reply(StatusCode::UNAUTHORIZED, json!({ "error": "operator token required" }))))
         }
     }
 }
@@ -63,7 +63,7 @@ pub async fn list(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = operator(&gw, &headers, client) {
-        return r;
+        return *r;
     }
     let pending: Vec<_> = gw.pairing.pending().iter().map(request_json).collect();
     reply(StatusCode::OK, json!({ "pending": pending }))
@@ -84,7 +84,7 @@ async fn decide(gw: Arc<Gateway>, client: SocketAddr, headers: HeaderMap, body: 
                 json!({ "error": "the auditor role cannot approve or deny pairings" }),
             );
         }
-        Err(r) => return r,
+        Err(r) => return *r,
     }
     let Ok(CodeBody { code }) = serde_json::from_slice::<CodeBody>(&body) else {
         return reply(StatusCode::BAD_REQUEST, json!({ "error": "expected a JSON body {\"code\": \"...\"}" }));
