@@ -8,6 +8,7 @@ mod cli;
 mod fairness;
 mod fakes;
 mod harness;
+mod quota;
 mod store;
 mod webchat_page;
 mod webchat_ws;

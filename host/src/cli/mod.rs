@@ -7,6 +7,7 @@ pub mod keys;
 pub mod policy;
 pub mod serve;
 pub mod tenant;
+pub mod usage;
 
 use std::path::{Path, PathBuf};
 

@@ -131,3 +131,73 @@ fn agent_defaults_and_implicit_tenants() {
     assert_eq!(c.agents[1].sandbox.scope, SandboxScope::Shared);
     assert_eq!(c.agents[0].model.provider, "scripted", "no providers means the offline scripted one");
 }
+
+use crate::ids::TenantId;
+
+const KEYED: &str = r#"{
+  models: { providers: {
+    open: { api: "openai", baseUrl: "http://127.0.0.1:1/v1", apiKey: { env: "OPERATOR_KEY" } },
+    own:  { api: "openai", baseUrl: "http://127.0.0.1:1/v1", apiKey: { env: "OPERATOR_KEY" }, allowSharedKey: false,
+            maxConcurrent: 2, maxRetries: 5 },
+  } },
+  quotas: { messagesPerMinute: 30, modelTokensPerDay: 100000 },
+  tenants: [
+    { id: "payer", modelKeys: { own: { env: "PAYER_KEY" } }, quotas: { messagesPerMinute: 5, toolCallsPerMinute: 10 } },
+    { id: "guest" },
+  ],
+  agents: { list: [
+    { id: "p", tenant: "payer", model: "own/m" },
+    { id: "g", tenant: "guest", model: "open/m" },
+  ] },
+}"#;
+
+#[test]
+fn quotas_inherit_key_by_key_and_tenant_keys_load() {
+    let c = load_str(KEYED, Path::new(".")).unwrap();
+    let payer = TenantId::parse("payer").unwrap();
+    let guest = TenantId::parse("guest").unwrap();
+    let p = c.quotas.for_tenant(&payer);
+    assert_eq!(p.messages_per_minute, Some(5));
+    assert_eq!(p.tool_calls_per_minute, Some(10));
+    assert_eq!(p.model_tokens_per_day, Some(100_000), "inherited from the global quotas");
+    assert_eq!(c.quotas.for_tenant(&guest).messages_per_minute, Some(30));
+    assert_eq!(c.quotas.for_tenant(&guest).sandbox_seconds_per_day, None, "unset is unlimited");
+    assert!(c.model_keys[&payer].contains_key("own"));
+    assert!(!c.providers["own"].allow_shared_key);
+    assert_eq!((c.providers["own"].max_concurrent, c.providers["own"].max_retries), (2, 5));
+    assert!(c.providers["open"].allow_shared_key, "sharing the operator's key is the default");
+}
+
+#[test]
+fn a_tenant_without_its_own_key_cannot_use_an_unshared_provider() {
+    let text = KEYED.replace(r#"model: "open/m""#, r#"model: "own/m""#);
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].path, "agents.list[1].model");
+    assert!(errs[0].message.contains("allowSharedKey: false"), "{}", errs[0].message);
+    assert!(errs[0].message.contains("tenants[1].modelKeys.own"), "{}", errs[0].message);
+}
+
+#[test]
+fn broken_quotas_and_keys_name_their_paths() {
+    let table: &[(&str, &[&str])] = &[
+        ("{ quotas: { messagesPerMinute: 0 } }", &["quotas.messagesPerMinute"]),
+        ("{ quotas: { tokensPerDay: 5 } }", &["quotas.tokensPerDay"]),
+        (
+            "{ tenants: [ { id: 't', quotas: { sandboxSecondsPerDay: 0 } } ] }",
+            &["tenants[0].quotas.sandboxSecondsPerDay"],
+        ),
+        ("{ tenants: [ { id: 't', modelKeys: { ghost: { env: 'K' } } } ] }", &["tenants[0].modelKeys.ghost"]),
+        (
+            "{ models: { providers: { s: { api: 'scripted' } } }, tenants: [ { id: 't', modelKeys: { s: { env: 'K' } } } ] }",
+            &["tenants[0].modelKeys.s"],
+        ),
+        (
+            "{ models: { providers: { o: { api: 'openai', maxConcurrent: 0, maxRetries: 11 } } } }",
+            &["models.providers.o.maxConcurrent", "models.providers.o.maxRetries"],
+        ),
+    ];
+    for (text, expected) in table {
+        assert_eq!(paths(text), *expected, "{text}");
+    }
+}

@@ -9,6 +9,7 @@ use super::ConfigError;
 use super::raw::*;
 use super::secret::SecretRef;
 use crate::ids::{AgentId, PeerKind, TenantId, validate_peer};
+use crate::quota::QuotaLimits;
 use crate::scheduler::TenantShare;
 use crate::tools::parse_policy_name;
 
@@ -36,6 +37,10 @@ pub struct Config {
     pub scheduling_default: TenantShare,
     /// The encrypted session store and retention.
     pub store: StoreConfig,
+    /// Usage quotas: the global default and each tenant's effective limits.
+    pub quotas: QuotaSettings,
+    /// Tenants' own model-provider keys: tenant → provider name → key.
+    pub model_keys: BTreeMap<TenantId, BTreeMap<String, SecretRef>>,
     /// Things that load but deserve the operator's attention (literal secrets, ...).
     pub warnings: Vec<String>,
 }
@@ -98,6 +103,25 @@ pub struct ProviderConfig {
     pub api_key: Option<SecretRef>,
     pub timeout: Duration,
     pub max_tokens: u32,
+    /// Tenants without their own key may use `api_key`.
+    pub allow_shared_key: bool,
+    /// Most requests in flight per key.
+    pub max_concurrent: usize,
+    /// Retries of an upstream 429/529.
+    pub max_retries: u32,
+}
+
+/// Quota limits: the global default and the effective limits of every tenant that sets its own.
+#[derive(Debug, Clone, Default)]
+pub struct QuotaSettings {
+    pub default: QuotaLimits,
+    pub tenants: BTreeMap<TenantId, QuotaLimits>,
+}
+
+impl QuotaSettings {
+    pub fn for_tenant(&self, tenant: &TenantId) -> QuotaLimits {
+        self.tenants.get(tenant).copied().unwrap_or(self.default)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -459,6 +483,15 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
                 api_key: p.api_key,
                 timeout: Duration::from_secs(p.timeout_sec.unwrap_or(120).max(1)),
                 max_tokens: p.max_tokens.unwrap_or(4096),
+                allow_shared_key: p.allow_shared_key.unwrap_or(true),
+                max_concurrent: provider_limit(
+                    &mut errs,
+                    &format!("{path}.maxConcurrent"),
+                    p.max_concurrent,
+                    16,
+                    1..=1024,
+                ),
+                max_retries: provider_limit(&mut errs, &format!("{path}.maxRetries"), p.max_retries, 3, 0..=10) as u32,
             },
         );
     }
@@ -473,6 +506,9 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
                 api_key: None,
                 timeout: Duration::from_secs(30),
                 max_tokens: 4096,
+                allow_shared_key: true,
+                max_concurrent: 1024,
+                max_retries: 0,
             },
         );
     }
@@ -782,6 +818,9 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
         bindings.push(binding);
     }
 
+    let (quotas, model_keys) =
+        quotas_and_keys(&mut errs, &mut warnings, (raw.quotas.as_ref(), raw.tenants.as_deref()), &providers, &agents);
+
     let errors = errs.0;
     if !errors.is_empty() {
         return Err(errors);
@@ -802,8 +841,102 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
         policies,
         scheduling_default: default_share,
         store,
+        quotas,
+        model_keys,
         warnings,
     })
+}
+
+fn provider_limit(
+    errs: &mut Errors,
+    path: &str,
+    raw: Option<u32>,
+    default: usize,
+    range: std::ops::RangeInclusive<u32>,
+) -> usize {
+    match raw {
+        None => default,
+        Some(v) if range.contains(&v) => v as usize,
+        Some(_) => {
+            errs.push(path, format!("must be between {} and {}", range.start(), range.end()));
+            default
+        }
+    }
+}
+
+fn quota_limits(errs: &mut Errors, path: &str, raw: Option<&RawQuotas>, default: QuotaLimits) -> QuotaLimits {
+    let Some(raw) = raw else { return default };
+    let mut out = default;
+    let mut check = |key: &str, v: Option<u64>, max: u64, slot: &mut Option<u64>| {
+        if let Some(v) = v {
+            if (1..=max).contains(&v) {
+                *slot = Some(v);
+            } else {
+                errs.push(format!("{path}.{key}"), format!("must be between 1 and {max}"));
+            }
+        }
+    };
+    check("messagesPerMinute", raw.messages_per_minute.map(u64::from), 1_000_000, &mut out.messages_per_minute);
+    check("modelTokensPerDay", raw.model_tokens_per_day, 1 << 50, &mut out.model_tokens_per_day);
+    check("toolCallsPerMinute", raw.tool_calls_per_minute.map(u64::from), 1_000_000, &mut out.tool_calls_per_minute);
+    check("sandboxSecondsPerDay", raw.sandbox_seconds_per_day, 86_400 * 1024, &mut out.sandbox_seconds_per_day);
+    out
+}
+
+/// Quotas (global default, per tenant) and tenants' own provider keys. A tenant whose agent uses
+/// a provider that does not share the operator's key must bring its own (fail closed).
+fn quotas_and_keys(
+    errs: &mut Errors,
+    warnings: &mut Vec<String>,
+    (global, raw_tenants): (Option<&RawQuotas>, Option<&[RawTenant]>),
+    providers: &BTreeMap<String, ProviderConfig>,
+    agents: &[AgentConfig],
+) -> (QuotaSettings, BTreeMap<TenantId, BTreeMap<String, SecretRef>>) {
+    let mut quotas =
+        QuotaSettings { default: quota_limits(errs, "quotas", global, QuotaLimits::default()), ..Default::default() };
+    let mut keys: BTreeMap<TenantId, BTreeMap<String, SecretRef>> = BTreeMap::new();
+    let mut tenant_index = BTreeMap::new();
+    for (i, t) in raw_tenants.into_iter().flatten().enumerate() {
+        let path = format!("tenants[{i}]");
+        let Some(id) = t.id.as_deref().and_then(|id| TenantId::parse(id).ok()) else { continue };
+        tenant_index.entry(id.clone()).or_insert(i);
+        if t.quotas.is_some() {
+            let limits = quota_limits(errs, &format!("{path}.quotas"), t.quotas.as_ref(), quotas.default);
+            quotas.tenants.insert(id.clone(), limits);
+        }
+        for (name, key) in t.model_keys.iter().flatten() {
+            let kpath = format!("{path}.modelKeys.{name}");
+            match providers.get(name) {
+                None => errs.push(&kpath, format!("unknown provider {name:?}")),
+                Some(p) if p.api == ProviderApi::Scripted => {
+                    errs.push(&kpath, format!("provider {name:?} is scripted and takes no key"))
+                }
+                Some(_) => {
+                    secret(errs, warnings, &kpath, key);
+                    keys.entry(id.clone()).or_default().insert(name.clone(), key.clone());
+                }
+            }
+        }
+    }
+    for (i, a) in agents.iter().enumerate() {
+        let Some(p) = providers.get(&a.model.provider) else { continue };
+        let own = keys.get(&a.tenant).is_some_and(|k| k.contains_key(&p.name));
+        if p.api != ProviderApi::Scripted && !p.allow_shared_key && !own {
+            let fix = match tenant_index.get(&a.tenant) {
+                Some(j) => format!("add tenants[{j}].modelKeys.{}", p.name),
+                None => format!("declare tenant {:?} with modelKeys.{}", a.tenant.as_str(), p.name),
+            };
+            errs.push(
+                format!("agents.list[{i}].model"),
+                format!(
+                    "provider {:?} does not share the operator's key (allowSharedKey: false) and tenant {:?} has no key of its own: {fix}",
+                    p.name,
+                    a.tenant.as_str()
+                ),
+            );
+        }
+    }
+    (quotas, keys)
 }
 
 fn share(errs: &mut Errors, path: &str, raw: Option<&RawScheduling>, default: TenantShare) -> TenantShare {

@@ -15,7 +15,7 @@
 //! session id and position), appends them to the open segment and fsyncs: O(turn).
 
 mod format;
-mod fsutil;
+pub(crate) mod fsutil;
 mod keys;
 #[cfg(test)]
 mod tests;
