@@ -190,7 +190,7 @@ impl Metrics {
         let loads: Vec<_> = tenants.iter().map(|t| (t, scheduler.tenant_load(t))).collect();
         for (name, help, pick) in [
             ("gateway_runs_running", "Runs of the tenant running now.", 0),
-            ("gateway_queue_depth", "Turns of the tenant waiting for a run slot or their session.", 1),
+            ("gateway_queue_depth", "Turns of the tenant accepted and not yet running.", 1),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
             for (t, (running, waiting)) in &loads {

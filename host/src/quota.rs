@@ -127,10 +127,11 @@ impl Quotas {
     /// Admits one tool call; `sandboxed` calls also need sandbox time left today.
     pub fn admit_tool_call(&self, tenant: &TenantId, sandboxed: bool, today: Today) -> Result<(), QuotaKind> {
         let l = self.limits(tenant);
-        if sandboxed && let Some(max) = l.sandbox_seconds_per_day {
-            if today.sandbox_ms >= max.saturating_mul(1000) {
-                return Err(QuotaKind::SandboxTime);
-            }
+        if sandboxed
+            && let Some(max) = l.sandbox_seconds_per_day
+            && today.sandbox_ms >= max.saturating_mul(1000)
+        {
+            return Err(QuotaKind::SandboxTime);
         }
         if !self.take(tenant, Rate::ToolCalls, l.tool_calls_per_minute) {
             return Err(QuotaKind::ToolCalls);
