@@ -110,6 +110,17 @@ fn plan(model: &FakeModel, headers: &HeaderMap, last_text: &str, after_tool: boo
     }
 }
 
+/// Waits out a `sleep-ms:` plan, which then answers like any text; other plans are unchanged.
+async fn settle(plan: Plan) -> Plan {
+    match plan {
+        Plan::Sleep(ms, t) => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Plan::Text(t)
+        }
+        p => p,
+    }
+}
+
 fn sse(events: Vec<(Option<String>, String)>, gap: Duration) -> Response {
     let stream = futures_util::stream::unfold(events.into_iter(), move |mut it| async move {
         let (name, data) = it.next()?;
@@ -144,15 +155,8 @@ async fn openai(State(model): State<FakeModel>, headers: HeaderMap, body: axum::
         json!({"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":delta,"finish_reason":finish}]})
             .to_string()
     };
-    let plan = match plan(&model, &headers, &text, after_tool) {
-        Plan::Sleep(ms, t) => {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            Plan::Text(t)
-        }
-        p => p,
-    };
-    match plan {
-        Plan::Sleep(..) => unreachable!("resolved above"),
+    match settle(plan(&model, &headers, &text, after_tool)).await {
+        Plan::Sleep(..) => unreachable!("settled"),
         Plan::RateLimited => rate_limited(json!({"error":{"message":"rate limit reached for this key","type":"rate_limit_error"}})),
         Plan::Error(code) => (
             StatusCode::from_u16(code).unwrap(),
@@ -221,15 +225,8 @@ async fn anthropic(State(model): State<FakeModel>, headers: HeaderMap, body: axu
             ev("message_stop", json!({"type":"message_stop"})),
         ]
     };
-    let plan = match plan(&model, &headers, &text, after_tool) {
-        Plan::Sleep(ms, t) => {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            Plan::Text(t)
-        }
-        p => p,
-    };
-    match plan {
-        Plan::Sleep(..) => unreachable!("resolved above"),
+    match settle(plan(&model, &headers, &text, after_tool)).await {
+        Plan::Sleep(..) => unreachable!("settled"),
         Plan::RateLimited => {
             rate_limited(json!({"type":"error","error":{"type":"rate_limit_error","message":"rate limit reached"}}))
         }
