@@ -15,17 +15,17 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_bulkhead");
-const RUN_MS: u64 = 100;
-const SAMPLES: usize = 100;
-const GAP: Duration = Duration::from_millis(120);
+const RUN_MS: u64 = 300;
+const SAMPLES: usize = 60;
+const GAP: Duration = Duration::from_millis(350);
 
-fn config(model_base: &str) -> String {
+fn config(model_base: &str, alpha_slots: usize) -> String {
     format!(
         r#"{{ gateway: {{ bind: "127.0.0.1:0" }}, stateDir: "state",
   models: {{ providers: {{ fake: {{ api: "openai", baseUrl: "{model_base}" }} }} }},
   tenants: [
     {{ id: "alpha", apiTokens: [ {{ env: "TOKEN_A" }} ], quotas: {{ messagesPerMinute: 60 }},
-       scheduling: {{ maxConcurrent: 2, maxQueued: 8 }} }},
+       scheduling: {{ maxConcurrent: {alpha_slots}, maxQueued: 8 }} }},
     {{ id: "bravo", apiTokens: [ {{ env: "TOKEN_B" }} ] }},
   ],
   agents: {{ defaults: {{ model: "fake/m", maxConcurrent: 3 }},
@@ -35,6 +35,11 @@ fn config(model_base: &str) -> String {
 
 async fn turn(client: &reqwest::Client, base: &str, token: &str, agent: &str, user: String) -> (u16, Duration) {
     let t0 = Instant::now();
+    let (status, _) = turn_body(client, base, token, agent, user).await;
+    (status, t0.elapsed())
+}
+
+async fn turn_body(client: &reqwest::Client, base: &str, token: &str, agent: &str, user: String) -> (u16, String) {
     let r = client
         .post(format!("{base}/v1/chat/completions"))
         .bearer_auth(token)
@@ -43,8 +48,7 @@ async fn turn(client: &reqwest::Client, base: &str, token: &str, agent: &str, us
         .await
         .unwrap();
     let status = r.status().as_u16();
-    let _ = r.bytes().await;
-    (status, t0.elapsed())
+    (status, r.text().await.unwrap_or_default())
 }
 
 async fn bravo(client: &reqwest::Client, base: &str, tag: &str) -> Vec<Duration> {
@@ -70,10 +74,19 @@ fn pct(v: &[Duration], p: f64) -> Duration {
 
 #[tokio::main]
 async fn main() {
+    // Alpha capped below the global cap of 3, then allowed to hold every slot (the worst case:
+    // bravo's turn waits for the first of alpha's runs to end).
+    for alpha_slots in [2, 3] {
+        println!("== alpha may hold {alpha_slots} of the 3 run slots");
+        phase(alpha_slots).await;
+    }
+}
+
+async fn phase(alpha_slots: usize) {
     let fake = fakes::start().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bench.json5");
-    std::fs::write(&path, config(&fake.base)).unwrap();
+    std::fs::write(&path, config(&fake.base, alpha_slots)).unwrap();
     let mut child = Command::new(BIN)
         .args(["serve", "--config", path.to_str().unwrap()])
         .env("TOKEN_A", "tok-a")
@@ -98,16 +111,17 @@ async fn main() {
             // 10 turns/s = 600/min: ten times alpha's quota of 60/min.
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let (c, b) = (c.clone(), b.clone());
-                sent.push(tokio::spawn(async move { turn(&c, &b, "tok-a", "flood", format!("f{i}")).await.0 }));
+                sent.push(tokio::spawn(async move { turn_body(&c, &b, "tok-a", "flood", format!("f{i}")).await }));
                 i += 1;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            let mut counts = [0usize; 3];
+            let mut counts = [0usize; 4];
             for s in sent {
                 match s.await.unwrap() {
-                    200 => counts[0] += 1,
-                    429 => counts[1] += 1,
-                    _ => counts[2] += 1,
+                    (200, _) => counts[0] += 1,
+                    (429, body) if body.contains("usage limit") => counts[2] += 1,
+                    (429, body) if body.contains("busy right now") => counts[1] += 1,
+                    _ => counts[3] += 1,
                 }
             }
             counts
@@ -116,7 +130,7 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let loaded = bravo(&client, &base, "l").await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let [ok, refused, other] = flood.await.unwrap();
+    let [ok, busy, quota, other] = flood.await.unwrap();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
         "run time (fake model): {RUN_MS} ms; bravo sends a turn every {} ms, {SAMPLES} samples per phase",
@@ -129,6 +143,6 @@ async fn main() {
         ms(pct(&loaded, 0.99)) - ms(pct(&unloaded, 0.99)),
         (ms(pct(&loaded, 0.99)) - ms(pct(&unloaded, 0.99))) / RUN_MS as f64
     );
-    println!("alpha's flood: {ok} answered, {refused} refused (busy or quota), {other} other");
+    println!("alpha's flood: {ok} answered, {busy} refused busy, {quota} refused by quota, {other} other");
     let _ = child.kill().await;
 }

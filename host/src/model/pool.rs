@@ -58,6 +58,28 @@ impl Guarded {
     pub fn new(inner: Arc<dyn ModelProvider>, max_concurrent: usize, max_retries: u32) -> Self {
         Self { inner, permits: Arc::new(Semaphore::new(max_concurrent.max(1))), max_retries }
     }
+
+    /// One call to the provider, forwarding its text deltas; also says whether any were sent.
+    async fn attempt(
+        &self,
+        req: &ModelRequest,
+        deltas: &mpsc::Sender<String>,
+    ) -> (Result<ModelReply, ModelError>, bool) {
+        let (tx, mut rx) = mpsc::channel::<String>(64);
+        let mut streamed = false;
+        let call = async {
+            let tx = tx;
+            self.inner.complete(req, &tx).await
+        };
+        let forward = async {
+            while let Some(d) = rx.recv().await {
+                streamed = true;
+                let _ = deltas.send(d).await;
+            }
+        };
+        let (result, ()) = tokio::join!(call, forward);
+        (result, streamed)
+    }
 }
 
 #[async_trait]
@@ -65,14 +87,16 @@ impl ModelProvider for Guarded {
     async fn complete(&self, req: &ModelRequest, deltas: &mpsc::Sender<String>) -> Result<ModelReply, ModelError> {
         let mut attempt = 0;
         loop {
-            let result = {
+            let (result, streamed) = {
                 let _permit = self.permits.acquire().await.expect("the semaphore is never closed");
-                self.inner.complete(req, deltas).await
+                self.attempt(req, deltas).await
             };
-            // The permit is released while waiting, so other calls on this key may go ahead.
+            // The permit is released while waiting, so other calls on this key may go ahead. A
+            // call that already streamed text is never retried (the client would see it twice).
             match result {
                 Err(ModelError::Upstream { status, retry_after, .. })
                     if (status == 429 || status == 529)
+                        && !streamed
                         && attempt < self.max_retries
                         && retry_after.is_none_or(|d| d <= MAX_RETRY_AFTER) =>
                 {
@@ -240,6 +264,29 @@ mod tests {
         let g = Guarded::new(inner.clone(), 1, 5);
         assert!(g.complete(&req(), &tx).await.is_err());
         assert_eq!(inner.calls.load(Ordering::SeqCst), 1, "a Retry-After beyond the cap is not waited for");
+    }
+
+    /// Streams a delta, then fails with an overloaded error (Anthropic's mid-stream 529).
+    struct StreamsThenOverloaded(AtomicU32);
+
+    #[async_trait]
+    impl ModelProvider for StreamsThenOverloaded {
+        async fn complete(&self, _: &ModelRequest, d: &mpsc::Sender<String>) -> Result<ModelReply, ModelError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            let _ = d.send("partial ".into()).await;
+            Err(ModelError::Upstream { status: 529, detail: "overloaded".into(), retry_after: None })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_that_already_streamed_is_not_retried() {
+        let inner = Arc::new(StreamsThenOverloaded(AtomicU32::new(0)));
+        let g = Guarded::new(inner.clone(), 1, 3);
+        let (tx, mut rx) = mpsc::channel(8);
+        assert!(g.complete(&req(), &tx).await.unwrap_err().is_rate_limit());
+        assert_eq!(inner.0.load(Ordering::SeqCst), 1);
+        assert_eq!(rx.recv().await.as_deref(), Some("partial "));
+        assert!(rx.try_recv().is_err(), "the text reached the client once");
     }
 
     #[test]
