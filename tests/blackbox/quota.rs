@@ -315,3 +315,34 @@ async fn metrics_expose_usage_and_queue_numbers_and_nothing_per_session() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_spent_sandbox_budget_refuses_sandbox_tools_but_not_session_tools() {
+    let fake = fakes::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&fake.base).replace(
+        r#"modelKeys: { fake: { env: "BRAVO_OWN_KEY" } } },"#,
+        r#"modelKeys: { fake: { env: "BRAVO_OWN_KEY" } }, quotas: { sandboxSecondsPerDay: 5 } },"#,
+    );
+    assert!(cfg.contains("sandboxSecondsPerDay: 5"), "{cfg}");
+    // Earlier today bravo already used its 5 sandbox seconds (as recorded by a previous run).
+    let today = bulkhead::usage::Day::today().to_string();
+    let spent = json!({ "version": 1, "tenant": "bravo", "days": { today: { "b-files": {
+        "runs": 1, "runsFailed": 0, "inputTokens": 0, "outputTokens": 0, "toolCalls": { "exec": 1 },
+        "sandboxMs": 5000, "sandboxFailures": 0, "denials": 0, "quotaRefusals": 0, "busyRefusals": 0 } } } });
+    std::fs::create_dir_all(dir.path().join("state/usage")).unwrap();
+    std::fs::write(dir.path().join("state/usage/bravo.json"), spent.to_string()).unwrap();
+    let gw = Gateway::start_in(dir.path(), &cfg, &env()).await;
+    let (s, v) = chat(&gw, TOKEN_B, "b-files", "f", r#"/tool write {"path": "n.txt", "content": "x"}"#).await;
+    assert_eq!(s, 429, "{v}");
+    assert!(reply(&v).contains(QUOTA_TEXT), "{v}");
+    let (s, v) = chat(&gw, TOKEN_B, "b-demo", "f", "/tool sessions_list {}").await;
+    assert_eq!(s, 200, "host-side session tools use no sandbox time: {v}");
+    let m = metrics(&gw).await;
+    assert_eq!(sample(&m, r#"gateway_quota_refusals_total{tenant="bravo",quota="sandbox_seconds_per_day"}"#), 1);
+    assert_eq!(
+        sample(&m, r#"gateway_sandbox_starts_total{tenant="bravo"}"#),
+        0,
+        "the refused call never reached the sandbox"
+    );
+}
