@@ -50,6 +50,13 @@ pub struct RunOutcome {
     pub usage: Usage,
 }
 
+impl RunOutcome {
+    /// The turn was refused or stopped by one of its tenant's quotas (rather than a full queue).
+    pub fn over_quota(&self) -> bool {
+        self.busy && self.text == QUOTA_MESSAGE
+    }
+}
+
 /// Everything a run needs, shared by all front doors.
 pub struct Runtime {
     pub config: Arc<Config>,

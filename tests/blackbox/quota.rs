@@ -89,6 +89,7 @@ async fn a_tenant_over_quota_gets_a_clear_refusal_and_another_tenant_is_untouche
         if s != 200 {
             assert_eq!(s, 429, "{v}");
             assert!(reply(&v).contains(QUOTA_TEXT), "{v}");
+            assert_eq!(v["error"]["code"], "quota_exceeded", "{v}");
             for leak in ["alpha", "quota", "messagesPerMinute"] {
                 assert!(!reply(&v).contains(leak), "white-label wording: {v}");
             }
