@@ -520,3 +520,41 @@ impl Drop for Cleanup {
         cleanup(&self.0);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_tells_a_missing_image_and_an_unreachable_daemon() {
+    if !docker_ready().await {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bulkhead.json5");
+    std::fs::write(
+        &path,
+        r#"{ stateDir: "state", agents: { list: [
+          { id: "good", sandbox: { backend: "docker" } },
+          { id: "stale", sandbox: { backend: "docker", docker: { image: "bulkhead/missing:none" } } },
+        ] } }"#,
+    )
+    .unwrap();
+    let doctor = |docker_host: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"));
+        cmd.arg("--config").arg(&path).arg("doctor").env_remove("BULKHEAD_CONFIG");
+        if let Some(h) = docker_host {
+            cmd.env("DOCKER_HOST", h);
+        }
+        let out = cmd.output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, out) = doctor(None);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(out.contains("ok    docker daemon"), "{out}");
+    assert!(out.contains("ok    sandbox image bulkhead/sandbox:base (agents good)"), "{out}");
+    assert!(
+        out.contains("FAIL  sandbox image \"bulkhead/missing:none\" is missing; build it with images/build.sh"),
+        "{out}"
+    );
+    let gone = format!("unix://{}", dir.path().join("no-daemon.sock").display());
+    let (code, out) = doctor(Some(&gone));
+    assert_ne!(code, Some(0), "{out}");
+    assert!(out.contains("FAIL  docker sandbox backend: cannot reach the Docker daemon"), "{out}");
+}
