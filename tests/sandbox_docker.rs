@@ -276,7 +276,7 @@ async fn timeout_bounds_a_cpu_spinner_and_kills_grandchildren() {
     spin.args["timeoutSec"] = json!(2);
     let t = Instant::now();
     assert_eq!(e.run(&spin).await, Err(SandboxError::Timeout(Duration::from_secs(2))));
-    assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(12), "{:?}", t.elapsed());
     // Grandchildren in the background, one of them in a new session (escaping the group).
     let mut tree = exec("acme", "(sleep 1000 &) ; sh -c 'sleep 1001 & sleep 1002' & setsid sleep 1003 & sleep 1004");
     tree.args["timeoutSec"] = json!(2);

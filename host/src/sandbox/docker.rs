@@ -462,7 +462,8 @@ impl DockerSandbox {
     /// Creates, attaches and starts a container for `plan`; replaces older ones of its scope.
     async fn create(&self, docker: &Docker, plan: &Plan) -> Result<Live, SandboxError> {
         let down = |e: bollard::errors::Error| SandboxError::Unavailable(format!("Docker daemon: {e}"));
-        // A scope has one container per configuration: older ones (config changed) go.
+        // An agent's scope has one container: an older one (config or image changed, or dead)
+        // goes. Other agents sharing the scope (`shared`) keep theirs.
         remove_labelled(
             docker,
             vec![
@@ -470,6 +471,7 @@ impl DockerSandbox {
                 format!("{LABEL_GATEWAY}={}", self.gateway),
                 format!("{LABEL_TENANT}={}", plan.key.tenant),
                 format!("{LABEL_SCOPE}={}", plan.key.scope),
+                format!("{LABEL_AGENT}={}", plan.agent),
             ],
         )
         .await
@@ -539,7 +541,11 @@ impl DockerSandbox {
                 }
             }
         }
-        self.slots.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, s| s.try_lock().map_or(true, |l| l.is_some()));
+        // Forget empty slots nobody is about to use (a call holds a clone of the Arc).
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, s| Arc::strong_count(s) > 1 || s.try_lock().map_or(true, |l| l.is_some()));
     }
 }
 
