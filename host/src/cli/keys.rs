@@ -56,3 +56,47 @@ pub fn rotate_tenant(source: &ConfigSource, id: &str) -> i32 {
         }
     }
 }
+
+/// `keys rotate-master --new-key FILE`: re-wraps every tenant identity to a new master key
+/// (made with `keys init`); tenant data is not touched. Gateway stopped.
+pub fn rotate_master(source: &ConfigSource, new_key: &Path) -> i32 {
+    let config = match source.load(false) {
+        Ok(c) => c,
+        Err(e) => {
+            super::report_load_error(&e);
+            return EXIT_INVALID;
+        }
+    };
+    let reference = crate::config::SecretRef::File(new_key.to_path_buf());
+    let new = match MasterKey::load(&reference, Path::new("."), &config.state_dir) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("error: --new-key: {e}");
+            return EXIT_INVALID;
+        }
+    };
+    let store = match super::open_store(&config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let old_origin = store.master_origin().to_string();
+    if store.master_is(&new) {
+        eprintln!("error: --new-key is the key already in use ({old_origin}); make a new one with `keys init`");
+        return EXIT_INVALID;
+    }
+    match store.rotate_master(new) {
+        Ok(n) => {
+            println!("re-wrapped {n} tenant key(s) to the master key in {}", new_key.display());
+            println!(
+                "now: set store.masterKey to {{ file: \"{}\" }} (the old key no longer opens the store),",
+                new_key.display()
+            );
+            println!("back the new key up offline, then destroy the old key ({old_origin}).");
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("error: master-key rotation failed: {e}");
+            EXIT_FAILURE
+        }
+    }
+}
