@@ -215,6 +215,22 @@ async fn no_network_no_socket_masked_proc_no_host_env() {
         inspect(&id, "{{.HostConfig.Privileged}} {{.HostConfig.ReadonlyRootfs}} {{.HostConfig.NetworkMode}}"),
         "false true none"
     );
+    // The limits as the daemon recorded them (defaults: 512 MiB = swap, 1 CPU, 256 pids, nofile 1024).
+    assert_eq!(
+        inspect(
+            &id,
+            "{{.HostConfig.Memory}} {{.HostConfig.MemorySwap}} {{.HostConfig.NanoCpus}} {{.HostConfig.PidsLimit}} \
+             {{.HostConfig.Init}} {{.HostConfig.CapDrop}} {{.HostConfig.SecurityOpt}} {{.HostConfig.IpcMode}} {{.Config.User}}"
+        ),
+        "536870912 536870912 1000000000 256 true [ALL] [no-new-privileges:true] private 65532:65532"
+    );
+    assert_eq!(
+        inspect(&id, "{{range .HostConfig.Ulimits}}{{.Name}}={{.Soft}}/{{.Hard}} {{end}}"),
+        "nofile=1024/1024 core=0/0"
+    );
+    // And from inside: the nofile ulimit and the pids cgroup limit the runner's commands live under.
+    let limits = e.sh("acme", "ulimit -n; cat /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/pids.max 2>/dev/null").await;
+    assert_eq!(limits.text.split_whitespace().collect::<Vec<_>>(), ["1024", "256"], "{limits:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -461,7 +477,8 @@ async fn tools_run_in_the_tenants_container_through_the_gateway() {
   } },
   tenants: [ { id: "alpha", name: "Alpha", apiTokens: [ { env: "TOKEN_A" } ] } ],
   agents: { list: [
-    { id: "a-dock", tenant: "alpha", model: "demo/scripted", sandbox: { mode: "all", backend: "docker" } },
+    { id: "a-dock", tenant: "alpha", model: "demo/scripted",
+      sandbox: { mode: "all", backend: "docker", docker: { prewarm: true } } },
   ] },
 }"#;
     let path = dir.path().join("bulkhead.json5");
@@ -485,6 +502,15 @@ async fn tools_run_in_the_tenants_container_through_the_gateway() {
     let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap().unwrap();
     let base = first.strip_prefix("listening on ").expect("listening line").to_string();
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    // Prewarmed: the agent's container exists before its first tool call, and that call uses it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let prewarmed = loop {
+        if let [id] = containers_of(&docker::gateway_label(&state)).as_slice() {
+            break id.clone();
+        }
+        assert!(Instant::now() < deadline, "the prewarmed container did not appear");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let http = reqwest::Client::new();
     let mut replies = Vec::new();
     for cmd in [
@@ -507,7 +533,7 @@ async fn tools_run_in_the_tenants_container_through_the_gateway() {
     assert!(out.contains("65532") && out.contains("alpha plans") && out.contains("done"), "{replies:?}");
     assert!(!out.contains(secret), "a secret reached the container: {out}");
     let ids = containers_of(&docker::gateway_label(&state));
-    assert_eq!(ids.len(), 1);
+    assert_eq!(ids, vec![prewarmed]);
     let env = inspect(&ids[0], "{{json .Config.Env}}");
     assert!(!env.contains(secret), "{env}");
     let _ = child.kill().await;

@@ -86,6 +86,7 @@ pub fn run(source: &ConfigSource, log_format: Option<LogFormat>) -> i32 {
         // comes back; it exists only when an agent uses it.
         if config.agents.iter().any(|a| a.sandbox.backend == SandboxBackend::Docker) {
             let docker = crate::sandbox::docker::DockerSandbox::start(&config.state_dir, Default::default());
+            docker.prewarm_agents(&config.agents);
             sandboxes = sandboxes.with(SandboxBackend::Docker, docker);
         }
         let gate = match crate::policy::PolicyEngine::load(&config) {

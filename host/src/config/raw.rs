@@ -223,6 +223,7 @@ pub struct RawDockerSandbox {
     pub timeout_sec: Option<u64>,
     pub idle_sec: Option<u64>,
     pub disk_quota_mb: Option<u64>,
+    pub prewarm: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

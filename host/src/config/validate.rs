@@ -252,6 +252,8 @@ pub struct DockerSettings {
     pub idle: Duration,
     /// Bytes a tenant's workspaces may hold; checked before every mutating call.
     pub disk_quota_bytes: u64,
+    /// Start the agent's container with the gateway (agent and shared scopes) and keep it warm.
+    pub prewarm: bool,
 }
 
 impl Default for DockerSettings {
@@ -271,6 +273,7 @@ impl Default for DockerSettings {
             timeout: Duration::from_secs(30),
             idle: Duration::from_secs(600),
             disk_quota_bytes: 100 << 20,
+            prewarm: false,
         }
     }
 }
@@ -1107,6 +1110,9 @@ fn docker_settings(
     }
     if let Some((mb, _)) = field!(disk_quota_mb) {
         out.disk_quota_bytes = mb.saturating_mul(1 << 20);
+    }
+    if let Some((p, _)) = field!(prewarm) {
+        out.prewarm = p;
     }
     out
 }

@@ -329,37 +329,8 @@ impl DockerSandbox {
         let frame = protocol::encode(&Request::new(call.tool.name(), args, limits));
         let max_frame = protocol::max_response_frame(call.limits.max_output_bytes);
 
-        let docker = self.docker().await?;
-        let plan = match self.plan(&docker, call).await {
-            Ok(p) => p,
-            Err(e) => {
-                self.forget_client_if_down(&e).await;
-                return Err(e);
-            }
-        };
-        let slot = {
-            let mut m = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            m.entry(plan.key.clone()).or_default().clone()
-        };
-        let mut live = slot.lock().await;
-        if live.as_ref().is_some_and(|l| l.dead.load(Ordering::Acquire)) {
-            let old = live.take().map(|l| l.id);
-            if let Some(id) = old {
-                let _ = remove(&docker, &id).await;
-            }
-        }
-        if live.is_none() {
-            match self.create(&docker, &plan).await {
-                Ok(l) => *live = Some(l),
-                Err(e) => {
-                    self.forget_client_if_down(&e).await;
-                    return Err(e);
-                }
-            }
-        }
-        let l = live.as_mut().expect("created above");
-        l.last_used = Instant::now();
-        l.idle = settings.idle;
+        let (docker, mut live) = self.running(call).await?;
+        let l = live.as_mut().expect("running() leaves a live container");
         let result = tokio::time::timeout(timeout + HOST_GRACE, l.roundtrip(&frame, max_frame)).await;
         let resp = match result {
             Ok(Ok(resp)) => resp,
@@ -382,6 +353,88 @@ impl DockerSandbox {
         };
         l.last_used = Instant::now();
         finish(resp, call.limits.max_output_bytes, timeout)
+    }
+
+    /// The call's container, created (or replaced, if it died) as needed, locked for the call.
+    async fn running(
+        &self,
+        call: &SandboxCall,
+    ) -> Result<(Docker, tokio::sync::OwnedMutexGuard<Option<Live>>), SandboxError> {
+        let docker = self.docker().await?;
+        let plan = match self.plan(&docker, call).await {
+            Ok(p) => p,
+            Err(e) => {
+                self.forget_client_if_down(&e).await;
+                return Err(e);
+            }
+        };
+        let slot = {
+            let mut m = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            m.entry(plan.key.clone()).or_default().clone()
+        };
+        let mut live = slot.lock_owned().await;
+        if live.as_ref().is_some_and(|l| l.dead.load(Ordering::Acquire)) {
+            let old = live.take().map(|l| l.id);
+            if let Some(id) = old {
+                let _ = remove(&docker, &id).await;
+            }
+        }
+        if live.is_none() {
+            match self.create(&docker, &plan).await {
+                Ok(l) => *live = Some(l),
+                Err(e) => {
+                    self.forget_client_if_down(&e).await;
+                    return Err(e);
+                }
+            }
+        }
+        if let Some(l) = live.as_mut() {
+            l.last_used = Instant::now();
+            // A prewarmed container stays up however long it is idle.
+            l.idle = if plan.settings.prewarm { Duration::MAX } else { plan.settings.idle };
+        }
+        Ok((docker, live))
+    }
+
+    /// Prewarms, in the background, the container of every agent configured with
+    /// `sandbox.docker.prewarm` on this backend (agent and shared scopes; a session's container
+    /// cannot exist before its session). Failures are logged; the first call retries.
+    pub fn prewarm_agents(self: &Arc<Self>, agents: &[crate::config::AgentConfig]) {
+        for a in agents {
+            let s = &a.sandbox;
+            if s.backend != crate::config::SandboxBackend::Docker
+                || !s.docker.prewarm
+                || s.scope == crate::config::SandboxScope::Session
+            {
+                continue;
+            }
+            let Ok(session) =
+                crate::ids::SessionKey::new(a.id.clone(), "prewarm", crate::ids::PeerKind::Direct, "gateway")
+            else {
+                continue;
+            };
+            let call = SandboxCall {
+                tenant: a.tenant.clone(),
+                agent: a.id.clone(),
+                session,
+                tool: Tool::Exec,
+                args: serde_json::json!({}),
+                limits: super::ToolLimits::default(),
+                settings: s.clone(),
+            };
+            let me = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = me.prewarm(&call).await {
+                    tracing::warn!(agent = %call.agent, error = %e, "Docker sandbox: prewarm failed; the first call retries.");
+                }
+            });
+        }
+    }
+
+    /// Creates the container of an agent- or shared-scope call ahead of its first tool call
+    /// (`sandbox.docker.prewarm`); it is then exempt from idle reaping.
+    pub async fn prewarm(&self, call: &SandboxCall) -> Result<(), SandboxError> {
+        self.running(call).await.map(|_| ())
     }
 
     async fn forget_client_if_down(&self, e: &SandboxError) {
