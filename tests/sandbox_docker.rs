@@ -459,6 +459,16 @@ async fn file_tools_and_quota_work_over_the_attached_runner() {
     let mut ro = exec("acme", "echo x > y");
     ro.limits.workspace_access = WorkspaceAccess::Ro;
     assert!(matches!(e.run(&ro).await, Err(SandboxError::InvalidArguments(_))));
+    // An agent configured read-only gets a read-only mount: its commands read but cannot write.
+    let mut ro = exec("acme", "cat a/b.txt; echo x > y");
+    ro.settings.workspace_access = WorkspaceAccess::Ro;
+    let r = e.run(&ro).await.unwrap();
+    assert!(r.text.starts_with("one\ntwo\n") && r.text.contains("Read-only file system"), "{r:?}");
+    // No access: no mount at all; /workspace is the image's empty directory.
+    let mut none = exec("acme", "ls -A /workspace | wc -l");
+    none.settings.workspace_access = WorkspaceAccess::None;
+    none.limits.workspace_access = WorkspaceAccess::None;
+    assert_eq!(e.run(&none).await.unwrap().text.trim(), "0");
 }
 
 /// End to end: the real binary, a docker agent, the scripted model's `/tool` commands.
@@ -468,9 +478,17 @@ async fn tools_run_in_the_tenants_container_through_the_gateway() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("master.key");
+    let made = std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(["keys", "init", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
     let config = r#"{
   gateway: { bind: "127.0.0.1:0" },
   stateDir: "state",
+  store: { masterKey: { file: "master.key" } },
   models: { providers: {
     demo: { api: "scripted" },
     fakeai: { api: "openai", baseUrl: "http://127.0.0.1:9", apiKey: { env: "FAKE_OPENAI_KEY" } },
@@ -536,7 +554,19 @@ async fn tools_run_in_the_tenants_container_through_the_gateway() {
     assert_eq!(ids, vec![prewarmed]);
     let env = inspect(&ids[0], "{{json .Config.Env}}");
     assert!(!env.contains(secret), "{env}");
+    // `tenant delete` (with the gateway stopped) removes the tenant's containers too.
     let _ = child.kill().await;
+    let _ = child.wait().await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .arg("--config")
+        .arg(&path)
+        .args(["tenant", "delete", "alpha", "--yes"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("removed 1 sandbox container(s) of tenant alpha"), "{stdout}");
+    assert!(containers_of(&docker::gateway_label(&state)).is_empty());
 }
 
 struct Cleanup(String);

@@ -194,6 +194,8 @@ impl DockerSandbox {
     /// gateway left behind, and reaps idle containers from then on. Never fails: an unreachable
     /// daemon only makes calls fail until it is back.
     pub fn start(state_dir: &Path, opts: DockerOptions) -> Arc<Self> {
+        // The gateway label hashes the canonical state dir, which must exist to be canonical.
+        let _ = std::fs::create_dir_all(state_dir);
         let me = Arc::new(Self {
             state_dir: state_dir.to_path_buf(),
             gateway: gateway_label(state_dir),
