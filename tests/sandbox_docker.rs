@@ -614,3 +614,27 @@ async fn doctor_tells_a_missing_image_and_an_unreachable_daemon() {
     assert_ne!(code, Some(0), "{out}");
     assert!(out.contains("FAIL  docker sandbox backend: cannot reach the Docker daemon"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_configured_seccomp_profile_is_applied() {
+    if !docker_ready().await {
+        return;
+    }
+    let e = Env::new();
+    // A test-only profile that refuses mkdir (a real one would start from Docker's default).
+    let profile = e.state.parent().unwrap().join("seccomp.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO"}]}"#,
+    )
+    .unwrap();
+    let mut call = exec("acme", "mkdir /tmp/d && echo made");
+    assert_eq!(e.run(&call).await.unwrap().text, "made\n", "positive control under the default profile");
+    call.settings.docker.seccomp_profile = Some(profile);
+    let r = e.run(&call).await.unwrap();
+    assert!(r.is_error && r.text.contains("Operation not permitted"), "{r:?}");
+    // A profile that cannot be read fails the call closed, naming the file.
+    call.settings.docker.seccomp_profile = Some(e.state.join("missing.json"));
+    let r = e.run(&call).await;
+    assert!(matches!(&r, Err(SandboxError::Unavailable(m)) if m.contains("seccomp profile")), "{r:?}");
+}

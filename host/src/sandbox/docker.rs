@@ -496,7 +496,9 @@ impl DockerSandbox {
         };
         let seccomp = match &s.seccomp_profile {
             Some(p) => Some(tokio::fs::read_to_string(p).await.map_err(|e| {
-                SandboxError::Unavailable(format!("cannot read the seccomp profile {}: {}", p.display(), e.kind()))
+                // The path is the operator's; the model sees only that the profile is unreadable.
+                tracing::error!(path = %p.display(), error = %e, "Docker sandbox: seccomp profile unreadable.");
+                SandboxError::Unavailable(format!("cannot read the configured seccomp profile: {}", e.kind()))
             })?),
             None => None,
         };
