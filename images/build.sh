@@ -10,8 +10,11 @@ TRIPLE=x86_64-unknown-linux-gnu
 # Its own target dir: the static RUSTFLAGS must not invalidate the workspace's normal build.
 target="${CARGO_TARGET_DIR:-target}/runner-static"
 
+# Static = an ELF without a program interpreter (readelf comes with gcc's binutils).
+is_static() { [[ -f "$1" ]] && ! readelf -l "$1" 2>/dev/null | grep -q 'program interpreter'; }
+
 BUSYBOX="${BUSYBOX:-/bin/busybox}"
-if ! file -L "$BUSYBOX" | grep -q 'statically linked'; then
+if ! is_static "$BUSYBOX"; then
   echo "images/build.sh: $BUSYBOX is not a static BusyBox (install Debian's busybox-static)" >&2
   exit 1
 fi
@@ -20,7 +23,7 @@ echo "images: building the sandbox runner ($TRIPLE, static)"
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --quiet -p sandbox-runner \
   --bin sandbox-runner --target "$TRIPLE" --target-dir "$target"
 runner="$target/$TRIPLE/release/sandbox-runner"
-if ! file -L "$runner" | grep -qE 'statically linked|static-pie linked'; then
+if ! is_static "$runner"; then
   echo "images/build.sh: $runner is not statically linked" >&2
   exit 1
 fi

@@ -19,7 +19,7 @@ if [[ "${1:-}" == "--with-browser" ]] && ! command -v chromium >/dev/null 2>&1; 
 fi
 
 # The Docker sandbox image needs a static BusyBox (Debian's busybox-static) and a running daemon.
-if ! file -L /bin/busybox 2>/dev/null | grep -q 'statically linked'; then
+if ! dpkg -s busybox-static >/dev/null 2>&1; then
   echo "setup: installing busybox-static (Debian package)"
   if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
   $SUDO apt-get update -qq

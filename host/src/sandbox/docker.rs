@@ -227,7 +227,11 @@ impl DockerSandbox {
         if let Some(d) = guard.as_ref() {
             return Ok(d.clone());
         }
-        let docker = connect(self.opts.socket.as_deref()).await.map_err(SandboxError::Unavailable)?;
+        let docker = connect(self.opts.socket.as_deref()).await.map_err(|e| {
+            // Details (socket path, transport error) go to the operator's log, not to the model.
+            tracing::warn!(error = %e, "Docker sandbox backend: daemon unreachable.");
+            SandboxError::Unavailable("the Docker daemon is unreachable; calls fail until it is back".into())
+        })?;
         // Reconcile: containers of a previous run of this gateway are not adopted (their
         // runner's stream state is unknown); they are removed and recreated on demand.
         let live: Vec<String> = {
