@@ -439,6 +439,19 @@ async fn file_tools_and_quota_work_over_the_attached_runner() {
         return;
     }
     let e = Env::new();
+    // Files left in the workspace by the gateway's user (here root; e.g. by the wasm backend)
+    // are handed to the sandbox user, except multiply-linked ones.
+    let ws = e.state.join("workspaces/acme/agents/acme-bot");
+    std::fs::create_dir_all(ws.join("old")).unwrap();
+    std::fs::write(ws.join("old/f.txt"), "from before\n").unwrap();
+    let outside = e.state.join("outside.txt");
+    std::fs::write(&outside, "outside").unwrap();
+    std::fs::hard_link(&outside, ws.join("linked.txt")).unwrap();
+    let r = e.sh("acme", "echo more >> old/f.txt && cat old/f.txt; echo x >> linked.txt").await;
+    assert!(r.text.starts_with("from before\nmore\n"), "{r:?}");
+    assert!(r.text.contains("Permission denied"), "a multiply-linked file was handed over: {r:?}");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&outside).unwrap().uid(), std::fs::metadata(&e.state).unwrap().uid());
     let w = e.run(&mk("acme", Tool::Write, json!({"path": "a/b.txt", "content": "one\ntwo\n"}))).await.unwrap();
     assert!(!w.is_error, "{w:?}");
     let r = e.run(&mk("acme", Tool::Read, json!({"path": "a/b.txt"}))).await.unwrap();

@@ -56,6 +56,8 @@ pub const DEFAULT_USER: (u32, u32) = (65532, 65532);
 /// Time a call may take beyond its own timeout (the runner enforces that one) before the host
 /// gives up on the container and removes it.
 const HOST_GRACE: Duration = Duration::from_secs(10);
+/// How long a resolved image id is trusted before the image is inspected again.
+const IMAGE_RECHECK: Duration = Duration::from_secs(5);
 /// Bytes of runner stderr kept for logs.
 const STDERR_CAP: usize = 4096;
 
@@ -82,6 +84,8 @@ pub struct DockerSandbox {
     client: tokio::sync::Mutex<Option<Docker>>,
     slots: Mutex<HashMap<SlotKey, Arc<tokio::sync::Mutex<Option<Live>>>>>,
     tenant_locks: TenantLocks,
+    /// Image name → (id, when checked).
+    images: Mutex<HashMap<String, (String, Instant)>>,
 }
 
 /// One container: a tenant's scope under one configuration.
@@ -203,6 +207,7 @@ impl DockerSandbox {
             client: tokio::sync::Mutex::new(None),
             slots: Mutex::new(HashMap::new()),
             tenant_locks: TenantLocks::default(),
+            images: Mutex::new(HashMap::new()),
         });
         let weak = Arc::downgrade(&me);
         tokio::spawn(async move {
@@ -465,16 +470,29 @@ impl DockerSandbox {
         }
     }
 
-    /// Resolves everything a call's container depends on.
-    async fn plan(&self, docker: &Docker, call: &SandboxCall) -> Result<Plan, SandboxError> {
-        let s = &call.settings.docker;
-        let image_id = check_image(docker, &s.image).await.map_err(|e| {
+    /// The id of `image`, checked at most every `IMAGE_RECHECK` (a rebuilt image is picked up,
+    /// and its containers recreated, within that time).
+    async fn image_id(&self, docker: &Docker, image: &str) -> Result<String, SandboxError> {
+        if let Some((id, at)) = self.images.lock().unwrap_or_else(|p| p.into_inner()).get(image)
+            && at.elapsed() < IMAGE_RECHECK
+        {
+            return Ok(id.clone());
+        }
+        let id = check_image(docker, image).await.map_err(|e| {
             if e.contains("cannot inspect") {
                 SandboxError::Unavailable(format!("Docker daemon: {e}"))
             } else {
                 SandboxError::Unavailable(e)
             }
         })?;
+        self.images.lock().unwrap_or_else(|p| p.into_inner()).insert(image.to_string(), (id.clone(), Instant::now()));
+        Ok(id)
+    }
+
+    /// Resolves everything a call's container depends on.
+    async fn plan(&self, docker: &Docker, call: &SandboxCall) -> Result<Plan, SandboxError> {
+        let s = &call.settings.docker;
+        let image_id = self.image_id(docker, &s.image).await?;
         let workspace = match call.settings.workspace_access {
             WorkspaceAccess::None => None,
             a => Some((super::workspace_dir(&self.state_dir, call), a == WorkspaceAccess::Ro)),
@@ -624,21 +642,50 @@ async fn reaper(me: Weak<DockerSandbox>) {
     }
 }
 
-/// Creates the workspace and hands it to the sandbox user when the gateway runs as root.
+/// Creates the workspace and hands it to the sandbox user when the gateway runs as root (files
+/// the wasm backend or the operator left there included, so a tenant can switch backends).
 async fn prepare_workspace(dir: &Path, uid: u32, gid: u32) -> Result<(), SandboxError> {
     let dir = dir.to_path_buf();
     tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(&dir)?;
         let m = std::fs::metadata(&dir)?;
-        if m.uid() == 0 {
-            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
+        if m.uid() == 0 && (uid, gid) != (0, 0) {
+            hand_over(&dir, uid, gid)?;
         }
-        use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
     })
     .await
     .map_err(|e| SandboxError::Unavailable(format!("cannot prepare the workspace: {e}")))?
     .map_err(|e| SandboxError::Unavailable(format!("cannot prepare the workspace: {}", e.kind())))
+}
+
+/// Most entries `hand_over` visits.
+const MAX_HANDOVER_ENTRIES: usize = 100_000;
+
+/// `lchown`s a workspace tree to the sandbox user: symlinks are not followed, and a file with
+/// more than one link is left alone (it might be linked to a file outside).
+fn hand_over(root: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(root, Some(uid), Some(gid))?;
+    let mut stack = vec![root.to_path_buf()];
+    let mut seen = 0;
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            seen += 1;
+            if seen > MAX_HANDOVER_ENTRIES {
+                return Err(std::io::Error::other("workspace too large to hand over"));
+            }
+            let m = e.path().symlink_metadata()?;
+            if m.is_dir() {
+                stack.push(e.path());
+            } else if m.is_file() && m.nlink() > 1 {
+                continue;
+            }
+            std::os::unix::fs::lchown(e.path(), Some(uid), Some(gid))?;
+        }
+    }
+    Ok(())
 }
 
 /// How a runner stream failed.
