@@ -652,3 +652,18 @@ async fn a_configured_seccomp_profile_is_applied() {
     let r = e.run(&call).await;
     assert!(matches!(&r, Err(SandboxError::Unavailable(m)) if m.contains("seccomp profile")), "{r:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_warm_container_outlives_the_api_request_timeout() {
+    if !docker_ready().await {
+        return;
+    }
+    // The attached runner stream and the container wait are long-lived: a request timeout of
+    // 1 s must not cut them (or the container would be replaced after every idle second).
+    let e = Env::with(DockerOptions { request_timeout: Duration::from_secs(1), ..DockerOptions::default() });
+    assert_eq!(e.sh("acme", "echo one").await.text, "one\n");
+    let first = e.sb.container_of(&exec("acme", "")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(e.sh("acme", "echo two").await.text, "two\n");
+    assert_eq!(e.sb.container_of(&exec("acme", "")).await.unwrap(), first);
+}

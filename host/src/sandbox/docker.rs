@@ -68,11 +68,14 @@ pub struct DockerOptions {
     pub socket: Option<PathBuf>,
     /// How often idle containers are looked for.
     pub reap_every: Duration,
+    /// Timeout of one Engine API request until its response headers (streams such as the
+    /// attached runner and the container wait outlive it).
+    pub request_timeout: Duration,
 }
 
 impl Default for DockerOptions {
     fn default() -> Self {
-        Self { socket: None, reap_every: Duration::from_secs(15) }
+        Self { socket: None, reap_every: Duration::from_secs(15), request_timeout: Duration::from_secs(60) }
     }
 }
 
@@ -232,11 +235,14 @@ impl DockerSandbox {
         if let Some(d) = guard.as_ref() {
             return Ok(d.clone());
         }
-        let docker = connect(self.opts.socket.as_deref()).await.map_err(|e| {
-            // Details (socket path, transport error) go to the operator's log, not to the model.
-            tracing::warn!(error = %e, "Docker sandbox backend: daemon unreachable.");
-            SandboxError::Unavailable("the Docker daemon is unreachable; calls fail until it is back".into())
-        })?;
+        let docker = connect(self.opts.socket.as_deref())
+            .await
+            .map(|d| d.with_timeout(self.opts.request_timeout))
+            .map_err(|e| {
+                // Details (socket path, transport error) go to the operator's log, not to the model.
+                tracing::warn!(error = %e, "Docker sandbox backend: daemon unreachable.");
+                SandboxError::Unavailable("the Docker daemon is unreachable; calls fail until it is back".into())
+            })?;
         // Reconcile: containers of a previous run of this gateway are not adopted (their
         // runner's stream state is unknown); they are removed and recreated on demand.
         let live: Vec<String> = {
