@@ -347,7 +347,9 @@ impl DockerSandbox {
         let max_frame = protocol::max_response_frame(call.limits.max_output_bytes);
 
         let (docker, mut live) = self.running(call).await?;
-        let l = live.as_mut().expect("running() leaves a live container");
+        let Some(l) = live.as_mut() else {
+            return Err(SandboxError::Unavailable("the sandbox container could not be started".into()));
+        };
         let result = tokio::time::timeout(timeout + HOST_GRACE, l.roundtrip(&frame, max_frame)).await;
         let resp = match result {
             Ok(Ok(resp)) => resp,
@@ -595,7 +597,7 @@ impl DockerSandbox {
             let _ = w.next().await;
             dead2.store(true, Ordering::Release);
         });
-        tracing::debug!(tenant = %plan.key.tenant, scope = %plan.key.scope, container = %&id[..12], "Sandbox container started.");
+        tracing::debug!(tenant = %plan.key.tenant, scope = %plan.key.scope, container = %id.get(..12).unwrap_or_default(), "Sandbox container started.");
         Ok(Live {
             id,
             input: attached.input,
