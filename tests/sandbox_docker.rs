@@ -667,3 +667,32 @@ async fn a_warm_container_outlives_the_api_request_timeout() {
     assert_eq!(e.sh("acme", "echo two").await.text, "two\n");
     assert_eq!(e.sb.container_of(&exec("acme", "")).await.unwrap(), first);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_is_capped_in_containers_and_the_least_recently_used_makes_room() {
+    if !docker_ready().await {
+        return;
+    }
+    let e = Env::new();
+    let in_session = |peer: &str| {
+        let mut c = exec("acme", "echo hi");
+        c.settings.scope = SandboxScope::Session;
+        c.settings.docker.max_containers = 2;
+        c.session = SessionKey::parse(&format!("agent:acme-bot:api:direct:{peer}")).unwrap();
+        c
+    };
+    let (s1, s2, s3) = (in_session("one"), in_session("two"), in_session("three"));
+    e.run(&s1).await.unwrap();
+    e.run(&s2).await.unwrap();
+    let first = e.sb.container_of(&s1).await.unwrap();
+    e.run(&s2).await.unwrap();
+    assert_eq!(containers_of(e.sb.gateway()).len(), 2);
+    // A third session: the least recently used container (session one's) makes room.
+    assert_eq!(e.run(&s3).await.unwrap().text, "hi\n");
+    let left = containers_of(e.sb.gateway());
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(!left.contains(&first), "the LRU container was not the one removed");
+    // Another tenant is not affected by acme's cap.
+    e.sh("bravo", "true").await;
+    assert_eq!(containers_of(e.sb.gateway()).len(), 3);
+}

@@ -224,6 +224,7 @@ pub struct RawDockerSandbox {
     pub idle_sec: Option<u64>,
     pub disk_quota_mb: Option<u64>,
     pub prewarm: Option<bool>,
+    pub max_containers: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -168,6 +168,7 @@ fn docker_settings_have_safe_defaults_and_refuse_weakening() {
         ("{ network: 'container:x' }", "network"),
         ("{ tmpfs: ['/run'] }", "tmpfs"),
         ("{ idleSec: 1 }", "idleSec"),
+        ("{ maxContainers: 0 }", "maxContainers"),
     ] {
         let text = format!("{{ agents: {{ list: [ {{ id: 'a', sandbox: {{ docker: {docker} }} }} ] }} }}");
         assert_eq!(paths(&text), [format!("{p}.{key}")], "{docker}");

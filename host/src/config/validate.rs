@@ -254,6 +254,8 @@ pub struct DockerSettings {
     pub disk_quota_bytes: u64,
     /// Start the agent's container with the gateway (agent and shared scopes) and keep it warm.
     pub prewarm: bool,
+    /// Containers one tenant may have at once (the least recently used idle one makes room).
+    pub max_containers: u32,
 }
 
 impl Default for DockerSettings {
@@ -274,6 +276,7 @@ impl Default for DockerSettings {
             idle: Duration::from_secs(600),
             disk_quota_bytes: 100 << 20,
             prewarm: false,
+            max_containers: 16,
         }
     }
 }
@@ -1113,6 +1116,13 @@ fn docker_settings(
     }
     if let Some((p, _)) = field!(prewarm) {
         out.prewarm = p;
+    }
+    if let Some((n, own)) = field!(max_containers) {
+        if (1..=1024).contains(&n) {
+            out.max_containers = n;
+        } else {
+            errs.push(at(own, "maxContainers"), format!("maxContainers {n} is outside 1..=1024"));
+        }
     }
     out
 }

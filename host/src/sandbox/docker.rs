@@ -87,6 +87,7 @@ pub struct DockerSandbox {
     client: tokio::sync::Mutex<Option<Docker>>,
     slots: Mutex<HashMap<SlotKey, Arc<tokio::sync::Mutex<Option<Live>>>>>,
     tenant_locks: TenantLocks,
+    create_locks: TenantLocks,
     /// Image name → (id, when checked).
     images: Mutex<HashMap<String, (String, Instant)>>,
 }
@@ -210,6 +211,7 @@ impl DockerSandbox {
             client: tokio::sync::Mutex::new(None),
             slots: Mutex::new(HashMap::new()),
             tenant_locks: TenantLocks::default(),
+            create_locks: TenantLocks::default(),
             images: Mutex::new(HashMap::new()),
         });
         let weak = Arc::downgrade(&me);
@@ -399,6 +401,10 @@ impl DockerSandbox {
             }
         }
         if live.is_none() {
+            // Creations of one tenant are serialised so its container cap holds.
+            let creating = self.create_locks.of(&plan.key.tenant);
+            let _creating = creating.lock().await;
+            self.make_room(&docker, &plan.key, plan.settings.max_containers).await?;
             match self.create(&docker, &plan).await {
                 Ok(l) => *live = Some(l),
                 Err(e) => {
@@ -413,6 +419,41 @@ impl DockerSandbox {
             l.idle = if plan.settings.prewarm { Duration::MAX } else { plan.settings.idle };
         }
         Ok((docker, live))
+    }
+
+    /// Keeps a tenant under `max` containers: the least recently used idle one of its others
+    /// goes; if all are busy the call is refused.
+    async fn make_room(&self, docker: &Docker, key: &SlotKey, max: u32) -> Result<(), SandboxError> {
+        let others: Vec<_> = {
+            let m = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            m.iter().filter(|(k, _)| k.tenant == key.tenant && *k != key).map(|(_, s)| s.clone()).collect()
+        };
+        let mut running = 0usize;
+        let mut idle = Vec::new();
+        for s in others {
+            match s.clone().try_lock_owned() {
+                Ok(g) if g.is_some() => {
+                    running += 1;
+                    idle.push(g);
+                }
+                Ok(_) => {}
+                Err(_) => running += 1,
+            }
+        }
+        if running < max as usize {
+            return Ok(());
+        }
+        idle.sort_by_key(|g| g.as_ref().map(|l| l.last_used));
+        let Some(mut lru) = idle.into_iter().next() else {
+            return Err(SandboxError::Unavailable(format!(
+                "this tenant already runs {running} sandbox containers, all busy (the limit is {max}); try again shortly"
+            )));
+        };
+        if let Some(l) = lru.take() {
+            tracing::debug!(tenant = %key.tenant, "Docker sandbox: container cap reached; removing the least recently used.");
+            remove(docker, &l.id).await.map_err(SandboxError::Unavailable)?;
+        }
+        Ok(())
     }
 
     /// Prewarms, in the background, the container of every agent configured with
