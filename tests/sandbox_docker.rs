@@ -564,6 +564,7 @@ async fn tools_run_in_the_tenants_container_through_the_gateway() {
     let out = &replies[1];
     assert!(out.contains("65532") && out.contains("alpha plans") && out.contains("done"), "{replies:?}");
     assert!(!out.contains(secret), "a secret reached the container: {out}");
+    assert!(!out.contains("tok-alpha"), "an API token reached the container: {out}");
     let ids = containers_of(&docker::gateway_label(&state));
     assert_eq!(ids, vec![prewarmed]);
     let env = inspect(&ids[0], "{{json .Config.Env}}");
