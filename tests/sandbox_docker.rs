@@ -697,3 +697,17 @@ async fn a_tenant_is_capped_in_containers_and_the_least_recently_used_makes_room
     e.sh("bravo", "true").await;
     assert_eq!(containers_of(e.sb.gateway()).len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_calls_to_one_container_each_get_their_own_answer() {
+    if !docker_ready().await {
+        return;
+    }
+    let e = Env::new();
+    let calls: Vec<SandboxCall> = (0..8).map(|i| exec("acme", &format!("sleep 0.1; echo call-{i}"))).collect();
+    let results = futures_util::future::join_all(calls.iter().map(|c| e.run(c))).await;
+    for (i, r) in results.into_iter().enumerate() {
+        assert_eq!(r.unwrap().text, format!("call-{i}\n"));
+    }
+    assert_eq!(containers_of(e.sb.gateway()).len(), 1, "one agent scope, one container");
+}
