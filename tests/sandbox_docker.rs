@@ -147,6 +147,13 @@ async fn capabilities_privileges_and_user_are_dropped_from_inside() {
     assert!(st.text.contains("NoNewPrivs:\t1"), "{}", st.text);
     // Seccomp mode 2 = a filter is installed (Docker's default profile).
     assert!(st.text.contains("Seccomp:\t2"), "{}", st.text);
+    // Commands cannot reach into the runner (their parent): its fds, memory and environment are
+    // off limits, so they can neither read nor forge the protocol stream.
+    let runner = e
+        .sh("acme", "echo forged > /proc/$PPID/fd/1; cat /proc/$PPID/environ; ls /proc/$PPID/fd; cat /proc/$PPID/comm")
+        .await;
+    assert_eq!(runner.text.matches("Permission denied").count(), 3, "{runner:?}");
+    assert!(runner.text.ends_with("sandbox-runner\n"), "the probe did not target the runner: {runner:?}");
     let id = e.sh("acme", "id -u; id -g").await;
     assert_eq!(id.text, "65532\n65532\n", "{id:?}");
     // Positive/negative: the runner's identity is not root, and privileged syscalls fail.

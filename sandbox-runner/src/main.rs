@@ -29,7 +29,16 @@ fn main() {
     let mode = if args.iter().any(|a| a == "--native-exec") { ExecMode::Native } else { ExecMode::Builtins };
     if args.iter().any(|a| a == "--serve") {
         #[cfg(not(target_os = "wasi"))]
-        native::SWEEP.store(mode == ExecMode::Native, std::sync::atomic::Ordering::Relaxed);
+        if mode == ExecMode::Native {
+            native::SWEEP.store(true, std::sync::atomic::Ordering::Relaxed);
+            // Commands run as this process's uid: not dumpable, its /proc entries (fds, memory,
+            // environment) are root's and it cannot be ptraced, so a command can neither read
+            // nor forge the protocol stream. (Commands are execve'd and dumpable again.)
+            if let Err(e) = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable) {
+                eprintln!("sandbox-runner: cannot make the runner non-dumpable: {e}");
+                std::process::exit(2);
+            }
+        }
         std::process::exit(serve(root, mode));
     }
     let mut frame = Vec::new();
