@@ -1,7 +1,6 @@
 //! The agent loop: one turn of a conversation, from a user message through model rounds and
 //! tool calls to the final reply, streamed as `RunEvent`s.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -11,15 +10,25 @@ use crate::config::{AgentConfig, Config};
 use crate::dispatch::{Caller, Dispatcher, SessionSender};
 use crate::ids::SessionKey;
 use crate::metrics::Metrics;
-use crate::model::{ModelProvider, ModelRequest, Usage};
+use crate::model::pool::Providers;
+use crate::model::{ModelRequest, Usage};
+use crate::quota::{QuotaKind, Quotas};
 use crate::scheduler::Scheduler;
 use crate::session::{Message, SessionStore, TenantSessions};
+use crate::tools::Tool;
+use crate::usage::UsageMeter;
 
 /// Most transcript messages sent to the model as context.
 const MAX_CONTEXT_MESSAGES: usize = 200;
 
 /// The reply to a turn refused because its tenant's queue is full (white-label wording).
 pub const BUSY_MESSAGE: &str = "This assistant is busy right now. Please try again in a moment.";
+
+/// The reply to a turn stopped by one of its tenant's quotas (white-label wording).
+pub const QUOTA_MESSAGE: &str = "This assistant has reached its usage limit for now. Please try again later.";
+
+/// What a tool call refused by a quota returns to the model.
+const QUOTA_TOOL_REFUSAL: &str = "refused: the usage limit for tools has been reached; no further tools can run now";
 
 /// What a client sees while a turn runs.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,19 +44,31 @@ pub struct RunOutcome {
     /// The reply text, or a user-facing error message when `failed`.
     pub text: String,
     pub failed: bool,
-    /// The tenant's queue was full: the turn was refused and not stored.
+    /// The tenant's queue was full or a quota was reached: the turn was refused (not stored,
+    /// when refused before it started) and `text` says so.
     pub busy: bool,
     pub usage: Usage,
+}
+
+impl RunOutcome {
+    /// The turn was refused or stopped by one of its tenant's quotas (rather than a full queue).
+    pub fn over_quota(&self) -> bool {
+        self.busy && self.text == QUOTA_MESSAGE
+    }
 }
 
 /// Everything a run needs, shared by all front doors.
 pub struct Runtime {
     pub config: Arc<Config>,
-    pub providers: BTreeMap<String, Arc<dyn ModelProvider>>,
+    /// Model provider instances, one per key (operator's or tenant's own).
+    pub providers: Providers,
     pub dispatcher: Dispatcher,
     pub store: Arc<dyn SessionStore>,
     pub scheduler: Scheduler,
     pub metrics: Metrics,
+    pub quotas: Quotas,
+    /// Usage for billing, persisted by `gateway::run`.
+    pub usage: Arc<UsageMeter>,
     /// Runs in flight (spawned so a client that disconnects never loses its turn).
     pub tasks: TaskTracker,
 }
@@ -86,20 +107,28 @@ impl Runtime {
         events: &mpsc::Sender<RunEvent>,
         started_by_send: bool,
     ) -> RunOutcome {
-        let Ok(_permit) = self.scheduler.acquire(&agent.tenant, session).await else {
+        let tenant = &agent.tenant;
+        if let Err(kind) = self.quotas.admit_turn(tenant, self.usage.today(tenant)) {
+            return self.over_quota(agent, kind);
+        }
+        let Ok(permit) = self.scheduler.acquire(tenant, session).await else {
             tracing::warn!(tenant = %agent.tenant, "Turn refused: the tenant's queue is full.");
-            self.metrics.run_refused(&agent.tenant);
+            self.metrics.run_refused(tenant);
+            self.usage.record(tenant, &agent.id, |c| c.busy_refusals += 1);
             return RunOutcome { text: BUSY_MESSAGE.into(), failed: true, busy: true, usage: Usage::default() };
         };
+        self.metrics.queue_wait(tenant, permit.waited);
+        let _permit = permit;
         let sessions = self.sessions_for(agent);
-        self.metrics.run_started(&agent.tenant);
+        self.metrics.run_started(tenant);
+        self.usage.record(tenant, &agent.id, |c| c.runs += 1);
         let user = Message::User { text };
         // The accepted message is stored before anything can fail, so it is never lost.
         if let Err(e) = sessions.append(session, std::slice::from_ref(&user)).await {
             tracing::error!(tenant = %agent.tenant, error = %e, "Cannot store user message.");
             return self.failed(agent, "The conversation could not be saved. Please try again.");
         }
-        let Some(provider) = self.providers.get(&agent.model.provider) else {
+        let Some(provider) = self.providers.for_agent(agent) else {
             return self.failed(agent, "The model service is not available for this assistant.");
         };
         let mut context = match sessions.history(session, Some(MAX_CONTEXT_MESSAGES)).await {
@@ -113,7 +142,14 @@ impl Runtime {
         let sender = RunSender { rt: self.clone(), agent: agent.clone() };
         let caller = Caller { agent, sessions: &sessions, session, started_by_send, sender: &sender };
         let mut usage = Usage::default();
-        for _round in 0..agent.max_tool_rounds {
+        for round in 0..agent.max_tool_rounds {
+            if round > 0
+                && let Err(kind) = self.quotas.admit_model_round(tenant, self.usage.today(tenant))
+            {
+                // The tool round is stored; the turn ends with the quota reply.
+                self.refused_by_quota(agent, kind);
+                return RunOutcome { text: QUOTA_MESSAGE.into(), failed: true, busy: true, usage };
+            }
             let req = ModelRequest {
                 model: agent.model.model.clone(),
                 system: agent.system_prompt.clone(),
@@ -144,6 +180,11 @@ impl Runtime {
             };
             usage.input_tokens += reply.usage.input_tokens;
             usage.output_tokens += reply.usage.output_tokens;
+            self.metrics.tokens(tenant, reply.usage.input_tokens, reply.usage.output_tokens);
+            self.usage.record(tenant, &agent.id, |c| {
+                c.input_tokens += reply.usage.input_tokens;
+                c.output_tokens += reply.usage.output_tokens;
+            });
             if reply.tool_calls.is_empty() {
                 let msg = Message::Assistant { text: reply.text.clone(), tool_calls: Vec::new() };
                 if let Err(e) = sessions.append(session, &[msg]).await {
@@ -153,6 +194,7 @@ impl Runtime {
             }
             let assistant = Message::Assistant { text: reply.text.clone(), tool_calls: reply.tool_calls.clone() };
             let mut new = vec![assistant];
+            let mut quota_hit = false;
             for call in &reply.tool_calls {
                 let _ = events
                     .send(RunEvent::ToolCall {
@@ -161,8 +203,7 @@ impl Runtime {
                         arguments: call.arguments.clone(),
                     })
                     .await;
-                let out = self.dispatcher.dispatch(&caller, call).await;
-                self.metrics.tool_call(&agent.tenant, !out.is_error);
+                let out = self.tool_call(&caller, call, &mut quota_hit).await;
                 let _ = events
                     .send(RunEvent::ToolResult {
                         id: call.id.clone(),
@@ -182,6 +223,9 @@ impl Runtime {
                 tracing::error!(tenant = %agent.tenant, error = %e, "Cannot store tool round.");
                 return self.failed(agent, "The conversation could not be saved. Please try again.");
             }
+            if quota_hit {
+                return RunOutcome { text: QUOTA_MESSAGE.into(), failed: true, busy: true, usage };
+            }
             context.extend(new);
         }
         let text = format!("Stopped after {} tool rounds without a final answer.", agent.max_tool_rounds);
@@ -189,8 +233,63 @@ impl Runtime {
         RunOutcome { text, failed: false, busy: false, usage }
     }
 
+    /// Runs one tool call under the tenant's tool quotas, metering it. Once a quota refuses,
+    /// the rest of the round is refused too and the turn ends after the round is stored.
+    async fn tool_call(
+        &self,
+        caller: &Caller<'_>,
+        call: &crate::session::ToolCall,
+        quota_hit: &mut bool,
+    ) -> crate::sandbox::ToolOutput {
+        let agent = caller.agent;
+        let tenant = &agent.tenant;
+        let sandboxed = Tool::from_exact_name(&call.name).is_some_and(Tool::needs_sandbox);
+        if !*quota_hit && let Err(kind) = self.quotas.admit_tool_call(tenant, sandboxed, self.usage.today(tenant)) {
+            self.refused_by_quota(agent, kind);
+            *quota_hit = true;
+        }
+        if *quota_hit {
+            return crate::sandbox::ToolOutput {
+                text: QUOTA_TOOL_REFUSAL.into(),
+                is_error: true,
+                ..Default::default()
+            };
+        }
+        let (out, report) = self.dispatcher.dispatch_reported(caller, call).await;
+        self.metrics.tool_call(tenant, !out.is_error);
+        if report.denied {
+            self.metrics.tool_denied(tenant);
+        }
+        if let Some((_, failed)) = report.sandbox {
+            self.metrics.sandbox_call(tenant, failed);
+        }
+        self.usage.record(tenant, &agent.id, |c| {
+            c.tool_call(&call.name);
+            c.denials += u64::from(report.denied);
+            if let Some((took, failed)) = report.sandbox {
+                c.sandbox_ms += took.as_millis() as u64;
+                c.sandbox_failures += u64::from(failed);
+            }
+        });
+        out
+    }
+
+    /// Counts a quota refusal for the operator (metric) and for billing (usage).
+    fn refused_by_quota(&self, agent: &AgentConfig, kind: QuotaKind) {
+        tracing::info!(tenant = %agent.tenant, agent = %agent.id, quota = kind.label(), "Refused by quota.");
+        self.metrics.quota_refused(&agent.tenant, kind);
+        self.usage.record(&agent.tenant, &agent.id, |c| c.quota_refusals += 1);
+    }
+
+    /// A turn refused before it started: not stored, nothing else touched.
+    fn over_quota(&self, agent: &AgentConfig, kind: QuotaKind) -> RunOutcome {
+        self.refused_by_quota(agent, kind);
+        RunOutcome { text: QUOTA_MESSAGE.into(), failed: true, busy: true, usage: Usage::default() }
+    }
+
     fn failed(&self, agent: &AgentConfig, message: &str) -> RunOutcome {
         self.metrics.run_failed(&agent.tenant);
+        self.usage.record(&agent.tenant, &agent.id, |c| c.runs_failed += 1);
         RunOutcome { text: message.to_string(), failed: true, busy: false, usage: Usage::default() }
     }
 }

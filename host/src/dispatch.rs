@@ -56,6 +56,15 @@ pub trait SessionSender: Send + Sync {
     async fn send(&self, target: SessionKey, message: String) -> Result<(), String>;
 }
 
+/// What a tool call did, for usage metering and metrics: no content, no arguments.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallReport {
+    /// The policy denied the call.
+    pub denied: bool,
+    /// The call went to the sandbox: its wall-clock time, and whether the backend failed to run it.
+    pub sandbox: Option<(std::time::Duration, bool)>,
+}
+
 pub struct Dispatcher {
     pub gate: Arc<dyn PolicyGate>,
     pub sandboxes: Sandboxes,
@@ -82,6 +91,12 @@ impl Dispatcher {
     }
 
     pub async fn dispatch(&self, caller: &Caller<'_>, call: &ToolCall) -> ToolOutput {
+        self.dispatch_reported(caller, call).await.0
+    }
+
+    /// `dispatch`, also reporting what happened for metering.
+    pub async fn dispatch_reported(&self, caller: &Caller<'_>, call: &ToolCall) -> (ToolOutput, CallReport) {
+        let mut report = CallReport::default();
         let shown = shown_name(&call.name);
         let decision = self.gate.check(&caller.agent.id, &call.name);
         PolicyEvent {
@@ -95,19 +110,20 @@ impl Dispatcher {
         .emit();
         let (tool, limits) = match decision {
             Decision::Allow { tool, limits, .. } => (tool, limits),
-            Decision::Deny { reason, .. } => return refusal(format!("denied: {reason}")),
+            Decision::Deny { reason, .. } => {
+                report.denied = true;
+                return (refusal(format!("denied: {reason}")), report);
+            }
         };
         if let Err(e) = check_arguments(&call.arguments) {
-            return refusal(format!("invalid arguments for {}: {e}", tool.name()));
+            return (refusal(format!("invalid arguments for {}: {e}", tool.name())), report);
         }
         let started = Instant::now();
         let mut out = if tool.needs_sandbox() {
             if caller.agent.sandbox.mode == SandboxMode::Off {
                 // Never a fallback to the host: without a sandbox these tools do not exist.
-                return refusal(format!(
-                    "denied: {} needs a sandbox and sandboxing is off for this agent",
-                    tool.name()
-                ));
+                let text = format!("denied: {} needs a sandbox and sandboxing is off for this agent", tool.name());
+                return (refusal(text), report);
             }
             let sandbox_call = SandboxCall {
                 tenant: caller.agent.tenant.clone(),
@@ -118,7 +134,9 @@ impl Dispatcher {
                 limits: limits.clone(),
                 settings: caller.agent.sandbox.clone(),
             };
-            match self.sandboxes.call(&sandbox_call).await {
+            let result = self.sandboxes.call(&sandbox_call).await;
+            report.sandbox = Some((started.elapsed(), result.is_err()));
+            match result {
                 Ok(out) => out,
                 Err(e) => {
                     tracing::warn!(tenant = %caller.agent.tenant, agent = %caller.agent.id, tool = tool.name(), error = %e, "Sandbox call failed.");
@@ -132,7 +150,7 @@ impl Dispatcher {
         let (text, cut) = cap_output(&out.text, limits.max_output_bytes);
         out.truncated |= cut;
         out.text = text;
-        out
+        (out, report)
     }
 }
 

@@ -45,6 +45,18 @@ enum Command {
     /// Explain, test, diff, sign and verify tool policies
     #[command(subcommand)]
     Policy(cli::policy::PolicyCommand),
+    /// Usage per tenant and agent, for billing (runs, tokens, tool calls, sandbox time)
+    Usage {
+        /// Only this tenant
+        #[arg(long, value_name = "ID")]
+        tenant: Option<String>,
+        /// Only usage on or after this UTC day (YYYY-MM-DD)
+        #[arg(long, value_name = "DATE")]
+        since: Option<String>,
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
     /// Approve or deny chat pairing requests (through the running gateway)
     Pairing {
         /// Gateway URL [default: http://<gateway.bind>]
@@ -155,6 +167,9 @@ fn main() -> ExitCode {
                 PairingCommand::Deny { code } => cli::pairing::Action::Deny(code),
             };
             cli::pairing::run(&ConfigSource::new(args.config), url.as_deref(), action)
+        }
+        Command::Usage { tenant, since, json } => {
+            cli::usage::run(&ConfigSource::new(args.config), tenant.as_deref(), since.as_deref(), json)
         }
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))

@@ -1,11 +1,19 @@
-//! Per-tenant counters, rendered as Prometheus text for the operator. Labels are tenant ids
-//! only (a known, bounded set): never sessions or users.
+//! Per-tenant counters and gauges plus process metrics, rendered as Prometheus text for the
+//! operator. The only labels are tenant ids (a known, bounded set), the quota kind and the
+//! histogram bucket (fixed sets): never sessions, users or tool names a model made up.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::ids::TenantId;
+use crate::quota::QuotaKind;
+use crate::scheduler::Scheduler;
+
+/// Upper bounds (seconds) of the queue-wait histogram buckets.
+const WAIT_BUCKETS: [f64; 13] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
 #[derive(Default, Clone, Copy)]
 struct TenantCounters {
@@ -14,15 +22,46 @@ struct TenantCounters {
     runs_refused: u64,
     tool_calls_ok: u64,
     tool_calls_failed: u64,
+    tool_denials: u64,
+    input_tokens: u64,
+    output_tokens: u64,
+    quota_refusals: [u64; 4],
+    sandbox_starts: u64,
+    sandbox_failures: u64,
+    /// Cumulative counts per `WAIT_BUCKETS` bound (plus +Inf = `wait_count`).
+    wait_buckets: [u64; WAIT_BUCKETS.len()],
+    wait_count: u64,
+    wait_sum: f64,
 }
 
-#[derive(Default)]
 pub struct Metrics {
     tenants: Mutex<BTreeMap<TenantId, TenantCounters>>,
-    auth_failures: std::sync::atomic::AtomicU64,
+    auth_failures: AtomicU64,
+    started: Instant,
+    started_unix: f64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::for_tenants([])
+    }
+}
+
+fn quota_index(kind: QuotaKind) -> usize {
+    QuotaKind::ALL.iter().position(|k| *k == kind).expect("every kind is listed")
 }
 
 impl Metrics {
+    /// Metrics with every configured tenant present from the start (at zero).
+    pub fn for_tenants<'a>(tenants: impl IntoIterator<Item = &'a TenantId>) -> Self {
+        Self {
+            tenants: Mutex::new(tenants.into_iter().map(|t| (t.clone(), TenantCounters::default())).collect()),
+            auth_failures: AtomicU64::new(0),
+            started: Instant::now(),
+            started_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+        }
+    }
+
     fn with(&self, tenant: &TenantId, f: impl FnOnce(&mut TenantCounters)) {
         let mut map = self.tenants.lock().expect("metrics lock");
         match map.get_mut(tenant) {
@@ -42,10 +81,42 @@ impl Metrics {
     pub fn tool_call(&self, tenant: &TenantId, ok: bool) {
         self.with(tenant, |c| if ok { c.tool_calls_ok += 1 } else { c.tool_calls_failed += 1 });
     }
+    pub fn tool_denied(&self, tenant: &TenantId) {
+        self.with(tenant, |c| c.tool_denials += 1);
+    }
+    pub fn tokens(&self, tenant: &TenantId, input: u64, output: u64) {
+        self.with(tenant, |c| {
+            c.input_tokens += input;
+            c.output_tokens += output;
+        });
+    }
+    pub fn quota_refused(&self, tenant: &TenantId, kind: QuotaKind) {
+        self.with(tenant, |c| c.quota_refusals[quota_index(kind)] += 1);
+    }
+    pub fn sandbox_call(&self, tenant: &TenantId, failed: bool) {
+        self.with(tenant, |c| {
+            c.sandbox_starts += 1;
+            c.sandbox_failures += u64::from(failed);
+        });
+    }
+    /// How long a turn waited for its run slot.
+    pub fn queue_wait(&self, tenant: &TenantId, waited: Duration) {
+        let secs = waited.as_secs_f64();
+        self.with(tenant, |c| {
+            for (i, bound) in WAIT_BUCKETS.iter().enumerate() {
+                if secs <= *bound {
+                    c.wait_buckets[i] += 1;
+                }
+            }
+            c.wait_count += 1;
+            c.wait_sum += secs;
+        });
+    }
     pub fn auth_failure(&self) {
-        self.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.auth_failures.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counters only (no scheduler gauges, no process metrics).
     pub fn render(&self) -> String {
         let map = self.tenants.lock().expect("metrics lock").clone();
         let mut out = String::new();
@@ -70,11 +141,130 @@ impl Metrics {
             |c| c.tool_calls_failed,
             ",outcome=\"error\"",
         );
+        family("gateway_tool_denials_total", "Tool calls the policy denied.", |c| c.tool_denials, "");
+        family("gateway_model_input_tokens_total", "Model input (prompt) tokens.", |c| c.input_tokens, "");
+        family("gateway_model_output_tokens_total", "Model output (completion) tokens.", |c| c.output_tokens, "");
+        family("gateway_sandbox_starts_total", "Sandbox tool calls started.", |c| c.sandbox_starts, "");
+        family(
+            "gateway_sandbox_failures_total",
+            "Sandbox tool calls the backend could not run.",
+            |c| c.sandbox_failures,
+            "",
+        );
+        let _ = writeln!(
+            out,
+            "# HELP gateway_quota_refusals_total Turns or tool calls refused by a quota.\n# TYPE gateway_quota_refusals_total counter"
+        );
+        for (t, c) in &map {
+            for kind in QuotaKind::ALL {
+                let _ = writeln!(
+                    out,
+                    "gateway_quota_refusals_total{{tenant=\"{t}\",quota=\"{}\"}} {}",
+                    kind.label(),
+                    c.quota_refusals[quota_index(kind)]
+                );
+            }
+        }
+        let name = "gateway_queue_wait_seconds";
+        let _ = writeln!(out, "# HELP {name} How long turns waited for a run slot.\n# TYPE {name} histogram");
+        for (t, c) in &map {
+            for (bound, n) in WAIT_BUCKETS.iter().zip(c.wait_buckets) {
+                let _ = writeln!(out, "{name}_bucket{{tenant=\"{t}\",le=\"{bound}\"}} {n}");
+            }
+            let _ = writeln!(out, "{name}_bucket{{tenant=\"{t}\",le=\"+Inf\"}} {}", c.wait_count);
+            let _ = writeln!(out, "{name}_sum{{tenant=\"{t}\"}} {}", c.wait_sum);
+            let _ = writeln!(out, "{name}_count{{tenant=\"{t}\"}} {}", c.wait_count);
+        }
         let _ = writeln!(
             out,
             "# HELP gateway_auth_failures_total Rejected API tokens.\n# TYPE gateway_auth_failures_total counter\ngateway_auth_failures_total {}",
-            self.auth_failures.load(std::sync::atomic::Ordering::Relaxed)
+            self.auth_failures.load(Ordering::Relaxed)
         );
         out
+    }
+
+    /// Everything `/metrics` serves: counters, the scheduler's queue gauges, process metrics.
+    pub fn render_all(&self, scheduler: &Scheduler) -> String {
+        let mut out = self.render();
+        let tenants: Vec<TenantId> = self.tenants.lock().expect("metrics lock").keys().cloned().collect();
+        let loads: Vec<_> = tenants.iter().map(|t| (t, scheduler.tenant_load(t))).collect();
+        for (name, help, pick) in [
+            ("gateway_runs_running", "Runs of the tenant running now.", 0),
+            ("gateway_queue_depth", "Turns of the tenant accepted and not yet running.", 1),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for (t, (running, waiting)) in &loads {
+                let v = if pick == 0 { running } else { waiting };
+                let _ = writeln!(out, "{name}{{tenant=\"{t}\"}} {v}");
+            }
+        }
+        out.push_str(&self.render_process());
+        out
+    }
+
+    fn render_process(&self) -> String {
+        let mut out = String::new();
+        let mut gauge = |name: &str, help: &str, value: f64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        };
+        if let Some(rss) = resident_bytes() {
+            gauge("process_resident_memory_bytes", "Resident memory size in bytes.", rss as f64);
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            gauge("process_open_fds", "Open file descriptors.", fds.count() as f64);
+        }
+        gauge("process_start_time_seconds", "Start time of the process since the Unix epoch.", self.started_unix);
+        gauge("process_uptime_seconds", "Seconds since the gateway started.", self.started.elapsed().as_secs_f64());
+        out
+    }
+}
+
+/// `VmRSS` from `/proc/self/status` (Linux).
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_per_tenant_and_nothing_else() {
+        let a = TenantId::parse("alpha").unwrap();
+        let b = TenantId::parse("bravo").unwrap();
+        let m = Metrics::for_tenants([&a, &b]);
+        m.tokens(&a, 11, 4);
+        m.quota_refused(&a, QuotaKind::Messages);
+        m.queue_wait(&a, Duration::from_millis(30));
+        m.sandbox_call(&a, true);
+        let s = Scheduler::new(2);
+        let text = m.render_all(&s);
+        for line in [
+            "gateway_model_input_tokens_total{tenant=\"alpha\"} 11",
+            "gateway_model_output_tokens_total{tenant=\"alpha\"} 4",
+            "gateway_quota_refusals_total{tenant=\"alpha\",quota=\"messages_per_minute\"} 1",
+            "gateway_quota_refusals_total{tenant=\"bravo\",quota=\"messages_per_minute\"} 0",
+            "gateway_queue_wait_seconds_bucket{tenant=\"alpha\",le=\"0.025\"} 0",
+            "gateway_queue_wait_seconds_bucket{tenant=\"alpha\",le=\"0.05\"} 1",
+            "gateway_queue_wait_seconds_count{tenant=\"alpha\"} 1",
+            "gateway_sandbox_failures_total{tenant=\"alpha\"} 1",
+            "gateway_queue_depth{tenant=\"bravo\"} 0",
+        ] {
+            assert!(text.contains(line), "missing {line}:\n{text}");
+        }
+        assert!(text.contains("process_resident_memory_bytes "), "{text}");
+        assert!(text.contains("process_open_fds "), "{text}");
+        // Every sample's labels come from the bounded set.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            if let Some(labels) = line.split_once('{').map(|(_, r)| r.split_once('}').unwrap().0) {
+                for kv in labels.split(',') {
+                    let key = kv.split_once('=').unwrap().0;
+                    assert!(["tenant", "quota", "le", "outcome"].contains(&key), "label {key} in {line}");
+                }
+            }
+        }
     }
 }

@@ -5,10 +5,16 @@
 //! - `call-tool:NAME` → a tool call of NAME with `{"path": "notes.txt"}`;
 //! - after a tool result → `tool said: <result>`;
 //! - `upstream-500` / `upstream-429` → that HTTP error, in the provider's error shape;
+//! - `rate-limited-once:TAG` → the first request with that text gets 429 with `Retry-After: 1`,
+//!   later ones a normal answer;
+//! - a request whose key (bearer token or `x-api-key`) contains `limited` → 429 with
+//!   `Retry-After: 1`, whatever the text (a tenant's own key that is rate-limited upstream);
+//! - `sleep-ms:N REST` → waits N ms, then answers `fake says: sleep-ms:N REST` (a run of known length);
 //! - `slow` → waits 10 s before answering; `slow-stream` → streams 5 words 150 ms apart;
 //! - `garbage` → a stream whose chunk is not JSON;
 //! - anything else → `fake says: <text>`, streamed in several chunks.
 
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,6 +37,8 @@ pub struct Recorded {
 #[derive(Clone, Default)]
 pub struct FakeModel {
     pub requests: Arc<Mutex<Vec<Recorded>>>,
+    /// Texts of `rate-limited-once:` requests already refused once.
+    refused_once: Arc<Mutex<HashSet<String>>>,
 }
 
 pub struct Running {
@@ -62,6 +70,9 @@ pub async fn start() -> Running {
 
 enum Plan {
     Text(String),
+    /// 429 with `Retry-After: 1`.
+    RateLimited,
+    Sleep(u64, String),
     Tool(String),
     Error(u16),
     Slow,
@@ -69,8 +80,20 @@ enum Plan {
     Garbage,
 }
 
-/// The newest user-side content: (text, came from a tool result).
-fn plan(last_text: &str, after_tool: bool) -> Plan {
+/// What to answer, from the request's key and newest user-side content (text, came from a tool result).
+fn plan(model: &FakeModel, headers: &HeaderMap, last_text: &str, after_tool: bool) -> Plan {
+    let key = ["authorization", "x-api-key"].iter().find_map(|h| headers.get(*h)).and_then(|v| v.to_str().ok());
+    if key.is_some_and(|k| k.contains("limited")) {
+        return Plan::RateLimited;
+    }
+    if last_text.starts_with("rate-limited-once:") && model.refused_once.lock().unwrap().insert(last_text.to_string()) {
+        return Plan::RateLimited;
+    }
+    if let Some(rest) = last_text.strip_prefix("sleep-ms:")
+        && let Some(ms) = rest.split_whitespace().next().and_then(|n| n.parse().ok())
+    {
+        return Plan::Sleep(ms, format!("fake says: {last_text}"));
+    }
     if after_tool {
         return Plan::Text(format!("tool said: {last_text}"));
     }
@@ -87,6 +110,17 @@ fn plan(last_text: &str, after_tool: bool) -> Plan {
     }
 }
 
+/// Waits out a `sleep-ms:` plan, which then answers like any text; other plans are unchanged.
+async fn settle(plan: Plan) -> Plan {
+    match plan {
+        Plan::Sleep(ms, t) => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Plan::Text(t)
+        }
+        p => p,
+    }
+}
+
 fn sse(events: Vec<(Option<String>, String)>, gap: Duration) -> Response {
     let stream = futures_util::stream::unfold(events.into_iter(), move |mut it| async move {
         let (name, data) = it.next()?;
@@ -99,6 +133,10 @@ fn sse(events: Vec<(Option<String>, String)>, gap: Duration) -> Response {
         Some((Ok::<_, Infallible>(frame), it))
     });
     Response::builder().header("content-type", "text/event-stream").body(Body::from_stream(stream)).unwrap()
+}
+
+fn rate_limited(body: Value) -> Response {
+    (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], axum::Json(body)).into_response()
 }
 
 fn record(model: &FakeModel, path: &str, headers: &HeaderMap, body: &Value) {
@@ -117,7 +155,9 @@ async fn openai(State(model): State<FakeModel>, headers: HeaderMap, body: axum::
         json!({"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":delta,"finish_reason":finish}]})
             .to_string()
     };
-    match plan(&text, after_tool) {
+    match settle(plan(&model, &headers, &text, after_tool)).await {
+        Plan::Sleep(..) => unreachable!("settled"),
+        Plan::RateLimited => rate_limited(json!({"error":{"message":"rate limit reached for this key","type":"rate_limit_error"}})),
         Plan::Error(code) => (
             StatusCode::from_u16(code).unwrap(),
             axum::Json(json!({"error":{"message":"fake upstream failure at http://internal.example/secret","type":"server_error"}})),
@@ -185,7 +225,11 @@ async fn anthropic(State(model): State<FakeModel>, headers: HeaderMap, body: axu
             ev("message_stop", json!({"type":"message_stop"})),
         ]
     };
-    match plan(&text, after_tool) {
+    match settle(plan(&model, &headers, &text, after_tool)).await {
+        Plan::Sleep(..) => unreachable!("settled"),
+        Plan::RateLimited => {
+            rate_limited(json!({"type":"error","error":{"type":"rate_limit_error","message":"rate limit reached"}}))
+        }
         Plan::Error(code) => (
             StatusCode::from_u16(code).unwrap(),
             axum::Json(json!({"type":"error","error":{"type":"api_error","message":"fake upstream failure"}})),

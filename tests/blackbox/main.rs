@@ -9,6 +9,7 @@ mod fairness;
 mod fake_telegram;
 mod fakes;
 mod harness;
+mod quota;
 mod store;
 mod telegram;
 mod webchat_page;

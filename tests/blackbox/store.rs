@@ -107,7 +107,13 @@ async fn known_sentences_never_reach_the_disk_or_the_logs_and_survive_a_restart(
     for p in &files {
         let bytes = std::fs::read(p).unwrap();
         let name = p.to_string_lossy();
+        // Usage files (billing counters, `usage.rs`) name tenant and agent ids, as the config does;
+        // nothing else of a conversation.
+        let usage = p.starts_with(site.state().join("usage"));
         for needle in [SECRET_A, SECRET_B, "Zebulon", "penicillin", "fake says", "conv-a", "conv-b", "a-openai"] {
+            if usage && needle == "a-openai" {
+                continue;
+            }
             assert!(!contains(&bytes, needle), "{name} holds {needle:?} in plaintext");
             assert!(!name.contains(needle), "{name} names {needle:?}");
         }

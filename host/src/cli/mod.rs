@@ -8,6 +8,7 @@ pub mod pairing;
 pub mod policy;
 pub mod serve;
 pub mod tenant;
+pub mod usage;
 
 use std::path::{Path, PathBuf};
 

@@ -33,6 +33,22 @@ pub struct RawConfig {
     pub retention: Option<RawRetention>,
     /// Policy-file settings: signatures and trusted keys.
     pub policies: Option<RawPolicies>,
+    /// Default quotas of every tenant (each tenant may override key by key).
+    pub quotas: Option<RawQuotas>,
+}
+
+/// Usage quotas of a tenant. Absent keys are unlimited (or inherit the global `quotas`).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawQuotas {
+    /// Turns accepted per minute (token bucket: bursts up to this many).
+    pub messages_per_minute: Option<u32>,
+    /// Model tokens (input + output) per UTC day.
+    pub model_tokens_per_day: Option<u64>,
+    /// Tool calls per minute (token bucket).
+    pub tool_calls_per_minute: Option<u32>,
+    /// Wall-clock seconds of sandbox tool calls per UTC day.
+    pub sandbox_seconds_per_day: Option<u64>,
 }
 
 /// `policies`: how policy files referenced by tenants and agents are trusted.
@@ -121,6 +137,12 @@ pub struct RawProvider {
     pub api_key: Option<SecretRef>,
     pub timeout_sec: Option<u64>,
     pub max_tokens: Option<u32>,
+    /// Whether tenants without their own key (`tenants[].modelKeys`) may use `apiKey`. Default true.
+    pub allow_shared_key: Option<bool>,
+    /// Most requests in flight at once per key (the operator's key and each tenant's own).
+    pub max_concurrent: Option<u32>,
+    /// Retries of an upstream 429/529 (honouring `Retry-After`, else backoff with jitter).
+    pub max_retries: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,6 +156,10 @@ pub struct RawTenant {
     pub policy: Option<String>,
     pub scheduling: Option<RawScheduling>,
     pub retention: Option<RawRetention>,
+    /// This tenant's quotas; unset keys inherit the global `quotas`.
+    pub quotas: Option<RawQuotas>,
+    /// The tenant's own provider keys, by provider name (billing isolation).
+    pub model_keys: Option<BTreeMap<String, SecretRef>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -218,6 +244,13 @@ pub struct RawDockerSandbox {
     pub seccomp_profile: Option<String>,
     pub apparmor_profile: Option<String>,
     pub runtime: Option<String>,
+    // Docker backend lifecycle and sizing (see `DockerSettings`).
+    pub tmpfs_mb: Option<u64>,
+    pub timeout_sec: Option<u64>,
+    pub idle_sec: Option<u64>,
+    pub disk_quota_mb: Option<u64>,
+    pub prewarm: Option<bool>,
+    pub max_containers: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

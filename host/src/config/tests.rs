@@ -131,3 +131,121 @@ fn agent_defaults_and_implicit_tenants() {
     assert_eq!(c.agents[1].sandbox.scope, SandboxScope::Shared);
     assert_eq!(c.agents[0].model.provider, "scripted", "no providers means the offline scripted one");
 }
+
+use crate::ids::TenantId;
+
+const KEYED: &str = r#"{
+  models: { providers: {
+    open: { api: "openai", baseUrl: "http://127.0.0.1:1/v1", apiKey: { env: "OPERATOR_KEY" } },
+    own:  { api: "openai", baseUrl: "http://127.0.0.1:1/v1", apiKey: { env: "OPERATOR_KEY" }, allowSharedKey: false,
+            maxConcurrent: 2, maxRetries: 5 },
+  } },
+  quotas: { messagesPerMinute: 30, modelTokensPerDay: 100000 },
+  tenants: [
+    { id: "payer", modelKeys: { own: { env: "PAYER_KEY" } }, quotas: { messagesPerMinute: 5, toolCallsPerMinute: 10 } },
+    { id: "guest" },
+  ],
+  agents: { list: [
+    { id: "p", tenant: "payer", model: "own/m" },
+    { id: "g", tenant: "guest", model: "open/m" },
+  ] },
+}"#;
+
+#[test]
+fn quotas_inherit_key_by_key_and_tenant_keys_load() {
+    let c = load_str(KEYED, Path::new(".")).unwrap();
+    let payer = TenantId::parse("payer").unwrap();
+    let guest = TenantId::parse("guest").unwrap();
+    let p = c.quotas.for_tenant(&payer);
+    assert_eq!(p.messages_per_minute, Some(5));
+    assert_eq!(p.tool_calls_per_minute, Some(10));
+    assert_eq!(p.model_tokens_per_day, Some(100_000), "inherited from the global quotas");
+    assert_eq!(c.quotas.for_tenant(&guest).messages_per_minute, Some(30));
+    assert_eq!(c.quotas.for_tenant(&guest).sandbox_seconds_per_day, None, "unset is unlimited");
+    assert!(c.model_keys[&payer].contains_key("own"));
+    assert!(!c.providers["own"].allow_shared_key);
+    assert_eq!((c.providers["own"].max_concurrent, c.providers["own"].max_retries), (2, 5));
+    assert!(c.providers["open"].allow_shared_key, "sharing the operator's key is the default");
+}
+
+#[test]
+fn a_tenant_without_its_own_key_cannot_use_an_unshared_provider() {
+    let text = KEYED.replace(r#"model: "open/m""#, r#"model: "own/m""#);
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].path, "agents.list[1].model");
+    assert!(errs[0].message.contains("allowSharedKey: false"), "{}", errs[0].message);
+    assert!(errs[0].message.contains("tenants[1].modelKeys.own"), "{}", errs[0].message);
+}
+
+#[test]
+fn broken_quotas_and_keys_name_their_paths() {
+    let table: &[(&str, &[&str])] = &[
+        ("{ quotas: { messagesPerMinute: 0 } }", &["quotas.messagesPerMinute"]),
+        ("{ quotas: { tokensPerDay: 5 } }", &["quotas.tokensPerDay"]),
+        (
+            "{ tenants: [ { id: 't', quotas: { sandboxSecondsPerDay: 0 } } ] }",
+            &["tenants[0].quotas.sandboxSecondsPerDay"],
+        ),
+        ("{ tenants: [ { id: 't', modelKeys: { ghost: { env: 'K' } } } ] }", &["tenants[0].modelKeys.ghost"]),
+        (
+            "{ models: { providers: { s: { api: 'scripted' } } }, tenants: [ { id: 't', modelKeys: { s: { env: 'K' } } } ] }",
+            &["tenants[0].modelKeys.s"],
+        ),
+        (
+            "{ models: { providers: { o: { api: 'openai', maxConcurrent: 0, maxRetries: 11 } } } }",
+            &["models.providers.o.maxConcurrent", "models.providers.o.maxRetries"],
+        ),
+    ];
+    for (text, expected) in table {
+        assert_eq!(paths(text), *expected, "{text}");
+    }
+}
+
+#[test]
+fn docker_settings_have_safe_defaults_and_refuse_weakening() {
+    let c = load_str("{ agents: { list: [ { id: 'a', sandbox: { backend: 'docker' } } ] } }", Path::new(".")).unwrap();
+    assert_eq!(c.agents[0].sandbox.docker, DockerSettings::default());
+    let d = DockerSettings::default();
+    assert_eq!((d.network.as_str(), d.pids_limit, d.memory_bytes, d.nofile), ("none", 256, 512 << 20, 1024));
+    let c = load_str(
+        "{ agents: { defaults: { sandbox: { docker: { memory: '256m', cpus: 0.5, pidsLimit: 64 } } },
+           list: [ { id: 'a', sandbox: { docker: { memory: '1g', memorySwap: '1g', ulimits: { nofile: 4096 },
+             tmpfsMb: 16, idleSec: 60, timeoutSec: 5, runtime: 'runsc', user: '1000:1000' } } } ] } }",
+        Path::new("."),
+    )
+    .unwrap();
+    let s = &c.agents[0].sandbox.docker;
+    assert_eq!((s.memory_bytes, s.nano_cpus, s.pids_limit, s.nofile), (1 << 30, 500_000_000, 64, 4096));
+    assert_eq!((s.tmpfs_bytes, s.idle.as_secs(), s.timeout.as_secs()), (16 << 20, 60, 5));
+    assert_eq!((s.runtime.as_deref(), s.user.as_deref()), (Some("runsc"), Some("1000:1000")));
+    let p = "agents.list[0].sandbox.docker";
+    for (docker, key) in [
+        ("{ user: '0' }", "user"),
+        ("{ user: '1000:0' }", "user"),
+        ("{ user: 'root' }", "user"),
+        ("{ readOnlyRoot: false }", "readOnlyRoot"),
+        ("{ capDrop: ['NET_RAW'] }", "capDrop"),
+        ("{ env: { API_KEY: 'x' } }", "env"),
+        ("{ memory: '1m' }", "memory"),
+        ("{ memory: 'lots' }", "memory"),
+        ("{ memory: '256m', memorySwap: '1g' }", "memorySwap"),
+        ("{ pidsLimit: 0 }", "pidsLimit"),
+        ("{ cpus: 0 }", "cpus"),
+        ("{ ulimits: { nproc: 10 } }", "ulimits.nproc"),
+        ("{ seccompProfile: 'unconfined' }", "seccompProfile"),
+        ("{ apparmorProfile: 'unconfined' }", "apparmorProfile"),
+        ("{ network: 'container:x' }", "network"),
+        ("{ tmpfs: ['/run'] }", "tmpfs"),
+        ("{ idleSec: 1 }", "idleSec"),
+        ("{ maxContainers: 0 }", "maxContainers"),
+    ] {
+        let text = format!("{{ agents: {{ list: [ {{ id: 'a', sandbox: {{ docker: {docker} }} }} ] }} }}");
+        assert_eq!(paths(&text), [format!("{p}.{key}")], "{docker}");
+    }
+    // An error in the defaults names the defaults' key.
+    assert_eq!(
+        paths("{ agents: { defaults: { sandbox: { docker: { user: '0' } } }, list: [ { id: 'a' } ] } }"),
+        ["agents.defaults.sandbox.docker.user"]
+    );
+}

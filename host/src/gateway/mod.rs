@@ -28,11 +28,13 @@ use crate::config::{BUILT_CHANNELS, Config, OperatorRole};
 use crate::dispatch::Dispatcher;
 use crate::ids::TenantId;
 use crate::metrics::Metrics;
-use crate::model::build_providers;
+use crate::model::pool::Providers;
 use crate::policy::{DenyAll, PolicyGate};
+use crate::quota::Quotas;
 use crate::sandbox::Sandboxes;
 use crate::scheduler::Scheduler;
 use crate::session::{MemoryStore, SessionStore};
+use crate::usage::{FLUSH_INTERVAL, UsageMeter};
 
 /// A gateway ready to serve.
 pub struct Gateway {
@@ -95,9 +97,13 @@ impl Gateway {
             .connect_timeout(std::time::Duration::from_secs(10))
             .build()
             .map_err(|e| vec![format!("cannot build the HTTP client: {e}")])?;
-        let providers = build_providers(&config, &http).unwrap_or_else(|e| {
-            errors.push(e);
-            Default::default()
+        let providers = Providers::build(&config, &http).unwrap_or_else(|e| {
+            errors.extend(e);
+            Providers::default()
+        });
+        let usage = UsageMeter::open(&UsageMeter::dir_in(&config.state_dir)).unwrap_or_else(|e| {
+            errors.push(e.to_string());
+            UsageMeter::in_memory()
         });
         if !errors.is_empty() {
             return Err(errors);
@@ -110,11 +116,13 @@ impl Gateway {
                 config.scheduling_default,
                 config.tenants.values().map(|t| (t.id.clone(), t.share)),
             ),
+            metrics: Metrics::for_tenants(config.tenants.keys()),
+            quotas: Quotas::new(config.quotas.clone()),
+            usage: Arc::new(usage),
             config: Arc::new(config),
             providers,
             dispatcher: Dispatcher { gate: parts.gate, sandboxes: parts.sandboxes },
             store: parts.store.clone(),
-            metrics: Metrics::default(),
             tasks: TaskTracker::new(),
         };
         let pairing = Arc::new(crate::channels::pairing::Pairing::new(parts.store));
@@ -181,7 +189,8 @@ async fn security_headers(mut resp: Response) -> Response {
 async fn metrics(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     match bearer(&headers).and_then(|t| gw.operator_tokens.lookup(t)) {
         Some(_role) => {
-            ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], gw.runtime.metrics.render()).into_response()
+            let text = gw.runtime.metrics.render_all(&gw.runtime.scheduler);
+            ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
         }
         None => (StatusCode::UNAUTHORIZED, "operator token required\n").into_response(),
     }
@@ -196,6 +205,7 @@ pub async fn run(
     let runtime = gw.runtime.clone();
     let grace = gw.config().gateway.shutdown_grace;
     let app = router(gw).into_make_service_with_connect_info::<SocketAddr>();
+    let flusher = tokio::spawn(flush_usage_periodically(runtime.usage.clone()));
     // Streamed replies are many small writes: do not let Nagle hold them for delayed ACKs.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
@@ -206,5 +216,25 @@ pub async fn run(
     if tokio::time::timeout(grace, runtime.tasks.wait()).await.is_err() {
         tracing::warn!(abandoned = runtime.tasks.len(), "Grace period over; runs still in flight are abandoned.");
     }
+    flusher.abort();
+    flush_usage(runtime.usage.clone()).await;
     Ok(())
+}
+
+/// Writes changed usage to disk every `FLUSH_INTERVAL` (off the async threads: it fsyncs).
+async fn flush_usage_periodically(usage: Arc<UsageMeter>) {
+    let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        flush_usage(usage.clone()).await;
+    }
+}
+
+async fn flush_usage(usage: Arc<UsageMeter>) {
+    match tokio::task::spawn_blocking(move || usage.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "Cannot write usage; will retry."),
+        Err(e) => tracing::error!(error = %e, "Usage flush task failed."),
+    }
 }

@@ -199,7 +199,8 @@ pub async fn chat_completions(
         while events.recv().await.is_some() {}
         let outcome = done.await.unwrap_or_else(|_| lost_run());
         if outcome.busy {
-            let mut r = error(StatusCode::TOO_MANY_REQUESTS, "busy", &outcome.text);
+            let code = if outcome.over_quota() { "quota_exceeded" } else { "busy" };
+            let mut r = error(StatusCode::TOO_MANY_REQUESTS, code, &outcome.text);
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(5));
             return r;
         }

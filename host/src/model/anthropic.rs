@@ -145,7 +145,7 @@ impl Accumulator {
             "error" => {
                 let msg = ev["error"]["message"].as_str().unwrap_or("error in stream");
                 let status = if ev["error"]["type"] == "overloaded_error" { 529 } else { 500 };
-                return Err(ModelError::Upstream { status, detail: detail(msg) });
+                return Err(ModelError::Upstream { status, detail: detail(msg), retry_after: None });
             }
             _ => {} // ping, content_block_stop and future event types
         }

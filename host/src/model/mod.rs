@@ -3,17 +3,15 @@
 
 pub mod anthropic;
 pub mod openai;
+pub mod pool;
 pub mod scripted;
 mod sse;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use crate::config::{Config, ProviderApi, ProviderConfig};
 use crate::session::{Message, ToolCall};
 use crate::tools::Tool;
 
@@ -47,7 +45,12 @@ pub enum ModelError {
     #[error("model request timed out after {0:?}")]
     Timeout(Duration),
     #[error("model provider answered HTTP {status}: {detail}")]
-    Upstream { status: u16, detail: String },
+    Upstream {
+        status: u16,
+        detail: String,
+        /// The provider's `Retry-After`, when it sent one (in seconds).
+        retry_after: Option<Duration>,
+    },
     #[error("cannot reach model provider: {0}")]
     Transport(String),
     #[error("model provider sent an unexpected response: {0}")]
@@ -57,6 +60,11 @@ pub enum ModelError {
 }
 
 impl ModelError {
+    /// The provider is rate-limiting or overloaded (HTTP 429 or 529): worth retrying later.
+    pub fn is_rate_limit(&self) -> bool {
+        matches!(self, ModelError::Upstream { status: 429 | 529, .. })
+    }
+
     /// A message safe to show to a chat user: no URLs, keys or internal details.
     pub fn user_message(&self) -> &'static str {
         match self {
@@ -91,39 +99,10 @@ pub(crate) fn detail(body: &str) -> String {
     s
 }
 
-/// The providers of a config, by name. Secrets are resolved here, once, at start-up.
-pub fn build_providers(
-    config: &Config,
-    http: &reqwest::Client,
-) -> Result<BTreeMap<String, Arc<dyn ModelProvider>>, String> {
-    let mut out: BTreeMap<String, Arc<dyn ModelProvider>> = BTreeMap::new();
-    for (name, p) in &config.providers {
-        let key = match &p.api_key {
-            Some(k) => Some(k.resolve(&config.base_dir).map_err(|e| format!("models.providers.{name}.apiKey: {e}"))?),
-            None => None,
-        };
-        let provider: Arc<dyn ModelProvider> = match p.api {
-            ProviderApi::Scripted => Arc::new(scripted::Scripted),
-            ProviderApi::OpenAi => Arc::new(openai::OpenAi::new(provider_settings(p), key, http.clone())),
-            ProviderApi::Anthropic => {
-                let key =
-                    key.ok_or_else(|| format!("models.providers.{name}.apiKey: required for the anthropic API"))?;
-                Arc::new(anthropic::Anthropic::new(provider_settings(p), key, http.clone()))
-            }
-        };
-        out.insert(name.clone(), provider);
-    }
-    Ok(out)
-}
-
 /// What an HTTP provider needs from its config.
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
     pub base_url: String,
     pub timeout: Duration,
     pub max_tokens: u32,
-}
-
-fn provider_settings(p: &ProviderConfig) -> HttpSettings {
-    HttpSettings { base_url: p.base_url.clone(), timeout: p.timeout, max_tokens: p.max_tokens }
 }

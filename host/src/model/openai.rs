@@ -94,7 +94,7 @@ impl Accumulator {
     pub(crate) fn apply(&mut self, chunk: &Value) -> Result<Option<String>, ModelError> {
         if let Some(err) = chunk.get("error") {
             let msg = err.get("message").and_then(Value::as_str).unwrap_or("error in stream");
-            return Err(ModelError::Upstream { status: 200, detail: detail(msg) });
+            return Err(ModelError::Upstream { status: 200, detail: detail(msg), retry_after: None });
         }
         if let Some(u) = chunk.get("usage").filter(|u| !u.is_null()) {
             self.usage.input_tokens = u["prompt_tokens"].as_u64().unwrap_or(0);
@@ -166,6 +166,12 @@ impl Accumulator {
 /// Reads an error body (bounded) and turns it into a `ModelError`.
 pub(crate) async fn upstream_error(resp: reqwest::Response) -> ModelError {
     let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(std::time::Duration::from_secs);
     let mut body = Vec::new();
     let mut stream = resp.bytes_stream();
     while let Some(Ok(chunk)) = stream.next().await {
@@ -179,7 +185,7 @@ pub(crate) async fn upstream_error(resp: reqwest::Response) -> ModelError {
         .ok()
         .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
         .unwrap_or_else(|| text.to_string());
-    ModelError::Upstream { status, detail: detail(&msg) }
+    ModelError::Upstream { status, detail: detail(&msg), retry_after }
 }
 
 pub(crate) fn transport(e: reqwest::Error) -> ModelError {

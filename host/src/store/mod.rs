@@ -16,7 +16,7 @@
 
 mod export;
 mod format;
-mod fsutil;
+pub(crate) mod fsutil;
 mod keys;
 #[cfg(test)]
 mod tests;
