@@ -13,6 +13,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+/// Chats whose pacing deadline a bot remembers before forgetting the expired ones.
+const MAX_TRACKED_CHATS: usize = 4096;
+
 /// Where a reply goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatTarget {
@@ -197,6 +200,10 @@ async fn worker(
             Ok(()) => {
                 q.pop_front();
                 next_at.insert(chat.clone(), now + pace);
+                // Bounded: forget chats whose pace has passed once many have been served.
+                if next_at.len() > MAX_TRACKED_CHATS {
+                    next_at.retain(|_, t| *t > now);
+                }
             }
             Err(SendError::RetryAfter(wait)) => {
                 p.attempts += 1;

@@ -25,6 +25,11 @@ fn open_session_store(config: &crate::config::Config) -> Result<Arc<dyn SessionS
             return Err(EXIT_INVALID);
         }
         tracing::warn!("store.masterKey is not configured: transcripts are kept in memory only and lost on restart.");
+        if !config.channels.telegram.is_empty() {
+            tracing::warn!(
+                "store.masterKey is not configured: chat pairing approvals are kept in memory only and lost on restart."
+            );
+        }
         return Ok(Arc::new(MemoryStore::default()));
     }
     let store = super::open_store(config)?;
