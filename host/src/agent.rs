@@ -46,6 +46,8 @@ pub struct Runtime {
     pub providers: BTreeMap<String, Arc<dyn ModelProvider>>,
     pub dispatcher: Dispatcher,
     pub store: Arc<dyn SessionStore>,
+    /// The audit log: `audit.append(Scope::Tenant(id), Actor::..., Event::...)`.
+    pub audit: crate::audit::Audit,
     pub scheduler: Scheduler,
     pub metrics: Metrics,
     /// Runs in flight (spawned so a client that disconnects never loses its turn).

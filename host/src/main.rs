@@ -45,6 +45,9 @@ enum Command {
     /// Explain, test, diff, sign and verify tool policies
     #[command(subcommand)]
     Policy(cli::policy::PolicyCommand),
+    /// Verify and read the tamper-evident audit logs
+    #[command(subcommand)]
+    Audit(cli::audit::AuditCommand),
 }
 
 #[derive(Subcommand)]
@@ -119,6 +122,7 @@ fn main() -> ExitCode {
         }
         Command::Doctor => cli::doctor::run(&ConfigSource::new(args.config)),
         Command::Policy(cmd) => cli::policy::run(cmd, &ConfigSource::new(args.config).path),
+        Command::Audit(cmd) => cli::audit::run(cmd, &ConfigSource::new(args.config)),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -45,8 +45,25 @@ pub fn rotate_tenant(source: &ConfigSource, id: &str) -> i32 {
         eprintln!("error: tenant {id:?} has no data in the store");
         return EXIT_INVALID;
     }
+    let mut audit = match crate::audit::LogWriter::open_config(&config) {
+        Ok(Some(w)) => w,
+        Ok(None) => {
+            eprintln!("error: store.masterKey is not configured, so there is no audit log to record this in");
+            return EXIT_INVALID;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_FAILURE;
+        }
+    };
     match store.rotate_tenant(&tenant) {
         Ok(n) => {
+            let scope = crate::audit::Scope::Tenant(tenant.clone());
+            let event = crate::audit::Event::KeyRotate { sessions: n };
+            if let Err(e) = audit.append(&scope, &crate::audit::Actor::Cli, &event) {
+                eprintln!("error: the key is rotated, but the audit record failed: {e}");
+                return EXIT_FAILURE;
+            }
             println!("rotated the key of tenant {id}: {n} session(s) re-encrypted, the old key destroyed");
             EXIT_OK
         }

@@ -903,6 +903,7 @@ mod tests {
         let d = Dispatcher {
             gate: Arc::new(PolicyEngine::load(&cfg).unwrap()),
             sandboxes: Sandboxes::default().with(SandboxBackend::Wasm, spy.clone()),
+            audit: crate::audit::Audit::off(),
         };
         let agent = cfg.agent(&id("a")).unwrap();
         let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::default());
@@ -933,7 +934,11 @@ mod tests {
             r#"{ tenants: [ { id: "ta" }, { id: "tb" } ],
                  agents: { list: [ { id: "a", tenant: "ta", tools: { allow: ["*"] } }, { id: "b", tenant: "tb" } ] } }"#,
         );
-        let d = Dispatcher { gate: Arc::new(PolicyEngine::load(&cfg).unwrap()), sandboxes: Sandboxes::default() };
+        let d = Dispatcher {
+            gate: Arc::new(PolicyEngine::load(&cfg).unwrap()),
+            sandboxes: Sandboxes::default(),
+            audit: crate::audit::Audit::off(),
+        };
         let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::default());
         let a_sessions = TenantSessions::new(TenantId::parse("ta").unwrap(), store.clone());
         let b_sessions = TenantSessions::new(TenantId::parse("tb").unwrap(), store);

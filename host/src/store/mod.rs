@@ -15,7 +15,7 @@
 //! session id and position), appends them to the open segment and fsyncs: O(turn).
 
 mod format;
-mod fsutil;
+pub(crate) mod fsutil;
 mod keys;
 #[cfg(test)]
 mod tests;
@@ -32,8 +32,9 @@ use async_trait::async_trait;
 use ring::rand::SystemRandom;
 use serde::{Deserialize, Serialize};
 
+pub(crate) use format::{NONCE_LEN, RecordKey, hex, random, unhex};
 pub use format::{Record, RecordMessage, RecordToolCall};
-use format::{RecordKey, SEGMENT_MAGIC, hex, random, split_frames, unhex};
+use format::{SEGMENT_MAGIC, split_frames};
 use keys::TenantKeys;
 pub use keys::{MasterKey, MasterKeyError};
 
