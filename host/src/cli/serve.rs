@@ -169,12 +169,13 @@ pub fn run(source: &ConfigSource, log_format: Option<LogFormat>) -> i32 {
                 return EXIT_FAILURE;
             }
         };
+        let shutdown = shutdown_signal();
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(%addr, tenants, agents, tls = tls.is_some(), "Gateway listening.");
         // A stable line on stdout so scripts and tests can find an ephemeral port.
         let scheme = if tls.is_some() { "https" } else { "http" };
         println!("listening on {scheme}://{addr}");
-        let served = gateway::run(gw, listener, tls, shutdown_signal()).await;
+        let served = gateway::run(gw, listener, tls, shutdown).await;
         if let Err(e) = audit.append(Scope::Host, Actor::System, Event::GatewayStop {}).await {
             tracing::error!(error = %e, "Cannot record the gateway's stop.");
         }
@@ -192,24 +193,30 @@ pub fn run(source: &ConfigSource, log_format: Option<LogFormat>) -> i32 {
     })
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGINT or SIGTERM. The SIGTERM handler is installed when this is called (before
+/// the "listening" line), so a SIGTERM right after start still drains instead of killing.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    let term_signal = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        let ctrl_c = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        #[cfg(unix)]
+        let term = async move {
+            match term_signal {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            () = ctrl_c => {},
+            () = term => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+        tracing::info!("Shutdown requested: no longer accepting requests.");
     }
-    tracing::info!("Shutdown requested: no longer accepting requests.");
 }

@@ -97,8 +97,9 @@ async fn guard(
     next: Next,
 ) -> Response {
     let method = req.method().to_string();
-    let path: String = req
-        .uri()
+    // Inside the nested router the URI lost its `/admin` prefix; audit the path as requested.
+    let uri = req.extensions().get::<axum::extract::OriginalUri>().map_or_else(|| req.uri().clone(), |o| o.0.clone());
+    let path: String = uri
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/admin")
@@ -117,6 +118,7 @@ async fn guard(
         200..=299 => "ok",
         401 | 403 => "denied",
         404 => "not_found",
+        501 => "unsupported",
         _ => "failed",
     };
     let event = Event::AdminAction {
