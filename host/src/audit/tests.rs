@@ -15,7 +15,7 @@ fn decision(i: usize) -> Event {
         channel: "api".into(),
         session: format!("digest-{i}"),
         tool: "exec".into(),
-        allowed: i % 2 == 0,
+        allowed: i.is_multiple_of(2),
         rule: "agent acme-support tools.allow".into(),
     }
 }

@@ -280,7 +280,7 @@ pub fn read_checkpoint(path: &Path) -> Result<Option<Checkpoint>, String> {
 }
 
 enum Job {
-    Append(Scope, Actor, Event, Option<oneshot::Sender<Result<Receipt, AuditError>>>),
+    Append(Scope, Actor, Box<Event>, Option<oneshot::Sender<Result<Receipt, AuditError>>>),
     Checkpoint(Scope, oneshot::Sender<Result<Checkpoint, String>>),
     Close(oneshot::Sender<()>),
 }
@@ -336,7 +336,7 @@ impl Audit {
         let (ack, done) = oneshot::channel();
         let name = scope.name();
         let closed = || AuditError { scope: name.clone(), reason: "the audit writer has stopped".into() };
-        shared.tx.send(Job::Append(scope, actor, event, Some(ack))).await.map_err(|_| closed())?;
+        shared.tx.send(Job::Append(scope, actor, Box::new(event), Some(ack))).await.map_err(|_| closed())?;
         done.await.map_err(|_| closed())?
     }
 
@@ -344,7 +344,7 @@ impl Audit {
     /// the caller has nothing to hold back; it is still written in order and never dropped.
     pub async fn record(&self, scope: Scope, actor: Actor, event: Event) {
         if let Some(shared) = &self.shared
-            && shared.tx.send(Job::Append(scope, actor, event, None)).await.is_err()
+            && shared.tx.send(Job::Append(scope, actor, Box::new(event), None)).await.is_err()
         {
             tracing::error!("The audit writer has stopped; a record was not written.");
         }
@@ -407,7 +407,7 @@ fn writer_loop(mut w: LogWriter, mut rx: mpsc::Receiver<Job>) {
         for job in jobs {
             match job {
                 Job::Append(scope, actor, event, ack) => {
-                    pending.push((scope, actor, event));
+                    pending.push((scope, actor, *event));
                     acks.push(ack);
                 }
                 Job::Checkpoint(scope, ack) => {

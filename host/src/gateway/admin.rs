@@ -5,8 +5,9 @@
 //! record cannot be written the response is replaced by 503 (fail closed).
 //!
 //! Adding an endpoint (`/admin/pairing`, `/admin/usage`, ...): write a handler that takes
-//! `Extension(op): Extension<Operator>`, starts with `op.require(Need::...)?`, and add one
-//! `.route(..)` line to [`routes`].
+//! `Extension(op): Extension<Operator>` and starts with
+//! `if let Some(denied) = op.refuse_unless(Need::...) { return denied; }`, then add one
+//! `.route(..)` line to [`routes`]. Authentication and auditing are already done by the guard.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -54,17 +55,11 @@ impl Operator {
         }
     }
 
-    /// `Err(403)` unless the role allows `need`.
-    pub fn require(&self, need: Need) -> Result<(), Response> {
-        if self.may(need) {
-            Ok(())
-        } else {
-            Err(error(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                &format!("the {} role may not do this", role_name(self.role)),
-            ))
-        }
+    /// A 403 response unless the role allows `need`.
+    pub fn refuse_unless(&self, need: Need) -> Option<Response> {
+        (!self.may(need)).then(|| {
+            error(StatusCode::FORBIDDEN, "forbidden", &format!("the {} role may not do this", role_name(self.role)))
+        })
     }
 }
 
@@ -140,16 +135,16 @@ async fn guard(
 
 /// `GET /admin/tenants`: tenants with their agents (never tokens).
 async fn tenants(State(gw): State<Arc<Gateway>>, Extension(op): Extension<Operator>) -> Response {
-    if let Err(r) = op.require(Need::Read) {
-        return r;
+    if let Some(denied) = op.refuse_unless(Need::Read) {
+        return denied;
     }
     Json(json!({ "tenants": crate::cli::tenant::summary(gw.config()) })).into_response()
 }
 
 /// `POST /admin/reload`: live reload is not built yet; say so plainly.
 async fn reload(Extension(op): Extension<Operator>) -> Response {
-    if let Err(r) = op.require(Need::Operate) {
-        return r;
+    if let Some(denied) = op.refuse_unless(Need::Operate) {
+        return denied;
     }
     error(
         StatusCode::NOT_IMPLEMENTED,
@@ -165,8 +160,8 @@ async fn audit_export(
     Extension(op): Extension<Operator>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(r) = op.require(Need::Audit) {
-        return r;
+    if let Some(denied) = op.refuse_unless(Need::Audit) {
+        return denied;
     }
     let audit = &gw.runtime.audit;
     let (Some(dir), Some(keys)) = (audit.dir(), audit.keys()) else {
