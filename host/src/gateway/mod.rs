@@ -154,8 +154,8 @@ impl Gateway {
         client: SocketAddr,
         surface: &'static str,
     ) -> Result<admin::Operator, AuthFailure> {
+        // A locked-out client is not audited again per request (its failures already were).
         if let Some(secs) = self.throttle.locked(client.ip()) {
-            self.audit_auth_failure(surface, client, "throttled");
             return Err(AuthFailure::Throttled(secs));
         }
         match token.and_then(|t| self.operator_tokens.lookup(t)) {
