@@ -62,6 +62,11 @@ enum KeysCommand {
         #[arg(long, value_name = "ID")]
         tenant: String,
     },
+    /// Re-wrap every tenant key to a new master key made with `keys init` (stop the gateway first)
+    RotateMaster {
+        #[arg(long, value_name = "FILE")]
+        new_key: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -119,6 +124,9 @@ fn main() -> ExitCode {
         Command::Keys(KeysCommand::Init { out }) => cli::keys::init(&out),
         Command::Keys(KeysCommand::Rotate { tenant }) => {
             cli::keys::rotate_tenant(&ConfigSource::new(args.config), &tenant)
+        }
+        Command::Keys(KeysCommand::RotateMaster { new_key }) => {
+            cli::keys::rotate_master(&ConfigSource::new(args.config), &new_key)
         }
         Command::Doctor => cli::doctor::run(&ConfigSource::new(args.config)),
         Command::Policy(cmd) => cli::policy::run(cmd, &ConfigSource::new(args.config).path),

@@ -331,5 +331,33 @@ async fn export_then_crypto_shredding_delete_from_the_cli() {
         None,
     );
     assert_eq!(code, 0, "{err}");
-    assert!(std::fs::read_to_string(site.path().join("b2.jsonl")).unwrap().contains(SECRET_B));
+    let b2 = std::fs::read_to_string(site.path().join("b2.jsonl")).unwrap();
+    assert!(b2.contains(SECRET_B));
+    assert!(
+        b2.lines().any(|l| l.contains(r#""type":"file""#) && l.contains(r#""data":"workspace file""#)),
+        "the export carries the tenant's workspace files: {b2}"
+    );
+
+    // Master-key rotation from the CLI: the old key stops opening the store, the new one reads it.
+    let new_key = site.path().join("keys").join("next.key");
+    assert_eq!(run_cli(&["keys", "init", "--out", new_key.to_str().unwrap()], None).0, 0);
+    let (code, stdout, err) =
+        run_cli(&["--config", cfg, "keys", "rotate-master", "--new-key", site.key.to_str().unwrap()], None);
+    assert_eq!(code, 2, "the key in use is refused: {stdout}{err}");
+    let (code, stdout, err) =
+        run_cli(&["--config", cfg, "keys", "rotate-master", "--new-key", new_key.to_str().unwrap()], None);
+    assert_eq!(code, 0, "{stdout}{err}");
+    assert!(stdout.contains("store.masterKey"), "tells the operator what to do next: {stdout}");
+    let b3 = site.path().join("b3.jsonl");
+    let (code, _, err) = run_cli(&["--config", cfg, "tenant", "export", "bravo", "--out", b3.to_str().unwrap()], None);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("wrong master key"), "{err}");
+    std::fs::write(
+        site.config_path(),
+        site.config_with_key(&fake.base, &format!("{{ file: {:?} }}", new_key.to_str().unwrap())),
+    )
+    .unwrap();
+    let (code, _, err) = run_cli(&["--config", cfg, "tenant", "export", "bravo", "--out", b3.to_str().unwrap()], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(std::fs::read_to_string(&b3).unwrap().contains(SECRET_B));
 }

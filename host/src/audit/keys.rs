@@ -27,7 +27,14 @@ pub struct AuditKeys {
     root: hmac::Key,
     signing: Ed25519KeyPair,
     public: [u8; 32],
+    /// The key file's contents (hex), to re-wrap them on a master-key rotation.
+    file_root: String,
+    file_signing: String,
 }
+
+const KEY_FILE: &str = "keys.age";
+/// Written before a master-key rotation commits; see [`AuditKeys::prepare_rewrap`].
+const NEXT_KEY_FILE: &str = "keys.next.age";
 
 impl AuditKeys {
     /// Fresh keys (for a new host, and for tests).
@@ -43,12 +50,56 @@ impl AuditKeys {
         let mut public = [0u8; 32];
         public.copy_from_slice(signing.public_key().as_ref());
         let file = KeyFile { v: 1, root: hex(root), signing: hex(pkcs8), mac: String::new() };
-        Ok((Self { root: hmac::Key::new(hmac::HMAC_SHA256, root), signing, public }, file))
+        let keys = Self {
+            root: hmac::Key::new(hmac::HMAC_SHA256, root),
+            signing,
+            public,
+            file_root: file.root.clone(),
+            file_signing: file.signing.clone(),
+        };
+        Ok((keys, file))
     }
 
-    /// Opens `dir/keys.age`, creating it when `create` and it does not exist.
+    /// The key file's bytes, wrapped to `master`.
+    fn wrap(&self, master: &MasterKey) -> Result<Vec<u8>, String> {
+        let mac = master.mac(&[b"audit-keys", self.file_root.as_bytes(), self.file_signing.as_bytes()]);
+        let file = KeyFile { v: 1, root: self.file_root.clone(), signing: self.file_signing.clone(), mac };
+        master.wrap(&serde_json::to_vec(&file).map_err(|e| e.to_string())?)
+    }
+
+    /// First step of a master-key rotation: writes `keys.next.age`, wrapped to `new`. Once the
+    /// store has committed to the new key, [`AuditKeys::finish_rewrap`] (or the next `load` with
+    /// the new key) moves it into place; `load` with the old key discards it.
+    pub fn prepare_rewrap(&self, dir: &Path, new: &MasterKey) -> Result<(), String> {
+        let path = dir.join(NEXT_KEY_FILE);
+        fsutil::write_atomic(&path, &self.wrap(new)?).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    }
+
+    /// Moves `keys.next.age` into place (the store now opens only with the new master key).
+    pub fn finish_rewrap(dir: &Path) -> Result<(), String> {
+        let (next, path) = (dir.join(NEXT_KEY_FILE), dir.join(KEY_FILE));
+        std::fs::rename(&next, &path).map_err(|e| format!("cannot rename {}: {e}", next.display()))?;
+        fsutil::sync_dir(dir).map_err(|e| format!("cannot sync {}: {e}", dir.display()))
+    }
+
+    /// Drops an uncommitted `keys.next.age` (a failed rotation).
+    pub fn discard_rewrap(dir: &Path) {
+        let _ = fsutil::remove_file_if_exists(&dir.join(NEXT_KEY_FILE));
+    }
+
+    /// Opens `dir/keys.age`, creating it when `create` and it does not exist. Finishes or
+    /// discards an interrupted master-key rotation (see [`AuditKeys::prepare_rewrap`]).
     pub fn load(dir: &Path, master: &MasterKey, create: bool) -> Result<Self, String> {
-        let path = dir.join("keys.age");
+        let path = dir.join(KEY_FILE);
+        let next = dir.join(NEXT_KEY_FILE);
+        if let Ok(bytes) = std::fs::read(&next) {
+            let current = std::fs::read(&path).ok().and_then(|b| Self::unwrap(&b, master).ok());
+            match (current, Self::unwrap(&bytes, master)) {
+                (Some(_), _) => Self::discard_rewrap(dir),
+                (None, Ok(_)) => Self::finish_rewrap(dir)?,
+                (None, Err(_)) => {}
+            }
+        }
         match std::fs::read(&path) {
             Ok(bytes) => Self::unwrap(&bytes, master).map_err(|e| format!("{}: {e}", path.display())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
@@ -56,10 +107,8 @@ impl AuditKeys {
                 let root: [u8; 32] = random(&rng)?;
                 let pkcs8 =
                     Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| "cannot generate a signing key".to_string())?;
-                let (keys, mut file) = Self::from_parts(&root, pkcs8.as_ref())?;
-                file.mac = master.mac(&[b"audit-keys", file.root.as_bytes(), file.signing.as_bytes()]);
-                let json = serde_json::to_vec(&file).map_err(|e| e.to_string())?;
-                let wrapped = master.wrap(&json)?;
+                let (keys, _) = Self::from_parts(&root, pkcs8.as_ref())?;
+                let wrapped = keys.wrap(master)?;
                 fsutil::write_atomic(&path, &wrapped).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
                 tracing::info!("Created the audit keys.");
                 Ok(keys)

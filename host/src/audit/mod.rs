@@ -164,6 +164,9 @@ pub enum Event {
     TenantDelete { tenant: String, final_seq: u64, final_head: String },
     #[serde(rename = "key.rotate")]
     KeyRotate { sessions: usize },
+    /// The master key was replaced; every tenant key and the audit keys were re-wrapped.
+    #[serde(rename = "key.rotateMaster")]
+    MasterKeyRotate { tenants: usize },
     /// A crash left an incomplete (never acknowledged) record; it was cut off when the log reopened.
     #[serde(rename = "log.tornTail")]
     TornTail { after_seq: u64, bytes: usize },

@@ -282,3 +282,22 @@ fn timestamps_and_since() {
     assert!(parse_since("yesterday").unwrap_err().contains("--since"));
     assert!(parse_since("2026-11-25T16:40:00.000Z0").is_err());
 }
+
+#[test]
+fn a_master_key_rotation_rewraps_the_audit_keys_and_recovers_when_interrupted() {
+    let (dir, old, _) = site(3);
+    let audit = dir.path().join("audit");
+    let new = MasterKey::generate("new".into());
+    let before = keys(dir.path(), &old).public_key();
+    // Interrupted before the store committed: the old key still opens, the prepared file goes.
+    keys(dir.path(), &old).prepare_rewrap(&audit, &new).unwrap();
+    assert_eq!(AuditKeys::load(&audit, &old, false).unwrap().public_key(), before);
+    assert!(!audit.join("keys.next.age").exists());
+    // Interrupted after it: the new key finishes the rotation; the chain still verifies.
+    keys(dir.path(), &old).prepare_rewrap(&audit, &new).unwrap();
+    let k = AuditKeys::load(&audit, &new, false).unwrap();
+    assert_eq!(k.public_key(), before);
+    assert!(AuditKeys::load(&audit, &old, false).is_err(), "the old key no longer opens the audit keys");
+    let bytes = std::fs::read(log_path(dir.path())).unwrap();
+    assert_eq!(verify_log(&bytes, &k, &tenant(), None).unwrap().records, 3);
+}

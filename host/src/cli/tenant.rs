@@ -96,7 +96,8 @@ pub fn export(source: &ConfigSource, id: &str, out: &Path) -> i32 {
             .open(&tmp)
             .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
         let mut w = std::io::BufWriter::new(f);
-        let summary = store.export_tenant(&tenant, &mut w).map_err(|e| e.to_string())?;
+        let workspace = crate::sandbox::wasm::tenant_dirs(&config.state_dir, tenant.as_str())[0].clone();
+        let summary = store.export_tenant(&tenant, Some(&workspace), &mut w).map_err(|e| e.to_string())?;
         export_audit(&mut audit, &tenant, &summary, &mut w)?;
         let f = w.into_inner().map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
         f.sync_all().map_err(|e| format!("cannot sync {}: {e}", tmp.display()))?;
@@ -105,7 +106,16 @@ pub fn export(source: &ConfigSource, id: &str, out: &Path) -> i32 {
     })();
     match result {
         Ok(s) => {
-            println!("exported tenant {id}: {} sessions, {} messages to {}", s.sessions, s.messages, out.display());
+            println!(
+                "exported tenant {id}: {} sessions, {} messages, {} workspace files to {}",
+                s.sessions,
+                s.messages,
+                s.files,
+                out.display()
+            );
+            if !s.skipped.is_empty() {
+                eprintln!("warning: special files in the workspace were not exported: {}", s.skipped.join(", "));
+            }
             if s.problems > 0 {
                 eprintln!(
                     "warning: {} integrity problem(s) found; the affected sessions hold their readable prefix and a \"problems\" list",

@@ -89,6 +89,11 @@ impl MasterKey {
         Self::from_secret(&secret, origin)
     }
 
+    /// Whether two keys are the same identity (compared by public key).
+    pub fn same_key(&self, other: &MasterKey) -> bool {
+        self.recipient.to_string() == other.recipient.to_string()
+    }
+
     pub fn wrap(&self, plaintext: &[u8]) -> Result<Vec<u8>, String> {
         age::encrypt(&self.recipient, plaintext).map_err(|e| format!("age encryption failed: {e}"))
     }

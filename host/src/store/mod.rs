@@ -14,6 +14,7 @@
 //! An append seals the new records (ChaCha20-Poly1305, random nonce, associated data = tenant,
 //! session id and position), appends them to the open segment and fsyncs: O(turn).
 
+mod export;
 mod format;
 pub(crate) mod fsutil;
 mod keys;
@@ -32,6 +33,7 @@ use async_trait::async_trait;
 use ring::rand::SystemRandom;
 use serde::{Deserialize, Serialize};
 
+pub use export::ExportSummary;
 pub(crate) use format::{NONCE_LEN, RecordKey, hex, random, unhex};
 pub use format::{Record, RecordMessage, RecordToolCall};
 use format::{SEGMENT_MAGIC, split_frames};
@@ -119,14 +121,6 @@ pub struct SessionRead {
     pub problems: Vec<String>,
     /// A torn tail (an unacknowledged partial write) was skipped.
     pub torn_tail: bool,
-}
-
-/// What `tenant export` wrote.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExportSummary {
-    pub sessions: usize,
-    pub messages: usize,
-    pub problems: usize,
 }
 
 /// The plaintext inside a session's `meta.age`.
@@ -241,6 +235,8 @@ impl EncryptedStore {
         fsutil::create_private_dir(&tenants_dir).map_err(io_err(&tenants_dir, "cannot create"))?;
         check_private(&tenants_dir)?;
         recover_tenant_dirs(&tenants_dir).map_err(io_err(&tenants_dir, "cannot finish an interrupted operation"))?;
+        recover_master_rotation(&tenants_dir, &master)
+            .map_err(io_err(&tenants_dir, "cannot finish an interrupted master-key rotation"))?;
 
         let mut loaded = HashMap::new();
         // Tenants on disk (configured or not: export and delete must reach removed tenants too).
@@ -297,6 +293,16 @@ impl EncryptedStore {
                 _lock: lock,
             }),
         })
+    }
+
+    /// Where the master key in use came from (for messages).
+    pub fn master_origin(&self) -> &str {
+        &self.inner.master.origin
+    }
+
+    /// Whether `key` is the master key in use.
+    pub fn master_is(&self, key: &MasterKey) -> bool {
+        self.inner.master.same_key(key)
     }
 
     pub fn root(&self) -> &Path {
@@ -749,45 +755,6 @@ impl EncryptedStore {
         Ok(report)
     }
 
-    /// Writes a tenant's decrypted archive (JSON Lines; see `docs/store.md`).
-    pub fn export_tenant(&self, t: &TenantId, out: &mut dyn Write) -> Result<ExportSummary, StoreError> {
-        let sessions = self.read_tenant(t)?;
-        let w = |out: &mut dyn Write, v: serde_json::Value| -> Result<(), StoreError> {
-            writeln!(out, "{v}").map_err(|e| StoreError::Io(format!("cannot write the export: {e}")))
-        };
-        w(
-            out,
-            serde_json::json!({"type": "bulkhead-export", "version": 1, "tenant": t.as_str(), "exportedAtMs": now_ms()}),
-        )?;
-        let mut summary = ExportSummary { sessions: 0, messages: 0, problems: 0 };
-        for s in &sessions {
-            summary.sessions += 1;
-            summary.problems += s.problems.len();
-            w(
-                out,
-                serde_json::json!({"type": "session", "session": s.key, "createdMs": s.created_ms,
-                    "messages": s.records.len(), "problems": s.problems}),
-            )?;
-            for (seq, r) in s.records.iter().enumerate() {
-                summary.messages += 1;
-                let mut v = serde_json::to_value(&r.msg).map_err(|e| StoreError::Io(e.to_string()))?;
-                if let Some(obj) = v.as_object_mut() {
-                    obj.insert("type".into(), "message".into());
-                    obj.insert("session".into(), s.key.clone().into());
-                    obj.insert("seq".into(), seq.into());
-                    obj.insert("ts".into(), r.ts.into());
-                }
-                w(out, v)?;
-            }
-        }
-        w(
-            out,
-            serde_json::json!({"type": "end", "sessions": summary.sessions, "messages": summary.messages,
-                "problems": summary.problems}),
-        )?;
-        Ok(summary)
-    }
-
     /// Crypto-shredding: destroys the tenant's wrapped identity first, then its data. Returns
     /// `false` when the tenant had nothing in the store.
     pub fn delete_tenant(&self, t: &TenantId) -> Result<bool, StoreError> {
@@ -876,6 +843,42 @@ impl EncryptedStore {
         drop(cache);
         shred_dir(&old).map_err(|e| store_io("cannot remove", &old, e))?;
         Ok(sessions.len())
+    }
+}
+
+impl EncryptedStore {
+    /// Re-wraps every tenant identity (and the store marker) to `new`; tenant data is untouched.
+    /// Crash-safe: each tenant gets `identity.next.age` (wrapped to `new`), then `store.age` is
+    /// replaced (the commit point), then the next files are renamed into place; `open` finishes
+    /// or discards an interrupted rotation. Consumes the store: the old key no longer opens it.
+    pub fn rotate_master(self, new: MasterKey) -> Result<usize, StoreError> {
+        let tenants_dir = self.inner.root.join("tenants");
+        let tenants: Vec<(TenantId, Arc<TenantKeys>)> =
+            self.inner.tenants.read().expect("tenants lock").iter().map(|(t, k)| (t.clone(), k.clone())).collect();
+        let mut written = Vec::new();
+        let prepare = |written: &mut Vec<PathBuf>| -> Result<(), StoreError> {
+            for (t, keys) in &tenants {
+                let wrapped = keys.wrap(t.as_str(), &new).map_err(StoreError::Io)?;
+                let path = tenants_dir.join(t.as_str()).join(NEXT_IDENTITY);
+                fsutil::write_atomic(&path, &wrapped).map_err(|e| store_io("cannot write", &path, e))?;
+                written.push(path);
+            }
+            Ok(())
+        };
+        if let Err(e) = prepare(&mut written) {
+            for p in &written {
+                let _ = fsutil::remove_file_if_exists(p);
+            }
+            return Err(e);
+        }
+        // Commit point: from here on only `new` opens the store.
+        write_marker(&self.inner.root, &new).map_err(|e| store_io("cannot write", &self.inner.root, e))?;
+        recover_master_rotation(&tenants_dir, &new).map_err(|e| {
+            StoreError::Io(format!(
+                "the new master key is in force, but re-wrapping did not finish ({e}); the next start with the new key finishes it"
+            ))
+        })?;
+        Ok(tenants.len())
     }
 }
 
@@ -1011,21 +1014,44 @@ fn check_marker(root: &Path, master: &MasterKey) -> Result<(), StoreOpenError> {
             if has_data {
                 return Err(StoreOpenError::MissingMarker { root: root.display().to_string() });
             }
-            let m = StoreMarker { format: "bulkhead-store".into(), v: 1, mac: master.mac(&[b"store"]) };
-            let json = serde_json::to_vec(&m).map_err(|e| StoreOpenError::Io {
-                path: path.display().to_string(),
-                what: "cannot encode",
-                error: io::Error::other(e),
-            })?;
-            let ct = master.wrap(&json).map_err(|e| StoreOpenError::Io {
-                path: path.display().to_string(),
-                what: "cannot encrypt",
-                error: io::Error::other(e),
-            })?;
-            fsutil::write_atomic(&path, &ct).map_err(io_err(&path, "cannot write"))
+            write_marker(root, master).map_err(io_err(&path, "cannot write"))
         }
         Err(e) => Err(StoreOpenError::Io { path: path.display().to_string(), what: "cannot read", error: e }),
     }
+}
+
+/// Writes `store.age` for `master` atomically. Replacing it is the commit point of a master-key
+/// rotation.
+fn write_marker(root: &Path, master: &MasterKey) -> io::Result<()> {
+    let m = StoreMarker { format: "bulkhead-store".into(), v: 1, mac: master.mac(&[b"store"]) };
+    let json = serde_json::to_vec(&m).map_err(io::Error::other)?;
+    let ct = master.wrap(&json).map_err(io::Error::other)?;
+    fsutil::write_atomic(&root.join("store.age"), &ct)
+}
+
+/// The re-wrapped identity a master-key rotation writes beside `identity.age`.
+const NEXT_IDENTITY: &str = "identity.next.age";
+
+/// Finishes or discards an interrupted master-key rotation. `master` has just opened
+/// `store.age`, so it is the current key: an `identity.next.age` that opens with it was written
+/// by a rotation that committed (finish: rename it over `identity.age`); one that does not was
+/// written for a key that never became current (discard).
+fn recover_master_rotation(tenants_dir: &Path, master: &MasterKey) -> io::Result<()> {
+    for entry in fs::read_dir(tenants_dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        let next = entry.path().join(NEXT_IDENTITY);
+        let Ok(bytes) = fs::read(&next) else { continue };
+        if TenantKeys::unwrap(&name, master, &bytes).is_ok() {
+            tracing::warn!(tenant = %name, "Finishing an interrupted master-key rotation.");
+            fs::rename(&next, entry.path().join("identity.age"))?;
+        } else {
+            tracing::warn!(tenant = %name, "Discarding an incomplete master-key rotation.");
+            fs::remove_file(&next)?;
+        }
+        fsutil::sync_dir(&entry.path())?;
+    }
+    Ok(())
 }
 
 /// Removes a tenant tree, its wrapped identity first (crypto-shredding), then everything else.

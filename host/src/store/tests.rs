@@ -419,11 +419,34 @@ async fn export_round_trips_as_json_lines() {
     s.append(&tid("alpha"), &skey("u1"), &msgs).await.unwrap();
     s.append(&tid("alpha"), &skey("u2"), &msgs[..1]).await.unwrap();
     s.append(&tid("bravo"), &skey("u9"), &[user("bravo only")]).await.unwrap();
+    // The tenant's workspace: text, binary in a subdirectory, a link planted to a host file (not
+    // followed), and a FIFO (skipped; opening it would block the export).
+    let ws = fx._dir.path().join("workspaces").join("alpha");
+    fs::create_dir_all(ws.join("sub")).unwrap();
+    fs::write(ws.join("notes.txt"), "workspace note ✓\n").unwrap();
+    fs::write(ws.join("sub").join("blob.bin"), [0u8, 159, 146, 150, 255]).unwrap();
+    let host_secret = fx._dir.path().join("host-secret");
+    fs::write(&host_secret, "HOST-ONLY-SECRET").unwrap();
+    std::os::unix::fs::symlink(&host_secret, ws.join("link")).unwrap();
+    assert!(std::process::Command::new("mkfifo").arg(ws.join("pipe")).status().unwrap().success());
     let mut out = Vec::new();
-    let summary = s.export_tenant(&tid("alpha"), &mut out).unwrap();
-    assert_eq!(summary, ExportSummary { sessions: 2, messages: 5, problems: 0 });
+    let summary = s.export_tenant(&tid("alpha"), Some(&ws), &mut out).unwrap();
+    assert_eq!(
+        summary,
+        ExportSummary { sessions: 2, messages: 5, problems: 0, files: 3, skipped: vec!["pipe".to_string()] }
+    );
     let text = String::from_utf8(out).unwrap();
     assert!(!text.contains("bravo only"), "only the tenant's own data");
+    assert!(!text.contains("HOST-ONLY-SECRET"), "links are recorded, never followed");
+    let file = |path: &str| -> serde_json::Value {
+        text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).find(|v| v["path"] == path).unwrap()
+    };
+    assert_eq!(file("notes.txt")["data"], "workspace note ✓\n");
+    assert_eq!(file("notes.txt")["encoding"], "utf8");
+    assert_eq!(file("sub/blob.bin")["encoding"], "base64");
+    assert_eq!(file("sub/blob.bin")["data"], "AJ+Slv8=");
+    assert_eq!(file("link")["type"], "symlink");
+    assert_eq!(file("link")["target"], host_secret.to_string_lossy().as_ref());
     let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines[0]["type"], "bulkhead-export");
     assert_eq!(lines[0]["tenant"], "alpha");
@@ -540,6 +563,70 @@ async fn tenant_key_rotation_re_encrypts_and_survives_interruption() {
     assert!(!tenants.join("alpha.rotate.old").exists() && !tenants.join("alpha.rotate.new").exists());
 }
 
+fn dup(key: &MasterKey) -> MasterKey {
+    MasterKey::from_secret(&crate::config::SecretString::new(key.to_text()), "key".into()).unwrap()
+}
+
+fn open_key(fx: &Fixture, key: &MasterKey) -> Result<EncryptedStore, StoreOpenError> {
+    EncryptedStore::open_at(&fx.root, dup(key), &[tid("alpha"), tid("bravo")], StoreOptions { records_per_segment: 3 })
+}
+
+#[tokio::test]
+async fn master_key_rotation_re_wraps_and_survives_interruption() {
+    let fx = Fixture::new();
+    let s = fx.open(3);
+    for t in ["alpha", "bravo"] {
+        for i in 0..4 {
+            s.append(&tid(t), &skey("u1"), &[user(&format!("{t}{i}"))]).await.unwrap();
+        }
+    }
+    let want = |t: &str| -> Vec<String> { (0..4).map(|i| format!("{t}{i}")).collect() };
+    let sessions_before = tree_bytes(&fx.root.join("tenants").join("alpha").join("sessions"));
+    let new = MasterKey::generate("new".into());
+    assert!(!s.master_is(&new) && s.master_is(&fx.master()));
+    assert_eq!(s.rotate_master(dup(&new)).unwrap(), 2);
+
+    // The old key no longer opens the store; the new one reads everything; data files unchanged.
+    assert!(matches!(fx.open_with(3), Err(StoreOpenError::WrongMasterKey { .. })));
+    let s = open_key(&fx, &new).unwrap();
+    for t in ["alpha", "bravo"] {
+        assert_eq!(texts(&s.history(&tid(t), &skey("u1"), None).await.unwrap()), want(t));
+    }
+    assert_eq!(tree_bytes(&fx.root.join("tenants").join("alpha").join("sessions")), sessions_before);
+    let tenants = fx.root.join("tenants");
+    let leftovers = all_files(&fx.root).into_iter().filter(|p| p.ends_with(NEXT_IDENTITY)).count();
+    assert_eq!(leftovers, 0);
+
+    // Interrupted before the commit (next files written for a third key, marker unchanged):
+    // discarded at open, the current key still works.
+    let third = MasterKey::generate("third".into());
+    for t in ["alpha", "bravo"] {
+        let wrapped = s.keys(&tid(t)).unwrap().wrap(t, &third).unwrap();
+        fs::write(tenants.join(t).join(NEXT_IDENTITY), wrapped).unwrap();
+    }
+    drop(s);
+    assert!(matches!(open_key(&fx, &third), Err(StoreOpenError::WrongMasterKey { .. })));
+    let s = open_key(&fx, &new).unwrap();
+    assert_eq!(texts(&s.history(&tid("bravo"), &skey("u1"), None).await.unwrap()), want("bravo"));
+    assert!(!tenants.join("alpha").join(NEXT_IDENTITY).exists());
+
+    // Interrupted after the commit (marker replaced, alpha's identity not yet renamed): the
+    // third key finishes the rotation at open.
+    let wrapped = s.keys(&tid("alpha")).unwrap().wrap("alpha", &third).unwrap();
+    fs::write(tenants.join("alpha").join(NEXT_IDENTITY), wrapped).unwrap();
+    let bravo = s.keys(&tid("bravo")).unwrap().wrap("bravo", &third).unwrap();
+    drop(s);
+    fsutil::write_atomic(&tenants.join("bravo").join("identity.age"), &bravo).unwrap();
+    write_marker(&fx.root, &third).unwrap();
+    let s = open_key(&fx, &third).unwrap();
+    for t in ["alpha", "bravo"] {
+        assert_eq!(texts(&s.history(&tid(t), &skey("u1"), None).await.unwrap()), want(t));
+    }
+    assert!(!tenants.join("alpha").join(NEXT_IDENTITY).exists());
+    drop(s);
+    assert!(matches!(open_key(&fx, &new), Err(StoreOpenError::WrongMasterKey { .. })));
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     fsutil::create_private_dir(to).unwrap();
     for e in fs::read_dir(from).unwrap() {
@@ -569,4 +656,81 @@ fn config_takes_a_master_key_reference_and_retention() {
     for p in ["retention.days", "store.masterKey", "tenants[0].retention.days"] {
         assert!(paths.contains(&p), "{p} missing from {paths:?}");
     }
+}
+
+/// A small tmpfs of its own for the full-disk test; unmounted on drop. Needs root (as `.ci/run`
+/// has): without it the test fails, it does not skip.
+struct SmallDisk {
+    _dir: tempfile::TempDir,
+    mount: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(kib: u32) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mount = dir.path().join("disk");
+        fs::create_dir(&mount).unwrap();
+        let disk = Self { _dir: dir, mount };
+        disk.run(&["-t", "tmpfs", "-o", &format!("size={kib}k,mode=0700"), "bulkhead-test"]);
+        disk
+    }
+
+    fn resize(&self, kib: u32) {
+        self.run(&["-o", &format!("remount,size={kib}k")]);
+    }
+
+    fn run(&self, args: &[&str]) {
+        let out = std::process::Command::new("mount")
+            .args(args)
+            .arg(&self.mount)
+            .output()
+            .expect("the full-disk test runs `mount` (util-linux)");
+        assert!(
+            out.status.success(),
+            "the full-disk test mounts a small tmpfs and needs root: mount {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.mount).status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_fails_appends_clearly_and_loses_no_acknowledged_turn() {
+    let disk = SmallDisk::mount(160);
+    let root = disk.mount.join("state").join("store");
+    let master = MasterKey::generate("test".into());
+    let open = || EncryptedStore::open_at(&root, dup(&master), &[tid("alpha")], StoreOptions::default());
+    let s = open().unwrap();
+    let filler = "x".repeat(2048);
+    let mut acked = Vec::new();
+    let error = loop {
+        let text = format!("{}{filler}", acked.len());
+        match s.append(&tid("alpha"), &skey("u1"), &[user(&text)]).await {
+            Ok(()) => acked.push(text),
+            Err(e) => break e.to_string(),
+        }
+        assert!(acked.len() < 1000, "a 160 KiB disk never filled up");
+    };
+    assert!(acked.len() > 10, "only {} turns fit", acked.len());
+    assert!(error.contains("No space left on device"), "unclear error: {error}");
+    assert!(!error.contains(&filler[..64]), "the error must not carry message content");
+    assert_eq!(texts(&s.history(&tid("alpha"), &skey("u1"), None).await.unwrap()), acked);
+    drop(s);
+
+    // The store still opens on the full disk, with every acknowledged turn.
+    let s = open().unwrap();
+    assert_eq!(texts(&s.history(&tid("alpha"), &skey("u1"), None).await.unwrap()), acked);
+    drop(s);
+
+    // Space back: the half-written tail is cut off and appends go on after the last acknowledged turn.
+    disk.resize(4096);
+    let s = open().unwrap();
+    s.append(&tid("alpha"), &skey("u1"), &[user("after")]).await.unwrap();
+    acked.push("after".into());
+    assert_eq!(texts(&s.history(&tid("alpha"), &skey("u1"), None).await.unwrap()), acked);
 }
