@@ -410,3 +410,33 @@ async fn tls_serves_a_real_rustls_client_and_required_refuses_plaintext_off_loop
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("gateway.tls.cert: cannot read /nonexistent/cert.pem"), "{err}");
 }
+
+#[tokio::test]
+async fn a_tenant_whose_log_fails_verification_gets_no_tools_and_the_others_are_unaffected() {
+    let fake = fakes::start().await;
+    let site = Site::new();
+    let config = site.config(&fake.base);
+    let mut gw = Gateway::start_in(site.path(), &config, &env()).await;
+    assert_eq!(chat(&gw, TOKEN_A, "a-demo", "u", "hello").await.0, 200);
+    assert_eq!(gw.terminate().await, Some(0));
+    let log = tenant_log(&site, "alpha");
+    let bytes = std::fs::read(&log).unwrap();
+    let mut lines: Vec<&[u8]> = bytes.split_inclusive(|c| *c == b'\n').collect();
+    lines.swap(0, 1);
+    std::fs::write(&log, lines.concat()).unwrap();
+
+    let mut gw = Gateway::start_in(site.path(), &config, &env()).await;
+    let exec = r#"/tool exec {"command":"echo still-works"}"#;
+    let (s, b) = chat(&gw, TOKEN_A, "a-demo", "u", exec).await;
+    assert_eq!(s, 200, "{b}");
+    let answer = b["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    assert!(answer.contains("audit log is unavailable") && !answer.contains("still-works"), "{answer}");
+    let (s, b) = chat(&gw, TOKEN_B, "b-secret", "u", exec).await;
+    assert_eq!(s, 200, "{b}");
+    assert!(b["choices"][0]["message"]["content"].as_str().unwrap().contains("still-works"), "{b}");
+    assert_eq!(gw.terminate().await, Some(0));
+    let (code, out, _) = cli(&site, &["audit", "verify"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("tenant:alpha: FAILED at record 1") && out.contains("tenant:bravo: ok"), "{out}");
+    assert_eq!(std::fs::read(&log).unwrap(), lines.concat(), "the tampered log is kept as evidence, untouched");
+}

@@ -136,20 +136,19 @@ pub fn run(source: &ConfigSource, log_format: Option<LogFormat>) -> i32 {
                 return EXIT_INVALID;
             }
         };
+        // The start is on disk before anything is served; the policy loads are queued behind it
+        // (each tenant's log is opened and verified by the writer in the background, and its
+        // first tool call waits for them). A tenant whose log fails verification does not stop
+        // the others: its records, and so its tool calls, are refused.
         let start = Event::GatewayStart { config_digest: config_digest(source), tenants, agents, tls: tls.is_some() };
-        let mut loads = vec![(Scope::Host, start)];
+        if let Err(e) = audit.append(Scope::Host, Actor::System, start).await {
+            eprintln!("error: {e}");
+            return EXIT_FAILURE;
+        }
         for a in &config.agents {
             if let Some(p) = gate.agent(&a.id) {
-                loads.push((
-                    Scope::Tenant(a.tenant.clone()),
-                    Event::PolicyLoad { agent: a.id.to_string(), digest: p.digest.clone() },
-                ));
-            }
-        }
-        for (scope, event) in loads {
-            if let Err(e) = audit.append(scope, Actor::System, event).await {
-                eprintln!("error: {e}");
-                return EXIT_FAILURE;
+                let event = Event::PolicyLoad { agent: a.id.to_string(), digest: p.digest.clone() };
+                audit.record(Scope::Tenant(a.tenant.clone()), Actor::System, event).await;
             }
         }
         let parts = Parts { store, sandboxes, gate, audit: audit.clone() };
