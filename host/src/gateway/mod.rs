@@ -129,6 +129,16 @@ impl Gateway {
 
     /// Resolves a tenant token, applying the failure throttle. The error is ready to send.
     fn tenant_for(&self, token: Option<&str>, client: SocketAddr) -> Result<TenantId, AuthFailure> {
+        self.tenant_on("api", token, client)
+    }
+
+    /// `tenant_for` for a named front door (`api`, `webchat`, ...), as recorded in the audit log.
+    fn tenant_on(
+        &self,
+        surface: &'static str,
+        token: Option<&str>,
+        client: SocketAddr,
+    ) -> Result<TenantId, AuthFailure> {
         if let Some(secs) = self.throttle.locked(client.ip()) {
             return Err(AuthFailure::Throttled(secs));
         }
@@ -141,7 +151,7 @@ impl Gateway {
                 self.throttle.failure(client.ip());
                 self.runtime.metrics.auth_failure();
                 tracing::info!(client = %client.ip(), "Rejected API token.");
-                self.audit_auth_failure("api", client, if token.is_some() { "invalid token" } else { "no token" });
+                self.audit_auth_failure(surface, client, if token.is_some() { "invalid token" } else { "no token" });
                 Err(AuthFailure::Invalid)
             }
         }
