@@ -17,3 +17,23 @@ if [[ "${1:-}" == "--with-browser" ]] && ! command -v chromium >/dev/null 2>&1; 
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
 fi
+
+# The Docker sandbox image needs a static BusyBox (Debian's busybox-static) and a running daemon.
+if ! dpkg -s busybox-static >/dev/null 2>&1; then
+  echo "setup: installing busybox-static (Debian package)"
+  if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq busybox-static >/dev/null
+fi
+if command -v docker >/dev/null 2>&1 && ! docker info >/dev/null 2>&1; then
+  echo "setup: starting the Docker daemon"
+  if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
+  $SUDO service docker start >/dev/null 2>&1 || ($SUDO dockerd >/tmp/dockerd.log 2>&1 &)
+  for _ in $(seq 1 30); do docker info >/dev/null 2>&1 && break; sleep 1; done
+fi
+# The sandbox images (no registry: built locally; cheap when nothing changed).
+if docker info >/dev/null 2>&1; then
+  images/build.sh
+else
+  echo "setup: no Docker daemon; the docker sandbox images were not built" >&2
+fi

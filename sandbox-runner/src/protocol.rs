@@ -75,6 +75,10 @@ pub enum Failure {
     InvalidArguments,
     /// The request frame was rejected.
     Protocol,
+    /// A native command ran past its timeout; its whole process group was killed.
+    Timeout,
+    /// A native command was killed by the kernel for exceeding the sandbox's memory limit.
+    Memory,
 }
 
 /// The result of one call, runner → host.
@@ -157,6 +161,11 @@ fn decode<T: DeserializeOwned + Versioned>(frame: &[u8], max: usize) -> Result<T
         return Err(FrameError::Version { got: msg.version(), expected: PROTOCOL_VERSION });
     }
     Ok(msg)
+}
+
+/// Reads the 4-byte length header of a frame from a stream: the body length it declares.
+pub fn frame_len(head: [u8; 4]) -> usize {
+    u32::from_be_bytes(head) as usize
 }
 
 /// Decodes a request frame of at most `MAX_REQUEST_FRAME` bytes.

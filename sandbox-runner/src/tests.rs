@@ -144,3 +144,59 @@ fn output_is_capped() {
     let r = call(d.path(), "read", json!({"path": "big"}));
     assert!(r.truncated && r.output.len() <= 4096, "{}", r.output.len());
 }
+
+/// Native `exec` (the Docker sandbox's), run here with the host's `/bin/sh`.
+#[cfg(not(target_os = "wasi"))]
+mod native_exec {
+    use super::*;
+    use crate::tools::{ExecMode, handle_with};
+
+    fn native(dir: &std::path::Path, args: Value, max: u64) -> Response {
+        let limits = RequestLimits { max_output_bytes: max, access: Access::Rw, disk_budget_bytes: None };
+        handle_with(Request::new("exec", args, limits), dir.to_path_buf(), ExecMode::Native)
+    }
+
+    #[test]
+    fn runs_a_real_shell_in_the_workspace_with_a_scrubbed_environment() {
+        let d = tempfile::tempdir().unwrap();
+        let r = native(d.path(), json!({"command": "pwd; echo out; echo err >&2; env | sort; exit 3"}), 4096);
+        assert_eq!(r.exit_code, Some(3));
+        assert!(r.is_error && r.failure.is_none(), "{r:?}");
+        let cwd = std::fs::canonicalize(d.path()).unwrap();
+        assert!(r.output.starts_with(&format!("{}\nout\nerr\n", cwd.display())), "{r:?}");
+        for line in r.output.lines().skip(3) {
+            let key = line.split('=').next().unwrap();
+            assert!(["HOME", "LANG", "PATH", "PWD", "SHLVL", "TMPDIR", "_", "OLDPWD"].contains(&key), "{line}");
+        }
+        let r = native(d.path(), json!({"command": "cat", "stdin": "piped in"}), 4096);
+        assert_eq!(r.output, "piped in");
+    }
+
+    #[test]
+    fn timeout_kills_the_whole_process_group() {
+        let d = tempfile::tempdir().unwrap();
+        let t = std::time::Instant::now();
+        let cmd = "sh -c 'sleep 30' & echo $! > child; (sleep 31 & echo $! > grandchild; wait) & sleep 32";
+        let r = native(d.path(), json!({"command": cmd, "timeoutSec": 0.5}), 4096);
+        assert_eq!(r.failure, Some(Failure::Timeout), "{r:?}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(10), "{:?}", t.elapsed());
+        for f in ["child", "grandchild"] {
+            let pid = std::fs::read_to_string(d.path().join(f)).unwrap();
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
+            let state = stat.rsplit_once(')').map(|(_, r)| r.trim_start().chars().next().unwrap_or('?'));
+            assert!(stat.is_empty() || state == Some('Z'), "{f} {} survived: {stat}", pid.trim());
+        }
+    }
+
+    #[test]
+    fn output_is_capped_and_bad_arguments_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let r = native(d.path(), json!({"command": "head -c 100000 /dev/zero | tr '\\0' y"}), 1000);
+        assert!(r.truncated && r.output.len() == 1000 && r.exit_code == Some(0), "{}", r.output.len());
+        for args in
+            [json!({}), json!({"command": "x", "timeoutSec": -1}), json!({"command": "a\u{0}b"}), json!({"command": 1})]
+        {
+            assert_eq!(native(d.path(), args.clone(), 100).failure, Some(Failure::InvalidArguments), "{args}");
+        }
+    }
+}

@@ -15,10 +15,35 @@ pub const MAX_EDIT_FILE: u64 = 16 << 20;
 /// Default and largest `limit` for `read`.
 const READ_DEFAULT_LINES: usize = 2000;
 
-/// Runs one request against the workspace at `root` and builds the response.
+/// How `exec` runs commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecMode {
+    /// The built-in utilities, in-process (the wasm sandbox).
+    Builtins,
+    /// A real `sh -c` in a fresh process group (the Docker sandbox; see `native`).
+    Native,
+}
+
+/// Runs one request against the workspace at `root` and builds the response (built-in `exec`).
+#[cfg(test)]
 pub fn handle(req: Request, root: std::path::PathBuf) -> Response {
+    handle_with(req, root, ExecMode::Builtins)
+}
+
+/// `handle` with a choice of how `exec` runs.
+pub fn handle_with(req: Request, root: std::path::PathBuf, mode: ExecMode) -> Response {
     let max_out = usize::try_from(req.limits.max_output_bytes).unwrap_or(usize::MAX);
     let mut ws = Ws::new(root, req.limits.access, req.limits.disk_budget_bytes);
+    #[cfg(not(target_os = "wasi"))]
+    if mode == ExecMode::Native && req.tool == "exec" {
+        return match crate::native::exec(&ws, req.args, max_out) {
+            Ok(run) => native_response(run),
+            Err(ToolError::Failed(m)) => Response::error(cap(m, max_out).0),
+            Err(ToolError::Invalid(m)) => Response::failure(Failure::InvalidArguments, cap(m, max_out).0),
+            Err(ToolError::Quota(m)) => Response::failure(Failure::Quota, cap(m, max_out).0),
+        };
+    }
+    let _ = mode;
     let result = match req.tool.as_str() {
         "read" => args(req.args).and_then(|a| read(&ws, a, max_out)).map(|t| (t, None)),
         "write" => args(req.args).and_then(|a| write(&mut ws, a)).map(|t| (t, None)),
@@ -36,6 +61,23 @@ pub fn handle(req: Request, root: std::path::PathBuf) -> Response {
         Err(ToolError::Failed(m)) => Response::error(cap(m, max_out).0),
         Err(ToolError::Invalid(m)) => Response::failure(Failure::InvalidArguments, cap(m, max_out).0),
         Err(ToolError::Quota(m)) => Response::failure(Failure::Quota, cap(m, max_out).0),
+    }
+}
+
+/// The response for a native command: its output, exit code, and a failure when it was killed.
+#[cfg(not(target_os = "wasi"))]
+fn native_response(run: crate::native::NativeRun) -> Response {
+    let output = String::from_utf8_lossy(&run.output).into_owned();
+    let failure = run.killed.map(|k| match k {
+        crate::native::Killed::Timeout => Failure::Timeout,
+        crate::native::Killed::Memory => Failure::Memory,
+    });
+    Response {
+        exit_code: Some(run.exit_code),
+        truncated: run.truncated,
+        is_error: run.exit_code != 0 || failure.is_some(),
+        failure,
+        ..Response::ok(output)
     }
 }
 

@@ -80,6 +80,20 @@ impl Ws {
         }
     }
 
+    /// The workspace directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn access(&self) -> Access {
+        self.access
+    }
+
+    /// Bytes this call may still add (`None`: unlimited).
+    pub fn budget_left(&self) -> Option<u64> {
+        self.budget.map(|b| b.saturating_sub(self.added))
+    }
+
     pub fn is_root(&self, p: &Path) -> bool {
         p == self.root
     }

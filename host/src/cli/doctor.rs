@@ -3,6 +3,51 @@
 use super::{ConfigSource, EXIT_FAILURE, EXIT_INVALID, EXIT_OK};
 use crate::gateway::{Gateway, Parts};
 
+/// The Docker backend: daemon reachable (API version negotiated) and every image agents use
+/// present and speaking this runner protocol. Returns the number of failures.
+fn check_docker(config: &crate::config::Config) -> usize {
+    let mut images: Vec<(&str, Vec<String>)> = Vec::new();
+    for a in config.agents.iter().filter(|a| a.sandbox.backend == crate::config::SandboxBackend::Docker) {
+        let img = a.sandbox.docker.image.as_str();
+        match images.iter_mut().find(|(i, _)| *i == img) {
+            Some((_, agents)) => agents.push(a.id.to_string()),
+            None => images.push((img, vec![a.id.to_string()])),
+        }
+    }
+    if images.is_empty() {
+        return 0;
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            println!("FAIL  docker sandbox backend: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    rt.block_on(async {
+        let docker = match crate::sandbox::docker::connect(None).await {
+            Ok(d) => d,
+            Err(e) => {
+                println!("FAIL  docker sandbox backend: {e}; tool calls of agents on it will fail until it is up");
+                return 1;
+            }
+        };
+        let version = docker.version().await.ok().and_then(|v| v.version).unwrap_or_else(|| "?".into());
+        println!("ok    docker daemon {version} (API {})", docker.client_version());
+        let mut failures = 0;
+        for (image, agents) in images {
+            match crate::sandbox::docker::check_image(&docker, image).await {
+                Ok(_) => println!("ok    sandbox image {image} (agents {})", agents.join(", ")),
+                Err(e) => {
+                    failures += 1;
+                    println!("FAIL  {e} (agents {})", agents.join(", "));
+                }
+            }
+        }
+        failures
+    })
+}
+
 pub fn run(source: &ConfigSource) -> i32 {
     let mut failures = 0;
     let config = match source.load(true) {
@@ -38,19 +83,7 @@ pub fn run(source: &ConfigSource) -> i32 {
             println!("FAIL  wasm sandbox backend: {e}");
         }
     }
-    let docker_agents: Vec<_> = config
-        .agents
-        .iter()
-        .filter(|a| a.sandbox.backend == crate::config::SandboxBackend::Docker)
-        .map(|a| a.id.to_string())
-        .collect();
-    if !docker_agents.is_empty() {
-        failures += 1;
-        println!(
-            "FAIL  agents {} use the docker backend, which this version does not include: their tool calls will fail",
-            docker_agents.join(", ")
-        );
-    }
+    failures += check_docker(&config);
     let tenants_without_tokens: Vec<_> =
         config.tenants.values().filter(|t| t.api_tokens.is_empty()).map(|t| t.id.to_string()).collect();
     if !tenants_without_tokens.is_empty() {

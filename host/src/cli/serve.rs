@@ -126,7 +126,14 @@ pub fn run(source: &ConfigSource, log_format: Option<LogFormat>) -> i32 {
             rt.spawn(async move { lifecycle.record(Scope::Host, Actor::System, event).await });
             made
         });
-        let sandboxes = Sandboxes::default().with(SandboxBackend::Wasm, Arc::new(wasm));
+        let mut sandboxes = Sandboxes::default().with(SandboxBackend::Wasm, Arc::new(wasm));
+        // The Docker backend connects in the background and recovers by itself when the daemon
+        // comes back; it exists only when an agent uses it.
+        if config.agents.iter().any(|a| a.sandbox.backend == SandboxBackend::Docker) {
+            let docker = crate::sandbox::docker::DockerSandbox::start(&config.state_dir, Default::default());
+            docker.prewarm_agents(&config.agents);
+            sandboxes = sandboxes.with(SandboxBackend::Docker, docker);
+        }
         let gate = match crate::policy::PolicyEngine::load(&config) {
             Ok(engine) => Arc::new(engine),
             Err(errors) => {

@@ -187,6 +187,11 @@ pub fn delete(source: &ConfigSource, id: &str, yes: bool) -> i32 {
         Ok(w) => w,
         Err(code) => return code,
     };
+    // The tenant's sandbox containers go first, so nothing writes to its workspaces meanwhile.
+    if let Err(e) = remove_tenant_containers(&config, id) {
+        eprintln!("error: {e}");
+        return EXIT_FAILURE;
+    }
     let deleted = store.delete_tenant(&tenant);
     // The tenant's sandbox files go too (workspaces are plaintext by necessity; see SECURITY.md).
     let mut removed_files = false;
@@ -221,6 +226,30 @@ pub fn delete(source: &ConfigSource, id: &str, yes: bool) -> i32 {
             eprintln!("error: deleting tenant {id:?} failed: {e}");
             EXIT_FAILURE
         }
+    }
+}
+
+/// Removes the tenant's Docker sandbox containers of this gateway. An unreachable daemon is an
+/// error only when some agent uses the Docker backend (otherwise there cannot be any).
+fn remove_tenant_containers(config: &crate::config::Config, tenant: &str) -> Result<(), String> {
+    let uses_docker = config.agents.iter().any(|a| a.sandbox.backend == crate::config::SandboxBackend::Docker);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let gateway = crate::sandbox::docker::gateway_label(&config.state_dir);
+    let result = rt.block_on(async {
+        let docker = crate::sandbox::docker::connect(None).await?;
+        crate::sandbox::docker::remove_containers(&docker, &gateway, Some(tenant)).await
+    });
+    match result {
+        Ok(0) => Ok(()),
+        Ok(n) => {
+            println!("removed {n} sandbox container(s) of tenant {tenant}");
+            Ok(())
+        }
+        Err(e) if uses_docker => Err(format!("cannot remove the sandbox containers of tenant {tenant:?}: {e}")),
+        Err(_) => Ok(()),
     }
 }
 

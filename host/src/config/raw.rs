@@ -231,6 +231,13 @@ pub struct RawDockerSandbox {
     pub seccomp_profile: Option<String>,
     pub apparmor_profile: Option<String>,
     pub runtime: Option<String>,
+    // Docker backend lifecycle and sizing (see `DockerSettings`).
+    pub tmpfs_mb: Option<u64>,
+    pub timeout_sec: Option<u64>,
+    pub idle_sec: Option<u64>,
+    pub disk_quota_mb: Option<u64>,
+    pub prewarm: Option<bool>,
+    pub max_containers: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

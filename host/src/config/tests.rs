@@ -134,3 +134,51 @@ fn agent_defaults_and_implicit_tenants() {
     assert_eq!(c.agents[1].sandbox.scope, SandboxScope::Shared);
     assert_eq!(c.agents[0].model.provider, "scripted", "no providers means the offline scripted one");
 }
+
+#[test]
+fn docker_settings_have_safe_defaults_and_refuse_weakening() {
+    let c = load_str("{ agents: { list: [ { id: 'a', sandbox: { backend: 'docker' } } ] } }", Path::new(".")).unwrap();
+    assert_eq!(c.agents[0].sandbox.docker, DockerSettings::default());
+    let d = DockerSettings::default();
+    assert_eq!((d.network.as_str(), d.pids_limit, d.memory_bytes, d.nofile), ("none", 256, 512 << 20, 1024));
+    let c = load_str(
+        "{ agents: { defaults: { sandbox: { docker: { memory: '256m', cpus: 0.5, pidsLimit: 64 } } },
+           list: [ { id: 'a', sandbox: { docker: { memory: '1g', memorySwap: '1g', ulimits: { nofile: 4096 },
+             tmpfsMb: 16, idleSec: 60, timeoutSec: 5, runtime: 'runsc', user: '1000:1000' } } } ] } }",
+        Path::new("."),
+    )
+    .unwrap();
+    let s = &c.agents[0].sandbox.docker;
+    assert_eq!((s.memory_bytes, s.nano_cpus, s.pids_limit, s.nofile), (1 << 30, 500_000_000, 64, 4096));
+    assert_eq!((s.tmpfs_bytes, s.idle.as_secs(), s.timeout.as_secs()), (16 << 20, 60, 5));
+    assert_eq!((s.runtime.as_deref(), s.user.as_deref()), (Some("runsc"), Some("1000:1000")));
+    let p = "agents.list[0].sandbox.docker";
+    for (docker, key) in [
+        ("{ user: '0' }", "user"),
+        ("{ user: '1000:0' }", "user"),
+        ("{ user: 'root' }", "user"),
+        ("{ readOnlyRoot: false }", "readOnlyRoot"),
+        ("{ capDrop: ['NET_RAW'] }", "capDrop"),
+        ("{ env: { API_KEY: 'x' } }", "env"),
+        ("{ memory: '1m' }", "memory"),
+        ("{ memory: 'lots' }", "memory"),
+        ("{ memory: '256m', memorySwap: '1g' }", "memorySwap"),
+        ("{ pidsLimit: 0 }", "pidsLimit"),
+        ("{ cpus: 0 }", "cpus"),
+        ("{ ulimits: { nproc: 10 } }", "ulimits.nproc"),
+        ("{ seccompProfile: 'unconfined' }", "seccompProfile"),
+        ("{ apparmorProfile: 'unconfined' }", "apparmorProfile"),
+        ("{ network: 'container:x' }", "network"),
+        ("{ tmpfs: ['/run'] }", "tmpfs"),
+        ("{ idleSec: 1 }", "idleSec"),
+        ("{ maxContainers: 0 }", "maxContainers"),
+    ] {
+        let text = format!("{{ agents: {{ list: [ {{ id: 'a', sandbox: {{ docker: {docker} }} }} ] }} }}");
+        assert_eq!(paths(&text), [format!("{p}.{key}")], "{docker}");
+    }
+    // An error in the defaults names the defaults' key.
+    assert_eq!(
+        paths("{ agents: { defaults: { sandbox: { docker: { user: '0' } } }, list: [ { id: 'a' } ] } }"),
+        ["agents.defaults.sandbox.docker.user"]
+    );
+}

@@ -5,15 +5,19 @@
 //! fallback to running anything on the host.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use ring::digest;
+use sandbox_runner::protocol::{self, Failure, MAX_ARGS_BYTES, MAX_ARGS_DEPTH, Response, cap_text};
 
-use crate::config::{SandboxBackend, SandboxConfig, WorkspaceAccess};
+use crate::config::{SandboxBackend, SandboxConfig, SandboxScope, WorkspaceAccess};
 use crate::ids::{AgentId, SessionKey, TenantId};
 use crate::tools::Tool;
 
+pub mod docker;
 pub mod wasm;
 
 /// Limits that apply to one tool call (from policy, capped by the backend's own ceilings).
@@ -172,4 +176,104 @@ impl Sandbox for Deferred {
         };
         sandbox.call(call).await
     }
+}
+
+/// The host directory that is a call's workspace: per agent, per session (hashed key) or shared,
+/// always inside the caller's tenant (`<stateDir>/workspaces/<tenant>/...`). Both backends use it.
+pub fn workspace_dir(state_dir: &Path, call: &SandboxCall) -> PathBuf {
+    let root = wasm::tenant_dirs(state_dir, call.tenant.as_str())[0].clone();
+    match call.settings.scope {
+        SandboxScope::Agent => root.join("agents").join(call.agent.as_str()),
+        SandboxScope::Shared => root.join("shared"),
+        SandboxScope::Session => {
+            // Session keys carry peer ids; only a digest of them reaches the file system.
+            let d = digest::digest(&digest::SHA256, call.session.to_string().as_bytes());
+            let hex: String = d.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect();
+            root.join("sessions").join(hex)
+        }
+    }
+}
+
+/// A call's timeout: the policy's, capped by the backend's ceiling and by `exec`'s `timeoutSec`.
+pub fn call_timeout(call: &SandboxCall, ceiling: Duration) -> Result<Duration, SandboxError> {
+    let mut timeout = call.limits.timeout.min(ceiling);
+    if call.tool == Tool::Exec
+        && let Some(t) = call.args.get("timeoutSec")
+    {
+        let secs = t.as_f64().filter(|s| s.is_finite() && *s > 0.0).ok_or_else(|| {
+            SandboxError::InvalidArguments(format!("timeoutSec must be a positive number of seconds, got {t}"))
+        })?;
+        timeout = timeout.min(Duration::from_secs_f64(secs.min(86_400.0)));
+    }
+    Ok(timeout)
+}
+
+/// Maps a runner response to the tool's output or a backend error; runner text is re-capped.
+pub(crate) fn finish(resp: Response, max_output: usize, timeout: Duration) -> Result<ToolOutput, SandboxError> {
+    match resp.failure {
+        Some(Failure::Quota) => return Err(SandboxError::Quota),
+        Some(Failure::InvalidArguments) => return Err(SandboxError::InvalidArguments(short(&resp.output))),
+        Some(Failure::Protocol) => return Err(SandboxError::Protocol(short(&resp.output))),
+        Some(Failure::Timeout) => return Err(SandboxError::Timeout(timeout)),
+        Some(Failure::Memory) => return Err(SandboxError::Memory),
+        None => {}
+    }
+    let (text, cut) = cap_text(resp.output, max_output);
+    Ok(ToolOutput { text, is_error: resp.is_error, exit_code: resp.exit_code, truncated: resp.truncated || cut })
+}
+
+/// A runner- or runtime-provided message cut to one printable line.
+pub(crate) fn short(s: &str) -> String {
+    let line: String = s.lines().next().unwrap_or("").chars().filter(|c| !c.is_control()).take(300).collect();
+    line
+}
+
+/// A call a backend may run: a sandbox tool with arguments of bounded size and depth.
+pub(crate) fn check_call(call: &SandboxCall) -> Result<(), SandboxError> {
+    if !matches!(call.tool, Tool::Read | Tool::Write | Tool::Edit | Tool::List | Tool::Exec) {
+        return Err(SandboxError::InvalidArguments(format!("tool {} does not run in a sandbox", call.tool.name())));
+    }
+    check_args(&call.args)
+}
+
+/// The protocol's name for a workspace access level.
+pub(crate) fn protocol_access(a: WorkspaceAccess) -> sandbox_runner::protocol::Access {
+    use sandbox_runner::protocol::Access;
+    match a {
+        WorkspaceAccess::None => Access::None,
+        WorkspaceAccess::Ro => Access::Ro,
+        WorkspaceAccess::Rw => Access::Rw,
+    }
+}
+
+/// One lock per tenant: calls that may grow a tenant's workspaces are serialised, so the disk
+/// quota checked before each holds.
+#[derive(Default)]
+pub(crate) struct TenantLocks(std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl TenantLocks {
+    pub(crate) fn of(&self, tenant: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(tenant.to_string()).or_default().clone()
+    }
+}
+
+/// Tool arguments must be a flat-ish JSON object of bounded size.
+fn check_args(args: &serde_json::Value) -> Result<(), SandboxError> {
+    if !args.is_object() {
+        return Err(SandboxError::InvalidArguments("tool arguments must be a JSON object".into()));
+    }
+    let depth = protocol::json_depth(args);
+    if depth > MAX_ARGS_DEPTH {
+        return Err(SandboxError::InvalidArguments(format!(
+            "arguments are nested {depth} levels deep, the limit is {MAX_ARGS_DEPTH}"
+        )));
+    }
+    let size = serde_json::to_vec(args).map(|v| v.len()).unwrap_or(usize::MAX);
+    if size > MAX_ARGS_BYTES {
+        return Err(SandboxError::InvalidArguments(format!(
+            "arguments are {size} bytes, the limit is {MAX_ARGS_BYTES}"
+        )));
+    }
+    Ok(())
 }

@@ -16,10 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
-use ring::digest;
 use sandbox_runner::protocol::{
-    self, Access, ENTRY_COST_BYTES, Failure, MAX_ARGS_BYTES, MAX_ARGS_DEPTH, Request, RequestLimits, Response,
-    WORKSPACE_DIR,
+    self, Access, ENTRY_COST_BYTES, Failure, Request, RequestLimits, Response, WORKSPACE_DIR,
 };
 use sandbox_runner::shell::{self, BUILTINS, Connector, Script};
 use tokio::sync::Semaphore;
@@ -31,8 +29,7 @@ use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
-use super::{Sandbox, SandboxCall, SandboxError, ToolOutput};
-use crate::config::{SandboxScope, WorkspaceAccess};
+use super::{Sandbox, SandboxCall, SandboxError, TenantLocks, ToolOutput, check_call, finish, short};
 use crate::tools::Tool;
 
 /// The runner module, built for `wasm32-wasip1` by `host/build.rs`.
@@ -75,7 +72,7 @@ pub struct WasmSandbox {
     state_dir: PathBuf,
     slots: Semaphore,
     modules: Mutex<HashMap<PathBuf, CachedModule>>,
-    tenant_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    tenant_locks: TenantLocks,
     stop_ticker: Arc<AtomicBool>,
 }
 
@@ -200,7 +197,7 @@ impl WasmSandbox {
             state_dir: state_dir.to_path_buf(),
             slots: Semaphore::new(opts.max_concurrent.max(1) as usize),
             modules: Mutex::new(HashMap::new()),
-            tenant_locks: Mutex::new(HashMap::new()),
+            tenant_locks: TenantLocks::default(),
             stop_ticker,
         })
     }
@@ -210,20 +207,9 @@ impl WasmSandbox {
         tenant_dirs(&self.state_dir, tenant)[0].clone()
     }
 
-    /// The host directory preopened for a call: per agent, per session (hashed key) or shared,
-    /// always inside the caller's tenant.
+    /// The host directory preopened for a call (see `sandbox::workspace_dir`).
     pub fn workspace_dir(&self, call: &SandboxCall) -> PathBuf {
-        let root = self.tenant_root(call.tenant.as_str());
-        match call.settings.scope {
-            SandboxScope::Agent => root.join("agents").join(call.agent.as_str()),
-            SandboxScope::Shared => root.join("shared"),
-            SandboxScope::Session => {
-                // Session keys carry peer ids; only a digest of them reaches the file system.
-                let d = digest::digest(&digest::SHA256, call.session.to_string().as_bytes());
-                let hex: String = d.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect();
-                root.join("sessions").join(hex)
-            }
-        }
+        super::workspace_dir(&self.state_dir, call)
     }
 
     /// Where an operator installs command module `name` for `tenant`.
@@ -231,31 +217,11 @@ impl WasmSandbox {
         self.state_dir.join("wasm-modules").join(tenant).join(format!("{name}.wasm"))
     }
 
-    fn tenant_lock(&self, tenant: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut m = self.tenant_locks.lock().unwrap_or_else(|p| p.into_inner());
-        m.entry(tenant.to_string()).or_default().clone()
-    }
-
     async fn call_inner(&self, call: &SandboxCall) -> Result<ToolOutput, SandboxError> {
-        if !matches!(call.tool, Tool::Read | Tool::Write | Tool::Edit | Tool::List | Tool::Exec) {
-            return Err(SandboxError::InvalidArguments(format!("tool {} does not run in a sandbox", call.tool.name())));
-        }
-        check_args(&call.args)?;
+        check_call(call)?;
         let wasm = &call.settings.wasm;
-        let mut timeout = call.limits.timeout.min(wasm.timeout);
-        if call.tool == Tool::Exec
-            && let Some(t) = call.args.get("timeoutSec")
-        {
-            let secs = t.as_f64().filter(|s| s.is_finite() && *s > 0.0).ok_or_else(|| {
-                SandboxError::InvalidArguments(format!("timeoutSec must be a positive number of seconds, got {t}"))
-            })?;
-            timeout = timeout.min(Duration::from_secs_f64(secs.min(86_400.0)));
-        }
-        let access = match call.limits.workspace_access.min(call.settings.workspace_access) {
-            WorkspaceAccess::None => Access::None,
-            WorkspaceAccess::Ro => Access::Ro,
-            WorkspaceAccess::Rw => Access::Rw,
-        };
+        let timeout = super::call_timeout(call, wasm.timeout)?;
+        let access = super::protocol_access(call.limits.workspace_access.min(call.settings.workspace_access));
         let dir = self.workspace_dir(call);
         if access != Access::None {
             tokio::fs::create_dir_all(&dir)
@@ -271,7 +237,7 @@ impl WasmSandbox {
         };
         // Calls that may grow the workspace are serialised per tenant, so the quota holds.
         let mutating = access == Access::Rw && matches!(call.tool, Tool::Write | Tool::Edit | Tool::Exec);
-        let lock = self.tenant_lock(call.tenant.as_str());
+        let lock = self.tenant_locks.of(call.tenant.as_str());
         let _guard = if mutating { Some(lock.lock().await) } else { None };
         let quota = mutating.then_some(wasm.disk_quota_bytes);
         let deadline = Instant::now() + timeout;
@@ -284,7 +250,7 @@ impl WasmSandbox {
                 return self.exec_with_modules(call, &script, &ctx, quota).await;
             }
             let resp = self.runner_call(call, call.tool.name(), call.args.clone(), &ctx, quota).await?;
-            finish(resp, ctx.max_output)
+            finish(resp, ctx.max_output, ctx.timeout)
         };
         match tokio::time::timeout_at(deadline.into(), work).await {
             Ok(r) => r,
@@ -551,43 +517,6 @@ impl Sandbox for WasmSandbox {
 
 fn failed_run(msg: String) -> Run {
     Run { stdout: Vec::new(), stdout_full: false, stderr: Vec::new(), exit: Err(msg) }
-}
-
-/// Maps a runner response to the tool's output or a backend error; guest text is re-capped.
-fn finish(resp: Response, max_output: usize) -> Result<ToolOutput, SandboxError> {
-    match resp.failure {
-        Some(Failure::Quota) => return Err(SandboxError::Quota),
-        Some(Failure::InvalidArguments) => return Err(SandboxError::InvalidArguments(short(&resp.output))),
-        Some(Failure::Protocol) => return Err(SandboxError::Protocol(short(&resp.output))),
-        None => {}
-    }
-    let (text, cut) = cap_text(resp.output, max_output);
-    Ok(ToolOutput { text, is_error: resp.is_error, exit_code: resp.exit_code, truncated: resp.truncated || cut })
-}
-
-/// A guest- or wasmtime-provided message cut to one printable line.
-fn short(s: &str) -> String {
-    let line: String = s.lines().next().unwrap_or("").chars().filter(|c| !c.is_control()).take(300).collect();
-    line
-}
-
-fn check_args(args: &serde_json::Value) -> Result<(), SandboxError> {
-    if !args.is_object() {
-        return Err(SandboxError::InvalidArguments("tool arguments must be a JSON object".into()));
-    }
-    let depth = protocol::json_depth(args);
-    if depth > MAX_ARGS_DEPTH {
-        return Err(SandboxError::InvalidArguments(format!(
-            "arguments are nested {depth} levels deep, the limit is {MAX_ARGS_DEPTH}"
-        )));
-    }
-    let size = serde_json::to_vec(args).map(|v| v.len()).unwrap_or(usize::MAX);
-    if size > MAX_ARGS_BYTES {
-        return Err(SandboxError::InvalidArguments(format!(
-            "arguments are {size} bytes, the limit is {MAX_ARGS_BYTES}"
-        )));
-    }
-    Ok(())
 }
 
 /// A command module name: `[a-z0-9_-]{1,64}`.

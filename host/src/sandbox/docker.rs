@@ -1,0 +1,907 @@
+//! The Docker sandbox backend: tools run in a hardened container per tenant scope, via bollard.
+//!
+//! The container's main process is the sandbox runner (`--serve --native-exec`); the host keeps
+//! its stdin/stdout attached and sends one request frame per tool call, so a warm call costs a
+//! message, not a `docker exec`. Containers are created lazily on the first call of their scope
+//! (session, agent or shared — always inside one tenant), labelled with the gateway, tenant, agent,
+//! scope and a hash of everything that shaped them, recreated when that hash changes or the
+//! container dies, removed when idle, and reconciled when the gateway starts (every container a
+//! previous run of this gateway left behind is removed). If the daemon is unreachable calls fail
+//! with `Unavailable` — never a host fallback — and the next call connects again.
+//!
+//! Hardening (each item has a test in `tests/sandbox_docker.rs`, see SECURITY.md): all
+//! capabilities dropped, `no-new-privileges`, read-only root, a sized noexec `/tmp` tmpfs, network
+//! `none` by default, pids/memory(=swap)/CPU/nofile limits, an init process, a non-root user,
+//! Docker's default seccomp profile (or a reviewed one from config), no host path but the scope's
+//! workspace, no environment from the host.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountBindOptions, MountType, ResourcesUlimits};
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
+};
+use futures_util::{Stream, StreamExt};
+use ring::digest;
+use sandbox_runner::protocol::{self, PROTOCOL_VERSION, Request, RequestLimits, WORKSPACE_DIR};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use super::{Sandbox, SandboxCall, SandboxError, TenantLocks, ToolOutput, check_call, finish};
+use crate::config::{DockerSettings, WorkspaceAccess};
+use crate::tools::Tool;
+
+/// Label on every container this backend creates.
+pub const LABEL_SANDBOX: &str = "org.bulkhead.sandbox";
+/// Which gateway (state directory) owns the container.
+pub const LABEL_GATEWAY: &str = "org.bulkhead.gateway";
+pub const LABEL_TENANT: &str = "org.bulkhead.tenant";
+pub const LABEL_AGENT: &str = "org.bulkhead.agent";
+/// The scope's workspace, relative to the tenant (`agents/<id>`, `shared`, `sessions/<digest>`).
+pub const LABEL_SCOPE: &str = "org.bulkhead.scope";
+/// Hash of the image id and every setting the container was created with.
+pub const LABEL_CONFIG: &str = "org.bulkhead.config-hash";
+/// Image label naming the runner protocol version the image speaks.
+pub const IMAGE_PROTOCOL_LABEL: &str = "org.bulkhead.protocol";
+/// The user sandboxes run as when the config names none (the image's `sandbox` user).
+pub const DEFAULT_USER: (u32, u32) = (65532, 65532);
+/// Time a call may take beyond its own timeout (the runner enforces that one) before the host
+/// gives up on the container and removes it.
+const HOST_GRACE: Duration = Duration::from_secs(10);
+/// How long a resolved image id is trusted before the image is inspected again.
+const IMAGE_RECHECK: Duration = Duration::from_secs(5);
+/// Bytes of runner stderr kept for logs.
+const STDERR_CAP: usize = 4096;
+
+/// Tunables of the backend; `Default` is what the gateway uses.
+#[derive(Debug, Clone)]
+pub struct DockerOptions {
+    /// The daemon's Unix socket; `None`: `$DOCKER_HOST` or `/var/run/docker.sock`.
+    pub socket: Option<PathBuf>,
+    /// How often idle containers are looked for.
+    pub reap_every: Duration,
+    /// Timeout of one Engine API request until its response headers (streams such as the
+    /// attached runner and the container wait outlive it).
+    pub request_timeout: Duration,
+}
+
+impl Default for DockerOptions {
+    fn default() -> Self {
+        Self { socket: None, reap_every: Duration::from_secs(15), request_timeout: Duration::from_secs(60) }
+    }
+}
+
+/// The Docker backend.
+pub struct DockerSandbox {
+    state_dir: PathBuf,
+    gateway: String,
+    opts: DockerOptions,
+    client: tokio::sync::Mutex<Option<Docker>>,
+    slots: Mutex<HashMap<SlotKey, Arc<tokio::sync::Mutex<Option<Live>>>>>,
+    tenant_locks: TenantLocks,
+    create_locks: TenantLocks,
+    /// Image name → (id, when checked).
+    images: Mutex<HashMap<String, (String, Instant)>>,
+}
+
+/// One container: a tenant's scope under one configuration.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct SlotKey {
+    tenant: String,
+    scope: String,
+    config: String,
+}
+
+/// A running container with its attached runner.
+struct Live {
+    id: String,
+    input: std::pin::Pin<Box<dyn AsyncWrite + Send>>,
+    output: std::pin::Pin<Box<dyn Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>>,
+    buf: Vec<u8>,
+    dead: Arc<AtomicBool>,
+    last_used: Instant,
+    idle: Duration,
+}
+
+/// Everything that shapes a container; its hash is the config label.
+struct Plan {
+    key: SlotKey,
+    agent: String,
+    image_id: String,
+    workspace: Option<(PathBuf, bool)>,
+    user: String,
+    seccomp: Option<String>,
+    settings: DockerSettings,
+}
+
+/// The label value that ties containers to the gateway whose state lives in `state_dir`.
+pub fn gateway_label(state_dir: &Path) -> String {
+    let canon = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+    hex16(canon.to_string_lossy().as_bytes())
+}
+
+fn hex16(data: &[u8]) -> String {
+    let d = digest::digest(&digest::SHA256, data);
+    d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Connects to the daemon and negotiates the API version (Debian's Engine speaks 1.41).
+pub async fn connect(socket: Option<&Path>) -> Result<Docker, String> {
+    let docker = match socket {
+        Some(p) => Docker::connect_with_unix(&p.to_string_lossy(), 30, bollard::API_DEFAULT_VERSION),
+        None => Docker::connect_with_local_defaults(),
+    }
+    .map_err(|e| format!("cannot reach the Docker daemon: {e}"))?;
+    docker.negotiate_version().await.map_err(|e| format!("cannot reach the Docker daemon: {e}"))
+}
+
+/// Removes every container labelled for `gateway` (and, if given, `tenant`); returns how many.
+pub async fn remove_containers(docker: &Docker, gateway: &str, tenant: Option<&str>) -> Result<usize, String> {
+    let mut labels = vec![format!("{LABEL_SANDBOX}=1"), format!("{LABEL_GATEWAY}={gateway}")];
+    if let Some(t) = tenant {
+        labels.push(format!("{LABEL_TENANT}={t}"));
+    }
+    remove_labelled(docker, labels).await
+}
+
+async fn remove_labelled(docker: &Docker, labels: Vec<String>) -> Result<usize, String> {
+    let filters: HashMap<String, Vec<String>> = HashMap::from([("label".to_string(), labels)]);
+    let list = docker
+        .list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build()))
+        .await
+        .map_err(|e| format!("cannot list sandbox containers: {e}"))?;
+    let mut n = 0;
+    for c in list {
+        if let Some(id) = c.id {
+            remove(docker, &id).await?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+async fn remove(docker: &Docker, id: &str) -> Result<(), String> {
+    match docker.remove_container(id, Some(RemoveContainerOptionsBuilder::default().force(true).v(true).build())).await
+    {
+        Ok(()) => Ok(()),
+        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+        // Already being removed (auto-remove or a concurrent reap).
+        Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => Ok(()),
+        Err(e) => Err(format!("cannot remove sandbox container {}: {e}", &id[..id.len().min(12)])),
+    }
+}
+
+/// Whether `image` exists locally and speaks this runner protocol; its id if so.
+pub async fn check_image(docker: &Docker, image: &str) -> Result<String, String> {
+    let info = docker.inspect_image(image).await.map_err(|e| match e {
+        bollard::errors::Error::DockerResponseServerError { status_code: 404, .. } => {
+            format!("sandbox image {image:?} is missing; build it with images/build.sh")
+        }
+        e => format!("cannot inspect sandbox image {image:?}: {e}"),
+    })?;
+    let proto = info.config.as_ref().and_then(|c| c.labels.as_ref()).and_then(|l| l.get(IMAGE_PROTOCOL_LABEL)).cloned();
+    if proto.as_deref() != Some(&PROTOCOL_VERSION.to_string()) {
+        return Err(format!(
+            "sandbox image {image:?} speaks runner protocol {}, this gateway speaks {PROTOCOL_VERSION}; rebuild it with images/build.sh",
+            proto.unwrap_or_else(|| "none".into())
+        ));
+    }
+    info.id.ok_or_else(|| format!("sandbox image {image:?} has no id"))
+}
+
+impl DockerSandbox {
+    /// Starts the backend: connects in the background, removes containers a previous run of this
+    /// gateway left behind, and reaps idle containers from then on. Never fails: an unreachable
+    /// daemon only makes calls fail until it is back.
+    pub fn start(state_dir: &Path, opts: DockerOptions) -> Arc<Self> {
+        // The gateway label hashes the canonical state dir, which must exist to be canonical.
+        let _ = std::fs::create_dir_all(state_dir);
+        let me = Arc::new(Self {
+            state_dir: state_dir.to_path_buf(),
+            gateway: gateway_label(state_dir),
+            opts,
+            client: tokio::sync::Mutex::new(None),
+            slots: Mutex::new(HashMap::new()),
+            tenant_locks: TenantLocks::default(),
+            create_locks: TenantLocks::default(),
+            images: Mutex::new(HashMap::new()),
+        });
+        let weak = Arc::downgrade(&me);
+        tokio::spawn(async move {
+            if let Some(me) = weak.upgrade()
+                && let Err(e) = me.docker().await
+            {
+                tracing::warn!(error = %e, "Docker sandbox backend: daemon not reachable yet; calls fail until it is.");
+            }
+        });
+        tokio::spawn(reaper(Arc::downgrade(&me)));
+        me
+    }
+
+    /// This gateway's label value.
+    pub fn gateway(&self) -> &str {
+        &self.gateway
+    }
+
+    /// The client, connecting (and reconciling) first if there is none.
+    async fn docker(&self) -> Result<Docker, SandboxError> {
+        let mut guard = self.client.lock().await;
+        if let Some(d) = guard.as_ref() {
+            return Ok(d.clone());
+        }
+        let docker = connect(self.opts.socket.as_deref())
+            .await
+            .map(|d| d.with_timeout(self.opts.request_timeout))
+            .map_err(|e| {
+                // Details (socket path, transport error) go to the operator's log, not to the model.
+                tracing::warn!(error = %e, "Docker sandbox backend: daemon unreachable.");
+                SandboxError::Unavailable("the Docker daemon is unreachable; calls fail until it is back".into())
+            })?;
+        // Reconcile: containers of a previous run of this gateway are not adopted (their
+        // runner's stream state is unknown); they are removed and recreated on demand.
+        let live: Vec<String> = {
+            let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots.values().filter_map(|s| s.try_lock().ok().and_then(|l| l.as_ref().map(|l| l.id.clone()))).collect()
+        };
+        if live.is_empty() {
+            match remove_containers(&docker, &self.gateway, None).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "Docker sandbox backend: removed containers of a previous run."),
+                Err(e) => return Err(SandboxError::Unavailable(e)),
+            }
+        }
+        *guard = Some(docker.clone());
+        Ok(docker)
+    }
+
+    /// Forgets the client after a connection failure so the next call connects again.
+    async fn reset_client(&self) {
+        *self.client.lock().await = None;
+    }
+
+    /// Removes every container of `tenant` this gateway runs (tenant deletion).
+    pub async fn remove_tenant(&self, tenant: &str) -> Result<usize, String> {
+        let docker = self.docker().await.map_err(|e| e.to_string())?;
+        let slots: Vec<_> = {
+            let mut m = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let keys: Vec<SlotKey> = m.keys().filter(|k| k.tenant == tenant).cloned().collect();
+            keys.into_iter().filter_map(|k| m.remove(&k)).collect()
+        };
+        for s in slots {
+            *s.lock().await = None;
+        }
+        remove_containers(&docker, &self.gateway, Some(tenant)).await
+    }
+
+    /// The container id serving a call's scope right now, if any (tests and diagnostics).
+    pub async fn container_of(&self, call: &SandboxCall) -> Option<String> {
+        let slots: Vec<_> = {
+            let m = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let scope = self.scope_of(call);
+            m.iter()
+                .filter(|(k, _)| k.tenant == call.tenant.as_str() && k.scope == scope)
+                .map(|(_, v)| v.clone())
+                .collect()
+        };
+        for s in slots {
+            if let Some(l) = s.lock().await.as_ref() {
+                return Some(l.id.clone());
+            }
+        }
+        None
+    }
+
+    fn scope_of(&self, call: &SandboxCall) -> String {
+        let ws = super::workspace_dir(&self.state_dir, call);
+        let root = super::wasm::tenant_dirs(&self.state_dir, call.tenant.as_str())[0].clone();
+        ws.strip_prefix(&root).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+
+    async fn call_inner(&self, call: &SandboxCall) -> Result<ToolOutput, SandboxError> {
+        check_call(call)?;
+        let settings = &call.settings.docker;
+        let timeout = super::call_timeout(call, settings.timeout)?;
+        let mount = call.settings.workspace_access;
+        let access = call.limits.workspace_access.min(mount);
+        // A native command can write wherever the mount lets it; it runs only with the access
+        // the container was created with, never with a narrower per-call one it could exceed.
+        if call.tool == Tool::Exec && access != mount {
+            return Err(SandboxError::InvalidArguments(format!(
+                "exec needs this agent's full workspace access ({mount:?}); policy allows only {access:?} for this call"
+            )));
+        }
+        let mutating = access == WorkspaceAccess::Rw && matches!(call.tool, Tool::Write | Tool::Edit | Tool::Exec);
+        let lock = self.tenant_locks.of(call.tenant.as_str());
+        let _guard = if mutating { Some(lock.lock().await) } else { None };
+        let budget = if mutating {
+            let root = super::wasm::tenant_dirs(&self.state_dir, call.tenant.as_str())[0].clone();
+            let used = tokio::task::spawn_blocking(move || super::wasm::disk_usage(&root))
+                .await
+                .map_err(|e| SandboxError::Unavailable(format!("disk usage check failed: {e}")))?;
+            if used >= settings.disk_quota_bytes {
+                return Err(SandboxError::Quota);
+            }
+            Some(settings.disk_quota_bytes - used)
+        } else {
+            None
+        };
+        let mut args = call.args.clone();
+        if call.tool == Tool::Exec
+            && let Some(o) = args.as_object_mut()
+        {
+            // The runner enforces the effective timeout (policy ∧ config ∧ request) itself.
+            o.insert("timeoutSec".into(), serde_json::json!(timeout.as_secs_f64()));
+        }
+        let limits = RequestLimits {
+            max_output_bytes: call.limits.max_output_bytes as u64,
+            access: super::protocol_access(access),
+            disk_budget_bytes: budget,
+        };
+        let frame = protocol::encode(&Request::new(call.tool.name(), args, limits));
+        let max_frame = protocol::max_response_frame(call.limits.max_output_bytes);
+
+        let (docker, mut live) = self.running(call).await?;
+        let Some(l) = live.as_mut() else {
+            return Err(SandboxError::Unavailable("the sandbox container could not be started".into()));
+        };
+        let result = tokio::time::timeout(timeout + HOST_GRACE, l.roundtrip(&frame, max_frame)).await;
+        let resp = match result {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(failure)) => {
+                let id = l.id.clone();
+                *live = None;
+                let err = match failure {
+                    Broken::Protocol(m) => SandboxError::Protocol(m),
+                    Broken::Ended => self.why_ended(&docker, &id).await,
+                };
+                let _ = remove(&docker, &id).await;
+                return Err(err);
+            }
+            Err(_) => {
+                let id = l.id.clone();
+                *live = None;
+                let _ = remove(&docker, &id).await;
+                return Err(SandboxError::Timeout(timeout));
+            }
+        };
+        l.last_used = Instant::now();
+        finish(resp, call.limits.max_output_bytes, timeout)
+    }
+
+    /// The call's container, created (or replaced, if it died) as needed, locked for the call.
+    async fn running(
+        &self,
+        call: &SandboxCall,
+    ) -> Result<(Docker, tokio::sync::OwnedMutexGuard<Option<Live>>), SandboxError> {
+        let docker = self.docker().await?;
+        let plan = match self.plan(&docker, call).await {
+            Ok(p) => p,
+            Err(e) => {
+                self.forget_client_if_down(&e).await;
+                return Err(e);
+            }
+        };
+        let slot = {
+            let mut m = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            m.entry(plan.key.clone()).or_default().clone()
+        };
+        let mut live = slot.lock_owned().await;
+        if live.as_ref().is_some_and(|l| l.dead.load(Ordering::Acquire)) {
+            let old = live.take().map(|l| l.id);
+            if let Some(id) = old {
+                let _ = remove(&docker, &id).await;
+            }
+        }
+        if live.is_none() {
+            // Creations of one tenant are serialised so its container cap holds.
+            let creating = self.create_locks.of(&plan.key.tenant);
+            let _creating = creating.lock().await;
+            self.make_room(&docker, &plan.key, plan.settings.max_containers).await?;
+            match self.create(&docker, &plan).await {
+                Ok(l) => *live = Some(l),
+                Err(e) => {
+                    self.forget_client_if_down(&e).await;
+                    return Err(e);
+                }
+            }
+        }
+        if let Some(l) = live.as_mut() {
+            l.last_used = Instant::now();
+            // A prewarmed container stays up however long it is idle.
+            l.idle = if plan.settings.prewarm { Duration::MAX } else { plan.settings.idle };
+        }
+        Ok((docker, live))
+    }
+
+    /// Keeps a tenant under `max` containers: the least recently used idle one of its others
+    /// goes; if all are busy the call is refused.
+    async fn make_room(&self, docker: &Docker, key: &SlotKey, max: u32) -> Result<(), SandboxError> {
+        let others: Vec<_> = {
+            let m = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            m.iter().filter(|(k, _)| k.tenant == key.tenant && *k != key).map(|(_, s)| s.clone()).collect()
+        };
+        let mut running = 0usize;
+        let mut idle = Vec::new();
+        for s in others {
+            match s.clone().try_lock_owned() {
+                Ok(g) if g.is_some() => {
+                    running += 1;
+                    idle.push(g);
+                }
+                Ok(_) => {}
+                Err(_) => running += 1,
+            }
+        }
+        if running < max as usize {
+            return Ok(());
+        }
+        idle.sort_by_key(|g| g.as_ref().map(|l| l.last_used));
+        let Some(mut lru) = idle.into_iter().next() else {
+            return Err(SandboxError::Unavailable(format!(
+                "this tenant already runs {running} sandbox containers, all busy (the limit is {max}); try again shortly"
+            )));
+        };
+        if let Some(l) = lru.take() {
+            tracing::debug!(tenant = %key.tenant, "Docker sandbox: container cap reached; removing the least recently used.");
+            remove(docker, &l.id).await.map_err(SandboxError::Unavailable)?;
+        }
+        Ok(())
+    }
+
+    /// Prewarms, in the background, the container of every agent configured with
+    /// `sandbox.docker.prewarm` on this backend (agent and shared scopes; a session's container
+    /// cannot exist before its session). Failures are logged; the first call retries.
+    pub fn prewarm_agents(self: &Arc<Self>, agents: &[crate::config::AgentConfig]) {
+        for a in agents {
+            let s = &a.sandbox;
+            if s.backend != crate::config::SandboxBackend::Docker
+                || !s.docker.prewarm
+                || s.scope == crate::config::SandboxScope::Session
+            {
+                continue;
+            }
+            let Ok(session) =
+                crate::ids::SessionKey::new(a.id.clone(), "prewarm", crate::ids::PeerKind::Direct, "gateway")
+            else {
+                continue;
+            };
+            let call = SandboxCall {
+                tenant: a.tenant.clone(),
+                agent: a.id.clone(),
+                session,
+                tool: Tool::Exec,
+                args: serde_json::json!({}),
+                limits: super::ToolLimits::default(),
+                settings: s.clone(),
+            };
+            let me = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = me.prewarm(&call).await {
+                    tracing::warn!(agent = %call.agent, error = %e, "Docker sandbox: prewarm failed; the first call retries.");
+                }
+            });
+        }
+    }
+
+    /// Creates the container of an agent- or shared-scope call ahead of its first tool call
+    /// (`sandbox.docker.prewarm`); it is then exempt from idle reaping.
+    pub async fn prewarm(&self, call: &SandboxCall) -> Result<(), SandboxError> {
+        self.running(call).await.map(|_| ())
+    }
+
+    async fn forget_client_if_down(&self, e: &SandboxError) {
+        if matches!(e, SandboxError::Unavailable(m) if m.contains("daemon")) {
+            self.reset_client().await;
+        }
+    }
+
+    /// Why a container's runner stream ended mid-call: OOM, or it stopped.
+    async fn why_ended(&self, docker: &Docker, id: &str) -> SandboxError {
+        let state = docker.inspect_container(id, None).await.ok().and_then(|i| i.state);
+        match state {
+            Some(s) if s.oom_killed == Some(true) => SandboxError::Memory,
+            Some(s) => SandboxError::Unavailable(format!(
+                "the sandbox container stopped during the call (exit code {}); the next call starts a new one",
+                s.exit_code.unwrap_or(-1)
+            )),
+            None => SandboxError::Unavailable(
+                "the sandbox container is gone (removed, or the daemon restarted); the next call starts a new one"
+                    .into(),
+            ),
+        }
+    }
+
+    /// The id of `image`, checked at most every `IMAGE_RECHECK` (a rebuilt image is picked up,
+    /// and its containers recreated, within that time).
+    async fn image_id(&self, docker: &Docker, image: &str) -> Result<String, SandboxError> {
+        if let Some((id, at)) = self.images.lock().unwrap_or_else(|p| p.into_inner()).get(image)
+            && at.elapsed() < IMAGE_RECHECK
+        {
+            return Ok(id.clone());
+        }
+        let id = check_image(docker, image).await.map_err(|e| {
+            if e.contains("cannot inspect") {
+                SandboxError::Unavailable(format!("Docker daemon: {e}"))
+            } else {
+                SandboxError::Unavailable(e)
+            }
+        })?;
+        self.images.lock().unwrap_or_else(|p| p.into_inner()).insert(image.to_string(), (id.clone(), Instant::now()));
+        Ok(id)
+    }
+
+    /// Resolves everything a call's container depends on.
+    async fn plan(&self, docker: &Docker, call: &SandboxCall) -> Result<Plan, SandboxError> {
+        let s = &call.settings.docker;
+        let image_id = self.image_id(docker, &s.image).await?;
+        let workspace = match call.settings.workspace_access {
+            WorkspaceAccess::None => None,
+            a => Some((super::workspace_dir(&self.state_dir, call), a == WorkspaceAccess::Ro)),
+        };
+        let (uid, gid) = match &s.user {
+            Some(u) => {
+                let (a, b) = u.split_once(':').unwrap_or((u, u));
+                (a.parse().unwrap_or(DEFAULT_USER.0), b.parse().unwrap_or(DEFAULT_USER.1))
+            }
+            None => DEFAULT_USER,
+        };
+        if let Some((dir, _)) = &workspace {
+            prepare_workspace(dir, uid, gid).await?;
+        }
+        // A non-root gateway cannot hand the workspace to another uid; then the container runs as
+        // the gateway's own (non-root) uid, which owns it.
+        let (uid, gid) = match &workspace {
+            Some((dir, _)) => match tokio::fs::metadata(dir).await {
+                Ok(m) if m.uid() != 0 => (m.uid(), m.gid()),
+                _ => (uid, gid),
+            },
+            None => (uid, gid),
+        };
+        let seccomp = match &s.seccomp_profile {
+            Some(p) => Some(tokio::fs::read_to_string(p).await.map_err(|e| {
+                // The path is the operator's; the model sees only that the profile is unreadable.
+                tracing::error!(path = %p.display(), error = %e, "Docker sandbox: seccomp profile unreadable.");
+                SandboxError::Unavailable(format!("cannot read the configured seccomp profile: {}", e.kind()))
+            })?),
+            None => None,
+        };
+        let scope = self.scope_of(call);
+        let mut plan = Plan {
+            key: SlotKey { tenant: call.tenant.as_str().to_string(), scope, config: String::new() },
+            agent: call.agent.as_str().to_string(),
+            image_id,
+            workspace,
+            user: format!("{uid}:{gid}"),
+            seccomp,
+            settings: s.clone(),
+        };
+        plan.key.config = plan.hash();
+        Ok(plan)
+    }
+
+    /// Creates, attaches and starts a container for `plan`; replaces older ones of its scope.
+    async fn create(&self, docker: &Docker, plan: &Plan) -> Result<Live, SandboxError> {
+        let down = |e: bollard::errors::Error| SandboxError::Unavailable(format!("Docker daemon: {e}"));
+        // An agent's scope has one container: an older one (config or image changed, or dead)
+        // goes. Other agents sharing the scope (`shared`) keep theirs.
+        remove_labelled(
+            docker,
+            vec![
+                format!("{LABEL_SANDBOX}=1"),
+                format!("{LABEL_GATEWAY}={}", self.gateway),
+                format!("{LABEL_TENANT}={}", plan.key.tenant),
+                format!("{LABEL_SCOPE}={}", plan.key.scope),
+                format!("{LABEL_AGENT}={}", plan.agent),
+            ],
+        )
+        .await
+        .map_err(|e| SandboxError::Unavailable(format!("Docker daemon: {e}")))?;
+        let body = plan.body(&self.gateway);
+        let created = docker
+            .create_container(Some(CreateContainerOptionsBuilder::default().build()), body)
+            .await
+            .map_err(down)?;
+        let id = created.id;
+        let attached = docker
+            .attach_container(
+                &id,
+                Some(
+                    AttachContainerOptionsBuilder::default().stdin(true).stdout(true).stderr(true).stream(true).build(),
+                ),
+            )
+            .await;
+        let attached = match attached {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = remove(docker, &id).await;
+                return Err(down(e));
+            }
+        };
+        if let Err(e) = docker.start_container(&id, None).await {
+            let _ = remove(docker, &id).await;
+            return Err(SandboxError::Unavailable(format!("cannot start the sandbox container: {e}")));
+        }
+        let dead = Arc::new(AtomicBool::new(false));
+        let (d2, dead2, id2) = (docker.clone(), dead.clone(), id.clone());
+        tokio::spawn(async move {
+            let mut w =
+                d2.wait_container(&id2, Some(WaitContainerOptionsBuilder::default().condition("not-running").build()));
+            // Any outcome (exit, error, daemon gone) means this container can no longer serve.
+            let _ = w.next().await;
+            dead2.store(true, Ordering::Release);
+        });
+        tracing::debug!(tenant = %plan.key.tenant, scope = %plan.key.scope, container = %id.get(..12).unwrap_or_default(), "Sandbox container started.");
+        Ok(Live {
+            id,
+            input: attached.input,
+            output: attached.output,
+            buf: Vec::new(),
+            dead,
+            last_used: Instant::now(),
+            idle: plan.settings.idle,
+        })
+    }
+
+    /// Removes containers idle longer than their configured idle time.
+    async fn reap_idle(&self) {
+        let slots: Vec<_> = {
+            let m = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            m.values().cloned().collect()
+        };
+        let Some(docker) = self.client.lock().await.clone() else { return };
+        for s in slots {
+            let Ok(mut l) = s.try_lock() else { continue };
+            if let Some(live) = l.as_ref()
+                && (live.last_used.elapsed() >= live.idle || live.dead.load(Ordering::Acquire))
+            {
+                let id = live.id.clone();
+                *l = None;
+                if let Err(e) = remove(&docker, &id).await {
+                    tracing::warn!(error = %e, "Docker sandbox backend: idle container not removed.");
+                }
+            }
+        }
+        // Forget empty slots nobody is about to use (a call holds a clone of the Arc).
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, s| Arc::strong_count(s) > 1 || s.try_lock().map_or(true, |l| l.is_some()));
+    }
+}
+
+async fn reaper(me: Weak<DockerSandbox>) {
+    loop {
+        let every = match me.upgrade() {
+            Some(m) => m.opts.reap_every,
+            None => return,
+        };
+        tokio::time::sleep(every).await;
+        match me.upgrade() {
+            Some(m) => m.reap_idle().await,
+            None => return,
+        }
+    }
+}
+
+/// Creates the workspace and hands it to the sandbox user when the gateway runs as root (files
+/// the wasm backend or the operator left there included, so a tenant can switch backends).
+async fn prepare_workspace(dir: &Path, uid: u32, gid: u32) -> Result<(), SandboxError> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(&dir)?;
+        let m = std::fs::metadata(&dir)?;
+        if m.uid() == 0 && (uid, gid) != (0, 0) {
+            hand_over(&dir, uid, gid)?;
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+    })
+    .await
+    .map_err(|e| SandboxError::Unavailable(format!("cannot prepare the workspace: {e}")))?
+    .map_err(|e| SandboxError::Unavailable(format!("cannot prepare the workspace: {}", e.kind())))
+}
+
+/// Most entries `hand_over` visits.
+const MAX_HANDOVER_ENTRIES: usize = 100_000;
+
+/// `lchown`s a workspace tree to the sandbox user: symlinks are not followed, and a file with
+/// more than one link is left alone (it might be linked to a file outside).
+fn hand_over(root: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(root, Some(uid), Some(gid))?;
+    let mut stack = vec![root.to_path_buf()];
+    let mut seen = 0;
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            seen += 1;
+            if seen > MAX_HANDOVER_ENTRIES {
+                return Err(std::io::Error::other("workspace too large to hand over"));
+            }
+            let m = e.path().symlink_metadata()?;
+            if m.is_dir() {
+                stack.push(e.path());
+            } else if m.is_file() && m.nlink() > 1 {
+                continue;
+            }
+            std::os::unix::fs::lchown(e.path(), Some(uid), Some(gid))?;
+        }
+    }
+    Ok(())
+}
+
+/// How a runner stream failed.
+enum Broken {
+    Protocol(String),
+    Ended,
+}
+
+impl Live {
+    /// Sends one request frame and reads one response frame.
+    async fn roundtrip(&mut self, frame: &[u8], max: usize) -> Result<protocol::Response, Broken> {
+        if self.input.write_all(frame).await.is_err() || self.input.flush().await.is_err() {
+            return Err(Broken::Ended);
+        }
+        let mut stderr = Vec::new();
+        loop {
+            if self.buf.len() >= 4 {
+                let len = protocol::frame_len([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
+                if len > max {
+                    return Err(Broken::Protocol(format!("runner response of {len} bytes exceeds {max}")));
+                }
+                if self.buf.len() >= 4 + len {
+                    let rest = self.buf.split_off(4 + len);
+                    let frame = std::mem::replace(&mut self.buf, rest);
+                    return protocol::decode_response(&frame, max)
+                        .map_err(|e| Broken::Protocol(format!("runner sent an invalid response: {e}")));
+                }
+            }
+            match self.output.next().await {
+                Some(Ok(LogOutput::StdOut { message })) | Some(Ok(LogOutput::Console { message })) => {
+                    self.buf.extend_from_slice(&message)
+                }
+                Some(Ok(LogOutput::StdErr { message })) => {
+                    if stderr.len() < STDERR_CAP {
+                        stderr.extend_from_slice(&message[..message.len().min(STDERR_CAP - stderr.len())]);
+                        tracing::debug!(stderr = %String::from_utf8_lossy(&stderr), "Sandbox runner wrote to stderr.");
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return Err(Broken::Ended),
+            }
+        }
+    }
+}
+
+impl Plan {
+    fn hash(&self) -> String {
+        let s = &self.settings;
+        let text = format!(
+            "v1|{}|{:?}|{}|{}|{}|{}|{}|{}|{}|{:?}|{:?}|{:?}|{}",
+            self.image_id,
+            self.workspace,
+            self.user,
+            s.network,
+            s.pids_limit,
+            s.memory_bytes,
+            s.nano_cpus,
+            s.nofile,
+            s.tmpfs_bytes,
+            s.runtime,
+            s.apparmor_profile,
+            self.seccomp.as_deref().map(|j| hex16(j.as_bytes())),
+            self.agent,
+        );
+        hex16(text.as_bytes())
+    }
+
+    /// The container: see the module docs for why each setting is what it is.
+    fn body(&self, gateway: &str) -> ContainerCreateBody {
+        let s = &self.settings;
+        let mut security_opt = vec!["no-new-privileges:true".to_string()];
+        if let Some(json) = &self.seccomp {
+            // Through the API the profile is passed as JSON content, not a path.
+            security_opt.push(format!("seccomp={json}"));
+        }
+        if let Some(a) = &s.apparmor_profile {
+            security_opt.push(format!("apparmor={a}"));
+        }
+        let mounts = self.workspace.as_ref().map(|(dir, ro)| {
+            vec![Mount {
+                target: Some(WORKSPACE_DIR.into()),
+                source: Some(dir.to_string_lossy().into_owned()),
+                typ: Some(MountType::BIND),
+                read_only: Some(*ro),
+                bind_options: Some(MountBindOptions {
+                    propagation: Some(bollard::models::MountBindOptionsPropagationEnum::RPRIVATE),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]
+        });
+        let host = HostConfig {
+            cap_drop: Some(vec!["ALL".into()]),
+            cap_add: None,
+            privileged: Some(false),
+            security_opt: Some(security_opt),
+            readonly_rootfs: Some(true),
+            tmpfs: Some(HashMap::from([(
+                "/tmp".to_string(),
+                format!("rw,noexec,nosuid,nodev,size={},mode=1777", s.tmpfs_bytes),
+            )])),
+            network_mode: Some(s.network.clone()),
+            pids_limit: Some(s.pids_limit),
+            memory: Some(s.memory_bytes),
+            memory_swap: Some(s.memory_bytes),
+            nano_cpus: Some(s.nano_cpus),
+            ulimits: Some(vec![
+                ResourcesUlimits { name: Some("nofile".into()), soft: Some(s.nofile), hard: Some(s.nofile) },
+                ResourcesUlimits { name: Some("core".into()), soft: Some(0), hard: Some(0) },
+            ]),
+            init: Some(true),
+            ipc_mode: Some("private".into()),
+            mounts,
+            runtime: s.runtime.clone(),
+            log_config: Some(bollard::models::HostConfigLogConfig { typ: Some("none".into()), config: None }),
+            ..Default::default()
+        };
+        let labels = HashMap::from([
+            (LABEL_SANDBOX.to_string(), "1".to_string()),
+            (LABEL_GATEWAY.to_string(), gateway.to_string()),
+            (LABEL_TENANT.to_string(), self.key.tenant.clone()),
+            (LABEL_AGENT.to_string(), self.agent.clone()),
+            (LABEL_SCOPE.to_string(), self.key.scope.clone()),
+            (LABEL_CONFIG.to_string(), self.key.config.clone()),
+        ]);
+        ContainerCreateBody {
+            image: Some(self.image_id.clone()),
+            user: Some(self.user.clone()),
+            // Nothing from the host's environment: the image's PATH is all there is.
+            env: Some(vec![]),
+            working_dir: Some(WORKSPACE_DIR.into()),
+            network_disabled: Some(s.network == "none"),
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            open_stdin: Some(true),
+            stdin_once: Some(false),
+            tty: Some(false),
+            hostname: Some("sandbox".into()),
+            labels: Some(labels),
+            host_config: Some(host),
+            ..Default::default()
+        }
+    }
+}
+
+#[async_trait]
+impl Sandbox for DockerSandbox {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    async fn call(&self, call: &SandboxCall) -> Result<ToolOutput, SandboxError> {
+        self.call_inner(call).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_labels_differ_by_state_dir() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        assert_ne!(gateway_label(a.path()), gateway_label(b.path()));
+        assert_eq!(gateway_label(a.path()), gateway_label(a.path()));
+        assert_eq!(gateway_label(a.path()).len(), 16);
+    }
+}

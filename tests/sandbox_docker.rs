@@ -1,0 +1,720 @@
+//! The Docker sandbox backend against the real daemon, attacked from inside: every hardening
+//! property is checked by a probe the runner executes in the container, and the lifecycle
+//! (recovery, reconciliation, reaping, tenant removal) against real containers.
+//!
+//! With `BULKHEAD_REQUIRE_DOCKER=1` (set by `.ci/run`) a missing daemon or image fails every
+//! test; without it each test says loudly that it did not run. Every container a test creates
+//! carries its own gateway label and is removed when the test ends, pass or fail.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bulkhead::config::{
+    DockerSettings, SandboxBackend, SandboxConfig, SandboxMode, SandboxScope, WasmSettings, WorkspaceAccess,
+};
+use bulkhead::ids::{AgentId, SessionKey, TenantId};
+use bulkhead::sandbox::docker::{self, DockerOptions, DockerSandbox};
+use bulkhead::sandbox::{Sandbox, SandboxCall, SandboxError, ToolLimits, ToolOutput};
+use bulkhead::tools::Tool;
+use serde_json::{Value, json};
+
+const IMAGE: &str = "bulkhead/sandbox:base";
+
+/// Whether the daemon and image are there; panics when they must be (CI).
+async fn docker_ready() -> bool {
+    let required = std::env::var("BULKHEAD_REQUIRE_DOCKER").is_ok_and(|v| v == "1");
+    let problem = match docker::connect(None).await {
+        Err(e) => Some(e),
+        Ok(d) => docker::check_image(&d, IMAGE).await.err(),
+    };
+    match problem {
+        None => true,
+        Some(p) if required => panic!("BULKHEAD_REQUIRE_DOCKER=1 but the Docker backend cannot run: {p}"),
+        Some(p) => {
+            eprintln!("NOT RUN (set BULKHEAD_REQUIRE_DOCKER=1 to fail instead): {p}");
+            false
+        }
+    }
+}
+
+/// A backend over its own state dir; its containers are removed on drop.
+struct Env {
+    _dir: tempfile::TempDir,
+    state: PathBuf,
+    sb: Arc<DockerSandbox>,
+}
+
+impl Env {
+    fn new() -> Self {
+        Self::with(DockerOptions::default())
+    }
+
+    fn with(opts: DockerOptions) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        let sb = DockerSandbox::start(&state, opts);
+        Env { _dir: dir, state, sb }
+    }
+
+    async fn run(&self, call: &SandboxCall) -> Result<ToolOutput, SandboxError> {
+        self.sb.call(call).await
+    }
+
+    async fn sh(&self, tenant: &str, cmd: &str) -> ToolOutput {
+        self.run(&mk(tenant, Tool::Exec, json!({ "command": cmd }))).await.unwrap()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        cleanup(&docker::gateway_label(&self.state));
+    }
+}
+
+/// Removes every container of a gateway label (synchronously, usable in `Drop`).
+fn cleanup(gateway: &str) {
+    let out = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label={}={gateway}", docker::LABEL_GATEWAY)])
+        .output();
+    if let Ok(out) = out {
+        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect();
+        if !ids.is_empty() {
+            let _ = std::process::Command::new("docker").arg("rm").arg("-f").args(&ids).output();
+        }
+    }
+}
+
+fn settings() -> SandboxConfig {
+    SandboxConfig {
+        mode: SandboxMode::All,
+        scope: SandboxScope::Agent,
+        backend: SandboxBackend::Docker,
+        workspace_access: WorkspaceAccess::Rw,
+        wasm: WasmSettings {
+            fuel: 1,
+            memory_bytes: 1 << 20,
+            timeout: Duration::from_secs(1),
+            disk_quota_bytes: 1 << 20,
+        },
+        docker: DockerSettings { timeout: Duration::from_secs(20), ..DockerSettings::default() },
+    }
+}
+
+fn mk(tenant: &str, tool: Tool, args: Value) -> SandboxCall {
+    SandboxCall {
+        tenant: TenantId::parse(tenant).unwrap(),
+        agent: AgentId::parse(&format!("{tenant}-bot")).unwrap(),
+        session: SessionKey::parse(&format!("agent:{tenant}-bot:telegram:direct:peer-42")).unwrap(),
+        tool,
+        args,
+        limits: ToolLimits { timeout: Duration::from_secs(20), ..ToolLimits::default() },
+        settings: settings(),
+    }
+}
+
+fn exec(tenant: &str, cmd: &str) -> SandboxCall {
+    mk(tenant, Tool::Exec, json!({ "command": cmd }))
+}
+
+/// Container ids labelled for `gateway`.
+fn containers_of(gateway: &str) -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--no-trunc", "--filter", &format!("label={}={gateway}", docker::LABEL_GATEWAY)])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect()
+}
+
+fn inspect(id: &str, format: &str) -> String {
+    let out = std::process::Command::new("docker").args(["inspect", "-f", format, id]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn capabilities_privileges_and_user_are_dropped_from_inside() {
+    if !docker_ready().await {
+        return;
+    }
+    let e = Env::new();
+    let st =
+        e.sh("acme", "grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status").await;
+    assert_eq!(st.exit_code, Some(0), "{st:?}");
+    for cap in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert!(st.text.contains(&format!("{cap}:\t0000000000000000")), "{cap} not empty: {}", st.text);
+    }
+    assert!(st.text.contains("NoNewPrivs:\t1"), "{}", st.text);
+    // Seccomp mode 2 = a filter is installed (Docker's default profile).
+    assert!(st.text.contains("Seccomp:\t2"), "{}", st.text);
+    // Commands cannot reach into the runner (their parent): its fds, memory and environment are
+    // off limits, so they can neither read nor forge the protocol stream.
+    let runner = e
+        .sh("acme", "echo forged > /proc/$PPID/fd/1; cat /proc/$PPID/environ; ls /proc/$PPID/fd; cat /proc/$PPID/comm")
+        .await;
+    assert_eq!(runner.text.matches("Permission denied").count(), 3, "{runner:?}");
+    assert!(runner.text.ends_with("sandbox-runner\n"), "the probe did not target the runner: {runner:?}");
+    let id = e.sh("acme", "id -u; id -g").await;
+    assert_eq!(id.text, "65532\n65532\n", "{id:?}");
+    // Positive/negative: the runner's identity is not root, and privileged syscalls fail.
+    let chown = e.sh("acme", "touch /tmp/f && chown 0:0 /tmp/f").await;
+    assert_ne!(chown.exit_code, Some(0), "chown to root worked: {chown:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn root_is_read_only_tmp_is_noexec_and_sized() {
+    if !docker_ready().await {
+        return;
+    }
+    let e = Env::new();
+    for probe in ["touch /bin/evil", "mkdir /newdir", "echo x > /etc/passwd"] {
+        let r = e.sh("acme", probe).await;
+        assert_ne!(r.exit_code, Some(0), "{probe} succeeded: {r:?}");
+        assert!(r.text.contains("Read-only file system"), "{probe}: {r:?}");
+    }
+    let ok = e.sh("acme", "echo hi > /tmp/t && cat /tmp/t && echo ws > /workspace/w && cat w").await;
+    assert_eq!(ok.text, "hi\nws\n", "{ok:?}");
+    // noexec: a copied binary cannot be started from /tmp (Permission denied).
+    let r = e.sh("acme", "cp /bin/busybox /tmp/bb && chmod +x /tmp/bb && /tmp/bb true").await;
+    assert_ne!(r.exit_code, Some(0), "{r:?}");
+    assert!(r.text.contains("Permission denied"), "{r:?}");
+    let df = e.sh("acme", "df -k /tmp | tail -n 1").await;
+    let kb: u64 = df.text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    assert_eq!(kb, 64 * 1024, "{df:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_network_no_socket_masked_proc_no_host_env() {
+    if !docker_ready().await {
+        return;
+    }
+    let e = Env::new();
+    let net = e.sh("acme", "ls /sys/class/net").await;
+    assert_eq!(net.text, "lo\n", "{net:?}");
+    let sock =
+        e.sh("acme", "find / -xdev -name '*.sock' 2>/dev/null; ls /var/run/docker.sock /run/docker.sock 2>&1").await;
+    assert!(!sock.text.contains("docker.sock\n") || sock.text.contains("No such file"), "{sock:?}");
+    assert!(!sock.text.lines().any(|l| l.ends_with(".sock")), "a socket is reachable: {sock:?}");
+    // Masked: read as empty. Read-only: /proc/sys cannot be written.
+    // Masked (Docker's defaults): those present read as empty.
+    let masked = e
+        .sh("acme", "for f in /proc/kcore /proc/keys /proc/timer_list /proc/sched_debug /proc/latency_stats; do [ -e $f ] && echo $f $(wc -c < $f); done")
+        .await;
+    assert!(masked.text.lines().count() >= 2, "{masked:?}");
+    assert!(masked.text.lines().all(|l| l.ends_with(" 0")), "{masked:?}");
+    let sys = e.sh("acme", "echo 1 > /proc/sys/kernel/panic").await;
+    assert_ne!(sys.exit_code, Some(0), "{sys:?}");
+    // The environment is the runner's fixed one: nothing from the host or the gateway.
+    let env = e.sh("acme", "env | sort; tr '\\0' '\\n' < /proc/1/environ").await;
+    for line in env.text.lines().filter(|l| !l.is_empty()) {
+        let key = line.split('=').next().unwrap_or("");
+        assert!(
+            ["PATH", "HOME", "TMPDIR", "LANG", "PWD", "SHLVL", "HOSTNAME", "_"].contains(&key),
+            "unexpected variable in the sandbox: {line}"
+        );
+    }
+    // Outside, the container has no mount but the workspace, no env but PATH/HOSTNAME.
+    let id = e.sb.container_of(&exec("acme", "true")).await.unwrap();
+    let mounts = inspect(&id, "{{range .Mounts}}{{.Source}} -> {{.Destination}};{{end}}");
+    let ws = std::fs::canonicalize(e.state.join("workspaces/acme/agents/acme-bot")).unwrap();
+    assert_eq!(mounts, format!("{} -> /workspace;", ws.display()));
+    assert_eq!(
+        inspect(&id, "{{.HostConfig.Privileged}} {{.HostConfig.ReadonlyRootfs}} {{.HostConfig.NetworkMode}}"),
+        "false true none"
+    );
+    // The limits as the daemon recorded them (defaults: 512 MiB = swap, 1 CPU, 256 pids, nofile 1024).
+    assert_eq!(
+        inspect(
+            &id,
+            "{{.HostConfig.Memory}} {{.HostConfig.MemorySwap}} {{.HostConfig.NanoCpus}} {{.HostConfig.PidsLimit}} \
+             {{.HostConfig.Init}} {{.HostConfig.CapDrop}} {{.HostConfig.SecurityOpt}} {{.HostConfig.IpcMode}} {{.Config.User}}"
+        ),
+        "536870912 536870912 1000000000 256 true [ALL] [no-new-privileges:true] private 65532:65532"
+    );
+    assert_eq!(
+        inspect(&id, "{{range .HostConfig.Ulimits}}{{.Name}}={{.Soft}}/{{.Hard}} {{end}}"),
+        "nofile=1024/1024 core=0/0"
+    );
+    // And from inside: the nofile ulimit and the pids cgroup limit the runner's commands live under.
+    let limits = e.sh("acme", "ulimit -n; cat /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/pids.max 2>/dev/null").await;
+    assert_eq!(limits.text.split_whitespace().collect::<Vec<_>>(), ["1024", "256"], "{limits:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fork_bomb_hits_the_pids_limit_and_the_host_stays_responsive() {
+    if !docker_ready().await {
+        return;
+    }
+    let e = Env::new();
+    let mut call = exec("acme", "i=0; while [ $i -lt 200 ]; do sleep 30 & i=$((i+1)); done; echo started $i");
+    call.settings.docker.pids_limit = 64;
+    call.args["timeoutSec"] = json!(10);
+    let r = e.run(&call).await.unwrap();
+    assert!(r.text.contains("can't fork") || r.text.contains("Resource temporarily unavailable"), "{r:?}");
+    // A real fork bomb, cut off by the timeout; meanwhile the host forks fine.
+    let mut bomb = exec("acme", "b(){ b | b & }; b; sleep 100");
+    bomb.settings.docker.pids_limit = 64;
+    bomb.args["timeoutSec"] = json!(3);
+    let sb = e.sb.clone();
+    let task = tokio::spawn(async move { sb.call(&bomb).await });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let t = Instant::now();
+    let host = std::process::Command::new("true").status().unwrap();
+    assert!(host.success() && t.elapsed() < Duration::from_secs(2), "host slow: {:?}", t.elapsed());
+    let r = task.await.unwrap();
+    assert!(matches!(r, Err(SandboxError::Timeout(_))), "{r:?}");
+    // Everything it started is gone and the sandbox serves the next call.
+    let mut after = exec("acme", "ls /proc | grep -c '^[0-9]'");
+    after.settings.docker.pids_limit = 64;
+    let n = e.run(&after).await.unwrap();
+    // init, the runner, this shell, ls, grep (and perhaps a zombie init has not reaped yet).
+    let procs: u32 = n.text.trim().parse().unwrap();
+    assert!(procs <= 8, "left over processes: {n:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_bomb_is_oom_killed_and_reported() {
+    if !docker_ready().await {
+        return;
+    }
+    let e = Env::new();
+    let mut call = exec("acme", "a=$(head -c 400000000 /dev/zero | tr '\\0' x); echo ${#a}");
+    call.settings.docker.memory_bytes = 64 << 20;
+    let r = e.run(&call).await;
+    assert_eq!(r, Err(SandboxError::Memory));
+    // The runner survived: the same container answers.
+    let mut again = exec("acme", "echo alive");
+    again.settings.docker.memory_bytes = 64 << 20;
+    let id = e.sb.container_of(&again).await;
+    assert_eq!(e.run(&again).await.unwrap().text, "alive\n");
+    assert_eq!(e.sb.container_of(&again).await, id);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn timeout_bounds_a_cpu_spinner_and_kills_grandchildren() {
+    if !docker_ready().await {
+        return;
+    }
+    let e = Env::new();
+    let mut spin = exec("acme", "while :; do :; done");
+    spin.args["timeoutSec"] = json!(2);
+    let t = Instant::now();
+    assert_eq!(e.run(&spin).await, Err(SandboxError::Timeout(Duration::from_secs(2))));
+    assert!(t.elapsed() < Duration::from_secs(12), "{:?}", t.elapsed());
+    // Grandchildren in the background, one of them in a new session (escaping the group).
+    let mut tree = exec("acme", "(sleep 1000 &) ; sh -c 'sleep 1001 & sleep 1002' & setsid sleep 1003 & sleep 1004");
+    tree.args["timeoutSec"] = json!(2);
+    assert!(matches!(e.run(&tree).await, Err(SandboxError::Timeout(_))));
+    let ps = e.sh("acme", "ps -o comm,args").await;
+    assert!(!ps.text.contains("sleep 10"), "survivors: {}", ps.text);
+    // A command that exits at once may not leave background work behind either.
+    e.sh("acme", "sleep 1005 &").await;
+    let ps = e.sh("acme", "ps -o args").await;
+    assert!(!ps.text.contains("sleep 1005"), "survivor: {}", ps.text);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tenants_cannot_see_each_other_and_run_at_once() {
+    if !docker_ready().await {
+        return;
+    }
+    let e = Env::new();
+    e.sh("acme", "echo acme-private > /workspace/secret.txt").await;
+    let (ca, cb) = (
+        exec("acme", "sleep 2; cat secret.txt"),
+        exec("bravo", "sleep 1; ps -o args; ls -a /workspace; find / -xdev -name secret.txt 2>/dev/null"),
+    );
+    let (a, b) = tokio::join!(e.run(&ca), e.run(&cb));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.text, "acme-private\n", "{a:?}");
+    assert!(!b.text.contains("sleep 2"), "bravo sees acme's processes: {b:?}");
+    assert!(!b.text.contains("acme-private"), "bravo reads acme's file: {b:?}");
+    assert!(!b.text.lines().any(|l| l.ends_with("/secret.txt")), "bravo sees acme's workspace: {b:?}");
+    assert!(b.text.contains("\n.\n..\n"), "bravo's own workspace is empty: {b:?}");
+    let ids =
+        (e.sb.container_of(&exec("acme", "")).await.unwrap(), e.sb.container_of(&exec("bravo", "")).await.unwrap());
+    assert_ne!(ids.0, ids.1);
+    assert_eq!(inspect(&ids.0, &format!("{{{{index .Config.Labels \"{}\"}}}}", docker::LABEL_TENANT)), "acme");
+    assert_eq!(inspect(&ids.1, &format!("{{{{index .Config.Labels \"{}\"}}}}", docker::LABEL_TENANT)), "bravo");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_killed_from_outside_is_replaced() {
+    if !docker_ready().await {
+        return;
+    }
+    let e = Env::new();
+    e.sh("acme", "echo kept > /workspace/k").await;
+    let first = e.sb.container_of(&exec("acme", "")).await.unwrap();
+    let out = std::process::Command::new("docker").args(["kill", &first]).output().unwrap();
+    assert!(out.status.success());
+    // The call in flight when it dies (if any) fails clearly; the next one runs in a new container.
+    let r = e.run(&exec("acme", "cat k")).await;
+    if let Err(err) = &r {
+        assert!(matches!(err, SandboxError::Unavailable(m) if m.contains("next call")), "{err:?}");
+    }
+    let r = e.run(&exec("acme", "cat k")).await.unwrap();
+    assert_eq!(r.text, "kept\n");
+    let second = e.sb.container_of(&exec("acme", "")).await.unwrap();
+    assert_ne!(first, second);
+    assert!(!containers_of(e.sb.gateway()).contains(&first), "the dead container was not removed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_daemon_fails_closed_and_the_backend_recovers() {
+    if !docker_ready().await {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("docker.sock");
+    let e = Env::with(DockerOptions { socket: Some(sock.clone()), ..DockerOptions::default() });
+    let r = e.run(&exec("acme", "echo hi")).await;
+    assert!(matches!(&r, Err(SandboxError::Unavailable(m)) if m.contains("Docker daemon")), "{r:?}");
+    // The daemon "comes back" at the configured socket.
+    let real = std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/var/run/docker.sock"));
+    std::os::unix::fs::symlink(&real, &sock).unwrap();
+    let r = e.run(&exec("acme", "echo hi")).await.unwrap();
+    assert_eq!(r.text, "hi\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn orphans_of_a_previous_gateway_run_are_removed_at_start() {
+    if !docker_ready().await {
+        return;
+    }
+    let e = Env::new();
+    e.sh("acme", "true").await;
+    let orphan = e.sb.container_of(&exec("acme", "")).await.unwrap();
+    // A new gateway over the same state: the old container is removed, not adopted.
+    let sb2 = DockerSandbox::start(&e.state, DockerOptions::default());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while containers_of(sb2.gateway()).contains(&orphan) {
+        assert!(Instant::now() < deadline, "orphan not reconciled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sb2.call(&exec("acme", "echo fresh")).await.unwrap().text, "fresh\n");
+    assert_eq!(containers_of(sb2.gateway()).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_config_change_recreates_and_idle_containers_are_reaped() {
+    if !docker_ready().await {
+        return;
+    }
+    let e = Env::with(DockerOptions { reap_every: Duration::from_millis(200), ..DockerOptions::default() });
+    let mut call = exec("acme", "true");
+    e.run(&call).await.unwrap();
+    let first = e.sb.container_of(&call).await.unwrap();
+    call.settings.docker.pids_limit = 128;
+    e.run(&call).await.unwrap();
+    let second = e.sb.container_of(&call).await.unwrap();
+    assert_ne!(first, second);
+    assert_eq!(inspect(&second, "{{.HostConfig.PidsLimit}}"), "128");
+    assert_eq!(containers_of(e.sb.gateway()), vec![second.clone()]);
+    call.settings.docker.idle = Duration::from_secs(1);
+    e.run(&call).await.unwrap();
+    let third = e.sb.container_of(&call).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !containers_of(e.sb.gateway()).is_empty() {
+        assert!(Instant::now() < deadline, "idle container {third} not reaped");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Reaped is not broken: the next call starts a new one.
+    assert_eq!(e.run(&exec("acme", "echo back")).await.unwrap().text, "back\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tenant_removal_removes_only_that_tenants_containers() {
+    if !docker_ready().await {
+        return;
+    }
+    let e = Env::new();
+    e.sh("acme", "true").await;
+    e.sh("bravo", "true").await;
+    assert_eq!(containers_of(e.sb.gateway()).len(), 2);
+    assert_eq!(e.sb.remove_tenant("acme").await.unwrap(), 1);
+    let left = containers_of(e.sb.gateway());
+    assert_eq!(left.len(), 1);
+    assert_eq!(inspect(&left[0], &format!("{{{{index .Config.Labels \"{}\"}}}}", docker::LABEL_TENANT)), "bravo");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn file_tools_and_quota_work_over_the_attached_runner() {
+    if !docker_ready().await {
+        return;
+    }
+    let e = Env::new();
+    // Files left in the workspace by the gateway's user (here root; e.g. by the wasm backend)
+    // are handed to the sandbox user, except multiply-linked ones.
+    let ws = e.state.join("workspaces/acme/agents/acme-bot");
+    std::fs::create_dir_all(ws.join("old")).unwrap();
+    std::fs::write(ws.join("old/f.txt"), "from before\n").unwrap();
+    let outside = e.state.join("outside.txt");
+    std::fs::write(&outside, "outside").unwrap();
+    std::fs::hard_link(&outside, ws.join("linked.txt")).unwrap();
+    let r = e.sh("acme", "echo more >> old/f.txt && cat old/f.txt; echo x >> linked.txt").await;
+    assert!(r.text.starts_with("from before\nmore\n"), "{r:?}");
+    assert!(r.text.contains("Permission denied"), "a multiply-linked file was handed over: {r:?}");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&outside).unwrap().uid(), std::fs::metadata(&e.state).unwrap().uid());
+    let w = e.run(&mk("acme", Tool::Write, json!({"path": "a/b.txt", "content": "one\ntwo\n"}))).await.unwrap();
+    assert!(!w.is_error, "{w:?}");
+    let r = e.run(&mk("acme", Tool::Read, json!({"path": "a/b.txt"}))).await.unwrap();
+    assert_eq!(r.text, "one\ntwo\n");
+    let x = e.sh("acme", "wc -l < a/b.txt; ls -ln a | tail -n 1").await;
+    assert!(x.text.starts_with("2\n"), "{x:?}");
+    // Output is capped by the runner and re-capped by the host.
+    let mut big = exec("acme", "head -c 100000 /dev/zero | tr '\\0' y");
+    big.limits.max_output_bytes = 1000;
+    let b = e.run(&big).await.unwrap();
+    assert!(b.truncated && b.text.len() == 1000, "{}", b.text.len());
+    // Over quota: refused before running.
+    let mut fill = exec("acme", "head -c 2000000 /dev/zero > big.bin");
+    fill.settings.docker.disk_quota_bytes = 1 << 20;
+    e.run(&fill).await.unwrap();
+    assert_eq!(e.run(&fill).await, Err(SandboxError::Quota));
+    // Read-only for this call while the container mounts rw: exec refused (fail closed).
+    let mut ro = exec("acme", "echo x > y");
+    ro.limits.workspace_access = WorkspaceAccess::Ro;
+    assert!(matches!(e.run(&ro).await, Err(SandboxError::InvalidArguments(_))));
+    // An agent configured read-only gets a read-only mount: its commands read but cannot write.
+    let mut ro = exec("acme", "cat a/b.txt; echo x > y");
+    ro.settings.workspace_access = WorkspaceAccess::Ro;
+    let r = e.run(&ro).await.unwrap();
+    assert!(r.text.starts_with("one\ntwo\n") && r.text.contains("Read-only file system"), "{r:?}");
+    // No access: no mount at all; /workspace is the image's empty directory.
+    let mut none = exec("acme", "ls -A /workspace | wc -l");
+    none.settings.workspace_access = WorkspaceAccess::None;
+    none.limits.workspace_access = WorkspaceAccess::None;
+    assert_eq!(e.run(&none).await.unwrap().text.trim(), "0");
+}
+
+/// End to end: the real binary, a docker agent, the scripted model's `/tool` commands.
+#[tokio::test(flavor = "multi_thread")]
+async fn tools_run_in_the_tenants_container_through_the_gateway() {
+    if !docker_ready().await {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("master.key");
+    let made = std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(["keys", "init", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let config = r#"{
+  gateway: { bind: "127.0.0.1:0" },
+  stateDir: "state",
+  store: { masterKey: { file: "master.key" } },
+  models: { providers: {
+    demo: { api: "scripted" },
+    fakeai: { api: "openai", baseUrl: "http://127.0.0.1:9", apiKey: { env: "FAKE_OPENAI_KEY" } },
+  } },
+  tenants: [ { id: "alpha", name: "Alpha", apiTokens: [ { env: "TOKEN_A" } ] } ],
+  agents: { list: [
+    { id: "a-dock", tenant: "alpha", model: "demo/scripted",
+      sandbox: { mode: "all", backend: "docker", docker: { prewarm: true } } },
+  ] },
+}"#;
+    let path = dir.path().join("bulkhead.json5");
+    std::fs::write(&path, config).unwrap();
+    let secret = "sk-never-in-a-container-4242";
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .env("TOKEN_A", "tok-alpha-0123456789")
+        .env("FAKE_OPENAI_KEY", secret)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let state = dir.path().join("state");
+    let _cleanup = Cleanup(docker::gateway_label(&state));
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap().unwrap();
+    let base = first.strip_prefix("listening on ").expect("listening line").to_string();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    // Prewarmed: the agent's container exists before its first tool call, and that call uses it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let prewarmed = loop {
+        if let [id] = containers_of(&docker::gateway_label(&state)).as_slice() {
+            break id.clone();
+        }
+        assert!(Instant::now() < deadline, "the prewarmed container did not appear");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let http = reqwest::Client::new();
+    let mut replies = Vec::new();
+    for cmd in [
+        r#"/tool write {"path":"notes.txt","content":"alpha plans\n"}"#,
+        r#"/tool exec {"command":"id -u; cat notes.txt; env; tr '\\0' '\\n' < /proc/1/environ; grep -rl sk-never /bin /etc /workspace /tmp; echo done"}"#,
+    ] {
+        let body = json!({ "model": "a-dock", "user": "u1", "messages": [{ "role": "user", "content": cmd }] });
+        let resp = http
+            .post(format!("{base}/v1/chat/completions"))
+            .bearer_auth("tok-alpha-0123456789")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let v: Value = resp.json().await.unwrap();
+        replies.push(v["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_string());
+    }
+    let out = &replies[1];
+    assert!(out.contains("65532") && out.contains("alpha plans") && out.contains("done"), "{replies:?}");
+    assert!(!out.contains(secret), "a secret reached the container: {out}");
+    assert!(!out.contains("tok-alpha"), "an API token reached the container: {out}");
+    let ids = containers_of(&docker::gateway_label(&state));
+    assert_eq!(ids, vec![prewarmed]);
+    let env = inspect(&ids[0], "{{json .Config.Env}}");
+    assert!(!env.contains(secret), "{env}");
+    // `tenant delete` (with the gateway stopped) removes the tenant's containers too.
+    let _ = child.kill().await;
+    let _ = child.wait().await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .arg("--config")
+        .arg(&path)
+        .args(["tenant", "delete", "alpha", "--yes"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("removed 1 sandbox container(s) of tenant alpha"), "{stdout}");
+    assert!(containers_of(&docker::gateway_label(&state)).is_empty());
+}
+
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        cleanup(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_tells_a_missing_image_and_an_unreachable_daemon() {
+    if !docker_ready().await {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bulkhead.json5");
+    std::fs::write(
+        &path,
+        r#"{ stateDir: "state", agents: { list: [
+          { id: "good", sandbox: { backend: "docker" } },
+          { id: "stale", sandbox: { backend: "docker", docker: { image: "bulkhead/missing:none" } } },
+        ] } }"#,
+    )
+    .unwrap();
+    let doctor = |docker_host: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"));
+        cmd.arg("--config").arg(&path).arg("doctor").env_remove("BULKHEAD_CONFIG");
+        if let Some(h) = docker_host {
+            cmd.env("DOCKER_HOST", h);
+        }
+        let out = cmd.output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, out) = doctor(None);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(out.contains("ok    docker daemon"), "{out}");
+    assert!(out.contains("ok    sandbox image bulkhead/sandbox:base (agents good)"), "{out}");
+    assert!(
+        out.contains("FAIL  sandbox image \"bulkhead/missing:none\" is missing; build it with images/build.sh"),
+        "{out}"
+    );
+    let gone = format!("unix://{}", dir.path().join("no-daemon.sock").display());
+    let (code, out) = doctor(Some(&gone));
+    assert_ne!(code, Some(0), "{out}");
+    assert!(out.contains("FAIL  docker sandbox backend: cannot reach the Docker daemon"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_configured_seccomp_profile_is_applied() {
+    if !docker_ready().await {
+        return;
+    }
+    let e = Env::new();
+    // A test-only profile that refuses mkdir (a real one would start from Docker's default).
+    let profile = e.state.parent().unwrap().join("seccomp.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO"}]}"#,
+    )
+    .unwrap();
+    let mut call = exec("acme", "mkdir /tmp/d && echo made");
+    assert_eq!(e.run(&call).await.unwrap().text, "made\n", "positive control under the default profile");
+    call.settings.docker.seccomp_profile = Some(profile);
+    let r = e.run(&call).await.unwrap();
+    assert!(r.is_error && r.text.contains("Operation not permitted"), "{r:?}");
+    // A profile that cannot be read fails the call closed, naming the file.
+    call.settings.docker.seccomp_profile = Some(e.state.join("missing.json"));
+    let r = e.run(&call).await;
+    assert!(matches!(&r, Err(SandboxError::Unavailable(m)) if m.contains("seccomp profile")), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_warm_container_outlives_the_api_request_timeout() {
+    if !docker_ready().await {
+        return;
+    }
+    // The attached runner stream and the container wait are long-lived: a request timeout of
+    // 1 s must not cut them (or the container would be replaced after every idle second).
+    let e = Env::with(DockerOptions { request_timeout: Duration::from_secs(1), ..DockerOptions::default() });
+    assert_eq!(e.sh("acme", "echo one").await.text, "one\n");
+    let first = e.sb.container_of(&exec("acme", "")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(e.sh("acme", "echo two").await.text, "two\n");
+    assert_eq!(e.sb.container_of(&exec("acme", "")).await.unwrap(), first);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_is_capped_in_containers_and_the_least_recently_used_makes_room() {
+    if !docker_ready().await {
+        return;
+    }
+    let e = Env::new();
+    let in_session = |peer: &str| {
+        let mut c = exec("acme", "echo hi");
+        c.settings.scope = SandboxScope::Session;
+        c.settings.docker.max_containers = 2;
+        c.session = SessionKey::parse(&format!("agent:acme-bot:api:direct:{peer}")).unwrap();
+        c
+    };
+    let (s1, s2, s3) = (in_session("one"), in_session("two"), in_session("three"));
+    e.run(&s1).await.unwrap();
+    e.run(&s2).await.unwrap();
+    let first = e.sb.container_of(&s1).await.unwrap();
+    e.run(&s2).await.unwrap();
+    assert_eq!(containers_of(e.sb.gateway()).len(), 2);
+    // A third session: the least recently used container (session one's) makes room.
+    assert_eq!(e.run(&s3).await.unwrap().text, "hi\n");
+    let left = containers_of(e.sb.gateway());
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(!left.contains(&first), "the LRU container was not the one removed");
+    // Another tenant is not affected by acme's cap.
+    e.sh("bravo", "true").await;
+    assert_eq!(containers_of(e.sb.gateway()).len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_calls_to_one_container_each_get_their_own_answer() {
+    if !docker_ready().await {
+        return;
+    }
+    let e = Env::new();
+    let calls: Vec<SandboxCall> = (0..8).map(|i| exec("acme", &format!("sleep 0.1; echo call-{i}"))).collect();
+    let results = futures_util::future::join_all(calls.iter().map(|c| e.run(c))).await;
+    for (i, r) in results.into_iter().enumerate() {
+        assert_eq!(r.unwrap().text, format!("call-{i}\n"));
+    }
+    assert_eq!(containers_of(e.sb.gateway()).len(), 1, "one agent scope, one container");
+}
