@@ -151,6 +151,9 @@ pub enum Event {
     /// A sandbox backend became ready or failed.
     #[serde(rename = "sandbox.lifecycle")]
     SandboxLifecycle { backend: String, state: String },
+    /// A sandbox container was started for an agent of the tenant (Docker backend).
+    #[serde(rename = "sandbox.container")]
+    SandboxContainer { agent: String, scope: String, state: String },
     /// A bearer token was rejected (or the client was throttled).
     #[serde(rename = "auth.failure")]
     AuthFailure { surface: String, client: String, reason: String },

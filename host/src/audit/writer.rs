@@ -298,6 +298,15 @@ pub struct Audit {
     shared: Option<Arc<Shared>>,
 }
 
+impl std::fmt::Debug for Audit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.dir() {
+            Some(dir) => write!(f, "Audit({})", dir.display()),
+            None => f.write_str("Audit(off)"),
+        }
+    }
+}
+
 impl Audit {
     /// An audit log that records nothing (no master key configured, or tests).
     pub fn off() -> Self {

@@ -130,7 +130,8 @@ pub fn run(source: &ConfigSource, log_format: Option<LogFormat>) -> i32 {
         // The Docker backend connects in the background and recovers by itself when the daemon
         // comes back; it exists only when an agent uses it.
         if config.agents.iter().any(|a| a.sandbox.backend == SandboxBackend::Docker) {
-            let docker = crate::sandbox::docker::DockerSandbox::start(&config.state_dir, Default::default());
+            let opts = crate::sandbox::docker::DockerOptions { audit: audit.clone(), ..Default::default() };
+            let docker = crate::sandbox::docker::DockerSandbox::start(&config.state_dir, opts);
             docker.prewarm_agents(&config.agents);
             sandboxes = sandboxes.with(SandboxBackend::Docker, docker);
         }

@@ -71,11 +71,18 @@ pub struct DockerOptions {
     /// Timeout of one Engine API request until its response headers (streams such as the
     /// attached runner and the container wait outlive it).
     pub request_timeout: Duration,
+    /// Where container starts are recorded (the tenant's audit log); off by default.
+    pub audit: crate::audit::Audit,
 }
 
 impl Default for DockerOptions {
     fn default() -> Self {
-        Self { socket: None, reap_every: Duration::from_secs(15), request_timeout: Duration::from_secs(60) }
+        Self {
+            socket: None,
+            reap_every: Duration::from_secs(15),
+            request_timeout: Duration::from_secs(60),
+            audit: crate::audit::Audit::off(),
+        }
     }
 }
 
@@ -639,6 +646,15 @@ impl DockerSandbox {
             dead2.store(true, Ordering::Release);
         });
         tracing::debug!(tenant = %plan.key.tenant, scope = %plan.key.scope, container = %id.get(..12).unwrap_or_default(), "Sandbox container started.");
+        if let Ok(tenant) = crate::ids::TenantId::parse(&plan.key.tenant) {
+            use crate::audit::{Actor, Event, Scope};
+            let event = Event::SandboxContainer {
+                agent: plan.agent.clone(),
+                scope: plan.key.scope.clone(),
+                state: "started".into(),
+            };
+            self.opts.audit.record(Scope::Tenant(tenant), Actor::Agent(plan.agent.clone()), event).await;
+        }
         Ok(Live {
             id,
             input: attached.input,
