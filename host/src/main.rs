@@ -57,6 +57,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Verify and read the tamper-evident audit logs
+    #[command(subcommand)]
+    Audit(cli::audit::AuditCommand),
 }
 
 #[derive(Subcommand)]
@@ -142,6 +145,7 @@ fn main() -> ExitCode {
         Command::Usage { tenant, since, json } => {
             cli::usage::run(&ConfigSource::new(args.config), tenant.as_deref(), since.as_deref(), json)
         }
+        Command::Audit(cmd) => cli::audit::run(cmd, &ConfigSource::new(args.config)),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

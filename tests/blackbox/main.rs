@@ -2,6 +2,7 @@
 //! servers speaking the OpenAI and Anthropic wire formats.
 
 mod api;
+mod audit;
 mod browser;
 mod cdp;
 mod cli;
