@@ -718,3 +718,26 @@ async fn concurrent_calls_to_one_container_each_get_their_own_answer() {
     }
     assert_eq!(containers_of(e.sb.gateway()).len(), 1, "one agent scope, one container");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn container_starts_are_recorded_in_the_tenants_audit_log() {
+    use bulkhead::audit::{Audit, LogWriter, Scope, read_records};
+    if !docker_ready().await {
+        return;
+    }
+    let audit_dir = tempfile::tempdir().unwrap();
+    let master = bulkhead::store::MasterKey::generate("test".into());
+    let writer = LogWriter::open(audit_dir.path(), &master).unwrap();
+    let keys = writer.keys().clone();
+    let audit = Audit::start(writer).unwrap();
+    let e = Env::with(DockerOptions { audit: audit.clone(), ..DockerOptions::default() });
+    assert_eq!(e.sh("acme", "echo one").await.text.trim(), "one");
+    assert_eq!(e.sh("acme", "echo two").await.text.trim(), "two", "the warm container serves the second call");
+    audit.close().await;
+    let scope = Scope::Tenant(TenantId::parse("acme").unwrap());
+    let recs = read_records(&std::fs::read(scope.log_path(audit_dir.path())).unwrap(), &keys, &scope).unwrap();
+    let started: Vec<&Value> = recs.iter().filter(|r| r["kind"] == "sandbox.container").collect();
+    assert_eq!(started.len(), 1, "{recs:?}");
+    assert_eq!((started[0]["agent"].as_str(), started[0]["state"].as_str()), (Some("acme-bot"), Some("started")));
+    assert!(!started[0].to_string().contains("peer-42"), "no peer id in the record: {}", started[0]);
+}

@@ -64,6 +64,8 @@ pub struct Runtime {
     pub providers: Providers,
     pub dispatcher: Dispatcher,
     pub store: Arc<dyn SessionStore>,
+    /// The audit log: `audit.append(Scope::Tenant(id), Actor::..., Event::...)`.
+    pub audit: crate::audit::Audit,
     pub scheduler: Scheduler,
     pub metrics: Metrics,
     pub quotas: Quotas,

@@ -2,14 +2,17 @@
 //! caller's tenant | the tenant's sandbox) → capped, sanitised result → model.
 //!
 //! This is the only code that runs a tool. Every call is re-checked here, whatever the model was
-//! offered, and every decision is emitted as a policy event.
+//! offered, and every decision is emitted as a policy event and chained into the tenant's audit
+//! log before the tool runs; the outcome is chained before the model sees it. If the audit log
+//! cannot take a record, the call fails closed.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::Value;
 
-use crate::config::{AgentConfig, SandboxMode};
+use crate::audit::{Actor, Audit, Event, Scope};
+use crate::config::{AgentConfig, SandboxBackend, SandboxMode};
 use crate::ids::SessionKey;
 use crate::policy::{Decision, PolicyGate};
 use crate::sandbox::{SandboxCall, Sandboxes, ToolOutput};
@@ -23,7 +26,7 @@ pub const MAX_ARGS_DEPTH: usize = 32;
 /// Longest tool name echoed back in a refusal or a log line.
 const MAX_SHOWN_NAME: usize = 64;
 
-/// A structured record of one policy decision (the audit log will chain these).
+/// A structured record of one policy decision, logged and chained into the tenant's audit log.
 #[derive(Debug, Clone)]
 pub struct PolicyEvent<'a> {
     pub tenant: &'a str,
@@ -32,10 +35,12 @@ pub struct PolicyEvent<'a> {
     pub tool: String,
     pub allowed: bool,
     pub rule: &'a str,
+    session_tenant: &'a crate::ids::TenantId,
 }
 
 impl PolicyEvent<'_> {
-    fn emit(&self) {
+    /// Logs the decision and appends it to the tenant's audit log (waiting until it is on disk).
+    async fn emit(&self, audit: &Audit) -> Result<(), crate::audit::AuditError> {
         tracing::info!(
             target: "bulkhead::policy",
             tenant = self.tenant,
@@ -46,6 +51,19 @@ impl PolicyEvent<'_> {
             rule = self.rule,
             "Tool call decided."
         );
+        if !audit.is_on() {
+            return Ok(());
+        }
+        let scope = Scope::Tenant(self.session_tenant.clone());
+        let event = Event::ToolDecision {
+            agent: self.agent.to_string(),
+            channel: self.session.channel().to_string(),
+            session: audit.digest(&scope, "session", self.session.to_string().as_bytes()),
+            tool: self.tool.clone(),
+            allowed: self.allowed,
+            rule: self.rule.to_string(),
+        };
+        audit.append(scope, Actor::Agent(self.agent.to_string()), event).await.map(|_| ())
     }
 }
 
@@ -68,6 +86,8 @@ pub struct CallReport {
 pub struct Dispatcher {
     pub gate: Arc<dyn PolicyGate>,
     pub sandboxes: Sandboxes,
+    /// Where decisions and outcomes are chained (`Audit::off()` records nothing).
+    pub audit: Audit,
 }
 
 /// Who is calling: the agent, its tenant's session handle and the session the call comes from.
@@ -99,15 +119,21 @@ impl Dispatcher {
         let mut report = CallReport::default();
         let shown = shown_name(&call.name);
         let decision = self.gate.check(&caller.agent.id, &call.name);
-        PolicyEvent {
+        let emitted = PolicyEvent {
             tenant: caller.agent.tenant.as_str(),
             agent: caller.agent.id.as_str(),
             session: caller.session,
             tool: shown.clone(),
             allowed: decision.is_allow(),
             rule: decision.rule(),
+            session_tenant: &caller.agent.tenant,
         }
-        .emit();
+        .emit(&self.audit)
+        .await;
+        if let Err(e) = emitted {
+            tracing::error!(tenant = %caller.agent.tenant, error = %e, "Tool call refused: the audit log cannot record it.");
+            return (refusal(AUDIT_UNAVAILABLE.into()), report);
+        }
         let (tool, limits) = match decision {
             Decision::Allow { tool, limits, .. } => (tool, limits),
             Decision::Deny { reason, .. } => {
@@ -119,6 +145,14 @@ impl Dispatcher {
             return (refusal(format!("invalid arguments for {}: {e}", tool.name())), report);
         }
         let started = Instant::now();
+        let sandbox_name = if tool.needs_sandbox() {
+            match caller.agent.sandbox.backend {
+                SandboxBackend::Wasm => "wasm",
+                SandboxBackend::Docker => "docker",
+            }
+        } else {
+            "host"
+        };
         let mut out = if tool.needs_sandbox() {
             if caller.agent.sandbox.mode == SandboxMode::Off {
                 // Never a fallback to the host: without a sandbox these tools do not exist.
@@ -150,9 +184,32 @@ impl Dispatcher {
         let (text, cut) = cap_output(&out.text, limits.max_output_bytes);
         out.truncated |= cut;
         out.text = text;
+        if self.audit.is_on() {
+            let scope = Scope::Tenant(caller.agent.tenant.clone());
+            let args = serde_json::to_vec(&call.arguments).unwrap_or_default();
+            let event = Event::ToolOutcome {
+                agent: caller.agent.id.to_string(),
+                channel: caller.session.channel().to_string(),
+                session: self.audit.digest(&scope, "session", caller.session.to_string().as_bytes()),
+                tool: tool.name().to_string(),
+                args_digest: self.audit.digest(&scope, "args", &args),
+                sandbox: sandbox_name.to_string(),
+                duration_ms: started.elapsed().as_millis() as u64,
+                exit_code: out.exit_code,
+                is_error: out.is_error,
+                truncated: out.truncated,
+            };
+            if let Err(e) = self.audit.append(scope, Actor::Agent(caller.agent.id.to_string()), event).await {
+                tracing::error!(tenant = %caller.agent.tenant, error = %e, "Tool result withheld: the audit log cannot record it.");
+                return (refusal(AUDIT_UNAVAILABLE.into()), report);
+            }
+        }
         (out, report)
     }
 }
+
+/// What the model is told when the audit log cannot take a record (white-label wording).
+const AUDIT_UNAVAILABLE: &str = "refused: the audit log is unavailable, so no tool can run";
 
 fn refusal(text: String) -> ToolOutput {
     ToolOutput { text, is_error: true, exit_code: None, truncated: false }

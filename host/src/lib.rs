@@ -4,6 +4,7 @@
 //! tenant's `sandbox`; every conversation is kept per tenant in `session`.
 
 pub mod agent;
+pub mod audit;
 pub mod channels;
 pub mod cli;
 pub mod config;

@@ -57,6 +57,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Verify and read the tamper-evident audit logs
+    #[command(subcommand)]
+    Audit(cli::audit::AuditCommand),
     /// Approve or deny chat pairing requests (through the running gateway)
     Pairing {
         /// Gateway URL [default: http://<gateway.bind>]
@@ -171,6 +174,7 @@ fn main() -> ExitCode {
         Command::Usage { tenant, since, json } => {
             cli::usage::run(&ConfigSource::new(args.config), tenant.as_deref(), since.as_deref(), json)
         }
+        Command::Audit(cmd) => cli::audit::run(cmd, &ConfigSource::new(args.config)),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -2,6 +2,7 @@
 //! servers speaking the OpenAI and Anthropic wire formats and a fake Telegram Bot API server.
 
 mod api;
+mod audit;
 mod browser;
 mod cdp;
 mod cli;

@@ -14,13 +14,13 @@ const SECRET_A: &str = "Alpha plans to acquire Zebulon Holdings for 93 million";
 const SECRET_B: &str = "Bravo's patient record 55-1234 lists a penicillin allergy";
 
 /// A state dir with a master key file beside it (outside the state dir, mode 0600).
-struct Site {
+pub struct Site {
     dir: tempfile::TempDir,
     key: PathBuf,
 }
 
 impl Site {
-    fn new() -> Self {
+    pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("keys").join("master.key");
         std::fs::create_dir_all(key.parent().unwrap()).unwrap();
@@ -29,7 +29,7 @@ impl Site {
         assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
         Site { dir, key }
     }
-    fn config(&self, model_base: &str) -> String {
+    pub fn config(&self, model_base: &str) -> String {
         self.config_with_key(model_base, &format!("{{ file: {:?} }}", self.key.to_str().unwrap()))
     }
     fn config_with_key(&self, model_base: &str, key: &str) -> String {
@@ -37,18 +37,18 @@ impl Site {
         // Insert the store block at the top level.
         base.replacen("stateDir: \"state\",", &format!("stateDir: \"state\", store: {{ masterKey: {key} }},"), 1)
     }
-    fn path(&self) -> &Path {
+    pub fn path(&self) -> &Path {
         self.dir.path()
     }
-    fn config_path(&self) -> PathBuf {
+    pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("bulkhead.json5")
     }
-    fn state(&self) -> PathBuf {
+    pub fn state(&self) -> PathBuf {
         self.dir.path().join("state")
     }
 }
 
-async fn chat(gw: &Gateway, token: &str, model: &str, user: &str, text: &str) -> (u16, Value) {
+pub async fn chat(gw: &Gateway, token: &str, model: &str, user: &str, text: &str) -> (u16, Value) {
     let body = json!({ "model": model, "user": user, "messages": [{ "role": "user", "content": text }] });
     let resp = http().post(gw.url("/v1/chat/completions")).bearer_auth(token).json(&body).send().await.unwrap();
     let status = resp.status().as_u16();

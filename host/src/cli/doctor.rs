@@ -93,6 +93,25 @@ pub fn run(source: &ConfigSource) -> i32 {
         );
     }
     failures += telegram(&config);
+    if config.store.master_key.is_some() {
+        println!("ok    audit log on ({})", crate::audit::audit_dir(&config).display());
+    } else {
+        println!("warn  audit log off: store.masterKey is not configured (it holds the audit keys)");
+    }
+    match &config.gateway.tls {
+        Some(files) => match crate::gateway::tls::acceptor(files) {
+            Ok(_) => println!("ok    TLS certificate and key ({})", files.cert.display()),
+            Err(e) => {
+                failures += 1;
+                println!("FAIL  {e}");
+            }
+        },
+        None if !config.gateway.bind.ip().is_loopback() => println!(
+            "warn  plaintext HTTP on {}: configure gateway.tls (with required: true) or a TLS proxy",
+            config.gateway.bind
+        ),
+        None => {}
+    }
     let gate: std::sync::Arc<dyn crate::policy::PolicyGate> = match crate::policy::PolicyEngine::load(&config) {
         Ok(engine) => {
             println!("ok    policies load ({} agent(s))", engine.agents().count());

@@ -45,8 +45,25 @@ pub fn rotate_tenant(source: &ConfigSource, id: &str) -> i32 {
         eprintln!("error: tenant {id:?} has no data in the store");
         return EXIT_INVALID;
     }
+    let mut audit = match crate::audit::LogWriter::open_config(&config) {
+        Ok(Some(w)) => w,
+        Ok(None) => {
+            eprintln!("error: store.masterKey is not configured, so there is no audit log to record this in");
+            return EXIT_INVALID;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_FAILURE;
+        }
+    };
     match store.rotate_tenant(&tenant) {
         Ok(n) => {
+            let scope = crate::audit::Scope::Tenant(tenant.clone());
+            let event = crate::audit::Event::KeyRotate { sessions: n };
+            if let Err(e) = audit.append(&scope, &crate::audit::Actor::Cli, &event) {
+                eprintln!("error: the key is rotated, but the audit record failed: {e}");
+                return EXIT_FAILURE;
+            }
             println!("rotated the key of tenant {id}: {n} session(s) re-encrypted, the old key destroyed");
             EXIT_OK
         }
@@ -84,8 +101,37 @@ pub fn rotate_master(source: &ConfigSource, new_key: &Path) -> i32 {
         eprintln!("error: --new-key is the key already in use ({old_origin}); make a new one with `keys init`");
         return EXIT_INVALID;
     }
+    // The audit keys are wrapped to the master key too: prepared before the store commits.
+    let mut audit = match crate::audit::LogWriter::open_config(&config) {
+        Ok(Some(w)) => w,
+        Ok(None) => {
+            eprintln!("error: store.masterKey is not configured");
+            return EXIT_INVALID;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let audit_dir = audit.dir().to_path_buf();
+    if let Err(e) = audit.keys().prepare_rewrap(&audit_dir, &new) {
+        eprintln!("error: master-key rotation failed (nothing changed): {e}");
+        crate::audit::AuditKeys::discard_rewrap(&audit_dir);
+        return EXIT_FAILURE;
+    }
     match store.rotate_master(new) {
         Ok(n) => {
+            if let Err(e) = crate::audit::AuditKeys::finish_rewrap(&audit_dir) {
+                eprintln!(
+                    "error: the store uses the new key, but the audit keys were not moved into place ({e}); the next start with the new key finishes it"
+                );
+                return EXIT_FAILURE;
+            }
+            let event = crate::audit::Event::MasterKeyRotate { tenants: n };
+            if let Err(e) = audit.append(&crate::audit::Scope::Host, &crate::audit::Actor::Cli, &event) {
+                eprintln!("error: the master key is rotated, but the audit record failed: {e}");
+                return EXIT_FAILURE;
+            }
             println!("re-wrapped {n} tenant key(s) to the master key in {}", new_key.display());
             println!(
                 "now: set store.masterKey to {{ file: \"{}\" }} (the old key no longer opens the store),",
@@ -95,6 +141,8 @@ pub fn rotate_master(source: &ConfigSource, new_key: &Path) -> i32 {
             EXIT_OK
         }
         Err(e) => {
+            // The audit keys follow the store: the next open with whichever master key the
+            // store now uses finishes or discards `keys.next.age`.
             eprintln!("error: master-key rotation failed: {e}");
             EXIT_FAILURE
         }

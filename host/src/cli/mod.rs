@@ -1,6 +1,7 @@
 //! Command-line subcommands, one module each. `main.rs` only parses arguments and calls these.
 //! Every function returns the process exit code: 0 ok, 1 runtime failure, 2 invalid input/config.
 
+pub mod audit;
 pub mod config_check;
 pub mod doctor;
 pub mod keys;

@@ -102,7 +102,7 @@ async fn call(base: &str, token: &str, action: Action) -> i32 {
     let status = resp.status();
     let body: Value = resp.json().await.unwrap_or(Value::Null);
     if !status.is_success() {
-        let why = body["error"].as_str().unwrap_or("unexpected answer");
+        let why = body["error"]["message"].as_str().or(body["error"].as_str()).unwrap_or("unexpected answer");
         eprintln!("error: {why}");
         return if status.as_u16() == 404 || status.as_u16() == 400 { EXIT_INVALID } else { EXIT_FAILURE };
     }

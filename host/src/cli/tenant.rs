@@ -4,6 +4,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use super::{ConfigSource, EXIT_FAILURE, EXIT_INVALID, EXIT_OK};
+use crate::audit::{Actor, Event, LogWriter, Scope, read_records};
+use crate::ids::TenantId;
 use crate::store::ExportSummary;
 
 /// `tenant list`: tenants with their agents and token counts (never the tokens).
@@ -15,14 +17,7 @@ pub fn list(source: &ConfigSource, as_json: bool) -> i32 {
             return EXIT_INVALID;
         }
     };
-    let rows: Vec<serde_json::Value> = config
-        .tenants
-        .values()
-        .map(|t| {
-            let agents: Vec<&str> = config.agents.iter().filter(|a| a.tenant == t.id).map(|a| a.id.as_str()).collect();
-            serde_json::json!({ "id": t.id.as_str(), "name": t.name, "agents": agents, "apiTokens": t.api_tokens.len() })
-        })
-        .collect();
+    let rows = summary(&config);
     if as_json {
         println!("{}", serde_json::Value::Array(rows));
     } else {
@@ -37,6 +32,35 @@ pub fn list(source: &ConfigSource, as_json: bool) -> i32 {
         }
     }
     EXIT_OK
+}
+
+/// Tenants with their agents and token counts (never the tokens): `tenant list` and
+/// `GET /admin/tenants`.
+pub fn summary(config: &crate::config::Config) -> Vec<serde_json::Value> {
+    config
+        .tenants
+        .values()
+        .map(|t| {
+            let agents: Vec<&str> = config.agents.iter().filter(|a| a.tenant == t.id).map(|a| a.id.as_str()).collect();
+            serde_json::json!({ "id": t.id.as_str(), "name": t.name, "agents": agents, "apiTokens": t.api_tokens.len() })
+        })
+        .collect()
+}
+
+/// Opens the audit log for a CLI command that changes tenant data; prints why not and returns
+/// the exit code when it cannot (the command then changes nothing).
+fn open_audit(config: &crate::config::Config) -> Result<LogWriter, i32> {
+    match LogWriter::open_config(config) {
+        Ok(Some(w)) => Ok(w),
+        Ok(None) => {
+            eprintln!("error: store.masterKey is not configured, so there is no audit log to record this in");
+            Err(EXIT_INVALID)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(EXIT_FAILURE)
+        }
+    }
 }
 
 /// `tenant export ID --out FILE`: the tenant's decrypted archive (JSON Lines, see docs/store.md).
@@ -58,6 +82,10 @@ pub fn export(source: &ConfigSource, id: &str, out: &Path) -> i32 {
         eprintln!("error: tenant {id:?} has no data in the store");
         return EXIT_FAILURE;
     }
+    let mut audit = match open_audit(&config) {
+        Ok(w) => w,
+        Err(code) => return code,
+    };
     let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let tmp = dir.join(format!(".{}.partial", out.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
     let result = (|| -> Result<ExportSummary, String> {
@@ -70,6 +98,7 @@ pub fn export(source: &ConfigSource, id: &str, out: &Path) -> i32 {
         let mut w = std::io::BufWriter::new(f);
         let workspace = crate::sandbox::wasm::tenant_dirs(&config.state_dir, tenant.as_str())[0].clone();
         let summary = store.export_tenant(&tenant, Some(&workspace), &mut w).map_err(|e| e.to_string())?;
+        export_audit(&mut audit, &tenant, &summary, &mut w)?;
         let f = w.into_inner().map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
         f.sync_all().map_err(|e| format!("cannot sync {}: {e}", tmp.display()))?;
         std::fs::rename(&tmp, out).map_err(|e| format!("cannot rename to {}: {e}", out.display()))?;
@@ -103,6 +132,40 @@ pub fn export(source: &ConfigSource, id: &str, out: &Path) -> i32 {
     }
 }
 
+/// Records the export in the tenant's audit log, then appends that log to the export: a line
+/// `{"type":"audit", "log", "checkpoint", "records"}` and one `{"type":"auditRecord", ...}` per
+/// record (verified and decrypted; sessions and clients appear as keyed digests).
+fn export_audit(
+    audit: &mut LogWriter,
+    tenant: &TenantId,
+    summary: &ExportSummary,
+    out: &mut dyn std::io::Write,
+) -> Result<(), String> {
+    let scope = Scope::Tenant(tenant.clone());
+    let (records, _) = audit.head(&scope)?;
+    let event =
+        Event::TenantExport { sessions: summary.sessions, messages: summary.messages, audit_records: records + 1 };
+    audit.append(&scope, &Actor::Cli, &event).map_err(|e| e.to_string())?;
+    let checkpoint = audit.checkpoint(&scope)?;
+    let bytes = std::fs::read(scope.log_path(audit.dir())).map_err(|e| format!("cannot read the audit log: {e}"))?;
+    let records = read_records(&bytes, audit.keys(), &scope)
+        .map_err(|b| format!("the audit log fails verification at record {}: {}", b.seq, b.reason))?;
+    let write = |out: &mut dyn std::io::Write, v: serde_json::Value| {
+        writeln!(out, "{v}").map_err(|e| format!("cannot write the export: {e}"))
+    };
+    write(
+        out,
+        serde_json::json!({ "type": "audit", "log": scope.name(), "checkpoint": checkpoint, "records": records.len() }),
+    )?;
+    for mut r in records {
+        if let Some(o) = r.as_object_mut() {
+            o.insert("type".into(), "auditRecord".into());
+        }
+        write(out, r)?;
+    }
+    Ok(())
+}
+
 /// `tenant delete ID [--yes]`: crypto-shredding of the tenant's stored data.
 pub fn delete(source: &ConfigSource, id: &str, yes: bool) -> i32 {
     let Some((config, tenant)) = super::load_with_tenant(source, id) else { return EXIT_INVALID };
@@ -118,6 +181,10 @@ pub fn delete(source: &ConfigSource, id: &str, yes: bool) -> i32 {
     }
     let store = match super::open_store(&config) {
         Ok(s) => s,
+        Err(code) => return code,
+    };
+    let mut audit = match open_audit(&config) {
+        Ok(w) => w,
         Err(code) => return code,
     };
     // The tenant's sandbox containers go first, so nothing writes to its workspaces meanwhile.
@@ -140,6 +207,11 @@ pub fn delete(source: &ConfigSource, id: &str, yes: bool) -> i32 {
     }
     match deleted.map(|d| d || removed_files) {
         Ok(true) => {
+            // The tenant's own log goes with it; the host log keeps that it happened, and its final state.
+            if let Err(e) = audit.remove_tenant(&tenant, &Actor::Cli) {
+                eprintln!("error: the tenant's data is deleted, but the audit record failed: {e}");
+                return EXIT_FAILURE;
+            }
             println!("deleted tenant {id}: its key is destroyed and its stored data removed");
             if config.tenants.contains_key(&tenant) {
                 println!("note: {id} is still in the config; the next start gives it a new, empty store");

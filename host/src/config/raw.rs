@@ -96,6 +96,19 @@ pub struct RawGateway {
     /// Tokens for `/metrics` and, later, `/admin/`.
     pub operators: Option<Vec<RawOperator>>,
     pub auth: Option<RawAuthThrottle>,
+    pub tls: Option<RawTls>,
+}
+
+/// `gateway.tls`: serve HTTPS (rustls) from PEM files; `required` refuses plaintext on a
+/// non-loopback address.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificate chain (leaf first), relative to the config file.
+    pub cert: Option<String>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1), relative to the config file.
+    pub key: Option<String>,
+    pub required: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

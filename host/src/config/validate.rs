@@ -60,6 +60,14 @@ pub struct GatewayConfig {
     pub auth_max_failures: u32,
     pub auth_window: Duration,
     pub auth_lockout: Duration,
+    /// `gateway.tls`: certificate and key files (absolute), when HTTPS is configured.
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -410,6 +418,36 @@ fn retention_days(errs: &mut Errors, path: &str, r: Option<&RawRetention>) -> Op
     Some(days)
 }
 
+/// `gateway.tls`: both files or neither; with `required`, no plaintext on a non-loopback address.
+fn tls_files(errs: &mut Errors, tls: Option<&RawTls>, bind: SocketAddr, base: &Path) -> Option<TlsFiles> {
+    let tls = tls?;
+    let files = match (&tls.cert, &tls.key) {
+        (Some(c), Some(k)) => Some(TlsFiles { cert: base.join(c), key: base.join(k) }),
+        (Some(_), None) => {
+            errs.push("gateway.tls.key", "missing key: a certificate needs its private key");
+            None
+        }
+        (None, Some(_)) => {
+            errs.push("gateway.tls.cert", "missing key: a private key needs its certificate");
+            None
+        }
+        (None, None) => None,
+    };
+    if tls.required == Some(true)
+        && files.is_none()
+        && !bind.ip().is_loopback()
+        && tls.cert.is_none() == tls.key.is_none()
+    {
+        errs.push(
+            "gateway.tls.required",
+            format!(
+                "plaintext HTTP on the non-loopback address {bind} is refused; set gateway.tls.cert and gateway.tls.key, or bind to 127.0.0.1"
+            ),
+        );
+    }
+    files
+}
+
 /// Checks a raw config and applies defaults. `base` resolves relative paths.
 pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>> {
     let mut errs = Errors(Vec::new());
@@ -464,6 +502,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
         auth_max_failures: auth.max_failures.unwrap_or(10).max(1),
         auth_window: Duration::from_secs(auth.window_sec.unwrap_or(60).max(1)),
         auth_lockout: Duration::from_secs(auth.lockout_sec.unwrap_or(300)),
+        tls: tls_files(&mut errs, g.tls.as_ref(), bind, base),
     };
 
     let l = raw.logging.unwrap_or_default();

@@ -4,9 +4,11 @@
 //! policy gate, sandboxes, session store); `run` serves it on a listener until `shutdown`
 //! resolves, then drains in-flight runs within the configured grace period.
 
+pub mod admin;
 mod auth;
 mod openai_api;
 mod pairing_api;
+pub mod tls;
 mod webchat;
 
 use std::future::Future;
@@ -24,7 +26,9 @@ use tokio_util::task::TaskTracker;
 pub use auth::{Throttle, TokenIndex, bearer};
 
 use crate::agent::Runtime;
-use crate::config::{BUILT_CHANNELS, Config, OperatorRole};
+use crate::audit::Audit;
+use crate::audit::{Actor, Event, Scope};
+use crate::config::{BUILT_CHANNELS, Config};
 use crate::dispatch::Dispatcher;
 use crate::ids::TenantId;
 use crate::metrics::Metrics;
@@ -40,7 +44,7 @@ use crate::usage::{FLUSH_INTERVAL, UsageMeter};
 pub struct Gateway {
     pub runtime: Arc<Runtime>,
     tenant_tokens: TokenIndex<TenantId>,
-    operator_tokens: TokenIndex<OperatorRole>,
+    operator_tokens: TokenIndex<admin::Operator>,
     throttle: Throttle,
     /// Chat pairing requests and approvals (shared with the channel adapters).
     pub pairing: Arc<crate::channels::pairing::Pairing>,
@@ -51,13 +55,19 @@ pub struct Parts {
     pub gate: Arc<dyn PolicyGate>,
     pub sandboxes: Sandboxes,
     pub store: Arc<dyn SessionStore>,
+    pub audit: Audit,
 }
 
 impl Parts {
     /// What `serve` uses until the policy engine and sandbox backends are configured: a gate
     /// that denies every tool (fail closed), no sandbox backend, transcripts in memory only.
     pub fn fail_closed() -> Self {
-        Self { gate: Arc::new(DenyAll), sandboxes: Sandboxes::default(), store: Arc::new(MemoryStore::default()) }
+        Self {
+            gate: Arc::new(DenyAll),
+            sandboxes: Sandboxes::default(),
+            store: Arc::new(MemoryStore::default()),
+            audit: Audit::off(),
+        }
     }
 }
 
@@ -89,7 +99,7 @@ impl Gateway {
         let mut operator_tokens = TokenIndex::new();
         for (i, op) in config.gateway.operators.iter().enumerate() {
             match op.token.resolve(&config.base_dir) {
-                Ok(s) => operator_tokens.insert(s.expose(), op.role),
+                Ok(s) => operator_tokens.insert(s.expose(), admin::Operator { id: op.id.clone(), role: op.role }),
                 Err(e) => errors.push(format!("gateway.operators[{i}].token: {e}")),
             }
         }
@@ -121,7 +131,8 @@ impl Gateway {
             usage: Arc::new(usage),
             config: Arc::new(config),
             providers,
-            dispatcher: Dispatcher { gate: parts.gate, sandboxes: parts.sandboxes },
+            dispatcher: Dispatcher { gate: parts.gate, sandboxes: parts.sandboxes, audit: parts.audit.clone() },
+            audit: parts.audit,
             store: parts.store.clone(),
             tasks: TaskTracker::new(),
         };
@@ -135,6 +146,16 @@ impl Gateway {
 
     /// Resolves a tenant token, applying the failure throttle. The error is ready to send.
     fn tenant_for(&self, token: Option<&str>, client: SocketAddr) -> Result<TenantId, AuthFailure> {
+        self.tenant_on("api", token, client)
+    }
+
+    /// `tenant_for` for a named front door (`api`, `webchat`, ...), as recorded in the audit log.
+    fn tenant_on(
+        &self,
+        surface: &'static str,
+        token: Option<&str>,
+        client: SocketAddr,
+    ) -> Result<TenantId, AuthFailure> {
         if let Some(secs) = self.throttle.locked(client.ip()) {
             return Err(AuthFailure::Throttled(secs));
         }
@@ -147,9 +168,55 @@ impl Gateway {
                 self.throttle.failure(client.ip());
                 self.runtime.metrics.auth_failure();
                 tracing::info!(client = %client.ip(), "Rejected API token.");
+                self.audit_auth_failure(surface, client, if token.is_some() { "invalid token" } else { "no token" });
                 Err(AuthFailure::Invalid)
             }
         }
+    }
+
+    /// Resolves an operator token (for `/admin/` and `/metrics`), with the same throttle.
+    fn operator_for(
+        &self,
+        token: Option<&str>,
+        client: SocketAddr,
+        surface: &'static str,
+    ) -> Result<admin::Operator, AuthFailure> {
+        // A locked-out client is not audited again per request (its failures already were).
+        if let Some(secs) = self.throttle.locked(client.ip()) {
+            return Err(AuthFailure::Throttled(secs));
+        }
+        match token.and_then(|t| self.operator_tokens.lookup(t)) {
+            Some(op) => {
+                self.throttle.success(client.ip());
+                Ok(op)
+            }
+            None => {
+                self.throttle.failure(client.ip());
+                self.runtime.metrics.auth_failure();
+                tracing::info!(client = %client.ip(), surface, "Rejected operator token.");
+                let reason = match token {
+                    None => "no token",
+                    Some(t) if self.tenant_tokens.lookup(t).is_some() => "tenant token",
+                    Some(_) => "invalid token",
+                };
+                self.audit_auth_failure(surface, client, reason);
+                Err(AuthFailure::Invalid)
+            }
+        }
+    }
+
+    /// Queues an auth failure for the host audit log (the client address as a keyed digest).
+    fn audit_auth_failure(&self, surface: &str, client: SocketAddr, reason: &str) {
+        let audit = self.runtime.audit.clone();
+        if !audit.is_on() {
+            return;
+        }
+        let event = Event::AuthFailure {
+            surface: surface.to_string(),
+            client: audit.digest(&Scope::Host, "client", client.ip().to_string().as_bytes()),
+            reason: reason.to_string(),
+        };
+        tokio::spawn(async move { audit.record(Scope::Host, Actor::Anonymous, event).await });
     }
 }
 
@@ -169,9 +236,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/models", get(openai_api::models))
         .route("/v1/chat/completions", post(openai_api::chat_completions))
         .route("/metrics", get(metrics))
-        .route("/admin/pairing", get(pairing_api::list))
-        .route("/admin/pairing/approve", post(pairing_api::approve))
-        .route("/admin/pairing/deny", post(pairing_api::deny))
+        .nest("/admin", admin::routes(gw.clone()))
         .fallback(|| async { openai_api::error(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::map_response(security_headers))
@@ -186,31 +251,50 @@ async fn security_headers(mut resp: Response) -> Response {
     resp
 }
 
-async fn metrics(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    match bearer(&headers).and_then(|t| gw.operator_tokens.lookup(t)) {
-        Some(_role) => {
-            let text = gw.runtime.metrics.render_all(&gw.runtime.scheduler);
-            ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+async fn metrics(
+    State(gw): State<Arc<Gateway>>,
+    axum::extract::ConnectInfo(client): axum::extract::ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    match gw.operator_for(bearer(&headers), client, "metrics") {
+        Ok(_op) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            gw.runtime.metrics.render_all(&gw.runtime.scheduler),
+        )
+            .into_response(),
+        Err(AuthFailure::Throttled(_)) => {
+            (StatusCode::TOO_MANY_REQUESTS, "too many failed authentication attempts\n").into_response()
         }
-        None => (StatusCode::UNAUTHORIZED, "operator token required\n").into_response(),
+        Err(AuthFailure::Invalid) => (StatusCode::UNAUTHORIZED, "operator token required\n").into_response(),
     }
 }
 
-/// Serves until `shutdown` resolves, then stops accepting and drains runs in flight.
+/// Serves until `shutdown` resolves, then stops accepting and drains runs in flight. With
+/// `tls`, every connection is HTTPS (see `tls.rs`).
 pub async fn run(
     gw: Arc<Gateway>,
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let runtime = gw.runtime.clone();
     let grace = gw.config().gateway.shutdown_grace;
     let app = router(gw).into_make_service_with_connect_info::<SocketAddr>();
     let flusher = tokio::spawn(flush_usage_periodically(runtime.usage.clone()));
-    // Streamed replies are many small writes: do not let Nagle hold them for delayed ACKs.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    match tls {
+        Some(acceptor) => {
+            // `tap_io` makes axum's connect-info (the client address) available for this listener.
+            let listener = axum::serve::ListenerExt::tap_io(tls::TlsListener::new(listener, acceptor)?, |_| {});
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+        }
+        None => {
+            // Streamed replies are many small writes: do not let Nagle hold them for delayed ACKs.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+        }
+    }
     runtime.tasks.close();
     tracing::info!(in_flight = runtime.tasks.len(), grace_secs = grace.as_secs(), "Draining runs in flight.");
     if tokio::time::timeout(grace, runtime.tasks.wait()).await.is_err() {

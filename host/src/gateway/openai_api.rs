@@ -35,7 +35,7 @@ pub fn error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
-fn auth_error(f: AuthFailure) -> Response {
+pub(super) fn auth_error(f: AuthFailure) -> Response {
     match f {
         AuthFailure::Invalid => error(StatusCode::UNAUTHORIZED, "invalid_api_key", "invalid or missing API token"),
         AuthFailure::Throttled(secs) => {

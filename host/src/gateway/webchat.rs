@@ -125,7 +125,7 @@ async fn authenticate(gw: &Gateway, socket: &mut WebSocket, client: SocketAddr) 
         Ok(Some(ClientFrame::Auth { token })) => Some(token),
         _ => None,
     };
-    match gw.tenant_for(token.as_deref(), client) {
+    match gw.tenant_on("webchat", token.as_deref(), client) {
         Ok(t) => Some(t),
         Err(f) => {
             let message = match f {

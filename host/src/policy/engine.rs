@@ -903,6 +903,7 @@ mod tests {
         let d = Dispatcher {
             gate: Arc::new(PolicyEngine::load(&cfg).unwrap()),
             sandboxes: Sandboxes::default().with(SandboxBackend::Wasm, spy.clone()),
+            audit: crate::audit::Audit::off(),
         };
         let agent = cfg.agent(&id("a")).unwrap();
         let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::default());
@@ -927,13 +928,69 @@ mod tests {
         assert_eq!(names(d.offered(agent)), ["read", "list"]);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn decisions_and_outcomes_are_audited_and_an_unwritable_audit_log_refuses_calls() {
+        use crate::audit::{Audit, LogWriter, Scope, read_records};
+        let (dir, cfg) = setup(
+            r#"{ tenants: [ { id: "t" } ],
+                 agents: { list: [ { id: "a", tenant: "t", tools: { allow: ["read"] } } ] } }"#,
+        );
+        let master = crate::store::MasterKey::generate("test".into());
+        let audit_dir = dir.path().join("audit");
+        let spy = Arc::new(Spy::default());
+        let dispatcher = |audit: Audit| Dispatcher {
+            gate: Arc::new(PolicyEngine::load(&cfg).unwrap()),
+            sandboxes: Sandboxes::default().with(SandboxBackend::Wasm, spy.clone()),
+            audit,
+        };
+        let agent = cfg.agent(&id("a")).unwrap();
+        let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::default());
+        let sessions = TenantSessions::new(agent.tenant.clone(), store);
+        let session = SessionKey::new(id("a"), "api", PeerKind::Direct, "peer-42").unwrap();
+        let sender = Sent::default();
+        let caller = Caller { agent, sessions: &sessions, session: &session, started_by_send: false, sender: &sender };
+
+        let writer = LogWriter::open(&audit_dir, &master).unwrap();
+        let keys = writer.keys().clone();
+        let audit = Audit::start(writer).unwrap();
+        let d = dispatcher(audit.clone());
+        assert_eq!(d.dispatch(&caller, &call("read", serde_json::json!({ "path": "x" }))).await.text, "ran");
+        assert!(d.dispatch(&caller, &call("exec", serde_json::json!({ "command": "id" }))).await.is_error);
+        audit.close().await;
+        let scope = Scope::Tenant(agent.tenant.clone());
+        let recs = read_records(&std::fs::read(scope.log_path(&audit_dir)).unwrap(), &keys, &scope).unwrap();
+        let kinds: Vec<(&str, &str)> =
+            recs.iter().map(|r| (r["kind"].as_str().unwrap(), r["tool"].as_str().unwrap())).collect();
+        assert_eq!(kinds, [("tool.decision", "read"), ("tool.outcome", "read"), ("tool.decision", "exec")]);
+        assert_eq!((recs[0]["allowed"].as_bool(), recs[2]["allowed"].as_bool()), (Some(true), Some(false)));
+        assert_eq!(recs[1]["sandbox"], "wasm");
+        assert!(!recs.iter().any(|r| r.to_string().contains("peer-42")), "no peer id in a record");
+
+        // A log that no longer verifies takes no record: the allowed call never reaches the sandbox.
+        let path = scope.log_path(&audit_dir);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[3] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        spy.0.lock().unwrap().clear();
+        let audit = Audit::start(LogWriter::open(&audit_dir, &master).unwrap()).unwrap();
+        let d = dispatcher(audit.clone());
+        let out = d.dispatch(&caller, &call("read", serde_json::json!({ "path": "x" }))).await;
+        assert!(out.is_error && out.text.contains("audit log is unavailable"), "{out:?}");
+        assert!(spy.0.lock().unwrap().is_empty(), "an unaudited call reached the sandbox");
+        audit.close().await;
+    }
+
     #[tokio::test]
     async fn session_tools_see_only_the_callers_tenant_whatever_the_policy() {
         let (_dir, cfg) = setup(
             r#"{ tenants: [ { id: "ta" }, { id: "tb" } ],
                  agents: { list: [ { id: "a", tenant: "ta", tools: { allow: ["*"] } }, { id: "b", tenant: "tb" } ] } }"#,
         );
-        let d = Dispatcher { gate: Arc::new(PolicyEngine::load(&cfg).unwrap()), sandboxes: Sandboxes::default() };
+        let d = Dispatcher {
+            gate: Arc::new(PolicyEngine::load(&cfg).unwrap()),
+            sandboxes: Sandboxes::default(),
+            audit: crate::audit::Audit::off(),
+        };
         let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::default());
         let a_sessions = TenantSessions::new(TenantId::parse("ta").unwrap(), store.clone());
         let b_sessions = TenantSessions::new(TenantId::parse("tb").unwrap(), store);

@@ -71,11 +71,18 @@ pub struct DockerOptions {
     /// Timeout of one Engine API request until its response headers (streams such as the
     /// attached runner and the container wait outlive it).
     pub request_timeout: Duration,
+    /// Where container starts are recorded (the tenant's audit log); off by default.
+    pub audit: crate::audit::Audit,
 }
 
 impl Default for DockerOptions {
     fn default() -> Self {
-        Self { socket: None, reap_every: Duration::from_secs(15), request_timeout: Duration::from_secs(60) }
+        Self {
+            socket: None,
+            reap_every: Duration::from_secs(15),
+            request_timeout: Duration::from_secs(60),
+            audit: crate::audit::Audit::off(),
+        }
     }
 }
 
@@ -97,6 +104,7 @@ pub struct DockerSandbox {
 struct SlotKey {
     tenant: String,
     scope: String,
+    agent: String,
     config: String,
 }
 
@@ -114,7 +122,6 @@ struct Live {
 /// Everything that shapes a container; its hash is the config label.
 struct Plan {
     key: SlotKey,
-    agent: String,
     image_id: String,
     workspace: Option<(PathBuf, bool)>,
     user: String,
@@ -287,7 +294,7 @@ impl DockerSandbox {
             let m = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             let scope = self.scope_of(call);
             m.iter()
-                .filter(|(k, _)| k.tenant == call.tenant.as_str() && k.scope == scope)
+                .filter(|(k, _)| k.tenant == call.tenant.as_str() && k.scope == scope && k.agent == call.agent.as_str())
                 .map(|(_, v)| v.clone())
                 .collect()
         };
@@ -404,6 +411,7 @@ impl DockerSandbox {
             // Creations of one tenant are serialised so its container cap holds.
             let creating = self.create_locks.of(&plan.key.tenant);
             let _creating = creating.lock().await;
+            self.forget_replaced(&plan.key);
             self.make_room(&docker, &plan.key, plan.settings.max_containers).await?;
             match self.create(&docker, &plan).await {
                 Ok(l) => *live = Some(l),
@@ -419,6 +427,25 @@ impl DockerSandbox {
             l.idle = if plan.settings.prewarm { Duration::MAX } else { plan.settings.idle };
         }
         Ok((docker, live))
+    }
+
+    /// Forgets the slots of this agent's scope under another configuration: `create` removes
+    /// their containers, and a stale slot must neither count against the tenant's cap nor answer.
+    fn forget_replaced(&self, key: &SlotKey) {
+        let stale: Vec<_> = {
+            let mut m = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let keys: Vec<SlotKey> = m
+                .keys()
+                .filter(|k| k.tenant == key.tenant && k.scope == key.scope && k.agent == key.agent && *k != key)
+                .cloned()
+                .collect();
+            keys.iter().filter_map(|k| m.remove(k)).collect()
+        };
+        for s in stale {
+            if let Ok(mut l) = s.try_lock() {
+                *l = None;
+            }
+        }
     }
 
     /// Keeps a tenant under `max` containers: the least recently used idle one of its others
@@ -575,8 +602,12 @@ impl DockerSandbox {
         };
         let scope = self.scope_of(call);
         let mut plan = Plan {
-            key: SlotKey { tenant: call.tenant.as_str().to_string(), scope, config: String::new() },
-            agent: call.agent.as_str().to_string(),
+            key: SlotKey {
+                tenant: call.tenant.as_str().to_string(),
+                scope,
+                agent: call.agent.as_str().to_string(),
+                config: String::new(),
+            },
             image_id,
             workspace,
             user: format!("{uid}:{gid}"),
@@ -599,7 +630,7 @@ impl DockerSandbox {
                 format!("{LABEL_GATEWAY}={}", self.gateway),
                 format!("{LABEL_TENANT}={}", plan.key.tenant),
                 format!("{LABEL_SCOPE}={}", plan.key.scope),
-                format!("{LABEL_AGENT}={}", plan.agent),
+                format!("{LABEL_AGENT}={}", plan.key.agent),
             ],
         )
         .await
@@ -639,6 +670,15 @@ impl DockerSandbox {
             dead2.store(true, Ordering::Release);
         });
         tracing::debug!(tenant = %plan.key.tenant, scope = %plan.key.scope, container = %id.get(..12).unwrap_or_default(), "Sandbox container started.");
+        if let Ok(tenant) = crate::ids::TenantId::parse(&plan.key.tenant) {
+            use crate::audit::{Actor, Event, Scope};
+            let event = Event::SandboxContainer {
+                agent: plan.key.agent.clone(),
+                scope: plan.key.scope.clone(),
+                state: "started".into(),
+            };
+            self.opts.audit.record(Scope::Tenant(tenant), Actor::Agent(plan.key.agent.clone()), event).await;
+        }
         Ok(Live {
             id,
             input: attached.input,
@@ -797,7 +837,7 @@ impl Plan {
             s.runtime,
             s.apparmor_profile,
             self.seccomp.as_deref().map(|j| hex16(j.as_bytes())),
-            self.agent,
+            self.key.agent,
         );
         hex16(text.as_bytes())
     }
@@ -856,7 +896,7 @@ impl Plan {
             (LABEL_SANDBOX.to_string(), "1".to_string()),
             (LABEL_GATEWAY.to_string(), gateway.to_string()),
             (LABEL_TENANT.to_string(), self.key.tenant.clone()),
-            (LABEL_AGENT.to_string(), self.agent.clone()),
+            (LABEL_AGENT.to_string(), self.key.agent.clone()),
             (LABEL_SCOPE.to_string(), self.key.scope.clone()),
             (LABEL_CONFIG.to_string(), self.key.config.clone()),
         ]);

@@ -34,8 +34,9 @@ use ring::rand::SystemRandom;
 use serde::{Deserialize, Serialize};
 
 pub use export::ExportSummary;
+pub(crate) use format::{NONCE_LEN, RecordKey, hex, random, unhex};
 pub use format::{Record, RecordMessage, RecordToolCall};
-use format::{RecordKey, SEGMENT_MAGIC, hex, random, split_frames, unhex};
+use format::{SEGMENT_MAGIC, split_frames};
 use keys::TenantKeys;
 pub use keys::{MasterKey, MasterKeyError};
 

@@ -1,0 +1,246 @@
+//! The chain: how a record becomes a line, how a log is verified, and signed checkpoints.
+
+use ring::hmac;
+use ring::rand::SystemRandom;
+use ring::signature::{ED25519, UnparsedPublicKey};
+use serde::{Deserialize, Serialize};
+
+use super::{AuditKeys, Scope};
+use crate::policy::signature::{format_public_key, parse_public_key};
+use crate::store::{NONCE_LEN, hex, unhex};
+
+const DOMAIN: &[u8] = b"bulkhead-audit v1\0";
+const CHECKPOINT_HEADER: &str = "bulkhead-audit-checkpoint v1";
+/// Largest line accepted when reading a log (a record is far smaller).
+const MAX_LINE: usize = 1 << 20;
+
+/// The MAC of record `seq` with sealed bytes `sealed`, chained to `prev`.
+pub(crate) fn link(key: &hmac::Key, prev: &[u8; 32], seq: u64, sealed: &[u8]) -> [u8; 32] {
+    let mut ctx = hmac::Context::with_key(key);
+    ctx.update(DOMAIN);
+    ctx.update(prev);
+    ctx.update(&seq.to_be_bytes());
+    ctx.update(sealed);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.sign().as_ref());
+    out
+}
+
+/// Seals a record's JSON and returns its line (with newline) and its MAC.
+pub(crate) fn encode_line(
+    keys: &AuditKeys,
+    chain: &hmac::Key,
+    rng: &SystemRandom,
+    scope: &Scope,
+    prev: &[u8; 32],
+    seq: u64,
+    json: &[u8],
+) -> Result<(Vec<u8>, [u8; 32]), String> {
+    let sealed = keys.seal_key(scope).seal_frame(rng, &scope.name(), "audit", seq, json)?;
+    let mac = link(chain, prev, seq, &sealed);
+    let line = format!("{seq} {} {}\n", hex(&mac), hex(&sealed));
+    Ok((line.into_bytes(), mac))
+}
+
+/// A log that verified: how many records, the head MAC, and any torn tail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub records: u64,
+    pub head: [u8; 32],
+    /// Length of the verified prefix (complete lines); bytes after it are a torn tail.
+    pub good_len: usize,
+    /// Bytes of an incomplete final line (a crash during an append that was never acknowledged).
+    pub torn_bytes: usize,
+}
+
+/// The first place a log fails verification.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("record {seq}: {reason}")]
+pub struct Broken {
+    /// The first bad sequence number.
+    pub seq: u64,
+    pub reason: String,
+}
+
+struct Line<'a> {
+    seq: u64,
+    mac: [u8; 32],
+    sealed: Vec<u8>,
+    _text: &'a [u8],
+}
+
+fn parse_line(line: &[u8]) -> Option<Line<'_>> {
+    let text = std::str::from_utf8(line).ok()?;
+    let mut parts = text.split(' ');
+    let seq = parts.next()?.parse::<u64>().ok()?;
+    let mac: [u8; 32] = unhex(parts.next()?)?.try_into().ok()?;
+    let sealed = unhex(parts.next()?)?;
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(Line { seq, mac, sealed, _text: line })
+}
+
+/// Opens a sealed record of `scope` at `seq`; `None` if it does not authenticate there.
+fn open_sealed(keys: &AuditKeys, scope: &Scope, seq: u64, sealed: &[u8]) -> Option<Vec<u8>> {
+    if sealed.len() < 4 + NONCE_LEN {
+        return None;
+    }
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce.copy_from_slice(&sealed[4..4 + NONCE_LEN]);
+    keys.seal_key(scope).open(&scope.name(), "audit", seq, &nonce, &sealed[4 + NONCE_LEN..])
+}
+
+/// Splits a log into complete lines; returns them and the length of the complete part.
+fn complete_lines(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
+    let good_len = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let lines = match bytes[..good_len].split_last() {
+        Some((_, body)) => body.split(|b| *b == b'\n').collect(),
+        None => Vec::new(),
+    };
+    (lines, good_len)
+}
+
+/// Verifies a whole log: every line parses, sequence numbers run 1, 2, 3, ... without gaps,
+/// every MAC chains to the previous one, every record opens; with a checkpoint, the log reaches
+/// the checkpoint's sequence number and has its head there. An incomplete final line is a torn
+/// tail (reported, not an error).
+pub fn verify_log(
+    bytes: &[u8],
+    keys: &AuditKeys,
+    scope: &Scope,
+    checkpoint: Option<&Checkpoint>,
+) -> Result<Verified, Broken> {
+    let chain = keys.chain_key(scope);
+    let (lines, good_len) = complete_lines(bytes);
+    let mut prev = [0u8; 32];
+    let mut expected = 1u64;
+    let mut matched_checkpoint = false;
+    for raw in lines {
+        if raw.len() > MAX_LINE {
+            return Err(Broken { seq: expected, reason: "the line is too long to be a record".into() });
+        }
+        let Some(line) = parse_line(raw) else {
+            return Err(Broken { seq: expected, reason: "the line is not a record (damaged or inserted)".into() });
+        };
+        if line.seq != expected {
+            let reason = if line.seq > expected {
+                format!("missing: the next line holds record {} (records deleted or reordered)", line.seq)
+            } else {
+                format!(
+                    "out of order: found record {} again where {expected} belongs (reordered or inserted)",
+                    line.seq
+                )
+            };
+            return Err(Broken { seq: expected, reason });
+        }
+        let mac = link(&chain, &prev, line.seq, &line.sealed);
+        if mac.iter().zip(line.mac.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) != 0 {
+            return Err(Broken {
+                seq: expected,
+                reason: "fails authentication (modified, inserted, or not written with this host's audit key)".into(),
+            });
+        }
+        if open_sealed(keys, scope, line.seq, &line.sealed).is_none() {
+            return Err(Broken { seq: expected, reason: "cannot be opened (modified)".into() });
+        }
+        if let Some(cp) = checkpoint
+            && cp.seq == line.seq
+        {
+            if hex(&mac) != cp.head {
+                return Err(Broken {
+                    seq: expected,
+                    reason: "does not match the checkpoint's head (the log was rewritten)".into(),
+                });
+            }
+            matched_checkpoint = true;
+        }
+        prev = mac;
+        expected += 1;
+    }
+    let records = expected - 1;
+    if let Some(cp) = checkpoint
+        && !matched_checkpoint
+        && cp.seq > 0
+    {
+        return Err(Broken {
+            seq: records + 1,
+            reason: format!(
+                "missing: the log ends at record {records} but the checkpoint covers records up to {} (truncated)",
+                cp.seq
+            ),
+        });
+    }
+    Ok(Verified { records, head: prev, good_len, torn_bytes: bytes.len() - good_len })
+}
+
+/// The records of a log that verified, decrypted, as JSON values (for `audit show` and exports).
+pub fn read_records(bytes: &[u8], keys: &AuditKeys, scope: &Scope) -> Result<Vec<serde_json::Value>, Broken> {
+    let verified = verify_log(bytes, keys, scope, None)?;
+    let (lines, _) = complete_lines(&bytes[..verified.good_len]);
+    lines
+        .into_iter()
+        .map(|raw| {
+            let line = parse_line(raw).ok_or(Broken { seq: 0, reason: "unreadable".into() })?;
+            let json = open_sealed(keys, scope, line.seq, &line.sealed)
+                .ok_or(Broken { seq: line.seq, reason: "cannot be opened".into() })?;
+            serde_json::from_slice(&json).map_err(|e| Broken { seq: line.seq, reason: format!("not JSON: {e}") })
+        })
+        .collect()
+}
+
+/// A signed statement "log `scope` had `seq` records with head MAC `head` at `ts`", for anchoring
+/// outside the host. Truncation below it, or a wholesale rewrite, no longer matches it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Checkpoint {
+    pub scope: String,
+    pub seq: u64,
+    pub head: String,
+    pub ts: String,
+    /// `ed25519:<hex>`: the host's audit signing key.
+    pub key: String,
+    pub signature: String,
+}
+
+impl Checkpoint {
+    fn message(scope: &str, seq: u64, head: &str, ts: &str) -> Vec<u8> {
+        format!("{CHECKPOINT_HEADER}\n{scope}\n{seq}\n{head}\n{ts}\n").into_bytes()
+    }
+
+    pub fn sign(keys: &AuditKeys, scope: &Scope, seq: u64, head: &[u8; 32]) -> Self {
+        let (scope, head, ts) = (scope.name(), hex(head), super::now_utc());
+        let signature = hex(&keys.sign(&Self::message(&scope, seq, &head, &ts)));
+        Self { scope, seq, head, ts, key: format_public_key(&keys.public_key()), signature }
+    }
+
+    /// Parses a checkpoint file's text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        serde_json::from_str(text).map_err(|e| format!("not a checkpoint: {e}"))
+    }
+
+    /// Checks the signature against `trusted` and that it is about `scope`.
+    pub fn check(&self, trusted: &[u8; 32], scope: &Scope) -> Result<(), String> {
+        if self.scope != scope.name() {
+            return Err(format!("the checkpoint is for log {:?}, not {:?}", self.scope, scope.name()));
+        }
+        let key = parse_public_key(&self.key)?;
+        if &key != trusted {
+            return Err(format!(
+                "the checkpoint is signed by {}, not by this host's audit key {}",
+                self.key,
+                format_public_key(trusted)
+            ));
+        }
+        let sig = unhex(&self.signature).ok_or("the checkpoint's signature is not hex")?;
+        UnparsedPublicKey::new(&ED25519, key)
+            .verify(&Self::message(&self.scope, self.seq, &self.head, &self.ts), &sig)
+            .map_err(|_| "the checkpoint's signature does not match its content".to_string())
+    }
+
+    pub fn to_text(&self) -> String {
+        let mut s = serde_json::to_string_pretty(self).unwrap_or_default();
+        s.push('\n');
+        s
+    }
+}
