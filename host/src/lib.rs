@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod audit;
+pub mod channels;
 pub mod cli;
 pub mod config;
 pub mod dispatch;
@@ -15,6 +16,7 @@ pub mod metrics;
 pub mod model;
 pub mod policy;
 pub mod quota;
+pub mod routing;
 pub mod sandbox;
 pub mod scheduler;
 pub mod session;

@@ -60,6 +60,27 @@ enum Command {
     /// Verify and read the tamper-evident audit logs
     #[command(subcommand)]
     Audit(cli::audit::AuditCommand),
+    /// Approve or deny chat pairing requests (through the running gateway)
+    Pairing {
+        /// Gateway URL [default: http://<gateway.bind>]
+        #[arg(long, global = true, value_name = "URL")]
+        url: Option<String>,
+        #[command(subcommand)]
+        action: PairingCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PairingCommand {
+    /// Pending pairing requests
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a pairing code: the sender may then talk to the agent
+    Approve { code: String },
+    /// Deny (forget) a pairing code
+    Deny { code: String },
 }
 
 #[derive(Subcommand)]
@@ -142,6 +163,14 @@ fn main() -> ExitCode {
         }
         Command::Doctor => cli::doctor::run(&ConfigSource::new(args.config)),
         Command::Policy(cmd) => cli::policy::run(cmd, &ConfigSource::new(args.config).path),
+        Command::Pairing { url, action } => {
+            let action = match action {
+                PairingCommand::List { json } => cli::pairing::Action::List { json },
+                PairingCommand::Approve { code } => cli::pairing::Action::Approve(code),
+                PairingCommand::Deny { code } => cli::pairing::Action::Deny(code),
+            };
+            cli::pairing::run(&ConfigSource::new(args.config), url.as_deref(), action)
+        }
         Command::Usage { tenant, since, json } => {
             cli::usage::run(&ConfigSource::new(args.config), tenant.as_deref(), since.as_deref(), json)
         }

@@ -80,6 +80,17 @@ pub trait SessionStore: Send + Sync {
         let _ = (tenant, key);
         Err(StoreError::Io("this store cannot delete sessions".into()))
     }
+    /// A small named per-tenant document (such as approved chat pairings), kept as privately as
+    /// transcripts. `None` when it was never saved.
+    async fn load_document(&self, tenant: &TenantId, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let _ = (tenant, name);
+        Ok(None)
+    }
+    /// Replaces a per-tenant document atomically.
+    async fn save_document(&self, tenant: &TenantId, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let _ = (tenant, name, bytes);
+        Err(StoreError::Io("this store cannot keep documents".into()))
+    }
 }
 
 /// A store handle bound to one tenant.
@@ -121,6 +132,7 @@ type TenantTranscripts = BTreeMap<SessionKey, (Vec<Message>, SystemTime)>;
 #[derive(Default)]
 pub struct MemoryStore {
     tenants: Mutex<HashMap<TenantId, TenantTranscripts>>,
+    documents: Mutex<HashMap<(TenantId, String), Vec<u8>>>,
 }
 
 #[async_trait]
@@ -167,6 +179,15 @@ impl SessionStore for MemoryStore {
     async fn delete_session(&self, tenant: &TenantId, key: &SessionKey) -> Result<bool, StoreError> {
         let mut all = self.tenants.lock().expect("session store lock");
         Ok(all.get_mut(tenant).is_some_and(|s| s.remove(key).is_some()))
+    }
+
+    async fn load_document(&self, tenant: &TenantId, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.documents.lock().expect("document lock").get(&(tenant.clone(), name.to_string())).cloned())
+    }
+
+    async fn save_document(&self, tenant: &TenantId, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        self.documents.lock().expect("document lock").insert((tenant.clone(), name.to_string()), bytes.to_vec());
+        Ok(())
     }
 }
 

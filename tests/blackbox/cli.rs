@@ -7,7 +7,7 @@ use crate::harness::{repo_root, run_cli};
 #[test]
 fn config_check_accepts_the_shipped_configs_and_the_seed_sample() {
     let root = repo_root();
-    for f in ["config/bulkhead.json5", "tests/fixtures/configs/seed-sample.json5"] {
+    for f in ["config/bulkhead.json5", "config/telegram.json5", "tests/fixtures/configs/seed-sample.json5"] {
         let (code, out, err) = run_cli(&["config", "check", root.join(f).to_str().unwrap()], None);
         assert_eq!(code, 0, "{f}: {out}{err}");
         assert!(out.contains(": ok"), "{out}");

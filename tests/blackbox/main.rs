@@ -1,5 +1,5 @@
 //! Black-box tests: the real `bulkhead` binary, driven over HTTP and WebSocket, with fake model
-//! servers speaking the OpenAI and Anthropic wire formats.
+//! servers speaking the OpenAI and Anthropic wire formats and a fake Telegram Bot API server.
 
 mod api;
 mod audit;
@@ -7,10 +7,12 @@ mod browser;
 mod cdp;
 mod cli;
 mod fairness;
+mod fake_telegram;
 mod fakes;
 mod harness;
 mod quota;
 mod store;
+mod telegram;
 mod webchat_page;
 mod webchat_ws;
 

@@ -92,6 +92,7 @@ pub fn run(source: &ConfigSource) -> i32 {
             tenants_without_tokens.join(", ")
         );
     }
+    failures += telegram(&config);
     if config.store.master_key.is_some() {
         println!("ok    audit log on ({})", crate::audit::audit_dir(&config).display());
     } else {
@@ -134,4 +135,69 @@ pub fn run(source: &ConfigSource) -> i32 {
         }
     }
     if failures == 0 { EXIT_OK } else { EXIT_FAILURE }
+}
+
+/// Checks each Telegram bot: the token (`getMe`), privacy mode against `requireMention`, and a
+/// webhook that would make long polling fail. Returns the number of failures.
+fn telegram(config: &crate::config::Config) -> usize {
+    use crate::channels::telegram::Connection;
+    if config.channels.telegram.is_empty() {
+        return 0;
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            println!("FAIL  telegram: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    let mut failures = 0;
+    for acc in &config.channels.telegram {
+        let label = format!("telegram/{}", acc.id);
+        let conn = match acc.token.resolve(&config.base_dir).and_then(|t| Connection::new(t.expose(), &acc.api_url)) {
+            Ok(c) => c,
+            Err(e) => {
+                failures += 1;
+                println!("FAIL  {label}: {e}");
+                continue;
+            }
+        };
+        let me = match rt.block_on(conn.get_me()) {
+            Ok(me) => me,
+            Err(e) => {
+                failures += 1;
+                let e = crate::channels::telegram::describe(&e);
+                println!("FAIL  {label}: getMe failed: {e}; check the token with @BotFather");
+                continue;
+            }
+        };
+        println!("ok    {label}: token accepted (bot @{})", me.user.username.as_deref().unwrap_or("?"));
+        let wants_all =
+            !acc.access.require_mention || acc.access.groups.values().any(|g| g.require_mention == Some(false));
+        let groups_on = acc.access.group_policy != crate::config::channels::GroupPolicy::Disabled;
+        if groups_on && wants_all && !me.can_read_all_group_messages {
+            println!(
+                "warn  {label}: privacy mode is on, so in groups the bot only receives commands, replies to it and @mentions; groups set to requireMention: false will miss other messages. Turn privacy off with @BotFather (/setprivacy, Disable), then remove and re-add the bot to each group"
+            );
+        } else if groups_on && me.can_read_all_group_messages && !wants_all {
+            println!(
+                "note  {label}: privacy mode is off: the bot receives every group message, but only answers @mentions and replies (requireMention); turning privacy on with @BotFather (/setprivacy) keeps other group messages away from the host"
+            );
+        }
+        match rt.block_on(conn.webhook()) {
+            Ok(None) => println!("ok    {label}: no webhook set (long polling can receive updates)"),
+            Ok(Some(url)) => {
+                failures += 1;
+                println!(
+                    "FAIL  {label}: a webhook is set (to {}), so long polling is refused with 409 Conflict; remove it with the Bot API's deleteWebhook method or stop whatever set it",
+                    url.host_str().unwrap_or("an unknown host")
+                );
+            }
+            Err(e) => {
+                failures += 1;
+                println!("FAIL  {label}: getWebhookInfo failed: {e}");
+            }
+        }
+    }
+    failures
 }

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod config_check;
 pub mod doctor;
 pub mod keys;
+pub mod pairing;
 pub mod policy;
 pub mod serve;
 pub mod tenant;

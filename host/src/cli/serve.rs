@@ -26,6 +26,11 @@ fn open_session_store(config: &crate::config::Config) -> Result<Arc<dyn SessionS
             return Err(EXIT_INVALID);
         }
         tracing::warn!("store.masterKey is not configured: transcripts are kept in memory only and lost on restart.");
+        if !config.channels.telegram.is_empty() {
+            tracing::warn!(
+                "store.masterKey is not configured: chat pairing approvals are kept in memory only and lost on restart."
+            );
+        }
         return Ok(Arc::new(MemoryStore::default()));
     }
     let store = super::open_store(config)?;
@@ -169,6 +174,24 @@ pub fn run(source: &ConfigSource, log_format: Option<LogFormat>) -> i32 {
                 return EXIT_INVALID;
             }
         };
+        let tenants_in_config: Vec<_> = gw.config().tenants.keys().cloned().collect();
+        match gw.pairing.restore(tenants_in_config).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(approvals = n, "Chat pairing approvals restored."),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_FAILURE;
+            }
+        }
+        let channels = match crate::channels::Channels::start(&gw.runtime, &gw.pairing) {
+            Ok(c) => c,
+            Err(errors) => {
+                for e in errors {
+                    eprintln!("error: {e}");
+                }
+                return EXIT_INVALID;
+            }
+        };
         let listener = match tokio::net::TcpListener::bind(bind).await {
             Ok(l) => l,
             Err(e) => {
@@ -182,6 +205,12 @@ pub fn run(source: &ConfigSource, log_format: Option<LogFormat>) -> i32 {
         // A stable line on stdout so scripts and tests can find an ephemeral port.
         let scheme = if tls.is_some() { "https" } else { "http" };
         println!("listening on {scheme}://{addr}");
+        let grace = gw.config().gateway.shutdown_grace;
+        let shutdown = async move {
+            shutdown.await;
+            // Chat adapters stop taking messages first; runs already accepted are drained below.
+            channels.stop(grace).await;
+        };
         let served = gateway::run(gw, listener, tls, shutdown).await;
         if let Err(e) = audit.append(Scope::Host, Actor::System, Event::GatewayStop {}).await {
             tracing::error!(error = %e, "Cannot record the gateway's stop.");

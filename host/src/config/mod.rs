@@ -3,6 +3,7 @@
 //! Loading never stops at the first problem: every syntax, type, unknown-key and cross-reference
 //! error is collected with its key path, so an operator fixes a config in one pass.
 
+pub mod channels;
 mod raw;
 mod secret;
 mod validate;

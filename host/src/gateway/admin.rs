@@ -78,6 +78,9 @@ pub(super) fn routes(gw: Arc<Gateway>) -> Router<Arc<Gateway>> {
         .route("/reload", post(reload))
         .route("/audit", get(audit_export))
         .route("/usage", get(usage))
+        .route("/pairing", get(super::pairing_api::list))
+        .route("/pairing/approve", post(super::pairing_api::approve))
+        .route("/pairing/deny", post(super::pairing_api::deny))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(axum::middleware::from_fn_with_state(gw, guard))
 }

@@ -7,6 +7,7 @@
 pub mod admin;
 mod auth;
 mod openai_api;
+mod pairing_api;
 pub mod tls;
 mod webchat;
 
@@ -45,6 +46,8 @@ pub struct Gateway {
     tenant_tokens: TokenIndex<TenantId>,
     operator_tokens: TokenIndex<admin::Operator>,
     throttle: Throttle,
+    /// Chat pairing requests and approvals (shared with the channel adapters).
+    pub pairing: Arc<crate::channels::pairing::Pairing>,
 }
 
 /// The backends a gateway runs with; tests substitute their own.
@@ -88,6 +91,11 @@ impl Gateway {
                 }
             }
         }
+        for acc in &config.channels.telegram {
+            if let Err(e) = acc.token.resolve(&config.base_dir) {
+                errors.push(format!("channels.telegram account {:?} token: {e}", acc.id));
+            }
+        }
         let mut operator_tokens = TokenIndex::new();
         for (i, op) in config.gateway.operators.iter().enumerate() {
             match op.token.resolve(&config.base_dir) {
@@ -125,10 +133,11 @@ impl Gateway {
             providers,
             dispatcher: Dispatcher { gate: parts.gate, sandboxes: parts.sandboxes, audit: parts.audit.clone() },
             audit: parts.audit,
-            store: parts.store,
+            store: parts.store.clone(),
             tasks: TaskTracker::new(),
         };
-        Ok(Self { runtime: Arc::new(runtime), tenant_tokens, operator_tokens, throttle })
+        let pairing = Arc::new(crate::channels::pairing::Pairing::new(parts.store));
+        Ok(Self { runtime: Arc::new(runtime), tenant_tokens, operator_tokens, throttle, pairing })
     }
 
     pub fn config(&self) -> &Config {

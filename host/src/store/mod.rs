@@ -792,8 +792,19 @@ impl EncryptedStore {
         let dir = self.tenant_dir(t);
         fsutil::remove_dir_all_if_exists(&tmp).map_err(|e| store_io("cannot remove", &tmp, e))?;
         let keys = TenantKeys::generate();
+        let old_keys = self.keys(t)?;
+        let mut documents = Vec::new();
+        for name in DOCUMENTS {
+            if let Some(doc) = self.read_document(t, &old_keys, name)? {
+                documents.push((name, doc));
+            }
+        }
         let per = self.inner.opts.records_per_segment;
         let build = || -> Result<(), StoreError> {
+            for (name, doc) in &documents {
+                fsutil::create_private_dir(&tmp).map_err(|e| store_io("cannot create", &tmp, e))?;
+                write_document(&tmp, &keys, t.as_str(), name, doc)?;
+            }
             let sessions_dir = tmp.join("sessions");
             fsutil::create_private_dir(&sessions_dir).map_err(|e| store_io("cannot create", &sessions_dir, e))?;
             let wrapped = keys.wrap(t.as_str(), &self.inner.master).map_err(StoreError::Io)?;
@@ -1146,6 +1157,79 @@ impl SessionStore for EncryptedStore {
     async fn delete_session(&self, tenant: &TenantId, key: &SessionKey) -> Result<bool, StoreError> {
         let (s, t, k) = (self.clone(), tenant.clone(), key.clone());
         blocking(move || s.delete_session_blocking(&t, &k)).await
+    }
+
+    async fn load_document(&self, tenant: &TenantId, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let (s, t, n) = (self.clone(), tenant.clone(), name.to_string());
+        blocking(move || {
+            let keys = s.keys(&t)?;
+            s.read_document(&t, &keys, &n)
+        })
+        .await
+    }
+
+    async fn save_document(&self, tenant: &TenantId, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let (s, t, n, b) = (self.clone(), tenant.clone(), name.to_string(), bytes.to_vec());
+        blocking(move || {
+            let keys = s.keys(&t)?;
+            let dir = s.tenant_dir(&t);
+            write_document(&dir, &keys, t.as_str(), &n, &b)
+        })
+        .await
+    }
+}
+
+// ---- Per-tenant documents: `tenants/<tenant>/<name>.age`, age to the tenant key + MAC ----
+
+/// Documents a rotation re-encrypts (every document kind the host writes).
+const DOCUMENTS: [&str; 1] = ["pairing"];
+
+/// The plaintext inside `<name>.age`.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DocumentFile {
+    v: u32,
+    tenant: String,
+    name: String,
+    data: String,
+    mac: String,
+}
+
+fn document_path(dir: &Path, name: &str) -> Result<PathBuf, StoreError> {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase()) {
+        return Err(StoreError::Io(format!("invalid document name {name:?}")));
+    }
+    Ok(dir.join(format!("{name}.age")))
+}
+
+fn write_document(dir: &Path, keys: &TenantKeys, tenant: &str, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+    let path = document_path(dir, name)?;
+    let data = hex(bytes);
+    let mac = keys.mac(&[b"document", tenant.as_bytes(), name.as_bytes(), data.as_bytes()]);
+    let doc = DocumentFile { v: 1, tenant: tenant.to_string(), name: name.to_string(), data, mac };
+    let json = serde_json::to_vec(&doc).map_err(|e| StoreError::Io(e.to_string()))?;
+    let sealed = keys.encrypt(&json).map_err(StoreError::Io)?;
+    fsutil::write_atomic(&path, &sealed).map_err(|e| store_io("cannot write", &path, e))
+}
+
+impl EncryptedStore {
+    fn read_document(&self, t: &TenantId, keys: &TenantKeys, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = document_path(&self.tenant_dir(t), name)?;
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(store_io("cannot read", &path, e)),
+        };
+        let bad = |why: &str| StoreError::Integrity(format!("document {name} of tenant {:?}: {why}", t.as_str()));
+        let json = keys.decrypt(&bytes).ok_or_else(|| bad("does not decrypt with the tenant key"))?;
+        let d: DocumentFile = serde_json::from_slice(&json).map_err(|_| bad("unknown format"))?;
+        if d.v != 1 || d.tenant != t.as_str() || d.name != name {
+            return Err(bad("belongs to another tenant or document (moved)"));
+        }
+        if !keys.verify(&[b"document", d.tenant.as_bytes(), d.name.as_bytes(), d.data.as_bytes()], &d.mac) {
+            return Err(bad("fails authentication"));
+        }
+        unhex(&d.data).map(Some).ok_or_else(|| bad("holds invalid data"))
     }
 }
 

@@ -658,6 +658,36 @@ fn config_takes_a_master_key_reference_and_retention() {
     }
 }
 
+#[tokio::test]
+async fn tenant_documents_are_sealed_bound_rotated_and_shredded() {
+    let fx = Fixture::new();
+    let s = fx.open(3);
+    let doc = br#"{"v":1,"approved":[{"channel":"telegram","account":"acme","sender":"987654321"}]}"#;
+    assert_eq!(s.load_document(&tid("alpha"), "pairing").await.unwrap(), None);
+    s.save_document(&tid("alpha"), "pairing", doc).await.unwrap();
+    assert_eq!(s.load_document(&tid("alpha"), "pairing").await.unwrap().as_deref(), Some(&doc[..]));
+    assert_eq!(s.load_document(&tid("bravo"), "pairing").await.unwrap(), None, "per tenant");
+    assert!(s.save_document(&tid("alpha"), "../escape", doc).await.is_err(), "names are plain words");
+    // Nothing in clear on disk, and the file is private.
+    let path = s.tenant_dir(&tid("alpha")).join("pairing.age");
+    let bytes = fs::read(&path).unwrap();
+    assert!(!bytes.windows(9).any(|w| w == b"987654321"));
+    assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    // Moved to another tenant: refused as an integrity failure, not read as theirs.
+    fs::copy(&path, s.tenant_dir(&tid("bravo")).join("pairing.age")).unwrap();
+    assert!(matches!(s.load_document(&tid("bravo"), "pairing").await, Err(StoreError::Integrity(_))));
+    fs::remove_file(s.tenant_dir(&tid("bravo")).join("pairing.age")).unwrap();
+    // Rotation re-encrypts it to the new key; deletion shreds it with the tenant.
+    s.rotate_tenant(&tid("alpha")).unwrap();
+    assert_ne!(fs::read(&path).unwrap(), bytes);
+    assert_eq!(s.load_document(&tid("alpha"), "pairing").await.unwrap().as_deref(), Some(&doc[..]));
+    drop(s);
+    let s = fx.open(3);
+    assert_eq!(s.load_document(&tid("alpha"), "pairing").await.unwrap().as_deref(), Some(&doc[..]));
+    s.delete_tenant(&tid("alpha")).unwrap();
+    assert!(!path.exists());
+}
+
 /// A small tmpfs of its own for the full-disk test; unmounted on drop. Needs root (as `.ci/run`
 /// has): without it the test fails, it does not skip.
 struct SmallDisk {

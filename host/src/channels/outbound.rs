@@ -1,0 +1,381 @@
+//! Replies going out to a chat platform: split to the platform's length limit on sensible
+//! boundaries, queued per bot, and paced per chat, per group and per bot, honouring the
+//! platform's `retry_after`.
+//!
+//! Each bot (account) has its own queue and worker task, so one tenant's burst never delays
+//! another tenant's bot. Inside one bot, chats are served round-robin: a long reply to one chat
+//! does not hold up the others.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// Chats whose pacing deadline a bot remembers before forgetting the expired ones.
+const MAX_TRACKED_CHATS: usize = 4096;
+
+/// Where a reply goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatTarget {
+    pub chat: String,
+    /// A forum topic inside the chat.
+    pub thread: Option<String>,
+    /// Groups get the slower group pace.
+    pub group: bool,
+}
+
+/// Why one send failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendError {
+    /// Flood control: wait this long, then retry (the whole bot pauses).
+    RetryAfter(Duration),
+    /// The bot's credentials were rejected: the worker stops.
+    Unauthorized,
+    /// Worth retrying (network, 5xx).
+    Transient(String),
+    /// Retrying will not help (chat gone, bot blocked); the message is dropped with a log line.
+    Permanent(String),
+}
+
+/// The platform call that delivers one message.
+#[async_trait::async_trait]
+pub trait Transport: Send + Sync + 'static {
+    async fn send(&self, to: &ChatTarget, text: &str) -> Result<(), SendError>;
+}
+
+/// Pacing (Telegram: about 1 message/s per chat, 20/min per group, 30/s per bot).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub per_chat: Duration,
+    pub per_group: Duration,
+    pub per_bot: Duration,
+    /// Most texts waiting in one bot's queue.
+    pub queue: usize,
+    /// Retries of one message after transient failures or flood control.
+    pub max_retries: u32,
+    /// Longest text of one message, in UTF-16 code units.
+    pub max_len: usize,
+}
+
+impl Limits {
+    pub fn telegram(max_len: usize) -> Self {
+        Self {
+            per_chat: Duration::from_secs(1),
+            per_group: Duration::from_secs(3),
+            per_bot: Duration::from_millis(34),
+            queue: 1024,
+            max_retries: 5,
+            max_len,
+        }
+    }
+}
+
+/// Splits `text` into pieces of at most `max` UTF-16 code units, preferring paragraph breaks,
+/// then line breaks, then sentence ends, then spaces; never inside a character.
+pub fn split(text: &str, max: usize) -> Vec<String> {
+    let max = max.max(1);
+    let mut out = Vec::new();
+    let mut rest = text.trim_end();
+    while !rest.is_empty() {
+        // The longest prefix that fits, as a byte index on a char boundary.
+        let mut units = 0;
+        let mut fit = rest.len();
+        for (i, c) in rest.char_indices() {
+            if units + c.len_utf16() > max {
+                fit = i;
+                break;
+            }
+            units += c.len_utf16();
+        }
+        if fit == rest.len() {
+            out.push(rest.to_string());
+            break;
+        }
+        let head = &rest[..fit];
+        let cut = ["\n\n", "\n", ". ", "! ", "? ", " "]
+            .iter()
+            .filter_map(|sep| head.rfind(sep).map(|i| i + sep.len()))
+            // A boundary in the first half would make tiny pieces; cut hard instead.
+            .find(|&i| i > fit / 2)
+            .unwrap_or(fit.max(rest.chars().next().map_or(1, char::len_utf8)));
+        let piece = rest[..cut].trim_end();
+        if !piece.is_empty() {
+            out.push(piece.to_string());
+        }
+        rest = rest[cut..].trim_start_matches(['\n', ' ']);
+    }
+    out
+}
+
+struct Pending {
+    to: ChatTarget,
+    text: String,
+    attempts: u32,
+}
+
+/// A bot's outbound queue. Cheap to clone.
+#[derive(Clone)]
+pub struct Outbound {
+    tx: mpsc::Sender<(ChatTarget, String)>,
+    label: Arc<str>,
+}
+
+impl Outbound {
+    /// Starts the bot's worker. `label` names the bot in logs (`telegram/acme`).
+    pub fn start(label: &str, transport: Arc<dyn Transport>, limits: Limits) -> Self {
+        let (tx, rx) = mpsc::channel(limits.queue.max(1));
+        let label: Arc<str> = Arc::from(label);
+        tokio::spawn(worker(label.clone(), transport, limits, rx));
+        Self { tx, label }
+    }
+
+    /// Queues a reply (split as needed). `false` when the queue is full or the bot stopped; the
+    /// loss is logged, never silent.
+    pub fn send(&self, to: ChatTarget, text: String) -> bool {
+        match self.tx.try_send((to, text)) {
+            Ok(()) => true,
+            Err(e) => {
+                let why = match e {
+                    mpsc::error::TrySendError::Full(_) => "the outbound queue is full",
+                    mpsc::error::TrySendError::Closed(_) => "the bot has stopped",
+                };
+                tracing::error!(bot = %self.label, reason = why, "Reply dropped.");
+                false
+            }
+        }
+    }
+}
+
+async fn worker(
+    label: Arc<str>,
+    transport: Arc<dyn Transport>,
+    limits: Limits,
+    mut rx: mpsc::Receiver<(ChatTarget, String)>,
+) {
+    let mut queues: HashMap<String, VecDeque<Pending>> = HashMap::new();
+    // Round-robin order of chats with something to send.
+    let mut order: VecDeque<String> = VecDeque::new();
+    let mut next_at: HashMap<String, Instant> = HashMap::new();
+    let mut bot_next = Instant::now();
+    let mut open = true;
+    loop {
+        // Take in everything that is waiting.
+        while let Ok((to, text)) = rx.try_recv() {
+            enqueue(&mut queues, &mut order, &limits, to, &text);
+        }
+        if order.is_empty() {
+            if !open {
+                return;
+            }
+            match rx.recv().await {
+                Some((to, text)) => enqueue(&mut queues, &mut order, &limits, to, &text),
+                None => return,
+            }
+            continue;
+        }
+        let now = Instant::now();
+        let ready = order.iter().position(|c| next_at.get(c).is_none_or(|t| *t <= now));
+        let Some(pos) = ready else {
+            let wake = order.iter().filter_map(|c| next_at.get(c)).min().copied().unwrap_or(now);
+            tokio::select! {
+                () = tokio::time::sleep_until(wake) => {}
+                m = rx.recv(), if open => match m {
+                    Some((to, text)) => enqueue(&mut queues, &mut order, &limits, to, &text),
+                    None => open = false,
+                },
+            }
+            continue;
+        };
+        tokio::time::sleep_until(bot_next).await;
+        let chat = order.remove(pos).expect("position is in range");
+        let q = queues.get_mut(&chat).expect("queued chat has a queue");
+        let p = q.front_mut().expect("queued chat has a message");
+        let result = transport.send(&p.to, &p.text).await;
+        let now = Instant::now();
+        bot_next = now + limits.per_bot;
+        let pace = if p.to.group { limits.per_group } else { limits.per_chat };
+        match result {
+            Ok(()) => {
+                q.pop_front();
+                next_at.insert(chat.clone(), now + pace);
+                // Bounded: forget chats whose pace has passed once many have been served.
+                if next_at.len() > MAX_TRACKED_CHATS {
+                    next_at.retain(|_, t| *t > now);
+                }
+            }
+            Err(SendError::RetryAfter(wait)) => {
+                p.attempts += 1;
+                tracing::warn!(bot = %label, retry_after_secs = wait.as_secs(), "Flood control: pausing this bot.");
+                bot_next = now + wait;
+                if p.attempts > limits.max_retries {
+                    tracing::error!(bot = %label, "Reply dropped after repeated flood control.");
+                    q.pop_front();
+                }
+            }
+            Err(SendError::Transient(why)) => {
+                p.attempts += 1;
+                if p.attempts > limits.max_retries {
+                    tracing::error!(bot = %label, error = %why, "Reply dropped after repeated failures.");
+                    q.pop_front();
+                } else {
+                    let backoff = Duration::from_millis(500 << p.attempts.min(6));
+                    tracing::warn!(bot = %label, error = %why, attempt = p.attempts, "Send failed; retrying.");
+                    next_at.insert(chat.clone(), now + backoff);
+                }
+            }
+            Err(SendError::Permanent(why)) => {
+                tracing::warn!(bot = %label, error = %why, "Reply cannot be delivered; dropped.");
+                q.pop_front();
+            }
+            Err(SendError::Unauthorized) => {
+                let lost: usize = queues.values().map(VecDeque::len).sum();
+                tracing::error!(bot = %label, dropped = lost, "The platform rejected the bot's token; outbound stopped.");
+                return;
+            }
+        }
+        if queues.get(&chat).is_some_and(|q| !q.is_empty()) {
+            order.push_back(chat);
+        } else {
+            queues.remove(&chat);
+        }
+    }
+}
+
+fn enqueue(
+    queues: &mut HashMap<String, VecDeque<Pending>>,
+    order: &mut VecDeque<String>,
+    limits: &Limits,
+    to: ChatTarget,
+    text: &str,
+) {
+    let chat = to.chat.clone();
+    let q = queues.entry(chat.clone()).or_default();
+    let was_empty = q.is_empty();
+    for piece in split(text, limits.max_len) {
+        q.push_back(Pending { to: to.clone(), text: piece, attempts: 0 });
+    }
+    if was_empty && !q.is_empty() {
+        order.push_back(chat);
+    } else if q.is_empty() {
+        queues.remove(&chat);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[test]
+    fn splits_on_boundaries_within_the_limit() {
+        let para = format!("{}\n\n{}", "a".repeat(30), "b".repeat(30));
+        assert_eq!(split(&para, 40), vec!["a".repeat(30), "b".repeat(30)]);
+        let words = "alpha beta gamma delta epsilon";
+        for piece in split(words, 12) {
+            assert!(piece.len() <= 12 && !piece.starts_with(' ') && !piece.ends_with(' '), "{piece:?}");
+        }
+        assert_eq!(split(words, 12).join(" "), words);
+        // No boundary: a hard cut, never inside a character (emoji are 2 UTF-16 units).
+        let emoji = "😀".repeat(5);
+        let parts = split(&emoji, 3);
+        assert!(parts.iter().all(|p| p.encode_utf16().count() <= 3), "{parts:?}");
+        assert_eq!(parts.concat(), emoji);
+        assert_eq!(split("short", 4096), vec!["short"]);
+        assert!(split("   ", 10).is_empty());
+        let long = "word ".repeat(2000);
+        let parts = split(&long, 4096);
+        assert_eq!(parts.len(), 3);
+        assert!(parts.iter().all(|p| p.encode_utf16().count() <= 4096));
+    }
+
+    #[derive(Default)]
+    struct Recorder {
+        sent: Mutex<Vec<(Instant, String, String)>>,
+        fail_first: Mutex<Vec<SendError>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Transport for Recorder {
+        async fn send(&self, to: &ChatTarget, text: &str) -> Result<(), SendError> {
+            if let Some(e) = self.fail_first.lock().unwrap().pop() {
+                return Err(e);
+            }
+            self.sent.lock().unwrap().push((Instant::now(), to.chat.clone(), text.to_string()));
+            Ok(())
+        }
+    }
+
+    fn target(chat: &str, group: bool) -> ChatTarget {
+        ChatTarget { chat: chat.into(), thread: None, group }
+    }
+
+    async fn settle(rec: &Recorder, n: usize) {
+        for _ in 0..10_000 {
+            if rec.sent.lock().unwrap().len() >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("only {} of {n} messages sent", rec.sent.lock().unwrap().len());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn paces_each_chat_and_serves_chats_round_robin() {
+        let rec = Arc::new(Recorder::default());
+        let out = Outbound::start("test/a", rec.clone(), Limits { max_len: 10, ..Limits::telegram(10) });
+        let t0 = Instant::now();
+        // Three pieces for chat 1, one for chat 2 and one for group chat -3.
+        out.send(target("1", false), "aaaaaaaaa bbbbbbbbb ccccccccc".into());
+        out.send(target("2", false), "hello".into());
+        out.send(target("-3", true), "g1".into());
+        out.send(target("-3", true), "g2".into());
+        settle(&rec, 6).await;
+        let sent = rec.sent.lock().unwrap().clone();
+        let at = |chat: &str| -> Vec<Duration> {
+            sent.iter().filter(|(_, c, _)| c == chat).map(|(t, _, _)| *t - t0).collect()
+        };
+        let one = at("1");
+        assert_eq!(one.len(), 3);
+        assert!(one[1] - one[0] >= Duration::from_secs(1) && one[2] - one[1] >= Duration::from_secs(1));
+        // Chat 2 is not stuck behind chat 1's three pieces.
+        assert!(at("2")[0] < Duration::from_secs(1), "{:?}", at("2"));
+        let g = at("-3");
+        assert!(g[1] - g[0] >= Duration::from_secs(3), "group pace: {g:?}");
+        // Every send is at least the per-bot interval after the previous one.
+        for w in sent.windows(2) {
+            assert!(w[1].0 - w[0].0 >= Duration::from_millis(34));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn honours_retry_after_and_retries_the_same_message() {
+        let rec = Arc::new(Recorder::default());
+        rec.fail_first.lock().unwrap().push(SendError::RetryAfter(Duration::from_secs(7)));
+        let out = Outbound::start("test/b", rec.clone(), Limits::telegram(4096));
+        let t0 = Instant::now();
+        out.send(target("1", false), "once".into());
+        settle(&rec, 1).await;
+        let sent = rec.sent.lock().unwrap().clone();
+        assert_eq!(sent.len(), 1, "delivered exactly once");
+        assert!(sent[0].0 - t0 >= Duration::from_secs(7), "waited retry_after");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_revoked_token_stops_the_worker_and_later_sends_are_refused() {
+        let rec = Arc::new(Recorder::default());
+        rec.fail_first.lock().unwrap().push(SendError::Unauthorized);
+        let out = Outbound::start("test/c", rec.clone(), Limits::telegram(4096));
+        assert!(out.send(target("1", false), "x".into()));
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if !out.send(target("1", false), "y".into()) {
+                assert!(rec.sent.lock().unwrap().is_empty());
+                return;
+            }
+        }
+        panic!("the worker kept running after Unauthorized");
+    }
+}

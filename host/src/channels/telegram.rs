@@ -1,0 +1,359 @@
+//! The Telegram adapter: one long-polling task and one outbound queue per bot account.
+//!
+//! Telegram's types and its send/getMe/getWebhookInfo requests come from `teloxide-core`;
+//! `getUpdates` is driven here (not by teloxide's dispatcher) because the offset must be ours:
+//! each update is parsed on its own, so one malformed update is skipped and logged while the
+//! offset still moves past it, an update id at or below the offset is never handled twice, and
+//! a 401 stops only this account with a log line an operator can act on.
+//!
+//! Normalisation: private chats are direct sessions; groups and supergroups are group sessions;
+//! a forum topic is its own session (`<chatId>.topic.<threadId>`) and the reply goes back into
+//! the topic. Edits, channel posts and other update kinds are ignored. Messages without text get
+//! a short polite answer (when the sender is allowed). Messages from bots are ignored.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use teloxide_core::requests::Requester;
+use teloxide_core::types::{ChatId, Me, Message, MessageId, ThreadId, Update, UpdateKind};
+use teloxide_core::{ApiError, Bot, RequestError};
+use tokio::sync::watch;
+
+use super::inbound::{Account, Body, ChatMessage, accept};
+use super::outbound::{ChatTarget, Limits, Outbound, SendError, Transport};
+use super::pairing::Pairing;
+use crate::agent::Runtime;
+use crate::config::channels::TelegramAccount;
+
+/// Long-poll timeout asked of the Bot API, in seconds.
+pub const POLL_TIMEOUT_SECS: u64 = 25;
+/// Most updates asked for per poll.
+const POLL_LIMIT: u32 = 100;
+/// Longest wait between retries after transient polling failures.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// An account's connection: the teloxide `Bot` for requests, and what `getUpdates` needs.
+#[derive(Clone)]
+pub struct Connection {
+    pub bot: Bot,
+    http: reqwest::Client,
+    updates_url: String,
+}
+
+impl Connection {
+    /// `api_url` is the Bot API base (`https://api.telegram.org` or a self-hosted server).
+    pub fn new(token: &str, api_url: &str) -> Result<Self, String> {
+        let url = reqwest::Url::parse(api_url).map_err(|e| format!("invalid apiUrl: {e}"))?;
+        // Long polls hold the connection for POLL_TIMEOUT_SECS; allow for that plus slack.
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(POLL_TIMEOUT_SECS + 15))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let bot = Bot::with_client(token, http.clone()).set_api_url(url);
+        let updates_url = format!("{}/bot{token}/getUpdates", api_url.trim_end_matches('/'));
+        Ok(Self { bot, http, updates_url })
+    }
+
+    /// `getMe`: the bot's identity (`describe` words an error for an operator).
+    pub async fn get_me(&self) -> Result<Me, RequestError> {
+        self.bot.get_me().await
+    }
+
+    /// The webhook URL currently set for the bot, if any.
+    pub async fn webhook(&self) -> Result<Option<reqwest::Url>, String> {
+        self.bot.get_webhook_info().await.map(|w| w.url).map_err(|e| describe(&e))
+    }
+
+    async fn get_updates(&self, offset: i64, timeout: u64) -> Result<Vec<Value>, PollError> {
+        let body = json!({ "offset": offset, "timeout": timeout, "limit": POLL_LIMIT,
+                           "allowed_updates": ["message", "edited_message"] });
+        let resp = self
+            .http
+            .post(&self.updates_url)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| PollError::Transient(network(&e)))?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|e| PollError::Transient(network(&e)))?;
+        let v: Value = match serde_json::from_str(&text) {
+            Ok(v) => v,
+            Err(_) if status.as_u16() == 401 => return Err(PollError::Unauthorized),
+            Err(_) => {
+                return Err(PollError::Transient(format!("HTTP {} with a body that is not JSON", status.as_u16())));
+            }
+        };
+        if v["ok"] == true {
+            return match v.get("result") {
+                Some(Value::Array(items)) => Ok(items.clone()),
+                _ => Err(PollError::Transient("getUpdates answered without a result list".into())),
+            };
+        }
+        let code = v["error_code"].as_u64().unwrap_or(u64::from(status.as_u16()));
+        let description = v["description"].as_str().unwrap_or("no description").chars().take(200).collect();
+        match code {
+            401 | 404 => Err(PollError::Unauthorized),
+            409 => Err(PollError::Conflict(description)),
+            429 => Err(PollError::RetryAfter(Duration::from_secs(
+                v["parameters"]["retry_after"].as_u64().unwrap_or(5).clamp(1, 3600),
+            ))),
+            _ => Err(PollError::Transient(format!("error {code}: {description}"))),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum PollError {
+    Unauthorized,
+    Conflict(String),
+    RetryAfter(Duration),
+    Transient(String),
+}
+
+/// A network error without its URL (the URL holds the bot token).
+fn network(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "the Bot API did not answer in time".into()
+    } else if e.is_connect() {
+        "cannot connect to the Bot API".into()
+    } else {
+        "network error talking to the Bot API".into()
+    }
+}
+
+/// A teloxide error in words, never including the request URL (and so never the token).
+pub fn describe(e: &RequestError) -> String {
+    match e {
+        RequestError::Api(ApiError::InvalidToken) => "the bot token was rejected (401 Unauthorized)".into(),
+        RequestError::Api(api) => format!("the Bot API refused: {api}"),
+        RequestError::RetryAfter(s) => format!("flood control: retry after {} s", s.duration().as_secs()),
+        RequestError::MigrateToChatId(_) => "the group was upgraded to a supergroup".into(),
+        RequestError::Network(n) => network(n),
+        RequestError::InvalidJson { .. } => "the Bot API sent an answer that is not valid JSON".into(),
+        RequestError::Io(_) => "I/O error talking to the Bot API".into(),
+    }
+}
+
+/// Sends through teloxide's `sendMessage` (plain text: no parse mode, so nothing the model
+/// writes is interpreted as markup and nothing needs escaping).
+struct TelegramTransport {
+    bot: Bot,
+}
+
+#[async_trait::async_trait]
+impl Transport for TelegramTransport {
+    async fn send(&self, to: &ChatTarget, text: &str) -> Result<(), SendError> {
+        use teloxide_core::payloads::SendMessageSetters as _;
+        let chat: i64 = to.chat.parse().map_err(|_| SendError::Permanent("invalid chat id".into()))?;
+        let mut req = self.bot.send_message(ChatId(chat), text);
+        if let Some(t) = to.thread.as_deref().and_then(|t| t.parse::<i32>().ok()) {
+            req = req.message_thread_id(ThreadId(MessageId(t)));
+        }
+        match req.await {
+            Ok(_) => Ok(()),
+            Err(RequestError::RetryAfter(s)) => Err(SendError::RetryAfter(s.duration())),
+            Err(RequestError::Api(ApiError::InvalidToken)) => Err(SendError::Unauthorized),
+            // Unknown API errors include 5xx answers: worth a bounded retry.
+            Err(e @ RequestError::Api(ApiError::Unknown(_))) => Err(SendError::Transient(describe(&e))),
+            Err(e @ (RequestError::Api(_) | RequestError::MigrateToChatId(_))) => {
+                Err(SendError::Permanent(describe(&e)))
+            }
+            Err(e) => Err(SendError::Transient(describe(&e))),
+        }
+    }
+}
+
+/// Starts one poller per configured account. Fails when a token cannot be resolved.
+pub fn start(
+    rt: &Arc<Runtime>,
+    pairing: &Arc<Pairing>,
+    stopped: &watch::Receiver<bool>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, Vec<String>> {
+    let mut errors = Vec::new();
+    let mut ready = Vec::new();
+    for acc in &rt.config.channels.telegram {
+        match acc.token.resolve(&rt.config.base_dir) {
+            Ok(token) => match Connection::new(token.expose(), &acc.api_url) {
+                Ok(conn) => ready.push((acc.clone(), conn)),
+                Err(e) => errors.push(format!("channels.telegram account {:?}: {e}", acc.id)),
+            },
+            Err(e) => errors.push(format!("channels.telegram account {:?} token: {e}", acc.id)),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let mut tasks = Vec::new();
+    for (acc, conn) in ready {
+        let label = format!("telegram/{}", acc.id);
+        let outbound = Outbound::start(
+            &label,
+            Arc::new(TelegramTransport { bot: conn.bot.clone() }),
+            Limits::telegram(acc.text_chunk_limit),
+        );
+        let account = Account { channel: "telegram", id: acc.id.clone(), access: acc.access.clone(), outbound };
+        let poller = Poller { rt: rt.clone(), pairing: pairing.clone(), account, conn, config: acc };
+        tasks.push(tokio::spawn(poller.run(stopped.clone())));
+    }
+    Ok(tasks)
+}
+
+struct Poller {
+    rt: Arc<Runtime>,
+    pairing: Arc<Pairing>,
+    account: Account,
+    conn: Connection,
+    config: TelegramAccount,
+}
+
+impl Poller {
+    async fn run(self, mut stopped: watch::Receiver<bool>) {
+        let id = self.config.id.clone();
+        let mut backoff = Duration::from_secs(1);
+        let me = loop {
+            tokio::select! {
+                r = self.conn.get_me() => match r {
+                    Ok(me) => break me,
+                    Err(RequestError::Api(ApiError::InvalidToken)) => {
+                        tracing::error!(account = %id, "Telegram rejected the bot token of this account (401 Unauthorized): it is wrong or was revoked. This account is stopped; other accounts are unaffected. Fix the token and restart.");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(account = %id, error = %describe(&e), "Telegram getMe failed; retrying.");
+                    }
+                },
+                _ = stopped.wait_for(|s| *s) => return,
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                _ = stopped.wait_for(|s| *s) => return,
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        };
+        let username = me.user.username.clone().unwrap_or_default();
+        tracing::info!(account = %id, bot = %username, "Telegram bot connected; polling for updates.");
+        let bot_id = me.user.id.0;
+        let mut offset: i64 = 0;
+        backoff = Duration::from_secs(1);
+        loop {
+            let batch = tokio::select! {
+                r = self.conn.get_updates(offset, POLL_TIMEOUT_SECS) => r,
+                _ = stopped.wait_for(|s| *s) => break,
+            };
+            let wait = match batch {
+                Ok(items) => {
+                    backoff = Duration::from_secs(1);
+                    for item in items {
+                        offset = self.handle_raw(item, offset, &username, bot_id);
+                    }
+                    continue;
+                }
+                Err(PollError::Unauthorized) => {
+                    tracing::error!(account = %id, "Telegram rejected the bot token of this account (401 Unauthorized): it is wrong or was revoked. This account is stopped; other accounts are unaffected. Fix the token and restart.");
+                    return;
+                }
+                Err(PollError::Conflict(why)) => {
+                    tracing::error!(account = %id, error = %why, "Telegram refused long polling for this bot (409 Conflict): a webhook is set or another process polls the same token. Delete the webhook or stop the other process; `bulkhead doctor` shows which.");
+                    MAX_BACKOFF
+                }
+                Err(PollError::RetryAfter(d)) => {
+                    tracing::warn!(account = %id, retry_after_secs = d.as_secs(), "Telegram flood control on getUpdates; waiting.");
+                    d
+                }
+                Err(PollError::Transient(why)) => {
+                    tracing::warn!(account = %id, error = %why, retry_in_ms = backoff.as_millis() as u64, "Telegram getUpdates failed; retrying.");
+                    let w = backoff;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    w
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = stopped.wait_for(|s| *s) => break,
+            }
+        }
+        // Confirm what was handled, so a restart does not receive it again.
+        if offset > 0 {
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.conn.get_updates(offset, 0)).await;
+        }
+        tracing::info!(account = %id, "Telegram polling stopped.");
+    }
+
+    /// Handles one raw update and returns the next offset. Never panics on any input.
+    fn handle_raw(&self, item: Value, offset: i64, username: &str, bot_id: u64) -> i64 {
+        let id = &self.config.id;
+        let Some(update_id) = item.get("update_id").and_then(Value::as_i64) else {
+            tracing::warn!(account = %id, "Skipped a Telegram update without an update_id.");
+            return offset;
+        };
+        if update_id < offset {
+            tracing::debug!(account = %id, update_id, "Skipped an update already handled.");
+            return offset;
+        }
+        let next = update_id.saturating_add(1);
+        // From text, not `from_value`: teloxide's `UpdateKind` visitor needs borrowed keys.
+        match serde_json::from_str::<Update>(&item.to_string()) {
+            Ok(Update { kind: UpdateKind::Message(m), .. }) => self.on_message(&m, username, bot_id),
+            Ok(Update { kind: UpdateKind::EditedMessage(_), .. }) => {
+                tracing::debug!(account = %id, update_id, "Ignored an edited message (the original was answered).");
+            }
+            Ok(Update { kind: UpdateKind::Error(_), .. }) | Err(_) => {
+                tracing::warn!(account = %id, update_id, "Skipped a malformed Telegram update.");
+            }
+            Ok(_) => tracing::debug!(account = %id, update_id, "Ignored an update kind this adapter does not handle."),
+        }
+        next
+    }
+
+    fn on_message(&self, m: &Message, username: &str, bot_id: u64) {
+        let Some(from) = m.from.as_ref() else { return };
+        if from.is_bot || !(m.chat.is_private() || m.chat.is_group() || m.chat.is_supergroup()) {
+            return;
+        }
+        let text = m.text().or_else(|| m.caption());
+        let at = format!("@{}", username.to_ascii_lowercase());
+        let mentioned = text.is_some_and(|t| t.to_ascii_lowercase().contains(&at))
+            || m.reply_to_message().and_then(|r| r.from.as_ref()).is_some_and(|u| u.id.0 == bot_id);
+        let body = match m.text() {
+            Some(t) => Body::Text(t.to_string()),
+            None => Body::NonText,
+        };
+        let topic = if m.is_topic_message { m.thread_id.map(|t| t.0.0.to_string()) } else { None };
+        let msg = ChatMessage {
+            sender: from.id.0.to_string(),
+            username: from.username.clone(),
+            chat: m.chat.id.0.to_string(),
+            group: !m.chat.is_private(),
+            topic,
+            mentioned,
+            body,
+        };
+        accept(&self.rt, &self.pairing, &self.account, msg);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn real_update_json_parses() {
+        let raw = serde_json::json!({ "update_id": 1000, "message": { "message_id": 2, "date": 1764000000,
+            "chat": { "id": 111, "type": "private", "first_name": "User", "username": "user111" },
+            "from": { "id": 111, "is_bot": false, "first_name": "User111", "username": "user111", "language_code": "en" },
+            "text": "hello" } });
+        let u = serde_json::from_str::<Update>(&raw.to_string());
+        let u = u.map_err(|e| e.to_string()).unwrap();
+        assert!(matches!(u.kind, UpdateKind::Message(_)), "{:?}", u.kind);
+    }
+
+    #[test]
+    fn errors_never_show_the_request_url() {
+        let e = RequestError::Api(ApiError::InvalidToken);
+        assert!(describe(&e).contains("401"));
+        let e = RequestError::RetryAfter(teloxide_core::types::Seconds::from_seconds(3));
+        assert!(describe(&e).contains("3 s"));
+    }
+}

@@ -1,0 +1,78 @@
+//! Bindings: which agent answers inbound chat traffic `(channel, accountId, peer)`.
+//!
+//! The most specific binding wins (peer > guild/team > account > channel); traffic no binding
+//! matches goes to the default agent if one is configured, else it is dropped (fail closed).
+
+use crate::config::{AgentConfig, Binding, Config};
+use crate::ids::PeerKind;
+
+/// Where a message came from, as bindings see it.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    pub channel: &'a str,
+    pub account: &'a str,
+    pub kind: PeerKind,
+    /// The chat's id (a direct chat's id is the sender's).
+    pub peer: &'a str,
+}
+
+fn matches(b: &Binding, o: &Origin<'_>) -> bool {
+    if b.channel != o.channel || b.guild_id.is_some() || b.team_id.is_some() {
+        return false;
+    }
+    if let Some(acc) = &b.account_id
+        && acc != "*"
+        && acc != o.account
+    {
+        return false;
+    }
+    match &b.peer {
+        Some((kind, id)) => *kind == o.kind && (id == "*" || id == o.peer),
+        None => true,
+    }
+}
+
+/// The agent that answers traffic from `origin`, if any.
+pub fn route<'c>(config: &'c Config, origin: &Origin<'_>) -> Option<&'c AgentConfig> {
+    let best = config
+        .bindings
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| matches(b, origin))
+        // Most specific first; among equals, the earlier binding.
+        .min_by_key(|(i, b)| (std::cmp::Reverse(b.specificity()), *i))
+        .map(|(_, b)| &b.agent);
+    best.or(config.default_agent.as_ref()).and_then(|id| config.agent(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        crate::config::load_str(text, std::path::Path::new(".")).expect("valid config")
+    }
+
+    #[test]
+    fn most_specific_binding_wins_and_unbound_is_dropped() {
+        let c = config(
+            r#"{
+              agents: { list: [ { id: "general" }, { id: "vip" }, { id: "other-bot" } ] },
+              bindings: [
+                { agentId: "general", match: { channel: "telegram", accountId: "acme" } },
+                { agentId: "vip", match: { channel: "telegram", accountId: "acme", peer: { kind: "direct", id: "42" } } },
+                { agentId: "other-bot", match: { channel: "telegram", accountId: "beta" } },
+              ],
+              channels: { telegram: { accounts: { acme: { token: { env: "A" } }, beta: { token: { env: "B" } }, gamma: { token: { env: "C" } } } } },
+            }"#,
+        );
+        let at = |account, kind, peer| {
+            route(&c, &Origin { channel: "telegram", account, kind, peer }).map(|a| a.id.to_string())
+        };
+        assert_eq!(at("acme", PeerKind::Direct, "42").as_deref(), Some("vip"));
+        assert_eq!(at("acme", PeerKind::Direct, "43").as_deref(), Some("general"));
+        assert_eq!(at("acme", PeerKind::Group, "42").as_deref(), Some("general"));
+        assert_eq!(at("beta", PeerKind::Direct, "42").as_deref(), Some("other-bot"));
+        assert_eq!(at("gamma", PeerKind::Direct, "42"), None, "unbound traffic is dropped");
+    }
+}
