@@ -224,7 +224,22 @@ async fn telegram_pairing_flow_end_to_end_with_approvals_encrypted_and_persisted
     let (code, out, _) = cli(&gw.base, &["list"]);
     assert_eq!(code, 0);
     assert!(out.contains("no pending"), "{out}");
-    drop(gw);
+    assert_eq!(gw.terminate().await, Some(0));
+
+    // Both decisions are in the tenant's audit trail, by operator, with the user as a digest.
+    let (code, out, err) =
+        run_cli(&["--config", cfg_path.to_str().unwrap(), "audit", "show", "--tenant", "alpha", "--json"], None);
+    assert_eq!(code, 0, "{out}{err}");
+    let decisions: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["kind"] == "pairing.decision")
+        .collect();
+    assert_eq!(decisions.len(), 2, "{out}");
+    assert_eq!(decisions[0]["approved"], true);
+    assert_eq!(decisions[1]["approved"], false);
+    assert!(decisions.iter().all(|d| d["actor"] == "operator:ops" && d["account"] == "acme"), "{decisions:?}");
+    assert!(!out.contains(&needle), "the user id appears only as a digest");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -160,6 +160,9 @@ pub enum Event {
     /// An admin API request, allowed or not.
     #[serde(rename = "admin.action")]
     AdminAction { operator: String, role: String, method: String, path: String, status: u16, outcome: String },
+    /// An operator approved or denied a chat user's pairing request (the user as a keyed digest).
+    #[serde(rename = "pairing.decision")]
+    PairingDecision { channel: String, account: String, sender: String, approved: bool },
     #[serde(rename = "tenant.export")]
     TenantExport { sessions: usize, messages: usize, audit_records: u64 },
     /// A tenant's data was crypto-shredded; its log's final state is kept here.

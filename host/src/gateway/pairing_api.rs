@@ -19,6 +19,7 @@ use serde_json::json;
 use super::Gateway;
 use super::admin::{Need, Operator};
 use super::openai_api::error;
+use crate::audit::{Actor, Event, Scope};
 use crate::channels::pairing::{PairingError, Request};
 
 fn request_json(r: &Request) -> serde_json::Value {
@@ -58,6 +59,20 @@ async fn decide(gw: Arc<Gateway>, op: Operator, body: Bytes, approve: bool) -> R
     match result {
         Ok(r) => {
             tracing::info!(operator = %op.id, tenant = %r.tenant, channel = %r.channel, account = %r.account, approved = approve, "Pairing request decided by an operator.");
+            let audit = &gw.runtime.audit;
+            let scope = Scope::Tenant(r.tenant.clone());
+            let event = Event::PairingDecision {
+                channel: r.channel.clone(),
+                account: r.account.clone(),
+                sender: audit.digest(&scope, "peer", r.sender.as_bytes()),
+                approved: approve,
+            };
+            // The decision is already in force; a record that cannot be written is an error the
+            // operator sees (the admin guard has recorded the request itself in the host log).
+            if let Err(e) = audit.append(scope, Actor::Operator(op.id.clone()), event).await {
+                tracing::error!(error = %e, "Pairing decision not recorded in the tenant's audit log.");
+                return error(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", "the audit log is unavailable");
+            }
             Json(json!({ "approved": approve, "request": request_json(&r) })).into_response()
         }
         Err(e @ PairingError::UnknownCode(_)) => error(StatusCode::NOT_FOUND, "unknown_code", &e.to_string()),
