@@ -45,7 +45,8 @@ impl PolicyEvent<'_> {
             target: "bulkhead::policy",
             tenant = self.tenant,
             agent = self.agent,
-            session = %self.session,
+            // The channel only: a session key names the peer, which stays out of logs.
+            channel = self.session.channel(),
             tool = %self.tool,
             decision = if self.allowed { "allow" } else { "deny" },
             rule = self.rule,

@@ -98,6 +98,9 @@ async fn known_sentences_never_reach_the_disk_or_the_logs_and_survive_a_restart(
     }
     let (s, b) = chat(&gw, TOKEN_A, "a-demo", "conv-demo", SECRET_A).await;
     assert_eq!(s, 200, "{b}");
+    // A tool call: its policy decision is logged at the default level, without the peer.
+    let (s, b) = chat(&gw, TOKEN_A, "a-demo", "conv-demo", r#"/tool read {"path":"nope.txt"}"#).await;
+    assert_eq!(s, 200, "{b}");
     let (s, b) = chat(&gw, TOKEN_B, "b-secret", "conv-b", SECRET_B).await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(gw.terminate().await, Some(0));
@@ -121,7 +124,8 @@ async fn known_sentences_never_reach_the_disk_or_the_logs_and_survive_a_restart(
         assert_eq!(mode & 0o077, 0, "{name} has mode {mode:o}");
     }
     let logs = gw.logs();
-    for needle in [SECRET_A, SECRET_B, "Zebulon", "AGE-SECRET-KEY"] {
+    assert!(logs.contains("Tool call decided."), "the tool call was logged:\n{logs}");
+    for needle in [SECRET_A, SECRET_B, "Zebulon", "AGE-SECRET-KEY", "conv-a", "conv-b", "conv-demo"] {
         assert!(!logs.contains(needle), "logs hold {needle:?}:\n{logs}");
     }
 
