@@ -69,6 +69,35 @@ fn serve_refuses_unresolvable_secrets_naming_the_variable() {
 }
 
 #[test]
+fn serve_refuses_a_token_shared_by_two_holders_without_echoing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.json5");
+    let agents = "agents: { list: [ { id: 'x', tenant: 't' }, { id: 'y', tenant: 'u' } ] }";
+    for (tenants, operators, holders) in [
+        (
+            "[ { id: 't', apiTokens: [ 'tok-shared-1' ] }, { id: 'u', apiTokens: [ 'tok-shared-1' ] } ]",
+            "[]",
+            ["tenant \"u\"", "tenant \"t\""],
+        ),
+        (
+            "[ { id: 't', apiTokens: [ 'tok-shared-1' ] }, { id: 'u', apiTokens: [ 'tok-u' ] } ]",
+            "[ { id: 'ops', token: 'tok-shared-1', role: 'admin' } ]",
+            ["operator \"ops\"", "tenant \"t\""],
+        ),
+    ] {
+        std::fs::write(
+            &path,
+            format!("{{ gateway: {{ bind: '127.0.0.1:0', operators: {operators} }}, tenants: {tenants}, {agents} }}"),
+        )
+        .unwrap();
+        let (code, _, err) = run_cli(&["serve", "--config", path.to_str().unwrap()], None);
+        assert_eq!(code, 2, "{err}");
+        assert!(holders.iter().all(|h| err.contains(h)) && err.contains("same token"), "{err}");
+        assert!(!err.contains("tok-shared-1"), "the token is never echoed: {err}");
+    }
+}
+
+#[test]
 fn usage_errors_exit_2() {
     let (code, _, _) = run_cli(&["no-such-command"], None);
     assert_eq!(code, 2);

@@ -51,6 +51,30 @@ impl<T: Clone> Default for TokenIndex<T> {
     }
 }
 
+/// Tells tokens apart without keeping them: the first holder of each token, by its digest. A
+/// token configured twice for different holders would let one act as the other.
+#[derive(Default)]
+pub struct UniqueTokens {
+    seen: std::collections::HashMap<[u8; 32], String>,
+}
+
+impl UniqueTokens {
+    /// Records `token` for `holder`; the error names both holders (never the token).
+    pub fn check(&mut self, token: &str, holder: String) -> Result<(), String> {
+        match self.seen.entry(sha256(token)) {
+            std::collections::hash_map::Entry::Occupied(e) if *e.get() != holder => Err(format!(
+                "{holder} uses the same token as {}; every tenant and operator needs a token of its own",
+                e.get()
+            )),
+            std::collections::hash_map::Entry::Occupied(_) => Ok(()),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(holder);
+                Ok(())
+            }
+        }
+    }
+}
+
 fn sha256(s: &str) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(digest(&SHA256, s.as_bytes()).as_ref());

@@ -83,10 +83,16 @@ impl Gateway {
             }
         }
         let mut tenant_tokens = TokenIndex::new();
+        let mut unique = auth::UniqueTokens::default();
         for t in config.tenants.values() {
             for (i, tok) in t.api_tokens.iter().enumerate() {
                 match tok.resolve(&config.base_dir) {
-                    Ok(s) => tenant_tokens.insert(s.expose(), t.id.clone()),
+                    Ok(s) => {
+                        if let Err(e) = unique.check(s.expose(), format!("tenant {:?}", t.id.as_str())) {
+                            errors.push(format!("tenant {:?} apiTokens[{i}]: {e}", t.id.as_str()));
+                        }
+                        tenant_tokens.insert(s.expose(), t.id.clone())
+                    }
                     Err(e) => errors.push(format!("tenant {:?} apiTokens[{i}]: {e}", t.id.as_str())),
                 }
             }
@@ -99,7 +105,12 @@ impl Gateway {
         let mut operator_tokens = TokenIndex::new();
         for (i, op) in config.gateway.operators.iter().enumerate() {
             match op.token.resolve(&config.base_dir) {
-                Ok(s) => operator_tokens.insert(s.expose(), admin::Operator { id: op.id.clone(), role: op.role }),
+                Ok(s) => {
+                    if let Err(e) = unique.check(s.expose(), format!("operator {:?}", op.id)) {
+                        errors.push(format!("gateway.operators[{i}].token: {e}"));
+                    }
+                    operator_tokens.insert(s.expose(), admin::Operator { id: op.id.clone(), role: op.role })
+                }
                 Err(e) => errors.push(format!("gateway.operators[{i}].token: {e}")),
             }
         }
