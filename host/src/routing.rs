@@ -57,7 +57,8 @@ mod tests {
     fn most_specific_binding_wins_and_unbound_is_dropped() {
         let c = config(
             r#"{
-              agents: { list: [ { id: "general" }, { id: "vip" }, { id: "other-bot" } ] },
+              tenants: [ { id: "acme-co" } ],
+              agents: { list: [ { id: "general", tenant: "acme-co" }, { id: "vip", tenant: "acme-co" }, { id: "other-bot" } ] },
               bindings: [
                 { agentId: "general", match: { channel: "telegram", accountId: "acme" } },
                 { agentId: "vip", match: { channel: "telegram", accountId: "acme", peer: { kind: "direct", id: "42" } } },
@@ -74,5 +75,33 @@ mod tests {
         assert_eq!(at("acme", PeerKind::Group, "42").as_deref(), Some("general"));
         assert_eq!(at("beta", PeerKind::Direct, "42").as_deref(), Some("other-bot"));
         assert_eq!(at("gamma", PeerKind::Direct, "42"), None, "unbound traffic is dropped");
+    }
+
+    #[test]
+    fn a_binding_that_could_carry_one_tenants_bot_to_another_tenant_is_refused() {
+        let with = |extra: &str| {
+            format!(
+                r#"{{
+                  tenants: [ {{ id: "alpha" }}, {{ id: "bravo" }} ],
+                  agents: {{ list: [ {{ id: "a", tenant: "alpha" }}, {{ id: "b", tenant: "bravo" }} ] }},
+                  bindings: [
+                    {{ agentId: "a", match: {{ channel: "telegram", accountId: "acme" }} }},
+                    {{ agentId: "b", match: {{ channel: "telegram", accountId: "beta" }} }},
+                    {extra}
+                  ],
+                  channels: {{ telegram: {{ accounts: {{ acme: {{ token: {{ env: "A" }} }}, beta: {{ token: {{ env: "B" }} }} }} }} }},
+                }}"#
+            )
+        };
+        assert!(crate::config::load_str(&with(""), std::path::Path::new(".")).is_ok());
+        // A peer binding without accountId outranks acme's account binding: bravo would get acme's DMs.
+        for extra in [
+            r#"{ agentId: "b", match: { channel: "telegram", peer: { kind: "direct", id: "*" } } },"#,
+            r#"{ agentId: "b", match: { channel: "telegram", accountId: "acme", peer: { kind: "direct", id: "42" } } },"#,
+        ] {
+            let errors = crate::config::load_str(&with(extra), std::path::Path::new(".")).unwrap_err();
+            let text = errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n");
+            assert!(text.contains("channels.telegram.accounts.acme") && text.contains("alpha, bravo"), "{text}");
+        }
     }
 }

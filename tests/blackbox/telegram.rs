@@ -404,9 +404,10 @@ fn telegram_config_errors_name_their_keys() {
     std::fs::write(
         &path,
         r#"{ agents: { list: [ { id: "a" } ] },
-             channels: { telegram: { accounts: {
+             channels: { telegram: { dmPolicy: "open", allowFrom: ["*"], accounts: {
                acme: { token: { env: "X" }, apiUrl: "ftp://nope", allowFrom: ["@alice"], groups: { "team": {} }, textChunkLimit: 5000 },
                beta: { dmPolicy: "sometimes" },
+               gamma: { token: { env: "X" }, allowFrom: ["42"] },
              } } } }"#,
     )
     .unwrap();
@@ -421,6 +422,8 @@ fn telegram_config_errors_name_their_keys() {
         "channels.telegram.accounts.acme.textChunkLimit",
         "channels.telegram.accounts.beta.token",
         "channels.telegram.accounts.beta.dmPolicy",
+        // An inherited "open" with the account's own allowFrom: the effective policy lacks "*".
+        "channels.telegram.accounts.gamma.allowFrom",
     ] {
         assert!(paths.contains(&p), "{p} missing from {paths:?}");
     }

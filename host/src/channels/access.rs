@@ -44,9 +44,11 @@ pub fn decide(access: &ChannelAccess, msg: &Inbound<'_>, approved: bool) -> Verd
     let Some(group) = msg.group else {
         return match access.dm_policy {
             DmPolicy::Disabled => Verdict::Drop("direct messages are disabled"),
-            DmPolicy::Open => Verdict::Allow,
+            // "open" is honoured only with the explicit allowFrom: ["*"]; otherwise it fails
+            // closed like an allowlist.
+            DmPolicy::Open if access.allow_from.iter().any(|x| x == "*") => Verdict::Allow,
             _ if approved || listed(&access.allow_from, msg.sender) => Verdict::Allow,
-            DmPolicy::Allowlist => Verdict::Drop("sender is not in allowFrom"),
+            DmPolicy::Allowlist | DmPolicy::Open => Verdict::Drop("sender is not in allowFrom"),
             DmPolicy::Pairing => Verdict::Pair,
         };
     };
@@ -101,6 +103,12 @@ mod tests {
         a.dm_policy = DmPolicy::Disabled;
         assert!(matches!(decide(&a, &dm("42"), true), Verdict::Drop(_)));
         a.dm_policy = DmPolicy::Open;
+        assert!(
+            matches!(decide(&a, &dm("999"), false), Verdict::Drop(_)),
+            "\"open\" without allowFrom [\"*\"] fails closed (e.g. an account's own list under an inherited open)"
+        );
+        assert_eq!(decide(&a, &dm("42"), false), Verdict::Allow);
+        a.allow_from.push("*".into());
         assert_eq!(decide(&a, &dm("999"), false), Verdict::Allow);
     }
 

@@ -910,6 +910,8 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
     let (quotas, model_keys) =
         quotas_and_keys(&mut errs, &mut warnings, (raw.quotas.as_ref(), raw.tenants.as_deref()), &providers, &agents);
 
+    one_tenant_per_account(&mut errs, &channels.telegram, &bindings, &agents, default_agent.as_ref());
+
     let errors = errs.0;
     if !errors.is_empty() {
         return Err(errors);
@@ -934,6 +936,40 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
         model_keys,
         warnings,
     })
+}
+
+/// A bot account belongs to one tenant: every binding that can take its traffic (and the
+/// default agent, when some of it may match no binding) must lead to agents of one tenant, so a
+/// broad binding can never carry one tenant's chats to another tenant's agent.
+fn one_tenant_per_account(
+    errs: &mut Errors,
+    accounts: &[super::channels::TelegramAccount],
+    bindings: &[Binding],
+    agents: &[AgentConfig],
+    default_agent: Option<&AgentId>,
+) {
+    let tenant_of = |id: &AgentId| agents.iter().find(|a| &a.id == id).map(|a| a.tenant.as_str());
+    for acc in accounts {
+        let reaches =
+            |b: &&Binding| b.channel == "telegram" && b.account_id.as_deref().is_none_or(|a| a == "*" || a == acc.id);
+        let mut tenants: std::collections::BTreeSet<&str> =
+            bindings.iter().filter(reaches).filter_map(|b| tenant_of(&b.agent)).collect();
+        let catch_all = bindings.iter().filter(reaches).any(|b| b.specificity() <= 1);
+        if !catch_all && let Some(t) = default_agent.and_then(tenant_of) {
+            tenants.insert(t);
+        }
+        if tenants.len() > 1 {
+            let list: Vec<&str> = tenants.into_iter().collect();
+            errs.push(
+                format!("channels.telegram.accounts.{}", acc.id),
+                format!(
+                    "its traffic can reach agents of tenants {}; a bot belongs to one tenant: bind it with accountId {:?} to that tenant's agents only",
+                    list.join(", "),
+                    acc.id
+                ),
+            );
+        }
+    }
 }
 
 fn provider_limit(
@@ -1506,6 +1542,14 @@ fn channel_access(
     check_senders(errs, path, "allowFrom", acc.allow_from.as_ref());
     check_senders(errs, path, "groupAllowFrom", acc.group_allow_from.as_ref());
     let allow_from = acc.allow_from.as_ref().or(ch.allow_from.as_ref()).cloned().unwrap_or_default();
+    // The rule on the effective values too: an inherited "open" with an account's own allowFrom
+    // (or none) must not open the bot to everyone unnoticed.
+    if dm_policy == DmPolicy::Open && !allow_from.iter().any(|x| x == "*") {
+        errs.push(
+            format!("{path}.allowFrom"),
+            "the effective dmPolicy is \"open\", which requires allowFrom: [\"*\"] so the choice is explicit",
+        );
+    }
     let group_allow_from = acc.group_allow_from.as_ref().or(ch.group_allow_from.as_ref()).cloned().unwrap_or_default();
     let mut groups = std::collections::BTreeMap::new();
     for (chat, g) in acc.groups.as_ref().or(ch.groups.as_ref()).into_iter().flatten() {
