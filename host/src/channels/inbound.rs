@@ -75,6 +75,9 @@ pub fn accept(rt: &Arc<Runtime>, pairing: &Pairing, account: &Account, msg: Chat
                         ),
                     );
                 }
+                Offer::Quiet => {
+                    tracing::debug!(channel = account.channel, account = %account.id, "Pairing code already repeated; not sent again.");
+                }
                 Offer::Full => {
                     tracing::warn!(channel = account.channel, account = %account.id, "Too many pairing requests pending; an unknown sender was ignored.");
                 }

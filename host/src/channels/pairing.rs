@@ -37,6 +37,8 @@ pub struct Request {
     pub username: Option<String>,
     pub created: Instant,
     pub created_unix: u64,
+    /// How often the code was repeated to the sender.
+    pub reminders: u32,
 }
 
 /// What a stranger's message leads to.
@@ -48,7 +50,13 @@ pub enum Offer {
     Existing(String),
     /// Too many requests are pending for this account; nothing is sent.
     Full,
+    /// The sender was reminded of their code often enough; nothing more is sent until it expires
+    /// (a stranger cannot make the bot send without bound).
+    Quiet,
 }
+
+/// How often a pending code is repeated to a sender who writes again.
+pub const MAX_REMINDERS: u32 = 2;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PairingError {
@@ -128,7 +136,13 @@ impl Pairing {
         let mut st = self.state.lock().expect("pairing lock");
         st.pending.retain(|r| r.created.elapsed() < CODE_TTL);
         let same_account = |r: &&Request| r.channel == channel && r.account == account;
-        if let Some(r) = st.pending.iter().filter(same_account).find(|r| r.sender == sender) {
+        if let Some(r) =
+            st.pending.iter_mut().find(|r| r.channel == channel && r.account == account && r.sender == sender)
+        {
+            if r.reminders >= MAX_REMINDERS {
+                return Offer::Quiet;
+            }
+            r.reminders += 1;
             return Offer::Existing(r.code.clone());
         }
         if st.pending.iter().filter(same_account).count() >= MAX_PENDING_PER_ACCOUNT {
@@ -148,6 +162,7 @@ impl Pairing {
             sender: sender.to_string(),
             username: username.map(str::to_string),
             created: Instant::now(),
+            reminders: 0,
             created_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         });
         Offer::New(code)
@@ -232,6 +247,8 @@ mod tests {
         assert_eq!(code.len(), 8);
         assert!(code.bytes().all(|b| ALPHABET.contains(&b)), "{code}");
         assert_eq!(p.offer(&t("acme"), "telegram", "acme", "7", None), Offer::Existing(code.clone()));
+        assert_eq!(p.offer(&t("acme"), "telegram", "acme", "7", None), Offer::Existing(code.clone()));
+        assert_eq!(p.offer(&t("acme"), "telegram", "acme", "7", None), Offer::Quiet, "reminders are bounded");
         assert!(matches!(p.offer(&t("acme"), "telegram", "acme", "8", None), Offer::New(_)));
         assert!(matches!(p.offer(&t("acme"), "telegram", "acme", "9", None), Offer::New(_)));
         assert_eq!(p.offer(&t("acme"), "telegram", "acme", "10", None), Offer::Full);

@@ -313,8 +313,7 @@ impl Poller {
             return;
         }
         let text = m.text().or_else(|| m.caption());
-        let at = format!("@{}", username.to_ascii_lowercase());
-        let mentioned = text.is_some_and(|t| t.to_ascii_lowercase().contains(&at))
+        let mentioned = text.is_some_and(|t| mentions(t, username))
             || m.reply_to_message().and_then(|r| r.from.as_ref()).is_some_and(|u| u.id.0 == bot_id);
         let body = match m.text() {
             Some(t) => Body::Text(t.to_string()),
@@ -334,8 +333,27 @@ impl Poller {
     }
 }
 
+/// Whether `text` mentions `@username` as a whole name (`@acme_bot` is not `@acme_bot2`).
+fn mentions(text: &str, username: &str) -> bool {
+    if username.is_empty() {
+        return false;
+    }
+    let (text, at) = (text.to_ascii_lowercase(), format!("@{}", username.to_ascii_lowercase()));
+    text.match_indices(&at)
+        .any(|(i, _)| !text[i + at.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_'))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_mention_is_the_whole_bot_name() {
+        assert!(super::mentions("hi @Acme_Bot, help", "acme_bot"));
+        assert!(super::mentions("/start@acme_bot", "acme_bot"));
+        assert!(!super::mentions("hi @acme_bot2", "acme_bot"));
+        assert!(!super::mentions("hi @acme_bo", "acme_bot"));
+        assert!(!super::mentions("hi @someone", ""));
+    }
+
     use super::*;
 
     #[test]
