@@ -735,7 +735,7 @@ async fn container_starts_are_recorded_in_the_tenants_audit_log() {
     assert_eq!(e.sh("acme", "echo two").await.text.trim(), "two", "the warm container serves the second call");
     audit.close().await;
     let scope = Scope::Tenant(TenantId::parse("acme").unwrap());
-    let recs = read_records(&std::fs::read(scope.log_path(audit_dir.path())).unwrap(), &keys, &scope).unwrap();
+    let recs = read_records(&std::fs::read(scope.log_path(audit_dir.path())).unwrap(), &keys, &scope, None).unwrap();
     let started: Vec<&Value> = recs.iter().filter(|r| r["kind"] == "sandbox.container").collect();
     assert_eq!(started.len(), 1, "{recs:?}");
     assert_eq!((started[0]["agent"].as_str(), started[0]["state"].as_str()), (Some("acme-bot"), Some("started")));

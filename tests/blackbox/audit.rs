@@ -458,3 +458,26 @@ async fn a_tenant_whose_log_fails_verification_gets_no_tools_and_the_others_are_
     assert!(out.contains("tenant:alpha: FAILED at record 1") && out.contains("tenant:bravo: ok"), "{out}");
     assert_eq!(std::fs::read(&log).unwrap(), lines.concat(), "the tampered log is kept as evidence, untouched");
 }
+
+#[tokio::test]
+async fn an_audit_export_of_a_log_cut_short_on_disk_is_refused_not_shortened() {
+    let fake = fakes::start().await;
+    let site = Site::new();
+    let gw = Gateway::start_in(site.path(), &roles_config(&site, &fake.base), &role_env()).await;
+    let client = http();
+    let export = || client.get(gw.url("/admin/audit?tenant=alpha")).bearer_auth(AUDITOR).send();
+    let r = export().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let body: Value = r.json().await.unwrap();
+    let records = body["records"].as_array().unwrap().len();
+    assert!(records >= 2, "policy loads are on record: {body}");
+    // Cut the tenant's log to its first record behind the gateway's back.
+    let log = tenant_log(&site, "alpha");
+    let text = std::fs::read_to_string(&log).unwrap();
+    std::fs::write(&log, format!("{}\n", text.lines().next().unwrap())).unwrap();
+    let r = export().await.unwrap();
+    let status = r.status().as_u16();
+    let body = r.text().await.unwrap();
+    assert_eq!(status, 409, "a shortened log must not be exported under a checkpoint claiming more: {body}");
+    assert!(body.contains("audit_broken"), "{body}");
+}

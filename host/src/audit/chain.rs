@@ -175,8 +175,13 @@ pub fn verify_log(
 }
 
 /// The records of a log that verified, decrypted, as JSON values (for `audit show` and exports).
-pub fn read_records(bytes: &[u8], keys: &AuditKeys, scope: &Scope) -> Result<Vec<serde_json::Value>, Broken> {
-    let verified = verify_log(bytes, keys, scope, None)?;
+pub fn read_records(
+    bytes: &[u8],
+    keys: &AuditKeys,
+    scope: &Scope,
+    checkpoint: Option<&Checkpoint>,
+) -> Result<Vec<serde_json::Value>, Broken> {
+    let verified = verify_log(bytes, keys, scope, checkpoint)?;
     let (lines, _) = complete_lines(&bytes[..verified.good_len]);
     lines
         .into_iter()

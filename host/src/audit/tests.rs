@@ -62,7 +62,7 @@ fn a_clean_log_verifies_reopens_and_holds_no_plaintext() {
     assert_eq!(r.seq, 11);
     drop(w);
     let bytes = std::fs::read(log_path(dir.path())).unwrap();
-    let recs = read_records(&bytes, &keys(dir.path(), &master), &tenant()).unwrap();
+    let recs = read_records(&bytes, &keys(dir.path(), &master), &tenant(), None).unwrap();
     assert_eq!(recs.len(), 11);
     assert_eq!(recs[0]["seq"], 1);
     assert_eq!(recs[0]["kind"], "tool.decision");
@@ -208,7 +208,7 @@ fn a_torn_tail_is_cut_recorded_and_appends_continue() {
     let r = w.append(&tenant(), &Actor::System, &Event::GatewayStop {}).unwrap();
     assert_eq!(r.seq, 7, "the torn-tail record is 6");
     drop(w);
-    let recs = read_records(&std::fs::read(&path).unwrap(), &keys(dir.path(), &master), &tenant()).unwrap();
+    let recs = read_records(&std::fs::read(&path).unwrap(), &keys(dir.path(), &master), &tenant(), None).unwrap();
     assert_eq!(recs[5]["kind"], "log.tornTail");
     assert_eq!(recs[5]["afterSeq"], 5);
     assert_eq!(recs[6]["kind"], "gateway.stop");
@@ -239,7 +239,7 @@ fn tenant_removal_leaves_its_final_state_in_the_host_log() {
     drop(w);
     assert!(!log_path(dir.path()).exists());
     let host = std::fs::read(Scope::Host.log_path(&dir.path().join("audit"))).unwrap();
-    let recs = read_records(&host, &keys(dir.path(), &master), &Scope::Host).unwrap();
+    let recs = read_records(&host, &keys(dir.path(), &master), &Scope::Host, None).unwrap();
     assert_eq!(recs[0]["kind"], "tenant.delete");
     assert_eq!(recs[0]["finalSeq"], 4);
     assert_eq!(recs[0]["finalHead"], crate::store::hex(&head));

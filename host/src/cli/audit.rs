@@ -224,7 +224,7 @@ pub fn show(config: &Config, tenant: Option<&str>, since: Option<&str>, as_json:
             return EXIT_FAILURE;
         }
     };
-    let records = match read_records(&bytes, &keys, &scope) {
+    let records = match read_records(&bytes, &keys, &scope, None) {
         Ok(r) => r,
         Err(b) => {
             eprintln!(

@@ -148,7 +148,7 @@ fn export_audit(
     audit.append(&scope, &Actor::Cli, &event).map_err(|e| e.to_string())?;
     let checkpoint = audit.checkpoint(&scope)?;
     let bytes = std::fs::read(scope.log_path(audit.dir())).map_err(|e| format!("cannot read the audit log: {e}"))?;
-    let records = read_records(&bytes, audit.keys(), &scope)
+    let records = read_records(&bytes, audit.keys(), &scope, None)
         .map_err(|b| format!("the audit log fails verification at record {}: {}", b.seq, b.reason))?;
     let write = |out: &mut dyn std::io::Write, v: serde_json::Value| {
         writeln!(out, "{v}").map_err(|e| format!("cannot write the export: {e}"))

@@ -958,7 +958,7 @@ mod tests {
         assert!(d.dispatch(&caller, &call("exec", serde_json::json!({ "command": "id" }))).await.is_error);
         audit.close().await;
         let scope = Scope::Tenant(agent.tenant.clone());
-        let recs = read_records(&std::fs::read(scope.log_path(&audit_dir)).unwrap(), &keys, &scope).unwrap();
+        let recs = read_records(&std::fs::read(scope.log_path(&audit_dir)).unwrap(), &keys, &scope, None).unwrap();
         let kinds: Vec<(&str, &str)> =
             recs.iter().map(|r| (r["kind"].as_str().unwrap(), r["tool"].as_str().unwrap())).collect();
         assert_eq!(kinds, [("tool.decision", "read"), ("tool.outcome", "read"), ("tool.decision", "exec")]);
