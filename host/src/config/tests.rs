@@ -36,6 +36,10 @@ fn shipped_configs_and_the_seed_sample_check_clean() {
 fn broken_configs_name_their_paths() {
     let table: &[(&str, &[&str])] = &[
         ("{ gatway: {} }", &["gatway"]),
+        (
+            "{ gateway: { operators: [ { id: 'o', token: 'aaaaaaaaaaaaaaaaaaaa' }, { id: 'o', token: 'bbbbbbbbbbbbbbbbbbbb' } ] } }",
+            &["gateway.operators[1].id"],
+        ),
         ("{ gateway: { bind: 'nowhere' } }", &["gateway.bind"]),
         ("{ gateway: { bind: 7878 } }", &["gateway.bind"]),
         ("{ gateway: { tls: { cert: 'c.pem' } } }", &["gateway.tls.key"]),
@@ -251,4 +255,15 @@ fn docker_settings_have_safe_defaults_and_refuse_weakening() {
         paths("{ agents: { defaults: { sandbox: { docker: { user: '0' } } }, list: [ { id: 'a' } ] } }"),
         ["agents.defaults.sandbox.docker.user"]
     );
+}
+
+#[test]
+fn an_operator_without_a_role_is_a_read_only_auditor() {
+    let c = load_str(
+        "{ gateway: { operators: [ { id: 'o', token: 'aaaaaaaaaaaaaaaaaaaa' }, { id: 'p', token: 'bbbbbbbbbbbbbbbbbbbb', role: 'admin' } ] } }",
+        Path::new("."),
+    )
+    .unwrap();
+    let roles: Vec<OperatorRole> = c.gateway.operators.iter().map(|o| o.role).collect();
+    assert_eq!(roles, [OperatorRole::Auditor, OperatorRole::Admin]);
 }

@@ -474,13 +474,20 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
             &mut errs,
             &format!("{path}.role"),
             op.role.as_deref(),
-            OperatorRole::Operator,
+            // Least privilege when unsaid: read-only.
+            OperatorRole::Auditor,
             &[("admin", OperatorRole::Admin), ("operator", OperatorRole::Operator), ("auditor", OperatorRole::Auditor)],
         );
         let id = op.id.clone().unwrap_or_else(|| {
             errs.push(format!("{path}.id"), "missing key");
             String::new()
         });
+        if !id.is_empty() && operators.iter().any(|o: &OperatorConfig| o.id == id) {
+            errs.push(
+                format!("{path}.id"),
+                format!("operator id {id:?} is used twice; audit records name operators by id"),
+            );
+        }
         match &op.token {
             Some(t) => {
                 secret(&mut errs, &mut warnings, &format!("{path}.token"), t);
