@@ -94,11 +94,19 @@ pub struct Pairing {
     state: Mutex<State>,
     store: Arc<dyn SessionStore>,
     rng: ring::rand::SystemRandom,
+    /// Held from building an approvals document to saving it, so two approvals at once cannot
+    /// save out of order (an older document overwriting a newer one).
+    saving: tokio::sync::Mutex<()>,
 }
 
 impl Pairing {
     pub fn new(store: Arc<dyn SessionStore>) -> Self {
-        Self { state: Mutex::default(), store, rng: ring::rand::SystemRandom::new() }
+        Self {
+            state: Mutex::default(),
+            store,
+            rng: ring::rand::SystemRandom::new(),
+            saving: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// Loads the approvals saved for `tenants`; a document that fails verification is an error.
@@ -196,6 +204,7 @@ impl Pairing {
     /// Approves a pending code and saves the tenant's approvals; on a store failure nothing
     /// changes (the request stays pending).
     pub async fn approve(&self, code: &str) -> Result<Request, PairingError> {
+        let _saving = self.saving.lock().await;
         let req = self.take(code)?;
         let entry = (req.channel.clone(), req.account.clone(), req.sender.clone());
         let doc = {

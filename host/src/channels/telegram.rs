@@ -244,11 +244,20 @@ impl Poller {
             };
             let wait = match batch {
                 Ok(items) => {
-                    backoff = Duration::from_secs(1);
+                    let (before, any) = (offset, !items.is_empty());
                     for item in items {
                         offset = self.handle_raw(item, offset, &username, bot_id);
                     }
-                    continue;
+                    if !any || offset > before {
+                        backoff = Duration::from_secs(1);
+                        continue;
+                    }
+                    // A batch that moved nothing forward (updates without ids, or only old ones)
+                    // would come straight back: wait like after an error instead of spinning.
+                    tracing::warn!(account = %id, retry_in_ms = backoff.as_millis() as u64, "Telegram returned only updates that cannot advance the offset; slowing down.");
+                    let w = backoff;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    w
                 }
                 Err(PollError::Unauthorized) => {
                     tracing::error!(account = %id, "Telegram rejected the bot token of this account (401 Unauthorized): it is wrong or was revoked. This account is stopped; other accounts are unaffected. Fix the token and restart.");
