@@ -147,12 +147,10 @@ impl WasmSandbox {
     }
 
     pub fn with_options(state_dir: &Path, opts: WasmOptions) -> Result<Self, String> {
+        // wasmtime is built without its `threads` feature (host/Cargo.toml), so guests cannot
+        // use shared memories or atomics-based threads at all; no switch is needed here.
         let mut cfg = Config::new();
-        cfg.consume_fuel(true)
-            .epoch_interruption(true)
-            .max_wasm_stack(1 << 20)
-            .wasm_threads(false)
-            .memory_init_cow(true);
+        cfg.consume_fuel(true).epoch_interruption(true).max_wasm_stack(1 << 20).memory_init_cow(true);
         if opts.pooling {
             let n = opts.max_concurrent.max(1) * 2;
             let mut pool = PoolingAllocationConfig::new();
