@@ -481,3 +481,24 @@ async fn an_audit_export_of_a_log_cut_short_on_disk_is_refused_not_shortened() {
     assert_eq!(status, 409, "a shortened log must not be exported under a checkpoint claiming more: {body}");
     assert!(body.contains("audit_broken"), "{body}");
 }
+
+#[tokio::test]
+async fn a_tenant_log_deleted_with_its_checkpoint_is_reported_missing() {
+    let fake = fakes::start().await;
+    let site = Site::new();
+    let mut gw = Gateway::start_in(site.path(), &site.config(&fake.base), &env()).await;
+    let (s, b) = chat(&gw, TOKEN_A, "a-demo", "conv-x", "hello").await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(gw.terminate().await, Some(0));
+    let (code, out, err) = cli(&site, &["audit", "verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+    // Remove alpha's whole trail: the log and its stored checkpoint.
+    let log = tenant_log(&site, "alpha");
+    std::fs::remove_file(&log).unwrap();
+    let _ = std::fs::remove_file(log.with_extension("checkpoint"));
+    for args in [&["audit", "verify"][..], &["audit", "verify", "--tenant", "alpha"][..]] {
+        let (code, out, err) = cli(&site, args);
+        assert_eq!(code, 1, "{args:?}: {out}{err}");
+        assert!(out.contains("tenant:alpha: FAILED") && out.contains("missing"), "{out}");
+    }
+}

@@ -123,6 +123,14 @@ fn all_scopes(dir: &Path) -> Vec<Scope> {
     scopes
 }
 
+/// Whether a tenant has stored conversations: then the gateway that served them wrote its audit
+/// log (policy loads at start, tool decisions), so a missing log means a deleted one.
+fn has_conversations(config: &Config, scope: &Scope) -> bool {
+    let Scope::Tenant(t) = scope else { return false };
+    let sessions = crate::store::store_root(config).join("tenants").join(t.as_str()).join("sessions");
+    std::fs::read_dir(sessions).is_ok_and(|mut d| d.next().is_some())
+}
+
 /// `audit verify`: exit 0 when every log verifies, 1 when one does not (each failure names the
 /// log and its first bad sequence number), 2 on bad arguments or keys.
 pub fn verify(config: &Config, tenant: Option<&str>, checkpoint_file: Option<&Path>) -> i32 {
@@ -160,11 +168,23 @@ pub fn verify(config: &Config, tenant: Option<&str>, checkpoint_file: Option<&Pa
             Ok(s) => vec![s],
             Err(code) => return code,
         },
-        (None, None) => all_scopes(&dir),
+        (None, None) => {
+            let mut scopes = all_scopes(&dir);
+            for t in config.tenants.keys() {
+                let s = Scope::Tenant(t.clone());
+                if !scopes.contains(&s) && has_conversations(config, &s) {
+                    scopes.push(s);
+                }
+            }
+            scopes
+        }
     };
     let mut failed = false;
     for scope in scopes {
         let result = (|| -> Result<String, String> {
+            if !scope.log_path(&dir).exists() && has_conversations(config, &scope) {
+                return Err("FAILED: the log is missing although the tenant has stored conversations (deleted?)".into());
+            }
             let bytes = read_log(&scope.log_path(&dir))?;
             let (cp, origin) = match &external {
                 Some(cp) => (Some(cp.clone()), "given"),
