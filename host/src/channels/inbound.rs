@@ -76,7 +76,7 @@ pub fn accept(rt: &Arc<Runtime>, pairing: &Pairing, account: &Account, msg: Chat
                     );
                 }
                 Offer::Quiet => {
-                    tracing::debug!(channel = account.channel, account = %account.id, "Pairing code already repeated; not sent again.");
+                    tracing::debug!(channel = account.channel, account = %account.id, "Pairing: sender recently reminded or denied; nothing sent.");
                 }
                 Offer::Full => {
                     tracing::warn!(channel = account.channel, account = %account.id, "Too many pairing requests pending; an unknown sender was ignored.");

@@ -50,8 +50,8 @@ pub enum Offer {
     Existing(String),
     /// Too many requests are pending for this account; nothing is sent.
     Full,
-    /// The sender was reminded of their code often enough; nothing more is sent until it expires
-    /// (a stranger cannot make the bot send without bound).
+    /// Nothing is sent: the sender was reminded of their code often enough, or was denied within
+    /// the last hour (a stranger can neither make the bot send without bound nor retake a slot).
     Quiet,
 }
 
@@ -72,6 +72,9 @@ type Approval = (String, String, String); // channel, account, sender
 struct State {
     pending: Vec<Request>,
     approved: HashMap<TenantId, BTreeSet<Approval>>,
+    /// Senders denied within the last `CODE_TTL`, by (channel, account, sender): they get no new
+    /// code meanwhile, so a denied sender cannot take a pending slot straight back.
+    denied: HashMap<(String, String, String), Instant>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -143,6 +146,10 @@ impl Pairing {
     ) -> Offer {
         let mut st = self.state.lock().expect("pairing lock");
         st.pending.retain(|r| r.created.elapsed() < CODE_TTL);
+        st.denied.retain(|_, at| at.elapsed() < CODE_TTL);
+        if st.denied.contains_key(&(channel.to_string(), account.to_string(), sender.to_string())) {
+            return Offer::Quiet;
+        }
         let same_account = |r: &&Request| r.channel == channel && r.account == account;
         if let Some(r) =
             st.pending.iter_mut().find(|r| r.channel == channel && r.account == account && r.sender == sender)
@@ -235,7 +242,10 @@ impl Pairing {
 
     /// Denies (forgets) a pending code.
     pub fn deny(&self, code: &str) -> Result<Request, PairingError> {
-        self.take(code)
+        let req = self.take(code)?;
+        let key = (req.channel.clone(), req.account.clone(), req.sender.clone());
+        self.state.lock().expect("pairing lock").denied.insert(key, Instant::now());
+        Ok(req)
     }
 }
 
@@ -286,5 +296,9 @@ mod tests {
         assert!(p.pending().is_empty());
         assert!(!p.is_approved(&t("acme"), "telegram", "acme", "7"));
         assert!(matches!(p.deny(&code), Err(PairingError::UnknownCode(_))));
+        // A denied sender gets no new code for a while (cannot retake a pending slot at once).
+        assert_eq!(p.offer(&t("acme"), "telegram", "acme", "7", None), Offer::Quiet);
+        assert!(p.pending().is_empty());
+        assert!(matches!(p.offer(&t("acme"), "telegram", "acme", "8", None), Offer::New(_)));
     }
 }
