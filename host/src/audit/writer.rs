@@ -80,17 +80,9 @@ impl LogWriter {
             |what: &str, p: &Path, e: std::io::Error| AuditOpenError::Other(format!("{what} {}: {e}", p.display()));
         fsutil::create_private_dir(&dir.join("tenants")).map_err(|e| other("cannot create", dir, e))?;
         let lock_path = dir.join("lock");
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(|e| other("cannot open", &lock_path, e))?;
-        if lock.try_lock().is_err() {
-            return Err(AuditOpenError::Locked { dir: dir.display().to_string() });
-        }
+        let lock = fsutil::lock_exclusive(&lock_path)
+            .map_err(|e| other("cannot open", &lock_path, e))?
+            .ok_or_else(|| AuditOpenError::Locked { dir: dir.display().to_string() })?;
         let keys = AuditKeys::load(dir, master, true).map_err(AuditOpenError::Other)?;
         Ok(Self { dir: dir.to_path_buf(), keys: Arc::new(keys), logs: HashMap::new(), _lock: lock })
     }

@@ -64,3 +64,10 @@ pub fn remove_dir_all_if_exists(path: &Path) -> io::Result<()> {
         other => other,
     }
 }
+
+/// Opens (creating, 0600) the lock file `path` and takes its exclusive lock for as long as the
+/// returned file lives; `None` when another process holds it.
+pub fn lock_exclusive(path: &Path) -> io::Result<Option<File>> {
+    let lock = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)?;
+    Ok(lock.try_lock().is_ok().then_some(lock))
+}

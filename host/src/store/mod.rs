@@ -24,7 +24,6 @@ mod tests;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -219,17 +218,9 @@ impl EncryptedStore {
         fsutil::create_private_dir(root).map_err(io_err(root, "cannot create the store directory"))?;
         check_private(root)?;
         let lock_path = root.join("lock");
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(io_err(&lock_path, "cannot open the lock file"))?;
-        if lock.try_lock().is_err() {
-            return Err(StoreOpenError::Locked { root: root.display().to_string() });
-        }
+        let lock = fsutil::lock_exclusive(&lock_path)
+            .map_err(io_err(&lock_path, "cannot open the lock file"))?
+            .ok_or_else(|| StoreOpenError::Locked { root: root.display().to_string() })?;
         let tenants_dir = root.join("tenants");
         check_marker(root, &master)?;
         fsutil::create_private_dir(&tenants_dir).map_err(io_err(&tenants_dir, "cannot create"))?;
