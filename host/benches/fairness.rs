@@ -6,15 +6,13 @@
 #[allow(dead_code)]
 mod fakes;
 
-use std::process::Stdio;
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_bulkhead");
 const RUN_MS: u64 = 300;
 const SAMPLES: usize = 60;
 const GAP: Duration = Duration::from_millis(350);
@@ -84,21 +82,9 @@ async fn main() {
 
 async fn phase(alpha_slots: usize) {
     let fake = fakes::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bench.json5");
-    std::fs::write(&path, config(&fake.base, alpha_slots)).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config", path.to_str().unwrap()])
-        .env("TOKEN_A", "tok-a")
-        .env("TOKEN_B", "tok-b")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let base = lines.next_line().await.unwrap().unwrap().trim_start_matches("listening on ").to_string();
+    let mut served =
+        common::serve(&config(&fake.base, alpha_slots), &[("TOKEN_A", "tok-a"), ("TOKEN_B", "tok-b")]).await;
+    let base = served.base.clone();
     let client = reqwest::Client::new();
 
     let unloaded = bravo(&client, &base, "u").await;
@@ -144,5 +130,5 @@ async fn phase(alpha_slots: usize) {
         (ms(pct(&loaded, 0.99)) - ms(pct(&unloaded, 0.99))) / RUN_MS as f64
     );
     println!("alpha's flood: {ok} answered, {busy} refused busy, {quota} refused by quota, {other} other");
-    let _ = child.kill().await;
+    let _ = served.child.kill().await;
 }

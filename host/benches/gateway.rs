@@ -7,14 +7,13 @@
 #[allow(dead_code)]
 mod fakes;
 
-use std::process::Stdio;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
-const BIN: &str = env!("CARGO_BIN_EXE_bulkhead");
 const TOKEN: &str = "bench-token";
 
 struct Running {
@@ -40,26 +39,12 @@ fn config(model_base: &str, extra_tenants: usize) -> String {
 }
 
 async fn start(cfg: &str) -> Running {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bench.json5");
-    std::fs::write(&path, cfg).unwrap();
     let t0 = Instant::now();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config", path.to_str().unwrap()])
-        .env("BENCH_TOKEN", TOKEN)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = lines.next_line().await.unwrap().expect("listening line");
-    let base = line.trim_start_matches("listening on ").to_string();
+    let served = common::serve(cfg, &[("BENCH_TOKEN", TOKEN)]).await;
     let client = reqwest::Client::new();
-    while client.get(format!("{base}/healthz")).send().await.is_err() {}
+    while client.get(format!("{}/healthz", served.base)).send().await.is_err() {}
     let started_in = t0.elapsed();
-    Running { child, base, started_in, _dir: dir }
+    Running { child: served.child, base: served.base, started_in, _dir: served._dir }
 }
 
 fn rss_kib(child: &Child) -> u64 {

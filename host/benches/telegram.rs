@@ -13,14 +13,14 @@
 #[allow(dead_code)]
 mod fake_telegram;
 
-use std::process::Stdio;
+// Not every bench reads every field of `common::Served`.
+#[allow(dead_code)]
+mod common;
+
 use std::time::{Duration, Instant};
 
 use fake_telegram::FakeTelegram;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_bulkhead");
 const A: &str = "111:bench-token-a";
 const B: &str = "222:bench-token-b";
 
@@ -49,21 +49,7 @@ async fn main() {
     let tg = FakeTelegram::start().await;
     tg.add_bot(A, 111, "bench_a_bot");
     tg.add_bot(B, 222, "bench_b_bot");
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bench.json5");
-    std::fs::write(&path, config(&tg.base)).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config", path.to_str().unwrap()])
-        .env("TG_A", A)
-        .env("TG_B", B)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    lines.next_line().await.unwrap().expect("listening line");
+    let mut served = common::serve(&config(&tg.base), &[("TG_A", A), ("TG_B", B)]).await;
 
     // Warm up (bots connect, first turn).
     tg.dm(A, 1, "warm");
@@ -129,5 +115,5 @@ async fn main() {
         text.len() / 1024,
         t.elapsed().as_secs_f64() * 1e6 / f64::from(rounds)
     );
-    let _ = child.start_kill();
+    let _ = served.child.start_kill();
 }

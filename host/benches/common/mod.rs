@@ -1,0 +1,35 @@
+//! Shared by the benchmark programs that drive the real binary: start `serve` on a config.
+
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// A running gateway: the child (killed on drop), its base URL, and the directory holding its
+/// config and state.
+pub struct Served {
+    pub child: Child,
+    pub base: String,
+    pub _dir: tempfile::TempDir,
+}
+
+/// Writes `config` to a fresh directory, starts `bulkhead serve` on it with `env`, and returns
+/// once the gateway has printed its listening line.
+pub async fn serve(config: &str, env: &[(&str, &str)]) -> Served {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bench.json5");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = lines.next_line().await.unwrap().expect("listening line");
+    let base = line.trim_start_matches("listening on ").to_string();
+    Served { child, base, _dir: dir }
+}
