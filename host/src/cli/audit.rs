@@ -126,9 +126,7 @@ fn all_scopes(dir: &Path) -> Vec<Scope> {
 /// Whether a tenant has stored conversations: then the gateway that served them wrote its audit
 /// log (policy loads at start, tool decisions), so a missing log means a deleted one.
 fn has_conversations(config: &Config, scope: &Scope) -> bool {
-    let Scope::Tenant(t) = scope else { return false };
-    let sessions = crate::store::store_root(config).join("tenants").join(t.as_str()).join("sessions");
-    std::fs::read_dir(sessions).is_ok_and(|mut d| d.next().is_some())
+    matches!(scope, Scope::Tenant(t) if crate::store::has_sessions(config, t))
 }
 
 /// `audit verify`: exit 0 when every log verifies, 1 when one does not (each failure names the

@@ -189,6 +189,12 @@ pub fn store_root(config: &Config) -> PathBuf {
     config.state_dir.join("store")
 }
 
+/// Whether a tenant has sessions on disk (without opening the store: no key, no lock needed).
+pub fn has_sessions(config: &Config, tenant: &TenantId) -> bool {
+    let sessions = store_root(config).join("tenants").join(tenant.as_str()).join("sessions");
+    fs::read_dir(sessions).is_ok_and(|mut d| d.next().is_some())
+}
+
 impl EncryptedStore {
     /// Opens the store of a config: loads and checks the master key, creates missing tenant
     /// identities, and refuses (changing nothing) on a missing or wrong key or loose permissions.
