@@ -244,6 +244,8 @@ pub struct RawSandbox {
 pub struct RawDockerSandbox {
     pub image: Option<String>,
     pub network: Option<String>,
+    /// Must be `true` for any `network` but `none` (a network gives the sandbox egress).
+    pub allow_network: Option<bool>,
     pub user: Option<String>,
     pub read_only_root: Option<bool>,
     pub tmpfs: Option<Vec<String>>,

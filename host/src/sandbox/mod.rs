@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ring::digest;
 use sandbox_runner::protocol::{self, Failure, MAX_ARGS_BYTES, MAX_ARGS_DEPTH, Response, cap_text};
 
 use crate::config::{SandboxBackend, SandboxConfig, SandboxScope, WorkspaceAccess};
@@ -178,20 +177,107 @@ impl Sandbox for Deferred {
     }
 }
 
-/// The host directory that is a call's workspace: per agent, per session (hashed key) or shared,
-/// always inside the caller's tenant (`<stateDir>/workspaces/<tenant>/...`). Both backends use it.
-pub fn workspace_dir(state_dir: &Path, call: &SandboxCall) -> PathBuf {
-    let root = wasm::tenant_dirs(state_dir, call.tenant.as_str())[0].clone();
-    match call.settings.scope {
-        SandboxScope::Agent => root.join("agents").join(call.agent.as_str()),
-        SandboxScope::Shared => root.join("shared"),
-        SandboxScope::Session => {
-            // Session keys carry peer ids; only a digest of them reaches the file system.
-            let d = digest::digest(&digest::SHA256, call.session.to_string().as_bytes());
-            let hex: String = d.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect();
-            root.join("sessions").join(hex)
+/// Where a gateway's workspaces live, and the secret that names session workspaces.
+///
+/// A call's workspace is per agent, per session or shared, always inside the caller's tenant
+/// (`<stateDir>/workspaces/<tenant>/...`); both backends use this. Session keys carry peer ids
+/// (Telegram user ids, which are few enough to enumerate), so a session's directory — and the
+/// Docker scope label made from it — is named by a keyed digest: HMAC under a per-tenant key
+/// derived from a random secret only the host holds (`<stateDir>/sandbox-scope.key`, mode 0600,
+/// never mounted into a sandbox). Without the secret the name cannot be linked to a peer.
+#[derive(Clone)]
+pub struct Workspaces {
+    state_dir: PathBuf,
+    /// The scope secret, or why it could not be loaded (session-scope calls then fail closed).
+    secret: Result<Arc<[u8; 32]>, String>,
+}
+
+/// File name of the scope secret in the state directory.
+pub const SCOPE_KEY_FILE: &str = "sandbox-scope.key";
+
+impl Workspaces {
+    /// Loads the scope secret of `state_dir`, creating it on first use.
+    pub fn open(state_dir: &Path) -> Self {
+        let secret = load_scope_secret(&state_dir.join(SCOPE_KEY_FILE)).map(Arc::new);
+        if let Err(e) = &secret {
+            tracing::error!(error = %e, "Sandbox scope key unavailable; session-scope tool calls will fail.");
         }
+        Self { state_dir: state_dir.to_path_buf(), secret }
     }
+
+    /// The directory of a tenant's workspaces.
+    pub fn tenant_root(&self, tenant: &str) -> PathBuf {
+        wasm::tenant_dirs(&self.state_dir, tenant)[0].clone()
+    }
+
+    /// A call's workspace, relative to its tenant's root (`agents/<id>`, `shared`,
+    /// `sessions/<keyed digest>`).
+    pub fn scope(&self, call: &SandboxCall) -> Result<PathBuf, SandboxError> {
+        Ok(match call.settings.scope {
+            SandboxScope::Agent => Path::new("agents").join(call.agent.as_str()),
+            SandboxScope::Shared => PathBuf::from("shared"),
+            SandboxScope::Session => {
+                let secret = self.secret.as_ref().map_err(|_| {
+                    SandboxError::Unavailable("the sandbox scope key cannot be loaded; see the gateway's log".into())
+                })?;
+                Path::new("sessions").join(session_digest(secret, call.tenant.as_str(), &call.session.to_string()))
+            }
+        })
+    }
+
+    /// The host directory that is a call's workspace.
+    pub fn dir(&self, call: &SandboxCall) -> Result<PathBuf, SandboxError> {
+        Ok(self.tenant_root(call.tenant.as_str()).join(self.scope(call)?))
+    }
+}
+
+/// The name of a session's workspace: the store's keyed-digest helper, under a key derived for
+/// this tenant from the scope secret.
+fn session_digest(secret: &[u8; 32], tenant: &str, session_key: &str) -> String {
+    let key = crate::store::keys::derive_mac_key(secret, format!("bulkhead/sandbox/v1/scope\0{tenant}").as_bytes());
+    let mut tag = crate::store::keys::mac_parts(&key, &[b"session", session_key.as_bytes()]);
+    tag.truncate(32);
+    tag
+}
+
+/// Reads the 32-byte scope secret, or creates it (atomically: two gateways starting at once agree).
+fn load_scope_secret(path: &Path) -> Result<[u8; 32], String> {
+    use ring::rand::SecureRandom;
+    let read = |p: &Path| -> Result<[u8; 32], String> {
+        let bytes = std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+        bytes.try_into().map_err(|_| format!("{} is not a 32-byte key", p.display()))
+    };
+    if path.exists() {
+        return read(path);
+    }
+    if let Some(parent) = path.parent() {
+        crate::store::fsutil::create_private_dir(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    }
+    let mut key = [0u8; 32];
+    ring::rand::SystemRandom::new().fill(&mut key).map_err(|_| "the system random number generator failed".to_string())?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut f = crate::store::fsutil::create_new_private(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+    std::io::Write::write_all(&mut f, &key)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    // A hard link never replaces an existing file: whoever links first wins, the others read it.
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(key),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read(path),
+        Err(e) => Err(format!("cannot create {}: {e}", path.display())),
+    }
+}
+
+/// A fresh random key for one host↔runner channel (see `sandbox_runner::protocol::ChannelKey`).
+pub(crate) fn channel_key() -> Result<protocol::ChannelKey, SandboxError> {
+    use ring::rand::SecureRandom;
+    let mut key = [0u8; protocol::KEY_BYTES];
+    ring::rand::SystemRandom::new()
+        .fill(&mut key)
+        .map_err(|_| SandboxError::Unavailable("the system random number generator failed".into()))?;
+    Ok(protocol::ChannelKey::new(key))
 }
 
 /// A call's timeout: the policy's, capped by the backend's ceiling and by `exec`'s `timeoutSec`.
