@@ -213,8 +213,11 @@ async fn commands_cannot_read_or_forge_the_runner_protocol() {
     // The stream is in step: the next call gets its own answer, from the same container.
     assert_eq!(e.sh("acme", "echo next").await.text, "next\n");
     assert_eq!(e.sb.container_of(&exec("acme", "")).await.unwrap(), first);
-    // As PID 1 the runner reaps orphans during a call: 300 of them fit under a pids limit of 64.
-    let mut orphans = exec("acme", "i=0; while [ $i -lt 300 ]; do (sleep 0 &); i=$((i+1)); done; echo reaped $i");
+    // As PID 1 the runner reaps orphans during a call: 300 of them, 20 at a time, fit under a
+    // pids limit of 64 (unreaped zombies would count against it).
+    let orphans = "b=0; while [ $b -lt 15 ]; do i=0; while [ $i -lt 20 ]; do (true &); i=$((i+1)); done; \
+                   sleep 0.2; b=$((b+1)); done; echo reaped $((b*20))";
+    let mut orphans = exec("acme", orphans);
     orphans.settings.docker.pids_limit = 64;
     let r = e.run(&orphans).await.unwrap();
     assert_eq!(r.text, "reaped 300\n", "{r:?}");
