@@ -97,6 +97,8 @@ pub struct RawGateway {
     pub operators: Option<Vec<RawOperator>>,
     pub auth: Option<RawAuthThrottle>,
     pub tls: Option<RawTls>,
+    /// Tool calls are refused while the state directory's filesystem has less free space.
+    pub min_free_disk_mb: Option<u64>,
 }
 
 /// `gateway.tls`: serve HTTPS (rustls) from PEM files; `required` refuses plaintext on a

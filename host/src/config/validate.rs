@@ -62,6 +62,9 @@ pub struct GatewayConfig {
     pub auth_lockout: Duration,
     /// `gateway.tls`: certificate and key files (absolute), when HTTPS is configured.
     pub tls: Option<TlsFiles>,
+    /// `gateway.minFreeDiskMb`: below this much free space on the state directory's filesystem
+    /// tool calls are refused (the gateway keeps serving and auditing in what is left).
+    pub min_free_disk_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -502,7 +505,12 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
     if !(1024..=64 << 20).contains(&max_body_bytes) {
         errs.push("gateway.maxBodyBytes", "must be between 1024 and 67108864");
     }
+    let min_free_disk_mb = g.min_free_disk_mb.unwrap_or(256);
+    if min_free_disk_mb > 1 << 30 {
+        errs.push("gateway.minFreeDiskMb", format!("minFreeDiskMb {min_free_disk_mb} is more than 1073741824"));
+    }
     let gateway = GatewayConfig {
+        min_free_disk_bytes: min_free_disk_mb.min(1 << 30) << 20,
         bind,
         max_body_bytes: max_body_bytes as usize,
         shutdown_grace: Duration::from_secs(g.shutdown_grace_sec.unwrap_or(10)),

@@ -739,9 +739,9 @@ async fn reaper(me: Weak<DockerSandbox>) {
     }
 }
 
-/// The uid the gateway runs as (the owner of its own `/proc/self`).
+/// The uid the gateway runs as.
 fn gateway_uid() -> u32 {
-    std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0)
+    rustix::process::geteuid().as_raw()
 }
 
 /// The uid:gid a sandbox runs as: the configured non-root user, else the image's (65532) —

@@ -74,6 +74,8 @@ pub enum SandboxError {
     InvalidArguments(String),
     #[error("sandbox protocol error: {0}")]
     Protocol(String),
+    #[error("the gateway's disk is nearly full; tool calls are refused until the operator frees space")]
+    HostDiskLow,
 }
 
 /// A sandbox backend.
@@ -104,6 +106,8 @@ impl Sandbox for Unavailable {
 #[derive(Clone, Default)]
 pub struct Sandboxes {
     backends: HashMap<BackendKey, Arc<dyn Sandbox>>,
+    /// The state directory and the free space below which tool calls are refused.
+    disk_floor: Option<(PathBuf, u64)>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -124,8 +128,27 @@ impl Sandboxes {
         self
     }
 
-    /// Runs a call in the agent's configured backend; a missing backend fails closed.
+    /// Refuses tool calls while the filesystem of `state_dir` has less than `min_free` bytes
+    /// free: a tenant filling its workspace (which lives there) must not take the gateway's own
+    /// state — the audit log, the store — down with it. Serving and auditing go on.
+    pub fn with_disk_floor(mut self, state_dir: &Path, min_free: u64) -> Self {
+        self.disk_floor = (min_free > 0).then(|| (state_dir.to_path_buf(), min_free));
+        self
+    }
+
+    /// Runs a call in the agent's configured backend; a missing backend fails closed, and so
+    /// does a nearly full state directory.
     pub async fn call(&self, call: &SandboxCall) -> Result<ToolOutput, SandboxError> {
+        if let Some((dir, floor)) = &self.disk_floor {
+            let free = free_bytes(dir);
+            if free.as_ref().map_or(true, |f| f < floor) {
+                match free {
+                    Ok(f) => tracing::warn!(tenant = %call.tenant, free = f, floor, "Tool call refused: the state directory's filesystem is nearly full."),
+                    Err(e) => tracing::warn!(tenant = %call.tenant, error = %e, "Tool call refused: free space of the state directory unknown."),
+                }
+                return Err(SandboxError::HostDiskLow);
+            }
+        }
         match self.backends.get(&call.settings.backend.into()) {
             Some(b) => b.call(call).await,
             None => Err(SandboxError::Unavailable(format!(
@@ -134,6 +157,12 @@ impl Sandboxes {
             ))),
         }
     }
+}
+
+/// Bytes available to the gateway on the filesystem holding `dir`.
+fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    let st = rustix::fs::statvfs(dir)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// A backend that is still starting (the wasm backend compiles its runner, ~¼ s): the gateway
@@ -362,4 +391,73 @@ fn check_args(args: &serde_json::Value) -> Result<(), SandboxError> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Counting(AtomicUsize);
+
+    #[async_trait]
+    impl Sandbox for Counting {
+        fn name(&self) -> &'static str {
+            "counting"
+        }
+        async fn call(&self, _call: &SandboxCall) -> Result<ToolOutput, SandboxError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(ToolOutput::default())
+        }
+    }
+
+    fn call() -> SandboxCall {
+        SandboxCall {
+            tenant: TenantId::parse("acme").unwrap(),
+            agent: AgentId::parse("bot").unwrap(),
+            session: SessionKey::parse("agent:bot:api:direct:u1").unwrap(),
+            tool: Tool::Exec,
+            args: serde_json::json!({"command": "true"}),
+            limits: ToolLimits::default(),
+            settings: SandboxConfig {
+                mode: crate::config::SandboxMode::All,
+                scope: SandboxScope::Agent,
+                backend: SandboxBackend::Wasm,
+                workspace_access: WorkspaceAccess::Rw,
+                wasm: crate::config::WasmSettings {
+                    fuel: 1,
+                    memory_bytes: 1 << 20,
+                    timeout: Duration::from_secs(1),
+                    disk_quota_bytes: 1 << 20,
+                },
+                docker: crate::config::DockerSettings::default(),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn tool_calls_are_refused_while_the_state_disk_is_nearly_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Arc::new(Counting(AtomicUsize::new(0)));
+        let free = free_bytes(dir.path()).unwrap();
+        assert!(free > 0);
+        let kind = SandboxBackend::Wasm;
+        // A floor above what is free: refused before any backend sees the call.
+        let full = Sandboxes::default().with(kind, backend.clone()).with_disk_floor(dir.path(), free.saturating_mul(2));
+        let e = full.call(&call()).await.unwrap_err();
+        assert_eq!(e, SandboxError::HostDiskLow);
+        assert!(e.to_string().contains("disk is nearly full"), "{e}");
+        assert_eq!(backend.0.load(Ordering::SeqCst), 0);
+        // A state dir that cannot be measured fails closed too.
+        let gone = Sandboxes::default().with(kind, backend.clone()).with_disk_floor(&dir.path().join("missing"), 1);
+        assert_eq!(gone.call(&call()).await, Err(SandboxError::HostDiskLow));
+        // Below the free space (and with no floor) calls go through.
+        for ok in [
+            Sandboxes::default().with(kind, backend.clone()).with_disk_floor(dir.path(), 1),
+            Sandboxes::default().with(kind, backend.clone()).with_disk_floor(dir.path(), 0),
+        ] {
+            ok.call(&call()).await.unwrap();
+        }
+        assert_eq!(backend.0.load(Ordering::SeqCst), 2);
+    }
 }
