@@ -809,6 +809,25 @@ async fn a_tenant_is_capped_in_containers_and_the_least_recently_used_makes_room
     let left = containers_of(e.sb.gateway());
     assert_eq!(left.len(), 2, "{left:?}");
     assert!(!left.contains(&first), "the LRU container was not the one removed");
+    // Scope labels name sessions by the keyed digest of their workspace directory, never by an
+    // unkeyed hash of the session key (peer ids could be brute-forced from it).
+    let dirs: Vec<String> = std::fs::read_dir(e.state.join("workspaces/acme/sessions"))
+        .unwrap()
+        .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for id in &left {
+        let label = inspect(id, &format!("{{{{index .Config.Labels \"{}\"}}}}", docker::LABEL_SCOPE));
+        let digest = label.strip_prefix("sessions/").unwrap_or_else(|| panic!("scope label {label:?}"));
+        assert!(dirs.iter().any(|d| d == digest), "{label} is not a session directory: {dirs:?}");
+        for peer in ["one", "two", "three"] {
+            let key = format!("agent:acme-bot:api:direct:{peer}");
+            let sha: String = ring::digest::digest(&ring::digest::SHA256, key.as_bytes()).as_ref()[..16]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_ne!(digest, sha, "the scope label is SHA-256 of {key}");
+        }
+    }
     // Another tenant is not affected by acme's cap.
     e.sh("bravo", "true").await;
     assert_eq!(containers_of(e.sb.gateway()).len(), 3);

@@ -422,7 +422,8 @@ async fn read_only_and_session_scopes() {
     // Not an unkeyed digest of the session key (a peer id could be brute-forced from it) ...
     let key = c.session.to_string();
     for unkeyed in [&ring::digest::SHA256, &ring::digest::SHA512, &ring::digest::SHA1_FOR_LEGACY_USE_ONLY] {
-        let hex: String = ring::digest::digest(unkeyed, key.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let hex: String =
+            ring::digest::digest(unkeyed, key.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect();
         assert!(!hex.contains(name.as_str()) && !name.contains(&hex[..16]), "unkeyed digest: {name}");
     }
     // ... but keyed by a secret of this gateway: stable across restarts, different elsewhere.

@@ -302,7 +302,6 @@ pub fn decode_request(frame: &[u8]) -> Result<Request, FrameError> {
     decode(frame, MAX_REQUEST_FRAME)
 }
 
-
 /// Nesting depth of a JSON value, computed without recursion.
 pub fn json_depth(v: &serde_json::Value) -> usize {
     let mut max = 0;

@@ -166,7 +166,8 @@ mod native_exec {
         let d = tempfile::tempdir().unwrap();
         let used = || sandbox_runner::quota::disk_usage(d.path());
         // One big file: stopped by the file-size limit at the budget, reported as the quota.
-        let r = native_with(d.path(), json!({"command": "head -c 20000000 /dev/zero > big; echo after"}), 4096, Some(MB));
+        let r =
+            native_with(d.path(), json!({"command": "head -c 20000000 /dev/zero > big; echo after"}), 4096, Some(MB));
         assert_eq!(r.failure, Some(Failure::Quota), "{r:?}");
         assert!(used() <= MB + 4096, "{} bytes written", used());
         // It cannot raise the limit again.

@@ -212,7 +212,8 @@ fn broken_quotas_and_keys_name_their_paths() {
 #[test]
 fn a_docker_network_needs_allow_network_and_is_warned_about() {
     let load = |docker: &str| {
-        let text = format!("{{ agents: {{ list: [ {{ id: 'a', sandbox: {{ backend: 'docker', docker: {docker} }} }} ] }} }}");
+        let text =
+            format!("{{ agents: {{ list: [ {{ id: 'a', sandbox: {{ backend: 'docker', docker: {docker} }} }} ] }} }}");
         load_str(&text, Path::new("."))
     };
     let warned = |c: &crate::config::Config| c.warnings.iter().any(|w| w.contains("sandbox.docker.network"));

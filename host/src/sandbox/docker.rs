@@ -852,7 +852,9 @@ impl Live {
                     let rest = self.buf.split_off(4 + len);
                     let frame = std::mem::replace(&mut self.buf, rest);
                     return self.key.open(&frame, req.id, max).map_err(|e| {
-                        Broken::Protocol(format!("refused a response that the runner did not send or that answers another request: {e}"))
+                        Broken::Protocol(format!(
+                            "refused a response that the runner did not send or that answers another request: {e}"
+                        ))
                     });
                 }
             }

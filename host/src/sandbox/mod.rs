@@ -143,8 +143,12 @@ impl Sandboxes {
             let free = free_bytes(dir);
             if free.as_ref().map_or(true, |f| f < floor) {
                 match free {
-                    Ok(f) => tracing::warn!(tenant = %call.tenant, free = f, floor, "Tool call refused: the state directory's filesystem is nearly full."),
-                    Err(e) => tracing::warn!(tenant = %call.tenant, error = %e, "Tool call refused: free space of the state directory unknown."),
+                    Ok(f) => {
+                        tracing::warn!(tenant = %call.tenant, free = f, floor, "Tool call refused: the state directory's filesystem is nearly full.")
+                    }
+                    Err(e) => {
+                        tracing::warn!(tenant = %call.tenant, error = %e, "Tool call refused: free space of the state directory unknown.")
+                    }
                 }
                 return Err(SandboxError::HostDiskLow);
             }
@@ -280,12 +284,18 @@ fn load_scope_secret(path: &Path) -> Result<[u8; 32], String> {
         return read(path);
     }
     if let Some(parent) = path.parent() {
-        crate::store::fsutil::create_private_dir(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        crate::store::fsutil::create_private_dir(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
     }
-    let mut key = [0u8; 32];
-    ring::rand::SystemRandom::new().fill(&mut key).map_err(|_| "the system random number generator failed".to_string())?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f = crate::store::fsutil::create_new_private(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+    // The key, and a random name for the temporary file (both backends may create it at once).
+    let (mut key, mut tmp_name) = ([0u8; 32], [0u8; 8]);
+    let rng = ring::rand::SystemRandom::new();
+    rng.fill(&mut key)
+        .and_then(|()| rng.fill(&mut tmp_name))
+        .map_err(|_| "the system random number generator failed".to_string())?;
+    let tmp = path.with_extension(format!("tmp-{}", u64::from_be_bytes(tmp_name)));
+    let mut f =
+        crate::store::fsutil::create_new_private(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
     std::io::Write::write_all(&mut f, &key)
         .and_then(|()| f.sync_all())
         .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;

@@ -16,9 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
-use sandbox_runner::protocol::{
-    self, Access, Failure, Request, RequestLimits, Response, WORKSPACE_DIR,
-};
+use sandbox_runner::protocol::{self, Access, Failure, Request, RequestLimits, Response, WORKSPACE_DIR};
 use sandbox_runner::shell::{self, BUILTINS, Connector, Script};
 use tokio::sync::Semaphore;
 use wasmtime::{
@@ -295,7 +293,8 @@ impl WasmSandbox {
         if run.stdout_full {
             return Err(SandboxError::Protocol(format!("runner response exceeds {cap} bytes")));
         }
-        key.open(&run.stdout, 1, cap).map_err(|e| SandboxError::Protocol(format!("runner sent an invalid response: {e}")))
+        key.open(&run.stdout, 1, cap)
+            .map_err(|e| SandboxError::Protocol(format!("runner sent an invalid response: {e}")))
     }
 
     /// Instantiates and runs a guest (the runner when `module` is `None`) with fresh WASI state.
