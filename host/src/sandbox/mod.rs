@@ -163,9 +163,11 @@ impl Sandboxes {
     }
 }
 
-/// Bytes available to the gateway on the filesystem holding `dir`.
+/// Bytes available to the gateway on the filesystem holding `dir` (or, before `dir` exists, the
+/// filesystem it will be created on: its nearest existing ancestor).
 fn free_bytes(dir: &Path) -> std::io::Result<u64> {
-    let st = rustix::fs::statvfs(dir)?;
+    let on = dir.ancestors().find(|a| a.exists()).unwrap_or(dir);
+    let st = rustix::fs::statvfs(on)?;
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
@@ -458,9 +460,14 @@ mod tests {
         assert_eq!(e, SandboxError::HostDiskLow);
         assert!(e.to_string().contains("disk is nearly full"), "{e}");
         assert_eq!(backend.0.load(Ordering::SeqCst), 0);
-        // A state dir that cannot be measured fails closed too.
-        let gone = Sandboxes::default().with(kind, backend.clone()).with_disk_floor(&dir.path().join("missing"), 1);
-        assert_eq!(gone.call(&call()).await, Err(SandboxError::HostDiskLow));
+        // A state dir not created yet is measured on the filesystem it will be created on.
+        let later =
+            Sandboxes::default().with(kind, backend.clone()).with_disk_floor(&dir.path().join("later/state"), 1);
+        later.call(&call()).await.unwrap();
+        let later = Sandboxes::default()
+            .with(kind, backend.clone())
+            .with_disk_floor(&dir.path().join("later/state"), free.saturating_mul(2));
+        assert_eq!(later.call(&call()).await, Err(SandboxError::HostDiskLow));
         // Below the free space (and with no floor) calls go through.
         for ok in [
             Sandboxes::default().with(kind, backend.clone()).with_disk_floor(dir.path(), 1),
@@ -468,6 +475,6 @@ mod tests {
         ] {
             ok.call(&call()).await.unwrap();
         }
-        assert_eq!(backend.0.load(Ordering::SeqCst), 2);
+        assert_eq!(backend.0.load(Ordering::SeqCst), 3);
     }
 }
