@@ -744,6 +744,22 @@ fn gateway_uid() -> u32 {
     rustix::process::geteuid().as_raw()
 }
 
+/// Why a gateway running as `uid` cannot serve Docker agents that have a workspace, if it cannot
+/// (`doctor` says so before the first call is refused).
+pub fn handover_problem(uid: u32) -> Option<String> {
+    (uid != 0).then(|| {
+        format!(
+            "the gateway runs as uid {uid}, not root: it cannot hand workspaces to the sandbox user, so tool calls \
+             of Docker agents with workspace access are refused; run it as root (SECURITY.md, operator duties)"
+        )
+    })
+}
+
+/// `handover_problem` for this process.
+pub fn gateway_handover_problem() -> Option<String> {
+    handover_problem(gateway_uid())
+}
+
 /// The uid:gid a sandbox runs as: the configured non-root user, else the image's (65532) —
 /// never root and never the gateway's own uid (a command that got out of the container would
 /// then own the gateway's keys and every tenant's data).
@@ -1006,6 +1022,13 @@ mod tests {
         for user in ["0", "0:1000", "1000:0", "x", "1000:y"] {
             assert!(sandbox_user(Some(user), 1000).is_err(), "{user}");
         }
+    }
+
+    #[test]
+    fn only_a_root_gateway_can_hand_workspaces_over() {
+        assert_eq!(handover_problem(0), None);
+        let p = handover_problem(1000).unwrap();
+        assert!(p.contains("uid 1000") && p.contains("refused"), "{p}");
     }
 
     #[test]
