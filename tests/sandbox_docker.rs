@@ -19,14 +19,18 @@ use bulkhead::sandbox::{Sandbox, SandboxCall, SandboxError, ToolLimits, ToolOutp
 use bulkhead::tools::Tool;
 use serde_json::{Value, json};
 
-const IMAGE: &str = "bulkhead/sandbox:base";
+/// The sandbox image under test: `images/build.sh`'s default, or `$BULKHEAD_SANDBOX_IMAGE` (the
+/// same variable build.sh tags with).
+fn image() -> String {
+    std::env::var("BULKHEAD_SANDBOX_IMAGE").unwrap_or_else(|_| DockerSettings::default().image)
+}
 
 /// Whether the daemon and image are there; panics when they must be (CI).
 async fn docker_ready() -> bool {
     let required = std::env::var("BULKHEAD_REQUIRE_DOCKER").is_ok_and(|v| v == "1");
     let problem = match docker::connect(None).await {
         Err(e) => Some(e),
-        Ok(d) => docker::check_image(&d, IMAGE).await.err(),
+        Ok(d) => docker::check_image(&d, &image()).await.err(),
     };
     match problem {
         None => true,
@@ -98,7 +102,7 @@ fn settings() -> SandboxConfig {
             timeout: Duration::from_secs(1),
             disk_quota_bytes: 1 << 20,
         },
-        docker: DockerSettings { timeout: Duration::from_secs(20), ..DockerSettings::default() },
+        docker: DockerSettings { timeout: Duration::from_secs(20), image: image(), ..DockerSettings::default() },
     }
 }
 
@@ -147,18 +151,102 @@ async fn capabilities_privileges_and_user_are_dropped_from_inside() {
     assert!(st.text.contains("NoNewPrivs:\t1"), "{}", st.text);
     // Seccomp mode 2 = a filter is installed (Docker's default profile).
     assert!(st.text.contains("Seccomp:\t2"), "{}", st.text);
-    // Commands cannot reach into the runner (their parent): its fds, memory and environment are
-    // off limits, so they can neither read nor forge the protocol stream.
-    let runner = e
-        .sh("acme", "echo forged > /proc/$PPID/fd/1; cat /proc/$PPID/environ; ls /proc/$PPID/fd; cat /proc/$PPID/comm")
-        .await;
-    assert_eq!(runner.text.matches("Permission denied").count(), 3, "{runner:?}");
-    assert!(runner.text.ends_with("sandbox-runner\n"), "the probe did not target the runner: {runner:?}");
     let id = e.sh("acme", "id -u; id -g").await;
     assert_eq!(id.text, "65532\n65532\n", "{id:?}");
     // Positive/negative: the runner's identity is not root, and privileged syscalls fail.
     let chown = e.sh("acme", "touch /tmp/f && chown 0:0 /tmp/f").await;
     assert_ne!(chown.exit_code, Some(0), "chown to root worked: {chown:?}");
+}
+
+/// `printf` escapes for arbitrary bytes.
+fn printf_bytes(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("\\{b:03o}")).collect()
+}
+
+/// A response frame as a runner of protocol 1 wrote it (no id, no seal), and one shaped like a
+/// protocol 2 frame for request `id` with a guessed (zero) tag.
+fn forged_frames(id: u64) -> Vec<u8> {
+    let body = br#"{"v":1,"output":"FORGED","isError":false,"exitCode":0,"truncated":false,"failure":null}"#;
+    let mut out = (body.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(body);
+    let body = br#"{"v":2,"output":"FORGED","isError":false,"exitCode":0,"truncated":false,"failure":null}"#;
+    out.extend_from_slice(&((8 + 32 + body.len()) as u32).to_be_bytes());
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(&[0u8; 32]);
+    out.extend_from_slice(body);
+    out
+}
+
+/// The protocol channel, attacked from inside: a command writes forged response frames to every
+/// process's stdout it can open and tries to read the runner's stdin, memory and environment.
+/// Only the runner (PID 1, non-dumpable) holds the pipes, so nothing gets through; and were a
+/// frame to reach the stream, it would not carry the container's seal. The call gets its real
+/// answer and the next call its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn commands_cannot_read_or_forge_the_runner_protocol() {
+    if !docker_ready().await {
+        return;
+    }
+    let e = Env::new();
+    assert_eq!(e.sh("acme", "echo warm").await.text, "warm\n");
+    let first = e.sb.container_of(&exec("acme", "")).await.unwrap();
+    let frames = printf_bytes(&[forged_frames(2), forged_frames(3)].concat());
+    let probe = format!(
+        "for p in /proc/[0-9]*; do for fd in 0 1 2; do \
+           if printf '{frames}' 2>/dev/null > $p/fd/$fd; then echo \"wrote $p/fd/$fd $(cat $p/comm)\" >&2; fi; \
+         done; done; \
+         echo \"pid1=$(cat /proc/1/comm)\"; cat /proc/[0-9]*/comm | grep -c -e init -e tini; \
+         timeout 2 head -c 1 /proc/1/fd/0; echo \"stdin=$?\"; \
+         head -c 1 /proc/1/mem; head -c 1 /proc/1/environ; cat /proc/1/maps; ls /proc/1/fd /proc/1/root/; \
+         echo real-end; exit 7"
+    );
+    let r = e.run(&exec("acme", &probe)).await.unwrap();
+    assert_eq!(r.exit_code, Some(7), "a forged result was accepted: {r:?}");
+    assert!(r.text.contains("real-end"), "{r:?}");
+    assert!(r.text.contains("pid1=sandbox-runner\n0\n"), "the runner is not PID 1 or an init runs beside it: {r:?}");
+    for line in r.text.lines().filter(|l| l.starts_with("wrote ")) {
+        assert!(!line.starts_with("wrote /proc/1/"), "a command reached the runner's pipes: {line}");
+    }
+    assert!(!r.text.contains("stdin=0"), "a command read the runner's stdin: {r:?}");
+    // stdin, mem, environ, maps, fd, root: all refused.
+    assert!(r.text.matches("Permission denied").count() >= 6, "{r:?}");
+    // The stream is in step: the next call gets its own answer, from the same container.
+    assert_eq!(e.sh("acme", "echo next").await.text, "next\n");
+    assert_eq!(e.sb.container_of(&exec("acme", "")).await.unwrap(), first);
+    // As PID 1 the runner reaps orphans during a call: 300 of them, 20 at a time, fit under a
+    // pids limit of 64 (unreaped zombies would count against it).
+    let orphans = "b=0; while [ $b -lt 15 ]; do i=0; while [ $i -lt 20 ]; do (true &); i=$((i+1)); done; \
+                   sleep 0.2; b=$((b+1)); done; echo reaped $((b*20))";
+    let mut orphans = exec("acme", orphans);
+    orphans.settings.docker.pids_limit = 64;
+    let r = e.run(&orphans).await.unwrap();
+    assert_eq!(r.text, "reaped 300\n", "{r:?}");
+}
+
+/// The container's user is the image's non-root one (or the configured one), never the owner of
+/// the workspace or the gateway's: a workspace left by another uid is handed over, not adopted.
+#[tokio::test(flavor = "multi_thread")]
+async fn containers_run_as_the_sandbox_user_not_the_workspace_owner() {
+    if !docker_ready().await {
+        return;
+    }
+    let e = Env::new();
+    let ws = e.state.join("workspaces/acme/agents/acme-bot");
+    std::fs::create_dir_all(&ws).unwrap();
+    // As a non-root gateway would have left it (before this fix, the container then ran as 1000).
+    std::os::unix::fs::chown(&ws, Some(1000), Some(1000)).unwrap();
+    let r = e.sh("acme", "id -u; id -g; touch mine && ls -n mine | tr -s ' ' | cut -d' ' -f3,4").await;
+    assert_eq!(r.text, "65532\n65532\n65532 65532\n", "{r:?}");
+    let id = e.sb.container_of(&exec("acme", "")).await.unwrap();
+    assert_eq!(inspect(&id, "{{.Config.User}}"), "65532:65532");
+    // A configured user is used as given.
+    let mut other = exec("acme", "id -u");
+    other.settings.docker.user = Some("4242:4242".into());
+    assert_eq!(e.run(&other).await.unwrap().text, "4242\n");
+    // The gateway's own uid (root here) is never a sandbox's.
+    let mut own = exec("acme", "id -u");
+    own.settings.docker.user = Some("0:0".into());
+    assert!(matches!(e.run(&own).await, Err(SandboxError::Unavailable(m)) if m.contains("root")));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -204,8 +292,10 @@ async fn no_network_no_socket_masked_proc_no_host_env() {
     assert!(masked.text.lines().all(|l| l.ends_with(" 0")), "{masked:?}");
     let sys = e.sh("acme", "echo 1 > /proc/sys/kernel/panic").await;
     assert_ne!(sys.exit_code, Some(0), "{sys:?}");
-    // The environment is the runner's fixed one: nothing from the host or the gateway.
-    let env = e.sh("acme", "env | sort; tr '\\0' '\\n' < /proc/1/environ").await;
+    // The environment is the runner's fixed one: nothing from the host or the gateway. (The
+    // runner's own, /proc/1/environ, is not readable at all: see the protocol test.)
+    let env = e.sh("acme", "env | sort").await;
+    assert!(env.text.contains("PATH="), "{env:?}");
     for line in env.text.lines().filter(|l| !l.is_empty()) {
         let key = line.split('=').next().unwrap_or("");
         assert!(
@@ -222,14 +312,15 @@ async fn no_network_no_socket_masked_proc_no_host_env() {
         inspect(&id, "{{.HostConfig.Privileged}} {{.HostConfig.ReadonlyRootfs}} {{.HostConfig.NetworkMode}}"),
         "false true none"
     );
-    // The limits as the daemon recorded them (defaults: 512 MiB = swap, 1 CPU, 256 pids, nofile 1024).
+    // The limits as the daemon recorded them (defaults: 512 MiB = swap, 1 CPU, 256 pids, nofile 1024;
+    // no init: the runner is PID 1).
     assert_eq!(
         inspect(
             &id,
             "{{.HostConfig.Memory}} {{.HostConfig.MemorySwap}} {{.HostConfig.NanoCpus}} {{.HostConfig.PidsLimit}} \
              {{.HostConfig.Init}} {{.HostConfig.CapDrop}} {{.HostConfig.SecurityOpt}} {{.HostConfig.IpcMode}} {{.Config.User}}"
         ),
-        "536870912 536870912 1000000000 256 true [ALL] [no-new-privileges:true] private 65532:65532"
+        "536870912 536870912 1000000000 256 false [ALL] [no-new-privileges:true] private 65532:65532"
     );
     assert_eq!(
         inspect(&id, "{{range .HostConfig.Ulimits}}{{.Name}}={{.Soft}}/{{.Hard}} {{end}}"),
@@ -471,11 +562,27 @@ async fn file_tools_and_quota_work_over_the_attached_runner() {
     big.limits.max_output_bytes = 1000;
     let b = e.run(&big).await.unwrap();
     assert!(b.truncated && b.text.len() == 1000, "{}", b.text.len());
-    // Over quota: refused before running.
-    let mut fill = exec("acme", "head -c 2000000 /dev/zero > big.bin");
+    // The quota holds while a command runs: one big file stops at the quota, and many files
+    // written in parallel are stopped by the runner's watchdog near it; the call reports it.
+    let mut fill = exec("acme", "dd if=/dev/zero of=big.bin bs=64k count=100 2>/dev/null; echo done");
     fill.settings.docker.disk_quota_bytes = 1 << 20;
-    e.run(&fill).await.unwrap();
     assert_eq!(e.run(&fill).await, Err(SandboxError::Quota));
+    let on_disk = bulkhead::sandbox::wasm::disk_usage(&e.state.join("workspaces/acme"));
+    assert!(on_disk <= (1 << 20) + 8192 + 512, "{on_disk} bytes on disk after a 6.5 MB dd under a 1 MiB quota");
+    // Over quota: refused before running.
+    assert_eq!(e.run(&fill).await, Err(SandboxError::Quota));
+    std::fs::remove_file(ws.join("big.bin")).unwrap();
+    let mut flood = exec("acme", "for f in 1 2 3 4; do (yes > y$f &); done; sleep 30");
+    flood.settings.docker.disk_quota_bytes = 4 << 20;
+    let t = Instant::now();
+    assert_eq!(e.run(&flood).await, Err(SandboxError::Quota));
+    assert!(t.elapsed() < Duration::from_secs(15), "the flood ran for {:?}", t.elapsed());
+    let on_disk = bulkhead::sandbox::wasm::disk_usage(&e.state.join("workspaces/acme"));
+    // Each file is capped at the budget; the watchdog stops them all within a measurement or two.
+    assert!(on_disk <= (16 << 20) + 8192, "{on_disk} bytes on disk after 4 yes floods under a 4 MiB quota");
+    for f in ["y1", "y2", "y3", "y4"] {
+        let _ = std::fs::remove_file(ws.join(f));
+    }
     // Read-only for this call while the container mounts rw: exec refused (fail closed).
     let mut ro = exec("acme", "echo x > y");
     ro.limits.workspace_access = WorkspaceAccess::Ro;
@@ -517,9 +624,10 @@ async fn tools_run_in_the_tenants_container_through_the_gateway() {
   tenants: [ { id: "alpha", name: "Alpha", apiTokens: [ { env: "TOKEN_A" } ] } ],
   agents: { list: [
     { id: "a-dock", tenant: "alpha", model: "demo/scripted",
-      sandbox: { mode: "all", backend: "docker", docker: { prewarm: true } } },
+      sandbox: { mode: "all", backend: "docker", docker: { prewarm: true, image: "IMAGE" } } },
   ] },
-}"#;
+}"#
+    .replace("IMAGE", &image());
     let path = dir.path().join("bulkhead.json5");
     std::fs::write(&path, config).unwrap();
     let secret = "sk-never-in-a-container-4242";
@@ -609,9 +717,10 @@ async fn doctor_tells_a_missing_image_and_an_unreachable_daemon() {
     std::fs::write(
         &path,
         r#"{ stateDir: "state", agents: { list: [
-          { id: "good", sandbox: { backend: "docker" } },
+          { id: "good", sandbox: { backend: "docker", docker: { image: "IMAGE" } } },
           { id: "stale", sandbox: { backend: "docker", docker: { image: "bulkhead/missing:none" } } },
-        ] } }"#,
+        ] } }"#
+            .replace("IMAGE", &image()),
     )
     .unwrap();
     let doctor = |docker_host: Option<&str>| {
@@ -626,7 +735,7 @@ async fn doctor_tells_a_missing_image_and_an_unreachable_daemon() {
     let (code, out) = doctor(None);
     assert_ne!(code, Some(0), "{out}");
     assert!(out.contains("ok    docker daemon"), "{out}");
-    assert!(out.contains("ok    sandbox image bulkhead/sandbox:base (agents good)"), "{out}");
+    assert!(out.contains(&format!("ok    sandbox image {} (agents good)", image())), "{out}");
     assert!(
         out.contains("FAIL  sandbox image \"bulkhead/missing:none\" is missing; build it with images/build.sh"),
         "{out}"
@@ -700,6 +809,25 @@ async fn a_tenant_is_capped_in_containers_and_the_least_recently_used_makes_room
     let left = containers_of(e.sb.gateway());
     assert_eq!(left.len(), 2, "{left:?}");
     assert!(!left.contains(&first), "the LRU container was not the one removed");
+    // Scope labels name sessions by the keyed digest of their workspace directory, never by an
+    // unkeyed hash of the session key (peer ids could be brute-forced from it).
+    let dirs: Vec<String> = std::fs::read_dir(e.state.join("workspaces/acme/sessions"))
+        .unwrap()
+        .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for id in &left {
+        let label = inspect(id, &format!("{{{{index .Config.Labels \"{}\"}}}}", docker::LABEL_SCOPE));
+        let digest = label.strip_prefix("sessions/").unwrap_or_else(|| panic!("scope label {label:?}"));
+        assert!(dirs.iter().any(|d| d == digest), "{label} is not a session directory: {dirs:?}");
+        for peer in ["one", "two", "three"] {
+            let key = format!("agent:acme-bot:api:direct:{peer}");
+            let sha: String = ring::digest::digest(&ring::digest::SHA256, key.as_bytes()).as_ref()[..16]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_ne!(digest, sha, "the scope label is SHA-256 of {key}");
+        }
+    }
     // Another tenant is not affected by acme's cap.
     e.sh("bravo", "true").await;
     assert_eq!(containers_of(e.sb.gateway()).len(), 3);

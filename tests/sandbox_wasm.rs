@@ -409,10 +409,43 @@ async fn read_only_and_session_scopes() {
     let mut c = mk("acme", Tool::Write, json!({"path": "a", "content": "session"}));
     c.settings.scope = SandboxScope::Session;
     e.sb.call(&c).await.unwrap();
-    let sessions: Vec<String> = std::fs::read_dir(e.state.join("workspaces/acme/sessions"))
+    let sessions = |state: &Path| -> Vec<String> {
+        std::fs::read_dir(state.join("workspaces/acme/sessions"))
+            .unwrap()
+            .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let names = sessions(&e.state);
+    assert_eq!(names.len(), 1);
+    let name = &names[0];
+    assert!(!name.contains("peer-42") && name.len() == 32, "{names:?}");
+    // Not an unkeyed digest of the session key (a peer id could be brute-forced from it) ...
+    let key = c.session.to_string();
+    for unkeyed in [&ring::digest::SHA256, &ring::digest::SHA512, &ring::digest::SHA1_FOR_LEGACY_USE_ONLY] {
+        let hex: String =
+            ring::digest::digest(unkeyed, key.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        assert!(!hex.contains(name.as_str()) && !name.contains(&hex[..16]), "unkeyed digest: {name}");
+    }
+    // ... but keyed by a secret of this gateway: stable across restarts, different elsewhere.
+    let again = WasmSandbox::new(&e.state).unwrap();
+    let mut c2 = mk("acme", Tool::Read, json!({"path": "a"}));
+    c2.settings.scope = SandboxScope::Session;
+    assert_eq!(again.call(&c2).await.unwrap().text, "session", "a restart finds the session's workspace");
+    let other = env();
+    other.sb.call(&c).await.unwrap();
+    assert_ne!(&sessions(&other.state)[0], name, "the name does not depend on the secret");
+    // Per tenant: the same session key in another tenant gets an unrelated name.
+    let mut b = c.clone();
+    b.tenant = TenantId::parse("bravo").unwrap();
+    e.sb.call(&b).await.unwrap();
+    let bravo: Vec<String> = std::fs::read_dir(e.state.join("workspaces/bravo/sessions"))
         .unwrap()
         .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(sessions.len(), 1);
-    assert!(!sessions[0].contains("peer-42") && sessions[0].len() == 32, "{sessions:?}");
+    assert_ne!(&bravo[0], name);
+    // The secret stays with the host: private, outside every workspace.
+    use std::os::unix::fs::PermissionsExt;
+    let secret = e.state.join(bulkhead::sandbox::SCOPE_KEY_FILE);
+    assert_eq!(std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::read(&secret).unwrap().len(), 32);
 }

@@ -7,7 +7,7 @@ use crate::tools::handle;
 
 fn call_with(dir: &std::path::Path, tool: &str, args: Value, access: Access, budget: Option<u64>) -> Response {
     let limits = RequestLimits { max_output_bytes: 4096, access, disk_budget_bytes: budget };
-    handle(Request::new(tool, args, limits), dir.to_path_buf())
+    handle(Request::new(1, tool, args, limits), dir.to_path_buf())
 }
 
 fn call(dir: &std::path::Path, tool: &str, args: Value) -> Response {
@@ -152,8 +152,39 @@ mod native_exec {
     use crate::tools::{ExecMode, handle_with};
 
     fn native(dir: &std::path::Path, args: Value, max: u64) -> Response {
-        let limits = RequestLimits { max_output_bytes: max, access: Access::Rw, disk_budget_bytes: None };
-        handle_with(Request::new("exec", args, limits), dir.to_path_buf(), ExecMode::Native)
+        native_with(dir, args, max, None)
+    }
+
+    fn native_with(dir: &std::path::Path, args: Value, max: u64, budget: Option<u64>) -> Response {
+        let limits = RequestLimits { max_output_bytes: max, access: Access::Rw, disk_budget_bytes: budget };
+        handle_with(Request::new(1, "exec", args, limits), dir.to_path_buf(), ExecMode::Native)
+    }
+
+    #[test]
+    fn the_disk_budget_holds_while_a_command_runs() {
+        const MB: u64 = 1 << 20;
+        let d = tempfile::tempdir().unwrap();
+        let used = || sandbox_runner::quota::disk_usage(d.path());
+        // One big file: stopped by the file-size limit at the budget, reported as the quota.
+        let r =
+            native_with(d.path(), json!({"command": "head -c 20000000 /dev/zero > big; echo after"}), 4096, Some(MB));
+        assert_eq!(r.failure, Some(Failure::Quota), "{r:?}");
+        assert!(used() <= MB + 4096, "{} bytes written", used());
+        // It cannot raise the limit again.
+        let r = native_with(d.path(), json!({"command": "ulimit -f unlimited && echo raised"}), 4096, Some(MB));
+        assert!(!r.output.contains("raised"), "{r:?}");
+        // Many files each under the limit: the watchdog kills the command near the budget.
+        let many = "i=0; while true; do head -c 100000 /dev/zero > f$i; i=$((i+1)); done";
+        let t = std::time::Instant::now();
+        let r = native_with(d.path(), json!({"command": many, "timeoutSec": 60}), 4096, Some(2 * MB));
+        assert_eq!(r.failure, Some(Failure::Quota), "{r:?}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(20), "{:?}", t.elapsed());
+        assert!(used() <= 4 * MB, "{} bytes written", used());
+        // Within the budget, a command runs normally; without one, nothing is limited.
+        let r = native_with(d.path(), json!({"command": "head -c 1000 /dev/zero > small && echo ok"}), 4096, Some(MB));
+        assert_eq!((r.output.as_str(), r.failure), ("ok\n", None), "{r:?}");
+        let r = native(d.path(), json!({"command": "head -c 3000000 /dev/zero > free && echo ok"}), 4096);
+        assert_eq!((r.output.as_str(), r.failure), ("ok\n", None), "{r:?}");
     }
 
     #[test]

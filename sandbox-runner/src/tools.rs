@@ -71,6 +71,7 @@ fn native_response(run: crate::native::NativeRun) -> Response {
     let failure = run.killed.map(|k| match k {
         crate::native::Killed::Timeout => Failure::Timeout,
         crate::native::Killed::Memory => Failure::Memory,
+        crate::native::Killed::Quota => Failure::Quota,
     });
     Response {
         exit_code: Some(run.exit_code),

@@ -17,11 +17,25 @@ fn check_docker(config: &crate::config::Config) -> usize {
     if images.is_empty() {
         return 0;
     }
+    let mut failures = 0;
+    let with_workspace: Vec<String> = config
+        .agents
+        .iter()
+        .filter(|a| a.sandbox.backend == crate::config::SandboxBackend::Docker)
+        .filter(|a| a.sandbox.workspace_access != crate::config::WorkspaceAccess::None)
+        .map(|a| a.id.to_string())
+        .collect();
+    if let Some(p) = crate::sandbox::docker::gateway_handover_problem()
+        && !with_workspace.is_empty()
+    {
+        println!("FAIL  docker sandbox backend: {p} (agents {})", with_workspace.join(", "));
+        failures += 1;
+    }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             println!("FAIL  docker sandbox backend: cannot start the async runtime: {e}");
-            return 1;
+            return failures + 1;
         }
     };
     rt.block_on(async {
@@ -29,12 +43,12 @@ fn check_docker(config: &crate::config::Config) -> usize {
             Ok(d) => d,
             Err(e) => {
                 println!("FAIL  docker sandbox backend: {e}; tool calls of agents on it will fail until it is up");
-                return 1;
+                return failures + 1;
             }
         };
         let version = docker.version().await.ok().and_then(|v| v.version).unwrap_or_else(|| "?".into());
         println!("ok    docker daemon {version} (API {})", docker.client_version());
-        let mut failures = 0;
+        let mut failures = failures;
         for (image, agents) in images {
             match crate::sandbox::docker::check_image(&docker, image).await {
                 Ok(_) => println!("ok    sandbox image {image} (agents {})", agents.join(", ")),

@@ -131,7 +131,9 @@ pub fn run(source: &ConfigSource, log_format: Option<LogFormat>) -> i32 {
             rt.spawn(async move { lifecycle.record(Scope::Host, Actor::System, event).await });
             made
         });
-        let mut sandboxes = Sandboxes::default().with(SandboxBackend::Wasm, Arc::new(wasm));
+        let mut sandboxes = Sandboxes::default()
+            .with(SandboxBackend::Wasm, Arc::new(wasm))
+            .with_disk_floor(&config.state_dir, config.gateway.min_free_disk_bytes);
         // The Docker backend connects in the background and recovers by itself when the daemon
         // comes back; it exists only when an agent uses it.
         if config.agents.iter().any(|a| a.sandbox.backend == SandboxBackend::Docker) {

@@ -97,6 +97,8 @@ pub struct RawGateway {
     pub operators: Option<Vec<RawOperator>>,
     pub auth: Option<RawAuthThrottle>,
     pub tls: Option<RawTls>,
+    /// Tool calls are refused while the state directory's filesystem has less free space.
+    pub min_free_disk_mb: Option<u64>,
 }
 
 /// `gateway.tls`: serve HTTPS (rustls) from PEM files; `required` refuses plaintext on a
@@ -244,6 +246,8 @@ pub struct RawSandbox {
 pub struct RawDockerSandbox {
     pub image: Option<String>,
     pub network: Option<String>,
+    /// Must be `true` for any `network` but `none` (a network gives the sandbox egress).
+    pub allow_network: Option<bool>,
     pub user: Option<String>,
     pub read_only_root: Option<bool>,
     pub tmpfs: Option<Vec<String>>,

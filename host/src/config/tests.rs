@@ -210,6 +210,32 @@ fn broken_quotas_and_keys_name_their_paths() {
 }
 
 #[test]
+fn a_docker_network_needs_allow_network_and_is_warned_about() {
+    let load = |docker: &str| {
+        let text =
+            format!("{{ agents: {{ list: [ {{ id: 'a', sandbox: {{ backend: 'docker', docker: {docker} }} }} ] }} }}");
+        load_str(&text, Path::new("."))
+    };
+    let warned = |c: &crate::config::Config| c.warnings.iter().any(|w| w.contains("sandbox.docker.network"));
+    // `none` (the default, or said explicitly): no warning.
+    for docker in ["{}", "{ network: 'none' }", "{ network: 'none', allowNetwork: false }"] {
+        let c = load(docker).unwrap();
+        assert_eq!(c.agents[0].sandbox.docker.network, "none", "{docker}");
+        assert!(!warned(&c), "{docker}: {:?}", c.warnings);
+    }
+    // Any other network only with the explicit key, and then with a warning naming the agent.
+    for net in ["bridge", "tenant-net"] {
+        let c = load(&format!("{{ network: '{net}', allowNetwork: true }}")).unwrap();
+        assert_eq!(c.agents[0].sandbox.docker.network, net);
+        assert!(warned(&c) && c.warnings.iter().any(|w| w.contains("\"a\"")), "{:?}", c.warnings);
+        let err = load(&format!("{{ network: '{net}' }}")).unwrap_err();
+        assert!(format!("{err:?}").contains("allowNetwork"), "{err:?}");
+    }
+    // `host` stays refused, whatever allowNetwork says.
+    assert!(load("{ network: 'host', allowNetwork: true }").is_err());
+}
+
+#[test]
 fn docker_settings_have_safe_defaults_and_refuse_weakening() {
     let c = load_str("{ agents: { list: [ { id: 'a', sandbox: { backend: 'docker' } } ] } }", Path::new(".")).unwrap();
     assert_eq!(c.agents[0].sandbox.docker, DockerSettings::default());
@@ -243,6 +269,9 @@ fn docker_settings_have_safe_defaults_and_refuse_weakening() {
         ("{ seccompProfile: 'unconfined' }", "seccompProfile"),
         ("{ apparmorProfile: 'unconfined' }", "apparmorProfile"),
         ("{ network: 'container:x' }", "network"),
+        ("{ network: 'bridge' }", "network"),
+        ("{ network: 'tenant-net' }", "network"),
+        ("{ network: 'bridge', allowNetwork: false }", "network"),
         ("{ tmpfs: ['/run'] }", "tmpfs"),
         ("{ idleSec: 1 }", "idleSec"),
         ("{ maxContainers: 0 }", "maxContainers"),

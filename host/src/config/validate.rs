@@ -62,6 +62,9 @@ pub struct GatewayConfig {
     pub auth_lockout: Duration,
     /// `gateway.tls`: certificate and key files (absolute), when HTTPS is configured.
     pub tls: Option<TlsFiles>,
+    /// `gateway.minFreeDiskMb`: below this much free space on the state directory's filesystem
+    /// tool calls are refused (the gateway keeps serving and auditing in what is left).
+    pub min_free_disk_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -259,7 +262,8 @@ pub struct SandboxConfig {
 pub struct DockerSettings {
     /// Local image the container runs (`images/build.sh` builds the default).
     pub image: String,
-    /// `none`, or a user-defined Docker network; never `host` or another container's.
+    /// `none`, or (only with `allowNetwork: true`) a Docker network such as `bridge`; never
+    /// `host` or another container's.
     pub network: String,
     /// `uid[:gid]`, never root; `None`: the image's non-root user (65532).
     pub user: Option<String>,
@@ -501,7 +505,12 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
     if !(1024..=64 << 20).contains(&max_body_bytes) {
         errs.push("gateway.maxBodyBytes", "must be between 1024 and 67108864");
     }
+    let min_free_disk_mb = g.min_free_disk_mb.unwrap_or(256);
+    if min_free_disk_mb > 1 << 30 {
+        errs.push("gateway.minFreeDiskMb", format!("minFreeDiskMb {min_free_disk_mb} is more than 1073741824"));
+    }
     let gateway = GatewayConfig {
+        min_free_disk_bytes: min_free_disk_mb.min(1 << 30) << 20,
         bind,
         max_body_bytes: max_body_bytes as usize,
         shutdown_grace: Duration::from_secs(g.shutdown_grace_sec.unwrap_or(10)),
@@ -759,6 +768,14 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
             }
         };
         let sandbox = sandbox_config(&mut errs, &path, defaults.sandbox.as_ref(), a.sandbox.as_ref());
+        if sandbox.backend == SandboxBackend::Docker && sandbox.docker.network != "none" {
+            warnings.push(format!(
+                "{path}.sandbox.docker.network: agent {:?} runs with Docker network {:?}: its commands can reach the \
+                 network; use \"none\" unless it must",
+                id.as_str(),
+                sandbox.docker.network
+            ));
+        }
         let layer = tool_layer(&mut errs, &format!("{path}.tools"), a.tools.as_ref());
         if let Some(r) = policy_ref(&mut errs, base, format!("{path}.policy"), a.policy.as_ref()) {
             policies.agent_files.insert(id.clone(), r);
@@ -1210,6 +1227,7 @@ fn docker_settings(
             out.image = v;
         }
     }
+    let allow_network = field!(allow_network).is_some_and(|(v, _)| v);
     if let Some((net, own)) = field!(network) {
         if net == "host" || net.starts_with("container:") {
             errs.push(
@@ -1218,6 +1236,14 @@ fn docker_settings(
             );
         } else if net.is_empty() || !net.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
             errs.push(at(own, "network"), format!("invalid network name {net:?}"));
+        } else if net != "none" && !allow_network {
+            errs.push(
+                at(own, "network"),
+                format!(
+                    "network {net:?} gives the sandbox network access (the internet, the host's and other containers' \
+                     services on it); refused unless allowNetwork: true is set too"
+                ),
+            );
         } else {
             out.network = net;
         }

@@ -1,8 +1,11 @@
 //! The Docker sandbox backend: tools run in a hardened container per tenant scope, via bollard.
 //!
-//! The container's main process is the sandbox runner (`--serve --native-exec`); the host keeps
-//! its stdin/stdout attached and sends one request frame per tool call, so a warm call costs a
-//! message, not a `docker exec`. Containers are created lazily on the first call of their scope
+//! The container's main process — PID 1, with no init beside it — is the sandbox runner
+//! (`--serve --native-exec`); the host keeps its stdin/stdout attached, sends it a fresh channel
+//! key in the first frame, then one request frame per tool call, so a warm call costs a message,
+//! not a `docker exec`. Only the non-dumpable runner holds those pipes, and every response must be
+//! sealed with the container's key for the request's id: a response that is not is refused and
+//! the container removed. Containers are created lazily on the first call of their scope
 //! (session, agent or shared — always inside one tenant), labelled with the gateway, tenant, agent,
 //! scope and a hash of everything that shaped them, recreated when that hash changes or the
 //! container dies, removed when idle, and reconciled when the gateway starts (every container a
@@ -11,7 +14,8 @@
 //!
 //! Hardening (each item has a test in `tests/sandbox_docker.rs`, see SECURITY.md): all
 //! capabilities dropped, `no-new-privileges`, read-only root, a sized noexec `/tmp` tmpfs, network
-//! `none` by default, pids/memory(=swap)/CPU/nofile limits, an init process, a non-root user,
+//! `none` by default, pids/memory(=swap)/CPU/nofile limits, the runner as a non-dumpable PID 1
+//! that reaps orphans, a non-root user,
 //! Docker's default seccomp profile (or a reviewed one from config), no host path but the scope's
 //! workspace, no environment from the host.
 
@@ -32,7 +36,7 @@ use bollard::query_parameters::{
 };
 use futures_util::{Stream, StreamExt};
 use ring::digest;
-use sandbox_runner::protocol::{self, PROTOCOL_VERSION, Request, RequestLimits, WORKSPACE_DIR};
+use sandbox_runner::protocol::{self, ChannelKey, PROTOCOL_VERSION, Request, RequestLimits, WORKSPACE_DIR};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::{Sandbox, SandboxCall, SandboxError, TenantLocks, ToolOutput, check_call, finish};
@@ -88,7 +92,7 @@ impl Default for DockerOptions {
 
 /// The Docker backend.
 pub struct DockerSandbox {
-    state_dir: PathBuf,
+    workspaces: super::Workspaces,
     gateway: String,
     opts: DockerOptions,
     client: tokio::sync::Mutex<Option<Docker>>,
@@ -114,6 +118,10 @@ struct Live {
     input: std::pin::Pin<Box<dyn AsyncWrite + Send>>,
     output: std::pin::Pin<Box<dyn Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>>,
     buf: Vec<u8>,
+    /// This container's channel key (sent in the hello frame; responses are sealed with it).
+    key: ChannelKey,
+    /// The id of the last request sent.
+    last_id: u64,
     dead: Arc<AtomicBool>,
     last_used: Instant,
     idle: Duration,
@@ -212,7 +220,7 @@ impl DockerSandbox {
         // The gateway label hashes the canonical state dir, which must exist to be canonical.
         let _ = std::fs::create_dir_all(state_dir);
         let me = Arc::new(Self {
-            state_dir: state_dir.to_path_buf(),
+            workspaces: super::Workspaces::open(state_dir),
             gateway: gateway_label(state_dir),
             opts,
             client: tokio::sync::Mutex::new(None),
@@ -292,7 +300,7 @@ impl DockerSandbox {
     pub async fn container_of(&self, call: &SandboxCall) -> Option<String> {
         let slots: Vec<_> = {
             let m = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            let scope = self.scope_of(call);
+            let scope = self.scope_of(call).ok()?;
             m.iter()
                 .filter(|(k, _)| k.tenant == call.tenant.as_str() && k.scope == scope && k.agent == call.agent.as_str())
                 .map(|(_, v)| v.clone())
@@ -306,10 +314,9 @@ impl DockerSandbox {
         None
     }
 
-    fn scope_of(&self, call: &SandboxCall) -> String {
-        let ws = super::workspace_dir(&self.state_dir, call);
-        let root = super::wasm::tenant_dirs(&self.state_dir, call.tenant.as_str())[0].clone();
-        ws.strip_prefix(&root).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
+    /// The scope label of a call (its workspace relative to the tenant; keyed for sessions).
+    fn scope_of(&self, call: &SandboxCall) -> Result<String, SandboxError> {
+        self.workspaces.scope(call).map(|p| p.to_string_lossy().into_owned())
     }
 
     async fn call_inner(&self, call: &SandboxCall) -> Result<ToolOutput, SandboxError> {
@@ -329,7 +336,7 @@ impl DockerSandbox {
         let lock = self.tenant_locks.of(call.tenant.as_str());
         let _guard = if mutating { Some(lock.lock().await) } else { None };
         let budget = if mutating {
-            let root = super::wasm::tenant_dirs(&self.state_dir, call.tenant.as_str())[0].clone();
+            let root = self.workspaces.tenant_root(call.tenant.as_str());
             let used = tokio::task::spawn_blocking(move || super::wasm::disk_usage(&root))
                 .await
                 .map_err(|e| SandboxError::Unavailable(format!("disk usage check failed: {e}")))?;
@@ -352,14 +359,15 @@ impl DockerSandbox {
             access: super::protocol_access(access),
             disk_budget_bytes: budget,
         };
-        let frame = protocol::encode(&Request::new(call.tool.name(), args, limits));
         let max_frame = protocol::max_response_frame(call.limits.max_output_bytes);
 
         let (docker, mut live) = self.running(call).await?;
         let Some(l) = live.as_mut() else {
             return Err(SandboxError::Unavailable("the sandbox container could not be started".into()));
         };
-        let result = tokio::time::timeout(timeout + HOST_GRACE, l.roundtrip(&frame, max_frame)).await;
+        l.last_id += 1;
+        let req = Request::new(l.last_id, call.tool.name(), args, limits);
+        let result = tokio::time::timeout(timeout + HOST_GRACE, l.roundtrip(&req, max_frame)).await;
         let resp = match result {
             Ok(Ok(resp)) => resp,
             Ok(Err(failure)) => {
@@ -571,27 +579,12 @@ impl DockerSandbox {
         let image_id = self.image_id(docker, &s.image).await?;
         let workspace = match call.settings.workspace_access {
             WorkspaceAccess::None => None,
-            a => Some((super::workspace_dir(&self.state_dir, call), a == WorkspaceAccess::Ro)),
+            a => Some((self.workspaces.dir(call)?, a == WorkspaceAccess::Ro)),
         };
-        let (uid, gid) = match &s.user {
-            Some(u) => {
-                let (a, b) = u.split_once(':').unwrap_or((u, u));
-                (a.parse().unwrap_or(DEFAULT_USER.0), b.parse().unwrap_or(DEFAULT_USER.1))
-            }
-            None => DEFAULT_USER,
-        };
+        let (uid, gid) = sandbox_user(s.user.as_deref(), gateway_uid())?;
         if let Some((dir, _)) = &workspace {
             prepare_workspace(dir, uid, gid).await?;
         }
-        // A non-root gateway cannot hand the workspace to another uid; then the container runs as
-        // the gateway's own (non-root) uid, which owns it.
-        let (uid, gid) = match &workspace {
-            Some((dir, _)) => match tokio::fs::metadata(dir).await {
-                Ok(m) if m.uid() != 0 => (m.uid(), m.gid()),
-                _ => (uid, gid),
-            },
-            None => (uid, gid),
-        };
         let seccomp = match &s.seccomp_profile {
             Some(p) => Some(tokio::fs::read_to_string(p).await.map_err(|e| {
                 // The path is the operator's; the model sees only that the profile is unreadable.
@@ -600,7 +593,7 @@ impl DockerSandbox {
             })?),
             None => None,
         };
-        let scope = self.scope_of(call);
+        let scope = self.scope_of(call)?;
         let mut plan = Plan {
             key: SlotKey {
                 tenant: call.tenant.as_str().to_string(),
@@ -656,9 +649,22 @@ impl DockerSandbox {
                 return Err(down(e));
             }
         };
+        let mut input = attached.input;
         if let Err(e) = docker.start_container(&id, None).await {
             let _ = remove(docker, &id).await;
             return Err(SandboxError::Unavailable(format!("cannot start the sandbox container: {e}")));
+        }
+        // The key goes to the runner first, before any command can run in the container.
+        let key = match super::channel_key() {
+            Ok(k) => k,
+            Err(e) => {
+                let _ = remove(docker, &id).await;
+                return Err(e);
+            }
+        };
+        if input.write_all(&key.hello()).await.is_err() || input.flush().await.is_err() {
+            let _ = remove(docker, &id).await;
+            return Err(SandboxError::Unavailable("cannot reach the runner of the new sandbox container".into()));
         }
         let dead = Arc::new(AtomicBool::new(false));
         let (d2, dead2, id2) = (docker.clone(), dead.clone(), id.clone());
@@ -681,9 +687,11 @@ impl DockerSandbox {
         }
         Ok(Live {
             id,
-            input: attached.input,
+            input,
             output: attached.output,
             buf: Vec::new(),
+            key,
+            last_id: 0,
             dead,
             last_used: Instant::now(),
             idle: plan.settings.idle,
@@ -731,22 +739,80 @@ async fn reaper(me: Weak<DockerSandbox>) {
     }
 }
 
-/// Creates the workspace and hands it to the sandbox user when the gateway runs as root (files
-/// the wasm backend or the operator left there included, so a tenant can switch backends).
+/// The uid the gateway runs as.
+fn gateway_uid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// Why a gateway running as `uid` cannot serve Docker agents that have a workspace, if it cannot
+/// (`doctor` says so before the first call is refused).
+pub fn handover_problem(uid: u32) -> Option<String> {
+    (uid != 0).then(|| {
+        format!(
+            "the gateway runs as uid {uid}, not root: it cannot hand workspaces to the sandbox user, so tool calls \
+             of Docker agents with workspace access are refused; run it as root (SECURITY.md, operator duties)"
+        )
+    })
+}
+
+/// `handover_problem` for this process.
+pub fn gateway_handover_problem() -> Option<String> {
+    handover_problem(gateway_uid())
+}
+
+/// The uid:gid a sandbox runs as: the configured non-root user, else the image's (65532) —
+/// never root and never the gateway's own uid (a command that got out of the container would
+/// then own the gateway's keys and every tenant's data).
+pub fn sandbox_user(configured: Option<&str>, gateway_uid: u32) -> Result<(u32, u32), SandboxError> {
+    let (uid, gid) = match configured {
+        Some(u) => {
+            let (a, b) = u.split_once(':').unwrap_or((u, u));
+            match (a.parse::<u32>(), b.parse::<u32>()) {
+                (Ok(a), Ok(b)) => (a, b),
+                _ => return Err(SandboxError::Unavailable(format!("sandbox.docker.user {u:?} is not numeric"))),
+            }
+        }
+        None => DEFAULT_USER,
+    };
+    if uid == 0 || gid == 0 {
+        return Err(SandboxError::Unavailable("sandboxes never run as root (sandbox.docker.user)".into()));
+    }
+    if uid == gateway_uid {
+        return Err(SandboxError::Unavailable(format!(
+            "sandbox.docker.user {uid} is the gateway's own uid; sandboxes never run as the gateway's user"
+        )));
+    }
+    Ok((uid, gid))
+}
+
+/// Creates the workspace and hands it to the sandbox user (files the wasm backend or the operator
+/// left there included, so a tenant can switch backends). Handing over needs a root gateway; a
+/// workspace the sandbox user does not own is refused, never shared by running the container as
+/// the gateway's uid.
 async fn prepare_workspace(dir: &Path, uid: u32, gid: u32) -> Result<(), SandboxError> {
     let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+    let owner = tokio::task::spawn_blocking(move || -> std::io::Result<u32> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(&dir)?;
-        let m = std::fs::metadata(&dir)?;
-        if m.uid() == 0 && (uid, gid) != (0, 0) {
+        let root = gateway_uid() == 0;
+        if root && std::fs::metadata(&dir)?.uid() != uid {
             hand_over(&dir, uid, gid)?;
         }
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        if root {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(std::fs::metadata(&dir)?.uid())
     })
     .await
     .map_err(|e| SandboxError::Unavailable(format!("cannot prepare the workspace: {e}")))?
-    .map_err(|e| SandboxError::Unavailable(format!("cannot prepare the workspace: {}", e.kind())))
+    .map_err(|e| SandboxError::Unavailable(format!("cannot prepare the workspace: {}", e.kind())))?;
+    if owner != uid {
+        return Err(SandboxError::Unavailable(format!(
+            "the workspace belongs to uid {owner}, not to the sandbox user {uid}, and only a gateway running as root \
+             can hand it over; run the gateway as root (see SECURITY.md, operator duties)"
+        )));
+    }
+    Ok(())
 }
 
 /// Most entries `hand_over` visits.
@@ -784,9 +850,11 @@ enum Broken {
 }
 
 impl Live {
-    /// Sends one request frame and reads one response frame.
-    async fn roundtrip(&mut self, frame: &[u8], max: usize) -> Result<protocol::Response, Broken> {
-        if self.input.write_all(frame).await.is_err() || self.input.flush().await.is_err() {
+    /// Sends one request and reads its response, which must be sealed with this container's key
+    /// for this request's id: anything else breaks the stream (the caller removes the container).
+    async fn roundtrip(&mut self, req: &Request, max: usize) -> Result<protocol::Response, Broken> {
+        let frame = protocol::encode(req);
+        if self.input.write_all(&frame).await.is_err() || self.input.flush().await.is_err() {
             return Err(Broken::Ended);
         }
         let mut stderr = Vec::new();
@@ -799,8 +867,11 @@ impl Live {
                 if self.buf.len() >= 4 + len {
                     let rest = self.buf.split_off(4 + len);
                     let frame = std::mem::replace(&mut self.buf, rest);
-                    return protocol::decode_response(&frame, max)
-                        .map_err(|e| Broken::Protocol(format!("runner sent an invalid response: {e}")));
+                    return self.key.open(&frame, req.id, max).map_err(|e| {
+                        Broken::Protocol(format!(
+                            "refused a response that the runner did not send or that answers another request: {e}"
+                        ))
+                    });
                 }
             }
             match self.output.next().await {
@@ -824,7 +895,7 @@ impl Plan {
     fn hash(&self) -> String {
         let s = &self.settings;
         let text = format!(
-            "v1|{}|{:?}|{}|{}|{}|{}|{}|{}|{}|{:?}|{:?}|{:?}|{}",
+            "v2|{}|{:?}|{}|{}|{}|{}|{}|{}|{}|{:?}|{:?}|{:?}|{}",
             self.image_id,
             self.workspace,
             self.user,
@@ -885,7 +956,9 @@ impl Plan {
                 ResourcesUlimits { name: Some("nofile".into()), soft: Some(s.nofile), hard: Some(s.nofile) },
                 ResourcesUlimits { name: Some("core".into()), soft: Some(0), hard: Some(0) },
             ]),
-            init: Some(true),
+            // No init: the runner itself is PID 1 (it reaps orphans), so no process a command
+            // can reach (same uid, dumpable, like docker-init) holds the protocol pipes.
+            init: Some(false),
             ipc_mode: Some("private".into()),
             mounts,
             runtime: s.runtime.clone(),
@@ -935,6 +1008,28 @@ impl Sandbox for DockerSandbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sandboxes_never_run_as_root_or_the_gateways_uid() {
+        assert_eq!(sandbox_user(None, 0), Ok(DEFAULT_USER));
+        assert_eq!(sandbox_user(None, 1000), Ok(DEFAULT_USER));
+        assert_eq!(sandbox_user(Some("4242:4243"), 1000), Ok((4242, 4243)));
+        assert_eq!(sandbox_user(Some("4242"), 1000), Ok((4242, 4242)));
+        for (user, gateway) in [(None, 65532), (Some("1000:1000"), 1000), (Some("1000"), 1000)] {
+            let e = sandbox_user(user, gateway).unwrap_err();
+            assert!(e.to_string().contains("gateway's own uid"), "{user:?} under {gateway}: {e}");
+        }
+        for user in ["0", "0:1000", "1000:0", "x", "1000:y"] {
+            assert!(sandbox_user(Some(user), 1000).is_err(), "{user}");
+        }
+    }
+
+    #[test]
+    fn only_a_root_gateway_can_hand_workspaces_over() {
+        assert_eq!(handover_problem(0), None);
+        let p = handover_problem(1000).unwrap();
+        assert!(p.contains("uid 1000") && p.contains("refused"), "{p}");
+    }
 
     #[test]
     fn gateway_labels_differ_by_state_dir() {

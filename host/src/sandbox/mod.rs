@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ring::digest;
 use sandbox_runner::protocol::{self, Failure, MAX_ARGS_BYTES, MAX_ARGS_DEPTH, Response, cap_text};
 
 use crate::config::{SandboxBackend, SandboxConfig, SandboxScope, WorkspaceAccess};
@@ -75,6 +74,8 @@ pub enum SandboxError {
     InvalidArguments(String),
     #[error("sandbox protocol error: {0}")]
     Protocol(String),
+    #[error("the gateway's disk is nearly full; tool calls are refused until the operator frees space")]
+    HostDiskLow,
 }
 
 /// A sandbox backend.
@@ -105,6 +106,8 @@ impl Sandbox for Unavailable {
 #[derive(Clone, Default)]
 pub struct Sandboxes {
     backends: HashMap<BackendKey, Arc<dyn Sandbox>>,
+    /// The state directory and the free space below which tool calls are refused.
+    disk_floor: Option<(PathBuf, u64)>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -125,8 +128,31 @@ impl Sandboxes {
         self
     }
 
-    /// Runs a call in the agent's configured backend; a missing backend fails closed.
+    /// Refuses tool calls while the filesystem of `state_dir` has less than `min_free` bytes
+    /// free: a tenant filling its workspace (which lives there) must not take the gateway's own
+    /// state — the audit log, the store — down with it. Serving and auditing go on.
+    pub fn with_disk_floor(mut self, state_dir: &Path, min_free: u64) -> Self {
+        self.disk_floor = (min_free > 0).then(|| (state_dir.to_path_buf(), min_free));
+        self
+    }
+
+    /// Runs a call in the agent's configured backend; a missing backend fails closed, and so
+    /// does a nearly full state directory.
     pub async fn call(&self, call: &SandboxCall) -> Result<ToolOutput, SandboxError> {
+        if let Some((dir, floor)) = &self.disk_floor {
+            let free = free_bytes(dir);
+            if free.as_ref().map_or(true, |f| f < floor) {
+                match free {
+                    Ok(f) => {
+                        tracing::warn!(tenant = %call.tenant, free = f, floor, "Tool call refused: the state directory's filesystem is nearly full.")
+                    }
+                    Err(e) => {
+                        tracing::warn!(tenant = %call.tenant, error = %e, "Tool call refused: free space of the state directory unknown.")
+                    }
+                }
+                return Err(SandboxError::HostDiskLow);
+            }
+        }
         match self.backends.get(&call.settings.backend.into()) {
             Some(b) => b.call(call).await,
             None => Err(SandboxError::Unavailable(format!(
@@ -135,6 +161,14 @@ impl Sandboxes {
             ))),
         }
     }
+}
+
+/// Bytes available to the gateway on the filesystem holding `dir` (or, before `dir` exists, the
+/// filesystem it will be created on: its nearest existing ancestor).
+fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    let on = dir.ancestors().find(|a| a.exists()).unwrap_or(dir);
+    let st = rustix::fs::statvfs(on)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// A backend that is still starting (the wasm backend compiles its runner, ~¼ s): the gateway
@@ -178,20 +212,113 @@ impl Sandbox for Deferred {
     }
 }
 
-/// The host directory that is a call's workspace: per agent, per session (hashed key) or shared,
-/// always inside the caller's tenant (`<stateDir>/workspaces/<tenant>/...`). Both backends use it.
-pub fn workspace_dir(state_dir: &Path, call: &SandboxCall) -> PathBuf {
-    let root = wasm::tenant_dirs(state_dir, call.tenant.as_str())[0].clone();
-    match call.settings.scope {
-        SandboxScope::Agent => root.join("agents").join(call.agent.as_str()),
-        SandboxScope::Shared => root.join("shared"),
-        SandboxScope::Session => {
-            // Session keys carry peer ids; only a digest of them reaches the file system.
-            let d = digest::digest(&digest::SHA256, call.session.to_string().as_bytes());
-            let hex: String = d.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect();
-            root.join("sessions").join(hex)
+/// Where a gateway's workspaces live, and the secret that names session workspaces.
+///
+/// A call's workspace is per agent, per session or shared, always inside the caller's tenant
+/// (`<stateDir>/workspaces/<tenant>/...`); both backends use this. Session keys carry peer ids
+/// (Telegram user ids, which are few enough to enumerate), so a session's directory — and the
+/// Docker scope label made from it — is named by a keyed digest: HMAC under a per-tenant key
+/// derived from a random secret only the host holds (`<stateDir>/sandbox-scope.key`, mode 0600,
+/// never mounted into a sandbox). Without the secret the name cannot be linked to a peer.
+#[derive(Clone)]
+pub struct Workspaces {
+    state_dir: PathBuf,
+    /// The scope secret, or why it could not be loaded (session-scope calls then fail closed).
+    secret: Result<Arc<[u8; 32]>, String>,
+}
+
+/// File name of the scope secret in the state directory.
+pub const SCOPE_KEY_FILE: &str = "sandbox-scope.key";
+
+impl Workspaces {
+    /// Loads the scope secret of `state_dir`, creating it on first use.
+    pub fn open(state_dir: &Path) -> Self {
+        let secret = load_scope_secret(&state_dir.join(SCOPE_KEY_FILE)).map(Arc::new);
+        if let Err(e) = &secret {
+            tracing::error!(error = %e, "Sandbox scope key unavailable; session-scope tool calls will fail.");
         }
+        Self { state_dir: state_dir.to_path_buf(), secret }
     }
+
+    /// The directory of a tenant's workspaces.
+    pub fn tenant_root(&self, tenant: &str) -> PathBuf {
+        wasm::tenant_dirs(&self.state_dir, tenant)[0].clone()
+    }
+
+    /// A call's workspace, relative to its tenant's root (`agents/<id>`, `shared`,
+    /// `sessions/<keyed digest>`).
+    pub fn scope(&self, call: &SandboxCall) -> Result<PathBuf, SandboxError> {
+        Ok(match call.settings.scope {
+            SandboxScope::Agent => Path::new("agents").join(call.agent.as_str()),
+            SandboxScope::Shared => PathBuf::from("shared"),
+            SandboxScope::Session => {
+                let secret = self.secret.as_ref().map_err(|_| {
+                    SandboxError::Unavailable("the sandbox scope key cannot be loaded; see the gateway's log".into())
+                })?;
+                Path::new("sessions").join(session_digest(secret, call.tenant.as_str(), &call.session.to_string()))
+            }
+        })
+    }
+
+    /// The host directory that is a call's workspace.
+    pub fn dir(&self, call: &SandboxCall) -> Result<PathBuf, SandboxError> {
+        Ok(self.tenant_root(call.tenant.as_str()).join(self.scope(call)?))
+    }
+}
+
+/// The name of a session's workspace: the store's keyed-digest helper, under a key derived for
+/// this tenant from the scope secret.
+fn session_digest(secret: &[u8; 32], tenant: &str, session_key: &str) -> String {
+    let key = crate::store::keys::derive_mac_key(secret, format!("bulkhead/sandbox/v1/scope\0{tenant}").as_bytes());
+    let mut tag = crate::store::keys::mac_parts(&key, &[b"session", session_key.as_bytes()]);
+    tag.truncate(32);
+    tag
+}
+
+/// Reads the 32-byte scope secret, or creates it (atomically: two gateways starting at once agree).
+fn load_scope_secret(path: &Path) -> Result<[u8; 32], String> {
+    use ring::rand::SecureRandom;
+    let read = |p: &Path| -> Result<[u8; 32], String> {
+        let bytes = std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+        bytes.try_into().map_err(|_| format!("{} is not a 32-byte key", p.display()))
+    };
+    if path.exists() {
+        return read(path);
+    }
+    if let Some(parent) = path.parent() {
+        crate::store::fsutil::create_private_dir(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    }
+    // The key, and a random name for the temporary file (both backends may create it at once).
+    let (mut key, mut tmp_name) = ([0u8; 32], [0u8; 8]);
+    let rng = ring::rand::SystemRandom::new();
+    rng.fill(&mut key)
+        .and_then(|()| rng.fill(&mut tmp_name))
+        .map_err(|_| "the system random number generator failed".to_string())?;
+    let tmp = path.with_extension(format!("tmp-{}", u64::from_be_bytes(tmp_name)));
+    let mut f =
+        crate::store::fsutil::create_new_private(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+    std::io::Write::write_all(&mut f, &key)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    // A hard link never replaces an existing file: whoever links first wins, the others read it.
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(key),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read(path),
+        Err(e) => Err(format!("cannot create {}: {e}", path.display())),
+    }
+}
+
+/// A fresh random key for one host↔runner channel (see `sandbox_runner::protocol::ChannelKey`).
+pub(crate) fn channel_key() -> Result<protocol::ChannelKey, SandboxError> {
+    use ring::rand::SecureRandom;
+    let mut key = [0u8; protocol::KEY_BYTES];
+    ring::rand::SystemRandom::new()
+        .fill(&mut key)
+        .map_err(|_| SandboxError::Unavailable("the system random number generator failed".into()))?;
+    Ok(protocol::ChannelKey::new(key))
 }
 
 /// A call's timeout: the policy's, capped by the backend's ceiling and by `exec`'s `timeoutSec`.
@@ -276,4 +403,78 @@ fn check_args(args: &serde_json::Value) -> Result<(), SandboxError> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Counting(AtomicUsize);
+
+    #[async_trait]
+    impl Sandbox for Counting {
+        fn name(&self) -> &'static str {
+            "counting"
+        }
+        async fn call(&self, _call: &SandboxCall) -> Result<ToolOutput, SandboxError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(ToolOutput::default())
+        }
+    }
+
+    fn call() -> SandboxCall {
+        SandboxCall {
+            tenant: TenantId::parse("acme").unwrap(),
+            agent: AgentId::parse("bot").unwrap(),
+            session: SessionKey::parse("agent:bot:api:direct:u1").unwrap(),
+            tool: Tool::Exec,
+            args: serde_json::json!({"command": "true"}),
+            limits: ToolLimits::default(),
+            settings: SandboxConfig {
+                mode: crate::config::SandboxMode::All,
+                scope: SandboxScope::Agent,
+                backend: SandboxBackend::Wasm,
+                workspace_access: WorkspaceAccess::Rw,
+                wasm: crate::config::WasmSettings {
+                    fuel: 1,
+                    memory_bytes: 1 << 20,
+                    timeout: Duration::from_secs(1),
+                    disk_quota_bytes: 1 << 20,
+                },
+                docker: crate::config::DockerSettings::default(),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn tool_calls_are_refused_while_the_state_disk_is_nearly_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Arc::new(Counting(AtomicUsize::new(0)));
+        let free = free_bytes(dir.path()).unwrap();
+        assert!(free > 0);
+        let kind = SandboxBackend::Wasm;
+        // A floor above what is free: refused before any backend sees the call.
+        let full = Sandboxes::default().with(kind, backend.clone()).with_disk_floor(dir.path(), free.saturating_mul(2));
+        let e = full.call(&call()).await.unwrap_err();
+        assert_eq!(e, SandboxError::HostDiskLow);
+        assert!(e.to_string().contains("disk is nearly full"), "{e}");
+        assert_eq!(backend.0.load(Ordering::SeqCst), 0);
+        // A state dir not created yet is measured on the filesystem it will be created on.
+        let later =
+            Sandboxes::default().with(kind, backend.clone()).with_disk_floor(&dir.path().join("later/state"), 1);
+        later.call(&call()).await.unwrap();
+        let later = Sandboxes::default()
+            .with(kind, backend.clone())
+            .with_disk_floor(&dir.path().join("later/state"), free.saturating_mul(2));
+        assert_eq!(later.call(&call()).await, Err(SandboxError::HostDiskLow));
+        // Below the free space (and with no floor) calls go through.
+        for ok in [
+            Sandboxes::default().with(kind, backend.clone()).with_disk_floor(dir.path(), 1),
+            Sandboxes::default().with(kind, backend.clone()).with_disk_floor(dir.path(), 0),
+        ] {
+            ok.call(&call()).await.unwrap();
+        }
+        assert_eq!(backend.0.load(Ordering::SeqCst), 3);
+    }
 }

@@ -16,9 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
-use sandbox_runner::protocol::{
-    self, Access, ENTRY_COST_BYTES, Failure, Request, RequestLimits, Response, WORKSPACE_DIR,
-};
+use sandbox_runner::protocol::{self, Access, Failure, Request, RequestLimits, Response, WORKSPACE_DIR};
 use sandbox_runner::shell::{self, BUILTINS, Connector, Script};
 use tokio::sync::Semaphore;
 use wasmtime::{
@@ -43,8 +41,6 @@ pub const MAX_TABLE_ELEMENTS: usize = 10_000;
 pub const MAX_MODULE_BYTES: u64 = 64 << 20;
 /// Bytes of a guest's stderr kept.
 const STDERR_CAP: usize = 16 << 10;
-/// Entries visited at most when measuring a tenant's disk usage; more counts as over quota.
-const MAX_USAGE_ENTRIES: usize = 1_000_000;
 
 /// Tunables of the backend; `Default` is what the gateway uses.
 #[derive(Debug, Clone)]
@@ -70,6 +66,7 @@ pub struct WasmSandbox {
     runner: Module,
     runner_pre: Option<InstancePre<State>>,
     state_dir: PathBuf,
+    workspaces: super::Workspaces,
     slots: Semaphore,
     modules: Mutex<HashMap<PathBuf, CachedModule>>,
     tenant_locks: TenantLocks,
@@ -193,6 +190,7 @@ impl WasmSandbox {
             runner,
             runner_pre,
             state_dir: state_dir.to_path_buf(),
+            workspaces: super::Workspaces::open(state_dir),
             slots: Semaphore::new(opts.max_concurrent.max(1) as usize),
             modules: Mutex::new(HashMap::new()),
             tenant_locks: TenantLocks::default(),
@@ -205,9 +203,9 @@ impl WasmSandbox {
         tenant_dirs(&self.state_dir, tenant)[0].clone()
     }
 
-    /// The host directory preopened for a call (see `sandbox::workspace_dir`).
-    pub fn workspace_dir(&self, call: &SandboxCall) -> PathBuf {
-        super::workspace_dir(&self.state_dir, call)
+    /// The host directory preopened for a call (see `sandbox::Workspaces`).
+    pub fn workspace_dir(&self, call: &SandboxCall) -> Result<PathBuf, SandboxError> {
+        self.workspaces.dir(call)
     }
 
     /// Where an operator installs command module `name` for `tenant`.
@@ -220,7 +218,7 @@ impl WasmSandbox {
         let wasm = &call.settings.wasm;
         let timeout = super::call_timeout(call, wasm.timeout)?;
         let access = super::protocol_access(call.limits.workspace_access.min(call.settings.workspace_access));
-        let dir = self.workspace_dir(call);
+        let dir = self.workspace_dir(call)?;
         if access != Access::None {
             tokio::fs::create_dir_all(&dir)
                 .await
@@ -281,9 +279,12 @@ impl WasmSandbox {
         };
         let access = ctx.workspace.as_ref().map_or(Access::None, |w| w.1);
         let limits = RequestLimits { max_output_bytes: ctx.max_output as u64, access, disk_budget_bytes: budget };
-        let frame = protocol::encode(&Request::new(tool, args, limits));
+        // One request per instance: a fresh key for each, and the id is always 1.
+        let key = super::channel_key()?;
+        let mut input = key.hello();
+        input.extend_from_slice(&protocol::encode(&Request::new(1, tool, args, limits)));
         let cap = protocol::max_response_frame(ctx.max_output);
-        let run = self.run_guest(None, &["sandbox-runner".to_string()], frame, ctx, access, cap).await?;
+        let run = self.run_guest(None, &["sandbox-runner".to_string()], input, ctx, access, cap).await?;
         match run.exit {
             Ok(0) => {}
             Ok(code) => return Err(SandboxError::Protocol(format!("runner exited with status {code}"))),
@@ -292,7 +293,7 @@ impl WasmSandbox {
         if run.stdout_full {
             return Err(SandboxError::Protocol(format!("runner response exceeds {cap} bytes")));
         }
-        protocol::decode_response(&run.stdout, cap)
+        key.open(&run.stdout, 1, cap)
             .map_err(|e| SandboxError::Protocol(format!("runner sent an invalid response: {e}")))
     }
 
@@ -524,27 +525,5 @@ pub fn valid_module_name(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
-/// Bytes a tenant's workspaces use: file sizes plus `ENTRY_COST_BYTES` per entry, symlinks not
-/// followed. Too many entries to count is reported as `u64::MAX` (over any quota).
-pub fn disk_usage(root: &Path) -> u64 {
-    let mut total = 0u64;
-    let mut seen = 0usize;
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
-        for e in rd.flatten() {
-            seen += 1;
-            if seen > MAX_USAGE_ENTRIES {
-                return u64::MAX;
-            }
-            let Ok(m) = e.path().symlink_metadata() else { continue };
-            total = total.saturating_add(ENTRY_COST_BYTES);
-            if m.is_dir() {
-                stack.push(e.path());
-            } else {
-                total = total.saturating_add(m.len());
-            }
-        }
-    }
-    total
-}
+/// Bytes a tenant's workspaces use, counted by the quota rule both sides share.
+pub use sandbox_runner::quota::disk_usage;

@@ -199,7 +199,7 @@ impl TenantKeys {
     }
 }
 
-fn derive_mac_key(secret: &[u8], label: &[u8]) -> hmac::Key {
+pub(crate) fn derive_mac_key(secret: &[u8], label: &[u8]) -> hmac::Key {
     let k = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, secret), label);
     hmac::Key::new(hmac::HMAC_SHA256, k.as_ref())
 }
@@ -214,7 +214,7 @@ fn encode_parts(parts: &[&[u8]]) -> Vec<u8> {
     m
 }
 
-fn mac_parts(key: &hmac::Key, parts: &[&[u8]]) -> String {
+pub(crate) fn mac_parts(key: &hmac::Key, parts: &[&[u8]]) -> String {
     hex(hmac::sign(key, &encode_parts(parts)).as_ref())
 }
 

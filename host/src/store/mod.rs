@@ -17,7 +17,7 @@
 mod export;
 mod format;
 pub(crate) mod fsutil;
-mod keys;
+pub(crate) mod keys;
 #[cfg(test)]
 mod tests;
 
