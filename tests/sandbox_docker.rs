@@ -608,7 +608,7 @@ async fn doctor_tells_a_missing_image_and_an_unreachable_daemon() {
     let path = dir.path().join("bulkhead.json5");
     std::fs::write(
         &path,
-        r#"{ stateDir: "state", agents: { list: [
+        r#"{ stateDir: "state", store: { mode: "memory" }, agents: { list: [
           { id: "good", sandbox: { backend: "docker" } },
           { id: "stale", sandbox: { backend: "docker", docker: { image: "bulkhead/missing:none" } } },
         ] } }"#,
