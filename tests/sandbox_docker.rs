@@ -516,7 +516,7 @@ async fn tools_run_in_the_tenants_container_through_the_gateway() {
   } },
   tenants: [ { id: "alpha", name: "Alpha", apiTokens: [ { env: "TOKEN_A" } ] } ],
   agents: { list: [
-    { id: "a-dock", tenant: "alpha", model: "demo/scripted",
+    { id: "a-dock", tenant: "alpha", model: "demo/scripted", tools: { allow: ["group:fs", "exec"] },
       sandbox: { mode: "all", backend: "docker", docker: { prewarm: true } } },
   ] },
 }"#;
