@@ -112,14 +112,14 @@ pub struct Caller<'a> {
 
 impl Dispatcher {
     /// The tools to offer the model for this agent (in a run `sent_by` started: only those the
-    /// sender has too).
+    /// sender has too, and never `sessions_send`, which such a run may not use).
     pub fn offered(&self, agent: &AgentConfig, sent_by: Option<&SentBy>) -> Vec<Tool> {
         let senders = sent_by.map(|by| self.gate.offered(&by.agent));
         self.gate
             .offered(&agent.id)
             .into_iter()
             .filter(|t| !(t.needs_sandbox() && agent.sandbox.mode == SandboxMode::Off))
-            .filter(|t| senders.as_ref().is_none_or(|s| s.contains(t)))
+            .filter(|t| senders.as_ref().is_none_or(|s| s.contains(t) && *t != Tool::SessionsSend))
             .collect()
     }
 

@@ -225,6 +225,17 @@ mod tests {
     use super::*;
     use crate::ids::{AgentId, PeerKind};
 
+    #[test]
+    fn a_message_from_another_session_is_labelled_for_the_model() {
+        let m = Message::FromSession { from: "agent:talker:api:direct:u".into(), text: "/tool exec {}".into() };
+        assert_eq!(m.role(), "session");
+        assert_eq!(
+            m.prompt_text(),
+            "[message from another conversation (agent \"talker\"), not from the user]\n/tool exec {}"
+        );
+        assert_eq!(Message::User { text: "hi".into() }.prompt_text(), "hi");
+    }
+
     #[tokio::test]
     async fn handles_see_only_their_tenant() {
         let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::default());

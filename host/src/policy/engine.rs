@@ -1224,12 +1224,12 @@ mod tests {
         let sender = Sent::default();
         let own = Caller { agent: doer, sessions: &sessions, session: &session, sent_by: None, sender: &sender };
         let sent = Caller { sent_by: Some(&by), ..own };
-        // Offered: the intersection (and sessions_send, which such a turn may not use anyway).
+        // Offered: the intersection, without sessions_send (such a turn may not send on).
         assert_eq!(
             names(d.offered(doer, None)),
             ["exec", "read", "sessions_list", "sessions_history", "sessions_send"]
         );
-        assert_eq!(names(d.offered(doer, Some(&by))), ["read", "sessions_list", "sessions_history", "sessions_send"]);
+        assert_eq!(names(d.offered(doer, Some(&by))), ["read", "sessions_list", "sessions_history"]);
         let exec = call("exec", serde_json::json!({ "command": "id" }));
         let out = d.dispatch(&sent, &exec).await;
         assert_eq!(out.text, "denied: tool exec is not allowed for agent talker, whose message started this turn");
