@@ -5,7 +5,6 @@ use serde_json::json;
 use super::{ConfigSource, EXIT_INVALID, EXIT_OK};
 
 pub fn run(source: &ConfigSource, as_json: bool) -> i32 {
-    // Policy files referenced by the config are part of it: load and check them too.
     // Policy files referenced by the config are part of it (their cases included): load and
     // check them too. A config that names no store is valid, but `serve` refuses it: say so.
     let result = source.load(false).and_then(|mut c| {

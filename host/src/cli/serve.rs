@@ -30,9 +30,7 @@ fn open_session_store(config: &crate::config::Config) -> Result<Arc<dyn SessionS
             );
             return Err(EXIT_INVALID);
         }
-        tracing::warn!(
-            "store.mode is \"memory\" (not for production): transcripts and pairing approvals are lost on restart."
-        );
+        // The config's own warning (logged at start) says this is not for production.
         return Ok(Arc::new(MemoryStore::default()));
     }
     let store = super::open_store(config)?;
