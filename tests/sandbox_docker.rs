@@ -623,7 +623,7 @@ async fn tools_run_in_the_tenants_container_through_the_gateway() {
   } },
   tenants: [ { id: "alpha", name: "Alpha", apiTokens: [ { env: "TOKEN_A" } ] } ],
   agents: { list: [
-    { id: "a-dock", tenant: "alpha", model: "demo/scripted",
+    { id: "a-dock", tenant: "alpha", model: "demo/scripted", tools: { allow: ["group:fs", "exec"] },
       sandbox: { mode: "all", backend: "docker", docker: { prewarm: true, image: "IMAGE" } } },
   ] },
 }"#
@@ -716,7 +716,7 @@ async fn doctor_tells_a_missing_image_and_an_unreachable_daemon() {
     let path = dir.path().join("bulkhead.json5");
     std::fs::write(
         &path,
-        r#"{ stateDir: "state", agents: { list: [
+        r#"{ stateDir: "state", store: { mode: "memory" }, agents: { list: [
           { id: "good", sandbox: { backend: "docker", docker: { image: "IMAGE" } } },
           { id: "stale", sandbox: { backend: "docker", docker: { image: "bulkhead/missing:none" } } },
         ] } }"#

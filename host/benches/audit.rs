@@ -153,7 +153,7 @@ fn main() {
                 audit: audit.clone(),
             };
             let caller =
-                Caller { agent: &agent, sessions: &sessions, session: &session, started_by_send: false, sender: &NoSend };
+                Caller { agent: &agent, sessions: &sessions, session: &session, sent_by: None, sender: &NoSend };
             let mut lat = Vec::with_capacity(TOOL_CALLS);
             for _ in 0..TOOL_CALLS {
                 let t = Instant::now();

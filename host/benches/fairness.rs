@@ -19,7 +19,7 @@ const GAP: Duration = Duration::from_millis(350);
 
 fn config(model_base: &str, alpha_slots: usize) -> String {
     format!(
-        r#"{{ gateway: {{ bind: "127.0.0.1:0" }}, stateDir: "state",
+        r#"{{ gateway: {{ bind: "127.0.0.1:0" }}, stateDir: "state", store: {{ mode: "memory" }},
   models: {{ providers: {{ fake: {{ api: "openai", baseUrl: "{model_base}" }} }} }},
   tenants: [
     {{ id: "alpha", apiTokens: [ {{ env: "TOKEN_A" }} ], quotas: {{ messagesPerMinute: 60 }},

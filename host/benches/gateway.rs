@@ -31,7 +31,7 @@ fn config(model_base: &str, extra_tenants: usize) -> String {
         agents.push_str(&format!(r#", {{ id: "agent{i}", tenant: "t{i}" }}"#));
     }
     format!(
-        r#"{{ gateway: {{ bind: "127.0.0.1:0" }}, stateDir: "state",
+        r#"{{ gateway: {{ bind: "127.0.0.1:0" }}, stateDir: "state", store: {{ mode: "memory" }},
   models: {{ providers: {{ fake: {{ api: "openai", baseUrl: "{model_base}" }}, scripted: {{ api: "scripted" }} }} }},
   tenants: [ {tenants} ],
   agents: {{ defaults: {{ model: "scripted/scripted", maxConcurrent: 64 }}, list: [ {agents} ] }} }}"#

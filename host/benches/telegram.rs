@@ -26,7 +26,7 @@ const B: &str = "222:bench-token-b";
 
 fn config(api: &str) -> String {
     format!(
-        r#"{{ gateway: {{ bind: "127.0.0.1:0" }}, stateDir: "state",
+        r#"{{ gateway: {{ bind: "127.0.0.1:0" }}, stateDir: "state", store: {{ mode: "memory" }},
   models: {{ providers: {{ demo: {{ api: "scripted" }} }} }},
   tenants: [ {{ id: "ta" }}, {{ id: "tb" }} ],
   agents: {{ defaults: {{ model: "demo/scripted", maxConcurrent: 64 }},

@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{AgentConfig, Config};
-use crate::dispatch::{Caller, Dispatcher, SessionSender};
+use crate::dispatch::{Caller, Dispatcher, SentBy, SessionSender};
 use crate::ids::SessionKey;
 use crate::metrics::Metrics;
 use crate::model::pool::Providers;
@@ -93,7 +93,7 @@ impl Runtime {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let rt = self.clone();
         self.tasks.spawn(async move {
-            let outcome = rt.run_turn(&agent, &session, text, &tx, false).await;
+            let outcome = rt.run_turn(&agent, &session, text, &tx, None).await;
             let _ = done_tx.send(outcome);
         });
         (rx, done_rx)
@@ -101,13 +101,15 @@ impl Runtime {
 
     /// Runs one turn: waits for the session, stores the user message, then alternates model
     /// rounds and tool calls until the model answers without tools or the round limit is hit.
+    /// A turn `sent_by` another session (`sessions_send`) stores its message as that session's,
+    /// and has only the tools both agents have.
     pub async fn run_turn(
         self: &Arc<Self>,
         agent: &AgentConfig,
         session: &SessionKey,
         text: String,
         events: &mpsc::Sender<RunEvent>,
-        started_by_send: bool,
+        sent_by: Option<SentBy>,
     ) -> RunOutcome {
         let tenant = &agent.tenant;
         if let Err(kind) = self.quotas.admit_turn(tenant, self.usage.today(tenant)) {
@@ -124,7 +126,10 @@ impl Runtime {
         let sessions = self.sessions_for(agent);
         self.metrics.run_started(tenant);
         self.usage.record(tenant, &agent.id, |c| c.runs += 1);
-        let user = Message::User { text };
+        let user = match &sent_by {
+            None => Message::User { text },
+            Some(by) => Message::FromSession { from: by.session.to_string(), text },
+        };
         // The accepted message is stored before anything can fail, so it is never lost.
         if let Err(e) = sessions.append(session, std::slice::from_ref(&user)).await {
             tracing::error!(tenant = %agent.tenant, error = %e, "Cannot store user message.");
@@ -140,9 +145,9 @@ impl Runtime {
                 return self.failed(agent, "The conversation could not be loaded. Please try again.");
             }
         };
-        let tools = self.dispatcher.offered(agent);
-        let sender = RunSender { rt: self.clone(), agent: agent.clone() };
-        let caller = Caller { agent, sessions: &sessions, session, started_by_send, sender: &sender };
+        let tools = self.dispatcher.offered(agent, sent_by.as_ref());
+        let sender = RunSender { rt: self.clone(), agent: agent.clone(), session: session.clone() };
+        let caller = Caller { agent, sessions: &sessions, session, sent_by: sent_by.as_ref(), sender: &sender };
         let mut usage = Usage::default();
         for round in 0..agent.max_tool_rounds {
             if round > 0
@@ -296,10 +301,12 @@ impl Runtime {
     }
 }
 
-/// `sessions_send` starts a turn of the target session's agent, in the same tenant.
+/// `sessions_send` starts a turn of the target session's agent, in the same tenant, on behalf of
+/// the sending session (whose tools bound the turn's).
 struct RunSender {
     rt: Arc<Runtime>,
     agent: AgentConfig,
+    session: SessionKey,
 }
 
 #[async_trait::async_trait]
@@ -313,11 +320,12 @@ impl SessionSender for RunSender {
             .cloned()
             .ok_or_else(|| "session not found".to_string())?;
         let rt = self.rt.clone();
+        let by = SentBy { agent: self.agent.id.clone(), session: self.session.clone() };
         self.rt.tasks.spawn(async move {
             // Nobody watches this turn live; its events are drained and its reply is stored.
             let (tx, mut rx) = mpsc::channel(16);
             tokio::spawn(async move { while rx.recv().await.is_some() {} });
-            rt.run_turn(&agent, &target, message, &tx, true).await;
+            rt.run_turn(&agent, &target, message, &tx, Some(by)).await;
         });
         Ok(())
     }

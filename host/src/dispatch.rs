@@ -13,9 +13,9 @@ use serde_json::Value;
 
 use crate::audit::{Actor, Audit, Event, Scope};
 use crate::config::{AgentConfig, SandboxBackend, SandboxMode};
-use crate::ids::SessionKey;
+use crate::ids::{AgentId, SessionKey};
 use crate::policy::{Decision, PolicyGate};
-use crate::sandbox::{SandboxCall, Sandboxes, ToolOutput};
+use crate::sandbox::{SandboxCall, Sandboxes, ToolLimits, ToolOutput};
 use crate::session::{Message, TenantSessions, ToolCall};
 use crate::tools::Tool;
 
@@ -91,24 +91,60 @@ pub struct Dispatcher {
     pub audit: Audit,
 }
 
+/// The session (and its agent) whose `sessions_send` started a run. A run it started never has
+/// a tool its sender does not have: the sender's tools are a ceiling on the target's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentBy {
+    pub agent: AgentId,
+    pub session: SessionKey,
+}
+
 /// Who is calling: the agent, its tenant's session handle and the session the call comes from.
 pub struct Caller<'a> {
     pub agent: &'a AgentConfig,
     pub sessions: &'a TenantSessions,
     pub session: &'a SessionKey,
-    /// Set when this run was itself started by `sessions_send`; it may not send further.
-    pub started_by_send: bool,
+    /// Set when this run was itself started by `sessions_send`: its tools are the intersection
+    /// of this agent's and the sender's, and it may not send further.
+    pub sent_by: Option<&'a SentBy>,
     pub sender: &'a dyn SessionSender,
 }
 
 impl Dispatcher {
-    /// The tools to offer the model for this agent.
-    pub fn offered(&self, agent: &AgentConfig) -> Vec<Tool> {
+    /// The tools to offer the model for this agent (in a run `sent_by` started: only those the
+    /// sender has too, and never `sessions_send`, which such a run may not use).
+    pub fn offered(&self, agent: &AgentConfig, sent_by: Option<&SentBy>) -> Vec<Tool> {
+        let senders = sent_by.map(|by| self.gate.offered(&by.agent));
         self.gate
             .offered(&agent.id)
             .into_iter()
             .filter(|t| !(t.needs_sandbox() && agent.sandbox.mode == SandboxMode::Off))
+            .filter(|t| senders.as_ref().is_none_or(|s| s.contains(t) && *t != Tool::SessionsSend))
             .collect()
+    }
+
+    /// The gate's decision for a call, exactly as named. In a run started by `sessions_send`
+    /// the sender must be allowed the tool too, and the narrower limits of the two apply.
+    fn decide(&self, caller: &Caller<'_>, name: &str) -> Decision {
+        let decision = self.gate.check(&caller.agent.id, name);
+        let (Some(by), Decision::Allow { tool, limits, rule }) = (caller.sent_by, &decision) else {
+            return decision;
+        };
+        match self.gate.check(&by.agent, name) {
+            Decision::Allow { limits: theirs, .. } => Decision::Allow {
+                tool: *tool,
+                limits: narrower(limits, &theirs),
+                rule: format!("{rule}; [sender] agent {} is allowed {} too", by.agent, tool.name()),
+            },
+            Decision::Deny { rule: theirs, .. } => Decision::Deny {
+                reason: format!(
+                    "tool {} is not allowed for agent {}, whose message started this turn",
+                    tool.name(),
+                    by.agent
+                ),
+                rule: format!("[sender] agent {}: {theirs}", by.agent),
+            },
+        }
     }
 
     pub async fn dispatch(&self, caller: &Caller<'_>, call: &ToolCall) -> ToolOutput {
@@ -119,7 +155,7 @@ impl Dispatcher {
     pub async fn dispatch_reported(&self, caller: &Caller<'_>, call: &ToolCall) -> (ToolOutput, CallReport) {
         let mut report = CallReport::default();
         let shown = shown_name(&call.name);
-        let decision = self.gate.check(&caller.agent.id, &call.name);
+        let decision = self.decide(caller, &call.name);
         let emitted = PolicyEvent {
             tenant: caller.agent.tenant.as_str(),
             agent: caller.agent.id.as_str(),
@@ -212,6 +248,15 @@ impl Dispatcher {
 /// What the model is told when the audit log cannot take a record (white-label wording).
 const AUDIT_UNAVAILABLE: &str = "refused: the audit log is unavailable, so no tool can run";
 
+/// The tighter of two sets of limits, field by field.
+fn narrower(a: &ToolLimits, b: &ToolLimits) -> ToolLimits {
+    ToolLimits {
+        timeout: a.timeout.min(b.timeout),
+        max_output_bytes: a.max_output_bytes.min(b.max_output_bytes),
+        workspace_access: a.workspace_access.min(b.workspace_access),
+    }
+}
+
 fn refusal(text: String) -> ToolOutput {
     ToolOutput { text, is_error: true, exit_code: None, truncated: false }
 }
@@ -295,12 +340,15 @@ async fn session_tool(caller: &Caller<'_>, tool: Tool, args: &Value) -> ToolOutp
                 let lines: Vec<String> = msgs
                     .iter()
                     .filter(|m| !matches!(m, Message::ToolResult { .. }))
-                    .map(|m| format!("{}: {}", m.role(), m.text()))
+                    .map(|m| match m {
+                        Message::FromSession { from, text } => format!("session {from}: {text}"),
+                        m => format!("{}: {}", m.role(), m.text()),
+                    })
                     .collect();
                 Ok(ok(lines.join("\n")))
             }
             Tool::SessionsSend => {
-                if caller.started_by_send {
+                if caller.sent_by.is_some() {
                     return Err("sessions_send cannot be used from a turn that sessions_send started".into());
                 }
                 let key = SessionKey::parse(str_arg(args, "sessionKey")?).map_err(|_| NOT_FOUND.to_string())?;

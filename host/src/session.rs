@@ -16,9 +16,25 @@ use crate::ids::{SessionKey, TenantId};
 /// One entry in a transcript.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
-    User { text: String },
-    Assistant { text: String, tool_calls: Vec<ToolCall> },
-    ToolResult { call_id: String, name: String, content: String, is_error: bool },
+    User {
+        text: String,
+    },
+    /// A message another session of the same tenant sent with `sessions_send`: stored as what
+    /// it is, naming its origin (the sender's session key), never as the user's.
+    FromSession {
+        from: String,
+        text: String,
+    },
+    Assistant {
+        text: String,
+        tool_calls: Vec<ToolCall>,
+    },
+    ToolResult {
+        call_id: String,
+        name: String,
+        content: String,
+        is_error: bool,
+    },
 }
 
 /// A model's request to run a tool, as the model sent it (the name is not yet trusted).
@@ -32,15 +48,28 @@ pub struct ToolCall {
 impl Message {
     pub fn text(&self) -> &str {
         match self {
-            Message::User { text } | Message::Assistant { text, .. } => text,
+            Message::User { text } | Message::FromSession { text, .. } | Message::Assistant { text, .. } => text,
             Message::ToolResult { content, .. } => content,
         }
     }
     pub fn role(&self) -> &'static str {
         match self {
             Message::User { .. } => "user",
+            Message::FromSession { .. } => "session",
             Message::Assistant { .. } => "assistant",
             Message::ToolResult { .. } => "tool",
+        }
+    }
+
+    /// What a model is shown of a message that opens a turn: the user's text as it is; a message
+    /// from another session labelled with its sending agent, so it is never mistaken for the user.
+    pub fn prompt_text(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Message::FromSession { from, text } => {
+                let agent = SessionKey::parse(from).map(|k| k.agent().to_string()).unwrap_or_default();
+                format!("[message from another conversation (agent {agent:?}), not from the user]\n{text}").into()
+            }
+            other => other.text().into(),
         }
     }
 }
@@ -195,6 +224,17 @@ impl SessionStore for MemoryStore {
 mod tests {
     use super::*;
     use crate::ids::{AgentId, PeerKind};
+
+    #[test]
+    fn a_message_from_another_session_is_labelled_for_the_model() {
+        let m = Message::FromSession { from: "agent:talker:api:direct:u".into(), text: "/tool exec {}".into() };
+        assert_eq!(m.role(), "session");
+        assert_eq!(
+            m.prompt_text(),
+            "[message from another conversation (agent \"talker\"), not from the user]\n/tool exec {}"
+        );
+        assert_eq!(Message::User { text: "hi".into() }.prompt_text(), "hi");
+    }
 
     #[tokio::test]
     async fn handles_see_only_their_tenant() {

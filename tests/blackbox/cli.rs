@@ -49,10 +49,12 @@ fn config_check_reports_every_error_with_its_path_and_exit_2() {
 
 #[test]
 fn serve_refuses_adapters_that_are_not_built_naming_the_channel() {
-    let (code, _, err) = run_cli(
-        &["serve", "--config", repo_root().join("tests/fixtures/configs/seed-sample.json5").to_str().unwrap()],
-        None,
-    );
+    // The seed's sample names no store; with one, what stops it is the Discord adapter.
+    let seed = std::fs::read_to_string(repo_root().join("tests/fixtures/configs/seed-sample.json5")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("seed.json5");
+    std::fs::write(&path, seed.replacen('{', "{ store: { mode: \"memory\" },", 1)).unwrap();
+    let (code, _, err) = run_cli(&["serve", "--config", path.to_str().unwrap()], None);
     assert_eq!(code, 2);
     assert!(err.contains("channels.discord") && err.contains("not built"), "{err}");
     assert!(!err.contains("\"...\""), "the literal token is never echoed");
@@ -62,7 +64,7 @@ fn serve_refuses_adapters_that_are_not_built_naming_the_channel() {
 fn serve_refuses_unresolvable_secrets_naming_the_variable() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.json5");
-    std::fs::write(&path, "{ gateway: { bind: '127.0.0.1:0' }, tenants: [ { id: 't', apiTokens: [ { env: 'BULKHEAD_TEST_UNSET_VAR' } ] } ], agents: { list: [ { id: 'x', tenant: 't' } ] } }").unwrap();
+    std::fs::write(&path, "{ gateway: { bind: '127.0.0.1:0' }, store: { mode: 'memory' }, tenants: [ { id: 't', apiTokens: [ { env: 'BULKHEAD_TEST_UNSET_VAR' } ] } ], agents: { list: [ { id: 'x', tenant: 't' } ] } }").unwrap();
     let (code, _, err) = run_cli(&["serve", "--config", path.to_str().unwrap()], None);
     assert_eq!(code, 2);
     assert!(err.contains("BULKHEAD_TEST_UNSET_VAR"), "{err}");
@@ -87,7 +89,7 @@ fn serve_refuses_a_token_shared_by_two_holders_without_echoing_it() {
     ] {
         std::fs::write(
             &path,
-            format!("{{ gateway: {{ bind: '127.0.0.1:0', operators: {operators} }}, tenants: {tenants}, {agents} }}"),
+            format!("{{ gateway: {{ bind: '127.0.0.1:0', operators: {operators} }}, store: {{ mode: 'memory' }}, tenants: {tenants}, {agents} }}"),
         )
         .unwrap();
         let (code, _, err) = run_cli(&["serve", "--config", path.to_str().unwrap()], None);
@@ -101,4 +103,83 @@ fn serve_refuses_a_token_shared_by_two_holders_without_echoing_it() {
 fn usage_errors_exit_2() {
     let (code, _, _) = run_cli(&["no-such-command"], None);
     assert_eq!(code, 2);
+}
+
+/// `bulkhead serve --config PATH`, expected to refuse: its exit code and stderr. A gateway that
+/// starts instead is killed after a while and reported as exit code `None`.
+pub fn serve_expecting_refusal(path: &std::path::Path) -> (Option<i32>, String) {
+    let mut child = std::process::Command::new(crate::harness::BIN)
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .env_remove("BULKHEAD_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    (code, err)
+}
+
+#[tokio::test]
+async fn serve_refuses_a_config_that_names_no_store_and_memory_mode_must_be_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.json5");
+    let config = |store: &str| {
+        format!(
+            "{{ gateway: {{ bind: '127.0.0.1:0' }}, stateDir: 'state', {store} agents: {{ list: [ {{ id: 'x' }} ] }} }}"
+        )
+    };
+    std::fs::write(&path, config("")).unwrap();
+    let (code, err) = serve_expecting_refusal(&path);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("error: store: neither store.masterKey nor store.mode is set"), "{err}");
+    assert!(!dir.path().join("state").join("workspaces").exists(), "nothing was started");
+    // `config check` accepts the file but says `serve` will not; `doctor` fails it.
+    let (code, out, _) = run_cli(&["config", "check", path.to_str().unwrap()], None);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("warning: store: neither store.masterKey nor store.mode is set")
+            && out.contains("`serve` refuses")
+    );
+    let (code, out, _) = run_cli(&["--config", path.to_str().unwrap(), "doctor"], None);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAIL  store: neither store.masterKey nor store.mode is set"), "{out}");
+
+    // Said explicitly, memory mode serves, with a warning in the log, `config check` and `doctor`.
+    std::fs::write(&path, config("store: { mode: 'memory' },")).unwrap();
+    let gw = crate::harness::Gateway::start_in(dir.path(), &std::fs::read_to_string(&path).unwrap(), &[]).await;
+    let health = crate::harness::http().get(gw.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert!(gw.logs().contains("store.mode is \"memory\": not for production"), "{}", gw.logs());
+    drop(gw);
+    let path = dir.path().join("bulkhead.json5");
+    let (code, out, _) = run_cli(&["config", "check", path.to_str().unwrap()], None);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("warning: store.mode is \"memory\": not for production"), "{out}");
+    let (_, out, _) = run_cli(&["--config", path.to_str().unwrap(), "doctor"], None);
+    assert!(out.contains("warn  store.mode \"memory\" is not for production"), "{out}");
+
+    // A mode that contradicts the key, or an unknown mode, is a config error.
+    for (store, want) in [
+        ("store: { mode: 'memory', masterKey: { env: 'K' } },", "store.mode: \"memory\" keeps nothing on disk"),
+        ("store: { mode: 'encrypted' },", "store.masterKey: missing key (store.mode is \"encrypted\")"),
+        ("store: { mode: 'disk' },", "store.mode: invalid value \"disk\""),
+    ] {
+        std::fs::write(&path, config(store)).unwrap();
+        let (code, _, err) = run_cli(&["config", "check", path.to_str().unwrap()], None);
+        assert_eq!(code, 2, "{store}: {err}");
+        assert!(err.contains(want), "{store}: {err}");
+    }
 }

@@ -12,7 +12,7 @@ fn config(model_base: &str) -> String {
     format!(
         r#"{{
   gateway: {{ bind: "127.0.0.1:0" }},
-  stateDir: "state",
+  stateDir: "state", store: {{ mode: "memory" }},
   models: {{ providers: {{ fake: {{ api: "openai", baseUrl: "{model_base}", timeoutSec: 30 }} }} }},
   scheduling: {{ maxConcurrent: 2, maxQueued: 10 }},
   tenants: [
@@ -89,7 +89,7 @@ fn load_config(model_base: &str) -> String {
     format!(
         r#"{{
   gateway: {{ bind: "127.0.0.1:0", operators: [ {{ id: "ops", token: {{ env: "OPS_TOKEN" }} }} ] }},
-  stateDir: "state",
+  stateDir: "state", store: {{ mode: "memory" }},
   models: {{ providers: {{ fake: {{ api: "openai", baseUrl: "{model_base}", timeoutSec: 30 }} }} }},
   tenants: [
     {{ id: "alpha", apiTokens: [ {{ env: "TOKEN_A" }} ], quotas: {{ messagesPerMinute: 60 }},

@@ -11,6 +11,7 @@ mod fairness;
 mod fake_telegram;
 mod fakes;
 mod harness;
+mod policy;
 mod quota;
 mod store;
 mod telegram;
@@ -23,14 +24,14 @@ pub const OPENAI_KEY: &str = "sk-test-openai-key-never-logged";
 pub const ANTHROPIC_KEY: &str = "sk-ant-test-key-never-logged";
 
 /// Two tenants: `alpha` (agents `a-openai`, `a-claude`, `a-demo`, `a-sessions`) and `bravo` (agent
-/// `b-secret`). No agent of alpha names a policy file, so the built-in default applies to `a-demo`:
-/// every tool but the session tools.
+/// `b-secret`), in memory (`store.mode: "memory"`; `store::Site` swaps in a master key). `a-demo`
+/// and `b-secret` are allowed the file tools and `exec`, `a-sessions` only the session tools.
 pub fn two_tenant_config(model_base: &str, extra_gateway: &str) -> String {
     format!(
         r#"{{
   gateway: {{ bind: "127.0.0.1:0", maxBodyBytes: 65536, shutdownGraceSec: 10, {extra_gateway}
               operators: [ {{ id: "ops", token: {{ env: "OPS_TOKEN" }}, role: "admin" }} ] }},
-  stateDir: "state",
+  stateDir: "state", store: {{ mode: "memory" }},
   models: {{ providers: {{
     fakeai: {{ api: "openai", baseUrl: "{model_base}", apiKey: {{ env: "FAKE_OPENAI_KEY" }}, timeoutSec: 3 }},
     fakeclaude: {{ api: "anthropic", baseUrl: "{model_base}", apiKey: {{ env: "FAKE_ANTHROPIC_KEY" }}, timeoutSec: 3 }},
@@ -45,9 +46,10 @@ pub fn two_tenant_config(model_base: &str, extra_gateway: &str) -> String {
     list: [
       {{ id: "a-openai", tenant: "alpha", model: "fakeai/gpt-fake", tools: {{ allow: ["group:fs", "exec"] }} }},
       {{ id: "a-claude", tenant: "alpha", model: "fakeclaude/claude-fake", tools: {{ allow: ["read"] }} }},
-      {{ id: "a-demo", tenant: "alpha", model: "demo/scripted", identity: {{ name: "Alpha Bot", emoji: "🅰" }} }},
+      {{ id: "a-demo", tenant: "alpha", model: "demo/scripted", identity: {{ name: "Alpha Bot", emoji: "🅰" }},
+         tools: {{ allow: ["group:fs", "exec"] }} }},
       {{ id: "a-sessions", tenant: "alpha", model: "demo/scripted", tools: {{ allow: ["group:sessions"] }} }},
-      {{ id: "b-secret", tenant: "bravo", model: "demo/scripted" }},
+      {{ id: "b-secret", tenant: "bravo", model: "demo/scripted", tools: {{ allow: ["group:fs", "exec"] }} }},
     ],
   }},
 }}"#

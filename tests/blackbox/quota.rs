@@ -27,7 +27,7 @@ fn config(model_base: &str) -> String {
     format!(
         r#"{{
   gateway: {{ bind: "127.0.0.1:0", operators: [ {{ id: "ops", token: {{ env: "OPS_TOKEN" }} }} ] }},
-  stateDir: "state",
+  stateDir: "state", store: {{ mode: "memory" }},
   models: {{ providers: {{
     fake: {{ api: "openai", baseUrl: "{model_base}", apiKey: {{ env: "FAKE_OPENAI_KEY" }}, timeoutSec: 10, maxRetries: 1 }},
     demo: {{ api: "scripted" }},

@@ -35,7 +35,7 @@ impl Site {
     fn config_with_key(&self, model_base: &str, key: &str) -> String {
         let base = crate::two_tenant_config(model_base, "");
         // Insert the store block at the top level.
-        base.replacen("stateDir: \"state\",", &format!("stateDir: \"state\", store: {{ masterKey: {key} }},"), 1)
+        base.replacen("store: { mode: \"memory\" },", &format!("store: {{ masterKey: {key} }},"), 1)
     }
     pub fn path(&self) -> &Path {
         self.dir.path()

@@ -19,6 +19,9 @@ fn env() -> Vec<(&'static str, &'static str)> {
     vec![("ACME_TG_TOKEN", ACME), ("BETA_TG_TOKEN", BETA), ("OPS_TOKEN", OPS)]
 }
 
+/// `config`'s `store` for tests that keep nothing.
+const MEMORY: &str = "store: { mode: \"memory\" },";
+
 /// Two tenants, each with its own bot: `acme` (tenant alpha, agent "Acme Bot", DM allowlist
 /// unless `acme_dm` says otherwise) and `beta` (tenant bravo, agent "Beta Helper", open DMs).
 fn config(api: &str, acme_dm: &str, store: &str) -> String {
@@ -54,7 +57,7 @@ async fn setup(acme_dm: &str) -> (FakeTelegram, Gateway) {
     let tg = FakeTelegram::start().await;
     tg.add_bot(ACME, 123456, "acme_bot");
     tg.add_bot(BETA, 654321, "beta_bot");
-    let gw = Gateway::start(&config(&tg.base, acme_dm, ""), &env()).await;
+    let gw = Gateway::start(&config(&tg.base, acme_dm, MEMORY), &env()).await;
     (tg, gw)
 }
 
@@ -371,7 +374,7 @@ async fn doctor_checks_telegram_tokens_privacy_and_webhooks() {
     tg.set_webhook(BETA, "https://hooks.example.net/tg");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.json5");
-    std::fs::write(&path, config(&tg.base, ALLOWLIST, "")).unwrap();
+    std::fs::write(&path, config(&tg.base, ALLOWLIST, MEMORY)).unwrap();
     let doctor = || {
         let o = std::process::Command::new(crate::harness::BIN)
             .args(["doctor", "--config", path.to_str().unwrap()])

@@ -5,21 +5,28 @@ use serde_json::json;
 use super::{ConfigSource, EXIT_INVALID, EXIT_OK};
 
 pub fn run(source: &ConfigSource, as_json: bool) -> i32 {
-    // Policy files referenced by the config are part of it: load and check them too.
-    let result = source.load(false).and_then(|c| match crate::policy::PolicyEngine::load(&c) {
-        Ok(_) => Ok(c),
-        Err(errors) => Err(crate::config::LoadError {
-            source: source.path.display().to_string(),
-            errors: errors
-                .into_iter()
-                .map(|message| crate::config::ConfigError {
-                    path: "policies".into(),
-                    line: None,
-                    column: None,
-                    message,
-                })
-                .collect(),
-        }),
+    // Policy files referenced by the config are part of it (their cases included): load and
+    // check them too. A config that names no store is valid, but `serve` refuses it: say so.
+    let result = source.load(false).and_then(|mut c| {
+        let error = |path: &str, message: String| crate::config::ConfigError {
+            path: path.into(),
+            line: None,
+            column: None,
+            message,
+        };
+        let mut errors = Vec::new();
+        if let Err(e) = c.store.require_mode() {
+            c.warnings.push(format!("store: {e}; `serve` refuses to start"));
+        }
+        match crate::policy::PolicyEngine::load(&c) {
+            Ok(engine) => c.warnings.extend(engine.warnings()),
+            Err(es) => errors.extend(es.into_iter().map(|m| error("policies", m))),
+        }
+        if errors.is_empty() {
+            Ok(c)
+        } else {
+            Err(crate::config::LoadError { source: source.path.display().to_string(), errors })
+        }
     });
     let shown = source.path.display().to_string();
     match (result, as_json) {

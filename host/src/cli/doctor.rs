@@ -107,10 +107,17 @@ pub fn run(source: &ConfigSource) -> i32 {
         );
     }
     failures += telegram(&config);
-    if config.store.master_key.is_some() {
-        println!("ok    audit log on ({})", crate::audit::audit_dir(&config).display());
-    } else {
-        println!("warn  audit log off: store.masterKey is not configured (it holds the audit keys)");
+    match config.store.require_mode() {
+        Ok(crate::config::StoreMode::Encrypted) => {
+            println!("ok    audit log on ({})", crate::audit::audit_dir(&config).display())
+        }
+        Ok(crate::config::StoreMode::Memory) => {
+            println!("warn  store.mode \"memory\" is not for production: nothing is kept and the audit log is off")
+        }
+        Err(e) => {
+            failures += 1;
+            println!("FAIL  store: {e}");
+        }
     }
     match &config.gateway.tls {
         Some(files) => match crate::gateway::tls::acceptor(files) {
@@ -129,6 +136,9 @@ pub fn run(source: &ConfigSource) -> i32 {
     let gate: std::sync::Arc<dyn crate::policy::PolicyGate> = match crate::policy::PolicyEngine::load(&config) {
         Ok(engine) => {
             println!("ok    policies load ({} agent(s))", engine.agents().count());
+            for w in engine.warnings() {
+                println!("warn  {w}");
+            }
             std::sync::Arc::new(engine)
         }
         Err(errors) => {

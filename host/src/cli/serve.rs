@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::{ConfigSource, EXIT_FAILURE, EXIT_INVALID, EXIT_OK};
 use crate::audit::{Actor, Audit, Event, LogWriter, Scope};
-use crate::config::{LogFormat, SandboxBackend};
+use crate::config::{LogFormat, SandboxBackend, StoreMode};
 use crate::gateway::{self, Gateway, Parts};
 use crate::sandbox::wasm::WasmSandbox;
 use crate::sandbox::{Deferred, Sandboxes};
@@ -15,9 +15,14 @@ use crate::store::{Retention, store_root};
 const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The encrypted store when `store.masterKey` is set (refusing to start on any key problem);
-/// otherwise transcripts stay in memory, unless an encrypted store already exists (then refuse).
+/// in memory only when the config says `store: { mode: "memory" }`, unless an encrypted store
+/// already exists (then refuse). A config that says neither is refused: no silent memory mode.
 fn open_session_store(config: &crate::config::Config) -> Result<Arc<dyn SessionStore>, i32> {
-    if config.store.master_key.is_none() {
+    let mode = config.store.require_mode().map_err(|e| {
+        eprintln!("error: store: {e}");
+        EXIT_INVALID
+    })?;
+    if mode == StoreMode::Memory {
         if store_root(config).join("store.age").exists() {
             eprintln!(
                 "error: {} holds an encrypted store but store.masterKey is not configured",
@@ -25,12 +30,7 @@ fn open_session_store(config: &crate::config::Config) -> Result<Arc<dyn SessionS
             );
             return Err(EXIT_INVALID);
         }
-        tracing::warn!("store.masterKey is not configured: transcripts are kept in memory only and lost on restart.");
-        if !config.channels.telegram.is_empty() {
-            tracing::warn!(
-                "store.masterKey is not configured: chat pairing approvals are kept in memory only and lost on restart."
-            );
-        }
+        // The config's own warning (logged at start) says this is not for production.
         return Ok(Arc::new(MemoryStore::default()));
     }
     let store = super::open_store(config)?;
@@ -64,7 +64,7 @@ fn open_audit(config: &crate::config::Config) -> Result<Audit, i32> {
             EXIT_FAILURE
         }),
         Ok(None) => {
-            tracing::warn!("store.masterKey is not configured: the audit log is off.");
+            tracing::warn!("store.mode is \"memory\": the audit log is off.");
             Ok(Audit::off())
         }
         Err(e @ crate::audit::AuditOpenError::Locked { .. }) => {
@@ -143,7 +143,12 @@ pub fn run(source: &ConfigSource, log_format: Option<LogFormat>) -> i32 {
             sandboxes = sandboxes.with(SandboxBackend::Docker, docker);
         }
         let gate = match crate::policy::PolicyEngine::load(&config) {
-            Ok(engine) => Arc::new(engine),
+            Ok(engine) => {
+                for w in engine.warnings() {
+                    tracing::warn!("{w}");
+                }
+                Arc::new(engine)
+            }
             Err(errors) => {
                 for e in errors {
                     eprintln!("error: {e}");

@@ -66,6 +66,9 @@ pub struct RawPolicies {
 pub struct RawStore {
     /// The operator's master key (an age identity), `{ file: ".." }` or `{ env: ".." }`.
     pub master_key: Option<SecretRef>,
+    /// `"encrypted"` (needs `masterKey`; implied by it) or `"memory"` (nothing kept, no audit
+    /// log: for demos and tests). `serve` refuses a config that sets neither.
+    pub mode: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -146,11 +146,22 @@ pub struct TenantConfig {
     pub explicit: bool,
 }
 
+/// Where transcripts go (`store.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreMode {
+    /// The encrypted store under `stateDir`, with the audit log (needs `store.masterKey`).
+    Encrypted,
+    /// In memory only, no audit log: said explicitly, never assumed. Not for production.
+    Memory,
+}
+
 /// The encrypted session store: master key reference and retention (global and per tenant).
 #[derive(Debug, Clone, Default)]
 pub struct StoreConfig {
-    /// `None`: transcripts stay in memory only (nothing is written to disk).
+    /// Set when `store.masterKey` is (then `mode` is `Encrypted`).
     pub master_key: Option<SecretRef>,
+    /// `None` when the config says neither `store.masterKey` nor `store.mode`: `serve` refuses.
+    pub mode: Option<StoreMode>,
     pub retention_days: Option<u32>,
     pub tenant_retention_days: BTreeMap<TenantId, u32>,
 }
@@ -171,6 +182,24 @@ pub struct PolicySettings {
     pub tenant_files: BTreeMap<TenantId, PolicyRef>,
     pub defaults_file: Option<PolicyRef>,
     pub agent_files: BTreeMap<AgentId, PolicyRef>,
+}
+
+/// Why `serve` refuses a config that names no store (shared by `serve`, `config check`, `doctor`).
+pub const NO_STORE_MODE: &str = "neither store.masterKey nor store.mode is set: set store.masterKey for the \
+     encrypted store and the audit log, or store: { mode: \"memory\" } to keep nothing (not for production)";
+
+impl StoreConfig {
+    /// The store `serve` opens, or why it refuses to start (fail closed: memory only when said).
+    pub fn require_mode(&self) -> Result<StoreMode, &'static str> {
+        self.mode.ok_or(NO_STORE_MODE)
+    }
+}
+
+impl PolicySettings {
+    /// Every policy file reference: tenants', then `agents.defaults`', then agents'.
+    pub fn refs(&self) -> impl Iterator<Item = &PolicyRef> {
+        self.tenant_files.values().chain(self.defaults_file.iter()).chain(self.agent_files.values())
+    }
 }
 
 /// A reference to a policy file: as written, resolved against the config's folder, and the key
@@ -534,8 +563,37 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
     };
 
     let state_dir = base.join(raw.state_dir.as_deref().unwrap_or(".bulkhead"));
+    let raw_store = raw.store.unwrap_or_default();
+    let written_mode = one_of(
+        &mut errs,
+        "store.mode",
+        raw_store.mode.as_deref(),
+        None,
+        &[("encrypted", Some(StoreMode::Encrypted)), ("memory", Some(StoreMode::Memory))],
+    );
+    let mode = match (written_mode, raw_store.master_key.is_some()) {
+        (Some(StoreMode::Memory), true) => {
+            errs.push("store.mode", "\"memory\" keeps nothing on disk, but store.masterKey is set: remove one");
+            None
+        }
+        (Some(StoreMode::Encrypted), false) => {
+            errs.push("store.masterKey", "missing key (store.mode is \"encrypted\")");
+            None
+        }
+        (Some(StoreMode::Memory), false) => {
+            warnings.push(
+                "store.mode is \"memory\": not for production; transcripts and pairing approvals are lost on \
+                 restart and the audit log is off"
+                    .into(),
+            );
+            Some(StoreMode::Memory)
+        }
+        (_, true) => Some(StoreMode::Encrypted),
+        (None, false) => None,
+    };
     let mut store = StoreConfig {
-        master_key: raw.store.and_then(|s| s.master_key),
+        master_key: raw_store.master_key,
+        mode,
         retention_days: retention_days(&mut errs, "retention.days", raw.retention.as_ref()),
         tenant_retention_days: BTreeMap::new(),
     };

@@ -31,7 +31,9 @@ pub(crate) fn request_body(req: &ModelRequest, max_tokens: u32) -> Value {
     let mut messages: Vec<(&str, Vec<Value>)> = Vec::new();
     for m in &req.messages {
         let (role, blocks) = match m {
-            Message::User { text } => ("user", vec![json!({ "type": "text", "text": text })]),
+            Message::User { .. } | Message::FromSession { .. } => {
+                ("user", vec![json!({ "type": "text", "text": m.prompt_text() })])
+            }
             Message::Assistant { text, tool_calls } => {
                 let mut blocks = Vec::new();
                 if !text.is_empty() {

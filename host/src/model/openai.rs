@@ -35,7 +35,7 @@ pub(crate) fn request_body(req: &ModelRequest) -> Value {
     }
     for m in &req.messages {
         messages.push(match m {
-            Message::User { text } => json!({ "role": "user", "content": text }),
+            Message::User { .. } | Message::FromSession { .. } => json!({ "role": "user", "content": m.prompt_text() }),
             Message::Assistant { text, tool_calls } if tool_calls.is_empty() => {
                 json!({ "role": "assistant", "content": text })
             }

@@ -1,7 +1,8 @@
 //! The `scripted` provider: a real provider with a fixed, documented behaviour, for offline demos
 //! and tests. It is labelled as scripted wherever it appears (model list, web chat, logs).
 //!
-//! - a user message `/tool NAME {json}` makes it call tool NAME with those arguments;
+//! - a user message `/tool NAME {json}` (or one sent by `sessions_send`) makes it call tool NAME
+//!   with those arguments;
 //! - after tool results it answers with the results' text;
 //! - any other message gets `echo: <text>`.
 
@@ -39,8 +40,10 @@ pub fn reply_for(messages: &[Message]) -> ModelReply {
     let text = if !results.is_empty() {
         results.into_iter().rev().collect::<Vec<_>>().join("\n")
     } else {
+        // A message from another session opens a turn like a user's (a prompt injection that
+        // works), so tests can show that the gate, not the model, stops it.
         let last_user = messages.iter().rev().find_map(|m| match m {
-            Message::User { text } => Some(text.as_str()),
+            Message::User { text } | Message::FromSession { text, .. } => Some(text.as_str()),
             _ => None,
         });
         let last_user = last_user.unwrap_or("");

@@ -5,10 +5,9 @@
 //! `tenants[].tools`) → agents.defaults (policy file, then `tools`) → agent (policy file, then
 //! `tools`) → sandbox (mode and workspace access). A layer can only narrow:
 //! - `deny` always wins, at every layer;
-//! - a non-empty `allow` means "only these"; the allowed set is the intersection of every `allow`
-//!   written; `*`, groups and aliases expand through the tool catalog;
-//! - built-in default: when no layer writes an `allow`, every tool except the session tools is
-//!   allowed (session tools are opt-in: a layer must allow them by name, group or `*`);
+//! - an `allow` list means "only these" (an empty one allows nothing); the allowed set is the
+//!   intersection of every `allow` written; `*`, groups and aliases expand through the tool catalog;
+//! - built-in default: deny. When no layer writes an `allow`, the agent has no tools at all;
 //! - `sandbox.mode: "off"` removes every tool that needs a sandbox; `workspaceAccess` below `rw`
 //!   removes `write`/`edit`, and `none` removes `read`/`list`.
 //!
@@ -24,7 +23,7 @@ use crate::policy::file::{self, LimitRule, PolicyFile, workspace_access_name};
 use crate::policy::signature::{self, hex};
 use crate::policy::{Decision, PolicyGate};
 use crate::sandbox::ToolLimits;
-use crate::tools::{GROUPS, Tool, parse_policy_name};
+use crate::tools::{Tool, parse_policy_name};
 
 /// Where a decision was made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -74,7 +73,7 @@ pub struct Layer {
     pub file: Option<PathBuf>,
     /// Key path of the tool lists inside `origin` (`tools`, `agents.list[0].tools`).
     pub key: String,
-    /// `None` (or empty when written) = no restriction.
+    /// `None` = this layer grants nothing and restricts nothing; `Some(empty)` allows nothing.
     pub allow: Option<Vec<Entry>>,
     pub deny: Vec<Entry>,
     pub limits: Vec<LimitRule>,
@@ -100,7 +99,7 @@ impl Layer {
             origin: origin.to_string(),
             file: None,
             key: key.to_string(),
-            allow: tools.allow.as_deref().filter(|a| !a.is_empty()).map(entries),
+            allow: tools.allow.as_deref().map(entries),
             deny: entries(&tools.deny),
             limits: limits.to_vec(),
         }
@@ -165,10 +164,6 @@ impl Verdict {
     }
 }
 
-fn is_opt_in(tool: Tool) -> bool {
-    GROUPS.iter().any(|(g, members)| *g == "group:sessions" && members.contains(&tool))
-}
-
 /// The workspace access a tool needs to do anything useful.
 fn required_access(tool: Tool) -> WorkspaceAccess {
     match tool {
@@ -214,22 +209,24 @@ pub fn decide(chain: &Chain, tool: Tool) -> Verdict {
                         Some((layer.kind, layer.at("allow", e), format!("{:?} allows {}", e.written, tool.name())))
                 }
                 None => {
-                    return deny(
-                        layer.kind,
-                        format!("{}#{}.allow", layer.origin, layer.key),
-                        format!("the allow list does not include {}", tool.name()),
-                    );
+                    let why = if allow.is_empty() {
+                        format!("the allow list is empty, so it allows nothing ({} included)", tool.name())
+                    } else {
+                        format!("the allow list does not include {}", tool.name())
+                    };
+                    return deny(layer.kind, format!("{}#{}.allow", layer.origin, layer.key), why);
                 }
             }
         }
     }
-    if granted_by.is_none() && is_opt_in(tool) {
+    // Default deny: a tool no allow list grants is not a tool this agent has.
+    let Some((layer, at, why)) = granted_by else {
         return deny(
             LayerKind::Builtin,
             "builtin#defaults".into(),
-            format!("session tools are opt-in and no allow list names {}", tool.name()),
+            format!("default deny: no allow list is written, so {} is not allowed", tool.name()),
         );
-    }
+    };
     if tool.needs_sandbox() && chain.sandbox_mode == SandboxMode::Off {
         return deny(
             LayerKind::Sandbox,
@@ -249,13 +246,6 @@ pub fn decide(chain: &Chain, tool: Tool) -> Verdict {
             ),
         );
     }
-    let (layer, at, why) = granted_by.unwrap_or_else(|| {
-        (
-            LayerKind::Builtin,
-            "builtin#defaults".into(),
-            format!("no allow list is written, so {} is allowed by default", tool.name()),
-        )
-    });
     Verdict { tool: Some(tool), limits, layer, at, why }
 }
 
@@ -339,6 +329,11 @@ impl AgentPolicy {
         out
     }
 
+    /// Whether some layer of this agent writes an `allow` list (without one it has no tools).
+    pub fn writes_an_allow_list(&self) -> bool {
+        self.chain.layers.iter().any(|l| l.allow.is_some())
+    }
+
     /// Whether one of this agent's layers comes from `path`.
     pub fn uses_file(&self, path: &Path) -> bool {
         let want = std::fs::canonicalize(path).ok();
@@ -358,16 +353,40 @@ pub struct PolicyEngine {
 
 impl PolicyEngine {
     /// Reads every policy file the config names, checks signatures when
-    /// `policies.requireSignature` is set, and builds every agent's policy. Errors name the
-    /// config key, the file and the reason; all of them are returned at once. Call at startup
-    /// (and on reload): an `Err` means the gateway must not start.
+    /// `policies.requireSignature` is set, builds every agent's policy and runs every file's
+    /// embedded test cases. Errors name the config key, the file and the reason (and the failing
+    /// case); all of them are returned at once. Call at startup (and on reload): an `Err` means
+    /// the gateway must not start.
     pub fn load(config: &Config) -> Result<PolicyEngine, Vec<String>> {
+        let (engine, files) = PolicyEngine::load_files(config)?;
+        // A policy file's own cases are part of it: one that fails refuses the start.
+        let mut errors = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for r in config.policies.refs() {
+            let Some(f) = files.get(&r.path).filter(|_| seen.insert(&r.path)) else { continue };
+            for case in &f.tests {
+                if let Err(e) = engine.check_case(f, case) {
+                    errors.push(format!("{}: policy file {}: {e}", r.key, f.name));
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        for p in engine.agents.values() {
+            let allowed: Vec<&str> = p.allowed().iter().map(|t| t.name()).collect();
+            tracing::info!(tenant = %p.tenant, agent = %p.agent, digest = %p.digest, tools = ?allowed, "Policy loaded.");
+        }
+        Ok(engine)
+    }
+
+    /// `load` without running the files' cases (for `policy test` and `policy explain`, which
+    /// report failing cases themselves), with the files read, keyed by resolved path.
+    pub fn load_files(config: &Config) -> Result<(PolicyEngine, BTreeMap<PathBuf, PolicyFile>), Vec<String>> {
         let mut errors = Vec::new();
         let mut files: BTreeMap<PathBuf, PolicyFile> = BTreeMap::new();
         let s = &config.policies;
-        let refs: Vec<&PolicyRef> =
-            s.tenant_files.values().chain(s.defaults_file.iter()).chain(s.agent_files.values()).collect();
-        for r in refs {
+        for r in s.refs() {
             if files.contains_key(&r.path) {
                 continue;
             }
@@ -387,12 +406,7 @@ impl PolicyEngine {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let engine = PolicyEngine::build(config, &files);
-        for p in engine.agents.values() {
-            let allowed: Vec<&str> = p.allowed().iter().map(|t| t.name()).collect();
-            tracing::info!(tenant = %p.tenant, agent = %p.agent, digest = %p.digest, tools = ?allowed, "Policy loaded.");
-        }
-        Ok(engine)
+        Ok((PolicyEngine::build(config, &files), files))
     }
 
     /// Builds from a config and its already-loaded policy files (keyed by resolved path). A
@@ -411,6 +425,54 @@ impl PolicyEngine {
 
     pub fn agent(&self, id: &AgentId) -> Option<&AgentPolicy> {
         self.agents.get(id)
+    }
+
+    /// What `config check`, `doctor` and `serve` warn about: agents that get no tools because
+    /// no layer writes an `allow` list (default deny).
+    pub fn warnings(&self) -> Vec<String> {
+        self.agents
+            .values()
+            .filter(|p| !p.writes_an_allow_list())
+            .map(|p| {
+                format!(
+                    "agent {:?} has no tools: no layer writes tools.allow, and nothing is allowed by default",
+                    p.agent.as_str()
+                )
+            })
+            .collect()
+    }
+
+    /// Runs one embedded case of policy file `f`: without an agent against the file alone, with
+    /// one against that agent's effective policy here (the agent must use the file). `Ok` is the
+    /// verdict when it matches the expectation; `Err` says why the case fails.
+    pub fn check_case(&self, f: &PolicyFile, case: &file::TestCase) -> Result<Verdict, String> {
+        let label = format!(
+            "tests[{}] {:?} ({})",
+            case.index,
+            shown_name(&case.tool),
+            case.agent.as_ref().map_or("file alone".to_string(), |a| format!("agent {a}"))
+        );
+        let verdict = match &case.agent {
+            None => file_alone(f).decide(&case.tool),
+            Some(agent) => {
+                let p = self.agent(agent).ok_or_else(|| format!("{label}: unknown agent {:?}", agent.as_str()))?;
+                if !p.uses_file(&f.path) {
+                    return Err(format!("{label}: agent {:?} does not use this policy file", agent.as_str()));
+                }
+                p.decide(&case.tool)
+            }
+        };
+        if verdict.allowed() == case.expect_allow {
+            return Ok(verdict);
+        }
+        let name = |allow: bool| if allow { "allow" } else { "deny" };
+        let note = case.note.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();
+        Err(format!(
+            "{label}: expected {}, got {} by {}{note}",
+            name(case.expect_allow),
+            name(verdict.allowed()),
+            verdict.rule()
+        ))
     }
 
     pub fn agents(&self) -> impl Iterator<Item = &AgentPolicy> {
@@ -445,6 +507,15 @@ fn chain_for(config: &Config, files: &BTreeMap<PathBuf, PolicyFile>, index: usiz
         workspace_access: a.sandbox.workspace_access,
         sandbox_source: format!("config#agents.list[{index}].sandbox"),
     }
+}
+
+/// A policy file on its own, as its cases without an agent see it.
+pub fn file_alone(f: &PolicyFile) -> AgentPolicy {
+    AgentPolicy::new(
+        AgentId::parse("policy-test").expect("valid id"),
+        TenantId::parse("policy-test").expect("valid id"),
+        Chain::for_file(f),
+    )
 }
 
 impl PolicyGate for PolicyEngine {
@@ -516,14 +587,65 @@ mod tests {
     }
 
     #[test]
-    fn default_policy_locks_down_session_tools() {
-        let e = engine("{ agents: { list: [ { id: \"a\" } ] } }");
-        assert_eq!(names(e.offered(&id("a"))), ["exec", "read", "write", "edit", "list"]);
-        for t in ["sessions_list", "sessions_history", "sessions_send"] {
-            let d = e.check(&id("a"), t);
-            assert!(!d.is_allow() && d.rule().starts_with("[builtin] builtin#defaults"), "{t}: {d:?}");
+    fn default_deny_grants_nothing_without_an_allow_list() {
+        let e = engine(
+            r#"{ tools: { deny: ["edit"] },
+                 agents: { list: [ { id: "a" }, { id: "b", tools: { allow: [] } }, { id: "c", tools: { allow: ["read"] } } ] } }"#,
+        );
+        assert!(e.offered(&id("a")).is_empty(), "no allow list anywhere: no tools");
+        for t in Tool::ALL {
+            let d = e.check(&id("a"), t.name());
+            assert!(!d.is_allow(), "{t:?}: {d:?}");
+            // `edit` is denied by the global deny first; the rest by the default.
+            if t != Tool::Edit {
+                assert!(d.rule().starts_with("[builtin] builtin#defaults: default deny"), "{t:?}: {d:?}");
+            }
         }
-        assert!(e.check(&id("a"), "exec").rule().starts_with("[builtin]"));
+        // `allow: []` is an allow list that names nothing: it allows nothing.
+        assert!(e.offered(&id("b")).is_empty());
+        assert_eq!(
+            e.check(&id("b"), "read").rule(),
+            "[agent] config#agents.list[1].tools.allow: the allow list is empty, so it allows nothing (read included)"
+        );
+        assert_eq!(names(e.offered(&id("c"))), ["read"]);
+        // `config check` names the agent that gets nothing by default (not the one that chose it).
+        assert_eq!(
+            e.warnings(),
+            ["agent \"a\" has no tools: no layer writes tools.allow, and nothing is allowed by default"]
+        );
+    }
+
+    #[test]
+    fn a_policy_file_whose_own_cases_fail_refuses_the_load() {
+        let (dir, _) = setup("{}");
+        std::fs::write(
+            dir.path().join("policies/lax.json5"),
+            r#"{ tools: { allow: ["group:fs"] },
+                 tests: [ { tool: "read", expect: "allow" }, { tool: "write", expect: "deny", note: "meant read-only" },
+                          { agent: "a", tool: "list", expect: "deny" }, { agent: "ghost", tool: "read", expect: "deny" } ] }"#,
+        )
+        .unwrap();
+        let cfg = load_str(
+            r#"{ tenants: [ { id: "t", policy: "policies/lax.json5" } ], agents: { list: [ { id: "a", tenant: "t" } ] } }"#,
+            dir.path(),
+        )
+        .unwrap();
+        let errors = PolicyEngine::load(&cfg).unwrap_err();
+        assert_eq!(
+            errors,
+            [
+                "tenants[0].policy: policy file policies/lax.json5: tests[1] \"write\" (file alone): expected deny, got allow by [file] policies/lax.json5#tools.allow[0]: \"group:fs\" allows write (meant read-only)",
+                "tenants[0].policy: policy file policies/lax.json5: tests[2] \"list\" (agent a): expected deny, got allow by [tenant] policies/lax.json5#tools.allow[0]: \"group:fs\" allows list",
+                "tenants[0].policy: policy file policies/lax.json5: tests[3] \"read\" (agent ghost): unknown agent \"ghost\"",
+            ]
+        );
+        // The same file without its failing cases loads.
+        std::fs::write(
+            dir.path().join("policies/lax.json5"),
+            r#"{ tools: { allow: ["group:fs"] }, tests: [ { tool: "read", expect: "allow" }, { agent: "a", tool: "exec", expect: "deny" } ] }"#,
+        )
+        .unwrap();
+        assert!(PolicyEngine::load(&cfg).is_ok());
     }
 
     #[test]
@@ -594,7 +716,7 @@ mod tests {
         )
         .unwrap();
         let cfg = load_str(
-            r#"{ tenants: [ { id: "t", policy: "policies/long.json5" } ],
+            r#"{ tools: { allow: ["group:fs", "exec"] }, tenants: [ { id: "t", policy: "policies/long.json5" } ],
                  agents: { list: [ { id: "a", tenant: "t" }, { id: "b", tenant: "t", policy: "policies/short.json5" } ] } }"#,
             dir.path(),
         )
@@ -615,8 +737,8 @@ mod tests {
     fn workspace_access_and_sandbox_mode_narrow() {
         let e = engine(
             r#"{ agents: { list: [
-                { id: "ro", sandbox: { workspaceAccess: "ro" } },
-                { id: "none", sandbox: { workspaceAccess: "none" } },
+                { id: "ro", sandbox: { workspaceAccess: "ro" }, tools: { allow: ["group:fs", "exec"] } },
+                { id: "none", sandbox: { workspaceAccess: "none" }, tools: { allow: ["group:fs", "exec"] } },
                 { id: "off", sandbox: { mode: "off" }, tools: { allow: ["*"] } } ] } }"#,
         );
         assert_eq!(names(e.offered(&id("ro"))), ["exec", "read", "list"]);
@@ -771,7 +893,10 @@ mod tests {
         );
     }
 
-    // ---- laws -------------------------------------------------------------------------------
+    // ---- laws ----------------------------------------------------------------------------
+    //
+    // Layers are written as a config and policy files and go through the real path: JSON5 →
+    // validated `Config` → `PolicyEngine::load`, exactly as `serve` builds its gate.
 
     const POOL: &[&str] = &[
         "*",
@@ -794,23 +919,55 @@ mod tests {
         proptest::collection::vec(proptest::sample::select(POOL).prop_map(String::from), 0..4)
     }
 
-    fn arb_layer() -> impl Strategy<Value = ToolLayer> {
-        (proptest::option::of(arb_names()), arb_names()).prop_map(|(allow, deny)| ToolLayer { allow, deny })
+    fn arb_layer() -> impl Strategy<Value = Option<ToolLayer>> {
+        proptest::option::of(
+            (proptest::option::of(arb_names()), arb_names()).prop_map(|(allow, deny)| ToolLayer { allow, deny }),
+        )
     }
 
-    const KINDS: [LayerKind; 4] = [LayerKind::Global, LayerKind::Tenant, LayerKind::AgentDefaults, LayerKind::Agent];
+    /// Where a layer is written: global `tools`, the tenant's file and `tools`, the defaults'
+    /// file and `tools`, the agent's file and `tools` (top first, as the engine applies them).
+    const SLOTS: usize = 7;
+    const FILE_SLOTS: [(usize, &str); 3] = [(1, "tenant"), (3, "defaults"), (5, "agent")];
 
-    fn chain(layers: &[ToolLayer], mode: SandboxMode) -> Chain {
-        Chain {
-            layers: layers.iter().zip(KINDS).map(|(l, k)| Layer::new(k, "config", k.name(), l, &[])).collect(),
-            sandbox_mode: mode,
-            workspace_access: WorkspaceAccess::Rw,
-            sandbox_source: "config#sandbox".into(),
-        }
+    fn arb_layers() -> impl Strategy<Value = Vec<Option<ToolLayer>>> {
+        proptest::collection::vec(arb_layer(), SLOTS)
     }
 
-    fn allowed(c: &Chain) -> Vec<Tool> {
-        Tool::ALL.into_iter().filter(|t| decide(c, *t).allowed()).collect()
+    fn tools_json(l: &ToolLayer) -> String {
+        let allow = l.allow.as_ref().map(|a| format!("allow: {}, ", serde_json::json!(a))).unwrap_or_default();
+        format!("{{ {allow}deny: {} }}", serde_json::json!(l.deny))
+    }
+
+    /// The config (and policy files) holding `layers`, loaded through the real path; the allowed
+    /// tools of its one agent.
+    fn allowed_via_config(layers: &[Option<ToolLayer>], mode: &str) -> Vec<Tool> {
+        let dir = tempfile::tempdir().unwrap();
+        let key = |i: usize, key: &str| match &layers[i] {
+            Some(l) => format!("{key}: {}, ", tools_json(l)),
+            None => String::new(),
+        };
+        let policy = |i: usize, name: &str| match &layers[i] {
+            Some(l) => {
+                std::fs::write(dir.path().join(format!("{name}.json5")), format!("{{ tools: {} }}", tools_json(l)))
+                    .unwrap();
+                format!("policy: \"{name}.json5\", ")
+            }
+            None => String::new(),
+        };
+        let [t_file, d_file, a_file] = FILE_SLOTS.map(|(i, name)| policy(i, name));
+        let config = format!(
+            r#"{{ {global}
+                 tenants: [ {{ id: "t", {t_file}{t_tools} }} ],
+                 agents: {{ defaults: {{ {d_file}{d_tools} }},
+                            list: [ {{ id: "a", tenant: "t", sandbox: {{ mode: "{mode}" }}, {a_file}{a_tools} }} ] }} }}"#,
+            global = key(0, "tools"),
+            t_tools = key(2, "tools"),
+            d_tools = key(4, "tools"),
+            a_tools = key(6, "tools"),
+        );
+        let cfg = load_str(&config, dir.path()).unwrap_or_else(|e| panic!("{config}: {e:?}"));
+        PolicyEngine::load(&cfg).unwrap_or_else(|e| panic!("{config}: {e:?}")).offered(&id("a"))
     }
 
     fn expand(names: &[String]) -> Vec<Tool> {
@@ -818,48 +975,129 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
         #[test]
-        fn a_lower_layer_never_grants_what_a_higher_layer_denies(layers in proptest::collection::vec(arb_layer(), 1..=4)) {
-            let got = allowed(&chain(&layers, SandboxMode::All));
-            for l in &layers {
+        fn a_lower_layer_never_grants_what_a_higher_layer_denies(layers in arb_layers()) {
+            let got = allowed_via_config(&layers, "all");
+            for l in layers.iter().flatten() {
                 for t in expand(&l.deny) {
                     prop_assert!(!got.contains(&t), "{t:?} allowed although denied by {l:?}");
                 }
-                if let Some(a) = l.allow.as_ref().filter(|a| !a.is_empty()) {
+                if let Some(a) = &l.allow {
                     let a = expand(a);
                     prop_assert!(got.iter().all(|t| a.contains(t)), "{got:?} escapes the allow list {a:?}");
                 }
+            }
+            // Default deny: without an allow list somewhere, nothing at all.
+            if layers.iter().flatten().all(|l| l.allow.is_none()) {
+                prop_assert!(got.is_empty(), "{got:?} granted with no allow list written");
             }
         }
 
         #[test]
         fn adding_a_deny_never_widens(
-            layers in proptest::collection::vec(arb_layer(), 1..=4),
-            at in 0usize..4,
+            layers in arb_layers(),
+            at in 0..SLOTS,
             name in proptest::sample::select(POOL),
         ) {
-            let before = allowed(&chain(&layers, SandboxMode::All));
+            let before = allowed_via_config(&layers, "all");
             let mut more = layers.clone();
-            let i = at % more.len();
-            more[i].deny.push(name.to_string());
-            let after = allowed(&chain(&more, SandboxMode::All));
+            more[at].get_or_insert_with(ToolLayer::default).deny.push(name.to_string());
+            let after = allowed_via_config(&more, "all");
             prop_assert!(after.iter().all(|t| before.contains(t)), "{before:?} → {after:?}");
             prop_assert!(after.iter().all(|t| !parse_policy_name(name).unwrap().tools().contains(t)));
         }
 
         #[test]
-        fn sandbox_off_never_offers_a_sandbox_tool(layers in proptest::collection::vec(arb_layer(), 1..=4)) {
-            let on = allowed(&chain(&layers, SandboxMode::All));
-            let off = allowed(&chain(&layers, SandboxMode::Off));
-            prop_assert!(off.iter().all(|t| !t.needs_sandbox() && on.contains(t)));
+        fn sandbox_off_never_offers_a_sandbox_tool(layers in arb_layers()) {
+            let on = allowed_via_config(&layers, "all");
+            let off = allowed_via_config(&layers, "off");
+            prop_assert!(off.iter().all(|t| !t.needs_sandbox() && on.contains(t)), "{on:?} → {off:?}");
         }
+    }
 
-        #[test]
-        fn only_exact_names_of_allowed_tools_pass(name in "\\PC{0,24}") {
-            let p = AgentPolicy::new(id("a"), TenantId::parse("t").unwrap(), chain(&[ToolLayer { allow: Some(vec!["*".into()]), deny: vec![] }], SandboxMode::All));
-            let v = p.decide(&name);
-            prop_assert_eq!(v.allowed(), Tool::from_exact_name(&name).is_some());
+    /// Look-alikes of ASCII letters (Cyrillic, Greek, Latin small capitals), by the letter.
+    const CONFUSABLES: &[(char, &[char])] = &[
+        ('a', &['а', 'ɑ', 'α']),
+        ('c', &['с', 'ϲ']),
+        ('d', &['ԁ']),
+        ('e', &['е', 'ё', 'ҽ']),
+        ('h', &['һ']),
+        ('i', &['і', 'ı', 'ɩ']),
+        ('l', &['ӏ', 'ⅼ', 'ǀ']),
+        ('o', &['о', 'ο', 'σ']),
+        ('r', &['г']),
+        ('s', &['ѕ']),
+        ('t', &['т']),
+        ('x', &['х', 'χ']),
+        ('y', &['у']),
+        ('_', &['‗', '＿', '-']),
+    ];
+
+    /// Invisible or unusual spacing characters.
+    const SPACES: &[char] = &[
+        ' ', '\t', '\n', '\r', '\0', '\u{a0}', '\u{200b}', '\u{200c}', '\u{200d}', '\u{2060}', '\u{feff}', '\u{3000}',
+    ];
+
+    fn real_names() -> Vec<&'static str> {
+        Tool::ALL.iter().map(|t| t.name()).collect()
+    }
+
+    /// Something a model might send instead of the exact name of a real tool: the name with its
+    /// case changed, with spacing inserted, with a look-alike or fullwidth character, or an
+    /// alias or group (which policy lists accept and calls never do), also with its case changed.
+    fn near_misses() -> impl Strategy<Value = String> {
+        use proptest::sample::{Index, select};
+        let case = (select(real_names()), proptest::collection::vec(any::<bool>(), 16), any::<Index>()).prop_map(
+            |(name, flips, at)| {
+                let at = at.index(name.len());
+                let at = (at..name.len()).chain(0..at).find(|&i| name.as_bytes()[i].is_ascii_alphabetic()).unwrap();
+                name.char_indices()
+                    .map(|(i, c)| if i == at || flips[i % flips.len()] { c.to_ascii_uppercase() } else { c })
+                    .collect::<String>()
+            },
+        );
+        let spaced = (select(real_names()), any::<Index>(), select(SPACES)).prop_map(|(name, at, sp)| {
+            let at = at.index(name.len() + 1);
+            format!("{}{sp}{}", &name[..at], &name[at..])
+        });
+        let confusable = (select(real_names()), any::<Index>(), any::<Index>(), any::<bool>()).prop_map(
+            |(name, at, pick, fullwidth)| {
+                let at = at.index(name.len());
+                let c = name.as_bytes()[at] as char;
+                let look = match CONFUSABLES.iter().find(|(k, _)| *k == c) {
+                    Some((_, alts)) if !fullwidth => *pick.get(alts),
+                    // Fullwidth forms exist for every printable ASCII character.
+                    _ => char::from_u32(c as u32 - 0x21 + 0xFF01).unwrap(),
+                };
+                format!("{}{look}{}", &name[..at], &name[at + 1..])
+            },
+        );
+        let policy_only: Vec<&str> = crate::tools::ALIASES
+            .iter()
+            .map(|(a, _)| *a)
+            .chain(crate::tools::GROUPS.iter().map(|(g, _)| *g))
+            .chain(["*"])
+            .collect();
+        let alias = (select(policy_only), any::<bool>())
+            .prop_map(|(n, upper)| if upper { n.to_ascii_uppercase() } else { n.to_string() });
+        prop_oneof![case, spaced, confusable, alias]
+    }
+
+    #[test]
+    fn only_exact_names_of_allowed_tools_pass() {
+        let e = engine(r#"{ agents: { list: [ { id: "a", tools: { allow: ["*"] } } ] } }"#);
+        // The positive pair: every real name passes exactly as it is spelled.
+        for t in Tool::ALL {
+            assert!(e.check(&id("a"), t.name()).is_allow(), "{t:?}");
         }
+        proptest!(ProptestConfig::with_cases(2048), |(name in near_misses())| {
+            prop_assert!(Tool::from_exact_name(&name).is_none(), "{name:?} is a real name");
+            let d = e.check(&id("a"), &name);
+            prop_assert!(!d.is_allow(), "{name:?} was allowed: {d:?}");
+            prop_assert!(d.rule().starts_with("[catalog] builtin#tools"), "{name:?}: {d:?}");
+        });
     }
 
     // ---- the gate in the dispatcher --------------------------------------------------------
@@ -910,7 +1148,7 @@ mod tests {
         let sessions = TenantSessions::new(agent.tenant.clone(), store);
         let session = SessionKey::new(id("a"), "api", PeerKind::Direct, "u").unwrap();
         let sender = Sent::default();
-        let caller = Caller { agent, sessions: &sessions, session: &session, started_by_send: false, sender: &sender };
+        let caller = Caller { agent, sessions: &sessions, session: &session, sent_by: None, sender: &sender };
         let args = serde_json::json!({ "command": "id", "path": "x", "content": "y" });
         for name in ["exec", "write", "edit", "EXEC", "bash", " exec", "ｅxec", "exec\u{200b}", "", "sessions_send"] {
             let out = d.dispatch(&caller, &call(name, args.clone())).await;
@@ -925,7 +1163,87 @@ mod tests {
         assert_eq!(calls.len(), 1);
         assert_eq!(calls[0].0, Tool::Read);
         assert_eq!(calls[0].1.workspace_access, WorkspaceAccess::Ro);
-        assert_eq!(names(d.offered(agent)), ["read", "list"]);
+        assert_eq!(names(d.offered(agent, None)), ["read", "list"]);
+    }
+
+    #[tokio::test]
+    async fn a_missing_or_failed_backend_fails_closed_and_nothing_runs_on_the_host() {
+        let (dir, cfg) = setup(r#"{ agents: { list: [ { id: "a", tools: { allow: ["exec", "write"] } } ] } }"#);
+        let marker = dir.path().join("ran-on-the-host");
+        let failed = crate::sandbox::Deferred::spawn("wasm", || Err("the runner did not compile".into()));
+        let agent = cfg.agent(&id("a")).unwrap();
+        let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::default());
+        let sessions = TenantSessions::new(agent.tenant.clone(), store);
+        let session = SessionKey::new(id("a"), "api", PeerKind::Direct, "u").unwrap();
+        let sender = Sent::default();
+        let caller = Caller { agent, sessions: &sessions, session: &session, sent_by: None, sender: &sender };
+        let touch = serde_json::json!({ "command": format!("touch {}", marker.display()) });
+        let write = serde_json::json!({ "path": marker.display().to_string(), "content": "x" });
+        for (backends, why) in [
+            (Sandboxes::default(), "sandbox unavailable: no Wasm sandbox backend is configured on this gateway"),
+            (
+                Sandboxes::default().with(SandboxBackend::Wasm, Arc::new(failed)),
+                "sandbox unavailable: the wasm backend is not running: the runner did not compile",
+            ),
+        ] {
+            let d = Dispatcher {
+                gate: Arc::new(PolicyEngine::load(&cfg).unwrap()),
+                sandboxes: backends,
+                audit: crate::audit::Audit::off(),
+            };
+            for c in [call("exec", touch.clone()), call("write", write.clone())] {
+                let out = d.dispatch(&caller, &c).await;
+                assert!(out.is_error, "{out:?}");
+                assert_eq!(out.text, why);
+            }
+        }
+        assert!(!marker.exists(), "a tool ran on the host");
+    }
+
+    #[tokio::test]
+    async fn a_turn_started_by_sessions_send_has_only_the_tools_its_sender_has() {
+        let (_dir, cfg) = setup(
+            r#"{ tenants: [ { id: "t" } ], agents: { list: [
+                 { id: "doer", tenant: "t", tools: { allow: ["exec", "read", "group:sessions"] } },
+                 { id: "talker", tenant: "t", tools: { allow: ["group:sessions", "read"] } } ] } }"#,
+        );
+        let spy = Arc::new(Spy::default());
+        let d = Dispatcher {
+            gate: Arc::new(PolicyEngine::load(&cfg).unwrap()),
+            sandboxes: Sandboxes::default().with(SandboxBackend::Wasm, spy.clone()),
+            audit: crate::audit::Audit::off(),
+        };
+        let doer = cfg.agent(&id("doer")).unwrap();
+        let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::default());
+        let sessions = TenantSessions::new(doer.tenant.clone(), store);
+        let session = SessionKey::new(id("doer"), "api", PeerKind::Direct, "victim").unwrap();
+        let by = crate::dispatch::SentBy {
+            agent: id("talker"),
+            session: SessionKey::new(id("talker"), "api", PeerKind::Direct, "attacker").unwrap(),
+        };
+        let sender = Sent::default();
+        let own = Caller { agent: doer, sessions: &sessions, session: &session, sent_by: None, sender: &sender };
+        let sent = Caller { sent_by: Some(&by), ..own };
+        // Offered: the intersection, without sessions_send (such a turn may not send on).
+        assert_eq!(
+            names(d.offered(doer, None)),
+            ["exec", "read", "sessions_list", "sessions_history", "sessions_send"]
+        );
+        assert_eq!(names(d.offered(doer, Some(&by))), ["read", "sessions_list", "sessions_history"]);
+        let exec = call("exec", serde_json::json!({ "command": "id" }));
+        let out = d.dispatch(&sent, &exec).await;
+        assert_eq!(out.text, "denied: tool exec is not allowed for agent talker, whose message started this turn");
+        assert!(spy.0.lock().unwrap().is_empty(), "the borrowed call reached the sandbox");
+        let nested =
+            call("sessions_send", serde_json::json!({ "sessionKey": "agent:doer:api:direct:x", "message": "m" }));
+        assert!(
+            d.dispatch(&sent, &nested).await.text.contains("cannot be used from a turn that sessions_send started")
+        );
+        assert!(sender.0.lock().unwrap().is_empty());
+        // The positive pairs: what both have runs; the doer's own user still has exec.
+        assert_eq!(d.dispatch(&sent, &call("read", serde_json::json!({ "path": "x" }))).await.text, "ran");
+        assert_eq!(d.dispatch(&own, &exec).await.text, "ran");
+        assert_eq!(spy.0.lock().unwrap().iter().map(|(t, _)| *t).collect::<Vec<_>>(), [Tool::Read, Tool::Exec]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -948,7 +1266,7 @@ mod tests {
         let sessions = TenantSessions::new(agent.tenant.clone(), store);
         let session = SessionKey::new(id("a"), "api", PeerKind::Direct, "peer-42").unwrap();
         let sender = Sent::default();
-        let caller = Caller { agent, sessions: &sessions, session: &session, started_by_send: false, sender: &sender };
+        let caller = Caller { agent, sessions: &sessions, session: &session, sent_by: None, sender: &sender };
 
         let writer = LogWriter::open(&audit_dir, &master).unwrap();
         let keys = writer.keys().clone();
@@ -1001,7 +1319,7 @@ mod tests {
         b_sessions.append(&b_key, &[Message::User { text: "tenant b secret".into() }]).await.unwrap();
         let sender = Sent::default();
         let agent = cfg.agent(&id("a")).unwrap();
-        let caller = Caller { agent, sessions: &a_sessions, session: &a_key, started_by_send: false, sender: &sender };
+        let caller = Caller { agent, sessions: &a_sessions, session: &a_key, sent_by: None, sender: &sender };
 
         let list = d.dispatch(&caller, &call("sessions_list", serde_json::json!({}))).await;
         assert!(list.text.contains("carol") && !list.text.contains("bob"), "{list:?}");

@@ -35,6 +35,11 @@ pub enum RecordMessage {
     User {
         text: String,
     },
+    /// Sent by `sessions_send` from another session (`from`: its session key).
+    Session {
+        from: String,
+        text: String,
+    },
     Assistant {
         text: String,
         #[serde(rename = "toolCalls")]
@@ -62,6 +67,7 @@ impl From<&Message> for RecordMessage {
     fn from(m: &Message) -> Self {
         match m {
             Message::User { text } => RecordMessage::User { text: text.clone() },
+            Message::FromSession { from, text } => RecordMessage::Session { from: from.clone(), text: text.clone() },
             Message::Assistant { text, tool_calls } => RecordMessage::Assistant {
                 text: text.clone(),
                 tool_calls: tool_calls
@@ -83,6 +89,7 @@ impl From<RecordMessage> for Message {
     fn from(m: RecordMessage) -> Self {
         match m {
             RecordMessage::User { text } => Message::User { text },
+            RecordMessage::Session { from, text } => Message::FromSession { from, text },
             RecordMessage::Assistant { text, tool_calls } => Message::Assistant {
                 text,
                 tool_calls: tool_calls

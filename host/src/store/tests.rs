@@ -415,6 +415,7 @@ async fn export_round_trips_as_json_lines() {
         Message::Assistant { text: String::new(), tool_calls: vec![call] },
         Message::ToolResult { call_id: "c1".into(), name: "exec".into(), content: "out\n".into(), is_error: true },
         Message::Assistant { text: "ünïcode ✓".into(), tool_calls: vec![] },
+        Message::FromSession { from: skey("u2").to_string(), text: "sent by sessions_send".into() },
     ];
     s.append(&tid("alpha"), &skey("u1"), &msgs).await.unwrap();
     s.append(&tid("alpha"), &skey("u2"), &msgs[..1]).await.unwrap();
@@ -433,7 +434,7 @@ async fn export_round_trips_as_json_lines() {
     let summary = s.export_tenant(&tid("alpha"), Some(&ws), &mut out).unwrap();
     assert_eq!(
         summary,
-        ExportSummary { sessions: 2, messages: 5, problems: 0, files: 3, skipped: vec!["pipe".to_string()] }
+        ExportSummary { sessions: 2, messages: 6, problems: 0, files: 3, skipped: vec!["pipe".to_string()] }
     );
     let text = String::from_utf8(out).unwrap();
     assert!(!text.contains("bravo only"), "only the tenant's own data");
