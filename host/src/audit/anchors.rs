@@ -57,7 +57,8 @@ impl Anchors {
         let Ok(v) = serde_json::from_slice::<View<'_>>(json) else { return };
         match v.kind {
             "log.anchor" => {
-                let tenant = v.log.as_deref().and_then(|l| l.strip_prefix("tenant:")).and_then(|t| TenantId::parse(t).ok());
+                let tenant =
+                    v.log.as_deref().and_then(|l| l.strip_prefix("tenant:")).and_then(|t| TenantId::parse(t).ok());
                 if let (Some(t), Some(seq), Some(head)) = (tenant, v.log_seq, v.head) {
                     self.0.insert(t, Anchor { seq, head, host_seq });
                 }

@@ -202,7 +202,9 @@ pub fn verify_marked(
         expected += 1;
     }
     let records = expected - 1;
-    if let Some(mark) = marks.iter().zip(&matched).filter(|(m, ok)| !**ok && m.seq > 0).map(|(m, _)| m).max_by_key(|m| m.seq) {
+    if let Some(mark) =
+        marks.iter().zip(&matched).filter(|(m, ok)| !**ok && m.seq > 0).map(|(m, _)| m).max_by_key(|m| m.seq)
+    {
         return Err(Broken {
             seq: records + 1,
             reason: format!(

@@ -199,7 +199,8 @@ impl AuditKeys {
             return Err(format!("the audit key file has unsupported version {}", version.v));
         }
         let f: KeyFile = serde_json::from_slice(&json).map_err(|_| "the audit key file has an unknown format")?;
-        let kek = unhex(&f.kek).filter(|r| r.len() == 32).ok_or("the audit key file holds no valid key-encryption key")?;
+        let kek =
+            unhex(&f.kek).filter(|r| r.len() == 32).ok_or("the audit key file holds no valid key-encryption key")?;
         let pkcs8 = unhex(&f.signing).ok_or("the audit key file holds no valid signing key")?;
         let keys = Self::from_parts(dir, &kek, &pkcs8, writable)?;
         if !master.verify(&keys.mac_parts(), &f.mac) {

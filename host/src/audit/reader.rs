@@ -149,7 +149,10 @@ impl AuditReader {
             && let Ok((_, anchors)) = &self.host
             && let Some(a) = anchors.get(t)
         {
-            msg.push_str(&format!("; reaches its anchor in the host log at record {} (host record {})", a.seq, a.host_seq));
+            msg.push_str(&format!(
+                "; reaches its anchor in the host log at record {} (host record {})",
+                a.seq, a.host_seq
+            ));
         } else if cp.is_none() {
             msg.push_str(if *scope == Scope::Host {
                 "; no checkpoint (a truncated tail would not be detected)"

@@ -426,7 +426,8 @@ fn a_host_log_cut_with_its_checkpoint_rolled_back_is_caught_by_tenant_checkpoint
 fn a_recreated_tenant_gets_a_new_key_that_opens_nothing_of_the_old_log() {
     let (dir, master, _) = site(4);
     let audit = audit_of(dir.path());
-    let (old_log, old_key) = (std::fs::read(log_path(dir.path())).unwrap(), std::fs::read(tenant().key_path(&audit)).unwrap());
+    let (old_log, old_key) =
+        (std::fs::read(log_path(dir.path())).unwrap(), std::fs::read(tenant().key_path(&audit)).unwrap());
     let mut w = LogWriter::open(&audit, &master).unwrap();
     let old_digest = w.keys().digest(&tenant(), "session", b"s1");
     w.remove_tenant(&TenantId::parse("acme").unwrap(), &Actor::Cli).unwrap();

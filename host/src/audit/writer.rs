@@ -111,9 +111,8 @@ impl LogWriter {
     fn log(&mut self, scope: &Scope) -> Result<&mut OpenLog, String> {
         if !self.logs.contains_key(scope) {
             if let Scope::Tenant(_) = scope {
-                self.log(&Scope::Host).map_err(|e| {
-                    format!("the host log holds this log's high-water mark and cannot be opened ({e})")
-                })?;
+                self.log(&Scope::Host)
+                    .map_err(|e| format!("the host log holds this log's high-water mark and cannot be opened ({e})"))?;
             }
             let path = scope.log_path(&self.dir);
             let bytes = match std::fs::read(&path) {
@@ -276,8 +275,12 @@ impl LogWriter {
     /// Checkpoints every log with records appended since its last checkpoint: the tenant logs
     /// first, then the host log, whose checkpoint then covers their anchors.
     pub fn checkpoint_all(&mut self) {
-        let mut dirty: Vec<Scope> =
-            self.logs.iter().filter(|(s, l)| l.since_checkpoint > 0 && **s != Scope::Host).map(|(s, _)| s.clone()).collect();
+        let mut dirty: Vec<Scope> = self
+            .logs
+            .iter()
+            .filter(|(s, l)| l.since_checkpoint > 0 && **s != Scope::Host)
+            .map(|(s, _)| s.clone())
+            .collect();
         dirty.sort();
         for s in dirty {
             if let Err(e) = self.checkpoint(&s) {
