@@ -3,7 +3,8 @@
 //! written only after that. The host chain's last anchor of a log is the mark the log may never
 //! go behind: a log cut at a record boundary, rolled back to an older copy, or deleted (with its
 //! checkpoint and key) no longer reaches it. Conversely a tenant checkpoint that the host chain
-//! does not cover shows the host log lost records. `tenant.delete` clears a tenant's mark.
+//! does not cover shows the host log lost records. `tenant.delete` and `log.reset` (an operator
+//! moving a refused log aside as evidence) clear a tenant's mark.
 
 use std::collections::BTreeMap;
 
@@ -61,6 +62,13 @@ impl Anchors {
                     v.log.as_deref().and_then(|l| l.strip_prefix("tenant:")).and_then(|t| TenantId::parse(t).ok());
                 if let (Some(t), Some(seq), Some(head)) = (tenant, v.log_seq, v.head) {
                     self.0.insert(t, Anchor { seq, head, host_seq });
+                }
+            }
+            "log.reset" => {
+                let tenant =
+                    v.log.as_deref().and_then(|l| l.strip_prefix("tenant:")).and_then(|t| TenantId::parse(t).ok());
+                if let Some(t) = tenant {
+                    self.0.remove(&t);
                 }
             }
             "tenant.delete" => {

@@ -199,6 +199,10 @@ pub enum Event {
     /// log may never go behind (see [`anchors`]).
     #[serde(rename = "log.anchor")]
     LogAnchor { log: String, log_seq: u64, head: String },
+    /// An operator moved a tenant log that fails verification (or is behind its mark) aside
+    /// as evidence, with its checkpoint and key; its mark is cleared and a new log begins.
+    #[serde(rename = "log.reset")]
+    LogReset { log: String, anchored_seq: u64, evidence: String },
     /// A crash left an incomplete (never acknowledged) record; it was cut off when the log reopened.
     #[serde(rename = "log.tornTail")]
     TornTail { after_seq: u64, bytes: usize },

@@ -458,3 +458,26 @@ fn audit_keys_of_the_old_derived_format_are_refused_with_a_clear_message() {
     let e = e.to_string();
     assert!(e.contains("old format") && e.contains("move") && e.contains(&audit.display().to_string()), "{e}");
 }
+
+#[test]
+fn a_refused_log_reset_by_the_operator_is_kept_as_evidence_recorded_and_a_new_log_begins() {
+    let (dir, master, _) = site(6);
+    let audit = audit_of(dir.path());
+    let good = lines(dir.path());
+    std::fs::write(log_path(dir.path()), good[..2].concat()).unwrap();
+    std::fs::remove_file(tenant().checkpoint_path(&audit)).unwrap();
+    assert_refused(dir.path(), &master, "cut");
+    let mut w = LogWriter::open(&audit, &master).unwrap();
+    let (receipt, evidence) = w.reset_tenant(&TenantId::parse("acme").unwrap(), &Actor::Cli).unwrap();
+    assert_eq!(std::fs::read(evidence.join("acme.log")).unwrap(), good[..2].concat(), "the evidence is kept as it was");
+    assert!(evidence.join("acme.key").exists());
+    assert_eq!(w.append(&tenant(), &Actor::System, &decision(0)).unwrap().seq, 1, "a new log begins");
+    w.checkpoint(&tenant()).unwrap();
+    drop(w);
+    assert!(verify_tenant(dir.path(), &master).unwrap().contains("1 records"));
+    let host = std::fs::read(Scope::Host.log_path(&audit)).unwrap();
+    let recs = read_records(&host, &keys(dir.path(), &master), &Scope::Host, None).unwrap();
+    let reset = &recs[receipt.seq as usize - 1];
+    assert_eq!((reset["kind"].as_str(), reset["anchoredSeq"].as_u64()), (Some("log.reset"), Some(6)), "{reset}");
+    assert_eq!(reset["actor"], "cli");
+}

@@ -319,6 +319,42 @@ impl LogWriter {
     }
 }
 
+impl LogWriter {
+    /// Moves a tenant's log, checkpoint and key into `evidence/<id>-<time>/` after recording
+    /// that in the host log (`log.reset`, which clears the tenant's high-water mark): the way
+    /// out for a log that is refused, short of deleting the tenant. The next append starts a
+    /// new log under a new key. Returns the receipt and the evidence directory.
+    pub fn reset_tenant(
+        &mut self,
+        tenant: &crate::ids::TenantId,
+        actor: &Actor,
+    ) -> Result<(Receipt, PathBuf), AuditError> {
+        let scope = Scope::Tenant(tenant.clone());
+        let err = |reason: String| AuditError { scope: scope.name(), reason };
+        self.log(&Scope::Host).map_err(|e| err(format!("the host log cannot be opened ({e})")))?;
+        let stamp: String = now_utc().chars().filter(char::is_ascii_alphanumeric).collect();
+        let name = format!("{tenant}-{stamp}");
+        let evidence = self.dir.join("evidence").join(&name);
+        fsutil::create_private_dir(&evidence).map_err(|e| err(format!("cannot create {}: {e}", evidence.display())))?;
+        let anchored_seq = self.anchors.get(tenant).map_or(0, |a| a.seq);
+        let event = Event::LogReset { log: scope.name(), anchored_seq, evidence: format!("evidence/{name}") };
+        let receipt = self.append(&Scope::Host, actor, &event)?;
+        self.logs.remove(&scope);
+        self.keys.forget(&scope);
+        for p in [scope.key_path(&self.dir), scope.log_path(&self.dir), scope.checkpoint_path(&self.dir)] {
+            let to = evidence.join(p.file_name().unwrap_or_default());
+            match std::fs::rename(&p, &to) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(err(format!("cannot move {} to {}: {e}", p.display(), to.display()))),
+            }
+        }
+        let _ = fsutil::sync_dir(&self.dir.join("tenants"));
+        let _ = fsutil::sync_dir(&evidence);
+        Ok((receipt, evidence))
+    }
+}
+
 /// Reads a stored checkpoint, if there is one.
 pub fn read_checkpoint(path: &Path) -> Result<Option<Checkpoint>, String> {
     match std::fs::read_to_string(path) {

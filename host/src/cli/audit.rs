@@ -43,6 +43,16 @@ pub enum AuditCommand {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
+    /// Move a tenant's audit log that fails verification aside as evidence (under
+    /// `audit/evidence/`), recorded in the host log; the tenant then starts a new log (gateway
+    /// stopped)
+    Reset {
+        #[arg(long, value_name = "ID")]
+        tenant: String,
+        /// Do not ask for confirmation
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 pub fn run(cmd: AuditCommand, source: &ConfigSource) -> i32 {
@@ -57,6 +67,7 @@ pub fn run(cmd: AuditCommand, source: &ConfigSource) -> i32 {
         AuditCommand::Verify { tenant, checkpoint } => verify(&config, tenant.as_deref(), checkpoint.as_deref()),
         AuditCommand::Show { tenant, since, json, .. } => show(&config, tenant.as_deref(), since.as_deref(), json),
         AuditCommand::Checkpoint { tenant, out } => checkpoint(&config, tenant.as_deref(), &out),
+        AuditCommand::Reset { tenant, yes } => reset(&config, &tenant, yes),
     }
 }
 
@@ -234,6 +245,46 @@ pub fn checkpoint(config: &Config, tenant: Option<&str>, out: &Path) -> i32 {
     }) {
         Ok(cp) => {
             println!("wrote a checkpoint of {scope} at record {} to {} (signed by {})", cp.seq, out.display(), cp.key);
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+/// `audit reset --tenant ID`: moves a refused tenant log aside as evidence (takes the audit lock).
+pub fn reset(config: &Config, tenant: &str, yes: bool) -> i32 {
+    let Ok(Scope::Tenant(id)) = scope_arg(Some(tenant)) else { return EXIT_INVALID };
+    if !yes
+        && !super::confirm(
+            &format!(
+                "Move the audit log of tenant {tenant} aside and start a new one? This is recorded in the host log. Type the tenant id to confirm: "
+            ),
+            tenant,
+        )
+    {
+        return EXIT_INVALID;
+    }
+    let mut w = match LogWriter::open_config(config) {
+        Ok(Some(w)) => w,
+        Ok(None) => {
+            eprintln!("error: store.masterKey is not configured, so this host keeps no audit log");
+            return EXIT_INVALID;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    match w.reset_tenant(&id, &crate::audit::Actor::Cli) {
+        Ok((receipt, evidence)) => {
+            println!(
+                "moved the audit log of tenant {tenant} to {} (host record {}); the tenant starts a new log",
+                evidence.display(),
+                receipt.seq
+            );
             EXIT_OK
         }
         Err(e) => {
