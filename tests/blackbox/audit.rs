@@ -588,6 +588,21 @@ async fn a_tenant_log_cut_rolled_back_or_deleted_behind_its_anchor_fails_verify_
     std::fs::write(&bravo_cp, &bravo_files.1).unwrap();
     let (code, out, err) = cli(&site, &["audit", "verify"]);
     assert_eq!(code, 0, "restored, every log reaches its anchor again: {out}{err}");
+    // The way out for an operator: the refused log moved aside as evidence, on record.
+    std::fs::write(&alpha, &old_log).unwrap();
+    let (code, out, err) = cli(&site, &["audit", "reset", "--tenant", "alpha", "--yes"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("evidence"), "{out}");
+    let (code, out, err) = cli(&site, &["audit", "verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let host = records(&site, &["--host"]);
+    assert_eq!(kinds(&host, "log.reset").len(), 1, "{host:?}");
+    let mut gw = Gateway::start_in(site.path(), &config, &env()).await;
+    assert!(exec_answer(&gw, TOKEN_A, "a-demo").await.contains("still-works"), "a new log begins");
+    assert_eq!(gw.terminate().await, Some(0));
+    let evidence = site.state().join("audit").join("evidence");
+    let kept = std::fs::read_dir(&evidence).unwrap().next().unwrap().unwrap().path();
+    assert_eq!(std::fs::read(kept.join("alpha.log")).unwrap(), old_log, "the evidence is kept as it was");
 }
 
 #[tokio::test]

@@ -349,6 +349,9 @@ impl LogWriter {
                 Err(e) => return Err(err(format!("cannot move {} to {}: {e}", p.display(), to.display()))),
             }
         }
+        // The new log exists at once, empty (its key is made with its first record).
+        let log = scope.log_path(&self.dir);
+        fsutil::create_new_private(&log).map_err(|e| err(format!("cannot create {}: {e}", log.display())))?;
         let _ = fsutil::sync_dir(&self.dir.join("tenants"));
         let _ = fsutil::sync_dir(&evidence);
         Ok((receipt, evidence))
