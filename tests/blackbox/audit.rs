@@ -1,5 +1,6 @@
 //! The audit trail, operator roles and TLS through the real binary: tool decisions chained and
-//! verified from the CLI, tampering located, SIGKILL during appends, the admin API's roles,
+//! verified from the CLI, tampering located, logs cut behind their anchors, per-log keys across a
+//! tenant's re-creation, SIGKILL during appends, the admin API's roles,
 //! white-label responses, and HTTPS with a real rustls client.
 
 use std::time::Duration;
@@ -134,7 +135,9 @@ async fn tool_decisions_are_chained_verified_exported_and_tampering_is_located()
     assert_eq!(code, 1, "{out}");
     assert!(out.contains(&format!("FAILED at record {}", n - 1)) && out.contains("truncated"), "{out}");
     std::fs::remove_file(log.with_extension("checkpoint")).unwrap();
-    assert_eq!(verify(&[]).0, 0, "without any checkpoint a shorter chain is still a chain");
+    let (code, out, _) = verify(&[]);
+    assert_eq!(code, 1, "the host chain's anchor catches it without the checkpoint: {out}");
+    assert!(out.contains("tenant:alpha: FAILED") && out.contains("anchor in the host log"), "{out}");
     let (code, out, _) = cli(&site, &["audit", "verify", "--checkpoint", anchor.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains(&format!("FAILED at record {}", n - 1)), "{out}");
@@ -501,4 +504,133 @@ async fn a_tenant_log_deleted_with_its_checkpoint_is_reported_missing() {
         assert_eq!(code, 1, "{args:?}: {out}{err}");
         assert!(out.contains("tenant:alpha: FAILED") && out.contains("missing"), "{out}");
     }
+}
+
+/// An exec call's answer through the real gateway.
+async fn exec_answer(gw: &Gateway, token: &str, agent: &str) -> String {
+    let (s, b) = chat(gw, token, agent, "u", r#"/tool exec {"command":"echo still-works"}"#).await;
+    assert_eq!(s, 200, "{b}");
+    b["choices"][0]["message"]["content"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn a_tenant_log_cut_rolled_back_or_deleted_behind_its_anchor_fails_verify_and_gets_no_tools() {
+    let fake = fakes::start().await;
+    let site = Site::new();
+    let config = site.config(&fake.base);
+    let read = |p: &std::path::Path| std::fs::read(p).ok();
+    let (alpha, bravo) = (tenant_log(&site, "alpha"), tenant_log(&site, "bravo"));
+    let (alpha_cp, bravo_cp) = (alpha.with_extension("checkpoint"), bravo.with_extension("checkpoint"));
+    // Two runs of the gateway, each stopped cleanly (checkpoints, anchored in the host log).
+    let mut gw = Gateway::start_in(site.path(), &config, &env()).await;
+    assert!(exec_answer(&gw, TOKEN_A, "a-demo").await.contains("still-works"));
+    assert_eq!(gw.terminate().await, Some(0));
+    let (old_log, old_cp) = (read(&alpha).unwrap(), read(&alpha_cp).unwrap());
+    let mut gw = Gateway::start_in(site.path(), &config, &env()).await;
+    assert!(exec_answer(&gw, TOKEN_A, "a-demo").await.contains("still-works"));
+    assert_eq!(gw.terminate().await, Some(0));
+    let (good_log, good_cp) = (read(&alpha).unwrap(), read(&alpha_cp).unwrap());
+    let (code, out, err) = cli(&site, &["audit", "verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("tenant:alpha: ok") && out.contains("reaches its anchor"), "{out}");
+
+    // Each tampering: verify exits 1 naming the log; the gateway refuses to append to it (the
+    // tenant's tool calls are refused, the other tenant works) and leaves its files untouched.
+    let cases: [(&str, &str, &str, &str); 3] = [
+        ("cut at a record boundary, checkpoint deleted", "alpha", TOKEN_A, "a-demo"),
+        ("cut and checkpoint rolled back to an older copy", "alpha", TOKEN_A, "a-demo"),
+        ("log and checkpoint deleted (a tenant with no stored conversations)", "bravo", TOKEN_B, "b-secret"),
+    ];
+    let mut bravo_files = (Vec::new(), Vec::new());
+    for (i, (what, tenant, token, agent)) in cases.into_iter().enumerate() {
+        match i {
+            0 => {
+                let lines: Vec<&[u8]> = good_log.split_inclusive(|c| *c == b'\n').collect();
+                std::fs::write(&alpha, lines[..lines.len() - 2].concat()).unwrap();
+                std::fs::remove_file(&alpha_cp).unwrap();
+            }
+            1 => {
+                std::fs::write(&alpha, &old_log).unwrap();
+                std::fs::write(&alpha_cp, &old_cp).unwrap();
+            }
+            _ => {
+                // Bravo's current pair (each run above checkpointed it anew).
+                bravo_files = (read(&bravo).unwrap(), read(&bravo_cp).unwrap());
+                std::fs::remove_file(&bravo).unwrap();
+                std::fs::remove_file(&bravo_cp).unwrap();
+            }
+        }
+        let log = tenant_log(&site, tenant);
+        let files = || (read(&log), read(&log.with_extension("checkpoint")), read(&log.with_extension("key")));
+        let before = files();
+        let (code, out, _) = cli(&site, &["audit", "verify"]);
+        assert_eq!(code, 1, "{what}: {out}");
+        let line = out.lines().find(|l| l.starts_with(&format!("tenant:{tenant}:"))).unwrap_or_default();
+        assert!(line.contains("FAILED") && line.contains("anchor in the host log"), "{what}: {out}");
+        let (code, out, _) = cli(&site, &["audit", "verify", "--tenant", tenant]);
+        assert_eq!(code, 1, "{what}: {out}");
+        let mut gw = Gateway::start_in(site.path(), &config, &env()).await;
+        let answer = exec_answer(&gw, token, agent).await;
+        assert!(answer.contains("audit log is unavailable") && !answer.contains("still-works"), "{what}: {answer}");
+        if tenant == "bravo" {
+            // (Bravo is not used before this case, so it has no stored conversations.)
+            assert!(exec_answer(&gw, TOKEN_A, "a-demo").await.contains("still-works"), "{what}: alpha works");
+        }
+        assert_eq!(gw.terminate().await, Some(0));
+        assert_eq!(files(), before, "{what}: the log is kept as evidence, untouched");
+        // Put back, for the next case.
+        if i < 2 {
+            std::fs::write(&alpha, &good_log).unwrap();
+            std::fs::write(&alpha_cp, &good_cp).unwrap();
+        }
+    }
+    std::fs::write(&bravo, &bravo_files.0).unwrap();
+    std::fs::write(&bravo_cp, &bravo_files.1).unwrap();
+    let (code, out, err) = cli(&site, &["audit", "verify"]);
+    assert_eq!(code, 0, "restored, every log reaches its anchor again: {out}{err}");
+    // The way out for an operator: the refused log moved aside as evidence, on record.
+    std::fs::write(&alpha, &old_log).unwrap();
+    let (code, out, err) = cli(&site, &["audit", "reset", "--tenant", "alpha", "--yes"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("evidence"), "{out}");
+    let (code, out, err) = cli(&site, &["audit", "verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let host = records(&site, &["--host"]);
+    assert_eq!(kinds(&host, "log.reset").len(), 1, "{host:?}");
+    let mut gw = Gateway::start_in(site.path(), &config, &env()).await;
+    assert!(exec_answer(&gw, TOKEN_A, "a-demo").await.contains("still-works"), "a new log begins");
+    assert_eq!(gw.terminate().await, Some(0));
+    let evidence = site.state().join("audit").join("evidence");
+    let kept = std::fs::read_dir(&evidence).unwrap().next().unwrap().unwrap().path();
+    assert_eq!(std::fs::read(kept.join("alpha.log")).unwrap(), old_log, "the evidence is kept as it was");
+}
+
+#[tokio::test]
+async fn a_tenant_recreated_with_the_same_id_cannot_read_the_old_tenants_audit_log() {
+    let fake = fakes::start().await;
+    let site = Site::new();
+    let config = site.config(&fake.base);
+    let mut gw = Gateway::start_in(site.path(), &config, &env()).await;
+    assert!(exec_answer(&gw, TOKEN_A, "a-demo").await.contains("still-works"));
+    assert_eq!(gw.terminate().await, Some(0));
+    let log = tenant_log(&site, "alpha");
+    let (old_log, old_key) = (std::fs::read(&log).unwrap(), std::fs::read(log.with_extension("key")).unwrap());
+    let (code, out, err) = cli(&site, &["tenant", "delete", "alpha", "--yes"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!log.with_extension("key").exists(), "the old log's key is destroyed with the tenant");
+    // Still in the config, alpha comes back with the same id: a new log under a new key.
+    let mut gw = Gateway::start_in(site.path(), &config, &env()).await;
+    assert!(exec_answer(&gw, TOKEN_A, "a-demo").await.contains("still-works"));
+    assert_eq!(gw.terminate().await, Some(0));
+    assert_ne!(std::fs::read(log.with_extension("key")).unwrap(), old_key);
+    let (code, out, err) = cli(&site, &["audit", "verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+    // The old tenant's log, put where the new one's is, neither verifies nor reads.
+    std::fs::write(&log, &old_log).unwrap();
+    let (code, out, _) = cli(&site, &["audit", "verify", "--tenant", "alpha"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("tenant:alpha: FAILED at record 1") && out.contains("fails authentication"), "{out}");
+    let (code, out, err) = cli(&site, &["audit", "show", "--tenant", "alpha", "--json"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.is_empty() && err.contains("record 1"), "{out}{err}");
 }

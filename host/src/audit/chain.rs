@@ -5,6 +5,7 @@ use ring::rand::SystemRandom;
 use ring::signature::{ED25519, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
 
+use super::keys::LogKey;
 use super::{AuditKeys, Scope};
 use crate::policy::signature::{format_public_key, parse_public_key};
 use crate::store::{NONCE_LEN, hex, unhex};
@@ -28,16 +29,15 @@ pub(crate) fn link(key: &hmac::Key, prev: &[u8; 32], seq: u64, sealed: &[u8]) ->
 
 /// Seals a record's JSON and returns its line (with newline) and its MAC.
 pub(crate) fn encode_line(
-    keys: &AuditKeys,
-    chain: &hmac::Key,
+    key: &LogKey,
     rng: &SystemRandom,
     scope: &Scope,
     prev: &[u8; 32],
     seq: u64,
     json: &[u8],
 ) -> Result<(Vec<u8>, [u8; 32]), String> {
-    let sealed = keys.seal_key(scope).seal_frame(rng, &scope.name(), "audit", seq, json)?;
-    let mac = link(chain, prev, seq, &sealed);
+    let sealed = key.seal().seal_frame(rng, &scope.name(), "audit", seq, json)?;
+    let mac = link(key.chain(), prev, seq, &sealed);
     let line = format!("{seq} {} {}\n", hex(&mac), hex(&sealed));
     Ok((line.into_bytes(), mac))
 }
@@ -82,13 +82,30 @@ fn parse_line(line: &[u8]) -> Option<Line<'_>> {
 }
 
 /// Opens a sealed record of `scope` at `seq`; `None` if it does not authenticate there.
-fn open_sealed(keys: &AuditKeys, scope: &Scope, seq: u64, sealed: &[u8]) -> Option<Vec<u8>> {
+fn open_sealed(key: &LogKey, scope: &Scope, seq: u64, sealed: &[u8]) -> Option<Vec<u8>> {
     if sealed.len() < 4 + NONCE_LEN {
         return None;
     }
     let mut nonce = [0u8; NONCE_LEN];
     nonce.copy_from_slice(&sealed[4..4 + NONCE_LEN]);
-    keys.seal_key(scope).open(&scope.name(), "audit", seq, &nonce, &sealed[4 + NONCE_LEN..])
+    key.seal().open(&scope.name(), "audit", seq, &nonce, &sealed[4 + NONCE_LEN..])
+}
+
+/// A point a log must still reach with the same head: a signed checkpoint, or the log's anchor
+/// in the host chain (its high-water mark).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mark {
+    pub seq: u64,
+    /// The head MAC at `seq`, hex.
+    pub head: String,
+    /// What set it, for messages: `the checkpoint`, `the host log's anchor (host record 12)`.
+    pub what: String,
+}
+
+impl Mark {
+    pub fn of_checkpoint(cp: &Checkpoint) -> Self {
+        Self { seq: cp.seq, head: cp.head.clone(), what: "the checkpoint".into() }
+    }
 }
 
 /// Splits a log into complete lines; returns them and the length of the complete part.
@@ -111,12 +128,37 @@ pub fn verify_log(
     scope: &Scope,
     checkpoint: Option<&Checkpoint>,
 ) -> Result<Verified, Broken> {
-    let chain = keys.chain_key(scope);
+    let marks: Vec<Mark> = checkpoint.map(Mark::of_checkpoint).into_iter().collect();
+    verify_marked(bytes, keys, scope, &marks, &mut |_, _| {})
+}
+
+/// [`verify_log`] against any number of marks, handing each record's JSON to `visit` as it
+/// verifies (`visit` may see records before a later one fails).
+pub fn verify_marked(
+    bytes: &[u8],
+    keys: &AuditKeys,
+    scope: &Scope,
+    marks: &[Mark],
+    visit: &mut dyn FnMut(u64, &[u8]),
+) -> Result<Verified, Broken> {
     let (lines, good_len) = complete_lines(bytes);
+    let key = match keys.log_key(scope) {
+        Ok(Some(k)) => Some(k),
+        Ok(None) if lines.is_empty() => None,
+        Ok(None) => {
+            return Err(Broken {
+                seq: 1,
+                reason: "cannot be checked: the log's key file is missing (deleted with the log's tenant, or by someone else)"
+                    .into(),
+            });
+        }
+        Err(e) => return Err(Broken { seq: 1, reason: format!("cannot be checked: {e}") }),
+    };
     let mut prev = [0u8; 32];
     let mut expected = 1u64;
-    let mut matched_checkpoint = false;
+    let mut matched = vec![false; marks.len()];
     for raw in lines {
+        let Some(key) = key.as_deref() else { break };
         if raw.len() > MAX_LINE {
             return Err(Broken { seq: expected, reason: "the line is too long to be a record".into() });
         }
@@ -134,40 +176,40 @@ pub fn verify_log(
             };
             return Err(Broken { seq: expected, reason });
         }
-        let mac = link(&chain, &prev, line.seq, &line.sealed);
+        let mac = link(key.chain(), &prev, line.seq, &line.sealed);
         if mac.iter().zip(line.mac.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) != 0 {
             return Err(Broken {
                 seq: expected,
-                reason: "fails authentication (modified, inserted, or not written with this host's audit key)".into(),
+                reason: "fails authentication (modified, inserted, or not written with this log's key)".into(),
             });
         }
-        if open_sealed(keys, scope, line.seq, &line.sealed).is_none() {
+        let Some(json) = open_sealed(key, scope, line.seq, &line.sealed) else {
             return Err(Broken { seq: expected, reason: "cannot be opened (modified)".into() });
-        }
-        if let Some(cp) = checkpoint
-            && cp.seq == line.seq
-        {
-            if hex(&mac) != cp.head {
-                return Err(Broken {
-                    seq: expected,
-                    reason: "does not match the checkpoint's head (the log was rewritten)".into(),
-                });
+        };
+        for (mark, matched) in marks.iter().zip(matched.iter_mut()) {
+            if mark.seq == line.seq {
+                if hex(&mac) != mark.head {
+                    return Err(Broken {
+                        seq: expected,
+                        reason: format!("does not match {}'s head (the log was rewritten)", mark.what),
+                    });
+                }
+                *matched = true;
             }
-            matched_checkpoint = true;
         }
+        visit(line.seq, &json);
         prev = mac;
         expected += 1;
     }
     let records = expected - 1;
-    if let Some(cp) = checkpoint
-        && !matched_checkpoint
-        && cp.seq > 0
+    if let Some(mark) =
+        marks.iter().zip(&matched).filter(|(m, ok)| !**ok && m.seq > 0).map(|(m, _)| m).max_by_key(|m| m.seq)
     {
         return Err(Broken {
             seq: records + 1,
             reason: format!(
-                "missing: the log ends at record {records} but the checkpoint covers records up to {} (truncated)",
-                cp.seq
+                "missing: the log ends at record {records} but {} covers records up to {} (truncated, deleted, or an older copy restored)",
+                mark.what, mark.seq
             ),
         });
     }
@@ -181,17 +223,29 @@ pub fn read_records(
     scope: &Scope,
     checkpoint: Option<&Checkpoint>,
 ) -> Result<Vec<serde_json::Value>, Broken> {
-    let verified = verify_log(bytes, keys, scope, checkpoint)?;
-    let (lines, _) = complete_lines(&bytes[..verified.good_len]);
-    lines
-        .into_iter()
-        .map(|raw| {
-            let line = parse_line(raw).ok_or(Broken { seq: 0, reason: "unreadable".into() })?;
-            let json = open_sealed(keys, scope, line.seq, &line.sealed)
-                .ok_or(Broken { seq: line.seq, reason: "cannot be opened".into() })?;
-            serde_json::from_slice(&json).map_err(|e| Broken { seq: line.seq, reason: format!("not JSON: {e}") })
-        })
-        .collect()
+    let marks: Vec<Mark> = checkpoint.map(Mark::of_checkpoint).into_iter().collect();
+    read_marked(bytes, keys, scope, &marks)
+}
+
+/// [`read_records`] against any number of marks.
+pub fn read_marked(
+    bytes: &[u8],
+    keys: &AuditKeys,
+    scope: &Scope,
+    marks: &[Mark],
+) -> Result<Vec<serde_json::Value>, Broken> {
+    let mut records = Vec::new();
+    let mut bad = None;
+    verify_marked(bytes, keys, scope, marks, &mut |seq, json| match serde_json::from_slice(json) {
+        Ok(v) => records.push(v),
+        Err(e) => {
+            bad.get_or_insert(Broken { seq, reason: format!("not JSON: {e}") });
+        }
+    })?;
+    match bad {
+        Some(b) => Err(b),
+        None => Ok(records),
+    }
 }
 
 /// A signed statement "log `scope` had `seq` records with head MAC `head` at `ts`", for anchoring

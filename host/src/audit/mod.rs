@@ -5,27 +5,34 @@
 //! Layout under `<stateDir>/audit/` (directories 0700, files 0600):
 //!
 //! ```text
-//! keys.age                 chain root key + checkpoint signing key, age-wrapped to the master key
+//! keys.age                 key-encryption key + checkpoint signing key, age-wrapped to the master key
 //! lock                     held by the process that appends (the gateway, or a CLI command)
-//! host.log                 the operator log (auth failures, admin actions, tenant deletion, ...)
+//! host.log                 the operator log (auth failures, admin actions, tenant deletion,
+//!                          and the anchors of the tenant logs' heads)
+//! host.key                 host.log's random key, sealed with the key-encryption key
 //! host.checkpoint          the latest signed checkpoint of host.log
 //! tenants/<id>.log         a tenant's log (tool decisions and outcomes, policy loads, export, ...)
-//! tenants/<id>.checkpoint  its latest signed checkpoint
+//! tenants/<id>.key         its random key (deleted with the tenant)
+//! tenants/<id>.checkpoint  its latest signed checkpoint (written after its anchor in host.log)
 //! ```
 //!
 //! A log is text, one record per line: `<seq> <mac> <sealed>`. `sealed` is the record's JSON,
 //! encrypted with ChaCha20-Poly1305 (the store's record sealing, bound to the log and position),
 //! so no agent id, tool name or digest is readable at rest; `mac` is
 //! HMAC-SHA256(chain key, previous mac ‖ seq ‖ sealed), so any change, deletion, reordering or
-//! insertion breaks the chain at a sequence number `audit verify` names. Records hold no message
-//! content; sessions and client addresses appear only as keyed digests.
+//! insertion breaks the chain at a sequence number `audit verify` names. Every checkpoint of a
+//! tenant log is anchored in the host chain first, so a tenant log cut, rolled back or deleted
+//! falls behind its high-water mark (see [`anchors`]). Records hold no message content; sessions
+//! and client addresses appear only as keyed digests.
 //!
 //! To append, call [`Audit::append`] (waits until the record is on disk) or [`Audit::record`]
 //! (waits only for queue space): `audit.append(Scope::Tenant(id), Actor::System, Event::...)`.
 //! New event kinds are new [`Event`] variants.
 
+pub mod anchors;
 mod chain;
 mod keys;
+mod reader;
 mod writer;
 
 #[cfg(test)]
@@ -35,8 +42,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-pub use chain::{Broken, Checkpoint, Verified, read_records, verify_log};
-pub use keys::AuditKeys;
+pub use anchors::{Anchor, Anchors};
+pub use chain::{Broken, Checkpoint, Mark, Verified, read_marked, read_records, verify_log, verify_marked};
+pub use keys::{AuditKeys, LogKey};
+pub use reader::{AuditReader, LogReport};
 pub use writer::{Audit, AuditError, AuditOpenError, LogWriter, Receipt, read_checkpoint};
 
 use crate::config::Config;
@@ -71,6 +80,19 @@ impl Scope {
 
     pub fn checkpoint_path(&self, dir: &Path) -> PathBuf {
         self.log_path(dir).with_extension("checkpoint")
+    }
+
+    /// The log's random key, sealed with the audit key-encryption key.
+    pub fn key_path(&self, dir: &Path) -> PathBuf {
+        self.log_path(dir).with_extension("key")
+    }
+
+    /// The log a scope name (`host`, `tenant:<id>`) names.
+    pub fn parse(name: &str) -> Option<Scope> {
+        match name.strip_prefix("tenant:") {
+            Some(t) => TenantId::parse(t).ok().filter(|id| id.as_str() == t).map(Scope::Tenant),
+            None => (name == "host").then_some(Scope::Host),
+        }
     }
 }
 
@@ -173,6 +195,14 @@ pub enum Event {
     /// The master key was replaced; every tenant key and the audit keys were re-wrapped.
     #[serde(rename = "key.rotateMaster")]
     MasterKeyRotate { tenants: usize },
+    /// A tenant log's head at a checkpoint, anchored in the host log: the high-water mark that
+    /// log may never go behind (see [`anchors`]).
+    #[serde(rename = "log.anchor")]
+    LogAnchor { log: String, log_seq: u64, head: String },
+    /// An operator moved a tenant log that fails verification (or is behind its mark) aside
+    /// as evidence, with its checkpoint and key; its mark is cleared and a new log begins.
+    #[serde(rename = "log.reset")]
+    LogReset { log: String, anchored_seq: u64, evidence: String },
     /// A crash left an incomplete (never acknowledged) record; it was cut off when the log reopened.
     #[serde(rename = "log.tornTail")]
     TornTail { after_seq: u64, bytes: usize },

@@ -1,4 +1,5 @@
-//! The audit chain on real logs: the tamper matrix, torn tails, key binding, group commit.
+//! The audit chain on real logs: the tamper matrix, high-water marks, torn tails, key binding,
+//! per-log keys, group commit.
 
 use std::path::Path;
 
@@ -226,8 +227,8 @@ fn a_log_that_fails_verification_is_not_appended_to_and_a_second_writer_is_refus
     w = LogWriter::open(&dir.path().join("audit"), &master).unwrap();
     let e = w.append(&tenant(), &Actor::System, &Event::GatewayStop {}).unwrap_err();
     assert!(e.reason.contains("fails verification at record 2"), "{e}");
-    // Other logs are unaffected.
-    assert_eq!(w.append(&Scope::Host, &Actor::System, &Event::GatewayStop {}).unwrap().seq, 1);
+    // Other logs are unaffected (the host log holds the tenant's anchor from `site`).
+    assert_eq!(w.append(&Scope::Host, &Actor::System, &Event::GatewayStop {}).unwrap().seq, 2);
 }
 
 #[test]
@@ -238,11 +239,17 @@ fn tenant_removal_leaves_its_final_state_in_the_host_log() {
     w.remove_tenant(&TenantId::parse("acme").unwrap(), &Actor::Cli).unwrap();
     drop(w);
     assert!(!log_path(dir.path()).exists());
+    assert!(!tenant().key_path(&dir.path().join("audit")).exists(), "the log's key is destroyed");
     let host = std::fs::read(Scope::Host.log_path(&dir.path().join("audit"))).unwrap();
     let recs = read_records(&host, &keys(dir.path(), &master), &Scope::Host, None).unwrap();
-    assert_eq!(recs[0]["kind"], "tenant.delete");
-    assert_eq!(recs[0]["finalSeq"], 4);
-    assert_eq!(recs[0]["finalHead"], crate::store::hex(&head));
+    assert_eq!(recs[0]["kind"], "log.anchor");
+    assert_eq!(recs[1]["kind"], "tenant.delete");
+    assert_eq!(recs[1]["finalSeq"], 4);
+    assert_eq!(recs[1]["finalHead"], crate::store::hex(&head));
+    // The deletion clears the tenant's mark: nothing is reported missing.
+    let reader = AuditReader::open(&dir.path().join("audit"), &master).unwrap();
+    assert_eq!(reader.scopes(), vec![Scope::Host]);
+    assert!(reader.verify(&Scope::Host, None).result.is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -300,4 +307,177 @@ fn a_master_key_rotation_rewraps_the_audit_keys_and_recovers_when_interrupted() 
     assert!(AuditKeys::load(&audit, &old, false).is_err(), "the old key no longer opens the audit keys");
     let bytes = std::fs::read(log_path(dir.path())).unwrap();
     assert_eq!(verify_log(&bytes, &k, &tenant(), None).unwrap().records, 3);
+}
+
+fn audit_of(dir: &Path) -> std::path::PathBuf {
+    dir.join("audit")
+}
+
+/// `audit verify`'s answer for the tenant log.
+fn verify_tenant(dir: &Path, master: &MasterKey) -> Result<String, String> {
+    AuditReader::open(&audit_of(dir), master).unwrap().verify(&tenant(), None).result
+}
+
+/// Asserts that the writer refuses the tenant log, names it and its mark, and leaves it untouched.
+fn assert_refused(dir: &Path, master: &MasterKey, why: &str) {
+    let files = |d: &Path| {
+        ["log", "checkpoint", "key"].map(|ext| std::fs::read(tenant().log_path(&audit_of(d)).with_extension(ext)).ok())
+    };
+    let before = files(dir);
+    let mut w = LogWriter::open(&audit_of(dir), master).unwrap();
+    let e = w.append(&tenant(), &Actor::System, &Event::GatewayStop {}).unwrap_err();
+    assert_eq!(e.scope, "tenant:acme", "{why}: {e}");
+    assert!(e.reason.contains("anchor in the host log"), "{why}: {e}");
+    drop(w);
+    assert_eq!(files(dir), before, "{why}: the refused log is kept as evidence, untouched");
+}
+
+#[test]
+fn a_tenant_log_cut_at_a_record_boundary_with_its_checkpoint_deleted_falls_behind_its_anchor() {
+    let (dir, master, _) = site(10);
+    let good = lines(dir.path());
+    std::fs::write(log_path(dir.path()), good[..7].concat()).unwrap();
+    std::fs::remove_file(tenant().checkpoint_path(&audit_of(dir.path()))).unwrap();
+    let e = verify_tenant(dir.path(), &master).unwrap_err();
+    assert!(e.contains("FAILED at record 8") && e.contains("anchor in the host log") && e.contains("up to 10"), "{e}");
+    assert_refused(dir.path(), &master, "cut + checkpoint deleted");
+    // Restored, it verifies and reaches its anchor again.
+    std::fs::write(log_path(dir.path()), good.concat()).unwrap();
+    let ok = verify_tenant(dir.path(), &master).unwrap();
+    assert!(ok.contains("10 records") && ok.contains("reaches its anchor"), "{ok}");
+}
+
+#[test]
+fn a_tenant_log_rolled_back_to_an_older_copy_with_its_checkpoint_falls_behind_its_anchor() {
+    let (dir, master, _) = site(5);
+    let cp_path = tenant().checkpoint_path(&audit_of(dir.path()));
+    let (old_log, old_cp) = (std::fs::read(log_path(dir.path())).unwrap(), std::fs::read(&cp_path).unwrap());
+    let mut w = LogWriter::open(&audit_of(dir.path()), &master).unwrap();
+    for i in 0..5 {
+        w.append(&tenant(), &Actor::System, &decision(i)).unwrap();
+    }
+    w.checkpoint(&tenant()).unwrap();
+    drop(w);
+    // The older copy is a consistent pair: it verifies against its own checkpoint...
+    std::fs::write(log_path(dir.path()), &old_log).unwrap();
+    std::fs::write(&cp_path, &old_cp).unwrap();
+    let cp: Checkpoint = Checkpoint::parse(&String::from_utf8(old_cp).unwrap()).unwrap();
+    assert!(verify_log(&old_log, &keys(dir.path(), &master), &tenant(), Some(&cp)).is_ok());
+    // ...but not against the host chain's mark.
+    let e = verify_tenant(dir.path(), &master).unwrap_err();
+    assert!(e.contains("FAILED at record 6") && e.contains("older copy restored"), "{e}");
+    assert_refused(dir.path(), &master, "rolled back");
+}
+
+#[test]
+fn a_tenant_log_deleted_with_its_checkpoint_and_key_is_still_listed_and_refused() {
+    let (dir, master, _) = site(3);
+    let audit = audit_of(dir.path());
+    std::fs::remove_file(log_path(dir.path())).unwrap();
+    std::fs::remove_file(tenant().checkpoint_path(&audit)).unwrap();
+    let reader = AuditReader::open(&audit, &master).unwrap();
+    assert!(reader.scopes().contains(&tenant()), "the host chain still knows the log");
+    let e = verify_tenant(dir.path(), &master).unwrap_err();
+    assert!(e.contains("FAILED at record 1: the log file does not exist") && e.contains("up to 3"), "{e}");
+    assert_refused(dir.path(), &master, "log and checkpoint deleted");
+    // The key too: no fresh key, no fresh log.
+    std::fs::remove_file(tenant().key_path(&audit)).unwrap();
+    assert!(verify_tenant(dir.path(), &master).unwrap_err().contains("FAILED at record 1"));
+    assert_refused(dir.path(), &master, "log, checkpoint and key deleted");
+    assert!(!log_path(dir.path()).exists());
+}
+
+#[test]
+fn a_host_log_cut_with_its_checkpoint_rolled_back_is_caught_by_tenant_checkpoints_or_an_off_host_one() {
+    let (dir, master, _) = site(3);
+    let audit = audit_of(dir.path());
+    let mut w = LogWriter::open(&audit, &master).unwrap();
+    let host_cp_early = w.checkpoint(&Scope::Host).unwrap();
+    let (host_log, host_cp) = (Scope::Host.log_path(&audit), Scope::Host.checkpoint_path(&audit));
+    let (early_log, early_cp) = (std::fs::read(&host_log).unwrap(), std::fs::read(&host_cp).unwrap());
+    for i in 0..3 {
+        w.append(&tenant(), &Actor::System, &decision(i)).unwrap();
+    }
+    w.checkpoint(&tenant()).unwrap();
+    let off_host = w.checkpoint(&Scope::Host).unwrap();
+    drop(w);
+    assert_eq!((host_cp_early.seq, off_host.seq), (1, 2));
+    // The host log's tail (the anchor at tenant record 6) cut, its checkpoint rolled back.
+    std::fs::write(&host_log, &early_log).unwrap();
+    std::fs::write(&host_cp, &early_cp).unwrap();
+    let reader = AuditReader::open(&audit, &master).unwrap();
+    let e = reader.verify(&Scope::Host, None).result.unwrap_err();
+    assert!(e.contains("the host log lost records") && e.contains("record 6"), "{e}");
+    assert!(reader.verify(&tenant(), None).result.unwrap_err().contains("the host log lost records"));
+    let mut w = LogWriter::open(&audit, &master).unwrap();
+    let e = w.append(&tenant(), &Actor::System, &Event::GatewayStop {}).unwrap_err();
+    assert!(e.reason.contains("the host log lost records"), "{e}");
+    drop(w);
+    // With the tenant's checkpoint gone too, nothing on the host shows it: only a checkpoint
+    // of the host log kept elsewhere does.
+    std::fs::remove_file(tenant().checkpoint_path(&audit)).unwrap();
+    let reader = AuditReader::open(&audit, &master).unwrap();
+    assert!(reader.verify(&Scope::Host, None).result.is_ok());
+    let e = reader.verify(&Scope::Host, Some(&off_host)).result.unwrap_err();
+    assert!(e.contains("FAILED at record 2") && e.contains("truncated"), "{e}");
+}
+
+#[test]
+fn a_recreated_tenant_gets_a_new_key_that_opens_nothing_of_the_old_log() {
+    let (dir, master, _) = site(4);
+    let audit = audit_of(dir.path());
+    let (old_log, old_key) =
+        (std::fs::read(log_path(dir.path())).unwrap(), std::fs::read(tenant().key_path(&audit)).unwrap());
+    let mut w = LogWriter::open(&audit, &master).unwrap();
+    let old_digest = w.keys().digest(&tenant(), "session", b"s1");
+    w.remove_tenant(&TenantId::parse("acme").unwrap(), &Actor::Cli).unwrap();
+    // Re-created with the same id: a new log under a new random key.
+    assert_eq!(w.append(&tenant(), &Actor::System, &decision(0)).unwrap().seq, 1);
+    assert_ne!(w.keys().digest(&tenant(), "session", b"s1"), old_digest, "digests do not link the two tenants");
+    drop(w);
+    assert_ne!(std::fs::read(tenant().key_path(&audit)).unwrap(), old_key);
+    let k = keys(dir.path(), &master);
+    let e = verify_log(&old_log, &k, &tenant(), None).unwrap_err();
+    assert_eq!(e.seq, 1, "{e}");
+    assert!(e.reason.contains("fails authentication"), "{e}");
+    assert!(read_records(&old_log, &k, &tenant(), None).is_err(), "the new key reads nothing of the old log");
+    // The old log put back in place is refused, not read.
+    std::fs::write(log_path(dir.path()), &old_log).unwrap();
+    assert!(verify_tenant(dir.path(), &master).unwrap_err().contains("FAILED at record 1"));
+}
+
+#[test]
+fn audit_keys_of_the_old_derived_format_are_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = MasterKey::generate("test".into());
+    let audit = audit_of(dir.path());
+    std::fs::create_dir_all(&audit).unwrap();
+    let v1 = serde_json::json!({ "v": 1, "root": "00".repeat(32), "signing": "00", "mac": "00" });
+    std::fs::write(audit.join("keys.age"), master.wrap(v1.to_string().as_bytes()).unwrap()).unwrap();
+    let Err(e) = LogWriter::open(&audit, &master) else { panic!("old keys accepted") };
+    let e = e.to_string();
+    assert!(e.contains("old format") && e.contains("move") && e.contains(&audit.display().to_string()), "{e}");
+}
+
+#[test]
+fn a_refused_log_reset_by_the_operator_is_kept_as_evidence_recorded_and_a_new_log_begins() {
+    let (dir, master, _) = site(6);
+    let audit = audit_of(dir.path());
+    let good = lines(dir.path());
+    std::fs::write(log_path(dir.path()), good[..2].concat()).unwrap();
+    std::fs::remove_file(tenant().checkpoint_path(&audit)).unwrap();
+    assert_refused(dir.path(), &master, "cut");
+    let mut w = LogWriter::open(&audit, &master).unwrap();
+    let (receipt, evidence) = w.reset_tenant(&TenantId::parse("acme").unwrap(), &Actor::Cli).unwrap();
+    assert_eq!(std::fs::read(evidence.join("acme.log")).unwrap(), good[..2].concat(), "the evidence is kept as it was");
+    assert!(evidence.join("acme.key").exists());
+    assert_eq!(w.append(&tenant(), &Actor::System, &decision(0)).unwrap().seq, 1, "a new log begins");
+    w.checkpoint(&tenant()).unwrap();
+    drop(w);
+    assert!(verify_tenant(dir.path(), &master).unwrap().contains("1 records"));
+    let host = std::fs::read(Scope::Host.log_path(&audit)).unwrap();
+    let recs = read_records(&host, &keys(dir.path(), &master), &Scope::Host, None).unwrap();
+    let reset = &recs[receipt.seq as usize - 1];
+    assert_eq!((reset["kind"].as_str(), reset["anchoredSeq"].as_u64()), (Some("log.reset"), Some(6)), "{reset}");
+    assert_eq!(reset["actor"], "cli");
 }

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use ring::rand::SystemRandom;
 use tokio::sync::{mpsc, oneshot};
 
-use super::chain::{encode_line, verify_log};
-use super::{Actor, AuditKeys, CHECKPOINT_EVERY, Checkpoint, Event, RecordBody, Scope, now_utc};
+use super::chain::{encode_line, verify_marked};
+use super::{Actor, Anchors, AuditKeys, CHECKPOINT_EVERY, Checkpoint, Event, RecordBody, Scope, now_utc};
 use crate::config::Config;
 use crate::store::{MasterKey, MasterKeyError, fsutil, hex};
 
@@ -62,6 +62,9 @@ pub struct LogWriter {
     dir: PathBuf,
     keys: Arc<AuditKeys>,
     logs: HashMap<Scope, OpenLog>,
+    /// The tenant logs' high-water marks, from the host log (read when it is opened, then kept
+    /// up to date as host records are written).
+    anchors: Anchors,
     _lock: File,
 }
 
@@ -84,7 +87,13 @@ impl LogWriter {
             .map_err(|e| other("cannot open", &lock_path, e))?
             .ok_or_else(|| AuditOpenError::Locked { dir: dir.display().to_string() })?;
         let keys = AuditKeys::load(dir, master, true).map_err(AuditOpenError::Other)?;
-        Ok(Self { dir: dir.to_path_buf(), keys: Arc::new(keys), logs: HashMap::new(), _lock: lock })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            keys: Arc::new(keys),
+            logs: HashMap::new(),
+            anchors: Anchors::default(),
+            _lock: lock,
+        })
     }
 
     pub fn keys(&self) -> &Arc<AuditKeys> {
@@ -95,10 +104,16 @@ impl LogWriter {
         &self.dir
     }
 
-    /// Opens a log for appending: verifies it (against its stored checkpoint, if any) and cuts
-    /// off a torn tail, which is then recorded. A log that fails verification is not appended to.
+    /// Opens a log for appending: verifies it against its stored checkpoint, if any, and (a
+    /// tenant log) against its anchor in the host log, which is opened first; cuts off a torn
+    /// tail, which is then recorded. A log that fails verification, or is behind its high-water
+    /// mark, is not appended to and is left untouched as evidence.
     fn log(&mut self, scope: &Scope) -> Result<&mut OpenLog, String> {
         if !self.logs.contains_key(scope) {
+            if let Scope::Tenant(_) = scope {
+                self.log(&Scope::Host)
+                    .map_err(|e| format!("the host log holds this log's high-water mark and cannot be opened ({e})"))?;
+            }
             let path = scope.log_path(&self.dir);
             let bytes = match std::fs::read(&path) {
                 Ok(b) => b,
@@ -110,12 +125,19 @@ impl LogWriter {
                 cp.check(&self.keys.public_key(), scope)
                     .map_err(|e| format!("{}: {e}", scope.checkpoint_path(&self.dir).display()))?;
             }
-            let v = verify_log(&bytes, &self.keys, scope, checkpoint.as_ref()).map_err(|b| {
-                format!(
-                    "fails verification at record {}: {}; run `bulkhead audit verify` and keep the file as evidence",
-                    b.seq, b.reason
-                )
-            })?;
+            let evidence = "run `bulkhead audit verify` and keep the audit directory as evidence";
+            let marks = self.anchors.marks(scope, checkpoint.as_ref()).map_err(|e| format!("{e}; {evidence}"))?;
+            let mut anchors = Anchors::default();
+            let mut visit = |seq: u64, json: &[u8]| {
+                if *scope == Scope::Host {
+                    anchors.visit(seq, json);
+                }
+            };
+            let v = verify_marked(&bytes, &self.keys, scope, &marks, &mut visit)
+                .map_err(|b| format!("fails verification at record {}: {}; {evidence}", b.seq, b.reason))?;
+            if *scope == Scope::Host {
+                self.anchors = anchors;
+            }
             let file = OpenOptions::new()
                 .append(true)
                 .create(true)
@@ -145,19 +167,22 @@ impl LogWriter {
     /// Appends records to one log with one write and one fsync; returns their sequence numbers.
     fn write_group(&mut self, scope: &Scope, items: &[(&Actor, &Event)]) -> Result<Vec<u64>, String> {
         let (keys, rng) = (self.keys.clone(), SystemRandom::new());
-        let chain = keys.chain_key(scope);
-        let log = self.log(scope)?;
+        self.log(scope)?;
+        let key = keys.log_key_or_create(scope)?;
+        let log = self.logs.get_mut(scope).expect("opened above");
         let (mut seq, mut head) = (log.seq, log.head);
         let mut buf = Vec::new();
         let mut seqs = Vec::with_capacity(items.len());
+        let mut bodies = Vec::with_capacity(items.len());
         for (actor, event) in items {
             seq += 1;
             let body = RecordBody { seq, ts: now_utc(), scope: scope.name(), actor: actor.to_string(), event };
             let json = serde_json::to_vec(&body).map_err(|e| format!("cannot encode a record: {e}"))?;
-            let (line, mac) = encode_line(&keys, &chain, &rng, scope, &head, seq, &json)?;
+            let (line, mac) = encode_line(&key, &rng, scope, &head, seq, &json)?;
             buf.extend_from_slice(&line);
             head = mac;
             seqs.push(seq);
+            bodies.push(json);
         }
         let written = log.file.write_all(&buf).and_then(|()| log.file.sync_data());
         if let Err(e) = written {
@@ -169,6 +194,12 @@ impl LogWriter {
         log.seq = seq;
         log.head = head;
         log.since_checkpoint += items.len() as u64;
+        if *scope == Scope::Host {
+            // The marks follow the host chain as written, exactly as they are read back.
+            for (s, json) in seqs.iter().zip(&bodies) {
+                self.anchors.visit(*s, json);
+            }
+        }
         if log.since_checkpoint >= CHECKPOINT_EVERY
             && let Err(e) = self.checkpoint(scope)
         {
@@ -218,30 +249,55 @@ impl LogWriter {
         Ok((log.seq, log.head))
     }
 
-    /// Signs a checkpoint of a log's current head and stores it beside the log.
+    /// Signs a checkpoint of a log's current head and stores it beside the log. A tenant log's
+    /// head is anchored in the host log first (unless it already is): the checkpoint file then
+    /// never claims more than the host chain holds.
     pub fn checkpoint(&mut self, scope: &Scope) -> Result<Checkpoint, String> {
-        let keys = self.keys.clone();
-        let log = self.log(scope)?;
-        let cp = Checkpoint::sign(&keys, scope, log.seq, &log.head);
-        log.since_checkpoint = 0;
+        let (seq, head) = self.head(scope)?;
+        if let Scope::Tenant(t) = scope
+            && seq > 0
+            && self.anchors.get(t).map(|a| a.seq) != Some(seq)
+        {
+            let anchor = Event::LogAnchor { log: scope.name(), log_seq: seq, head: hex(&head) };
+            self.write_group(&Scope::Host, &[(&Actor::System, &anchor)])
+                .map_err(|e| format!("cannot anchor the log in the host log: {e}"))?;
+        }
+        let cp = Checkpoint::sign(&self.keys, scope, seq, &head);
+        if let Some(log) = self.logs.get_mut(scope) {
+            log.since_checkpoint = 0;
+        }
         let path = scope.checkpoint_path(&self.dir);
         fsutil::write_atomic(&path, cp.to_text().as_bytes())
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         Ok(cp)
     }
 
-    /// Checkpoints every log with records appended since its last checkpoint.
+    /// Checkpoints every log with records appended since its last checkpoint: the tenant logs
+    /// first, then the host log, whose checkpoint then covers their anchors.
     pub fn checkpoint_all(&mut self) {
-        let dirty: Vec<Scope> =
-            self.logs.iter().filter(|(_, l)| l.since_checkpoint > 0).map(|(s, _)| s.clone()).collect();
+        let mut dirty: Vec<Scope> = self
+            .logs
+            .iter()
+            .filter(|(s, l)| l.since_checkpoint > 0 && **s != Scope::Host)
+            .map(|(s, _)| s.clone())
+            .collect();
+        dirty.sort();
         for s in dirty {
             if let Err(e) = self.checkpoint(&s) {
                 tracing::warn!(log = %s, error = %e, "Cannot write an audit checkpoint.");
             }
         }
+        if self.logs.get(&Scope::Host).is_some_and(|l| l.since_checkpoint > 0)
+            && let Err(e) = self.checkpoint(&Scope::Host)
+        {
+            tracing::warn!(log = %Scope::Host, error = %e, "Cannot write an audit checkpoint.");
+        }
     }
 
-    /// Removes a tenant's log after recording its final state in the host log (tenant deletion).
+    /// Removes a tenant's log after recording its final state in the host log (tenant deletion):
+    /// its key file first (crypto-shredding: what is left of the log cannot be opened), then the
+    /// log and its checkpoint. The `tenant.delete` record clears the tenant's high-water mark, so
+    /// a tenant re-created with the same id starts a new log under a new key.
     pub fn remove_tenant(&mut self, tenant: &crate::ids::TenantId, actor: &Actor) -> Result<Receipt, AuditError> {
         let scope = Scope::Tenant(tenant.clone());
         let (final_seq, final_head) = match self.head(&scope) {
@@ -251,7 +307,8 @@ impl LogWriter {
         let event = Event::TenantDelete { tenant: tenant.to_string(), final_seq, final_head };
         let receipt = self.append(&Scope::Host, actor, &event)?;
         self.logs.remove(&scope);
-        for p in [scope.log_path(&self.dir), scope.checkpoint_path(&self.dir)] {
+        self.keys.forget(&scope);
+        for p in [scope.key_path(&self.dir), scope.log_path(&self.dir), scope.checkpoint_path(&self.dir)] {
             fsutil::remove_file_if_exists(&p).map_err(|e| AuditError {
                 scope: scope.name(),
                 reason: format!("cannot remove {}: {e}", p.display()),
@@ -259,6 +316,45 @@ impl LogWriter {
         }
         let _ = fsutil::sync_dir(&self.dir.join("tenants"));
         Ok(receipt)
+    }
+}
+
+impl LogWriter {
+    /// Moves a tenant's log, checkpoint and key into `evidence/<id>-<time>/` after recording
+    /// that in the host log (`log.reset`, which clears the tenant's high-water mark): the way
+    /// out for a log that is refused, short of deleting the tenant. The next append starts a
+    /// new log under a new key. Returns the receipt and the evidence directory.
+    pub fn reset_tenant(
+        &mut self,
+        tenant: &crate::ids::TenantId,
+        actor: &Actor,
+    ) -> Result<(Receipt, PathBuf), AuditError> {
+        let scope = Scope::Tenant(tenant.clone());
+        let err = |reason: String| AuditError { scope: scope.name(), reason };
+        self.log(&Scope::Host).map_err(|e| err(format!("the host log cannot be opened ({e})")))?;
+        let stamp: String = now_utc().chars().filter(char::is_ascii_alphanumeric).collect();
+        let name = format!("{tenant}-{stamp}");
+        let evidence = self.dir.join("evidence").join(&name);
+        fsutil::create_private_dir(&evidence).map_err(|e| err(format!("cannot create {}: {e}", evidence.display())))?;
+        let anchored_seq = self.anchors.get(tenant).map_or(0, |a| a.seq);
+        let event = Event::LogReset { log: scope.name(), anchored_seq, evidence: format!("evidence/{name}") };
+        let receipt = self.append(&Scope::Host, actor, &event)?;
+        self.logs.remove(&scope);
+        self.keys.forget(&scope);
+        for p in [scope.key_path(&self.dir), scope.log_path(&self.dir), scope.checkpoint_path(&self.dir)] {
+            let to = evidence.join(p.file_name().unwrap_or_default());
+            match std::fs::rename(&p, &to) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(err(format!("cannot move {} to {}: {e}", p.display(), to.display()))),
+            }
+        }
+        // The new log exists at once, empty (its key is made with its first record).
+        let log = scope.log_path(&self.dir);
+        fsutil::create_new_private(&log).map_err(|e| err(format!("cannot create {}: {e}", log.display())))?;
+        let _ = fsutil::sync_dir(&self.dir.join("tenants"));
+        let _ = fsutil::sync_dir(&evidence);
+        Ok((receipt, evidence))
     }
 }
 

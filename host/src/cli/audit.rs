@@ -3,12 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use super::{ConfigSource, EXIT_FAILURE, EXIT_INVALID, EXIT_OK};
-use crate::audit::{
-    AuditKeys, Checkpoint, LogWriter, Scope, audit_dir, parse_since, read_checkpoint, read_records, verify_log,
-};
+use crate::audit::{AuditReader, LogWriter, Scope, audit_dir, parse_since, read_checkpoint};
 use crate::config::Config;
 use crate::ids::TenantId;
-use crate::store::{MasterKey, hex};
+use crate::store::MasterKey;
 
 #[derive(clap::Subcommand)]
 pub enum AuditCommand {
@@ -45,6 +43,16 @@ pub enum AuditCommand {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
+    /// Move a tenant's audit log that fails verification aside as evidence (under
+    /// `audit/evidence/`), recorded in the host log; the tenant then starts a new log (gateway
+    /// stopped)
+    Reset {
+        #[arg(long, value_name = "ID")]
+        tenant: String,
+        /// Do not ask for confirmation
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 pub fn run(cmd: AuditCommand, source: &ConfigSource) -> i32 {
@@ -59,6 +67,7 @@ pub fn run(cmd: AuditCommand, source: &ConfigSource) -> i32 {
         AuditCommand::Verify { tenant, checkpoint } => verify(&config, tenant.as_deref(), checkpoint.as_deref()),
         AuditCommand::Show { tenant, since, json, .. } => show(&config, tenant.as_deref(), since.as_deref(), json),
         AuditCommand::Checkpoint { tenant, out } => checkpoint(&config, tenant.as_deref(), &out),
+        AuditCommand::Reset { tenant, yes } => reset(&config, &tenant, yes),
     }
 }
 
@@ -72,8 +81,8 @@ fn scope_arg(tenant: Option<&str>) -> Result<Scope, i32> {
     }
 }
 
-/// The audit keys, read-only (no lock: verification may run beside the gateway).
-fn keys(config: &Config) -> Result<AuditKeys, i32> {
+/// The audit directory, read-only (no lock: verification may run beside the gateway).
+fn reader(config: &Config) -> Result<AuditReader, i32> {
     let Some(reference) = &config.store.master_key else {
         eprintln!("error: store.masterKey is not configured, so this host keeps no audit log");
         return Err(EXIT_INVALID);
@@ -82,45 +91,10 @@ fn keys(config: &Config) -> Result<AuditKeys, i32> {
         eprintln!("error: {e}");
         EXIT_INVALID
     })?;
-    AuditKeys::load(&audit_dir(config), &master, false).map_err(|e| {
+    AuditReader::open(&audit_dir(config), &master).map_err(|e| {
         eprintln!("error: {e}");
         EXIT_FAILURE
     })
-}
-
-fn read_log(path: &Path) -> Result<Vec<u8>, String> {
-    match std::fs::read(path) {
-        Ok(b) => Ok(b),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
-    }
-}
-
-/// The scope a checkpoint names.
-fn scope_of(cp: &Checkpoint) -> Option<Scope> {
-    match cp.scope.strip_prefix("tenant:") {
-        Some(t) => TenantId::parse(t).ok().map(Scope::Tenant),
-        None => (cp.scope == "host").then_some(Scope::Host),
-    }
-}
-
-/// Every log on disk: the host log and each tenant log.
-fn all_scopes(dir: &Path) -> Vec<Scope> {
-    let mut scopes = vec![Scope::Host];
-    if let Ok(entries) = std::fs::read_dir(dir.join("tenants")) {
-        let mut tenants: Vec<Scope> = entries
-            .flatten()
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().to_string();
-                let id = name.strip_suffix(".log").or_else(|| name.strip_suffix(".checkpoint"))?.to_string();
-                TenantId::parse(&id).ok().filter(|t| t.as_str() == id).map(Scope::Tenant)
-            })
-            .collect();
-        tenants.sort();
-        tenants.dedup();
-        scopes.extend(tenants);
-    }
-    scopes
 }
 
 /// Whether a tenant has stored conversations: then the gateway that served them wrote its audit
@@ -132,8 +106,8 @@ fn has_conversations(config: &Config, scope: &Scope) -> bool {
 /// `audit verify`: exit 0 when every log verifies, 1 when one does not (each failure names the
 /// log and its first bad sequence number), 2 on bad arguments or keys.
 pub fn verify(config: &Config, tenant: Option<&str>, checkpoint_file: Option<&Path>) -> i32 {
-    let keys = match keys(config) {
-        Ok(k) => k,
+    let reader = match reader(config) {
+        Ok(r) => r,
         Err(code) => return code,
     };
     let dir = audit_dir(config);
@@ -149,7 +123,7 @@ pub fn verify(config: &Config, tenant: Option<&str>, checkpoint_file: Option<&Pa
         return EXIT_INVALID;
     }
     let scopes = match (&external, tenant) {
-        (Some(cp), _) => match (scope_of(cp), tenant.map(|t| scope_arg(Some(t)))) {
+        (Some(cp), _) => match (Scope::parse(&cp.scope), tenant.map(|t| scope_arg(Some(t)))) {
             (Some(s), None) => vec![s],
             (Some(s), Some(Ok(t))) if s == t => vec![s],
             (Some(s), Some(Ok(t))) => {
@@ -167,7 +141,7 @@ pub fn verify(config: &Config, tenant: Option<&str>, checkpoint_file: Option<&Pa
             Err(code) => return code,
         },
         (None, None) => {
-            let mut scopes = all_scopes(&dir);
+            let mut scopes = reader.scopes();
             for t in config.tenants.keys() {
                 let s = Scope::Tenant(t.clone());
                 if !scopes.contains(&s) && has_conversations(config, &s) {
@@ -179,34 +153,13 @@ pub fn verify(config: &Config, tenant: Option<&str>, checkpoint_file: Option<&Pa
     };
     let mut failed = false;
     for scope in scopes {
-        let result = (|| -> Result<String, String> {
+        let result = reader.verify(&scope, external.as_ref()).result.and_then(|ok| {
             if !scope.log_path(&dir).exists() && has_conversations(config, &scope) {
-                return Err("FAILED: the log is missing although the tenant has stored conversations (deleted?)".into());
-            }
-            let bytes = read_log(&scope.log_path(&dir))?;
-            let (cp, origin) = match &external {
-                Some(cp) => (Some(cp.clone()), "given"),
-                None => (read_checkpoint(&scope.checkpoint_path(&dir))?, "stored"),
-            };
-            if let Some(cp) = &cp {
-                cp.check(&keys.public_key(), &scope).map_err(|e| format!("{origin} checkpoint refused: {e}"))?;
-            }
-            let v = verify_log(&bytes, &keys, &scope, cp.as_ref())
-                .map_err(|b| format!("FAILED at record {}: {}", b.seq, b.reason))?;
-            let mut msg = format!("ok: {} records, head {}", v.records, hex(&v.head));
-            if let Some(cp) = cp {
-                msg.push_str(&format!("; matches the {origin} checkpoint at record {} ({})", cp.seq, cp.ts));
+                Err("FAILED: the log is missing although the tenant has stored conversations (deleted?)".to_string())
             } else {
-                msg.push_str("; no checkpoint (a truncated tail would not be detected)");
+                Ok(ok)
             }
-            if v.torn_bytes > 0 {
-                msg.push_str(&format!(
-                    "; warning: {} bytes of an unacknowledged record after record {} (torn by a crash; cut on the next append)",
-                    v.torn_bytes, v.records
-                ));
-            }
-            Ok(msg)
-        })();
+        });
         match result {
             Ok(msg) => println!("{scope}: {msg}"),
             Err(msg) => {
@@ -231,24 +184,14 @@ pub fn show(config: &Config, tenant: Option<&str>, since: Option<&str>, as_json:
         Ok(s) => s,
         Err(code) => return code,
     };
-    let keys = match keys(config) {
-        Ok(k) => k,
+    let reader = match reader(config) {
+        Ok(r) => r,
         Err(code) => return code,
     };
-    let bytes = match read_log(&scope.log_path(&audit_dir(config))) {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_FAILURE;
-        }
-    };
-    let records = match read_records(&bytes, &keys, &scope, None) {
+    let records = match reader.records(&scope) {
         Ok(r) => r,
-        Err(b) => {
-            eprintln!(
-                "error: log {scope} fails verification at record {}: {}; run `bulkhead audit verify`",
-                b.seq, b.reason
-            );
+        Err(e) => {
+            eprintln!("error: {e}; run `bulkhead audit verify`");
             return EXIT_FAILURE;
         }
     };
@@ -302,6 +245,46 @@ pub fn checkpoint(config: &Config, tenant: Option<&str>, out: &Path) -> i32 {
     }) {
         Ok(cp) => {
             println!("wrote a checkpoint of {scope} at record {} to {} (signed by {})", cp.seq, out.display(), cp.key);
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+/// `audit reset --tenant ID`: moves a refused tenant log aside as evidence (takes the audit lock).
+pub fn reset(config: &Config, tenant: &str, yes: bool) -> i32 {
+    let Ok(Scope::Tenant(id)) = scope_arg(Some(tenant)) else { return EXIT_INVALID };
+    if !yes
+        && !super::confirm(
+            &format!(
+                "Move the audit log of tenant {tenant} aside and start a new one? This is recorded in the host log. Type the tenant id to confirm: "
+            ),
+            tenant,
+        )
+    {
+        return EXIT_INVALID;
+    }
+    let mut w = match LogWriter::open_config(config) {
+        Ok(Some(w)) => w,
+        Ok(None) => {
+            eprintln!("error: store.masterKey is not configured, so this host keeps no audit log");
+            return EXIT_INVALID;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    match w.reset_tenant(&id, &crate::audit::Actor::Cli) {
+        Ok((receipt, evidence)) => {
+            println!(
+                "moved the audit log of tenant {tenant} to {} (host record {}); the tenant starts a new log",
+                evidence.display(),
+                receipt.seq
+            );
             EXIT_OK
         }
         Err(e) => {
