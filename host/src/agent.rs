@@ -93,7 +93,7 @@ impl Runtime {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let rt = self.clone();
         self.tasks.spawn(async move {
-            let outcome = rt.run_turn(&agent, &session, text, &tx, false).await;
+            let outcome = rt.run_turn(&agent, &session, text, &tx, false, false).await;
             let _ = done_tx.send(outcome);
         });
         (rx, done_rx)
@@ -101,6 +101,8 @@ impl Runtime {
 
     /// Runs one turn: waits for the session, stores the user message, then alternates model
     /// rounds and tool calls until the model answers without tools or the round limit is hit.
+    /// `user_stored`: the user message is already the session's latest (a chat turn resumed
+    /// after a restart), so it is not stored again.
     pub async fn run_turn(
         self: &Arc<Self>,
         agent: &AgentConfig,
@@ -108,6 +110,7 @@ impl Runtime {
         text: String,
         events: &mpsc::Sender<RunEvent>,
         started_by_send: bool,
+        user_stored: bool,
     ) -> RunOutcome {
         let tenant = &agent.tenant;
         if let Err(kind) = self.quotas.admit_turn(tenant, self.usage.today(tenant)) {
@@ -126,7 +129,7 @@ impl Runtime {
         self.usage.record(tenant, &agent.id, |c| c.runs += 1);
         let user = Message::User { text };
         // The accepted message is stored before anything can fail, so it is never lost.
-        if let Err(e) = sessions.append(session, std::slice::from_ref(&user)).await {
+        if !user_stored && let Err(e) = sessions.append(session, std::slice::from_ref(&user)).await {
             tracing::error!(tenant = %agent.tenant, error = %e, "Cannot store user message.");
             return self.failed(agent, "The conversation could not be saved. Please try again.");
         }
@@ -317,7 +320,7 @@ impl SessionSender for RunSender {
             // Nobody watches this turn live; its events are drained and its reply is stored.
             let (tx, mut rx) = mpsc::channel(16);
             tokio::spawn(async move { while rx.recv().await.is_some() {} });
-            rt.run_turn(&agent, &target, message, &tx, true).await;
+            rt.run_turn(&agent, &target, message, &tx, true, false).await;
         });
         Ok(())
     }
