@@ -401,7 +401,9 @@ async fn doctor_checks_telegram_tokens_privacy_and_webhooks() {
     let (code, out) = doctor();
     assert_eq!(code, 1);
     assert!(
-        out.contains("FAIL  telegram/beta: getMe failed: the Bot API's getMe answer lacks the field `has_main_web_app`"),
+        out.contains(
+            "FAIL  telegram/beta: getMe failed: the Bot API's getMe answer lacks the field `has_main_web_app`"
+        ),
         "{out}"
     );
     assert!(!out.contains("not valid JSON") && !out.contains("BETA-secret"), "{out}");
@@ -472,8 +474,10 @@ async fn telegram_messages_accepted_before_a_crash_are_stored_once_and_answered_
     // In the transcript, each message exactly once, each followed by its reply.
     let out = dir.path().join("alpha.jsonl");
     let cfg_path = dir.path().join("bulkhead.json5");
-    let (code, stdout, err) =
-        run_cli(&["--config", cfg_path.to_str().unwrap(), "tenant", "export", "alpha", "--out", out.to_str().unwrap()], None);
+    let (code, stdout, err) = run_cli(
+        &["--config", cfg_path.to_str().unwrap(), "tenant", "export", "alpha", "--out", out.to_str().unwrap()],
+        None,
+    );
     assert_eq!(code, 0, "{stdout}{err}");
     let lines: Vec<serde_json::Value> =
         std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -483,7 +487,8 @@ async fn telegram_messages_accepted_before_a_crash_are_stored_once_and_answered_
         .map(|l| (l["role"].as_str().unwrap().to_string(), l["text"].as_str().unwrap().to_string()))
         .collect();
     for t in texts.iter().chain(&["sleep-ms:1500 other chat", "after restart"]) {
-        let at: Vec<usize> = msgs.iter().enumerate().filter(|(_, m)| m.0 == "user" && m.1 == *t).map(|(i, _)| i).collect();
+        let at: Vec<usize> =
+            msgs.iter().enumerate().filter(|(_, m)| m.0 == "user" && m.1 == *t).map(|(i, _)| i).collect();
         assert_eq!(at.len(), 1, "{t:?} is stored exactly once: {msgs:?}");
         assert_eq!(msgs[at[0] + 1], ("assistant".to_string(), format!("fake says: {t}")), "{msgs:?}");
     }

@@ -110,12 +110,7 @@ pub struct Deferred(pub String);
 
 /// Handles one message. A message that starts a turn is stored in the tenant's inbox first
 /// (`Err` when that fails); replies are queued on the account's outbound queue.
-pub async fn accept(
-    rt: &Arc<Runtime>,
-    pairing: &Pairing,
-    account: &Account,
-    msg: ChatMessage,
-) -> Result<(), Deferred> {
+pub async fn accept(rt: &Arc<Runtime>, pairing: &Pairing, account: &Account, msg: ChatMessage) -> Result<(), Deferred> {
     let kind = if msg.group { PeerKind::Group } else { PeerKind::Direct };
     let origin = Origin { channel: account.channel, account: &account.id, kind, peer: &msg.chat };
     let Some(agent) = route(&rt.config, &origin) else {

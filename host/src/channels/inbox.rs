@@ -75,11 +75,7 @@ impl Inboxes {
 
     /// Applies `f` to the tenant's document and saves it when `f` says it changed it; on a
     /// failed save nothing changes in memory either.
-    async fn update<R>(
-        &self,
-        tenant: &TenantId,
-        f: impl FnOnce(&mut Document) -> (R, bool),
-    ) -> Result<R, StoreError> {
+    async fn update<R>(&self, tenant: &TenantId, f: impl FnOnce(&mut Document) -> (R, bool)) -> Result<R, StoreError> {
         let slot = self.tenants.lock().expect("inbox lock").entry(tenant.clone()).or_default().clone();
         let mut doc = slot.lock().await;
         if doc.is_none() {
@@ -88,7 +84,8 @@ impl Inboxes {
         let mut next = doc.clone().unwrap_or_default();
         let (r, changed) = f(&mut next);
         if changed {
-            let bytes = serde_json::to_vec(&next).map_err(|e| StoreError::Io(format!("cannot encode the inbox: {e}")))?;
+            let bytes =
+                serde_json::to_vec(&next).map_err(|e| StoreError::Io(format!("cannot encode the inbox: {e}")))?;
             self.store.save_document(tenant, DOCUMENT, &bytes).await?;
             *doc = Some(next);
         }

@@ -474,9 +474,12 @@ mod tests {
         let out = Outbound::start("test/a", rec.clone(), Limits { max_len: 10, ..Limits::telegram(10) });
         let t0 = Instant::now();
         // Three pieces for chat 1, one for chat 2 and one for group chat -3.
-        for (chat, group, text) in
-            [("1", false, "aaaaaaaaa bbbbbbbbb ccccccccc"), ("2", false, "hello"), ("-3", true, "g1"), ("-3", true, "g2")]
-        {
+        for (chat, group, text) in [
+            ("1", false, "aaaaaaaaa bbbbbbbbb ccccccccc"),
+            ("2", false, "hello"),
+            ("-3", true, "g1"),
+            ("-3", true, "g2"),
+        ] {
             out.try_send(target(chat, group), text.into()).unwrap();
         }
         settle(&rec, 6).await;

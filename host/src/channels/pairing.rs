@@ -205,7 +205,11 @@ impl Pairing {
             match oldest {
                 Some((i, r)) if r.created.elapsed() >= MIN_HOLD => {
                     let gone = st.pending.remove(i);
-                    tracing::warn!(channel, account, "Pairing slots full: the oldest pending request gave way to a new sender.");
+                    tracing::warn!(
+                        channel,
+                        account,
+                        "Pairing slots full: the oldest pending request gave way to a new sender."
+                    );
                     st.resting.insert(gone.key(), Instant::now());
                 }
                 _ => return Offer::Full,
