@@ -251,6 +251,7 @@ mod tests {
         m.quota_refused(&a, QuotaKind::Messages);
         m.queue_wait(&a, Duration::from_millis(30));
         m.sandbox_call(&a, true);
+        m.channel_notice_refused(&b);
         let s = Scheduler::new(2);
         let text = m.render_all(&s);
         for line in [
@@ -263,6 +264,7 @@ mod tests {
             "gateway_queue_wait_seconds_count{tenant=\"alpha\"} 1",
             "gateway_sandbox_failures_total{tenant=\"alpha\"} 1",
             "gateway_queue_depth{tenant=\"bravo\"} 0",
+            "gateway_channel_notices_refused_total{tenant=\"bravo\"} 1",
         ] {
             assert!(text.contains(line), "missing {line}:\n{text}");
         }

@@ -156,6 +156,15 @@ impl FakeTelegram {
     pub fn fail_next_send(&self, token: &str, f: Fail) {
         self.with(token, |b| b.fail_send.push_back(f));
     }
+    /// Forgets every confirmation, as if the gateway had died before its offset reached the
+    /// server: every update is delivered again unless a later offset confirms it.
+    pub fn unconfirm_all(&self, token: &str) {
+        self.with(token, |b| {
+            let mut all: Vec<Value> = std::mem::take(&mut b.confirmed);
+            all.extend(b.updates.drain(..));
+            b.updates = all.into();
+        });
+    }
     /// The next getUpdates answer also carries the last confirmed update again.
     pub fn replay_once(&self, token: &str) {
         self.with(token, |b| b.replay_next = true);
