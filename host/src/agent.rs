@@ -93,7 +93,7 @@ impl Runtime {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let rt = self.clone();
         self.tasks.spawn(async move {
-            let outcome = rt.run_turn(&agent, &session, text, &tx, None).await;
+            let outcome = rt.run_turn(&agent, &session, text, &tx, None, false).await;
             let _ = done_tx.send(outcome);
         });
         (rx, done_rx)
@@ -102,7 +102,8 @@ impl Runtime {
     /// Runs one turn: waits for the session, stores the user message, then alternates model
     /// rounds and tool calls until the model answers without tools or the round limit is hit.
     /// A turn `sent_by` another session (`sessions_send`) stores its message as that session's,
-    /// and has only the tools both agents have.
+    /// and has only the tools both agents have. `user_stored`: the user message is already the
+    /// session's latest (a chat turn resumed after a restart), so it is not stored again.
     pub async fn run_turn(
         self: &Arc<Self>,
         agent: &AgentConfig,
@@ -110,6 +111,7 @@ impl Runtime {
         text: String,
         events: &mpsc::Sender<RunEvent>,
         sent_by: Option<SentBy>,
+        user_stored: bool,
     ) -> RunOutcome {
         let tenant = &agent.tenant;
         if let Err(kind) = self.quotas.admit_turn(tenant, self.usage.today(tenant)) {
@@ -131,7 +133,7 @@ impl Runtime {
             Some(by) => Message::FromSession { from: by.session.to_string(), text },
         };
         // The accepted message is stored before anything can fail, so it is never lost.
-        if let Err(e) = sessions.append(session, std::slice::from_ref(&user)).await {
+        if !user_stored && let Err(e) = sessions.append(session, std::slice::from_ref(&user)).await {
             tracing::error!(tenant = %agent.tenant, error = %e, "Cannot store user message.");
             return self.failed(agent, "The conversation could not be saved. Please try again.");
         }
@@ -325,7 +327,7 @@ impl SessionSender for RunSender {
             // Nobody watches this turn live; its events are drained and its reply is stored.
             let (tx, mut rx) = mpsc::channel(16);
             tokio::spawn(async move { while rx.recv().await.is_some() {} });
-            rt.run_turn(&agent, &target, message, &tx, Some(by)).await;
+            rt.run_turn(&agent, &target, message, &tx, Some(by), false).await;
         });
         Ok(())
     }

@@ -28,6 +28,7 @@ struct TenantCounters {
     quota_refusals: [u64; 4],
     sandbox_starts: u64,
     sandbox_failures: u64,
+    channel_notices_refused: u64,
     /// Cumulative counts per `WAIT_BUCKETS` bound (plus +Inf = `wait_count`).
     wait_buckets: [u64; WAIT_BUCKETS.len()],
     wait_count: u64,
@@ -112,6 +113,10 @@ impl Metrics {
             c.wait_sum += secs;
         });
     }
+    /// A chat notice (pairing code, greeting) refused because the bot's outbound queue was full.
+    pub fn channel_notice_refused(&self, tenant: &TenantId) {
+        self.with(tenant, |c| c.channel_notices_refused += 1);
+    }
     pub fn auth_failure(&self) {
         self.auth_failures.fetch_add(1, Ordering::Relaxed);
     }
@@ -149,6 +154,12 @@ impl Metrics {
             "gateway_sandbox_failures_total",
             "Sandbox tool calls the backend could not run.",
             |c| c.sandbox_failures,
+            "",
+        );
+        family(
+            "gateway_channel_notices_refused_total",
+            "Chat notices (pairing codes, greetings) refused because a bot's outbound queue was full.",
+            |c| c.channel_notices_refused,
             "",
         );
         let _ = writeln!(
@@ -240,6 +251,7 @@ mod tests {
         m.quota_refused(&a, QuotaKind::Messages);
         m.queue_wait(&a, Duration::from_millis(30));
         m.sandbox_call(&a, true);
+        m.channel_notice_refused(&b);
         let s = Scheduler::new(2);
         let text = m.render_all(&s);
         for line in [
@@ -252,6 +264,7 @@ mod tests {
             "gateway_queue_wait_seconds_count{tenant=\"alpha\"} 1",
             "gateway_sandbox_failures_total{tenant=\"alpha\"} 1",
             "gateway_queue_depth{tenant=\"bravo\"} 0",
+            "gateway_channel_notices_refused_total{tenant=\"bravo\"} 1",
         ] {
             assert!(text.contains(line), "missing {line}:\n{text}");
         }

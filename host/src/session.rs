@@ -104,6 +104,10 @@ pub trait SessionStore: Send + Sync {
     ) -> Result<Vec<Message>, StoreError>;
     async fn list(&self, tenant: &TenantId) -> Result<Vec<SessionSummary>, StoreError>;
     async fn exists(&self, tenant: &TenantId, key: &SessionKey) -> Result<bool, StoreError>;
+    /// How many messages a session holds (0 when it does not exist).
+    async fn message_count(&self, tenant: &TenantId, key: &SessionKey) -> Result<usize, StoreError> {
+        Ok(self.history(tenant, key, None).await?.len())
+    }
     /// Deletes one session; `false` when it did not exist.
     async fn delete_session(&self, tenant: &TenantId, key: &SessionKey) -> Result<bool, StoreError> {
         let _ = (tenant, key);
@@ -147,6 +151,9 @@ impl TenantSessions {
     }
     pub async fn exists(&self, key: &SessionKey) -> Result<bool, StoreError> {
         self.store.exists(&self.tenant, key).await
+    }
+    pub async fn message_count(&self, key: &SessionKey) -> Result<usize, StoreError> {
+        self.store.message_count(&self.tenant, key).await
     }
     pub async fn delete(&self, key: &SessionKey) -> Result<bool, StoreError> {
         self.store.delete_session(&self.tenant, key).await

@@ -45,6 +45,8 @@ struct BotState {
     privacy_off: bool,
     webhook: Option<String>,
     revoked: bool,
+    /// A field left out of getMe answers (an older or odd Bot API server).
+    me_without: Option<String>,
     next_update: i64,
     next_message: i64,
     updates: VecDeque<Value>,
@@ -141,6 +143,10 @@ impl FakeTelegram {
     pub fn set_webhook(&self, token: &str, url: &str) {
         self.with(token, |b| b.webhook = Some(url.into()));
     }
+    /// getMe answers leave out `field`.
+    pub fn me_without(&self, token: &str, field: &str) {
+        self.with(token, |b| b.me_without = Some(field.into()));
+    }
     pub fn revoke(&self, token: &str) {
         self.with(token, |b| b.revoked = true);
     }
@@ -149,6 +155,15 @@ impl FakeTelegram {
     }
     pub fn fail_next_send(&self, token: &str, f: Fail) {
         self.with(token, |b| b.fail_send.push_back(f));
+    }
+    /// Forgets every confirmation, as if the gateway had died before its offset reached the
+    /// server: every update is delivered again unless a later offset confirms it.
+    pub fn unconfirm_all(&self, token: &str) {
+        self.with(token, |b| {
+            let mut all: Vec<Value> = std::mem::take(&mut b.confirmed);
+            all.extend(b.updates.drain(..));
+            b.updates = all.into();
+        });
     }
     /// The next getUpdates answer also carries the last confirmed update again.
     pub fn replay_once(&self, token: &str) {
@@ -266,10 +281,14 @@ async fn handle(State(inner): State<Arc<Inner>>, Path((bot, method)): Path<(Stri
         "getme" => {
             let bots = inner.bots.lock().unwrap();
             let b = &bots[token];
-            ok(json!({ "id": b.id, "is_bot": true, "first_name": "Bot", "username": b.username,
+            let mut me = json!({ "id": b.id, "is_bot": true, "first_name": "Bot", "username": b.username,
                        "can_join_groups": true, "can_read_all_group_messages": b.privacy_off,
                        "supports_inline_queries": false, "can_connect_to_business": false,
-                       "has_main_web_app": false }))
+                       "has_main_web_app": false });
+            if let Some(f) = &b.me_without {
+                me.as_object_mut().unwrap().remove(f);
+            }
+            ok(me)
         }
         "getwebhookinfo" => {
             let bots = inner.bots.lock().unwrap();

@@ -1,7 +1,8 @@
 //! The Telegram channel through the real binary, against the fake Bot API server: direct
 //! messages and allowlists, groups and mentions, forum topics, pairing end to end (encrypted at
 //! rest, persisted across restarts), splitting and pacing, 429/5xx/401 handling, malformed
-//! updates, two tenants with two bots, and `doctor`.
+//! updates, two tenants with two bots, crash safety (store first, then confirm), one bot token
+//! per account, and `doctor`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -398,6 +399,155 @@ async fn doctor_checks_telegram_tokens_privacy_and_webhooks() {
     let (code, out) = doctor();
     assert_eq!(code, 1);
     assert!(out.contains("FAIL  telegram/acme: getMe failed: the bot token was rejected"), "{out}");
+    // A getMe answer that lacks a field says which one (not "not valid JSON"), never the token.
+    tg.me_without(BETA, "has_main_web_app");
+    let (code, out) = doctor();
+    assert_eq!(code, 1);
+    assert!(
+        out.contains(
+            "FAIL  telegram/beta: getMe failed: the Bot API's getMe answer lacks the field `has_main_web_app`"
+        ),
+        "{out}"
+    );
+    assert!(!out.contains("not valid JSON") && !out.contains("BETA-secret"), "{out}");
+}
+
+/// A gateway whose acme bot talks to the fake model (`sleep-ms:` texts make slow turns), with
+/// the encrypted store.
+fn crash_config(api: &str, model: &str, key: &Path) -> String {
+    format!(
+        r#"{{
+  gateway: {{ bind: "127.0.0.1:0", shutdownGraceSec: 5 }},
+  stateDir: "state",
+  store: {{ masterKey: {{ file: {key:?} }} }},
+  models: {{ providers: {{ fake: {{ api: "openai", baseUrl: "{model}", timeoutSec: 30 }} }} }},
+  tenants: [ {{ id: "alpha" }} ],
+  agents: {{ list: [ {{ id: "acme-support", tenant: "alpha", model: "fake/m", identity: {{ name: "Acme Bot" }} }} ] }},
+  bindings: [ {{ agentId: "acme-support", match: {{ channel: "telegram", accountId: "acme" }} }} ],
+  channels: {{ telegram: {{ accounts: {{
+    acme: {{ token: {{ env: "ACME_TG_TOKEN" }}, apiUrl: "{api}", dmPolicy: "allowlist", allowFrom: ["918273645", "918273646"] }},
+  }} }} }},
+}}"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telegram_messages_accepted_before_a_crash_are_stored_once_and_answered_after_restart() {
+    const U1: i64 = 918_273_645;
+    const U2: i64 = 918_273_646;
+    let tg = FakeTelegram::start().await;
+    tg.add_bot(ACME, 123456, "acme_bot");
+    let model = crate::fakes::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("master.key");
+    let (code, out, err) = run_cli(&["keys", "init", "--out", key.to_str().unwrap()], None);
+    assert_eq!(code, 0, "{out}{err}");
+    let cfg = crash_config(&tg.base, &model.base, &key);
+    let mut gw = Gateway::start_in(dir.path(), &cfg, &env()).await;
+
+    // Three slow turns in one chat (they run one after the other) and one in another chat.
+    let texts = ["sleep-ms:1500 first", "sleep-ms:1500 second", "sleep-ms:1500 third"];
+    for t in texts {
+        tg.dm(ACME, U1, t);
+    }
+    tg.dm(ACME, U2, "sleep-ms:1500 other chat");
+    // Once the gateway has confirmed every update and the first turn is at the model, kill it:
+    // two turns of chat U1 are still queued.
+    tg.wait_consumed(ACME).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while model.requests().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no turn reached the model");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gw.kill().await;
+    assert!(tg.sent_to(ACME, U1).len() < 3, "the crash came while turns were queued");
+    // As if the last confirmation never reached Telegram: every update comes again unless the
+    // restarted gateway knows (from its inbox) that it already stored it.
+    tg.unconfirm_all(ACME);
+
+    // The restarted gateway answers every accepted message; no update is taken twice.
+    gw = Gateway::start_in(dir.path(), &cfg, &env()).await;
+    let got = tg.wait_sent(ACME, U1, 3).await;
+    tg.wait_sent(ACME, U2, 1).await;
+    for t in texts {
+        assert!(got.iter().any(|s| s.text == format!("fake says: {t}")), "no reply to {t:?}: {got:?}");
+    }
+    tg.dm(ACME, U1, "after restart");
+    let got = tg.wait_sent(ACME, U1, 4).await;
+    assert_eq!(got.last().unwrap().text, "fake says: after restart", "{got:?}");
+    assert_eq!(gw.terminate().await, Some(0));
+
+    // In the transcript, each message exactly once, each followed by its reply.
+    let out = dir.path().join("alpha.jsonl");
+    let cfg_path = dir.path().join("bulkhead.json5");
+    let (code, stdout, err) = run_cli(
+        &["--config", cfg_path.to_str().unwrap(), "tenant", "export", "alpha", "--out", out.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(code, 0, "{stdout}{err}");
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let msgs: Vec<(String, String)> = lines
+        .iter()
+        .filter(|l| l["type"] == "message")
+        .map(|l| (l["role"].as_str().unwrap().to_string(), l["text"].as_str().unwrap().to_string()))
+        .collect();
+    for t in texts.iter().chain(&["sleep-ms:1500 other chat", "after restart"]) {
+        let at: Vec<usize> =
+            msgs.iter().enumerate().filter(|(_, m)| m.0 == "user" && m.1 == *t).map(|(i, _)| i).collect();
+        assert_eq!(at.len(), 1, "{t:?} is stored exactly once: {msgs:?}");
+        assert_eq!(msgs[at[0] + 1], ("assistant".to_string(), format!("fake says: {t}")), "{msgs:?}");
+    }
+    // The inbox held message text and chat ids only encrypted.
+    for f in files_under(&dir.path().join("state")) {
+        let bytes = std::fs::read(&f).unwrap();
+        for needle in ["sleep-ms", "918273645"] {
+            assert!(!bytes.windows(needle.len()).any(|w| w == needle.as_bytes()), "{} holds {needle:?}", f.display());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telegram_two_accounts_with_one_bot_token_are_refused_at_start() {
+    let tg = FakeTelegram::start().await;
+    tg.add_bot(ACME, 123456, "acme_bot");
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("master.key");
+    let (code, out, err) = run_cli(&["keys", "init", "--out", key.to_str().unwrap()], None);
+    assert_eq!(code, 0, "{out}{err}");
+    let store = format!("store: {{ masterKey: {{ file: {:?} }} }},", key.to_str().unwrap());
+    let path = dir.path().join("c.json5");
+    // Two env names, one token, two tenants: compared by value, not by account id or reference.
+    std::fs::write(&path, config(&tg.base, ALLOWLIST, &store)).unwrap();
+    let child = std::process::Command::new(crate::harness::BIN)
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .env_remove("BULKHEAD_CONFIG")
+        .envs(env())
+        .env("BETA_TG_TOKEN", ACME)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let waiter = std::thread::spawn(move || child.wait_with_output().unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !waiter.is_finished() {
+        if std::time::Instant::now() > deadline {
+            let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            panic!("serve started with one bot token on two accounts");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let o = waiter.join().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("channels.telegram.accounts.beta.token")
+            && err.contains("channels.telegram.accounts.acme.token")
+            && err.contains("same bot token"),
+        "{err}"
+    );
+    assert!(!err.contains("ACME-secret") && !String::from_utf8_lossy(&o.stdout).contains("ACME-secret"), "{err}");
 }
 
 #[test]

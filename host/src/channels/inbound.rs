@@ -1,19 +1,30 @@
 //! One inbound chat message, platform-independent: route it to its agent, check access, run
-//! pairing for strangers, run the turn and queue the reply.
+//! pairing for strangers, store it in the tenant's inbox, run the turn and queue the reply.
+//!
+//! Store first, then confirm: a message that starts a turn is admitted to the durable inbox
+//! (`channels::inbox`) before `accept` returns, and the adapter confirms the update only then.
 //!
 //! Everything a user sees is worded in the agent's own name (`identity.name`); nothing here
 //! names the gateway product.
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
 
 use crate::agent::Runtime;
 use crate::config::channels::ChannelAccess;
-use crate::ids::{PeerKind, SessionKey};
+use crate::ids::{AgentId, PeerKind, SessionKey, TenantId};
 use crate::routing::{Origin, route};
+use crate::session::{Message, StoreError};
 
 use super::access::{Inbound, Verdict, decide};
-use super::outbound::{ChatTarget, Outbound};
+use super::inbox::{Admit, Entry, Inboxes};
+use super::outbound::{ChatTarget, Delivery, Outbound};
 use super::pairing::{Offer, Pairing};
+
+/// What a user sees when their turn could not be answered at all.
+const FAILED_MESSAGE: &str = "Something went wrong while answering. Please try again.";
 
 /// A bot account as the shared layer sees it.
 pub struct Account {
@@ -21,6 +32,52 @@ pub struct Account {
     pub id: String,
     pub access: ChannelAccess,
     pub outbound: Outbound,
+    turns: Turns,
+}
+
+impl Account {
+    pub fn new(
+        rt: &Arc<Runtime>,
+        inbox: &Arc<Inboxes>,
+        channel: &'static str,
+        id: String,
+        access: ChannelAccess,
+        outbound: Outbound,
+    ) -> Self {
+        let turns = Turns(Arc::new(TurnsInner {
+            rt: rt.clone(),
+            inbox: inbox.clone(),
+            outbound: outbound.clone(),
+            queues: Mutex::default(),
+        }));
+        Self { channel, id, access, outbound, turns }
+    }
+
+    /// `<channel>/<account>`, as in logs and in the inbox.
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.channel, self.id)
+    }
+
+    /// After a (re)start: queues again the turns accepted before it that did not finish, and
+    /// returns the highest update id already admitted (a re-delivery at or below it is skipped).
+    pub async fn resume(&self, tenant: &TenantId) -> Result<Option<i64>, StoreError> {
+        let (mark, waiting) = self.turns.0.inbox.restore(tenant, &self.label()).await?;
+        if !waiting.is_empty() {
+            tracing::info!(channel = self.channel, account = %self.id, waiting = waiting.len(), "Resuming chat messages accepted before the restart.");
+        }
+        for e in waiting {
+            self.turns.push(tenant.clone(), e);
+        }
+        Ok(mark)
+    }
+
+    /// Queues a notice without waiting; a refusal is counted and logged (without its text).
+    fn notice(&self, rt: &Runtime, tenant: &TenantId, to: ChatTarget, text: String) {
+        if let Err(why) = self.outbound.try_send(to, text) {
+            rt.metrics.channel_notice_refused(tenant);
+            tracing::warn!(channel = self.channel, account = %self.id, tenant = %tenant, reason = why.reason(), "Chat notice not sent.");
+        }
+    }
 }
 
 /// What a message carries.
@@ -34,6 +91,8 @@ pub enum Body {
 /// A normalised inbound message.
 #[derive(Debug, Clone)]
 pub struct ChatMessage {
+    /// The platform's update id: unique and increasing per bot.
+    pub update: i64,
     pub sender: String,
     pub username: Option<String>,
     pub chat: String,
@@ -44,13 +103,19 @@ pub struct ChatMessage {
     pub body: Body,
 }
 
-/// Handles one message; replies are queued on the account's outbound queue.
-pub fn accept(rt: &Arc<Runtime>, pairing: &Pairing, account: &Account, msg: ChatMessage) {
+/// An accepted message that could not be stored: the adapter must not confirm its update, so
+/// the platform delivers it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deferred(pub String);
+
+/// Handles one message. A message that starts a turn is stored in the tenant's inbox first
+/// (`Err` when that fails); replies are queued on the account's outbound queue.
+pub async fn accept(rt: &Arc<Runtime>, pairing: &Pairing, account: &Account, msg: ChatMessage) -> Result<(), Deferred> {
     let kind = if msg.group { PeerKind::Group } else { PeerKind::Direct };
     let origin = Origin { channel: account.channel, account: &account.id, kind, peer: &msg.chat };
     let Some(agent) = route(&rt.config, &origin) else {
         tracing::info!(channel = account.channel, account = %account.id, "No binding matches this chat; message dropped.");
-        return;
+        return Ok(());
     };
     let approved = pairing.is_approved(&agent.tenant, account.channel, &account.id, &msg.sender);
     let verdict = decide(
@@ -60,15 +125,18 @@ pub fn accept(rt: &Arc<Runtime>, pairing: &Pairing, account: &Account, msg: Chat
     );
     let to = ChatTarget { chat: msg.chat.clone(), thread: msg.topic.clone(), group: msg.group };
     let name = &agent.display_name;
+    let tenant = &agent.tenant;
     match verdict {
         Verdict::Drop(reason) => {
             tracing::debug!(channel = account.channel, account = %account.id, reason, "Message not accepted.");
         }
         Verdict::Pair => {
-            match pairing.offer(&agent.tenant, account.channel, &account.id, &msg.sender, msg.username.as_deref()) {
+            match pairing.offer(tenant, account.channel, &account.id, &msg.sender, msg.username.as_deref()) {
                 Offer::New(code) | Offer::Existing(code) => {
-                    tracing::info!(channel = account.channel, account = %account.id, tenant = %agent.tenant, "Pairing code offered to an unknown sender.");
-                    account.outbound.send(
+                    tracing::info!(channel = account.channel, account = %account.id, tenant = %tenant, "Pairing code offered to an unknown sender.");
+                    account.notice(
+                        rt,
+                        tenant,
                         to,
                         format!(
                             "Hi, this is {name}. I don't know you yet. Your pairing code is {code} - ask the person who runs this assistant to approve it. It expires in one hour."
@@ -86,14 +154,14 @@ pub fn accept(rt: &Arc<Runtime>, pairing: &Pairing, account: &Account, msg: Chat
         Verdict::Allow => {
             let text = match msg.body {
                 Body::NonText => {
-                    account.outbound.send(to, format!("Sorry, {name} can only read text messages for now."));
-                    return;
+                    account.notice(rt, tenant, to, format!("Sorry, {name} can only read text messages for now."));
+                    return Ok(());
                 }
                 Body::Text(t) => t,
             };
             if is_command(&text, "start") || is_command(&text, "help") {
-                account.outbound.send(to, format!("Hi, this is {name}. Send me a message and I will answer."));
-                return;
+                account.notice(rt, tenant, to, format!("Hi, this is {name}. Send me a message and I will answer."));
+                return Ok(());
             }
             let peer = match &msg.topic {
                 Some(topic) => format!("{}.topic.{topic}", msg.chat),
@@ -103,24 +171,172 @@ pub fn accept(rt: &Arc<Runtime>, pairing: &Pairing, account: &Account, msg: Chat
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(channel = account.channel, account = %account.id, error = %e, "Chat id unusable as a session key; message dropped.");
-                    return;
+                    return Ok(());
                 }
             };
-            let (mut events, done) = rt.spawn_turn(agent.clone(), session, text);
-            let outbound = account.outbound.clone();
-            rt.tasks.spawn(async move {
-                while events.recv().await.is_some() {}
-                match done.await {
-                    Ok(outcome) if !outcome.text.trim().is_empty() => {
-                        outbound.send(to, outcome.text);
-                    }
-                    Ok(_) => {}
-                    Err(_) => {
-                        outbound.send(to, "Something went wrong while answering. Please try again.".into());
-                    }
+            let entry = Entry {
+                account: account.label(),
+                update: msg.update,
+                agent: agent.id.to_string(),
+                session: session.to_string(),
+                chat: msg.chat,
+                thread: msg.topic,
+                group: msg.group,
+                text,
+                at: None,
+            };
+            // Stored before the adapter confirms the update: a crash from here on loses nothing.
+            match account.turns.0.inbox.admit(tenant, entry.clone()).await {
+                Ok(Admit::Stored) => account.turns.push(tenant.clone(), entry),
+                Ok(Admit::Duplicate) => {
+                    tracing::debug!(channel = account.channel, account = %account.id, update = msg.update, "Update already accepted before; not handled twice.");
                 }
-            });
+                Ok(Admit::Full) => {
+                    tracing::warn!(channel = account.channel, account = %account.id, tenant = %tenant, "The tenant's chat inbox is full; new messages wait on the platform until turns finish.");
+                    return Err(Deferred("the tenant's chat inbox is full".into()));
+                }
+                Err(e) => {
+                    tracing::error!(channel = account.channel, account = %account.id, tenant = %tenant, error = %e, "Cannot store an accepted chat message; it is not confirmed and will be received again.");
+                    return Err(Deferred("the message could not be stored".into()));
+                }
+            }
         }
+    }
+    Ok(())
+}
+
+/// The turns of one bot: one queue per session, run in order (a session's messages are
+/// answered one after the other), sessions in parallel.
+#[derive(Clone)]
+struct Turns(Arc<TurnsInner>);
+
+struct TurnsInner {
+    rt: Arc<Runtime>,
+    inbox: Arc<Inboxes>,
+    outbound: Outbound,
+    queues: Mutex<HashMap<String, VecDeque<(TenantId, Entry)>>>,
+}
+
+/// Where a waiting message's turn stands, read from its session.
+enum Resume {
+    /// Not stored yet; the session holds this many messages.
+    Fresh(usize),
+    /// The user message is stored; its turn did not finish.
+    Stored,
+    /// The turn finished before the restart with this reply.
+    Answered(String),
+}
+
+impl Turns {
+    fn push(&self, tenant: TenantId, entry: Entry) {
+        let session = entry.session.clone();
+        let first = {
+            let mut all = self.0.queues.lock().expect("turn queue lock");
+            let q = all.entry(session.clone()).or_default();
+            q.push_back((tenant, entry));
+            q.len() == 1
+        };
+        if first {
+            self.0.rt.tasks.spawn(self.clone().drain(session));
+        }
+    }
+
+    /// Runs a session's waiting turns one by one; the entry being run stays at the front.
+    async fn drain(self, session: String) {
+        loop {
+            let next = self.0.queues.lock().expect("turn queue lock").get(&session).and_then(|q| q.front().cloned());
+            let Some((tenant, entry)) = next else { return };
+            self.run(&tenant, entry).await;
+            let mut all = self.0.queues.lock().expect("turn queue lock");
+            let Some(q) = all.get_mut(&session) else { return };
+            q.pop_front();
+            if q.is_empty() {
+                all.remove(&session);
+                return;
+            }
+        }
+    }
+
+    async fn run(&self, tenant: &TenantId, e: Entry) {
+        let rt = &self.0.rt;
+        let agent = AgentId::parse(&e.agent).ok().and_then(|id| rt.config.agent(&id)).filter(|a| &a.tenant == tenant);
+        let (Some(agent), Ok(session)) = (agent.cloned(), SessionKey::parse(&e.session)) else {
+            tracing::warn!(tenant = %tenant, account = %e.account, "A waiting chat message's agent is no longer configured; it was dropped.");
+            self.forget(tenant, &e).await;
+            return;
+        };
+        let reply = match self.resume(&agent, &session, &e).await {
+            Ok(Resume::Answered(text)) => text,
+            Ok(Resume::Stored) => self.turn(&agent, &session, &e, true).await,
+            Ok(Resume::Fresh(at)) => {
+                if let Err(err) = self.0.inbox.position(tenant, &e.account, e.update, at as u64).await {
+                    tracing::error!(tenant = %tenant, account = %e.account, error = %err, "Cannot record where a chat turn starts; running it anyway.");
+                }
+                self.turn(&agent, &session, &e, false).await
+            }
+            Err(err) => {
+                tracing::error!(tenant = %tenant, account = %e.account, error = %err, "Cannot read the session of a waiting chat message.");
+                FAILED_MESSAGE.to_string()
+            }
+        };
+        if reply.trim().is_empty() {
+            self.forget(tenant, &e).await;
+            return;
+        }
+        let to = ChatTarget { chat: e.chat.clone(), thread: e.thread.clone(), group: e.group };
+        // Waits while the chat or the bot is at its outbound bound (backpressure, nothing dropped).
+        let Ok(receipt) = self.0.outbound.send(to, reply).await else {
+            // The bot stopped: the entry stays, and a restart sends the stored reply.
+            return;
+        };
+        // The entry leaves the inbox once the reply is out; meanwhile the next turn may run.
+        let me = self.clone();
+        let tenant = tenant.clone();
+        rt.tasks.spawn(async move {
+            match receipt.await {
+                Ok(Delivery::Sent | Delivery::Dropped) => me.forget(&tenant, &e).await,
+                // Not sent before the bot stopped: kept, so a restart sends it.
+                Ok(Delivery::Stopped) | Err(_) => {}
+            }
+        });
+    }
+
+    async fn forget(&self, tenant: &TenantId, e: &Entry) {
+        if let Err(err) = self.0.inbox.done(tenant, &e.account, e.update).await {
+            tracing::error!(tenant = %tenant, account = %e.account, error = %err, "Cannot remove an answered chat message from the inbox; a restart may answer it again.");
+        }
+    }
+
+    async fn turn(&self, agent: &crate::config::AgentConfig, session: &SessionKey, e: &Entry, stored: bool) -> String {
+        // Nobody watches a chat turn live; its events are drained.
+        let (tx, mut rx) = mpsc::channel(16);
+        tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        self.0.rt.run_turn(agent, session, e.text.clone(), &tx, None, stored).await.text
+    }
+
+    async fn resume(
+        &self,
+        agent: &crate::config::AgentConfig,
+        session: &SessionKey,
+        e: &Entry,
+    ) -> Result<Resume, StoreError> {
+        let sessions = self.0.rt.sessions_for(agent);
+        let len = sessions.message_count(session).await?;
+        let Some(at) = e.at.map(|a| a as usize).filter(|a| *a < len) else { return Ok(Resume::Fresh(len)) };
+        let tail = sessions.history(session, Some(len - at)).await?;
+        if !matches!(tail.first(), Some(Message::User { text }) if *text == e.text) {
+            return Ok(Resume::Fresh(len));
+        }
+        for m in &tail[1..] {
+            match m {
+                Message::User { .. } => break,
+                Message::Assistant { text, tool_calls } if tool_calls.is_empty() => {
+                    return Ok(Resume::Answered(text.clone()));
+                }
+                _ => {}
+            }
+        }
+        Ok(Resume::Stored)
     }
 }
 

@@ -1,12 +1,14 @@
 //! Chat channels: platform adapters around one shared layer.
 //!
 //! The shared part is platform-independent: `access` (who may talk to a bot), `pairing` (codes
-//! for unknown senders, approvals kept encrypted), `outbound` (splitting, pacing and per-bot
-//! queues) and `inbound` (routing an accepted message to its agent and sending the reply). An
-//! adapter such as `telegram` only translates the platform's wire format to and from it.
+//! for unknown senders, approvals kept encrypted), `outbound` (splitting, pacing and bounded
+//! per-bot queues), `inbound` (routing an accepted message to its agent and sending the reply)
+//! and `inbox` (accepted messages kept durably until answered). An adapter such as `telegram`
+//! only translates the platform's wire format to and from it.
 
 pub mod access;
 pub mod inbound;
+pub mod inbox;
 pub mod outbound;
 pub mod pairing;
 pub mod telegram;
@@ -29,7 +31,8 @@ impl Channels {
     /// resolved, so `serve` refuses to start rather than run half its bots.
     pub fn start(rt: &Arc<Runtime>, pairing: &Arc<Pairing>) -> Result<Self, Vec<String>> {
         let (stop, stopped) = watch::channel(false);
-        let tasks = telegram::start(rt, pairing, &stopped)?;
+        let inbox = Arc::new(inbox::Inboxes::new(rt.store.clone()));
+        let tasks = telegram::start(rt, pairing, &inbox, &stopped)?;
         Ok(Self { stop, tasks })
     }
 

@@ -5,12 +5,17 @@
 //! Each bot (account) has its own queue and worker task, so one tenant's burst never delays
 //! another tenant's bot. Inside one bot, chats are served round-robin: a long reply to one chat
 //! does not hold up the others.
+//!
+//! Bounded: at most `Limits::queue` texts wait per bot and `Limits::chat_queue` per chat. At a
+//! bound a turn's reply waits for room (backpressure: the reply is kept, the turn's session
+//! waits), while a notice (pairing code, greeting) is refused and the caller counts and logs it.
+//! Every queued text has a receipt (`Delivery`), so a caller can tell sent from dropped.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 
 /// Chats whose pacing deadline a bot remembers before forgetting the expired ones.
@@ -45,14 +50,16 @@ pub trait Transport: Send + Sync + 'static {
     async fn send(&self, to: &ChatTarget, text: &str) -> Result<(), SendError>;
 }
 
-/// Pacing (Telegram: about 1 message/s per chat, 20/min per group, 30/s per bot).
+/// Pacing (Telegram: about 1 message/s per chat, 20/min per group, 30/s per bot) and bounds.
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub per_chat: Duration,
     pub per_group: Duration,
     pub per_bot: Duration,
-    /// Most texts waiting in one bot's queue.
+    /// Most texts waiting in one bot's queue, all chats together.
     pub queue: usize,
+    /// Most texts waiting for one chat.
+    pub chat_queue: usize,
     /// Retries of one message after transient failures or flood control.
     pub max_retries: u32,
     /// Longest text of one message, in UTF-16 code units.
@@ -66,6 +73,7 @@ impl Limits {
             per_group: Duration::from_secs(3),
             per_bot: Duration::from_millis(34),
             queue: 1024,
+            chat_queue: 32,
             max_retries: 5,
             max_len,
         }
@@ -109,42 +117,154 @@ pub fn split(text: &str, max: usize) -> Vec<String> {
     out
 }
 
+/// What became of a queued text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Every piece was sent.
+    Sent,
+    /// The platform refused it for good (chat gone, bot blocked) or it failed too often.
+    Dropped,
+    /// The bot stopped (token rejected, shutdown) before it was sent.
+    Stopped,
+}
+
+/// Why a text was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The chat's or the bot's queue is at its bound.
+    Full,
+    /// The bot has stopped.
+    Stopped,
+}
+
+impl Refused {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refused::Full => "the outbound queue is full",
+            Refused::Stopped => "the bot has stopped",
+        }
+    }
+}
+
+struct Job {
+    to: ChatTarget,
+    text: String,
+    done: oneshot::Sender<Delivery>,
+}
+
 struct Pending {
     to: ChatTarget,
     text: String,
     attempts: u32,
+    /// The last piece of its text carries the text's receipt.
+    done: Option<oneshot::Sender<Delivery>>,
+}
+
+/// Texts queued but not finished, per bot and per chat: the bounds are checked here, before a
+/// text enters the queue, so the worker's own per-chat queues never grow past them.
+struct Load {
+    state: Mutex<LoadState>,
+    room: Notify,
+    max_bot: usize,
+    max_chat: usize,
+}
+
+#[derive(Default)]
+struct LoadState {
+    total: usize,
+    chats: HashMap<String, usize>,
+    stopped: bool,
+}
+
+impl Load {
+    fn try_reserve(&self, chat: &str) -> Result<(), Refused> {
+        let mut st = self.state.lock().expect("outbound load lock");
+        if st.stopped {
+            return Err(Refused::Stopped);
+        }
+        let in_chat = st.chats.get(chat).copied().unwrap_or(0);
+        if st.total >= self.max_bot || in_chat >= self.max_chat {
+            return Err(Refused::Full);
+        }
+        st.total += 1;
+        st.chats.insert(chat.to_string(), in_chat + 1);
+        Ok(())
+    }
+
+    fn release(&self, chat: &str) {
+        let mut st = self.state.lock().expect("outbound load lock");
+        st.total = st.total.saturating_sub(1);
+        if let Some(n) = st.chats.get_mut(chat) {
+            *n -= 1;
+            if *n == 0 {
+                st.chats.remove(chat);
+            }
+        }
+        drop(st);
+        self.room.notify_waiters();
+    }
+
+    fn stop(&self) {
+        self.state.lock().expect("outbound load lock").stopped = true;
+        self.room.notify_waiters();
+    }
 }
 
 /// A bot's outbound queue. Cheap to clone.
 #[derive(Clone)]
 pub struct Outbound {
-    tx: mpsc::Sender<(ChatTarget, String)>,
+    tx: mpsc::UnboundedSender<Job>,
+    load: Arc<Load>,
     label: Arc<str>,
 }
 
 impl Outbound {
     /// Starts the bot's worker. `label` names the bot in logs (`telegram/acme`).
     pub fn start(label: &str, transport: Arc<dyn Transport>, limits: Limits) -> Self {
-        let (tx, rx) = mpsc::channel(limits.queue.max(1));
+        let (tx, rx) = mpsc::unbounded_channel();
         let label: Arc<str> = Arc::from(label);
-        tokio::spawn(worker(label.clone(), transport, limits, rx));
-        Self { tx, label }
+        let load = Arc::new(Load {
+            state: Mutex::default(),
+            room: Notify::new(),
+            max_bot: limits.queue.max(1),
+            max_chat: limits.chat_queue.max(1),
+        });
+        tokio::spawn(worker(label.clone(), transport, limits, rx, load.clone()));
+        Self { tx, load, label }
     }
 
-    /// Queues a reply (split as needed). `false` when the queue is full or the bot stopped; the
-    /// loss is logged, never silent.
-    pub fn send(&self, to: ChatTarget, text: String) -> bool {
-        match self.tx.try_send((to, text)) {
-            Ok(()) => true,
-            Err(e) => {
-                let why = match e {
-                    mpsc::error::TrySendError::Full(_) => "the outbound queue is full",
-                    mpsc::error::TrySendError::Closed(_) => "the bot has stopped",
-                };
-                tracing::error!(bot = %self.label, reason = why, "Reply dropped.");
-                false
+    /// Queues a reply (split as needed), waiting while the chat or the bot is at its bound
+    /// (backpressure on the turn that produced it; nothing is dropped). The receipt says what
+    /// became of it; `Err` only when the bot has stopped.
+    pub async fn send(&self, to: ChatTarget, text: String) -> Result<oneshot::Receiver<Delivery>, Refused> {
+        loop {
+            let room = self.load.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match self.load.try_reserve(&to.chat) {
+                Ok(()) => return self.push(to, text),
+                Err(Refused::Full) => room.await,
+                Err(Refused::Stopped) => return Err(Refused::Stopped),
             }
         }
+    }
+
+    /// Queues a short notice (a pairing code, a greeting) without waiting: at a bound it is
+    /// refused and the caller counts and logs the refusal.
+    pub fn try_send(&self, to: ChatTarget, text: String) -> Result<(), Refused> {
+        self.load.try_reserve(&to.chat)?;
+        self.push(to, text).map(drop)
+    }
+
+    fn push(&self, to: ChatTarget, text: String) -> Result<oneshot::Receiver<Delivery>, Refused> {
+        let (done, receipt) = oneshot::channel();
+        let chat = to.chat.clone();
+        if self.tx.send(Job { to, text, done }).is_err() {
+            self.load.release(&chat);
+            tracing::error!(bot = %self.label, "Reply not queued: the bot has stopped.");
+            return Err(Refused::Stopped);
+        }
+        Ok(receipt)
     }
 }
 
@@ -152,7 +272,8 @@ async fn worker(
     label: Arc<str>,
     transport: Arc<dyn Transport>,
     limits: Limits,
-    mut rx: mpsc::Receiver<(ChatTarget, String)>,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    load: Arc<Load>,
 ) {
     let mut queues: HashMap<String, VecDeque<Pending>> = HashMap::new();
     // Round-robin order of chats with something to send.
@@ -160,18 +281,24 @@ async fn worker(
     let mut next_at: HashMap<String, Instant> = HashMap::new();
     let mut bot_next = Instant::now();
     let mut open = true;
+    let finish = |p: Pending, how: Delivery| {
+        if let Some(done) = p.done {
+            load.release(&p.to.chat);
+            let _ = done.send(how);
+        }
+    };
     loop {
-        // Take in everything that is waiting.
-        while let Ok((to, text)) = rx.try_recv() {
-            enqueue(&mut queues, &mut order, &limits, to, &text);
+        // Take in everything that is waiting (bounded by `Load`).
+        while let Ok(job) = rx.try_recv() {
+            enqueue(&mut queues, &mut order, &limits, job, &load);
         }
         if order.is_empty() {
             if !open {
-                return;
+                break;
             }
             match rx.recv().await {
-                Some((to, text)) => enqueue(&mut queues, &mut order, &limits, to, &text),
-                None => return,
+                Some(job) => enqueue(&mut queues, &mut order, &limits, job, &load),
+                None => break,
             }
             continue;
         }
@@ -182,7 +309,7 @@ async fn worker(
             tokio::select! {
                 () = tokio::time::sleep_until(wake) => {}
                 m = rx.recv(), if open => match m {
-                    Some((to, text)) => enqueue(&mut queues, &mut order, &limits, to, &text),
+                    Some(job) => enqueue(&mut queues, &mut order, &limits, job, &load),
                     None => open = false,
                 },
             }
@@ -198,7 +325,7 @@ async fn worker(
         let pace = if p.to.group { limits.per_group } else { limits.per_chat };
         match result {
             Ok(()) => {
-                q.pop_front();
+                finish(q.pop_front().expect("front exists"), Delivery::Sent);
                 next_at.insert(chat.clone(), now + pace);
                 // Bounded: forget chats whose pace has passed once many have been served.
                 if next_at.len() > MAX_TRACKED_CHATS {
@@ -211,14 +338,14 @@ async fn worker(
                 bot_next = now + wait;
                 if p.attempts > limits.max_retries {
                     tracing::error!(bot = %label, "Reply dropped after repeated flood control.");
-                    q.pop_front();
+                    finish(q.pop_front().expect("front exists"), Delivery::Dropped);
                 }
             }
             Err(SendError::Transient(why)) => {
                 p.attempts += 1;
                 if p.attempts > limits.max_retries {
                     tracing::error!(bot = %label, error = %why, "Reply dropped after repeated failures.");
-                    q.pop_front();
+                    finish(q.pop_front().expect("front exists"), Delivery::Dropped);
                 } else {
                     let backoff = Duration::from_millis(500 << p.attempts.min(6));
                     tracing::warn!(bot = %label, error = %why, attempt = p.attempts, "Send failed; retrying.");
@@ -227,12 +354,12 @@ async fn worker(
             }
             Err(SendError::Permanent(why)) => {
                 tracing::warn!(bot = %label, error = %why, "Reply cannot be delivered; dropped.");
-                q.pop_front();
+                finish(q.pop_front().expect("front exists"), Delivery::Dropped);
             }
             Err(SendError::Unauthorized) => {
                 let lost: usize = queues.values().map(VecDeque::len).sum();
                 tracing::error!(bot = %label, dropped = lost, "The platform rejected the bot's token; outbound stopped.");
-                return;
+                break;
             }
         }
         if queues.get(&chat).is_some_and(|q| !q.is_empty()) {
@@ -241,25 +368,44 @@ async fn worker(
             queues.remove(&chat);
         }
     }
+    // Whatever is left was not sent: its receipts say so, and later sends are refused.
+    load.stop();
+    rx.close();
+    while let Ok(job) = rx.try_recv() {
+        let _ = job.done.send(Delivery::Stopped);
+    }
+    for p in queues.into_values().flatten() {
+        if let Some(done) = p.done {
+            let _ = done.send(Delivery::Stopped);
+        }
+    }
 }
 
 fn enqueue(
     queues: &mut HashMap<String, VecDeque<Pending>>,
     order: &mut VecDeque<String>,
     limits: &Limits,
-    to: ChatTarget,
-    text: &str,
+    job: Job,
+    load: &Load,
 ) {
+    let Job { to, text, done } = job;
     let chat = to.chat.clone();
+    let pieces = split(&text, limits.max_len);
+    if pieces.is_empty() {
+        load.release(&chat);
+        let _ = done.send(Delivery::Sent);
+        return;
+    }
     let q = queues.entry(chat.clone()).or_default();
     let was_empty = q.is_empty();
-    for piece in split(text, limits.max_len) {
-        q.push_back(Pending { to: to.clone(), text: piece, attempts: 0 });
+    let mut done = Some(done);
+    let n = pieces.len();
+    for (i, piece) in pieces.into_iter().enumerate() {
+        let done = if i + 1 == n { done.take() } else { None };
+        q.push_back(Pending { to: to.clone(), text: piece, attempts: 0, done });
     }
-    if was_empty && !q.is_empty() {
+    if was_empty {
         order.push_back(chat);
-    } else if q.is_empty() {
-        queues.remove(&chat);
     }
 }
 
@@ -328,10 +474,14 @@ mod tests {
         let out = Outbound::start("test/a", rec.clone(), Limits { max_len: 10, ..Limits::telegram(10) });
         let t0 = Instant::now();
         // Three pieces for chat 1, one for chat 2 and one for group chat -3.
-        out.send(target("1", false), "aaaaaaaaa bbbbbbbbb ccccccccc".into());
-        out.send(target("2", false), "hello".into());
-        out.send(target("-3", true), "g1".into());
-        out.send(target("-3", true), "g2".into());
+        for (chat, group, text) in [
+            ("1", false, "aaaaaaaaa bbbbbbbbb ccccccccc"),
+            ("2", false, "hello"),
+            ("-3", true, "g1"),
+            ("-3", true, "g2"),
+        ] {
+            out.try_send(target(chat, group), text.into()).unwrap();
+        }
         settle(&rec, 6).await;
         let sent = rec.sent.lock().unwrap().clone();
         let at = |chat: &str| -> Vec<Duration> {
@@ -356,8 +506,9 @@ mod tests {
         rec.fail_first.lock().unwrap().push(SendError::RetryAfter(Duration::from_secs(7)));
         let out = Outbound::start("test/b", rec.clone(), Limits::telegram(4096));
         let t0 = Instant::now();
-        out.send(target("1", false), "once".into());
+        let receipt = out.send(target("1", false), "once".into()).await.unwrap();
         settle(&rec, 1).await;
+        assert_eq!(receipt.await, Ok(Delivery::Sent));
         let sent = rec.sent.lock().unwrap().clone();
         assert_eq!(sent.len(), 1, "delivered exactly once");
         assert!(sent[0].0 - t0 >= Duration::from_secs(7), "waited retry_after");
@@ -368,14 +519,66 @@ mod tests {
         let rec = Arc::new(Recorder::default());
         rec.fail_first.lock().unwrap().push(SendError::Unauthorized);
         let out = Outbound::start("test/c", rec.clone(), Limits::telegram(4096));
-        assert!(out.send(target("1", false), "x".into()));
+        let receipt = out.send(target("1", false), "x".into()).await.unwrap();
+        assert_eq!(receipt.await, Ok(Delivery::Stopped), "the unsent reply's receipt says so");
         for _ in 0..100 {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            if !out.send(target("1", false), "y".into()) {
+            if out.try_send(target("1", false), "y".into()) == Err(Refused::Stopped) {
                 assert!(rec.sent.lock().unwrap().is_empty());
                 return;
             }
         }
         panic!("the worker kept running after Unauthorized");
+    }
+
+    /// A transport that holds every send until the test lets it through.
+    struct Gate {
+        open: tokio::sync::Semaphore,
+        sent: Mutex<Vec<String>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Transport for Gate {
+        async fn send(&self, _to: &ChatTarget, text: &str) -> Result<(), SendError> {
+            self.open.acquire().await.expect("gate open").forget();
+            self.sent.lock().unwrap().push(text.to_string());
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queues_are_bounded_per_chat_and_per_bot_and_replies_wait_for_room() {
+        let gate = Arc::new(Gate { open: tokio::sync::Semaphore::new(0), sent: Mutex::default() });
+        let limits = Limits { queue: 5, chat_queue: 3, ..Limits::telegram(4096) };
+        let out = Outbound::start("test/d", gate.clone(), limits);
+        let mut receipts = Vec::new();
+        for i in 0..3 {
+            receipts.push(out.send(target("1", false), format!("r{i}")).await.unwrap());
+        }
+        // The chat is at its bound: a notice is refused, a reply waits (and is not lost).
+        assert_eq!(out.try_send(target("1", false), "notice".into()), Err(Refused::Full));
+        let waiting = tokio::spawn({
+            let out = out.clone();
+            async move { out.send(target("1", false), "r3".into()).await }
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!waiting.is_finished(), "the fourth reply to one chat waits for room");
+        // Other chats still have room, up to the bot's bound.
+        out.try_send(target("2", false), "a".into()).unwrap();
+        out.try_send(target("3", false), "b".into()).unwrap();
+        assert_eq!(out.try_send(target("4", false), "c".into()), Err(Refused::Full), "bot bound");
+        // Sending one frees one place: the waiting reply gets in, nothing was dropped.
+        gate.open.add_permits(1);
+        let late = tokio::time::timeout(Duration::from_secs(60), waiting).await.unwrap().unwrap().unwrap();
+        gate.open.add_permits(100);
+        for r in receipts {
+            assert_eq!(r.await, Ok(Delivery::Sent));
+        }
+        assert_eq!(late.await, Ok(Delivery::Sent));
+        let sent = gate.sent.lock().unwrap().clone();
+        for t in ["r0", "r1", "r2", "r3", "a", "b"] {
+            assert_eq!(sent.iter().filter(|s| *s == t).count(), 1, "{t} sent once: {sent:?}");
+        }
+        assert!(!sent.iter().any(|s| s == "notice" || s == "c"), "refused notices were not queued");
     }
 }

@@ -2,13 +2,22 @@
 //! (`bulkhead pairing ...`, through the running gateway's operator API); approvals persist.
 //!
 //! Pending requests live in memory only (they expire after an hour; a restart just means the
-//! sender asks again). Approvals are per (tenant, channel, account, sender) and are saved as the
+//! sender asks again).
+//!
+//! Slots: at most `MAX_PENDING_PER_ACCOUNT` requests wait per bot. A code lives `CODE_TTL` from
+//! its issue (writing again does not renew it), and a sender whose request ended without an
+//! approval (expired, denied or evicted) gets no new code for `COOLDOWN`: nobody keeps a slot
+//! alive indefinitely. When the slots are full, a new stranger takes the slot of the oldest
+//! request once that one has waited `MIN_HOLD`: throwaway accounts cannot lock real users out
+//! for longer than that without a steady supply of fresh accounts, each usable once an hour. Approvals are per (tenant, channel, account, sender) and are saved as the
 //! tenant's `pairing` document in the session store, so they are encrypted to the tenant's key
 //! like transcripts, and a tenant deletion shreds them too. No peer id is ever written in clear.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
 
 use ring::rand::SecureRandom;
 use serde::{Deserialize, Serialize};
@@ -18,8 +27,12 @@ use crate::session::SessionStore;
 
 /// How long a code stays valid.
 pub const CODE_TTL: Duration = Duration::from_secs(3600);
-/// Most requests waiting per bot account; further strangers are ignored until one clears.
+/// Most requests waiting per bot account.
 pub const MAX_PENDING_PER_ACCOUNT: usize = 3;
+/// How long a request keeps its slot before a new stranger may take it when all are full.
+pub const MIN_HOLD: Duration = Duration::from_secs(600);
+/// How long a sender whose request ended without an approval gets no new code.
+pub const COOLDOWN: Duration = Duration::from_secs(3600);
 /// Code alphabet: uppercase letters and digits without the look-alikes 0, O, 1 and I.
 const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
 const CODE_LEN: usize = 8;
@@ -48,10 +61,12 @@ pub enum Offer {
     New(String),
     /// The sender already has a pending code.
     Existing(String),
-    /// Too many requests are pending for this account; nothing is sent.
+    /// Too many requests are pending for this account, all younger than `MIN_HOLD`; nothing is
+    /// sent.
     Full,
-    /// Nothing is sent: the sender was reminded of their code often enough, or was denied within
-    /// the last hour (a stranger can neither make the bot send without bound nor retake a slot).
+    /// Nothing is sent: the sender was reminded of their code often enough, or their last request
+    /// ended unapproved within `COOLDOWN` (a stranger can neither make the bot send without bound
+    /// nor retake a slot).
     Quiet,
 }
 
@@ -72,9 +87,34 @@ type Approval = (String, String, String); // channel, account, sender
 struct State {
     pending: Vec<Request>,
     approved: HashMap<TenantId, BTreeSet<Approval>>,
-    /// Senders denied within the last `CODE_TTL`, by (channel, account, sender): they get no new
-    /// code meanwhile, so a denied sender cannot take a pending slot straight back.
-    denied: HashMap<(String, String, String), Instant>,
+    /// Senders whose request ended unapproved (denied, expired, evicted) within `COOLDOWN`, by
+    /// (channel, account, sender): they get no new code meanwhile.
+    resting: HashMap<(String, String, String), Instant>,
+}
+
+impl State {
+    /// Ends expired requests (their senders rest) and forgets rests that are over.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        let mut ended = Vec::new();
+        self.pending.retain(|r| {
+            let live = now.duration_since(r.created) < CODE_TTL;
+            if !live {
+                ended.push(r.key());
+            }
+            live
+        });
+        for k in ended {
+            self.resting.insert(k, now);
+        }
+        self.resting.retain(|_, at| now.duration_since(*at) < COOLDOWN);
+    }
+}
+
+impl Request {
+    fn key(&self) -> (String, String, String) {
+        (self.channel.clone(), self.account.clone(), self.sender.clone())
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -145,9 +185,8 @@ impl Pairing {
         username: Option<&str>,
     ) -> Offer {
         let mut st = self.state.lock().expect("pairing lock");
-        st.pending.retain(|r| r.created.elapsed() < CODE_TTL);
-        st.denied.retain(|_, at| at.elapsed() < CODE_TTL);
-        if st.denied.contains_key(&(channel.to_string(), account.to_string(), sender.to_string())) {
+        st.expire();
+        if st.resting.contains_key(&(channel.to_string(), account.to_string(), sender.to_string())) {
             return Offer::Quiet;
         }
         let same_account = |r: &&Request| r.channel == channel && r.account == account;
@@ -161,7 +200,20 @@ impl Pairing {
             return Offer::Existing(r.code.clone());
         }
         if st.pending.iter().filter(same_account).count() >= MAX_PENDING_PER_ACCOUNT {
-            return Offer::Full;
+            // Full: the oldest request gives way once it has held its slot long enough.
+            let oldest = st.pending.iter().enumerate().filter(|(_, r)| same_account(r)).min_by_key(|(_, r)| r.created);
+            match oldest {
+                Some((i, r)) if r.created.elapsed() >= MIN_HOLD => {
+                    let gone = st.pending.remove(i);
+                    tracing::warn!(
+                        channel,
+                        account,
+                        "Pairing slots full: the oldest pending request gave way to a new sender."
+                    );
+                    st.resting.insert(gone.key(), Instant::now());
+                }
+                _ => return Offer::Full,
+            }
         }
         let code = loop {
             let c = self.new_code();
@@ -196,14 +248,14 @@ impl Pairing {
     /// Pending requests, oldest first.
     pub fn pending(&self) -> Vec<Request> {
         let mut st = self.state.lock().expect("pairing lock");
-        st.pending.retain(|r| r.created.elapsed() < CODE_TTL);
+        st.expire();
         st.pending.clone()
     }
 
     fn take(&self, code: &str) -> Result<Request, PairingError> {
         let code = code.trim().to_ascii_uppercase();
         let mut st = self.state.lock().expect("pairing lock");
-        st.pending.retain(|r| r.created.elapsed() < CODE_TTL);
+        st.expire();
         let i = st.pending.iter().position(|r| r.code == code).ok_or(PairingError::UnknownCode(code))?;
         Ok(st.pending.remove(i))
     }
@@ -243,8 +295,7 @@ impl Pairing {
     /// Denies (forgets) a pending code.
     pub fn deny(&self, code: &str) -> Result<Request, PairingError> {
         let req = self.take(code)?;
-        let key = (req.channel.clone(), req.account.clone(), req.sender.clone());
-        self.state.lock().expect("pairing lock").denied.insert(key, Instant::now());
+        self.state.lock().expect("pairing lock").resting.insert(req.key(), Instant::now());
         Ok(req)
     }
 }
@@ -300,5 +351,31 @@ mod tests {
         assert_eq!(p.offer(&t("acme"), "telegram", "acme", "7", None), Offer::Quiet);
         assert!(p.pending().is_empty());
         assert!(matches!(p.offer(&t("acme"), "telegram", "acme", "8", None), Offer::New(_)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nobody_holds_a_slot_for_ever_and_strangers_cannot_lock_others_out_for_long() {
+        let p = Pairing::new(Arc::new(MemoryStore::default()));
+        let a = t("acme");
+        let offer = |sender: &str| p.offer(&a, "telegram", "acme", sender, None);
+        for s in ["1", "2", "3"] {
+            assert!(matches!(offer(s), Offer::New(_)), "{s}");
+        }
+        // Full: a newcomer is refused only while every request is younger than MIN_HOLD.
+        assert_eq!(offer("42"), Offer::Full);
+        tokio::time::advance(MIN_HOLD).await;
+        assert!(matches!(offer("42"), Offer::New(_)), "the oldest request gives way after MIN_HOLD");
+        let senders = |p: &Pairing| p.pending().into_iter().map(|r| r.sender).collect::<Vec<_>>();
+        assert_eq!(senders(&p), ["2", "3", "42"]);
+        assert_eq!(offer("1"), Offer::Quiet, "an evicted sender cannot take a slot straight back");
+        // Writing again does not renew a code: it expires CODE_TTL after it was issued.
+        tokio::time::advance(CODE_TTL - MIN_HOLD - Duration::from_secs(1)).await;
+        assert!(matches!(offer("2"), Offer::Existing(_)));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(senders(&p), ["42"], "codes expire an hour after issue, reminders or not");
+        assert_eq!(offer("2"), Offer::Quiet, "an expired sender rests before a new code");
+        assert!(matches!(offer("5"), Offer::New(_)), "a freed slot goes to someone else");
+        tokio::time::advance(COOLDOWN).await;
+        assert!(matches!(offer("2"), Offer::New(_)), "after the rest, a new code");
     }
 }

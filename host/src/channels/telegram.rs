@@ -1,10 +1,15 @@
 //! The Telegram adapter: one long-polling task and one outbound queue per bot account.
 //!
 //! Telegram's types and its send/getMe/getWebhookInfo requests come from `teloxide-core`;
-//! `getUpdates` is driven here (not by teloxide's dispatcher) because the offset must be ours:
-//! each update is parsed on its own, so one malformed update is skipped and logged while the
-//! offset still moves past it, an update id at or below the offset is never handled twice, and
-//! a 401 stops only this account with a log line an operator can act on.
+//! `getUpdates` and `getMe` are driven here (not by teloxide's dispatcher) because the offset
+//! must be ours: each update is parsed on its own, so one malformed update is skipped and logged
+//! while the offset still moves past it, an update id at or below the offset is never handled
+//! twice, and a 401 stops only this account with a log line an operator can act on.
+//!
+//! Store first, then confirm: a message that starts a turn is in the tenant's durable inbox
+//! before the offset moves past its update; if it cannot be stored, the batch stops there and
+//! the update is taken again later. After a restart polling resumes past the last update
+//! admitted, and the turns that had not finished run again.
 //!
 //! Normalisation: private chats are direct sessions; groups and supergroups are group sessions;
 //! a forum topic is its own session (`<chatId>.topic.<threadId>`) and the reply goes back into
@@ -20,11 +25,13 @@ use teloxide_core::types::{ChatId, Me, Message, MessageId, ThreadId, Update, Upd
 use teloxide_core::{ApiError, Bot, RequestError};
 use tokio::sync::watch;
 
-use super::inbound::{Account, Body, ChatMessage, accept};
+use super::inbound::{Account, Body, ChatMessage, Deferred, accept};
+use super::inbox::Inboxes;
 use super::outbound::{ChatTarget, Limits, Outbound, SendError, Transport};
 use super::pairing::Pairing;
 use crate::agent::Runtime;
 use crate::config::channels::TelegramAccount;
+use crate::gateway::TokenIndex;
 
 /// Long-poll timeout asked of the Bot API, in seconds.
 pub const POLL_TIMEOUT_SECS: u64 = 25;
@@ -38,7 +45,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub struct Connection {
     pub bot: Bot,
     http: reqwest::Client,
-    updates_url: String,
+    /// `<apiUrl>/bot<token>`: holds the token, so never logged.
+    method_base: String,
 }
 
 impl Connection {
@@ -52,13 +60,17 @@ impl Connection {
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         let bot = Bot::with_client(token, http.clone()).set_api_url(url);
-        let updates_url = format!("{}/bot{token}/getUpdates", api_url.trim_end_matches('/'));
-        Ok(Self { bot, http, updates_url })
+        let method_base = format!("{}/bot{token}", api_url.trim_end_matches('/'));
+        Ok(Self { bot, http, method_base })
     }
 
-    /// `getMe`: the bot's identity (`describe` words an error for an operator).
-    pub async fn get_me(&self) -> Result<Me, RequestError> {
-        self.bot.get_me().await
+    /// `getMe`: the bot's identity. An answer that lacks a field names the field.
+    pub async fn get_me(&self) -> Result<Me, MeError> {
+        let result = self.call("getMe", &json!({}), Duration::from_secs(30)).await.map_err(|e| match e {
+            PollError::Unauthorized => MeError::Unauthorized,
+            other => MeError::Failed(other.to_string()),
+        })?;
+        parse_me(result).map_err(MeError::Failed)
     }
 
     /// The webhook URL currently set for the bot, if any.
@@ -69,16 +81,26 @@ impl Connection {
     async fn get_updates(&self, offset: i64, timeout: u64) -> Result<Vec<Value>, PollError> {
         let body = json!({ "offset": offset, "timeout": timeout, "limit": POLL_LIMIT,
                            "allowed_updates": ["message", "edited_message"] });
+        match self.call("getUpdates", &body, Duration::from_secs(timeout + 15)).await? {
+            Value::Array(items) => Ok(items),
+            _ => Err(PollError::Transient("getUpdates answered without a result list".into())),
+        }
+    }
+
+    /// One Bot API method: its `result`, or the error in words (never the URL, which holds the
+    /// token, nor the values of the answer).
+    async fn call(&self, method: &str, body: &Value, timeout: Duration) -> Result<Value, PollError> {
         let resp = self
             .http
-            .post(&self.updates_url)
-            .json(&body)
+            .post(format!("{}/{method}", self.method_base))
+            .timeout(timeout)
+            .json(body)
             .send()
             .await
             .map_err(|e| PollError::Transient(network(&e)))?;
         let status = resp.status();
         let text = resp.text().await.map_err(|e| PollError::Transient(network(&e)))?;
-        let v: Value = match serde_json::from_str(&text) {
+        let mut v: Value = match serde_json::from_str(&text) {
             Ok(v) => v,
             Err(_) if status.as_u16() == 401 => return Err(PollError::Unauthorized),
             Err(_) => {
@@ -86,9 +108,9 @@ impl Connection {
             }
         };
         if v["ok"] == true {
-            return match v.get("result") {
-                Some(Value::Array(items)) => Ok(items.clone()),
-                _ => Err(PollError::Transient("getUpdates answered without a result list".into())),
+            return match v.get_mut("result") {
+                Some(r) => Ok(r.take()),
+                None => Err(PollError::Transient(format!("{method} answered ok without a result"))),
             };
         }
         let code = v["error_code"].as_u64().unwrap_or(u64::from(status.as_u16()));
@@ -104,12 +126,51 @@ impl Connection {
     }
 }
 
+/// Reads a `getMe` result. A missing field is named; a value is never quoted.
+fn parse_me(result: Value) -> Result<Me, String> {
+    serde_json::from_value::<Me>(result).map_err(|e| {
+        let why = e.to_string();
+        match why.strip_prefix("missing field `").and_then(|rest| rest.split('`').next()) {
+            Some(field) => format!("the Bot API's getMe answer lacks the field `{field}`"),
+            None => "the Bot API's getMe answer has a field of an unexpected type or is not a bot".into(),
+        }
+    })
+}
+
+/// Why `getMe` failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MeError {
+    /// The token was rejected (401): wrong or revoked.
+    Unauthorized,
+    Failed(String),
+}
+
+impl std::fmt::Display for MeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MeError::Unauthorized => f.write_str("the bot token was rejected (401 Unauthorized)"),
+            MeError::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
 #[derive(Debug)]
 enum PollError {
     Unauthorized,
     Conflict(String),
     RetryAfter(Duration),
     Transient(String),
+}
+
+impl std::fmt::Display for PollError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PollError::Unauthorized => f.write_str("the bot token was rejected (401 Unauthorized)"),
+            PollError::Conflict(why) => write!(f, "409 Conflict: {why}"),
+            PollError::RetryAfter(d) => write!(f, "flood control: retry after {} s", d.as_secs()),
+            PollError::Transient(why) => f.write_str(why),
+        }
+    }
 }
 
 /// A network error without its URL (the URL holds the bot token).
@@ -131,6 +192,9 @@ pub fn describe(e: &RequestError) -> String {
         RequestError::RetryAfter(s) => format!("flood control: retry after {} s", s.duration().as_secs()),
         RequestError::MigrateToChatId(_) => "the group was upgraded to a supergroup".into(),
         RequestError::Network(n) => network(n),
+        RequestError::InvalidJson { raw, .. } if serde_json::from_str::<Value>(raw).is_ok() => {
+            "the Bot API sent an answer this client cannot read (a field is missing or has an unexpected type)".into()
+        }
         RequestError::InvalidJson { .. } => "the Bot API sent an answer that is not valid JSON".into(),
         RequestError::Io(_) => "I/O error talking to the Bot API".into(),
     }
@@ -165,20 +229,34 @@ impl Transport for TelegramTransport {
     }
 }
 
-/// Starts one poller per configured account. Fails when a token cannot be resolved.
+/// Starts one poller per configured account. Fails when a token cannot be resolved, or when two
+/// accounts hold the same bot token (one bot, one account, one tenant).
 pub fn start(
     rt: &Arc<Runtime>,
     pairing: &Arc<Pairing>,
+    inbox: &Arc<Inboxes>,
     stopped: &watch::Receiver<bool>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, Vec<String>> {
     let mut errors = Vec::new();
     let mut ready = Vec::new();
+    // By digest, compared in constant time; the token itself is never kept or shown.
+    let mut seen: TokenIndex<String> = TokenIndex::new();
     for acc in &rt.config.channels.telegram {
+        let path = format!("channels.telegram.accounts.{}", acc.id);
         match acc.token.resolve(&rt.config.base_dir) {
-            Ok(token) => match Connection::new(token.expose(), &acc.api_url) {
-                Ok(conn) => ready.push((acc.clone(), conn)),
-                Err(e) => errors.push(format!("channels.telegram account {:?}: {e}", acc.id)),
-            },
+            Ok(token) => {
+                if let Some(first) = seen.lookup(token.expose()) {
+                    errors.push(format!(
+                        "{path}.token: the same bot token as {first}.token; a bot belongs to one account and so to one tenant: give each account its own bot (from @BotFather)"
+                    ));
+                    continue;
+                }
+                seen.insert(token.expose(), path);
+                match Connection::new(token.expose(), &acc.api_url) {
+                    Ok(conn) => ready.push((acc.clone(), conn)),
+                    Err(e) => errors.push(format!("channels.telegram account {:?}: {e}", acc.id)),
+                }
+            }
             Err(e) => errors.push(format!("channels.telegram account {:?} token: {e}", acc.id)),
         }
     }
@@ -193,7 +271,7 @@ pub fn start(
             Arc::new(TelegramTransport { bot: conn.bot.clone() }),
             Limits::telegram(acc.text_chunk_limit),
         );
-        let account = Account { channel: "telegram", id: acc.id.clone(), access: acc.access.clone(), outbound };
+        let account = Account::new(rt, inbox, "telegram", acc.id.clone(), acc.access.clone(), outbound);
         let poller = Poller { rt: rt.clone(), pairing: pairing.clone(), account, conn, config: acc };
         tasks.push(tokio::spawn(poller.run(stopped.clone())));
     }
@@ -208,20 +286,39 @@ struct Poller {
     config: TelegramAccount,
 }
 
+/// What handling one update leads to.
+enum Handled {
+    /// Done with it: poll from this offset next.
+    Next(i64),
+    /// Not stored: stop the batch here and poll this update again later.
+    Retry(i64),
+}
+
 impl Poller {
     async fn run(self, mut stopped: watch::Receiver<bool>) {
         let id = self.config.id.clone();
+        // Turns accepted before a restart run again first; updates already admitted are skipped.
+        let mut offset: i64 = 0;
+        if let Some(tenant) = &self.config.tenant {
+            match self.account.resume(tenant).await {
+                Ok(mark) => offset = mark.map_or(0, |m| m.saturating_add(1)),
+                Err(e) => {
+                    tracing::error!(account = %id, tenant = %tenant, error = %e, "Cannot read this bot's chat inbox, so accepted messages could be lost or answered twice. This account is stopped; other accounts are unaffected.");
+                    return;
+                }
+            }
+        }
         let mut backoff = Duration::from_secs(1);
         let me = loop {
             tokio::select! {
                 r = self.conn.get_me() => match r {
                     Ok(me) => break me,
-                    Err(RequestError::Api(ApiError::InvalidToken)) => {
+                    Err(MeError::Unauthorized) => {
                         tracing::error!(account = %id, "Telegram rejected the bot token of this account (401 Unauthorized): it is wrong or was revoked. This account is stopped; other accounts are unaffected. Fix the token and restart.");
                         return;
                     }
                     Err(e) => {
-                        tracing::warn!(account = %id, error = %describe(&e), "Telegram getMe failed; retrying.");
+                        tracing::warn!(account = %id, error = %e, "Telegram getMe failed; retrying.");
                     }
                 },
                 _ = stopped.wait_for(|s| *s) => return,
@@ -235,7 +332,6 @@ impl Poller {
         let username = me.user.username.clone().unwrap_or_default();
         tracing::info!(account = %id, bot = %username, "Telegram bot connected; polling for updates.");
         let bot_id = me.user.id.0;
-        let mut offset: i64 = 0;
         backoff = Duration::from_secs(1);
         loop {
             let batch = tokio::select! {
@@ -245,16 +341,25 @@ impl Poller {
             let wait = match batch {
                 Ok(items) => {
                     let (before, any) = (offset, !items.is_empty());
+                    let mut deferred = false;
                     for item in items {
-                        offset = self.handle_raw(item, offset, &username, bot_id);
+                        match self.handle_raw(item, offset, &username, bot_id).await {
+                            Handled::Next(next) => offset = next,
+                            Handled::Retry(at) => {
+                                offset = at;
+                                deferred = true;
+                                break;
+                            }
+                        }
                     }
-                    if !any || offset > before {
+                    if !deferred && (!any || offset > before) {
                         backoff = Duration::from_secs(1);
                         continue;
                     }
-                    // A batch that moved nothing forward (updates without ids, or only old ones)
-                    // would come straight back: wait like after an error instead of spinning.
-                    tracing::warn!(account = %id, retry_in_ms = backoff.as_millis() as u64, "Telegram returned only updates that cannot advance the offset; slowing down.");
+                    // A batch that moved nothing forward (updates without ids, only old ones, or
+                    // a message that could not be stored) would come straight back: wait like
+                    // after an error instead of spinning.
+                    tracing::warn!(account = %id, retry_in_ms = backoff.as_millis() as u64, "Telegram updates could not all be taken; slowing down.");
                     let w = backoff;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     w
@@ -283,28 +388,34 @@ impl Poller {
                 _ = stopped.wait_for(|s| *s) => break,
             }
         }
-        // Confirm what was handled, so a restart does not receive it again.
+        // Confirm what was handled (every accepted message is already in the inbox), so a
+        // restart does not receive it again.
         if offset > 0 {
             let _ = tokio::time::timeout(Duration::from_secs(5), self.conn.get_updates(offset, 0)).await;
         }
         tracing::info!(account = %id, "Telegram polling stopped.");
     }
 
-    /// Handles one raw update and returns the next offset. Never panics on any input.
-    fn handle_raw(&self, item: Value, offset: i64, username: &str, bot_id: u64) -> i64 {
+    /// Handles one raw update. Never panics on any input.
+    async fn handle_raw(&self, item: Value, offset: i64, username: &str, bot_id: u64) -> Handled {
         let id = &self.config.id;
         let Some(update_id) = item.get("update_id").and_then(Value::as_i64) else {
             tracing::warn!(account = %id, "Skipped a Telegram update without an update_id.");
-            return offset;
+            return Handled::Next(offset);
         };
         if update_id < offset {
             tracing::debug!(account = %id, update_id, "Skipped an update already handled.");
-            return offset;
+            return Handled::Next(offset);
         }
         let next = update_id.saturating_add(1);
         // From text, not `from_value`: teloxide's `UpdateKind` visitor needs borrowed keys.
         match serde_json::from_str::<Update>(&item.to_string()) {
-            Ok(Update { kind: UpdateKind::Message(m), .. }) => self.on_message(&m, username, bot_id),
+            Ok(Update { kind: UpdateKind::Message(m), .. }) => {
+                if let Err(Deferred(why)) = self.on_message(update_id, &m, username, bot_id).await {
+                    tracing::warn!(account = %id, update_id, reason = %why, "Update not confirmed; it will be taken again.");
+                    return Handled::Retry(update_id);
+                }
+            }
             Ok(Update { kind: UpdateKind::EditedMessage(_), .. }) => {
                 tracing::debug!(account = %id, update_id, "Ignored an edited message (the original was answered).");
             }
@@ -313,13 +424,13 @@ impl Poller {
             }
             Ok(_) => tracing::debug!(account = %id, update_id, "Ignored an update kind this adapter does not handle."),
         }
-        next
+        Handled::Next(next)
     }
 
-    fn on_message(&self, m: &Message, username: &str, bot_id: u64) {
-        let Some(from) = m.from.as_ref() else { return };
+    async fn on_message(&self, update: i64, m: &Message, username: &str, bot_id: u64) -> Result<(), Deferred> {
+        let Some(from) = m.from.as_ref() else { return Ok(()) };
         if from.is_bot || !(m.chat.is_private() || m.chat.is_group() || m.chat.is_supergroup()) {
-            return;
+            return Ok(());
         }
         let text = m.text().or_else(|| m.caption());
         let mentioned = text.is_some_and(|t| mentions(t, username))
@@ -330,6 +441,7 @@ impl Poller {
         };
         let topic = if m.is_topic_message { m.thread_id.map(|t| t.0.0.to_string()) } else { None };
         let msg = ChatMessage {
+            update,
             sender: from.id.0.to_string(),
             username: from.username.clone(),
             chat: m.chat.id.0.to_string(),
@@ -338,7 +450,7 @@ impl Poller {
             mentioned,
             body,
         };
-        accept(&self.rt, &self.pairing, &self.account, msg);
+        accept(&self.rt, &self.pairing, &self.account, msg).await
     }
 }
 
@@ -374,6 +486,22 @@ mod tests {
         let u = serde_json::from_str::<Update>(&raw.to_string());
         let u = u.map_err(|e| e.to_string()).unwrap();
         assert!(matches!(u.kind, UpdateKind::Message(_)), "{:?}", u.kind);
+    }
+
+    #[test]
+    fn a_get_me_answer_without_a_field_names_the_field() {
+        let mut me = json!({ "id": 1, "is_bot": true, "first_name": "Bot", "username": "acme_bot",
+            "can_join_groups": true, "can_read_all_group_messages": false,
+            "supports_inline_queries": false, "has_main_web_app": false });
+        assert_eq!(parse_me(me.clone()).unwrap().user.username.as_deref(), Some("acme_bot"));
+        me.as_object_mut().unwrap().remove("has_main_web_app");
+        assert_eq!(parse_me(me.clone()).unwrap_err(), "the Bot API's getMe answer lacks the field `has_main_web_app`");
+        me["has_main_web_app"] = json!(false);
+        me.as_object_mut().unwrap().remove("first_name");
+        assert!(parse_me(me.clone()).unwrap_err().contains("`first_name`"));
+        me["first_name"] = json!(12345);
+        let e = parse_me(me).unwrap_err();
+        assert!(!e.contains("12345") && !e.contains("JSON"), "values are never quoted: {e}");
     }
 
     #[test]

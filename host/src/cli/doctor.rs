@@ -164,7 +164,7 @@ pub fn run(source: &ConfigSource) -> i32 {
 /// Checks each Telegram bot: the token (`getMe`), privacy mode against `requireMention`, and a
 /// webhook that would make long polling fail. Returns the number of failures.
 fn telegram(config: &crate::config::Config) -> usize {
-    use crate::channels::telegram::Connection;
+    use crate::channels::telegram::{Connection, MeError};
     if config.channels.telegram.is_empty() {
         return 0;
     }
@@ -190,8 +190,8 @@ fn telegram(config: &crate::config::Config) -> usize {
             Ok(me) => me,
             Err(e) => {
                 failures += 1;
-                let e = crate::channels::telegram::describe(&e);
-                println!("FAIL  {label}: getMe failed: {e}; check the token with @BotFather");
+                let hint = if e == MeError::Unauthorized { "; check the token with @BotFather" } else { "" };
+                println!("FAIL  {label}: getMe failed: {e}{hint}");
                 continue;
             }
         };

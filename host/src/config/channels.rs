@@ -82,6 +82,9 @@ pub struct TelegramAccount {
     pub access: ChannelAccess,
     /// Longest text per message (default and maximum 4096).
     pub text_chunk_limit: usize,
+    /// The tenant whose agents take this bot's traffic (a bot belongs to one tenant); `None`
+    /// when no binding or default agent can reach it.
+    pub tenant: Option<crate::ids::TenantId>,
 }
 
 /// The public Bot API.

@@ -877,7 +877,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
     }
 
     // channels
-    let channels = channels_config(&mut errs, &mut warnings, raw.channels.unwrap_or_default());
+    let mut channels = channels_config(&mut errs, &mut warnings, raw.channels.unwrap_or_default());
 
     // bindings
     let mut bindings: Vec<Binding> = Vec::new();
@@ -992,7 +992,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
     let (quotas, model_keys) =
         quotas_and_keys(&mut errs, &mut warnings, (raw.quotas.as_ref(), raw.tenants.as_deref()), &providers, &agents);
 
-    one_tenant_per_account(&mut errs, &channels.telegram, &bindings, &agents, default_agent.as_ref());
+    one_tenant_per_account(&mut errs, &mut channels.telegram, &bindings, &agents, default_agent.as_ref());
 
     let errors = errs.0;
     if !errors.is_empty() {
@@ -1022,16 +1022,17 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
 
 /// A bot account belongs to one tenant: every binding that can take its traffic (and the
 /// default agent, when some of it may match no binding) must lead to agents of one tenant, so a
-/// broad binding can never carry one tenant's chats to another tenant's agent.
+/// broad binding can never carry one tenant's chats to another tenant's agent. Records that
+/// tenant on the account (where its chat inbox lives).
 fn one_tenant_per_account(
     errs: &mut Errors,
-    accounts: &[super::channels::TelegramAccount],
+    accounts: &mut [super::channels::TelegramAccount],
     bindings: &[Binding],
     agents: &[AgentConfig],
     default_agent: Option<&AgentId>,
 ) {
     let tenant_of = |id: &AgentId| agents.iter().find(|a| &a.id == id).map(|a| a.tenant.as_str());
-    for acc in accounts {
+    for acc in accounts.iter_mut() {
         let reaches =
             |b: &&Binding| b.channel == "telegram" && b.account_id.as_deref().is_none_or(|a| a == "*" || a == acc.id);
         let mut tenants: std::collections::BTreeSet<&str> =
@@ -1039,6 +1040,9 @@ fn one_tenant_per_account(
         let catch_all = bindings.iter().filter(reaches).any(|b| b.specificity() <= 1);
         if !catch_all && let Some(t) = default_agent.and_then(tenant_of) {
             tenants.insert(t);
+        }
+        if tenants.len() == 1 {
+            acc.tenant = tenants.first().and_then(|t| TenantId::parse(t).ok());
         }
         if tenants.len() > 1 {
             let list: Vec<&str> = tenants.into_iter().collect();
@@ -1593,6 +1597,7 @@ fn telegram_accounts(
             api_url: api_url.trim_end_matches('/').to_string(),
             access,
             text_chunk_limit: limit.clamp(1, TELEGRAM_TEXT_LIMIT),
+            tenant: None,
         });
     }
     out

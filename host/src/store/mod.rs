@@ -1151,6 +1151,12 @@ impl SessionStore for EncryptedStore {
         blocking(move || Ok(s.with_session(&t, &k.to_string(), |_, _, _, _| Ok(()))?.is_some())).await
     }
 
+    async fn message_count(&self, tenant: &TenantId, key: &SessionKey) -> Result<usize, StoreError> {
+        let (s, t, k) = (self.clone(), tenant.clone(), key.clone());
+        blocking(move || Ok(s.with_session(&t, &k.to_string(), |_, _, _, st| Ok(st.next_seq as usize))?.unwrap_or(0)))
+            .await
+    }
+
     async fn delete_session(&self, tenant: &TenantId, key: &SessionKey) -> Result<bool, StoreError> {
         let (s, t, k) = (self.clone(), tenant.clone(), key.clone());
         blocking(move || s.delete_session_blocking(&t, &k)).await
@@ -1179,7 +1185,7 @@ impl SessionStore for EncryptedStore {
 // ---- Per-tenant documents: `tenants/<tenant>/<name>.age`, age to the tenant key + MAC ----
 
 /// Documents a rotation re-encrypts (every document kind the host writes).
-const DOCUMENTS: [&str; 1] = ["pairing"];
+const DOCUMENTS: [&str; 2] = ["pairing", "inbox"];
 
 /// The plaintext inside `<name>.age`.
 #[derive(Serialize, Deserialize)]
