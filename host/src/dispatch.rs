@@ -47,7 +47,9 @@ impl PolicyEvent<'_> {
             agent = self.agent,
             // The channel only: a session key names the peer, which stays out of logs.
             channel = self.session.channel(),
-            tool = %self.tool,
+            // A known tool by its name; any other name is the model's text: only its length.
+            tool = Tool::from_exact_name(&self.tool).map_or("unknown", Tool::name),
+            name_len = self.tool.chars().count(),
             decision = if self.allowed { "allow" } else { "deny" },
             rule = self.rule,
             "Tool call decided."
@@ -174,7 +176,8 @@ impl Dispatcher {
             match result {
                 Ok(out) => out,
                 Err(e) => {
-                    tracing::warn!(tenant = %caller.agent.tenant, agent = %caller.agent.id, tool = tool.name(), error = %e, "Sandbox call failed.");
+                    // The error's text may quote the model's arguments: its kind only.
+                    tracing::warn!(tenant = %caller.agent.tenant, agent = %caller.agent.id, tool = tool.name(), error = e.kind(), "Sandbox call failed.");
                     refusal(e.to_string())
                 }
             }

@@ -208,10 +208,10 @@ pub fn verify(config: &Config, tenant: Option<&str>, checkpoint_file: Option<&Pa
             Ok(msg)
         })();
         match result {
-            Ok(msg) => println!("{scope}: {msg}"),
+            Ok(msg) => outln!("{scope}: {msg}"),
             Err(msg) => {
                 failed = true;
-                println!("{scope}: {msg}");
+                outln!("{scope}: {msg}");
             }
         }
     }
@@ -258,7 +258,7 @@ pub fn show(config: &Config, tenant: Option<&str>, since: Option<&str>, as_json:
             continue;
         }
         if as_json {
-            println!("{r}");
+            outln!("{r}");
             continue;
         }
         let mut line = format!(
@@ -274,7 +274,7 @@ pub fn show(config: &Config, tenant: Option<&str>, since: Option<&str>, as_json:
                 }
             }
         }
-        println!("{line}");
+        outln!("{line}");
     }
     EXIT_OK
 }
@@ -301,7 +301,7 @@ pub fn checkpoint(config: &Config, tenant: Option<&str>, out: &Path) -> i32 {
         Ok(cp)
     }) {
         Ok(cp) => {
-            println!("wrote a checkpoint of {scope} at record {} to {} (signed by {})", cp.seq, out.display(), cp.key);
+            outln!("wrote a checkpoint of {scope} at record {} to {} (signed by {})", cp.seq, out.display(), cp.key);
             EXIT_OK
         }
         Err(e) => {
