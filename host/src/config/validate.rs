@@ -1,6 +1,6 @@
 //! Stage two: `RawConfig` → `Config`, with defaults applied and every cross-reference checked.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -718,7 +718,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
     policies.defaults_file = policy_ref(&mut errs, base, "agents.defaults.policy".into(), defaults.policy.as_ref());
     let mut agents: Vec<AgentConfig> = Vec::new();
     // Agent id → its tenant: every cross-reference below is a lookup, so validation stays linear.
-    let mut agent_tenants: BTreeMap<AgentId, TenantId> = BTreeMap::new();
+    let mut agent_tenants: HashMap<AgentId, TenantId> = HashMap::new();
     let mut default_agent = None;
     for (i, a) in agents_raw.list.iter().flatten().enumerate() {
         let path = format!("agents.list[{i}]");
@@ -833,7 +833,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
             defaults_tools: defaults_tools.clone(),
         });
     }
-    let tenants_with_agents: BTreeSet<&TenantId> = agent_tenants.values().collect();
+    let tenants_with_agents: HashSet<&TenantId> = agent_tenants.values().collect();
     for t in tenants.values() {
         if t.explicit && !tenants_with_agents.contains(&t.id) {
             warnings.push(format!("tenant {:?} has no agents", t.id.as_str()));
@@ -845,7 +845,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
 
     // bindings
     let mut bindings: Vec<Binding> = Vec::new();
-    let mut first_with_match = std::collections::HashMap::new();
+    let mut first_with_match = HashMap::new();
     for (i, b) in raw.bindings.iter().flatten().enumerate() {
         let path = format!("bindings[{i}]");
         let agent = match b.agent_id.as_deref().map(AgentId::parse) {
@@ -998,7 +998,7 @@ fn one_tenant_per_account(
     errs: &mut Errors,
     accounts: &[super::channels::TelegramAccount],
     bindings: &[Binding],
-    agent_tenants: &BTreeMap<AgentId, TenantId>,
+    agent_tenants: &HashMap<AgentId, TenantId>,
     default_agent: Option<&AgentId>,
 ) {
     /// What the bindings of one account key (or of every account: no key or `*`) reach.
@@ -1012,7 +1012,7 @@ fn one_tenant_per_account(
     let tenant_of = |id: &AgentId| agent_tenants.get(id).map(|t| t.as_str());
     // One pass over the bindings, then one lookup per account: linear in the config's size.
     let mut every = Reach::default();
-    let mut by_account: std::collections::HashMap<&str, Reach> = std::collections::HashMap::new();
+    let mut by_account: HashMap<&str, Reach> = HashMap::new();
     for b in bindings.iter().filter(|b| b.channel == "telegram") {
         let reach = match b.account_id.as_deref() {
             None | Some("*") => &mut every,
