@@ -211,7 +211,8 @@ async fn operator_guesses_are_throttled_on_their_own_budget() {
 async fn a_proxy_header_tells_clients_apart_only_from_the_proxy() {
     let fake = fakes::start().await;
     let start = |from: &'static str| {
-        let auth = format!(r#"auth: {{ maxFailures: 3, trustedProxy: {{ header: "X-Forwarded-For", from: ["{from}"] }} }},"#);
+        let auth =
+            format!(r#"auth: {{ maxFailures: 3, trustedProxy: {{ header: "X-Forwarded-For", from: ["{from}"] }} }},"#);
         let config = two_tenant_config(&fake.base, &auth);
         async move { Gateway::start(&config, &env()).await }
     };

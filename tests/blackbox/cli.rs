@@ -114,12 +114,24 @@ fn serve_refuses_weak_tokens_naming_the_key_not_the_value() {
            agents: { list: [ { id: 'x', tenant: 't' } ] } }",
     )
     .unwrap();
-    let out = std::process::Command::new(crate::harness::BIN)
+    // A gateway that accepts the tokens would serve forever: give it 30 s, then fail.
+    let mut child = std::process::Command::new(crate::harness::BIN)
         .args(["serve", "--config", path.to_str().unwrap()])
         .env_remove("BULKHEAD_CONFIG")
         .env("WEAK_OPS_TOKEN", "ops-token-123")
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("serve started with weak tokens");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("tenant \"t\" apiTokens[1]") && err.contains("gateway.operators[0].token"), "{err}");
@@ -151,7 +163,11 @@ fn config_check_answers_hostile_files_quickly_with_exit_2() {
     assert!(out.contains("nested more than 64 levels") && out.contains("line 1, column 74"), "{out}");
     assert!(took < bound, "took {took:?}");
     // Deep nesting inside strings and comments is only text.
-    let (code, out, _) = check_timed(&format!("{{ /* {} */ agents: {{ list: [ {{ id: \"x\", name: \"{}\" }} ] }} }}", "[".repeat(100_000), "{".repeat(100_000)));
+    let (code, out, _) = check_timed(&format!(
+        "{{ /* {} */ agents: {{ list: [ {{ id: \"x\", name: \"{}\" }} ] }} }}",
+        "[".repeat(100_000),
+        "{".repeat(100_000)
+    ));
     assert_eq!(code, 0, "{out}");
     // 100,000 agents and one bad binding once took 13 s (quadratic cross-checks).
     let agents: Vec<String> = (0..100_000).map(|i| format!("{{ id: \"agent-{i}\" }}")).collect();

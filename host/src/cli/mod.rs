@@ -120,10 +120,7 @@ pub fn open_store(config: &Config) -> Result<crate::store::EncryptedStore, i32> 
 pub fn open_existing_store(config: &Config) -> Result<crate::store::EncryptedStore, i32> {
     let root = crate::store::store_root(config);
     if !root.is_dir() {
-        eprintln!(
-            "error: no store at {}: the directory does not exist (check stateDir in the config)",
-            root.display()
-        );
+        eprintln!("error: no store at {}: the directory does not exist (check stateDir in the config)", root.display());
         return Err(EXIT_INVALID);
     }
     open_store(config)

@@ -16,11 +16,7 @@ pub struct TooDeep {
 
 impl std::fmt::Display for TooDeep {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "nested more than {MAX_NESTING} levels deep (line {}, column {})",
-            self.line, self.column
-        )
+        write!(f, "nested more than {MAX_NESTING} levels deep (line {}, column {})", self.line, self.column)
     }
 }
 

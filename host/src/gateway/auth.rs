@@ -114,7 +114,12 @@ const MAX_TRACKED: usize = 10_000;
 
 impl Throttle {
     pub fn new(max_failures: u32, window: Duration, lockout: Duration) -> Self {
-        Self { max_failures: max_failures.max(1), window: window.max(Duration::from_secs(1)), lockout, clients: Mutex::default() }
+        Self {
+            max_failures: max_failures.max(1),
+            window: window.max(Duration::from_secs(1)),
+            lockout,
+            clients: Mutex::default(),
+        }
     }
 
     /// Seconds left in a lockout, if the client is locked out.
@@ -186,9 +191,17 @@ pub fn check_token_strength(token: &str) -> Result<(), String> {
     let alphabet: u32 = if hex {
         16
     } else {
-        let classes: [(fn(&char) -> bool, u32); 3] =
-            [(char::is_ascii_lowercase, 26), (char::is_ascii_uppercase, 26), (char::is_ascii_digit, 10)];
-        let mut sum: u32 = classes.iter().filter(|(f, _)| token.chars().any(|c| f(&c))).map(|(_, n)| n).sum();
+        let has = |f: fn(&char) -> bool| token.chars().any(|c| f(&c));
+        let mut sum = 0;
+        for (class, size) in [
+            (char::is_ascii_lowercase as fn(&char) -> bool, 26),
+            (char::is_ascii_uppercase, 26),
+            (char::is_ascii_digit, 10),
+        ] {
+            if has(class) {
+                sum += size;
+            }
+        }
         if token.chars().any(|c| !c.is_ascii_alphanumeric()) {
             sum += 33;
         }
@@ -326,17 +339,14 @@ mod tests {
 
     #[test]
     fn weak_tokens_are_refused_without_being_echoed() {
-        for weak in ["", "demo-token", "tok-alpha-0123456789", "0123456789abcdef0123456789abcde", &"ab".repeat(64)]
-        {
+        for weak in ["", "demo-token", "tok-alpha-0123456789", "0123456789abcdef0123456789abcde", &"ab".repeat(64)] {
             let e = check_token_strength(weak).expect_err(weak);
             assert!(e.contains("128 required"), "{e}");
             assert!(weak.is_empty() || !e.contains(weak), "{e}");
         }
-        for strong in [
-            "0123456789abcdef0123456789abcdef",
-            "Zx8Qm2Lp9Vt4Rk7Nw3Yb6A",
-            "tok-alpha-6f1c9e2b7d4a8f3e5c0b9a7d6e2f1c4b",
-        ] {
+        for strong in
+            ["0123456789abcdef0123456789abcdef", "Zx8Qm2Lp9Vt4Rk7Nw3Yb6A", "tok-alpha-6f1c9e2b7d4a8f3e5c0b9a7d6e2f1c4b"]
+        {
             assert_eq!(check_token_strength(strong), Ok(()), "{strong}");
         }
     }

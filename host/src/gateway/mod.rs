@@ -188,12 +188,7 @@ impl Gateway {
     }
 
     /// `tenant_for` for a named front door (`api`, `webchat`, ...), as recorded in the audit log.
-    fn tenant_on(
-        &self,
-        surface: &'static str,
-        token: Option<&str>,
-        client: IpAddr,
-    ) -> Result<TenantId, AuthFailure> {
+    fn tenant_on(&self, surface: &'static str, token: Option<&str>, client: IpAddr) -> Result<TenantId, AuthFailure> {
         if let Some(secs) = self.tenant_throttle.locked(client) {
             return Err(AuthFailure::Throttled(secs));
         }

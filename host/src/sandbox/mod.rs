@@ -215,9 +215,10 @@ pub fn call_timeout(call: &SandboxCall, ceiling: Duration) -> Result<Duration, S
     if call.tool == Tool::Exec
         && let Some(t) = call.args.get("timeoutSec")
     {
-        let secs = t.as_f64().filter(|s| s.is_finite() && *s > 0.0).ok_or_else(|| {
-            SandboxError::InvalidArguments("timeoutSec must be a positive number of seconds".into())
-        })?;
+        let secs = t
+            .as_f64()
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .ok_or_else(|| SandboxError::InvalidArguments("timeoutSec must be a positive number of seconds".into()))?;
         timeout = timeout.min(Duration::from_secs_f64(secs.min(86_400.0)));
     }
     Ok(timeout)
