@@ -635,7 +635,7 @@ async fn tools_run_in_the_tenants_container_through_the_gateway() {
         .arg("serve")
         .arg("--config")
         .arg(&path)
-        .env("TOKEN_A", "tok-alpha-0123456789")
+        .env("TOKEN_A", "tok-alpha-3f9c2a7e5b1d4c8f9a6e2b7d1c5f8a3e")
         .env("FAKE_OPENAI_KEY", secret)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -667,7 +667,7 @@ async fn tools_run_in_the_tenants_container_through_the_gateway() {
         let body = json!({ "model": "a-dock", "user": "u1", "messages": [{ "role": "user", "content": cmd }] });
         let resp = http
             .post(format!("{base}/v1/chat/completions"))
-            .bearer_auth("tok-alpha-0123456789")
+            .bearer_auth("tok-alpha-3f9c2a7e5b1d4c8f9a6e2b7d1c5f8a3e")
             .json(&body)
             .send()
             .await

@@ -41,15 +41,19 @@ pub struct PolicyEvent<'a> {
 impl PolicyEvent<'_> {
     /// Logs the decision and appends it to the tenant's audit log (waiting until it is on disk).
     async fn emit(&self, audit: &Audit) -> Result<(), crate::audit::AuditError> {
+        // A known tool by its name and rule; any other name is the model's text, and so is the
+        // rule that refuses it (it quotes the name): only its length is logged.
+        let known = Tool::from_exact_name(&self.tool);
         tracing::info!(
             target: "bulkhead::policy",
             tenant = self.tenant,
             agent = self.agent,
             // The channel only: a session key names the peer, which stays out of logs.
             channel = self.session.channel(),
-            tool = %self.tool,
+            tool = known.map_or("unknown", Tool::name),
+            name_len = self.tool.chars().count(),
             decision = if self.allowed { "allow" } else { "deny" },
-            rule = self.rule,
+            rule = if known.is_some() { self.rule } else { "not a tool" },
             "Tool call decided."
         );
         if !audit.is_on() {
@@ -210,7 +214,8 @@ impl Dispatcher {
             match result {
                 Ok(out) => out,
                 Err(e) => {
-                    tracing::warn!(tenant = %caller.agent.tenant, agent = %caller.agent.id, tool = tool.name(), error = %e, "Sandbox call failed.");
+                    // The error's text may quote the model's arguments: its kind only.
+                    tracing::warn!(tenant = %caller.agent.tenant, agent = %caller.agent.id, tool = tool.name(), error = e.kind(), "Sandbox call failed.");
                     refusal(e.to_string())
                 }
             }

@@ -3,6 +3,10 @@
 //! See `ARCHITECTURE.md` for the codemap. Every tool call goes model → `policy` gate →
 //! tenant's `sandbox`; every conversation is kept per tenant in `session`.
 
+// `println!` panics when stdout's reader has gone away (`| head`); CLI output goes through
+// `cli::outln!`, which ends the command quietly instead.
+#![deny(clippy::print_stdout)]
+
 pub mod agent;
 pub mod audit;
 pub mod channels;

@@ -166,6 +166,79 @@ async fn bad_tokens_are_rejected_then_throttled() {
 }
 
 #[tokio::test]
+async fn interleaving_good_tokens_does_not_reset_the_failure_count() {
+    let (gw, _fake) = gateway().await; // maxFailures: 5
+    let models = |token: &'static str| {
+        let req = http().get(gw.url("/v1/models")).bearer_auth(token);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    // A guess, then a valid request that would once have reset the count, four times over.
+    for _ in 0..4 {
+        assert_eq!(models("guess-that-is-not-a-token").await, 401);
+        assert_eq!(models(TOKEN_A).await, 200, "not locked out yet");
+    }
+    assert_eq!(models("guess-that-is-not-a-token").await, 401);
+    assert_eq!(models(TOKEN_A).await, 429, "the fifth failure locks the client out, good tokens or not");
+}
+
+#[tokio::test]
+async fn operator_guesses_are_throttled_on_their_own_budget() {
+    let (gw, _fake) = gateway().await; // maxFailures: 5
+    let metrics = |token: &str| {
+        let req = http().get(gw.url("/metrics")).bearer_auth(token);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    // A tenant with a valid API token guesses operator tokens, using the API in between.
+    for _ in 0..4 {
+        assert_eq!(metrics(TOKEN_A).await, 401);
+        assert_eq!(chat(&gw, TOKEN_A, turn("a-demo", "op", "hi")).await.0, 200);
+    }
+    assert_eq!(metrics("ops-guess").await, 401);
+    assert_eq!(metrics(crate::OPS_TOKEN).await, 429, "operator guesses are locked out");
+    // The API budget is separate: the tenant's own traffic still works, and API failures
+    // neither unlock nor further lock the operator surface.
+    assert_eq!(chat(&gw, TOKEN_A, turn("a-demo", "op", "still")).await.0, 200);
+    let (gw2, _fake2) = gateway().await;
+    for _ in 0..5 {
+        assert_eq!(chat(&gw2, "api-guess", turn("a-demo", "op", "x")).await.0, 401);
+    }
+    assert_eq!(chat(&gw2, TOKEN_A, turn("a-demo", "op", "x")).await.0, 429);
+    let r = http().get(gw2.url("/metrics")).bearer_auth(crate::OPS_TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 200, "a tenant-token lockout does not lock the operator budget");
+}
+
+#[tokio::test]
+async fn a_proxy_header_tells_clients_apart_only_from_the_proxy() {
+    let fake = fakes::start().await;
+    let start = |from: &'static str| {
+        let auth =
+            format!(r#"auth: {{ maxFailures: 3, trustedProxy: {{ header: "X-Forwarded-For", from: ["{from}"] }} }},"#);
+        let config = two_tenant_config(&fake.base, &auth);
+        async move { Gateway::start(&config, &env()).await }
+    };
+    let models = |gw: &Gateway, token: &str, client: &str| {
+        let req = http().get(gw.url("/v1/models")).bearer_auth(token).header("x-forwarded-for", client);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    // The test connects from 127.0.0.1: here that is the proxy.
+    let gw = start("127.0.0.0/8").await;
+    for _ in 0..3 {
+        assert_eq!(models(&gw, "guess", "203.0.113.1").await, 401);
+    }
+    assert_eq!(models(&gw, TOKEN_A, "203.0.113.1").await, 429, "the guessing client is locked out");
+    assert_eq!(models(&gw, TOKEN_A, "203.0.113.2").await, 200, "another client behind the proxy is not");
+    // A client cannot choose its address by sending the header itself: the proxy appends.
+    assert_eq!(models(&gw, TOKEN_A, "203.0.113.2, 203.0.113.1").await, 429);
+    drop(gw);
+    // Here the proxy is elsewhere: the header is ignored, so changing it buys no new budget.
+    let gw = start("10.9.9.9").await;
+    for i in 0..3 {
+        assert_eq!(models(&gw, "guess", &format!("198.51.100.{i}")).await, 401);
+    }
+    assert_eq!(models(&gw, TOKEN_A, "198.51.100.77").await, 429, "counted under the peer's own address");
+}
+
+#[tokio::test]
 async fn bad_input_gets_clear_errors_and_the_session_stays_usable() {
     let (gw, _fake) = gateway().await;
     let post = |body: Vec<u8>| {
@@ -226,9 +299,13 @@ async fn bad_input_gets_clear_errors_and_the_session_stays_usable() {
 #[tokio::test]
 async fn upstream_failures_are_explained_without_leaking() {
     let (gw, _fake) = gateway().await;
-    for (text, needle) in
-        [("upstream-500", "failed to answer"), ("upstream-429", "busy"), ("slow", "too long"), ("garbage", "failed")]
-    {
+    for (text, needle) in [
+        ("upstream-401", "not available"),
+        ("upstream-500", "failed to answer"),
+        ("upstream-429", "busy"),
+        ("slow", "too long"),
+        ("garbage", "failed"),
+    ] {
         for agent in ["a-openai", "a-claude"] {
             let (s, v) = chat(&gw, TOKEN_A, turn(agent, "errs", text)).await;
             assert_eq!(s, 502, "{agent} {text}: {v}");
@@ -243,8 +320,52 @@ async fn upstream_failures_are_explained_without_leaking() {
     assert_eq!((s, v["choices"][0]["message"]["content"].as_str()), (200, Some("fake says: recovered")));
     let logs = gw.logs();
     assert!(logs.contains("Model call failed"), "the operator sees the failure");
-    for secret in [OPENAI_KEY, ANTHROPIC_KEY, TOKEN_A, "recovered"] {
-        assert!(!logs.contains(secret), "logs must not contain {secret:?}");
+    assert!(logs.contains("HTTP 401: invalid_api_key"), "by status and kind: {logs}");
+    // The fake's 401 echoes the key as OpenAI's does ("Incorrect API key provided: sk-test-****…"),
+    // in full and masked: no part of that body may reach the logs.
+    let masked_head = &OPENAI_KEY[..8];
+    let masked_tail = &OPENAI_KEY[OPENAI_KEY.len() - 4..];
+    for secret in [
+        OPENAI_KEY,
+        ANTHROPIC_KEY,
+        TOKEN_A,
+        "recovered",
+        masked_head,
+        masked_tail,
+        "************",
+        "Incorrect API key",
+        "invalid x-api-key",
+        "platform.openai.com",
+        "internal.example",
+    ] {
+        assert!(!logs.contains(secret), "logs must not contain {secret:?}:\n{logs}");
+    }
+}
+
+#[tokio::test]
+async fn model_chosen_tool_names_and_arguments_stay_out_of_the_logs() {
+    let (gw, _fake) = gateway().await;
+    const NAME: &str = "zz_model_named_tool_q7k";
+    const VALUE: &str = "model-chosen-value-x9w";
+    let cases = [
+        // Not a tool: denied, and the decision is logged.
+        format!("call-tool:{NAME}"),
+        format!("call-tool:exec_{NAME}"),
+        // Arguments that fail, with errors that would quote them.
+        format!(r#"call-tool:exec {{"command":"true","timeoutSec":"{VALUE}-1"}}"#),
+        format!(r#"call-tool:read {{"path":"notes.txt","offset":"{VALUE}-2"}}"#),
+        format!(r#"call-tool:read {{"path":"../{VALUE}-3"}}"#),
+        format!(r#"call-tool:read {{"path":"missing-{VALUE}-4.txt"}}"#),
+    ];
+    for (i, text) in cases.iter().enumerate() {
+        let (s, v) = chat(&gw, TOKEN_A, turn("a-openai", &format!("names{i}"), text)).await;
+        assert_eq!(s, 200, "{text}: {v}");
+    }
+    let logs = gw.logs();
+    assert!(logs.contains("Tool call decided") && logs.contains("unknown"), "decisions are logged: {logs}");
+    assert!(logs.contains("Sandbox call failed") && logs.contains("invalid_arguments"), "failures are logged: {logs}");
+    for needle in [NAME, VALUE] {
+        assert!(!logs.contains(needle), "model-chosen text {needle:?} reached the logs:\n{logs}");
     }
 }
 
@@ -292,7 +413,7 @@ async fn health_and_operator_metrics() {
     chat(&gw, TOKEN_A, turn("a-demo", "m", "count me")).await;
     let r = http().get(gw.url("/metrics")).bearer_auth(TOKEN_A).send().await.unwrap();
     assert_eq!(r.status(), 401, "a tenant token is not an operator token");
-    let r = http().get(gw.url("/metrics")).bearer_auth("ops-token-123").send().await.unwrap();
+    let r = http().get(gw.url("/metrics")).bearer_auth(crate::OPS_TOKEN).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let text = r.text().await.unwrap();
     assert!(text.contains("gateway_runs_total{tenant=\"alpha\"} 1"), "{text}");

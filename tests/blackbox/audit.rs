@@ -11,9 +11,9 @@ use crate::harness::{Gateway, http, repo_root, run_cli};
 use crate::store::{Site, chat};
 use crate::{TOKEN_A, TOKEN_B, env, fakes};
 
-const ADMIN: &str = "admin-token-0123456789";
-const OPERATOR: &str = "operator-token-0123456789";
-const AUDITOR: &str = "auditor-token-0123456789";
+const ADMIN: &str = "admin-token-9b3e7a1d5f8c2e6b4a9d3f7c1e5b8a2d";
+const OPERATOR: &str = "operator-token-4f8a2d6c1e9b5f3a7d2c8e4b6a1f9d5c";
+const AUDITOR: &str = "auditor-token-6d1a9f4c8e2b7d5a3f9c1e6b4d8a2f7e";
 
 fn cli(site: &Site, args: &[&str]) -> (i32, String, String) {
     let config = site.config_path();

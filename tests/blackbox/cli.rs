@@ -77,13 +77,13 @@ fn serve_refuses_a_token_shared_by_two_holders_without_echoing_it() {
     let agents = "agents: { list: [ { id: 'x', tenant: 't' }, { id: 'y', tenant: 'u' } ] }";
     for (tenants, operators, holders) in [
         (
-            "[ { id: 't', apiTokens: [ 'tok-shared-1' ] }, { id: 'u', apiTokens: [ 'tok-shared-1' ] } ]",
+            "[ { id: 't', apiTokens: [ 'tok-shared-1-8c3f6a9d2e5b7c1f4a8d3e6b9c2f5a7d' ] }, { id: 'u', apiTokens: [ 'tok-shared-1-8c3f6a9d2e5b7c1f4a8d3e6b9c2f5a7d' ] } ]",
             "[]",
             ["tenant \"u\"", "tenant \"t\""],
         ),
         (
-            "[ { id: 't', apiTokens: [ 'tok-shared-1' ] }, { id: 'u', apiTokens: [ 'tok-u' ] } ]",
-            "[ { id: 'ops', token: 'tok-shared-1', role: 'admin' } ]",
+            "[ { id: 't', apiTokens: [ 'tok-shared-1-8c3f6a9d2e5b7c1f4a8d3e6b9c2f5a7d' ] }, { id: 'u', apiTokens: [ 'tok-u-2b7e5c9a4f1d8b3e6c2a9f5d7b4e1c8a' ] } ]",
+            "[ { id: 'ops', token: 'tok-shared-1-8c3f6a9d2e5b7c1f4a8d3e6b9c2f5a7d', role: 'admin' } ]",
             ["operator \"ops\"", "tenant \"t\""],
         ),
     ] {
@@ -95,7 +95,7 @@ fn serve_refuses_a_token_shared_by_two_holders_without_echoing_it() {
         let (code, _, err) = run_cli(&["serve", "--config", path.to_str().unwrap()], None);
         assert_eq!(code, 2, "{err}");
         assert!(holders.iter().all(|h| err.contains(h)) && err.contains("same token"), "{err}");
-        assert!(!err.contains("tok-shared-1"), "the token is never echoed: {err}");
+        assert!(!err.contains("tok-shared-1-8c3f"), "the token is never echoed: {err}");
     }
 }
 
@@ -182,4 +182,128 @@ async fn serve_refuses_a_config_that_names_no_store_and_memory_mode_must_be_said
         assert_eq!(code, 2, "{store}: {err}");
         assert!(err.contains(want), "{store}: {err}");
     }
+}
+
+#[test]
+fn serve_refuses_weak_tokens_naming_the_key_not_the_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.json5");
+    std::fs::write(
+        &path,
+        "{ gateway: { bind: '127.0.0.1:0', operators: [ { id: 'ops', token: { env: 'WEAK_OPS_TOKEN' }, role: 'admin' } ] },
+           store: { mode: 'memory' },
+           tenants: [ { id: 't', apiTokens: [ 'tok-strong-6f1c9e2b7d4a8f3e5c0b9a7d6e2f1c4b', 'demo-token' ] } ],
+           agents: { list: [ { id: 'x', tenant: 't' } ] } }",
+    )
+    .unwrap();
+    // A gateway that accepts the tokens would serve forever: give it 30 s, then fail.
+    let mut child = std::process::Command::new(crate::harness::BIN)
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .env_remove("BULKHEAD_CONFIG")
+        .env("WEAK_OPS_TOKEN", "ops-token-123")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("serve started with weak tokens");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("tenant \"t\" apiTokens[1]") && err.contains("gateway.operators[0].token"), "{err}");
+    assert!(!err.contains("apiTokens[0]: token too weak"), "the strong token passes: {err}");
+    assert!(err.contains("128"), "the rule is named: {err}");
+    for value in ["demo-token", "ops-token-123"] {
+        assert!(!err.contains(value), "the token is never echoed: {err}");
+    }
+}
+
+/// Runs `config check` on `text` and returns (exit code, output, how long it took).
+fn check_timed(text: &str) -> (i32, String, std::time::Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hostile.json5");
+    std::fs::write(&path, text).unwrap();
+    let started = std::time::Instant::now();
+    let (code, out, err) = run_cli(&["config", "check", path.to_str().unwrap()], None);
+    (code, format!("{out}{err}"), started.elapsed())
+}
+
+#[test]
+fn config_check_answers_hostile_files_quickly_with_exit_2() {
+    // A generous bound for a debug binary on a busy machine; the figures in BENCHMARKS.md are far
+    // below it, and the quadratic validation this guards against took minutes in a debug build.
+    let bound = std::time::Duration::from_secs(15);
+    // 200,000 nested `[` once overflowed the parser's stack (exit 134).
+    let (code, out, took) = check_timed(&format!("{{ agents: {}", "[".repeat(200_000)));
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("nested more than 64 levels") && out.contains("line 1, column 74"), "{out}");
+    assert!(took < bound, "took {took:?}");
+    // Deep nesting inside strings and comments is only text.
+    let (code, out, _) = check_timed(&format!(
+        "{{ /* {} */ agents: {{ list: [ {{ id: \"x\", name: \"{}\" }} ] }} }}",
+        "[".repeat(100_000),
+        "{".repeat(100_000)
+    ));
+    assert_eq!(code, 0, "{out}");
+    // 100,000 agents and one bad binding once took 13 s (quadratic cross-checks).
+    let agents: Vec<String> = (0..100_000).map(|i| format!("{{ id: \"agent-{i}\" }}")).collect();
+    let text = format!(
+        "{{ agents: {{ list: [ {} ] }}, bindings: [ {{ agentId: \"ghost\", match: {{ channel: \"telegram\" }} }} ] }}",
+        agents.join(", ")
+    );
+    let (code, out, took) = check_timed(&text);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("bindings[0].agentId") && out.contains("unknown agent \"ghost\""), "{out}");
+    assert!(took < bound, "took {took:?}");
+}
+
+#[test]
+fn cli_output_into_a_closed_pipe_ends_quietly() {
+    use std::io::BufRead;
+    // Enough output to outgrow a pipe buffer, so the command is still writing when the reader goes.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("many.json5");
+    let agents: Vec<String> = (0..5_000).map(|i| format!("{{ id: \"agent-{i}\", name: \"Agent {i}\" }}")).collect();
+    std::fs::write(&path, format!("{{ agents: {{ list: [ {} ] }} }}", agents.join(", "))).unwrap();
+    let mut child = std::process::Command::new(crate::harness::BIN)
+        .args(["tenant", "list", "--config", path.to_str().unwrap()])
+        .env_remove("BULKHEAD_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `| head -1`: read one line, then hang up.
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.starts_with("agent-"), "{first}");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "the output was cut short: exit 1, not a panic (101): {err}");
+    assert!(err.is_empty(), "nothing on stderr: {err}");
+}
+
+#[test]
+fn tenant_export_and_delete_name_a_store_directory_that_does_not_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.json5");
+    std::fs::write(&path, "{ stateDir: 'no-such-state', agents: { list: [ { id: 'x' } ] } }").unwrap();
+    let cfg = path.to_str().unwrap();
+    let out = dir.path().join("x.jsonl");
+    for args in [
+        vec!["--config", cfg, "tenant", "export", "x", "--out", out.to_str().unwrap()],
+        vec!["--config", cfg, "tenant", "delete", "x", "--yes"],
+        vec!["--config", cfg, "keys", "rotate", "--tenant", "x"],
+    ] {
+        let (code, _, err) = run_cli(&args, None);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("does not exist") && err.contains("no-such-state/store"), "{args:?}: {err}");
+        assert!(!err.contains("holds an encrypted store"), "{args:?}: {err}");
+    }
+    assert!(!dir.path().join("no-such-state").exists(), "nothing was created");
 }

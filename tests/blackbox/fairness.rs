@@ -195,7 +195,7 @@ async fn a_tenant_flooding_at_ten_times_its_quota_adds_under_one_run_time_to_ano
         "the flood hit both the queue bound and the quota: {ok} ok, {busy} busy, {quota} quota"
     );
     // The operator's numbers match what the clients saw.
-    let m = http().get(gw.url("/metrics")).bearer_auth("ops-token-123").send().await.unwrap().text().await.unwrap();
+    let m = http().get(gw.url("/metrics")).bearer_auth(crate::OPS_TOKEN).send().await.unwrap().text().await.unwrap();
     let value = |series: &str| -> u64 {
         let line = m.lines().find(|l| l.starts_with(series) && l[series.len()..].starts_with(' ')).unwrap();
         line.rsplit(' ').next().unwrap().parse().unwrap()

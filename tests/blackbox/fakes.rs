@@ -2,9 +2,12 @@
 //! messages (`/v1/messages`), streamed (SSE) or not, with tool calls. What it does is chosen by
 //! the newest user text it receives:
 //!
-//! - `call-tool:NAME` → a tool call of NAME with `{"path": "notes.txt"}`;
+//! - `call-tool:NAME` → a tool call of NAME with `{"path": "notes.txt"}`; `call-tool:NAME {JSON}`
+//!   → with those arguments;
 //! - after a tool result → `tool said: <result>`;
 //! - `upstream-500` / `upstream-429` → that HTTP error, in the provider's error shape;
+//! - `upstream-401` → 401 whose body echoes the request's key, as OpenAI's does ("Incorrect API
+//!   key provided: sk-…"), here in full and masked;
 //! - `rate-limited-once:TAG` → the first request with that text gets 429 with `Retry-After: 1`,
 //!   later ones a normal answer;
 //! - a request whose key (bearer token or `x-api-key`) contains `limited` → 429 with
@@ -73,8 +76,11 @@ enum Plan {
     /// 429 with `Retry-After: 1`.
     RateLimited,
     Sleep(u64, String),
-    Tool(String),
+    /// Name and arguments (JSON text).
+    Tool(String, String),
     Error(u16),
+    /// 401 echoing this key.
+    BadKey(String),
     Slow,
     SlowStream,
     Garbage,
@@ -97,10 +103,16 @@ fn plan(model: &FakeModel, headers: &HeaderMap, last_text: &str, after_tool: boo
     if after_tool {
         return Plan::Text(format!("tool said: {last_text}"));
     }
-    if let Some(name) = last_text.split("call-tool:").nth(1) {
-        return Plan::Tool(name.split_whitespace().next().unwrap_or("").to_string());
+    if let Some(rest) = last_text.split("call-tool:").nth(1) {
+        let (name, args) = rest.split_once(' ').unwrap_or((rest, ""));
+        let args = if args.trim_start().starts_with('{') { args.trim() } else { r#"{"path":"notes.txt"}"# };
+        return Plan::Tool(name.to_string(), args.to_string());
     }
     match last_text.trim() {
+        "upstream-401" => {
+            let key = key.unwrap_or("").trim_start_matches("Bearer ").to_string();
+            Plan::BadKey(key)
+        }
         "upstream-500" => Plan::Error(500),
         "upstream-429" => Plan::Error(429),
         "slow" => Plan::Slow,
@@ -175,17 +187,31 @@ async fn openai(State(model): State<FakeModel>, headers: HeaderMap, body: axum::
             ev.push((None, "[DONE]".into()));
             sse(ev, Duration::from_millis(150))
         }
-        Plan::Tool(name) if stream => sse(
-            vec![
-                (None, chunk(json!({"tool_calls":[{"index":0,"id":"call_fake","type":"function","function":{"name":name,"arguments":"{\"pa"}}]}), Value::Null)),
-                (None, chunk(json!({"tool_calls":[{"index":0,"function":{"arguments":"th\":\"notes.txt\"}"}}]}), Value::Null)),
-                (None, chunk(json!({}), json!("tool_calls"))),
-                (None, "[DONE]".into()),
-            ],
-            Duration::ZERO,
-        ),
-        Plan::Tool(name) => axum::Json(json!({"choices":[{"index":0,"message":{"role":"assistant","content":null,
-            "tool_calls":[{"id":"call_fake","type":"function","function":{"name":name,"arguments":"{\"path\":\"notes.txt\"}"}}]},"finish_reason":"tool_calls"}]}))
+        Plan::BadKey(key) => {
+            let masked = format!("{}{}{}", &key[..key.len().min(8)], "*".repeat(12), &key[key.len().saturating_sub(4)..]);
+            let message = format!("Incorrect API key provided: {masked} ({key}). You can find your API key at https://platform.openai.com/account/api-keys.");
+            (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(json!({"error":{"message":message,"type":"invalid_request_error","param":null,"code":"invalid_api_key"}})),
+            )
+                .into_response()
+        }
+        Plan::Tool(name, args) if stream => {
+            // The arguments arrive in two fragments, as OpenAI streams them.
+            let cut = (0..=args.len() / 2).rev().find(|i| args.is_char_boundary(*i)).unwrap_or(0);
+            let (a, b) = args.split_at(cut);
+            sse(
+                vec![
+                    (None, chunk(json!({"tool_calls":[{"index":0,"id":"call_fake","type":"function","function":{"name":name,"arguments":a}}]}), Value::Null)),
+                    (None, chunk(json!({"tool_calls":[{"index":0,"function":{"arguments":b}}]}), Value::Null)),
+                    (None, chunk(json!({}), json!("tool_calls"))),
+                    (None, "[DONE]".into()),
+                ],
+                Duration::ZERO,
+            )
+        }
+        Plan::Tool(name, args) => axum::Json(json!({"choices":[{"index":0,"message":{"role":"assistant","content":null,
+            "tool_calls":[{"id":"call_fake","type":"function","function":{"name":name,"arguments":args}}]},"finish_reason":"tool_calls"}]}))
         .into_response(),
         Plan::Text(t) if stream => {
             let mut ev: Vec<(Option<String>, String)> =
@@ -235,6 +261,11 @@ async fn anthropic(State(model): State<FakeModel>, headers: HeaderMap, body: axu
             axum::Json(json!({"type":"error","error":{"type":"api_error","message":"fake upstream failure"}})),
         )
             .into_response(),
+        Plan::BadKey(key) => (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"type":"error","error":{"type":"authentication_error","message":format!("invalid x-api-key: {key}")}})),
+        )
+            .into_response(),
         Plan::Slow => {
             tokio::time::sleep(Duration::from_secs(10)).await;
             "late".into_response()
@@ -257,7 +288,9 @@ async fn anthropic(State(model): State<FakeModel>, headers: HeaderMap, body: axu
             e.extend(stop("end_turn"));
             sse(e, Duration::from_millis(150))
         }
-        Plan::Tool(name) => {
+        Plan::Tool(name, args) => {
+            let cut = (0..=args.len() / 2).rev().find(|i| args.is_char_boundary(*i)).unwrap_or(0);
+            let (a, b) = args.split_at(cut);
             let mut e = vec![
                 start,
                 ev(
@@ -266,11 +299,11 @@ async fn anthropic(State(model): State<FakeModel>, headers: HeaderMap, body: axu
                 ),
                 ev(
                     "content_block_delta",
-                    json!({"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{\"path\":"}}),
+                    json!({"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":a}}),
                 ),
                 ev(
                     "content_block_delta",
-                    json!({"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"\"notes.txt\"}"}}),
+                    json!({"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":b}}),
                 ),
                 ev("content_block_stop", json!({"type":"content_block_stop","index":0})),
             ];

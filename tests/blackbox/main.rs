@@ -18,8 +18,10 @@ mod telegram;
 mod webchat_page;
 mod webchat_ws;
 
-pub const TOKEN_A: &str = "tok-alpha-0123456789";
-pub const TOKEN_B: &str = "tok-bravo-9876543210";
+pub const TOKEN_A: &str = "tok-alpha-3f9c2a7e5b1d4c8f9a6e2b7d1c5f8a3e";
+pub const TOKEN_B: &str = "tok-bravo-8e1b6d3f9a2c7e4b5d8f1a6c3e9b2d7f";
+/// The operator token of `two_tenant_config` (role admin).
+pub const OPS_TOKEN: &str = "ops-token-5c2e8a1f7b3d9e6c4a8f2b5d1e7c3a9f";
 pub const OPENAI_KEY: &str = "sk-test-openai-key-never-logged";
 pub const ANTHROPIC_KEY: &str = "sk-ant-test-key-never-logged";
 
@@ -60,7 +62,7 @@ pub fn env() -> Vec<(&'static str, &'static str)> {
     vec![
         ("TOKEN_A", TOKEN_A),
         ("TOKEN_B", TOKEN_B),
-        ("OPS_TOKEN", "ops-token-123"),
+        ("OPS_TOKEN", OPS_TOKEN),
         ("FAKE_OPENAI_KEY", OPENAI_KEY),
         ("FAKE_ANTHROPIC_KEY", ANTHROPIC_KEY),
     ]

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::harness::{Gateway, http, run_cli};
 use crate::{OPENAI_KEY, TOKEN_A, TOKEN_B, fakes};
 
-const TOKEN_C: &str = "tok-charlie-5555555555";
+const TOKEN_C: &str = "tok-charlie-7a4e1c9f3b6d8a2e5c1f7b4d9e3a6c8b";
 const QUOTA_TEXT: &str = "reached its usage limit";
 /// A user id that must never show up in metrics or usage.
 const SECRET_USER: &str = "conversation-7f3e-private";
@@ -66,7 +66,7 @@ fn reply(v: &Value) -> &str {
 }
 
 async fn metrics(gw: &Gateway) -> String {
-    let r = http().get(gw.url("/metrics")).bearer_auth("ops-token-123").send().await.unwrap();
+    let r = http().get(gw.url("/metrics")).bearer_auth(crate::OPS_TOKEN).send().await.unwrap();
     assert_eq!(r.status(), 200);
     r.text().await.unwrap()
 }

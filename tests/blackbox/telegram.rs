@@ -14,7 +14,7 @@ use crate::harness::{Gateway, run_cli};
 
 const ACME: &str = "123456:ACME-secret-token-value";
 const BETA: &str = "654321:BETA-secret-token-value";
-const OPS: &str = "ops-token-telegram-123";
+const OPS: &str = "ops-token-telegram-1e7c4a9f2d6b8e3a5c1f9d4b7e2a6c8f";
 
 fn env() -> Vec<(&'static str, &'static str)> {
     vec![("ACME_TG_TOKEN", ACME), ("BETA_TG_TOKEN", BETA), ("OPS_TOKEN", OPS)]

@@ -161,10 +161,10 @@ pub fn verify(config: &Config, tenant: Option<&str>, checkpoint_file: Option<&Pa
             }
         });
         match result {
-            Ok(msg) => println!("{scope}: {msg}"),
+            Ok(msg) => outln!("{scope}: {msg}"),
             Err(msg) => {
                 failed = true;
-                println!("{scope}: {msg}");
+                outln!("{scope}: {msg}");
             }
         }
     }
@@ -201,7 +201,7 @@ pub fn show(config: &Config, tenant: Option<&str>, since: Option<&str>, as_json:
             continue;
         }
         if as_json {
-            println!("{r}");
+            outln!("{r}");
             continue;
         }
         let mut line = format!(
@@ -217,7 +217,7 @@ pub fn show(config: &Config, tenant: Option<&str>, since: Option<&str>, as_json:
                 }
             }
         }
-        println!("{line}");
+        outln!("{line}");
     }
     EXIT_OK
 }
@@ -244,7 +244,7 @@ pub fn checkpoint(config: &Config, tenant: Option<&str>, out: &Path) -> i32 {
         Ok(cp)
     }) {
         Ok(cp) => {
-            println!("wrote a checkpoint of {scope} at record {} to {} (signed by {})", cp.seq, out.display(), cp.key);
+            outln!("wrote a checkpoint of {scope} at record {} to {} (signed by {})", cp.seq, out.display(), cp.key);
             EXIT_OK
         }
         Err(e) => {
@@ -280,7 +280,7 @@ pub fn reset(config: &Config, tenant: &str, yes: bool) -> i32 {
     };
     match w.reset_tenant(&id, &crate::audit::Actor::Cli) {
         Ok((receipt, evidence)) => {
-            println!(
+            outln!(
                 "moved the audit log of tenant {tenant} to {} (host record {}); the tenant starts a new log",
                 evidence.display(),
                 receipt.seq

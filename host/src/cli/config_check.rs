@@ -31,19 +31,19 @@ pub fn run(source: &ConfigSource, as_json: bool) -> i32 {
     let shown = source.path.display().to_string();
     match (result, as_json) {
         (Ok(c), false) => {
-            println!(
+            outln!(
                 "{shown}: ok ({} tenant(s), {} agent(s), {} binding(s))",
                 c.tenants.len(),
                 c.agents.len(),
                 c.bindings.len()
             );
             for w in &c.warnings {
-                println!("warning: {w}");
+                outln!("warning: {w}");
             }
             EXIT_OK
         }
         (Ok(c), true) => {
-            println!("{}", json!({ "path": shown, "valid": true, "errors": [], "warnings": c.warnings }));
+            outln!("{}", json!({ "path": shown, "valid": true, "errors": [], "warnings": c.warnings }));
             EXIT_OK
         }
         (Err(e), false) => {
@@ -51,7 +51,7 @@ pub fn run(source: &ConfigSource, as_json: bool) -> i32 {
             EXIT_INVALID
         }
         (Err(e), true) => {
-            println!("{}", json!({ "path": shown, "valid": false, "errors": e.errors, "warnings": [] }));
+            outln!("{}", json!({ "path": shown, "valid": false, "errors": e.errors, "warnings": [] }));
             EXIT_INVALID
         }
     }

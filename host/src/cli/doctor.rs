@@ -28,13 +28,13 @@ fn check_docker(config: &crate::config::Config) -> usize {
     if let Some(p) = crate::sandbox::docker::gateway_handover_problem()
         && !with_workspace.is_empty()
     {
-        println!("FAIL  docker sandbox backend: {p} (agents {})", with_workspace.join(", "));
+        outln!("FAIL  docker sandbox backend: {p} (agents {})", with_workspace.join(", "));
         failures += 1;
     }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            println!("FAIL  docker sandbox backend: cannot start the async runtime: {e}");
+            outln!("FAIL  docker sandbox backend: cannot start the async runtime: {e}");
             return failures + 1;
         }
     };
@@ -42,19 +42,19 @@ fn check_docker(config: &crate::config::Config) -> usize {
         let docker = match crate::sandbox::docker::connect(None).await {
             Ok(d) => d,
             Err(e) => {
-                println!("FAIL  docker sandbox backend: {e}; tool calls of agents on it will fail until it is up");
+                outln!("FAIL  docker sandbox backend: {e}; tool calls of agents on it will fail until it is up");
                 return failures + 1;
             }
         };
         let version = docker.version().await.ok().and_then(|v| v.version).unwrap_or_else(|| "?".into());
-        println!("ok    docker daemon {version} (API {})", docker.client_version());
+        outln!("ok    docker daemon {version} (API {})", docker.client_version());
         let mut failures = failures;
         for (image, agents) in images {
             match crate::sandbox::docker::check_image(&docker, image).await {
-                Ok(_) => println!("ok    sandbox image {image} (agents {})", agents.join(", ")),
+                Ok(_) => outln!("ok    sandbox image {image} (agents {})", agents.join(", ")),
                 Err(e) => {
                     failures += 1;
-                    println!("FAIL  {e} (agents {})", agents.join(", "));
+                    outln!("FAIL  {e} (agents {})", agents.join(", "));
                 }
             }
         }
@@ -66,7 +66,7 @@ pub fn run(source: &ConfigSource) -> i32 {
     let mut failures = 0;
     let config = match source.load(true) {
         Ok(c) => {
-            println!(
+            outln!(
                 "ok    config {} ({} tenant(s), {} agent(s))",
                 source.path.display(),
                 c.tenants.len(),
@@ -75,33 +75,33 @@ pub fn run(source: &ConfigSource) -> i32 {
             c
         }
         Err(e) => {
-            println!("FAIL  config");
+            outln!("FAIL  config");
             super::report_load_error(&e);
             return EXIT_INVALID;
         }
     };
     for w in &config.warnings {
-        println!("warn  {w}");
+        outln!("warn  {w}");
     }
     match std::fs::create_dir_all(&config.state_dir) {
-        Ok(()) => println!("ok    state directory {}", config.state_dir.display()),
+        Ok(()) => outln!("ok    state directory {}", config.state_dir.display()),
         Err(e) => {
             failures += 1;
-            println!("FAIL  state directory {}: {e}", config.state_dir.display());
+            outln!("FAIL  state directory {}: {e}", config.state_dir.display());
         }
     }
     match crate::sandbox::wasm::WasmSandbox::new(&config.state_dir) {
-        Ok(_) => println!("ok    wasm sandbox backend (runner compiled)"),
+        Ok(_) => outln!("ok    wasm sandbox backend (runner compiled)"),
         Err(e) => {
             failures += 1;
-            println!("FAIL  wasm sandbox backend: {e}");
+            outln!("FAIL  wasm sandbox backend: {e}");
         }
     }
     failures += check_docker(&config);
     let tenants_without_tokens: Vec<_> =
         config.tenants.values().filter(|t| t.api_tokens.is_empty()).map(|t| t.id.to_string()).collect();
     if !tenants_without_tokens.is_empty() {
-        println!(
+        outln!(
             "warn  tenants without API tokens (reachable only through chat channels): {}",
             tenants_without_tokens.join(", ")
         );
@@ -109,25 +109,25 @@ pub fn run(source: &ConfigSource) -> i32 {
     failures += telegram(&config);
     match config.store.require_mode() {
         Ok(crate::config::StoreMode::Encrypted) => {
-            println!("ok    audit log on ({})", crate::audit::audit_dir(&config).display())
+            outln!("ok    audit log on ({})", crate::audit::audit_dir(&config).display())
         }
         Ok(crate::config::StoreMode::Memory) => {
-            println!("warn  store.mode \"memory\" is not for production: nothing is kept and the audit log is off")
+            outln!("warn  store.mode \"memory\" is not for production: nothing is kept and the audit log is off")
         }
         Err(e) => {
             failures += 1;
-            println!("FAIL  store: {e}");
+            outln!("FAIL  store: {e}");
         }
     }
     match &config.gateway.tls {
         Some(files) => match crate::gateway::tls::acceptor(files) {
-            Ok(_) => println!("ok    TLS certificate and key ({})", files.cert.display()),
+            Ok(_) => outln!("ok    TLS certificate and key ({})", files.cert.display()),
             Err(e) => {
                 failures += 1;
-                println!("FAIL  {e}");
+                outln!("FAIL  {e}");
             }
         },
-        None if !config.gateway.bind.ip().is_loopback() => println!(
+        None if !config.gateway.bind.ip().is_loopback() => outln!(
             "warn  plaintext HTTP on {}: configure gateway.tls (with required: true) or a TLS proxy",
             config.gateway.bind
         ),
@@ -135,26 +135,26 @@ pub fn run(source: &ConfigSource) -> i32 {
     }
     let gate: std::sync::Arc<dyn crate::policy::PolicyGate> = match crate::policy::PolicyEngine::load(&config) {
         Ok(engine) => {
-            println!("ok    policies load ({} agent(s))", engine.agents().count());
+            outln!("ok    policies load ({} agent(s))", engine.agents().count());
             for w in engine.warnings() {
-                println!("warn  {w}");
+                outln!("warn  {w}");
             }
             std::sync::Arc::new(engine)
         }
         Err(errors) => {
             failures += errors.len();
             for e in &errors {
-                println!("FAIL  policy: {e}");
+                outln!("FAIL  policy: {e}");
             }
             std::sync::Arc::new(crate::policy::DenyAll)
         }
     };
     match Gateway::start(config, Parts { gate, ..Parts::fail_closed() }) {
-        Ok(_) => println!("ok    secrets resolve, channels and providers start"),
+        Ok(_) => outln!("ok    secrets resolve, channels and providers start"),
         Err(errors) => {
             failures += errors.len();
             for e in errors {
-                println!("FAIL  {e}");
+                outln!("FAIL  {e}");
             }
         }
     }
@@ -171,7 +171,7 @@ fn telegram(config: &crate::config::Config) -> usize {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
-            println!("FAIL  telegram: cannot start the async runtime: {e}");
+            outln!("FAIL  telegram: cannot start the async runtime: {e}");
             return 1;
         }
     };
@@ -182,7 +182,7 @@ fn telegram(config: &crate::config::Config) -> usize {
             Ok(c) => c,
             Err(e) => {
                 failures += 1;
-                println!("FAIL  {label}: {e}");
+                outln!("FAIL  {label}: {e}");
                 continue;
             }
         };
@@ -191,35 +191,35 @@ fn telegram(config: &crate::config::Config) -> usize {
             Err(e) => {
                 failures += 1;
                 let hint = if e == MeError::Unauthorized { "; check the token with @BotFather" } else { "" };
-                println!("FAIL  {label}: getMe failed: {e}{hint}");
+                outln!("FAIL  {label}: getMe failed: {e}{hint}");
                 continue;
             }
         };
-        println!("ok    {label}: token accepted (bot @{})", me.user.username.as_deref().unwrap_or("?"));
+        outln!("ok    {label}: token accepted (bot @{})", me.user.username.as_deref().unwrap_or("?"));
         let wants_all =
             !acc.access.require_mention || acc.access.groups.values().any(|g| g.require_mention == Some(false));
         let groups_on = acc.access.group_policy != crate::config::channels::GroupPolicy::Disabled;
         if groups_on && wants_all && !me.can_read_all_group_messages {
-            println!(
+            outln!(
                 "warn  {label}: privacy mode is on, so in groups the bot only receives commands, replies to it and @mentions; groups set to requireMention: false will miss other messages. Turn privacy off with @BotFather (/setprivacy, Disable), then remove and re-add the bot to each group"
             );
         } else if groups_on && me.can_read_all_group_messages && !wants_all {
-            println!(
+            outln!(
                 "note  {label}: privacy mode is off: the bot receives every group message, but only answers @mentions and replies (requireMention); turning privacy on with @BotFather (/setprivacy) keeps other group messages away from the host"
             );
         }
         match rt.block_on(conn.webhook()) {
-            Ok(None) => println!("ok    {label}: no webhook set (long polling can receive updates)"),
+            Ok(None) => outln!("ok    {label}: no webhook set (long polling can receive updates)"),
             Ok(Some(url)) => {
                 failures += 1;
-                println!(
+                outln!(
                     "FAIL  {label}: a webhook is set (to {}), so long polling is refused with 409 Conflict; remove it with the Bot API's deleteWebhook method or stop whatever set it",
                     url.host_str().unwrap_or("an unknown host")
                 );
             }
             Err(e) => {
                 failures += 1;
-                println!("FAIL  {label}: getWebhookInfo failed: {e}");
+                outln!("FAIL  {label}: getWebhookInfo failed: {e}");
             }
         }
     }

@@ -17,8 +17,8 @@ pub fn init(out: &Path) -> i32 {
     });
     match result {
         Ok(()) => {
-            println!("wrote a new master key to {}", out.display());
-            println!(
+            outln!("wrote a new master key to {}", out.display());
+            outln!(
                 "keep it outside the state directory, back it up offline, and set store.masterKey: {{ file: \"...\" }}"
             );
             EXIT_OK
@@ -37,7 +37,7 @@ pub fn init(out: &Path) -> i32 {
 /// `keys rotate --tenant ID`: re-encrypts the tenant's data to a new identity (gateway stopped).
 pub fn rotate_tenant(source: &ConfigSource, id: &str) -> i32 {
     let Some((config, tenant)) = super::load_with_tenant(source, id) else { return EXIT_INVALID };
-    let store = match super::open_store(&config) {
+    let store = match super::open_existing_store(&config) {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -64,7 +64,7 @@ pub fn rotate_tenant(source: &ConfigSource, id: &str) -> i32 {
                 eprintln!("error: the key is rotated, but the audit record failed: {e}");
                 return EXIT_FAILURE;
             }
-            println!("rotated the key of tenant {id}: {n} session(s) re-encrypted, the old key destroyed");
+            outln!("rotated the key of tenant {id}: {n} session(s) re-encrypted, the old key destroyed");
             EXIT_OK
         }
         Err(e) => {
@@ -92,7 +92,7 @@ pub fn rotate_master(source: &ConfigSource, new_key: &Path) -> i32 {
             return EXIT_INVALID;
         }
     };
-    let store = match super::open_store(&config) {
+    let store = match super::open_existing_store(&config) {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -132,12 +132,12 @@ pub fn rotate_master(source: &ConfigSource, new_key: &Path) -> i32 {
                 eprintln!("error: the master key is rotated, but the audit record failed: {e}");
                 return EXIT_FAILURE;
             }
-            println!("re-wrapped {n} tenant key(s) to the master key in {}", new_key.display());
-            println!(
+            outln!("re-wrapped {n} tenant key(s) to the master key in {}", new_key.display());
+            outln!(
                 "now: set store.masterKey to {{ file: \"{}\" }} (the old key no longer opens the store),",
                 new_key.display()
             );
-            println!("back the new key up offline, then destroy the old key ({old_origin}).");
+            outln!("back the new key up offline, then destroy the old key ({old_origin}).");
             EXIT_OK
         }
         Err(e) => {

@@ -1,6 +1,24 @@
 //! Command-line subcommands, one module each. `main.rs` only parses arguments and calls these.
 //! Every function returns the process exit code: 0 ok, 1 runtime failure, 2 invalid input/config.
 
+/// Prints to stdout like `print!`; when the reader has gone away (`bulkhead audit show | head -1`)
+/// the command ends quietly (exit 1: its output was not all read) instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!($($arg)*))
+    };
+}
+
+/// `println!` through `out!`.
+macro_rules! outln {
+    () => {
+        $crate::cli::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 pub mod audit;
 pub mod config_check;
 pub mod doctor;
@@ -66,6 +84,19 @@ pub(crate) fn load_with_tenant(source: &ConfigSource, id: &str) -> Option<(Confi
     }
 }
 
+/// Where `out!` and `outln!` write. Any write error on stdout ends the process: a closed pipe
+/// quietly, anything else with one line on stderr.
+pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("error: cannot write to stdout: {e}");
+        }
+        std::process::exit(EXIT_FAILURE);
+    }
+}
+
 /// Prints a load error for a person, on stderr.
 pub fn report_load_error(e: &LoadError) {
     eprint!("{e}");
@@ -82,6 +113,17 @@ pub fn open_store(config: &Config) -> Result<crate::store::EncryptedStore, i32> 
             _ => EXIT_INVALID,
         }
     })
+}
+
+/// `open_store` for commands that work on data already stored (export, delete, key rotation):
+/// a store directory that does not exist is said to be missing, never created.
+pub fn open_existing_store(config: &Config) -> Result<crate::store::EncryptedStore, i32> {
+    let root = crate::store::store_root(config);
+    if !root.is_dir() {
+        eprintln!("error: no store at {}: the directory does not exist (check stateDir in the config)", root.display());
+        return Err(EXIT_INVALID);
+    }
+    open_store(config)
 }
 
 /// Asks on the terminal for `expected` to be typed; refuses without a terminal.

@@ -107,15 +107,15 @@ async fn call(base: &str, token: &str, action: Action) -> i32 {
         return if status.as_u16() == 404 || status.as_u16() == 400 { EXIT_INVALID } else { EXIT_FAILURE };
     }
     match action {
-        Action::List { json: true } => println!("{body}"),
+        Action::List { json: true } => outln!("{body}"),
         Action::List { json: false } => {
             let pending = body["pending"].as_array().cloned().unwrap_or_default();
             if pending.is_empty() {
-                println!("no pending pairing requests");
+                outln!("no pending pairing requests");
             }
             for r in pending {
                 let user = r["username"].as_str().map(|u| format!(" @{u}")).unwrap_or_default();
-                println!(
+                outln!(
                     "{}  {}/{}  tenant {}  sender {}{}  {} s ago",
                     r["code"].as_str().unwrap_or("?"),
                     r["channel"].as_str().unwrap_or("?"),
@@ -130,7 +130,7 @@ async fn call(base: &str, token: &str, action: Action) -> i32 {
         Action::Approve(_) | Action::Deny(_) => {
             let r = &body["request"];
             let what = if body["approved"] == true { "approved" } else { "denied" };
-            println!(
+            outln!(
                 "{what}: sender {} on {}/{} (tenant {})",
                 r["sender"].as_str().unwrap_or("?"),
                 r["channel"].as_str().unwrap_or("?"),

@@ -1,5 +1,6 @@
 //! `bulkhead serve`: runs the gateway until SIGINT/SIGTERM.
 
+use std::io::Write;
 use std::sync::Arc;
 
 use super::{ConfigSource, EXIT_FAILURE, EXIT_INVALID, EXIT_OK};
@@ -209,9 +210,10 @@ pub fn run(source: &ConfigSource, log_format: Option<LogFormat>) -> i32 {
         let shutdown = shutdown_signal();
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(%addr, tenants, agents, tls = tls.is_some(), "Gateway listening.");
-        // A stable line on stdout so scripts and tests can find an ephemeral port.
+        // A stable line on stdout so scripts and tests can find an ephemeral port. The gateway
+        // keeps serving if nobody reads it.
         let scheme = if tls.is_some() { "https" } else { "http" };
-        println!("listening on {scheme}://{addr}");
+        let _ = writeln!(std::io::stdout(), "listening on {scheme}://{addr}");
         let grace = gw.config().gateway.shutdown_grace;
         let shutdown = async move {
             shutdown.await;

@@ -19,10 +19,10 @@ pub fn list(source: &ConfigSource, as_json: bool) -> i32 {
     };
     let rows = summary(&config);
     if as_json {
-        println!("{}", serde_json::Value::Array(rows));
+        outln!("{}", serde_json::Value::Array(rows));
     } else {
         for r in rows {
-            println!(
+            outln!(
                 "{}\t{}\tagents: {}\ttokens: {}",
                 r["id"].as_str().unwrap_or(""),
                 r["name"].as_str().unwrap_or(""),
@@ -37,11 +37,15 @@ pub fn list(source: &ConfigSource, as_json: bool) -> i32 {
 /// Tenants with their agents and token counts (never the tokens): `tenant list` and
 /// `GET /admin/tenants`.
 pub fn summary(config: &crate::config::Config) -> Vec<serde_json::Value> {
+    let mut agents_of: std::collections::HashMap<&TenantId, Vec<&str>> = std::collections::HashMap::new();
+    for a in &config.agents {
+        agents_of.entry(&a.tenant).or_default().push(a.id.as_str());
+    }
     config
         .tenants
         .values()
         .map(|t| {
-            let agents: Vec<&str> = config.agents.iter().filter(|a| a.tenant == t.id).map(|a| a.id.as_str()).collect();
+            let agents = agents_of.remove(&t.id).unwrap_or_default();
             serde_json::json!({ "id": t.id.as_str(), "name": t.name, "agents": agents, "apiTokens": t.api_tokens.len() })
         })
         .collect()
@@ -74,7 +78,7 @@ pub fn export(source: &ConfigSource, id: &str, out: &Path) -> i32 {
         );
         return EXIT_INVALID;
     }
-    let store = match super::open_store(&config) {
+    let store = match super::open_existing_store(&config) {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -106,7 +110,7 @@ pub fn export(source: &ConfigSource, id: &str, out: &Path) -> i32 {
     })();
     match result {
         Ok(s) => {
-            println!(
+            outln!(
                 "exported tenant {id}: {} sessions, {} messages, {} workspace files to {}",
                 s.sessions,
                 s.messages,
@@ -179,7 +183,7 @@ pub fn delete(source: &ConfigSource, id: &str, yes: bool) -> i32 {
     {
         return EXIT_INVALID;
     }
-    let store = match super::open_store(&config) {
+    let store = match super::open_existing_store(&config) {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -212,9 +216,9 @@ pub fn delete(source: &ConfigSource, id: &str, yes: bool) -> i32 {
                 eprintln!("error: the tenant's data is deleted, but the audit record failed: {e}");
                 return EXIT_FAILURE;
             }
-            println!("deleted tenant {id}: its key is destroyed and its stored data removed");
+            outln!("deleted tenant {id}: its key is destroyed and its stored data removed");
             if config.tenants.contains_key(&tenant) {
-                println!("note: {id} is still in the config; the next start gives it a new, empty store");
+                outln!("note: {id} is still in the config; the next start gives it a new, empty store");
             }
             EXIT_OK
         }
@@ -245,7 +249,7 @@ fn remove_tenant_containers(config: &crate::config::Config, tenant: &str) -> Res
     match result {
         Ok(0) => Ok(()),
         Ok(n) => {
-            println!("removed {n} sandbox container(s) of tenant {tenant}");
+            outln!("removed {n} sandbox container(s) of tenant {tenant}");
             Ok(())
         }
         Err(e) if uses_docker => Err(format!("cannot remove the sandbox containers of tenant {tenant:?}: {e}")),

@@ -46,9 +46,9 @@ pub fn run(source: &ConfigSource, tenant: Option<&str>, since: Option<&str>, jso
     let reports: Vec<TenantUsage> = tenants.iter().map(|t| meter.tenant_usage(t, since)).collect();
     if json {
         let v = serde_json::json!({ "since": since.map(|d| d.to_string()), "tenants": reports });
-        println!("{}", serde_json::to_string_pretty(&v).expect("usage serialises"));
+        outln!("{}", serde_json::to_string_pretty(&v).expect("usage serialises"));
     } else {
-        print!("{}", table(&reports));
+        out!("{}", table(&reports));
     }
     EXIT_OK
 }

@@ -4,6 +4,7 @@
 //! error is collected with its key path, so an operator fixes a config in one pass.
 
 pub mod channels;
+pub mod nesting;
 mod raw;
 mod secret;
 mod validate;
@@ -115,6 +116,16 @@ const MAX_ERRORS: usize = 100;
 /// values: every raw field is optional) and decoding is retried until it succeeds. On error, the
 /// repaired config (if decoding got that far) comes back with the errors.
 pub fn parse_raw(text: &str) -> Result<RawConfig, (Option<Box<RawConfig>>, Vec<ConfigError>)> {
+    // The parser recurses per level: bound the depth before it runs.
+    nesting::check(text).map_err(|deep| {
+        let error = ConfigError {
+            path: String::new(),
+            line: Some(deep.line),
+            column: Some(deep.column),
+            message: format!("invalid JSON5: nested more than {} levels deep", nesting::MAX_NESTING),
+        };
+        (None, vec![error])
+    })?;
     let mut value: serde_json::Value = json5::from_str(text).map_err(|e| {
         let pos = e.position();
         let message = match pos {

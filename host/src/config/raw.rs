@@ -130,6 +130,17 @@ pub struct RawAuthThrottle {
     pub max_failures: Option<u32>,
     pub window_sec: Option<u64>,
     pub lockout_sec: Option<u64>,
+    /// A reverse proxy whose client-address header tells clients apart.
+    pub trusted_proxy: Option<RawTrustedProxy>,
+}
+
+/// `gateway.auth.trustedProxy`: the header is believed only on connections from `from`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawTrustedProxy {
+    pub header: Option<String>,
+    /// Addresses or CIDR ranges of the proxy.
+    pub from: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

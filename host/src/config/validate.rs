@@ -1,6 +1,6 @@
 //! Stage two: `RawConfig` → `Config`, with defaults applied and every cross-reference checked.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -60,6 +60,8 @@ pub struct GatewayConfig {
     pub auth_max_failures: u32,
     pub auth_window: Duration,
     pub auth_lockout: Duration,
+    /// `gateway.auth.trustedProxy`, when clients come through a reverse proxy.
+    pub trusted_proxy: Option<crate::gateway::TrustedProxy>,
     /// `gateway.tls`: certificate and key files (absolute), when HTTPS is configured.
     pub tls: Option<TlsFiles>,
     /// `gateway.minFreeDiskMb`: below this much free space on the state directory's filesystem
@@ -481,6 +483,38 @@ fn tls_files(errs: &mut Errors, tls: Option<&RawTls>, bind: SocketAddr, base: &P
     files
 }
 
+/// `gateway.auth.trustedProxy`: a header name and at least one proxy address or CIDR range.
+fn trusted_proxy(errs: &mut Errors, raw: Option<&RawTrustedProxy>) -> Option<crate::gateway::TrustedProxy> {
+    let raw = raw?;
+    let path = "gateway.auth.trustedProxy";
+    let header = match raw.header.as_deref().map(|h| axum::http::HeaderName::try_from(h.to_ascii_lowercase())) {
+        None => {
+            errs.push(format!("{path}.header"), "missing key (for example \"x-forwarded-for\")");
+            None
+        }
+        Some(Err(_)) => {
+            errs.push(format!("{path}.header"), "not a valid HTTP header name");
+            None
+        }
+        Some(Ok(h)) => Some(h),
+    };
+    let mut from = Vec::new();
+    for (i, entry) in raw.from.iter().flatten().enumerate() {
+        let net = entry.parse::<ipnet::IpNet>().or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match net {
+            Ok(net) => from.push(net.trunc()),
+            Err(_) => errs.push(
+                format!("{path}.from[{i}]"),
+                format!("invalid address {entry:?}: expected an IP address or CIDR range such as \"10.0.0.0/8\""),
+            ),
+        }
+    }
+    if raw.from.as_ref().is_none_or(|f| f.is_empty()) {
+        errs.push(format!("{path}.from"), "list the proxy's addresses; the header is believed only from them");
+    }
+    Some(crate::gateway::TrustedProxy { header: header?, from })
+}
+
 /// Checks a raw config and applies defaults. `base` resolves relative paths.
 pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>> {
     let mut errs = Errors(Vec::new());
@@ -547,6 +581,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
         auth_max_failures: auth.max_failures.unwrap_or(10).max(1),
         auth_window: Duration::from_secs(auth.window_sec.unwrap_or(60).max(1)),
         auth_lockout: Duration::from_secs(auth.lockout_sec.unwrap_or(300)),
+        trusted_proxy: trusted_proxy(&mut errs, auth.trusted_proxy.as_ref()),
         tls: tls_files(&mut errs, g.tls.as_ref(), bind, base),
     };
 
@@ -749,6 +784,8 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
     let defaults_tools = tool_layer(&mut errs, "agents.defaults.tools", defaults.tools.as_ref());
     policies.defaults_file = policy_ref(&mut errs, base, "agents.defaults.policy".into(), defaults.policy.as_ref());
     let mut agents: Vec<AgentConfig> = Vec::new();
+    // Agent id → its tenant: every cross-reference below is a lookup, so validation stays linear.
+    let mut agent_tenants: HashMap<AgentId, TenantId> = HashMap::new();
     let mut default_agent = None;
     for (i, a) in agents_raw.list.iter().flatten().enumerate() {
         let path = format!("agents.list[{i}]");
@@ -763,7 +800,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
                 continue;
             }
         };
-        if agents.iter().any(|x| x.id == id) {
+        if agent_tenants.contains_key(&id) {
             errs.push(format!("{path}.id"), format!("duplicate agent id {:?}", id.as_str()));
             continue;
         }
@@ -856,6 +893,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
         if rounds == 0 || rounds > 64 {
             errs.push(format!("{path}.maxToolRounds"), "must be between 1 and 64");
         }
+        agent_tenants.insert(id.clone(), tenant.clone());
         agents.push(AgentConfig {
             id,
             tenant,
@@ -870,8 +908,9 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
             defaults_tools: defaults_tools.clone(),
         });
     }
+    let tenants_with_agents: HashSet<&TenantId> = agent_tenants.values().collect();
     for t in tenants.values() {
-        if t.explicit && !agents.iter().any(|a| a.tenant == t.id) {
+        if t.explicit && !tenants_with_agents.contains(&t.id) {
             warnings.push(format!("tenant {:?} has no agents", t.id.as_str()));
         }
     }
@@ -881,6 +920,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
 
     // bindings
     let mut bindings: Vec<Binding> = Vec::new();
+    let mut first_with_match = HashMap::new();
     for (i, b) in raw.bindings.iter().flatten().enumerate() {
         let path = format!("bindings[{i}]");
         let agent = match b.agent_id.as_deref().map(AgentId::parse) {
@@ -892,7 +932,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
                 errs.push(format!("{path}.agentId"), e);
                 continue;
             }
-            Some(Ok(a)) if agents.iter().any(|x| x.id == a) => a,
+            Some(Ok(a)) if agent_tenants.contains_key(&a) => a,
             Some(Ok(a)) => {
                 errs.push(format!("{path}.agentId"), format!("unknown agent {:?}", a.as_str()));
                 continue;
@@ -980,11 +1020,17 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
             guild_id: m.guild_id.clone(),
             team_id: m.team_id.clone(),
         };
-        if let Some(j) = bindings.iter().position(|x| same_match(x, &binding)) {
-            errs.push(
-                &path,
-                format!("same match as an earlier binding (bindings[{j}] or before), so this binding can never match"),
-            );
+        let key = (
+            binding.channel.clone(),
+            binding.account_id.clone(),
+            binding.peer.clone(),
+            binding.guild_id.clone(),
+            binding.team_id.clone(),
+        );
+        if let Some(j) = first_with_match.get(&key) {
+            errs.push(&path, format!("same match as bindings[{j}], so this binding can never match"));
+        } else {
+            first_with_match.insert(key, i);
         }
         bindings.push(binding);
     }
@@ -992,7 +1038,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
     let (quotas, model_keys) =
         quotas_and_keys(&mut errs, &mut warnings, (raw.quotas.as_ref(), raw.tenants.as_deref()), &providers, &agents);
 
-    one_tenant_per_account(&mut errs, &mut channels.telegram, &bindings, &agents, default_agent.as_ref());
+    one_tenant_per_account(&mut errs, &mut channels.telegram, &bindings, &agent_tenants, default_agent.as_ref());
 
     let errors = errs.0;
     if !errors.is_empty() {
@@ -1028,16 +1074,35 @@ fn one_tenant_per_account(
     errs: &mut Errors,
     accounts: &mut [super::channels::TelegramAccount],
     bindings: &[Binding],
-    agents: &[AgentConfig],
+    agent_tenants: &HashMap<AgentId, TenantId>,
     default_agent: Option<&AgentId>,
 ) {
-    let tenant_of = |id: &AgentId| agents.iter().find(|a| &a.id == id).map(|a| a.tenant.as_str());
-    for acc in accounts.iter_mut() {
-        let reaches =
-            |b: &&Binding| b.channel == "telegram" && b.account_id.as_deref().is_none_or(|a| a == "*" || a == acc.id);
-        let mut tenants: std::collections::BTreeSet<&str> =
-            bindings.iter().filter(reaches).filter_map(|b| tenant_of(&b.agent)).collect();
-        let catch_all = bindings.iter().filter(reaches).any(|b| b.specificity() <= 1);
+    /// What the bindings of one account key (or of every account: no key or `*`) reach.
+    #[derive(Default)]
+    struct Reach<'a> {
+        tenants: BTreeSet<&'a str>,
+        catch_all: bool,
+    }
+    /// Tenants named in one error; more only repeat the point.
+    const SHOWN: usize = 5;
+    let tenant_of = |id: &AgentId| agent_tenants.get(id).map(|t| t.as_str());
+    // One pass over the bindings, then one lookup per account: linear in the config's size.
+    let mut every = Reach::default();
+    let mut by_account: HashMap<&str, Reach> = HashMap::new();
+    for b in bindings.iter().filter(|b| b.channel == "telegram") {
+        let reach = match b.account_id.as_deref() {
+            None | Some("*") => &mut every,
+            Some(a) => by_account.entry(a).or_default(),
+        };
+        reach.tenants.extend(tenant_of(&b.agent));
+        reach.catch_all |= b.specificity() <= 1;
+    }
+    for acc in accounts {
+        let own = by_account.get(acc.id.as_str());
+        // Past SHOWN + 1 of the shared tenants the answer and the message are the same.
+        let mut tenants: BTreeSet<&str> = every.tenants.iter().take(SHOWN + 1).copied().collect();
+        tenants.extend(own.iter().flat_map(|r| r.tenants.iter().copied()));
+        let catch_all = every.catch_all || own.is_some_and(|r| r.catch_all);
         if !catch_all && let Some(t) = default_agent.and_then(tenant_of) {
             tenants.insert(t);
         }
@@ -1045,7 +1110,10 @@ fn one_tenant_per_account(
             acc.tenant = tenants.first().and_then(|t| TenantId::parse(t).ok());
         }
         if tenants.len() > 1 {
-            let list: Vec<&str> = tenants.into_iter().collect();
+            let mut list: Vec<&str> = tenants.iter().take(SHOWN).copied().collect();
+            if tenants.len() > SHOWN {
+                list.push("and others");
+            }
             errs.push(
                 format!("channels.telegram.accounts.{}", acc.id),
                 format!(
@@ -1182,14 +1250,6 @@ fn share(errs: &mut Errors, path: &str, raw: Option<&RawScheduling>, default: Te
         }
     }
     out
-}
-
-fn same_match(a: &Binding, b: &Binding) -> bool {
-    a.channel == b.channel
-        && a.account_id == b.account_id
-        && a.peer == b.peer
-        && a.guild_id == b.guild_id
-        && a.team_id == b.team_id
 }
 
 fn sandbox_config(

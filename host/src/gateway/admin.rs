@@ -106,7 +106,7 @@ async fn guard(
         .take(MAX_AUDITED_PATH)
         .flat_map(char::escape_debug)
         .collect();
-    let op = match gw.operator_for(bearer(req.headers()), client, "admin") {
+    let op = match gw.operator_for(bearer(req.headers()), gw.client_ip(client, req.headers()), "admin") {
         Ok(op) => op,
         Err(f) => return auth_error(f),
     };

@@ -12,7 +12,7 @@ pub mod tls;
 mod webchat;
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Router;
@@ -23,7 +23,7 @@ use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
-pub use auth::{Throttle, TokenIndex, bearer};
+pub use auth::{Throttle, TokenIndex, TrustedProxy, bearer};
 
 use crate::agent::Runtime;
 use crate::audit::Audit;
@@ -45,7 +45,11 @@ pub struct Gateway {
     pub runtime: Arc<Runtime>,
     tenant_tokens: TokenIndex<TenantId>,
     operator_tokens: TokenIndex<admin::Operator>,
-    throttle: Throttle,
+    /// Failed tenant-token attempts per client.
+    tenant_throttle: Throttle,
+    /// Failed operator-token attempts per client, on a budget of their own: a client that is
+    /// allowed to use the API gains no operator guesses from it.
+    operator_throttle: Throttle,
     /// Chat pairing requests and approvals (shared with the channel adapters).
     pub pairing: Arc<crate::channels::pairing::Pairing>,
 }
@@ -91,6 +95,9 @@ impl Gateway {
                         if let Err(e) = unique.check(s.expose(), format!("tenant {:?}", t.id.as_str())) {
                             errors.push(format!("tenant {:?} apiTokens[{i}]: {e}", t.id.as_str()));
                         }
+                        if let Err(e) = auth::check_token_strength(s.expose()) {
+                            errors.push(format!("tenant {:?} apiTokens[{i}]: {e}", t.id.as_str()));
+                        }
                         tenant_tokens.insert(s.expose(), t.id.clone())
                     }
                     Err(e) => errors.push(format!("tenant {:?} apiTokens[{i}]: {e}", t.id.as_str())),
@@ -107,6 +114,9 @@ impl Gateway {
             match op.token.resolve(&config.base_dir) {
                 Ok(s) => {
                     if let Err(e) = unique.check(s.expose(), format!("operator {:?}", op.id)) {
+                        errors.push(format!("gateway.operators[{i}].token: {e}"));
+                    }
+                    if let Err(e) = auth::check_token_strength(s.expose()) {
                         errors.push(format!("gateway.operators[{i}].token: {e}"));
                     }
                     operator_tokens.insert(s.expose(), admin::Operator { id: op.id.clone(), role: op.role })
@@ -129,8 +139,9 @@ impl Gateway {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let throttle =
-            Throttle::new(config.gateway.auth_max_failures, config.gateway.auth_window, config.gateway.auth_lockout);
+        let g = &config.gateway;
+        let tenant_throttle = Throttle::new(g.auth_max_failures, g.auth_window, g.auth_lockout);
+        let operator_throttle = Throttle::new(g.auth_max_failures, g.auth_window, g.auth_lockout);
         let runtime = Runtime {
             scheduler: Scheduler::with_shares(
                 config.max_concurrent,
@@ -148,63 +159,68 @@ impl Gateway {
             tasks: TaskTracker::new(),
         };
         let pairing = Arc::new(crate::channels::pairing::Pairing::new(parts.store));
-        Ok(Self { runtime: Arc::new(runtime), tenant_tokens, operator_tokens, throttle, pairing })
+        Ok(Self {
+            runtime: Arc::new(runtime),
+            tenant_tokens,
+            operator_tokens,
+            tenant_throttle,
+            operator_throttle,
+            pairing,
+        })
     }
 
     pub fn config(&self) -> &Config {
         &self.runtime.config
     }
 
+    /// The address a request is throttled and audited under: the peer's, or the one a trusted
+    /// proxy (`gateway.auth.trustedProxy`) names when the peer is that proxy.
+    fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+        match &self.config().gateway.trusted_proxy {
+            Some(proxy) => proxy.client(peer.ip(), headers),
+            None => peer.ip(),
+        }
+    }
+
     /// Resolves a tenant token, applying the failure throttle. The error is ready to send.
-    fn tenant_for(&self, token: Option<&str>, client: SocketAddr) -> Result<TenantId, AuthFailure> {
+    fn tenant_for(&self, token: Option<&str>, client: IpAddr) -> Result<TenantId, AuthFailure> {
         self.tenant_on("api", token, client)
     }
 
     /// `tenant_for` for a named front door (`api`, `webchat`, ...), as recorded in the audit log.
-    fn tenant_on(
-        &self,
-        surface: &'static str,
-        token: Option<&str>,
-        client: SocketAddr,
-    ) -> Result<TenantId, AuthFailure> {
-        if let Some(secs) = self.throttle.locked(client.ip()) {
+    fn tenant_on(&self, surface: &'static str, token: Option<&str>, client: IpAddr) -> Result<TenantId, AuthFailure> {
+        if let Some(secs) = self.tenant_throttle.locked(client) {
             return Err(AuthFailure::Throttled(secs));
         }
         match token.and_then(|t| self.tenant_tokens.lookup(t)) {
-            Some(t) => {
-                self.throttle.success(client.ip());
-                Ok(t)
-            }
+            Some(t) => Ok(t),
             None => {
-                self.throttle.failure(client.ip());
+                self.tenant_throttle.failure(client);
                 self.runtime.metrics.auth_failure();
-                tracing::info!(client = %client.ip(), "Rejected API token.");
+                tracing::info!(client = %client, "Rejected API token.");
                 self.audit_auth_failure(surface, client, if token.is_some() { "invalid token" } else { "no token" });
                 Err(AuthFailure::Invalid)
             }
         }
     }
 
-    /// Resolves an operator token (for `/admin/` and `/metrics`), with the same throttle.
+    /// Resolves an operator token (for `/admin/` and `/metrics`), on the operator throttle.
     fn operator_for(
         &self,
         token: Option<&str>,
-        client: SocketAddr,
+        client: IpAddr,
         surface: &'static str,
     ) -> Result<admin::Operator, AuthFailure> {
         // A locked-out client is not audited again per request (its failures already were).
-        if let Some(secs) = self.throttle.locked(client.ip()) {
+        if let Some(secs) = self.operator_throttle.locked(client) {
             return Err(AuthFailure::Throttled(secs));
         }
         match token.and_then(|t| self.operator_tokens.lookup(t)) {
-            Some(op) => {
-                self.throttle.success(client.ip());
-                Ok(op)
-            }
+            Some(op) => Ok(op),
             None => {
-                self.throttle.failure(client.ip());
+                self.operator_throttle.failure(client);
                 self.runtime.metrics.auth_failure();
-                tracing::info!(client = %client.ip(), surface, "Rejected operator token.");
+                tracing::info!(client = %client, surface, "Rejected operator token.");
                 let reason = match token {
                     None => "no token",
                     Some(t) if self.tenant_tokens.lookup(t).is_some() => "tenant token",
@@ -217,14 +233,14 @@ impl Gateway {
     }
 
     /// Queues an auth failure for the host audit log (the client address as a keyed digest).
-    fn audit_auth_failure(&self, surface: &str, client: SocketAddr, reason: &str) {
+    fn audit_auth_failure(&self, surface: &str, client: IpAddr, reason: &str) {
         let audit = self.runtime.audit.clone();
         if !audit.is_on() {
             return;
         }
         let event = Event::AuthFailure {
             surface: surface.to_string(),
-            client: audit.digest(&Scope::Host, "client", client.ip().to_string().as_bytes()),
+            client: audit.digest(&Scope::Host, "client", client.to_string().as_bytes()),
             reason: reason.to_string(),
         };
         tokio::spawn(async move { audit.record(Scope::Host, Actor::Anonymous, event).await });
@@ -267,7 +283,7 @@ async fn metrics(
     axum::extract::ConnectInfo(client): axum::extract::ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    match gw.operator_for(bearer(&headers), client, "metrics") {
+    match gw.operator_for(bearer(&headers), gw.client_ip(client, &headers), "metrics") {
         Ok(_op) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
             gw.runtime.metrics.render_all(&gw.runtime.scheduler),

@@ -74,7 +74,7 @@ pub async fn models(
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    let tenant = match gw.tenant_for(bearer(&headers), client) {
+    let tenant = match gw.tenant_for(bearer(&headers), gw.client_ip(client, &headers)) {
         Ok(t) => t,
         Err(f) => return auth_error(f),
     };
@@ -160,7 +160,7 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let tenant = match gw.tenant_for(bearer(&headers), client) {
+    let tenant = match gw.tenant_for(bearer(&headers), gw.client_ip(client, &headers)) {
         Ok(t) => t,
         Err(f) => return auth_error(f),
     };

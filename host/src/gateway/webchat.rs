@@ -5,7 +5,7 @@
 //! starts a turn streamed as `start`, `delta`, `tool_call`, `tool_result`, `done`. Session key:
 //! `agent:<id>:webchat:direct:<conversation>`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,6 +55,7 @@ pub async fn upgrade(
     if !same_origin(&headers) {
         return (StatusCode::FORBIDDEN, "cross-origin WebSocket refused\n").into_response();
     }
+    let client = gw.client_ip(client, &headers);
     ws.max_message_size(MAX_FRAME).max_frame_size(MAX_FRAME).on_upgrade(move |socket| session(gw, socket, client))
 }
 
@@ -77,7 +78,7 @@ fn parse_frame(msg: &WsMessage) -> Result<Option<ClientFrame>, String> {
     }
 }
 
-async fn session(gw: Arc<Gateway>, mut socket: WebSocket, client: SocketAddr) {
+async fn session(gw: Arc<Gateway>, mut socket: WebSocket, client: IpAddr) {
     let Some(tenant) = authenticate(&gw, &mut socket, client).await else {
         let _ = socket.send(WsMessage::Close(None)).await;
         return;
@@ -119,7 +120,7 @@ async fn session(gw: Arc<Gateway>, mut socket: WebSocket, client: SocketAddr) {
     }
 }
 
-async fn authenticate(gw: &Gateway, socket: &mut WebSocket, client: SocketAddr) -> Option<TenantId> {
+async fn authenticate(gw: &Gateway, socket: &mut WebSocket, client: IpAddr) -> Option<TenantId> {
     let first = tokio::time::timeout(AUTH_TIMEOUT, socket.recv()).await.ok()??.ok()?;
     let token = match parse_frame(&first) {
         Ok(Some(ClientFrame::Auth { token })) => Some(token),

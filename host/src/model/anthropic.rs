@@ -145,9 +145,9 @@ impl Accumulator {
             }
             "message_stop" => self.done = true,
             "error" => {
-                let msg = ev["error"]["message"].as_str().unwrap_or("error in stream");
                 let status = if ev["error"]["type"] == "overloaded_error" { 529 } else { 500 };
-                return Err(ModelError::Upstream { status, detail: detail(msg), retry_after: None });
+                let len = ev["error"].to_string().len();
+                return Err(ModelError::Upstream { status, detail: detail(ev.get("error"), len), retry_after: None });
             }
             _ => {} // ping, content_block_stop and future event types
         }

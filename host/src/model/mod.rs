@@ -87,16 +87,24 @@ pub trait ModelProvider: Send + Sync {
     async fn complete(&self, req: &ModelRequest, deltas: &mpsc::Sender<String>) -> Result<ModelReply, ModelError>;
 }
 
-/// Longest upstream error detail kept for logs.
-const MAX_DETAIL: usize = 300;
+/// Longest error kind (`type` or `code`) kept from an upstream error.
+const MAX_KIND: usize = 48;
 
-/// Shortens an upstream error body for a log line.
-pub(crate) fn detail(body: &str) -> String {
-    let mut s: String = body.chars().filter(|c| !c.is_control()).take(MAX_DETAIL).collect();
-    if body.len() > MAX_DETAIL {
-        s.push('…');
+/// Describes an upstream error for logs by its kind and size, never by its text: providers echo
+/// parts of keys (OpenAI's 401 names the masked key) and of the request in their messages. The
+/// kind is the error's `code` or `type`, kept only when it is a plain identifier
+/// (`invalid_api_key`, `overloaded_error`).
+pub(crate) fn detail(error: Option<&serde_json::Value>, body_len: usize) -> String {
+    let identifier = |v: &serde_json::Value| {
+        v.as_str()
+            .filter(|s| !s.is_empty() && s.len() <= MAX_KIND && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+            .map(str::to_string)
+    };
+    let kind = error.and_then(|e| e.get("code").and_then(identifier).or_else(|| e.get("type").and_then(identifier)));
+    match kind {
+        Some(kind) => format!("{kind}, {body_len}-byte body"),
+        None => format!("{body_len}-byte body"),
     }
-    s
 }
 
 /// What an HTTP provider needs from its config.
@@ -105,4 +113,25 @@ pub struct HttpSettings {
     pub base_url: String,
     pub timeout: Duration,
     pub max_tokens: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::detail;
+
+    #[test]
+    fn upstream_errors_are_described_by_kind_and_size() {
+        // OpenAI's 401 names the (masked) key in its message; only the code and the size remain.
+        let openai = json!({ "message": "Incorrect API key provided: sk-test-****abcd.", "type": "invalid_request_error", "code": "invalid_api_key" });
+        assert_eq!(detail(Some(&openai), 212), "invalid_api_key, 212-byte body");
+        let anthropic = json!({ "type": "authentication_error", "message": "invalid x-api-key" });
+        assert_eq!(detail(Some(&anthropic), 90), "authentication_error, 90-byte body");
+        // A kind that is not a plain identifier could be anything: dropped.
+        for odd in [json!({ "code": "sk-live-1234" }), json!({ "type": "Key sk_x" }), json!({ "code": 401 })] {
+            assert_eq!(detail(Some(&odd), 10), "10-byte body", "{odd}");
+        }
+        assert_eq!(detail(None, 0), "0-byte body");
+    }
 }

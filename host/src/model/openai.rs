@@ -93,8 +93,8 @@ impl Accumulator {
     /// Applies one `data:` chunk; returns the text delta it carried.
     pub(crate) fn apply(&mut self, chunk: &Value) -> Result<Option<String>, ModelError> {
         if let Some(err) = chunk.get("error") {
-            let msg = err.get("message").and_then(Value::as_str).unwrap_or("error in stream");
-            return Err(ModelError::Upstream { status: 200, detail: detail(msg), retry_after: None });
+            let len = err.to_string().len();
+            return Err(ModelError::Upstream { status: 200, detail: detail(Some(err), len), retry_after: None });
         }
         if let Some(u) = chunk.get("usage").filter(|u| !u.is_null()) {
             self.usage.input_tokens = u["prompt_tokens"].as_u64().unwrap_or(0);
@@ -180,12 +180,9 @@ pub(crate) async fn upstream_error(resp: reqwest::Response) -> ModelError {
             break;
         }
     }
-    let text = String::from_utf8_lossy(&body);
-    let msg = serde_json::from_str::<Value>(&text)
-        .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-        .unwrap_or_else(|| text.to_string());
-    ModelError::Upstream { status, detail: detail(&msg), retry_after }
+    let parsed = serde_json::from_slice::<Value>(&body).ok();
+    let error = parsed.as_ref().and_then(|v| v.get("error"));
+    ModelError::Upstream { status, detail: detail(error, body.len()), retry_after }
 }
 
 pub(crate) fn transport(e: reqwest::Error) -> ModelError {

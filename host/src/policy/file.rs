@@ -121,6 +121,7 @@ pub fn load(name: &str, path: &Path) -> Result<PolicyFile, Vec<String>> {
 
 /// Checks policy file text. `name` prefixes every error.
 pub fn parse(name: &str, path: &Path, text: &str) -> Result<PolicyFile, Vec<String>> {
+    crate::config::nesting::check(text).map_err(|deep| vec![format!("policy file {name}: invalid JSON5: {deep}")])?;
     let value: serde_json::Value = json5::from_str(text).map_err(|e| {
         let at = e.position().map(|p| format!(" (line {}, column {})", p.line + 1, p.column + 1)).unwrap_or_default();
         let msg = e.to_string();

@@ -78,6 +78,22 @@ pub enum SandboxError {
     HostDiskLow,
 }
 
+impl SandboxError {
+    /// The kind of failure, for logs: the messages can quote a model's arguments.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SandboxError::Unavailable(_) => "unavailable",
+            SandboxError::Timeout(_) => "timeout",
+            SandboxError::OutOfFuel => "out_of_fuel",
+            SandboxError::Memory => "memory",
+            SandboxError::Quota => "quota",
+            SandboxError::InvalidArguments(_) => "invalid_arguments",
+            SandboxError::Protocol(_) => "protocol",
+            SandboxError::HostDiskLow => "host_disk_low",
+        }
+    }
+}
+
 /// A sandbox backend.
 #[async_trait]
 pub trait Sandbox: Send + Sync {
@@ -327,9 +343,10 @@ pub fn call_timeout(call: &SandboxCall, ceiling: Duration) -> Result<Duration, S
     if call.tool == Tool::Exec
         && let Some(t) = call.args.get("timeoutSec")
     {
-        let secs = t.as_f64().filter(|s| s.is_finite() && *s > 0.0).ok_or_else(|| {
-            SandboxError::InvalidArguments(format!("timeoutSec must be a positive number of seconds, got {t}"))
-        })?;
+        let secs = t
+            .as_f64()
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .ok_or_else(|| SandboxError::InvalidArguments("timeoutSec must be a positive number of seconds".into()))?;
         timeout = timeout.min(Duration::from_secs_f64(secs.min(86_400.0)));
     }
     Ok(timeout)
