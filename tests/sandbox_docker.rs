@@ -567,7 +567,7 @@ async fn file_tools_and_quota_work_over_the_attached_runner() {
     let mut fill = exec("acme", "dd if=/dev/zero of=big.bin bs=64k count=100 2>/dev/null; echo done");
     fill.settings.docker.disk_quota_bytes = 1 << 20;
     assert_eq!(e.run(&fill).await, Err(SandboxError::Quota));
-    let on_disk = bulkhead::sandbox::wasm::disk_usage(&e.state.join("workspaces/acme"));
+    let on_disk = bulkhead::sandbox::workspace::disk_usage(&e.state.join("workspaces/acme"));
     assert!(on_disk <= (1 << 20) + 8192 + 512, "{on_disk} bytes on disk after a 6.5 MB dd under a 1 MiB quota");
     // Over quota: refused before running.
     assert_eq!(e.run(&fill).await, Err(SandboxError::Quota));
@@ -577,7 +577,7 @@ async fn file_tools_and_quota_work_over_the_attached_runner() {
     let t = Instant::now();
     assert_eq!(e.run(&flood).await, Err(SandboxError::Quota));
     assert!(t.elapsed() < Duration::from_secs(15), "the flood ran for {:?}", t.elapsed());
-    let on_disk = bulkhead::sandbox::wasm::disk_usage(&e.state.join("workspaces/acme"));
+    let on_disk = bulkhead::sandbox::workspace::disk_usage(&e.state.join("workspaces/acme"));
     // Each file is capped at the budget; the watchdog stops them all within a measurement or two.
     assert!(on_disk <= (16 << 20) + 8192, "{on_disk} bytes on disk after 4 yes floods under a 4 MiB quota");
     for f in ["y1", "y2", "y3", "y4"] {

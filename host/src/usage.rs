@@ -14,9 +14,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::fsutil;
 use crate::ids::{AgentId, TenantId};
 use crate::quota::Today;
-use crate::store::fsutil;
 
 /// How often the gateway writes changed usage to disk.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);

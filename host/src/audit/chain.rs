@@ -2,13 +2,11 @@
 
 use ring::hmac;
 use ring::rand::SystemRandom;
-use ring::signature::{ED25519, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
 
 use super::keys::LogKey;
 use super::{AuditKeys, Scope};
-use crate::policy::signature::{format_public_key, parse_public_key};
-use crate::store::{NONCE_LEN, hex, unhex};
+use crate::crypto::{NONCE_LEN, format_public_key, hex, parse_public_key, unhex, verify_signature};
 
 const DOMAIN: &[u8] = b"bulkhead-audit v1\0";
 const CHECKPOINT_HEADER: &str = "bulkhead-audit-checkpoint v1";
@@ -292,9 +290,10 @@ impl Checkpoint {
             ));
         }
         let sig = unhex(&self.signature).ok_or("the checkpoint's signature is not hex")?;
-        UnparsedPublicKey::new(&ED25519, key)
-            .verify(&Self::message(&self.scope, self.seq, &self.head, &self.ts), &sig)
-            .map_err(|_| "the checkpoint's signature does not match its content".to_string())
+        if !verify_signature(&key, &Self::message(&self.scope, self.seq, &self.head, &self.ts), &sig) {
+            return Err("the checkpoint's signature does not match its content".into());
+        }
+        Ok(())
     }
 
     pub fn to_text(&self) -> String {

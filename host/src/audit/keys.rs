@@ -12,11 +12,12 @@ use std::sync::{Arc, Mutex};
 
 use ring::hmac;
 use ring::rand::SystemRandom;
-use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde::{Deserialize, Serialize};
 
 use super::Scope;
-use crate::store::{MasterKey, NONCE_LEN, RecordKey, fsutil, hex, random, unhex};
+use crate::crypto::{NONCE_LEN, RecordKey, SigningKey, hex, random, unhex};
+use crate::fsutil;
+use crate::store::MasterKey;
 
 /// The plaintext inside `keys.age` (version 2: per-log random keys).
 #[derive(Serialize, Deserialize)]
@@ -83,7 +84,7 @@ impl LogKey {
 pub struct AuditKeys {
     dir: PathBuf,
     kek: RecordKey,
-    signing: Ed25519KeyPair,
+    signing: SigningKey,
     public: [u8; 32],
     /// The key file's contents (hex), to re-wrap them on a master-key rotation.
     file_kek: String,
@@ -96,10 +97,9 @@ pub struct AuditKeys {
 
 impl AuditKeys {
     fn from_parts(dir: &Path, kek: &[u8], pkcs8: &[u8], writable: bool) -> Result<Self, String> {
-        let signing = Ed25519KeyPair::from_pkcs8(pkcs8).map_err(|_| "the signing key is not PKCS#8 Ed25519")?;
+        let signing = SigningKey::from_pkcs8(pkcs8).ok_or("the signing key is not PKCS#8 Ed25519")?;
         let kek: [u8; 32] = kek.try_into().map_err(|_| "the audit key file holds no valid key-encryption key")?;
-        let mut public = [0u8; 32];
-        public.copy_from_slice(signing.public_key().as_ref());
+        let public = signing.public_key();
         Ok(Self {
             dir: dir.to_path_buf(),
             kek: RecordKey::new(&kek),
@@ -167,9 +167,8 @@ impl AuditKeys {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
                 let rng = SystemRandom::new();
                 let kek: [u8; 32] = random(&rng)?;
-                let pkcs8 =
-                    Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| "cannot generate a signing key".to_string())?;
-                let keys = Self::from_parts(dir, &kek, pkcs8.as_ref(), true)?;
+                let pkcs8 = SigningKey::generate_pkcs8(&rng).ok_or("cannot generate a signing key")?;
+                let keys = Self::from_parts(dir, &kek, &pkcs8, true)?;
                 let wrapped = keys.wrap(master)?;
                 fsutil::write_atomic(&path, &wrapped).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
                 tracing::info!("Created the audit keys.");
@@ -288,7 +287,7 @@ impl AuditKeys {
     }
 
     pub fn sign(&self, message: &[u8]) -> Vec<u8> {
-        self.signing.sign(message).as_ref().to_vec()
+        self.signing.sign(message)
     }
 
     pub fn public_key(&self) -> [u8; 32] {

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use super::{
     Anchors, AuditKeys, Broken, Checkpoint, Mark, Scope, Verified, read_checkpoint, read_marked, verify_marked,
 };
-use crate::store::{MasterKey, hex};
+use crate::crypto::hex;
+use crate::store::MasterKey;
 
 /// A read-only view of an audit directory.
 pub struct AuditReader {

@@ -245,7 +245,7 @@ fn tenant_removal_leaves_its_final_state_in_the_host_log() {
     assert_eq!(recs[0]["kind"], "log.anchor");
     assert_eq!(recs[1]["kind"], "tenant.delete");
     assert_eq!(recs[1]["finalSeq"], 4);
-    assert_eq!(recs[1]["finalHead"], crate::store::hex(&head));
+    assert_eq!(recs[1]["finalHead"], crate::crypto::hex(&head));
     // The deletion clears the tenant's mark: nothing is reported missing.
     let reader = AuditReader::open(&dir.path().join("audit"), &master).unwrap();
     assert_eq!(reader.scopes(), vec![Scope::Host]);

@@ -16,7 +16,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::chain::{encode_line, verify_marked};
 use super::{Actor, Anchors, AuditKeys, CHECKPOINT_EVERY, Checkpoint, Event, RecordBody, Scope, now_utc};
 use crate::config::Config;
-use crate::store::{MasterKey, MasterKeyError, fsutil, hex};
+use crate::crypto::hex;
+use crate::fsutil;
+use crate::store::{MasterKey, MasterKeyError};
 
 /// Records waiting for the writer at most; beyond it appenders wait (back-pressure).
 const QUEUE: usize = 1024;

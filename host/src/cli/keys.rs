@@ -1,7 +1,6 @@
 //! `bulkhead keys ...`: the operator's master key and tenant key rotation.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use super::{ConfigSource, EXIT_FAILURE, EXIT_INVALID, EXIT_OK};
@@ -10,7 +9,7 @@ use crate::store::MasterKey;
 /// `keys init --out FILE`: writes a new master key (mode 0600); never overwrites a file.
 pub fn init(out: &Path) -> i32 {
     let key = MasterKey::generate(format!("file {}", out.display()));
-    let file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(out);
+    let file = crate::fsutil::create_new_private(out);
     let result = file.and_then(|mut f| {
         f.write_all(key.to_text().as_bytes())?;
         f.sync_all()

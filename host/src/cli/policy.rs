@@ -449,7 +449,7 @@ fn sign(o: &mut Out, path: &Path, key_path: &Path) -> i32 {
         o.error(format!("signature file {}: cannot write: {e}", sig_path.display()));
         return EXIT_FAILURE;
     }
-    let public = signature::key_file_public_key(&key_name, &key_text).map(|k| signature::format_public_key(&k));
+    let public = signature::key_file_public_key(&key_name, &key_text).map(|k| crate::crypto::format_public_key(&k));
     o.line(format!("signed {name} with {} → {}", public.unwrap_or_default(), sig_path.display()));
     EXIT_OK
 }
@@ -458,7 +458,7 @@ fn verify(o: &mut Out, config_path: &Path, path: &Path, pubkeys: &[String]) -> i
     let mut trusted = Vec::new();
     for k in pubkeys {
         let text = if k.starts_with("ed25519:") { k.clone() } else { std::fs::read_to_string(k).unwrap_or_default() };
-        match signature::parse_public_key(&text) {
+        match crate::crypto::parse_public_key(&text) {
             Ok(key) => trusted.push(key),
             Err(e) => {
                 o.error(format!("--pubkey {k:?}: {e} (or a file holding one)"));
@@ -478,7 +478,7 @@ fn verify(o: &mut Out, config_path: &Path, path: &Path, pubkeys: &[String]) -> i
     }
     match signature::verify_file(path, &trusted) {
         Ok(key) => {
-            o.line(format!("{}: valid signature by {}", path.display(), signature::format_public_key(&key)));
+            o.line(format!("{}: valid signature by {}", path.display(), crate::crypto::format_public_key(&key)));
             EXIT_OK
         }
         Err(e @ SignatureError::Read(..)) => {
@@ -513,7 +513,7 @@ fn keygen(o: &mut Out, out: &Path) -> i32 {
         o.error(format!("key file {}: cannot write: {e}", out.display()));
         return EXIT_FAILURE;
     }
-    let public = signature::format_public_key(&public);
+    let public = crate::crypto::format_public_key(&public);
     let mut pub_path = out.as_os_str().to_owned();
     pub_path.push(".pub");
     if let Err(e) = std::fs::write(&pub_path, format!("{public}\n")) {

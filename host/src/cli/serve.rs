@@ -82,7 +82,7 @@ fn open_audit(config: &crate::config::Config) -> Result<Audit, i32> {
 /// SHA-256 of the config file's bytes (of the embedded default when there is no file).
 fn config_digest(source: &ConfigSource) -> String {
     let bytes = std::fs::read(&source.path).unwrap_or_else(|_| crate::config::EMBEDDED_DEFAULT.as_bytes().to_vec());
-    format!("sha256:{}", crate::store::hex(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref()))
+    format!("sha256:{}", crate::crypto::hex(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref()))
 }
 
 pub fn run(source: &ConfigSource, log_format: Option<LogFormat>) -> i32 {

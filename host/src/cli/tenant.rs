@@ -100,7 +100,7 @@ pub fn export(source: &ConfigSource, id: &str, out: &Path) -> i32 {
             .open(&tmp)
             .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
         let mut w = std::io::BufWriter::new(f);
-        let workspace = crate::sandbox::wasm::tenant_dirs(&config.state_dir, tenant.as_str())[0].clone();
+        let workspace = crate::sandbox::workspace::workspaces_dir(&config.state_dir, tenant.as_str());
         let summary = store.export_tenant(&tenant, Some(&workspace), &mut w).map_err(|e| e.to_string())?;
         export_audit(&mut audit, &tenant, &summary, &mut w)?;
         let f = w.into_inner().map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
@@ -199,7 +199,7 @@ pub fn delete(source: &ConfigSource, id: &str, yes: bool) -> i32 {
     let deleted = store.delete_tenant(&tenant);
     // The tenant's sandbox files go too (workspaces are plaintext by necessity; see SECURITY.md).
     let mut removed_files = false;
-    for dir in crate::sandbox::wasm::tenant_dirs(&config.state_dir, tenant.as_str()) {
+    for dir in crate::sandbox::workspace::tenant_dirs(&config.state_dir, tenant.as_str()) {
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => removed_files = true,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -719,7 +719,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
     let p = raw.policies.unwrap_or_default();
     policies.require_signature = p.require_signature.unwrap_or(false);
     for (i, k) in p.trusted_keys.iter().flatten().enumerate() {
-        match crate::policy::signature::parse_public_key(k) {
+        match crate::crypto::parse_public_key(k) {
             Ok(key) => policies.trusted_keys.push(key),
             Err(e) => errs.push(format!("policies.trustedKeys[{i}]"), e),
         }

@@ -276,8 +276,6 @@ pub(super) fn lost_run() -> RunOutcome {
 
 /// 96 random bits as hex, for response ids.
 pub(super) fn random_id() -> String {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; 12];
-    let _ = ring::rand::SystemRandom::new().fill(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    let b: [u8; 12] = crate::crypto::random(&ring::rand::SystemRandom::new()).unwrap_or_default();
+    crate::crypto::hex(&b)
 }

@@ -28,9 +28,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(8);
 
 /// A uniformly random fraction in [0, 1), for jitter.
 fn unit_random() -> f64 {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; 4];
-    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    let b: [u8; 4] = crate::crypto::random(&ring::rand::SystemRandom::new()).unwrap_or_default();
     f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0)
 }
 

@@ -20,7 +20,7 @@ use crate::config::{AgentConfig, Config, PolicyRef, SandboxMode, ToolLayer, Work
 use crate::dispatch::shown_name;
 use crate::ids::{AgentId, TenantId};
 use crate::policy::file::{self, LimitRule, PolicyFile, workspace_access_name};
-use crate::policy::signature::{self, hex};
+use crate::policy::signature;
 use crate::policy::{Decision, PolicyGate};
 use crate::sandbox::ToolLimits;
 use crate::tools::{Tool, parse_policy_name};
@@ -284,8 +284,7 @@ impl AgentPolicy {
     pub fn new(agent: AgentId, tenant: TenantId, chain: Chain) -> AgentPolicy {
         let verdicts: BTreeMap<Tool, Verdict> = Tool::ALL.into_iter().map(|t| (t, decide(&chain, t))).collect();
         let mut p = AgentPolicy { agent, tenant, chain, verdicts, digest: String::new() };
-        p.digest =
-            format!("sha256:{}", hex(ring::digest::digest(&ring::digest::SHA256, p.canonical().as_bytes()).as_ref()));
+        p.digest = format!("sha256:{}", crate::crypto::sha256_hex(p.canonical().as_bytes(), 32));
         p
     }
 
@@ -838,7 +837,7 @@ mod tests {
             r#"{{ policies: {{ requireSignature: true, trustedKeys: ["{}"] }},
                  tenants: [ {{ id: "t", policy: "policies/untrusted.json5" }} ],
                  agents: {{ list: [ {{ id: "a", tenant: "t" }} ] }} }}"#,
-            signature::format_public_key(&public)
+            crate::crypto::format_public_key(&public)
         );
         let (dir, cfg) = setup(&config);
         let policy = dir.path().join("policies/untrusted.json5");

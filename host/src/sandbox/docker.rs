@@ -35,7 +35,6 @@ use bollard::query_parameters::{
     RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use futures_util::{Stream, StreamExt};
-use ring::digest;
 use sandbox_runner::protocol::{self, ChannelKey, PROTOCOL_VERSION, Request, RequestLimits, WORKSPACE_DIR};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
@@ -140,12 +139,7 @@ struct Plan {
 /// The label value that ties containers to the gateway whose state lives in `state_dir`.
 pub fn gateway_label(state_dir: &Path) -> String {
     let canon = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
-    hex16(canon.to_string_lossy().as_bytes())
-}
-
-fn hex16(data: &[u8]) -> String {
-    let d = digest::digest(&digest::SHA256, data);
-    d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    crate::crypto::sha256_hex(canon.to_string_lossy().as_bytes(), 8)
 }
 
 /// Connects to the daemon and negotiates the API version (Debian's Engine speaks 1.41).
@@ -337,13 +331,11 @@ impl DockerSandbox {
         let _guard = if mutating { Some(lock.lock().await) } else { None };
         let budget = if mutating {
             let root = self.workspaces.tenant_root(call.tenant.as_str());
-            let used = tokio::task::spawn_blocking(move || super::wasm::disk_usage(&root))
-                .await
-                .map_err(|e| SandboxError::Unavailable(format!("disk usage check failed: {e}")))?;
-            if used >= settings.disk_quota_bytes {
-                return Err(SandboxError::Quota);
+            // A native command can write without asking the runner: nothing left is refused here.
+            match super::workspace::remaining_quota(root, settings.disk_quota_bytes).await? {
+                0 => return Err(SandboxError::Quota),
+                left => Some(left),
             }
-            Some(settings.disk_quota_bytes - used)
         } else {
             None
         };
@@ -907,10 +899,10 @@ impl Plan {
             s.tmpfs_bytes,
             s.runtime,
             s.apparmor_profile,
-            self.seccomp.as_deref().map(|j| hex16(j.as_bytes())),
+            self.seccomp.as_deref().map(|j| crate::crypto::sha256_hex(j.as_bytes(), 8)),
             self.key.agent,
         );
-        hex16(text.as_bytes())
+        crate::crypto::sha256_hex(text.as_bytes(), 8)
     }
 
     /// The container: see the module docs for why each setting is what it is.

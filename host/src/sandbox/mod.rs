@@ -5,19 +5,23 @@
 //! fallback to running anything on the host.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sandbox_runner::protocol::{self, Failure, MAX_ARGS_BYTES, MAX_ARGS_DEPTH, Response, cap_text};
 
-use crate::config::{SandboxBackend, SandboxConfig, SandboxScope, WorkspaceAccess};
+use crate::config::{SandboxBackend, SandboxConfig, WorkspaceAccess};
 use crate::ids::{AgentId, SessionKey, TenantId};
 use crate::tools::Tool;
 
 pub mod docker;
 pub mod wasm;
+pub mod workspace;
+
+use workspace::DiskFloor;
+pub use workspace::{SCOPE_KEY_FILE, Workspaces};
 
 /// Limits that apply to one tool call (from policy, capped by the backend's own ceilings).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,8 +126,8 @@ impl Sandbox for Unavailable {
 #[derive(Clone, Default)]
 pub struct Sandboxes {
     backends: HashMap<BackendKey, Arc<dyn Sandbox>>,
-    /// The state directory and the free space below which tool calls are refused.
-    disk_floor: Option<(PathBuf, u64)>,
+    /// The free space of the state directory below which tool calls are refused.
+    disk_floor: Option<DiskFloor>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -148,26 +152,15 @@ impl Sandboxes {
     /// free: a tenant filling its workspace (which lives there) must not take the gateway's own
     /// state — the audit log, the store — down with it. Serving and auditing go on.
     pub fn with_disk_floor(mut self, state_dir: &Path, min_free: u64) -> Self {
-        self.disk_floor = (min_free > 0).then(|| (state_dir.to_path_buf(), min_free));
+        self.disk_floor = (min_free > 0).then(|| DiskFloor::new(state_dir, min_free));
         self
     }
 
     /// Runs a call in the agent's configured backend; a missing backend fails closed, and so
     /// does a nearly full state directory.
     pub async fn call(&self, call: &SandboxCall) -> Result<ToolOutput, SandboxError> {
-        if let Some((dir, floor)) = &self.disk_floor {
-            let free = free_bytes(dir);
-            if free.as_ref().map_or(true, |f| f < floor) {
-                match free {
-                    Ok(f) => {
-                        tracing::warn!(tenant = %call.tenant, free = f, floor, "Tool call refused: the state directory's filesystem is nearly full.")
-                    }
-                    Err(e) => {
-                        tracing::warn!(tenant = %call.tenant, error = %e, "Tool call refused: free space of the state directory unknown.")
-                    }
-                }
-                return Err(SandboxError::HostDiskLow);
-            }
+        if let Some(floor) = &self.disk_floor {
+            floor.check(&call.tenant)?;
         }
         match self.backends.get(&call.settings.backend.into()) {
             Some(b) => b.call(call).await,
@@ -177,14 +170,6 @@ impl Sandboxes {
             ))),
         }
     }
-}
-
-/// Bytes available to the gateway on the filesystem holding `dir` (or, before `dir` exists, the
-/// filesystem it will be created on: its nearest existing ancestor).
-fn free_bytes(dir: &Path) -> std::io::Result<u64> {
-    let on = dir.ancestors().find(|a| a.exists()).unwrap_or(dir);
-    let st = rustix::fs::statvfs(on)?;
-    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// A backend that is still starting (the wasm backend compiles its runner, ~¼ s): the gateway
@@ -225,105 +210,6 @@ impl Sandbox for Deferred {
             Err(_) => return Err(SandboxError::Unavailable(format!("the {} backend did not start", self.backend))),
         };
         sandbox.call(call).await
-    }
-}
-
-/// Where a gateway's workspaces live, and the secret that names session workspaces.
-///
-/// A call's workspace is per agent, per session or shared, always inside the caller's tenant
-/// (`<stateDir>/workspaces/<tenant>/...`); both backends use this. Session keys carry peer ids
-/// (Telegram user ids, which are few enough to enumerate), so a session's directory — and the
-/// Docker scope label made from it — is named by a keyed digest: HMAC under a per-tenant key
-/// derived from a random secret only the host holds (`<stateDir>/sandbox-scope.key`, mode 0600,
-/// never mounted into a sandbox). Without the secret the name cannot be linked to a peer.
-#[derive(Clone)]
-pub struct Workspaces {
-    state_dir: PathBuf,
-    /// The scope secret, or why it could not be loaded (session-scope calls then fail closed).
-    secret: Result<Arc<[u8; 32]>, String>,
-}
-
-/// File name of the scope secret in the state directory.
-pub const SCOPE_KEY_FILE: &str = "sandbox-scope.key";
-
-impl Workspaces {
-    /// Loads the scope secret of `state_dir`, creating it on first use.
-    pub fn open(state_dir: &Path) -> Self {
-        let secret = load_scope_secret(&state_dir.join(SCOPE_KEY_FILE)).map(Arc::new);
-        if let Err(e) = &secret {
-            tracing::error!(error = %e, "Sandbox scope key unavailable; session-scope tool calls will fail.");
-        }
-        Self { state_dir: state_dir.to_path_buf(), secret }
-    }
-
-    /// The directory of a tenant's workspaces.
-    pub fn tenant_root(&self, tenant: &str) -> PathBuf {
-        wasm::tenant_dirs(&self.state_dir, tenant)[0].clone()
-    }
-
-    /// A call's workspace, relative to its tenant's root (`agents/<id>`, `shared`,
-    /// `sessions/<keyed digest>`).
-    pub fn scope(&self, call: &SandboxCall) -> Result<PathBuf, SandboxError> {
-        Ok(match call.settings.scope {
-            SandboxScope::Agent => Path::new("agents").join(call.agent.as_str()),
-            SandboxScope::Shared => PathBuf::from("shared"),
-            SandboxScope::Session => {
-                let secret = self.secret.as_ref().map_err(|_| {
-                    SandboxError::Unavailable("the sandbox scope key cannot be loaded; see the gateway's log".into())
-                })?;
-                Path::new("sessions").join(session_digest(secret, call.tenant.as_str(), &call.session.to_string()))
-            }
-        })
-    }
-
-    /// The host directory that is a call's workspace.
-    pub fn dir(&self, call: &SandboxCall) -> Result<PathBuf, SandboxError> {
-        Ok(self.tenant_root(call.tenant.as_str()).join(self.scope(call)?))
-    }
-}
-
-/// The name of a session's workspace: the store's keyed-digest helper, under a key derived for
-/// this tenant from the scope secret.
-fn session_digest(secret: &[u8; 32], tenant: &str, session_key: &str) -> String {
-    let key = crate::store::keys::derive_mac_key(secret, format!("bulkhead/sandbox/v1/scope\0{tenant}").as_bytes());
-    let mut tag = crate::store::keys::mac_parts(&key, &[b"session", session_key.as_bytes()]);
-    tag.truncate(32);
-    tag
-}
-
-/// Reads the 32-byte scope secret, or creates it (atomically: two gateways starting at once agree).
-fn load_scope_secret(path: &Path) -> Result<[u8; 32], String> {
-    use ring::rand::SecureRandom;
-    let read = |p: &Path| -> Result<[u8; 32], String> {
-        let bytes = std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-        bytes.try_into().map_err(|_| format!("{} is not a 32-byte key", p.display()))
-    };
-    if path.exists() {
-        return read(path);
-    }
-    if let Some(parent) = path.parent() {
-        crate::store::fsutil::create_private_dir(parent)
-            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
-    }
-    // The key, and a random name for the temporary file (both backends may create it at once).
-    let (mut key, mut tmp_name) = ([0u8; 32], [0u8; 8]);
-    let rng = ring::rand::SystemRandom::new();
-    rng.fill(&mut key)
-        .and_then(|()| rng.fill(&mut tmp_name))
-        .map_err(|_| "the system random number generator failed".to_string())?;
-    let tmp = path.with_extension(format!("tmp-{}", u64::from_be_bytes(tmp_name)));
-    let mut f =
-        crate::store::fsutil::create_new_private(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
-    std::io::Write::write_all(&mut f, &key)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    // A hard link never replaces an existing file: whoever links first wins, the others read it.
-    let linked = std::fs::hard_link(&tmp, path);
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => Ok(key),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read(path),
-        Err(e) => Err(format!("cannot create {}: {e}", path.display())),
     }
 }
 
@@ -426,6 +312,8 @@ fn check_args(args: &serde_json::Value) -> Result<(), SandboxError> {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use crate::config::SandboxScope;
+    use workspace::free_bytes;
 
     struct Counting(AtomicUsize);
 

@@ -27,7 +27,7 @@ use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
-use super::{Sandbox, SandboxCall, SandboxError, TenantLocks, ToolOutput, check_call, finish, short};
+use super::{Sandbox, SandboxCall, SandboxError, TenantLocks, ToolOutput, check_call, finish, short, workspace};
 use crate::tools::Tool;
 
 /// The runner module, built for `wasm32-wasip1` by `host/build.rs`.
@@ -131,11 +131,6 @@ struct CallCtx {
     max_output: usize,
 }
 
-/// Everything the wasm backend keeps for a tenant: its workspaces and its command modules.
-pub fn tenant_dirs(state_dir: &Path, tenant: &str) -> [PathBuf; 2] {
-    [state_dir.join("workspaces").join(tenant), state_dir.join("wasm-modules").join(tenant)]
-}
-
 impl WasmSandbox {
     /// Starts the backend for a gateway whose state lives in `state_dir`: builds the engine,
     /// compiles the embedded runner and starts the epoch ticker.
@@ -200,7 +195,7 @@ impl WasmSandbox {
 
     /// The host directory holding every workspace of `tenant`.
     pub fn tenant_root(&self, tenant: &str) -> PathBuf {
-        tenant_dirs(&self.state_dir, tenant)[0].clone()
+        self.workspaces.tenant_root(tenant)
     }
 
     /// The host directory preopened for a call (see `sandbox::Workspaces`).
@@ -210,7 +205,7 @@ impl WasmSandbox {
 
     /// Where an operator installs command module `name` for `tenant`.
     pub fn module_path(&self, tenant: &str, name: &str) -> PathBuf {
-        self.state_dir.join("wasm-modules").join(tenant).join(format!("{name}.wasm"))
+        workspace::modules_dir(&self.state_dir, tenant).join(format!("{name}.wasm"))
     }
 
     async fn call_inner(&self, call: &SandboxCall) -> Result<ToolOutput, SandboxError> {
@@ -268,13 +263,7 @@ impl WasmSandbox {
         quota: Option<u64>,
     ) -> Result<Response, SandboxError> {
         let budget = match quota {
-            Some(q) => {
-                let root = self.tenant_root(call.tenant.as_str());
-                let used = tokio::task::spawn_blocking(move || disk_usage(&root))
-                    .await
-                    .map_err(|e| SandboxError::Unavailable(format!("disk usage check failed: {e}")))?;
-                Some(q.saturating_sub(used))
-            }
+            Some(q) => Some(workspace::remaining_quota(self.tenant_root(call.tenant.as_str()), q).await?),
             None => None,
         };
         let access = ctx.workspace.as_ref().map_or(Access::None, |w| w.1);
@@ -524,6 +513,3 @@ pub fn valid_module_name(name: &str) -> bool {
         && name.len() <= 64
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
-
-/// Bytes a tenant's workspaces use, counted by the quota rule both sides share.
-pub use sandbox_runner::quota::disk_usage;

@@ -1,20 +1,18 @@
-//! The on-disk formats of the store: record plaintext (versioned JSON), segment framing, and the
-//! AEAD that seals each record to its tenant, session and position.
+//! The on-disk formats of the store: record plaintext (versioned JSON) and segment framing. Each
+//! record is sealed with `crypto::RecordKey`, the AEAD that binds it to its tenant, session and
+//! position.
 //!
 //! A segment file is `SEGMENT_MAGIC` followed by frames `u32 LE length ‖ 12-byte nonce ‖
 //! ChaCha20-Poly1305 ciphertext+tag`. The associated data binds each record to
 //! `(tenant, session id, sequence number)`, so a record that is moved to another session or
 //! tenant, or to another position, fails to open.
 
-use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
-use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
+use crate::crypto::{NONCE_LEN, TAG_LEN};
 use crate::session::{Message, ToolCall};
 
 pub const SEGMENT_MAGIC: &[u8; 8] = b"BHSEG01\n";
-pub const NONCE_LEN: usize = 12;
-pub const TAG_LEN: usize = 16;
 /// Largest sealed record accepted when reading (a bound on what a corrupted length can ask for).
 pub const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;
 pub const RECORD_VERSION: u32 = 1;
@@ -104,65 +102,6 @@ impl From<RecordMessage> for Message {
     }
 }
 
-/// The associated data of record `seq` of session `sid` of `tenant`.
-fn aad(tenant: &str, sid: &str, seq: u64) -> Vec<u8> {
-    let mut a = Vec::with_capacity(64);
-    a.extend_from_slice(b"bulkhead/record/v1\0");
-    a.extend_from_slice(tenant.as_bytes());
-    a.push(0);
-    a.extend_from_slice(sid.as_bytes());
-    a.push(0);
-    a.extend_from_slice(&seq.to_be_bytes());
-    a
-}
-
-/// A session's data key, ready to seal and open records.
-pub struct RecordKey(LessSafeKey);
-
-impl RecordKey {
-    pub fn new(bytes: &[u8; 32]) -> Self {
-        // A 32-byte key is always valid for ChaCha20-Poly1305.
-        let unbound = UnboundKey::new(&CHACHA20_POLY1305, bytes).expect("32-byte chacha20-poly1305 key");
-        Self(LessSafeKey::new(unbound))
-    }
-
-    /// Seals one record into a complete frame. The nonce is random (never derived from `seq`), so
-    /// rewriting a position after a torn write never reuses a nonce.
-    pub fn seal_frame(
-        &self,
-        rng: &SystemRandom,
-        tenant: &str,
-        sid: &str,
-        seq: u64,
-        plaintext: &[u8],
-    ) -> Result<Vec<u8>, String> {
-        let mut nonce = [0u8; NONCE_LEN];
-        rng.fill(&mut nonce).map_err(|_| "the system random source failed".to_string())?;
-        let mut buf = Vec::with_capacity(4 + NONCE_LEN + plaintext.len() + TAG_LEN);
-        let len = u32::try_from(plaintext.len() + TAG_LEN).map_err(|_| "record too large".to_string())?;
-        buf.extend_from_slice(&len.to_le_bytes());
-        buf.extend_from_slice(&nonce);
-        let mut body = plaintext.to_vec();
-        self.0
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad(tenant, sid, seq)), &mut body)
-            .map_err(|_| "record encryption failed".to_string())?;
-        buf.extend_from_slice(&body);
-        Ok(buf)
-    }
-
-    /// Opens a frame's body; `None` when it does not authenticate at this tenant/session/position.
-    pub fn open(&self, tenant: &str, sid: &str, seq: u64, nonce: &[u8; NONCE_LEN], body: &[u8]) -> Option<Vec<u8>> {
-        let mut buf = body.to_vec();
-        let pt = self
-            .0
-            .open_in_place(Nonce::assume_unique_for_key(*nonce), Aad::from(aad(tenant, sid, seq)), &mut buf)
-            .ok()?;
-        let n = pt.len();
-        buf.truncate(n);
-        Some(buf)
-    }
-}
-
 /// One frame as found in a segment (not yet authenticated).
 pub struct RawFrame<'a> {
     pub offset: usize,
@@ -211,22 +150,4 @@ pub fn split_frames(bytes: &[u8]) -> Result<Frames<'_>, String> {
         pos += 4 + NONCE_LEN + len;
     }
     Ok(Frames { frames, torn_at: None })
-}
-
-/// Fresh random bytes.
-pub fn random<const N: usize>(rng: &SystemRandom) -> Result<[u8; N], String> {
-    let mut b = [0u8; N];
-    rng.fill(&mut b).map_err(|_| "the system random source failed".to_string())?;
-    Ok(b)
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }

@@ -13,8 +13,8 @@ use age::x25519;
 use ring::hmac;
 use serde::{Deserialize, Serialize};
 
-use super::format::{hex, unhex};
 use crate::config::{SecretRef, SecretString};
+use crate::crypto::{derive_mac_key, hex, mac_parts, verify_parts};
 
 /// The operator's master key: an age X25519 identity (`AGE-SECRET-KEY-1...`).
 pub struct MasterKey {
@@ -73,7 +73,7 @@ impl MasterKey {
         if let SecretRef::File(p) = reference {
             let path = base.join(p);
             let shown = path.display().to_string();
-            let mode = super::fsutil::mode_of(&path)
+            let mode = crate::fsutil::mode_of(&path)
                 .map_err(|e| MasterKeyError::Unreadable { origin: origin.clone(), reason: e.to_string() })?;
             if mode & 0o077 != 0 {
                 return Err(MasterKeyError::Permissions { path: shown, mode });
@@ -196,31 +196,5 @@ impl TenantKeys {
 
     pub fn decrypt(&self, ciphertext: &[u8]) -> Option<Vec<u8>> {
         age::decrypt(&self.identity, ciphertext).ok()
-    }
-}
-
-pub(crate) fn derive_mac_key(secret: &[u8], label: &[u8]) -> hmac::Key {
-    let k = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, secret), label);
-    hmac::Key::new(hmac::HMAC_SHA256, k.as_ref())
-}
-
-/// MAC over length-prefixed parts, so part boundaries cannot shift.
-fn encode_parts(parts: &[&[u8]]) -> Vec<u8> {
-    let mut m = Vec::new();
-    for p in parts {
-        m.extend_from_slice(&(p.len() as u64).to_be_bytes());
-        m.extend_from_slice(p);
-    }
-    m
-}
-
-pub(crate) fn mac_parts(key: &hmac::Key, parts: &[&[u8]]) -> String {
-    hex(hmac::sign(key, &encode_parts(parts)).as_ref())
-}
-
-fn verify_parts(key: &hmac::Key, parts: &[&[u8]], tag_hex: &str) -> bool {
-    match unhex(tag_hex) {
-        Some(tag) => hmac::verify(key, &encode_parts(parts), &tag).is_ok(),
-        None => false,
     }
 }

@@ -16,8 +16,7 @@
 
 mod export;
 mod format;
-pub(crate) mod fsutil;
-pub(crate) mod keys;
+mod keys;
 #[cfg(test)]
 mod tests;
 
@@ -33,13 +32,14 @@ use ring::rand::SystemRandom;
 use serde::{Deserialize, Serialize};
 
 pub use export::ExportSummary;
-pub(crate) use format::{NONCE_LEN, RecordKey, hex, random, unhex};
 pub use format::{Record, RecordMessage, RecordToolCall};
 use format::{SEGMENT_MAGIC, split_frames};
 use keys::TenantKeys;
 pub use keys::{MasterKey, MasterKeyError};
 
 use crate::config::Config;
+use crate::crypto::{RecordKey, hex, random, unhex};
+use crate::fsutil;
 use crate::ids::{SessionKey, TenantId};
 use crate::session::{Message, SessionStore, SessionSummary, StoreError};
 

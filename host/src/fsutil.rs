@@ -1,4 +1,6 @@
-//! File-system helpers for the store: private permissions, fsync, atomic replacement.
+//! File-system helpers for everything that keeps state (store, audit, usage, sandbox keys):
+//! private permissions, fsync, atomic replacement, exclusive locks. Imports no other module of the
+//! crate.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -30,7 +32,8 @@ pub fn create_new_private(path: &Path) -> io::Result<File> {
 }
 
 /// Writes `bytes` to `path` atomically: a 0600 temp file beside it, fsync, rename, fsync the dir.
-/// The bytes are always ciphertext: no temp file ever holds plaintext.
+/// The temp file holds exactly `bytes`, so a caller that passes ciphertext never puts plaintext
+/// on disk.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().ok_or_else(|| io::Error::other("path has no parent"))?;
     let name = path.file_name().ok_or_else(|| io::Error::other("path has no file name"))?;
