@@ -311,8 +311,8 @@ fn check_args(args: &serde_json::Value) -> Result<(), SandboxError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use crate::config::SandboxScope;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use workspace::free_bytes;
 
     struct Counting(AtomicUsize);
