@@ -328,9 +328,9 @@ fn config_check_answers_hostile_files_quickly_with_exit_2() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("nested more than 64 levels") && out.contains("line 1, column 74"), "{out}");
     assert!(took < bound, "took {took:?}");
-    // Deep nesting inside strings and comments is only text.
+    // Deep nesting inside strings and comments is only text (a store is named: `serve` needs one).
     let (code, out, _) = check_timed(&format!(
-        "{{ /* {} */ agents: {{ list: [ {{ id: \"x\", name: \"{}\" }} ] }} }}",
+        "{{ store: {{ mode: \"memory\" }}, /* {} */ agents: {{ list: [ {{ id: \"x\", name: \"{}\" }} ] }} }}",
         "[".repeat(100_000),
         "{".repeat(100_000)
     ));
