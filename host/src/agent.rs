@@ -57,7 +57,12 @@ impl RunOutcome {
     }
 }
 
-/// Everything a run needs, shared by all front doors.
+/// Everything a run needs, shared by all front doors: one snapshot of the running config.
+///
+/// `config`, `providers` and the dispatcher's policy gate belong to this snapshot; a reload
+/// builds a new `Runtime` and a run in flight keeps the one it started with. The stateful
+/// services (store, audit, scheduler, metrics, quotas, usage, tasks) are shared by every
+/// snapshot and take the new config through their `update`.
 pub struct Runtime {
     pub config: Arc<Config>,
     /// Model provider instances, one per key (operator's or tenant's own).
@@ -66,16 +71,45 @@ pub struct Runtime {
     pub store: Arc<dyn SessionStore>,
     /// The audit log: `audit.append(Scope::Tenant(id), Actor::..., Event::...)`.
     pub audit: crate::audit::Audit,
-    pub scheduler: Scheduler,
-    pub metrics: Metrics,
-    pub quotas: Quotas,
-    /// Usage for billing, persisted by `gateway::run`.
+    pub scheduler: Arc<Scheduler>,
+    pub metrics: Arc<Metrics>,
+    pub quotas: Arc<Quotas>,
+    /// Usage for billing, flushed by the application root.
     pub usage: Arc<UsageMeter>,
     /// Runs in flight (spawned so a client that disconnects never loses its turn).
     pub tasks: TaskTracker,
 }
 
 impl Runtime {
+    /// The snapshot of a reloaded config: its own config, providers and gate, this snapshot's
+    /// shared services brought up to date (`update`), and the same sandboxes and store.
+    pub fn next(&self, config: Arc<Config>, providers: Providers, gate: Arc<dyn crate::policy::PolicyGate>) -> Self {
+        let tenants: std::collections::BTreeSet<&crate::ids::TenantId> = config.tenants.keys().collect();
+        self.scheduler.update(
+            config.max_concurrent,
+            config.scheduling_default,
+            config.tenants.values().map(|t| (t.id.clone(), t.share)),
+        );
+        self.metrics.update(tenants.iter().copied());
+        self.quotas.update(config.quotas.clone(), &tenants);
+        Runtime {
+            providers,
+            dispatcher: Dispatcher {
+                gate,
+                sandboxes: self.dispatcher.sandboxes.clone(),
+                audit: self.dispatcher.audit.clone(),
+            },
+            store: self.store.clone(),
+            audit: self.audit.clone(),
+            scheduler: self.scheduler.clone(),
+            metrics: self.metrics.clone(),
+            quotas: self.quotas.clone(),
+            usage: self.usage.clone(),
+            tasks: self.tasks.clone(),
+            config,
+        }
+    }
+
     /// The tenant-bound session handle for an agent.
     pub fn sessions_for(&self, agent: &AgentConfig) -> TenantSessions {
         TenantSessions::new(agent.tenant.clone(), self.store.clone())

@@ -8,6 +8,7 @@
 #![deny(clippy::print_stdout)]
 
 pub mod agent;
+pub mod app;
 pub mod audit;
 pub mod channels;
 pub mod cli;

@@ -29,8 +29,13 @@ enum LogFormatArg {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway
-    Serve,
+    /// Run the gateway (SIGHUP, `POST /admin/reload` or a changed config file reloads it)
+    Serve {
+        /// Do not watch the config file and its drop-in tenant folder for changes (reload on
+        /// SIGHUP or `POST /admin/reload` only).
+        #[arg(long)]
+        no_watch: bool,
+    },
     /// Work with config files
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -143,7 +148,7 @@ fn main() -> ExitCode {
         LogFormatArg::Json => LogFormat::Json,
     });
     let code = match args.command {
-        Command::Serve => cli::serve::run(&ConfigSource::new(args.config), log_format),
+        Command::Serve { no_watch } => cli::serve::run(&ConfigSource::new(args.config), log_format, !no_watch),
         Command::Config(ConfigCommand::Check { path, json }) => {
             cli::config_check::run(&ConfigSource::new(path.or(args.config)), json)
         }

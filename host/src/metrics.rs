@@ -63,6 +63,17 @@ impl Metrics {
         }
     }
 
+    /// Applies a reloaded config: series of tenants still configured keep their counts, new
+    /// tenants appear at zero, removed tenants' series go (their runs in flight count no more).
+    pub fn update<'a>(&self, tenants: impl IntoIterator<Item = &'a TenantId>) {
+        let keep: std::collections::BTreeSet<&TenantId> = tenants.into_iter().collect();
+        let mut map = self.tenants.lock().expect("metrics lock");
+        map.retain(|t, _| keep.contains(t));
+        for t in keep {
+            map.entry(t.clone()).or_default();
+        }
+    }
+
     fn with(&self, tenant: &TenantId, f: impl FnOnce(&mut TenantCounters)) {
         let mut map = self.tenants.lock().expect("metrics lock");
         match map.get_mut(tenant) {

@@ -84,17 +84,25 @@ enum Rate {
 
 /// Quota state of every tenant. Cheap to check: one short lock per admission.
 pub struct Quotas {
-    settings: QuotaSettings,
+    settings: std::sync::RwLock<QuotaSettings>,
     buckets: Mutex<HashMap<(TenantId, Rate), Bucket>>,
 }
 
 impl Quotas {
     pub fn new(settings: QuotaSettings) -> Self {
-        Self { settings, buckets: Mutex::default() }
+        Self { settings: std::sync::RwLock::new(settings), buckets: Mutex::default() }
+    }
+
+    /// Applies a reloaded config: new limits from the next admission on; the buckets of tenants
+    /// still configured keep their level (a lower limit caps them as they refill), removed
+    /// tenants' buckets go.
+    pub fn update(&self, settings: QuotaSettings, tenants: &std::collections::BTreeSet<&TenantId>) {
+        *self.settings.write().expect("quota lock") = settings;
+        self.buckets.lock().expect("quota lock").retain(|(t, _), _| tenants.contains(t));
     }
 
     pub fn limits(&self, tenant: &TenantId) -> QuotaLimits {
-        self.settings.for_tenant(tenant)
+        self.settings.read().expect("quota lock").for_tenant(tenant)
     }
 
     fn take(&self, tenant: &TenantId, rate: Rate, per_minute: Option<u64>) -> bool {

@@ -66,6 +66,10 @@ struct TenantState {
 
 #[derive(Default)]
 struct State {
+    /// Most runs at once, all tenants together.
+    global_cap: usize,
+    /// The share of a tenant the config does not name.
+    default_share: TenantShare,
     running: usize,
     tenants: HashMap<TenantId, TenantState>,
     /// Virtual time of the last grant: where an idle tenant re-enters.
@@ -74,10 +78,8 @@ struct State {
 }
 
 pub struct Scheduler {
-    global_cap: usize,
     state: Arc<Mutex<State>>,
     sessions: Arc<Mutex<HashMap<SessionKey, SessionLock>>>,
-    default_share: TenantShare,
 }
 
 /// Held for the duration of one run.
@@ -93,7 +95,6 @@ pub struct RunPermit {
 
 #[derive(Clone)]
 struct SchedulerRef {
-    global_cap: usize,
     state: Arc<Mutex<State>>,
     sessions: Arc<Mutex<HashMap<SessionKey, SessionLock>>>,
 }
@@ -127,20 +128,36 @@ impl Scheduler {
         default_share: TenantShare,
         shares: impl IntoIterator<Item = (TenantId, TenantShare)>,
     ) -> Self {
-        let mut state = State::default();
-        for (t, share) in shares {
-            state.tenants.insert(t, TenantState { share, ..Default::default() });
+        let s = Self { state: Arc::default(), sessions: Arc::default() };
+        s.update(global_cap, default_share, shares);
+        s
+    }
+
+    /// Applies a reloaded config: the global cap, the default share and tenants' own shares.
+    /// Runs and queues in flight are kept (a tenant whose cap shrank runs down to it as its runs
+    /// end); a tenant no longer named with nothing pending is forgotten.
+    pub fn update(
+        &self,
+        global_cap: usize,
+        default_share: TenantShare,
+        shares: impl IntoIterator<Item = (TenantId, TenantShare)>,
+    ) {
+        let shares: HashMap<TenantId, TenantShare> = shares.into_iter().collect();
+        let mut st = self.state.lock().expect("scheduler lock");
+        st.global_cap = global_cap.max(1);
+        st.default_share = default_share;
+        st.tenants.retain(|id, t| shares.contains_key(id) || t.pending > 0);
+        for (id, t) in st.tenants.iter_mut() {
+            t.share = shares.get(id).copied().unwrap_or(default_share);
         }
-        Self {
-            global_cap: global_cap.max(1),
-            state: Arc::new(Mutex::new(state)),
-            sessions: Arc::default(),
-            default_share,
+        for (id, share) in shares {
+            st.tenants.entry(id).or_default().share = share;
         }
+        dispatch(&mut st);
     }
 
     fn handle(&self) -> SchedulerRef {
-        SchedulerRef { global_cap: self.global_cap, state: self.state.clone(), sessions: self.sessions.clone() }
+        SchedulerRef { state: self.state.clone(), sessions: self.sessions.clone() }
     }
 
     /// Admits a turn: refuses it at once if the tenant's queue is full, else waits for the
@@ -149,7 +166,7 @@ impl Scheduler {
         let start = Instant::now();
         {
             let mut st = self.state.lock().expect("scheduler lock");
-            let default = self.default_share;
+            let default = st.default_share;
             let t = st
                 .tenants
                 .entry(tenant.clone())
@@ -177,7 +194,7 @@ impl Scheduler {
                 t.vtime = t.vtime.max(clock);
             }
             t.queue.push_back(Waiter { since: Instant::now(), seq, grant: tx });
-            dispatch(&mut st, self.global_cap);
+            dispatch(&mut st);
         }
         // If this future is dropped here, `dispatch` finds the closed channel and skips it.
         rx.await.expect("the scheduler never drops a waiter it has not granted");
@@ -205,8 +222,8 @@ impl Scheduler {
 }
 
 /// Grants free slots to the next waiters, fairly. Called with the state locked.
-fn dispatch(st: &mut State, global_cap: usize) {
-    while st.running < global_cap {
+fn dispatch(st: &mut State) {
+    while st.running < st.global_cap {
         let now = Instant::now();
         let eligible = || st.tenants.iter().filter(|(_, t)| !t.queue.is_empty() && t.running < t.share.max_concurrent);
         let age = |t: &TenantState| t.queue.front().map(|w| (w.since, w.seq)).expect("eligible queues are non-empty");
@@ -254,7 +271,7 @@ impl Drop for RunPermit {
             t.running -= 1;
             t.pending -= 1;
         }
-        dispatch(&mut st, self.scheduler.global_cap);
+        dispatch(&mut st);
     }
 }
 

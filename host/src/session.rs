@@ -94,6 +94,12 @@ pub enum StoreError {
 /// Storage for transcripts. Every method takes the tenant; callers use `TenantSessions`.
 #[async_trait]
 pub trait SessionStore: Send + Sync {
+    /// Makes the store ready for tenants added by a config reload (an encrypted store creates
+    /// their identities). Nothing of removed tenants is touched: their data stays.
+    fn add_tenants(&self, tenants: &[TenantId]) -> Result<(), String> {
+        let _ = tenants;
+        Ok(())
+    }
     async fn append(&self, tenant: &TenantId, key: &SessionKey, messages: &[Message]) -> Result<(), StoreError>;
     /// The last `limit` messages (all when `None`), oldest first. Unknown sessions are empty.
     async fn history(

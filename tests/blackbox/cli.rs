@@ -4,22 +4,109 @@ use serde_json::Value;
 
 use crate::harness::{repo_root, run_cli};
 
+/// `bulkhead config check PATH` with `env` set: (exit code, stdout + stderr).
+fn check_with_env(path: &std::path::Path, env: &[(&str, &str)]) -> (i32, String) {
+    let out = std::process::Command::new(crate::harness::BIN)
+        .args(["config", "check", path.to_str().unwrap()])
+        .env_remove("BULKHEAD_CONFIG")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
 #[test]
-fn config_check_accepts_the_shipped_configs_and_the_seed_sample() {
+fn config_check_accepts_the_shipped_configs_with_their_secrets_and_refuses_the_seed_sample() {
+    // The shipped configs as an operator runs them: beside their master key, secrets set.
     let root = repo_root();
-    for f in ["config/bulkhead.json5", "config/telegram.json5", "tests/fixtures/configs/seed-sample.json5"] {
-        let (code, out, err) = run_cli(&["config", "check", root.join(f).to_str().unwrap()], None);
-        assert_eq!(code, 0, "{f}: {out}{err}");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("config")).unwrap();
+    let key = dir.path().join(".bulkhead-master.key");
+    assert_eq!(run_cli(&["keys", "init", "--out", key.to_str().unwrap()], None).0, 0);
+    let env = [
+        ("BULKHEAD_DEMO_TOKEN", "tok-demo-5e2b8c1f7a4d9e3b6c0f8a2d5b9e1c7f"),
+        ("BULKHEAD_OPERATOR_TOKEN", "ops-token-7c1f4a9d2e6b8c3f5a0d7e2b9c4f1a6d"),
+        ("ACME_TG_TOKEN", "123456:ACME-shipped-config-token"),
+        ("GLOBEX_TG_TOKEN", "654321:GLOBEX-shipped-config-token"),
+    ];
+    for f in ["bulkhead.json5", "telegram.json5"] {
+        let path = dir.path().join("config").join(f);
+        std::fs::copy(root.join("config").join(f), &path).unwrap();
+        let (code, out) = check_with_env(&path, &env);
+        assert_eq!(code, 0, "{f}: {out}");
         assert!(out.contains(": ok"), "{out}");
+        // A secret that cannot be resolved refuses `serve`, so `config check` refuses it too.
+        let (code, out) = check_with_env(&path, &[]);
+        assert_eq!(code, 2, "{f}: {out}");
+        assert!(out.contains("is not set"), "{f}: {out}");
     }
-    let (code, out, _) = run_cli(
-        &["config", "check", "--json", root.join("tests/fixtures/configs/seed-sample.json5").to_str().unwrap()],
-        None,
-    );
-    assert_eq!(code, 0);
+    // The seed's sample names adapters this build does not have: refused, as `serve` refuses it.
+    let seed = root.join("tests/fixtures/configs/seed-sample.json5");
+    let (code, out, _) = run_cli(&["config", "check", "--json", seed.to_str().unwrap()], None);
+    assert_eq!(code, 2, "{out}");
     let v: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["valid"], true);
-    assert!(v["warnings"][0].as_str().unwrap().contains("channels.discord.token"));
+    let errors = v["errors"].to_string();
+    assert!(errors.contains("channels.discord") && errors.contains("not built"), "{errors}");
+}
+
+#[test]
+fn config_check_refuses_everything_serve_refuses_with_the_same_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.json5");
+    let strong = "tok-strong-6f1c9e2b7d4a8f3e5c0b9a7d6e2f1c4b";
+    let cases: [(String, &str); 6] = [
+        // An adapter that is not built.
+        (
+            format!(
+                "store: {{ mode: 'memory' }}, tenants: [ {{ id: 't', apiTokens: ['{strong}'] }} ], channels: {{ slack: {{ botToken: 'xoxb-1', appToken: 'xapp-1' }} }},"
+            ),
+            "channels.slack: the slack adapter is not built",
+        ),
+        // A weak token.
+        (
+            "store: { mode: 'memory' }, tenants: [ { id: 't', apiTokens: ['demo-token'] } ],".into(),
+            "tenant \"t\" apiTokens[0]",
+        ),
+        // One token, two holders.
+        (
+            format!(
+                "store: {{ mode: 'memory' }}, tenants: [ {{ id: 't', apiTokens: ['{strong}'] }}, {{ id: 'u', apiTokens: ['{strong}'] }} ],"
+            ),
+            "same token",
+        ),
+        // A secret that cannot be resolved.
+        (
+            "store: { mode: 'memory' }, tenants: [ { id: 't', apiTokens: [ { env: 'BULKHEAD_TEST_UNSET_VAR' } ] } ],"
+                .into(),
+            "BULKHEAD_TEST_UNSET_VAR",
+        ),
+        // No store named.
+        (
+            format!("tenants: [ {{ id: 't', apiTokens: ['{strong}'] }} ],"),
+            "store: neither store.masterKey nor store.mode is set",
+        ),
+        // A master key that cannot be read.
+        (
+            format!(
+                "store: {{ masterKey: {{ file: 'missing.key' }} }}, tenants: [ {{ id: 't', apiTokens: ['{strong}'] }} ],"
+            ),
+            "store.masterKey",
+        ),
+    ];
+    for (body, want) in cases {
+        let text = format!(
+            "{{ gateway: {{ bind: '127.0.0.1:0' }}, stateDir: 'state', {body} agents: {{ list: [ {{ id: 'x', tenant: 't' }} ] }} }}"
+        );
+        std::fs::write(&path, &text).unwrap();
+        let (code, out) = check_with_env(&path, &[]);
+        assert_eq!(code, 2, "config check accepted {text}: {out}");
+        assert!(out.contains(want), "config check: {want:?} missing from {out}");
+        let (code, err) = serve_expecting_refusal(&path);
+        assert_eq!(code, Some(2), "serve: {text}: {err}");
+        assert!(err.contains(want), "serve: {want:?} missing from {err}");
+        assert!(!out.contains("demo-token") && !err.contains("demo-token"), "never the token itself");
+    }
 }
 
 #[test]
@@ -146,13 +233,10 @@ async fn serve_refuses_a_config_that_names_no_store_and_memory_mode_must_be_said
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("error: store: neither store.masterKey nor store.mode is set"), "{err}");
     assert!(!dir.path().join("state").join("workspaces").exists(), "nothing was started");
-    // `config check` accepts the file but says `serve` will not; `doctor` fails it.
-    let (code, out, _) = run_cli(&["config", "check", path.to_str().unwrap()], None);
-    assert_eq!(code, 0, "{out}");
-    assert!(
-        out.contains("warning: store: neither store.masterKey nor store.mode is set")
-            && out.contains("`serve` refuses")
-    );
+    // `config check` refuses it as `serve` does; `doctor` fails it.
+    let (code, _, err) = run_cli(&["config", "check", path.to_str().unwrap()], None);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("store: neither store.masterKey nor store.mode is set"), "{err}");
     let (code, out, _) = run_cli(&["--config", path.to_str().unwrap(), "doctor"], None);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("FAIL  store: neither store.masterKey nor store.mode is set"), "{out}");
@@ -244,9 +328,9 @@ fn config_check_answers_hostile_files_quickly_with_exit_2() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("nested more than 64 levels") && out.contains("line 1, column 74"), "{out}");
     assert!(took < bound, "took {took:?}");
-    // Deep nesting inside strings and comments is only text.
+    // Deep nesting inside strings and comments is only text (a store is named: `serve` needs one).
     let (code, out, _) = check_timed(&format!(
-        "{{ /* {} */ agents: {{ list: [ {{ id: \"x\", name: \"{}\" }} ] }} }}",
+        "{{ store: {{ mode: \"memory\" }}, /* {} */ agents: {{ list: [ {{ id: \"x\", name: \"{}\" }} ] }} }}",
         "[".repeat(100_000),
         "{".repeat(100_000)
     ));

@@ -59,6 +59,10 @@ struct BotState {
     fail_send: VecDeque<Fail>,
     /// Timestamps of 429 answers to sendMessage.
     throttled_at: Vec<Instant>,
+    /// `getMe` calls: one per polling session the gateway starts for this bot.
+    sessions: usize,
+    /// `getUpdates` calls.
+    polls: usize,
 }
 
 #[derive(Default)]
@@ -222,6 +226,16 @@ impl FakeTelegram {
     pub fn sent_to(&self, token: &str, chat: i64) -> Vec<Sent> {
         self.sent(token).into_iter().filter(|s| s.chat_id == chat).collect()
     }
+    /// Polling sessions started for a bot (its `getMe` calls).
+    pub fn sessions(&self, token: &str) -> usize {
+        self.inner.bots.lock().unwrap()[token].sessions
+    }
+
+    /// `getUpdates` calls of a bot so far.
+    pub fn polls(&self, token: &str) -> usize {
+        self.inner.bots.lock().unwrap()[token].polls
+    }
+
     pub fn offsets(&self, token: &str) -> Vec<i64> {
         self.inner.bots.lock().unwrap()[token].offsets.clone()
     }
@@ -279,8 +293,9 @@ async fn handle(State(inner): State<Arc<Inner>>, Path((bot, method)): Path<(Stri
     // The Bot API matches method names case-insensitively (teloxide sends `GetMe`, `SendMessage`).
     match method.to_ascii_lowercase().as_str() {
         "getme" => {
-            let bots = inner.bots.lock().unwrap();
-            let b = &bots[token];
+            let mut bots = inner.bots.lock().unwrap();
+            let b = bots.get_mut(token).unwrap();
+            b.sessions += 1;
             let mut me = json!({ "id": b.id, "is_bot": true, "first_name": "Bot", "username": b.username,
                        "can_join_groups": true, "can_read_all_group_messages": b.privacy_off,
                        "supports_inline_queries": false, "can_connect_to_business": false,
@@ -332,6 +347,9 @@ async fn handle(State(inner): State<Arc<Inner>>, Path((bot, method)): Path<(Stri
 }
 
 async fn get_updates(inner: &Arc<Inner>, token: &str, params: &Value) -> Response {
+    if let Some(b) = inner.bots.lock().unwrap().get_mut(token) {
+        b.polls += 1;
+    }
     let offset = params["offset"].as_i64().unwrap_or(0);
     let timeout = params["timeout"].as_u64().unwrap_or(0).min(30);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);

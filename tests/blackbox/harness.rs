@@ -30,10 +30,16 @@ impl Gateway {
 
     /// Like `start`, with the config and state in `dir`, which the caller keeps (for restarts).
     pub async fn start_in(dir: &std::path::Path, config: &str, env: &[(&str, &str)]) -> Gateway {
+        Self::start_with(dir, config, env, &[]).await
+    }
+
+    /// `start_in` with more `serve` arguments (`--no-watch`).
+    pub async fn start_with(dir: &std::path::Path, config: &str, env: &[(&str, &str)], args: &[&str]) -> Gateway {
         let path = dir.join("bulkhead.json5");
         std::fs::write(&path, config).expect("write config");
         let mut cmd = Command::new(BIN);
         cmd.arg("serve")
+            .args(args)
             .arg("--config")
             .arg(&path)
             .env_remove("BULKHEAD_CONFIG")
@@ -79,6 +85,13 @@ impl Gateway {
 
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
+    }
+
+    /// Sends a signal (`"HUP"`, ...) to the gateway.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let status = std::process::Command::new("kill").args([&format!("-{name}"), &pid]).status().unwrap();
+        assert!(status.success(), "kill -{name} failed");
     }
 
     /// Sends SIGKILL (no cleanup at all) and waits for the process to be gone.

@@ -13,6 +13,7 @@ mod fakes;
 mod harness;
 mod policy;
 mod quota;
+mod reload;
 mod store;
 mod telegram;
 mod webchat_page;

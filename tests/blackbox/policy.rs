@@ -68,8 +68,19 @@ async fn default_deny_offers_no_tools_and_refuses_a_forced_call() {
     let written: Vec<_> = walk(&workspaces).into_iter().filter(|p| p.ends_with("pwned.txt")).collect();
     assert!(written.is_empty(), "a denied tool wrote {written:?}");
 
-    // `config check` names the agents that get nothing by default (not the one that said so).
-    let (code, out, err) = run_cli(&["config", "check", dir.path().join("bulkhead.json5").to_str().unwrap()], None);
+    // `config check` names the agents that get nothing by default (not the one that said so). It
+    // resolves the config's secrets as `serve` does, so it runs with the same environment.
+    let checked = std::process::Command::new(crate::harness::BIN)
+        .args(["config", "check", dir.path().join("bulkhead.json5").to_str().unwrap()])
+        .env_remove("BULKHEAD_CONFIG")
+        .envs(env())
+        .output()
+        .unwrap();
+    let (code, out, err) = (
+        checked.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&checked.stdout).to_string(),
+        String::from_utf8_lossy(&checked.stderr).to_string(),
+    );
     assert_eq!(code, 0, "{out}{err}");
     for agent in ["quiet", "quiet-demo"] {
         assert!(

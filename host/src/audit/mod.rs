@@ -140,6 +140,13 @@ impl std::fmt::Display for Actor {
     }
 }
 
+/// An agent whose effective policy changed in a reload, with its new digest (`None`: removed).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PolicyChange {
+    pub agent: String,
+    pub digest: Option<String>,
+}
+
 /// A security event. Every field is metadata: no message content, no secret, and no session key
 /// or client address except as a keyed digest (see [`AuditKeys::digest`]).
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -150,6 +157,19 @@ pub enum Event {
     GatewayStart { config_digest: String, tenants: usize, agents: usize, tls: bool },
     #[serde(rename = "gateway.stop")]
     GatewayStop {},
+    /// A reloaded config was applied (refused reloads change nothing and are not recorded here;
+    /// the admin request that asked for one is). `policies` lists agents whose effective policy
+    /// digest changed, added agents included; `accounts` the chat accounts restarted.
+    #[serde(rename = "config.reload")]
+    ConfigReload {
+        config_digest: String,
+        trigger: String,
+        tenants_added: Vec<String>,
+        tenants_removed: Vec<String>,
+        tenants_changed: Vec<String>,
+        policies: Vec<PolicyChange>,
+        accounts: Vec<String>,
+    },
     /// An agent's effective policy was loaded.
     #[serde(rename = "policy.load")]
     PolicyLoad { agent: String, digest: String },

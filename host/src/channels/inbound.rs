@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::agent::Runtime;
 use crate::config::channels::ChannelAccess;
+use crate::gateway::Live;
 use crate::ids::{AgentId, PeerKind, SessionKey, TenantId};
 use crate::routing::{Origin, route};
 use crate::session::{Message, StoreError};
@@ -36,8 +37,9 @@ pub struct Account {
 }
 
 impl Account {
+    /// `live`: the running snapshot; each turn runs on the one current when it starts.
     pub fn new(
-        rt: &Arc<Runtime>,
+        live: &Live,
         inbox: &Arc<Inboxes>,
         channel: &'static str,
         id: String,
@@ -45,7 +47,7 @@ impl Account {
         outbound: Outbound,
     ) -> Self {
         let turns = Turns(Arc::new(TurnsInner {
-            rt: rt.clone(),
+            live: live.clone(),
             inbox: inbox.clone(),
             outbound: outbound.clone(),
             queues: Mutex::default(),
@@ -211,7 +213,7 @@ pub async fn accept(rt: &Arc<Runtime>, pairing: &Pairing, account: &Account, msg
 struct Turns(Arc<TurnsInner>);
 
 struct TurnsInner {
-    rt: Arc<Runtime>,
+    live: Live,
     inbox: Arc<Inboxes>,
     outbound: Outbound,
     queues: Mutex<HashMap<String, VecDeque<(TenantId, Entry)>>>,
@@ -237,7 +239,7 @@ impl Turns {
             q.len() == 1
         };
         if first {
-            self.0.rt.tasks.spawn(self.clone().drain(session));
+            self.0.live.load().runtime.tasks.spawn(self.clone().drain(session));
         }
     }
 
@@ -258,21 +260,21 @@ impl Turns {
     }
 
     async fn run(&self, tenant: &TenantId, e: Entry) {
-        let rt = &self.0.rt;
+        let rt = &self.0.live.load().runtime.clone();
         let agent = AgentId::parse(&e.agent).ok().and_then(|id| rt.config.agent(&id)).filter(|a| &a.tenant == tenant);
         let (Some(agent), Ok(session)) = (agent.cloned(), SessionKey::parse(&e.session)) else {
             tracing::warn!(tenant = %tenant, account = %e.account, "A waiting chat message's agent is no longer configured; it was dropped.");
             self.forget(tenant, &e).await;
             return;
         };
-        let reply = match self.resume(&agent, &session, &e).await {
+        let reply = match self.resume(rt, &agent, &session, &e).await {
             Ok(Resume::Answered(text)) => text,
-            Ok(Resume::Stored) => self.turn(&agent, &session, &e, true).await,
+            Ok(Resume::Stored) => self.turn(rt, &agent, &session, &e, true).await,
             Ok(Resume::Fresh(at)) => {
                 if let Err(err) = self.0.inbox.position(tenant, &e.account, e.update, at as u64).await {
                     tracing::error!(tenant = %tenant, account = %e.account, error = %err, "Cannot record where a chat turn starts; running it anyway.");
                 }
-                self.turn(&agent, &session, &e, false).await
+                self.turn(rt, &agent, &session, &e, false).await
             }
             Err(err) => {
                 tracing::error!(tenant = %tenant, account = %e.account, error = %err, "Cannot read the session of a waiting chat message.");
@@ -307,20 +309,28 @@ impl Turns {
         }
     }
 
-    async fn turn(&self, agent: &crate::config::AgentConfig, session: &SessionKey, e: &Entry, stored: bool) -> String {
+    async fn turn(
+        &self,
+        rt: &Arc<Runtime>,
+        agent: &crate::config::AgentConfig,
+        session: &SessionKey,
+        e: &Entry,
+        stored: bool,
+    ) -> String {
         // Nobody watches a chat turn live; its events are drained.
         let (tx, mut rx) = mpsc::channel(16);
         tokio::spawn(async move { while rx.recv().await.is_some() {} });
-        self.0.rt.run_turn(agent, session, e.text.clone(), &tx, None, stored).await.text
+        rt.run_turn(agent, session, e.text.clone(), &tx, None, stored).await.text
     }
 
     async fn resume(
         &self,
+        rt: &Runtime,
         agent: &crate::config::AgentConfig,
         session: &SessionKey,
         e: &Entry,
     ) -> Result<Resume, StoreError> {
-        let sessions = self.0.rt.sessions_for(agent);
+        let sessions = rt.sessions_for(agent);
         let len = sessions.message_count(session).await?;
         let Some(at) = e.at.map(|a| a as usize).filter(|a| *a < len) else { return Ok(Resume::Fresh(len)) };
         let tail = sessions.history(session, Some(len - at)).await?;

@@ -3,43 +3,118 @@
 //! The shared part is platform-independent: `access` (who may talk to a bot), `pairing` (codes
 //! for unknown senders, approvals kept encrypted), `outbound` (splitting, pacing and bounded
 //! per-bot queues), `inbound` (routing an accepted message to its agent and sending the reply)
-//! and `inbox` (accepted messages kept durably until answered). An adapter such as `telegram`
-//! only translates the platform's wire format to and from it.
+//! and `inbox` (accepted messages kept durably until answered). An adapter (`adapter::Adapter`,
+//! registered in `adapter::ADAPTERS`; `telegram` is the first) only translates the platform's
+//! wire format to and from it. [`Channels`] runs one connection per account and, on reload,
+//! restarts only the accounts whose settings changed.
 
 pub mod access;
+pub mod adapter;
 pub mod inbound;
 pub mod inbox;
 pub mod outbound;
 pub mod pairing;
 pub mod telegram;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::agent::Runtime;
+use crate::config::Config;
+use crate::gateway::Live;
+use adapter::{ADAPTERS, Context};
 use pairing::Pairing;
 
-/// Running channel adapters; dropping it does not stop them, `stop` does.
-pub struct Channels {
+/// One running account.
+struct Running {
+    fingerprint: String,
     stop: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Running channel accounts, by `(channel, account)`; dropping it does not stop them, `stop`
+/// does.
+pub struct Channels {
+    ctx: Context,
+    running: BTreeMap<(&'static str, String), Running>,
+}
+
+/// Start-up checks of every built adapter (those needing resolved secrets). Empty: all pass.
+pub fn check(config: &Config) -> Vec<String> {
+    ADAPTERS.iter().flat_map(|a| a.check(config)).collect()
 }
 
 impl Channels {
-    /// Starts every configured adapter. Fails (naming each problem) when a credential cannot be
-    /// resolved, so `serve` refuses to start rather than run half its bots.
-    pub fn start(rt: &Arc<Runtime>, pairing: &Arc<Pairing>) -> Result<Self, Vec<String>> {
-        let (stop, stopped) = watch::channel(false);
-        let inbox = Arc::new(inbox::Inboxes::new(rt.store.clone()));
-        let tasks = telegram::start(rt, pairing, &inbox, &stopped)?;
-        Ok(Self { stop, tasks })
+    /// The channel context over `live` (no account started yet).
+    pub fn new(live: &Live, pairing: &Arc<Pairing>) -> Self {
+        let inbox = Arc::new(inbox::Inboxes::new(live.load().runtime.store.clone()));
+        Self { ctx: Context { live: live.clone(), pairing: pairing.clone(), inbox }, running: BTreeMap::new() }
     }
 
-    /// Asks every adapter to stop polling and waits (bounded) for them to confirm what they read.
-    pub async fn stop(self, grace: std::time::Duration) {
-        let _ = self.stop.send(true);
-        let all = futures_util::future::join_all(self.tasks);
+    /// The routes every adapter serves on the HTTP server (webhooks).
+    pub fn routes(&self) -> axum::Router {
+        ADAPTERS.iter().filter_map(|a| a.routes(&self.ctx)).fold(axum::Router::new(), axum::Router::merge)
+    }
+
+    /// Brings the running accounts in line with `config`: stops removed and changed accounts
+    /// (each confirms what it took, within `grace`), starts added and changed ones, and leaves
+    /// unchanged ones alone (they keep their connection). Returns `channel/account` of every
+    /// account stopped or started, and the accounts that failed to start.
+    pub async fn apply(&mut self, config: &Config, grace: Duration) -> (Vec<String>, Vec<String>) {
+        let mut wanted = BTreeMap::new();
+        for a in ADAPTERS {
+            for spec in a.accounts(config) {
+                wanted.insert((a.channel(), spec.id), (*a, spec.fingerprint));
+            }
+        }
+        let stale: Vec<_> = self
+            .running
+            .iter()
+            .filter(|(key, r)| wanted.get(*key).is_none_or(|(_, fp)| *fp != r.fingerprint))
+            .map(|(key, _)| key.clone())
+            .collect();
+        let mut touched = Vec::new();
+        let mut stopping = Vec::new();
+        for key in stale {
+            if let Some(r) = self.running.remove(&key) {
+                let _ = r.stop.send(true);
+                stopping.push(r.task);
+                touched.push(format!("{}/{}", key.0, key.1));
+            }
+        }
+        if tokio::time::timeout(grace, futures_util::future::join_all(stopping)).await.is_err() {
+            tracing::warn!("Channel accounts did not stop within the grace period.");
+        }
+        let mut failed = Vec::new();
+        for ((channel, id), (adapter, fingerprint)) in wanted {
+            if self.running.contains_key(&(channel, id.clone())) {
+                continue;
+            }
+            let (stop, stopped) = watch::channel(false);
+            match adapter.start_account(&self.ctx, config, &id, stopped) {
+                Ok(task) => {
+                    let label = format!("{channel}/{id}");
+                    if !touched.contains(&label) {
+                        touched.push(label);
+                    }
+                    self.running.insert((channel, id), Running { fingerprint, stop, task });
+                }
+                Err(e) => failed.push(e),
+            }
+        }
+        touched.sort();
+        (touched, failed)
+    }
+
+    /// Asks every account to stop taking messages and waits (bounded) for them to confirm what
+    /// they read.
+    pub async fn stop(self, grace: Duration) {
+        for r in self.running.values() {
+            let _ = r.stop.send(true);
+        }
+        let all = futures_util::future::join_all(self.running.into_values().map(|r| r.task));
         if tokio::time::timeout(grace, all).await.is_err() {
             tracing::warn!("Channel adapters did not stop within the grace period.");
         }

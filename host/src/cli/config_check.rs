@@ -1,32 +1,31 @@
-//! `bulkhead config check [PATH] [--json]`: validates a config and reports every error at once.
+//! `bulkhead config check [PATH] [--json]`: validates a config with its drop-in tenant files
+//! and runs the start-up checks `serve` runs (`app::check`: secrets resolve, tokens strong and
+//! unique, policy files load and pass their cases, TLS files load, every enabled channel has an
+//! adapter, the store is named), reporting every error at once. What it accepts, `serve` starts.
 
 use serde_json::json;
 
 use super::{ConfigSource, EXIT_INVALID, EXIT_OK};
+use crate::config::{ConfigError, LoadError};
+
+/// A start-up check's message (`<key path>: <problem>`) as a config error.
+fn check_error(message: String) -> ConfigError {
+    match message.split_once(": ") {
+        Some((path, rest)) => ConfigError::at(path, rest),
+        None => ConfigError::at("", message),
+    }
+}
 
 pub fn run(source: &ConfigSource, as_json: bool) -> i32 {
-    // Policy files referenced by the config are part of it (their cases included): load and
-    // check them too. A config that names no store is valid, but `serve` refuses it: say so.
-    let result = source.load(false).and_then(|mut c| {
-        let error = |path: &str, message: String| crate::config::ConfigError {
-            path: path.into(),
-            line: None,
-            column: None,
-            message,
-        };
-        let mut errors = Vec::new();
-        if let Err(e) = c.store.require_mode() {
-            c.warnings.push(format!("store: {e}; `serve` refuses to start"));
-        }
-        match crate::policy::PolicyEngine::load(&c) {
-            Ok(engine) => c.warnings.extend(engine.warnings()),
-            Err(es) => errors.extend(es.into_iter().map(|m| error("policies", m))),
-        }
-        if errors.is_empty() {
+    let result = source.load(false).and_then(|mut c| match crate::app::check(&c) {
+        Ok(checked) => {
+            c.warnings = checked.warnings;
             Ok(c)
-        } else {
-            Err(crate::config::LoadError { source: source.path.display().to_string(), errors })
         }
+        Err(errors) => Err(LoadError {
+            source: source.path.display().to_string(),
+            errors: errors.into_iter().map(check_error).collect(),
+        }),
     });
     let shown = source.path.display().to_string();
     match (result, as_json) {

@@ -1,7 +1,6 @@
 //! `bulkhead doctor`: checks the environment an operator is about to serve from.
 
 use super::{ConfigSource, EXIT_FAILURE, EXIT_INVALID, EXIT_OK};
-use crate::gateway::{Gateway, Parts};
 
 /// The Docker backend: daemon reachable (API version negotiated) and every image agents use
 /// present and speaking this runner protocol. Returns the number of failures.
@@ -80,8 +79,27 @@ pub fn run(source: &ConfigSource) -> i32 {
             return EXIT_INVALID;
         }
     };
-    for w in &config.warnings {
-        outln!("warn  {w}");
+    // The start-up checks `serve` and `config check` run, with the same words.
+    match crate::app::check(&config) {
+        Ok(checked) => {
+            for w in &checked.warnings {
+                outln!("warn  {w}");
+            }
+            outln!("ok    policies load ({} agent(s))", checked.gate.agents().count());
+            if let Some(files) = &config.gateway.tls {
+                outln!("ok    TLS certificate and key ({})", files.cert.display());
+            }
+            outln!("ok    secrets resolve, tokens are strong and unique, every enabled channel has an adapter");
+        }
+        Err(errors) => {
+            for w in &config.warnings {
+                outln!("warn  {w}");
+            }
+            failures += errors.len();
+            for e in errors {
+                outln!("FAIL  {e}");
+            }
+        }
     }
     match std::fs::create_dir_all(&config.state_dir) {
         Ok(()) => outln!("ok    state directory {}", config.state_dir.display()),
@@ -106,7 +124,21 @@ pub fn run(source: &ConfigSource) -> i32 {
             tenants_without_tokens.join(", ")
         );
     }
-    failures += telegram(&config);
+    for adapter in crate::channels::adapter::ADAPTERS {
+        for c in adapter.doctor(&config) {
+            use crate::channels::adapter::Level;
+            let tag = match c.level {
+                Level::Ok => "ok   ",
+                Level::Note => "note ",
+                Level::Warn => "warn ",
+                Level::Fail => {
+                    failures += 1;
+                    "FAIL "
+                }
+            };
+            outln!("{tag} {}", c.text);
+        }
+    }
     match config.store.require_mode() {
         Ok(crate::config::StoreMode::Encrypted) => {
             outln!("ok    audit log on ({})", crate::audit::audit_dir(&config).display())
@@ -114,114 +146,14 @@ pub fn run(source: &ConfigSource) -> i32 {
         Ok(crate::config::StoreMode::Memory) => {
             outln!("warn  store.mode \"memory\" is not for production: nothing is kept and the audit log is off")
         }
-        Err(e) => {
-            failures += 1;
-            outln!("FAIL  store: {e}");
-        }
+        // Reported by the start-up checks above.
+        Err(_) => {}
     }
-    match &config.gateway.tls {
-        Some(files) => match crate::gateway::tls::acceptor(files) {
-            Ok(_) => outln!("ok    TLS certificate and key ({})", files.cert.display()),
-            Err(e) => {
-                failures += 1;
-                outln!("FAIL  {e}");
-            }
-        },
-        None if !config.gateway.bind.ip().is_loopback() => outln!(
+    if config.gateway.tls.is_none() && !config.gateway.bind.ip().is_loopback() {
+        outln!(
             "warn  plaintext HTTP on {}: configure gateway.tls (with required: true) or a TLS proxy",
             config.gateway.bind
-        ),
-        None => {}
-    }
-    let gate: std::sync::Arc<dyn crate::policy::PolicyGate> = match crate::policy::PolicyEngine::load(&config) {
-        Ok(engine) => {
-            outln!("ok    policies load ({} agent(s))", engine.agents().count());
-            for w in engine.warnings() {
-                outln!("warn  {w}");
-            }
-            std::sync::Arc::new(engine)
-        }
-        Err(errors) => {
-            failures += errors.len();
-            for e in &errors {
-                outln!("FAIL  policy: {e}");
-            }
-            std::sync::Arc::new(crate::policy::DenyAll)
-        }
-    };
-    match Gateway::start(config, Parts { gate, ..Parts::fail_closed() }) {
-        Ok(_) => outln!("ok    secrets resolve, channels and providers start"),
-        Err(errors) => {
-            failures += errors.len();
-            for e in errors {
-                outln!("FAIL  {e}");
-            }
-        }
+        );
     }
     if failures == 0 { EXIT_OK } else { EXIT_FAILURE }
-}
-
-/// Checks each Telegram bot: the token (`getMe`), privacy mode against `requireMention`, and a
-/// webhook that would make long polling fail. Returns the number of failures.
-fn telegram(config: &crate::config::Config) -> usize {
-    use crate::channels::telegram::{Connection, MeError};
-    if config.channels.telegram.is_empty() {
-        return 0;
-    }
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            outln!("FAIL  telegram: cannot start the async runtime: {e}");
-            return 1;
-        }
-    };
-    let mut failures = 0;
-    for acc in &config.channels.telegram {
-        let label = format!("telegram/{}", acc.id);
-        let conn = match acc.token.resolve(&config.base_dir).and_then(|t| Connection::new(t.expose(), &acc.api_url)) {
-            Ok(c) => c,
-            Err(e) => {
-                failures += 1;
-                outln!("FAIL  {label}: {e}");
-                continue;
-            }
-        };
-        let me = match rt.block_on(conn.get_me()) {
-            Ok(me) => me,
-            Err(e) => {
-                failures += 1;
-                let hint = if e == MeError::Unauthorized { "; check the token with @BotFather" } else { "" };
-                outln!("FAIL  {label}: getMe failed: {e}{hint}");
-                continue;
-            }
-        };
-        outln!("ok    {label}: token accepted (bot @{})", me.user.username.as_deref().unwrap_or("?"));
-        let wants_all =
-            !acc.access.require_mention || acc.access.groups.values().any(|g| g.require_mention == Some(false));
-        let groups_on = acc.access.group_policy != crate::config::channels::GroupPolicy::Disabled;
-        if groups_on && wants_all && !me.can_read_all_group_messages {
-            outln!(
-                "warn  {label}: privacy mode is on, so in groups the bot only receives commands, replies to it and @mentions; groups set to requireMention: false will miss other messages. Turn privacy off with @BotFather (/setprivacy, Disable), then remove and re-add the bot to each group"
-            );
-        } else if groups_on && me.can_read_all_group_messages && !wants_all {
-            outln!(
-                "note  {label}: privacy mode is off: the bot receives every group message, but only answers @mentions and replies (requireMention); turning privacy on with @BotFather (/setprivacy) keeps other group messages away from the host"
-            );
-        }
-        match rt.block_on(conn.webhook()) {
-            Ok(None) => outln!("ok    {label}: no webhook set (long polling can receive updates)"),
-            Ok(Some(url)) => {
-                failures += 1;
-                outln!(
-                    "FAIL  {label}: a webhook is set (to {}), so long polling is refused with 409 Conflict; remove it with the Bot API's deleteWebhook method or stop whatever set it",
-                    url.host_str().unwrap_or("an unknown host")
-                );
-            }
-            Err(e) => {
-                failures += 1;
-                outln!("FAIL  {label}: getWebhookInfo failed: {e}");
-            }
-        }
-    }
-    failures
 }

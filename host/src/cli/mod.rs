@@ -66,6 +66,22 @@ impl ConfigSource {
         }
         config::load_file(&self.path)
     }
+
+    /// `load`, with where the config came from for the application root (reload reads the
+    /// file and its drop-ins again; the embedded default cannot be reloaded).
+    pub fn load_for_app(&self, allow_embedded: bool) -> Result<(Config, crate::app::Source), LoadError> {
+        if !self.explicit && allow_embedded && !self.path.exists() {
+            let digest = ring::digest::digest(&ring::digest::SHA256, config::EMBEDDED_DEFAULT.as_bytes());
+            let source = crate::app::Source {
+                digest: format!("sha256:{}", crate::crypto::hex(digest.as_ref())),
+                ..Default::default()
+            };
+            return self.load(true).map(|c| (c, source));
+        }
+        let loaded = config::load(&self.path)?;
+        let source = crate::app::Source::file(&self.path, &loaded);
+        Ok((loaded.config, source))
+    }
 }
 
 /// Parses a tenant id given on the command line and loads the config (no embedded fallback);

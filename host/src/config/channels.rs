@@ -1,12 +1,11 @@
-//! Typed settings of chat-channel accounts: who may talk to the bot (`dmPolicy`, `allowFrom`,
-//! `groupPolicy`, `groups`, `requireMention`) and each platform's connection details.
+//! Typed access settings of chat-channel accounts, shared by every platform: who may talk to the
+//! bot (`dmPolicy`, `allowFrom`, `groupPolicy`, `groups`, `requireMention`). Each platform's own
+//! account settings live beside its adapter (`channels::telegram::config`).
 //!
 //! Values are inherited account → channel → `channels.defaults`; the rules that use them live in
 //! `crate::channels::access`.
 
 use std::collections::BTreeMap;
-
-use super::SecretRef;
 
 /// Who may start a direct conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,25 +66,3 @@ impl Default for ChannelAccess {
         }
     }
 }
-
-/// Telegram's own limit on one message's text.
-pub const TELEGRAM_TEXT_LIMIT: usize = 4096;
-
-/// One Telegram bot (`channels.telegram.accounts.<id>`, or the channel block itself as account
-/// `default` when no accounts are listed).
-#[derive(Debug, Clone)]
-pub struct TelegramAccount {
-    pub id: String,
-    pub token: SecretRef,
-    /// Bot API base URL (default `https://api.telegram.org`), for self-hosted Bot API servers.
-    pub api_url: String,
-    pub access: ChannelAccess,
-    /// Longest text per message (default and maximum 4096).
-    pub text_chunk_limit: usize,
-    /// The tenant whose agents take this bot's traffic (a bot belongs to one tenant); `None`
-    /// when no binding or default agent can reach it.
-    pub tenant: Option<crate::ids::TenantId>,
-}
-
-/// The public Bot API.
-pub const TELEGRAM_API_URL: &str = "https://api.telegram.org";

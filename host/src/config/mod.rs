@@ -4,6 +4,7 @@
 //! error is collected with its key path, so an operator fixes a config in one pass.
 
 pub mod channels;
+mod dropin;
 pub mod nesting;
 mod raw;
 mod secret;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+pub use dropin::{Loaded, RawTenantFile, load};
 pub use raw::*;
 pub use secret::{SecretRef, SecretString};
 pub use validate::*;
@@ -30,6 +32,9 @@ pub fn default_path() -> PathBuf {
 /// One problem in a config, with the key path it concerns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ConfigError {
+    /// The drop-in tenant file (`tenants.d/acme.json5`) the error is in; `None`: the main file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
     /// Key path such as `agents.list[0].tools.allow[1]`; empty for the whole file.
     pub path: String,
     /// One-based, where the parser knows it.
@@ -43,6 +48,9 @@ pub struct ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let path = if self.path.is_empty() { "(root)" } else { &self.path };
+        if let Some(file) = &self.file {
+            write!(f, "{file}: ")?;
+        }
         match (self.line, self.column) {
             (Some(l), Some(c)) => write!(f, "{path} (line {l}, column {c}): {}", self.message),
             _ => write!(f, "{path}: {}", self.message),
@@ -69,25 +77,30 @@ impl fmt::Display for LoadError {
 
 impl std::error::Error for LoadError {}
 
-/// Reads and validates a config file. Relative paths in it resolve against its folder.
+/// Reads and validates a config file with its drop-in tenant files (see [`load`]). Relative
+/// paths resolve against the main file's folder.
 pub fn load_file(path: &Path) -> Result<Config, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|e| LoadError {
-        source: path.display().to_string(),
-        errors: vec![ConfigError {
-            path: String::new(),
-            line: None,
-            column: None,
-            message: format!("cannot read config file: {e}"),
-        }],
-    })?;
-    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
-    load_str(&text, &base).map_err(|errors| LoadError { source: path.display().to_string(), errors })
+    load(path).map(|l| l.config)
+}
+
+impl ConfigError {
+    /// An error at a key path of the main file.
+    pub fn at(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { file: None, path: path.into(), line: None, column: None, message: message.into() }
+    }
 }
 
 /// Parses and validates config text; `base` is the folder relative paths resolve against.
 pub fn load_str(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
-    match parse_raw(text) {
+    validate_parsed(parse_raw(text), base)
+}
+
+/// Validates what `parse_raw` gave (with its errors, if any), so one pass reports everything.
+fn validate_parsed(
+    parsed: Result<RawConfig, (Option<Box<RawConfig>>, Vec<ConfigError>)>,
+    base: &Path,
+) -> Result<Config, Vec<ConfigError>> {
+    match parsed {
         Ok(raw) => validate(raw, base),
         Err((None, errors)) => Err(errors),
         Err((Some(repaired), mut errors)) => {
@@ -116,9 +129,15 @@ const MAX_ERRORS: usize = 100;
 /// values: every raw field is optional) and decoding is retried until it succeeds. On error, the
 /// repaired config (if decoding got that far) comes back with the errors.
 pub fn parse_raw(text: &str) -> Result<RawConfig, (Option<Box<RawConfig>>, Vec<ConfigError>)> {
+    parse_as::<RawConfig>(text)
+}
+
+/// `parse_raw` for any closed raw type (the main file, a drop-in tenant file).
+pub(crate) fn parse_as<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, (Option<Box<T>>, Vec<ConfigError>)> {
     // The parser recurses per level: bound the depth before it runs.
     nesting::check(text).map_err(|deep| {
         let error = ConfigError {
+            file: None,
             path: String::new(),
             line: Some(deep.line),
             column: Some(deep.column),
@@ -135,6 +154,7 @@ pub fn parse_raw(text: &str) -> Result<RawConfig, (Option<Box<RawConfig>>, Vec<C
         (
             None,
             vec![ConfigError {
+                file: None,
                 path: String::new(),
                 line: pos.map(|p| p.line + 1),
                 column: pos.map(|p| p.column + 1),
@@ -146,6 +166,7 @@ pub fn parse_raw(text: &str) -> Result<RawConfig, (Option<Box<RawConfig>>, Vec<C
         return Err((
             None,
             vec![ConfigError {
+                file: None,
                 path: String::new(),
                 line: None,
                 column: None,
@@ -155,7 +176,7 @@ pub fn parse_raw(text: &str) -> Result<RawConfig, (Option<Box<RawConfig>>, Vec<C
     }
     let mut errors = Vec::new();
     loop {
-        match serde_path_to_error::deserialize::<_, RawConfig>(value.clone()) {
+        match serde_path_to_error::deserialize::<_, T>(value.clone()) {
             Ok(raw) if errors.is_empty() => return Ok(raw),
             Ok(repaired) => return Err((Some(Box::new(repaired)), errors)),
             Err(err) => {
@@ -172,7 +193,7 @@ pub fn parse_raw(text: &str) -> Result<RawConfig, (Option<Box<RawConfig>>, Vec<C
                 let shown = render_path(&path);
                 let repeated = errors.last().is_some_and(|e: &ConfigError| e.path == shown);
                 if !repeated {
-                    errors.push(ConfigError { path: shown, line: None, column: None, message: tidy(&message) });
+                    errors.push(ConfigError::at(shown, tidy(&message)));
                 }
                 let removed =
                     if unknown || repeated { remove_at(&mut value, &path) } else { null_at(&mut value, &path) };

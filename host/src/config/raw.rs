@@ -35,6 +35,9 @@ pub struct RawConfig {
     pub policies: Option<RawPolicies>,
     /// Default quotas of every tenant (each tenant may override key by key).
     pub quotas: Option<RawQuotas>,
+    /// The folder of drop-in tenant files (`*.json5`, one tenant each), relative to this file;
+    /// default `tenants.d` (ignored when absent).
+    pub tenants_dir: Option<String>,
 }
 
 /// Usage quotas of a tenant. Absent keys are unlimited (or inherit the global `quotas`).

@@ -83,24 +83,28 @@ pub struct ChannelsConfig {
     /// Accounts per channel (the implicit `default` account when none are listed).
     pub accounts: BTreeMap<&'static str, BTreeSet<String>>,
     /// Telegram bots to poll (empty when the channel is absent or disabled).
-    pub telegram: Vec<super::channels::TelegramAccount>,
+    pub telegram: Vec<crate::channels::telegram::config::TelegramAccount>,
 }
 
 /// Names of chat channels the schema knows.
 pub const CHANNELS: [&str; 7] = ["discord", "slack", "telegram", "whatsapp", "signal", "imessage", "webchat"];
 
-/// Chat channels with an adapter in this build. `serve` refuses to start any other.
-pub const BUILT_CHANNELS: [&str; 2] = ["webchat", "telegram"];
-
-struct Errors(Vec<ConfigError>);
+/// Errors of a validation pass, each with its key path (adapters' passes use it too).
+pub(crate) struct Errors(pub(crate) Vec<ConfigError>);
 
 impl Errors {
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(ConfigError { path: path.into(), line: None, column: None, message: message.into() });
+    pub(crate) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError::at(path, message));
     }
 }
 
-fn one_of<T: Copy>(errs: &mut Errors, path: &str, raw: Option<&str>, default: T, choices: &[(&str, T)]) -> T {
+pub(crate) fn one_of<T: Copy>(
+    errs: &mut Errors,
+    path: &str,
+    raw: Option<&str>,
+    default: T,
+    choices: &[(&str, T)],
+) -> T {
     let Some(raw) = raw else { return default };
     match choices.iter().find(|(name, _)| *name == raw) {
         Some((_, v)) => *v,
@@ -212,7 +216,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
 /// tenant on the account (where its chat inbox lives).
 fn one_tenant_per_account(
     errs: &mut Errors,
-    accounts: &mut [super::channels::TelegramAccount],
+    accounts: &mut [crate::channels::telegram::config::TelegramAccount],
     bindings: &[Binding],
     agent_tenants: &HashMap<AgentId, TenantId>,
     default_agent: Option<&AgentId>,
@@ -346,169 +350,7 @@ fn channels_config(errs: &mut Errors, warnings: &mut Vec<String>, raw: RawChanne
         out.enabled.push("webchat");
     }
     if let Some(tg) = raw.telegram.as_ref().filter(|t| t.enabled != Some(false)) {
-        out.telegram = telegram_accounts(errs, raw.defaults.as_ref(), tg);
+        out.telegram = crate::channels::telegram::config::accounts(errs, raw.defaults.as_ref(), tg);
     }
     out
-}
-
-// ---- Telegram accounts (typed; the access rules themselves live in `channels::access`) ----
-
-/// The enabled Telegram accounts, each with its settings inherited account → channel → defaults.
-fn telegram_accounts(
-    errs: &mut Errors,
-    defaults: Option<&RawChannelDefaults>,
-    ch: &RawChannel,
-) -> Vec<super::channels::TelegramAccount> {
-    use super::channels::{TELEGRAM_API_URL, TELEGRAM_TEXT_LIMIT, TelegramAccount};
-    let mut list: Vec<(String, String, &RawChannel)> = Vec::new();
-    match &ch.accounts {
-        Some(accounts) if !accounts.is_empty() => {
-            for (id, acc) in accounts {
-                if acc.enabled != Some(false) {
-                    list.push((id.clone(), format!("channels.telegram.accounts.{id}"), acc));
-                }
-            }
-        }
-        _ => {
-            list.push((ch.default_account.clone().unwrap_or_else(|| "default".into()), "channels.telegram".into(), ch))
-        }
-    }
-    if ch.accounts.as_ref().is_some_and(|a| !a.is_empty()) {
-        check_senders(errs, "channels.telegram", "allowFrom", ch.allow_from.as_ref());
-        check_senders(errs, "channels.telegram", "groupAllowFrom", ch.group_allow_from.as_ref());
-    }
-    let mut out = Vec::new();
-    for (id, path, acc) in list {
-        if let Err(e) = crate::ids::validate_id(&id) {
-            errs.push(&path, format!("invalid account id: {e}"));
-            continue;
-        }
-        let layers = [Some(acc), Some(ch)];
-        let pick = |f: fn(&RawChannel) -> Option<&SecretRef>| layers.iter().flatten().find_map(|c| f(c)).cloned();
-        let token = pick(|c| c.token.as_ref()).or_else(|| pick(|c| c.bot_token.as_ref()));
-        let Some(token) = token else {
-            errs.push(format!("{path}.token"), "missing key: the bot's token, e.g. { env: \"ACME_TG_TOKEN\" }");
-            continue;
-        };
-        if acc.webhook_url.is_some() || ch.webhook_url.is_some() {
-            errs.push(
-                format!("{path}.webhookUrl"),
-                "webhook mode is not available in this version; remove webhookUrl to use long polling",
-            );
-        }
-        let api_url = acc.api_url.clone().or_else(|| ch.api_url.clone()).unwrap_or_else(|| TELEGRAM_API_URL.into());
-        match reqwest::Url::parse(&api_url) {
-            Ok(u) if (u.scheme() == "https" || u.scheme() == "http") && u.host().is_some() => {}
-            _ => {
-                errs.push(format!("{path}.apiUrl"), format!("invalid URL {api_url:?}: expected http(s)://host[:port]"))
-            }
-        }
-        let limit = acc.text_chunk_limit.or(ch.text_chunk_limit).unwrap_or(TELEGRAM_TEXT_LIMIT as u32) as usize;
-        if limit == 0 || limit > TELEGRAM_TEXT_LIMIT {
-            errs.push(format!("{path}.textChunkLimit"), format!("must be 1-{TELEGRAM_TEXT_LIMIT}, got {limit}"));
-        }
-        let access = channel_access(errs, &path, defaults, ch, acc);
-        out.push(TelegramAccount {
-            id,
-            token,
-            api_url: api_url.trim_end_matches('/').to_string(),
-            access,
-            text_chunk_limit: limit.clamp(1, TELEGRAM_TEXT_LIMIT),
-            tenant: None,
-        });
-    }
-    out
-}
-
-/// Access settings of one account: its own value, else the channel's, else `channels.defaults`.
-fn channel_access(
-    errs: &mut Errors,
-    path: &str,
-    defaults: Option<&RawChannelDefaults>,
-    ch: &RawChannel,
-    acc: &RawChannel,
-) -> super::channels::ChannelAccess {
-    use super::channels::{ChannelAccess, DmPolicy, GroupPolicy, GroupRule};
-    let dm = acc.dm_policy.as_deref().or(ch.dm_policy.as_deref()).or(defaults.and_then(|d| d.dm_policy.as_deref()));
-    let dm_policy = one_of(
-        &mut Errors(Vec::new()), // reported by the generic channel check
-        "",
-        dm,
-        DmPolicy::Pairing,
-        &[
-            ("pairing", DmPolicy::Pairing),
-            ("allowlist", DmPolicy::Allowlist),
-            ("open", DmPolicy::Open),
-            ("disabled", DmPolicy::Disabled),
-        ],
-    );
-    let gp =
-        acc.group_policy.as_deref().or(ch.group_policy.as_deref()).or(defaults.and_then(|d| d.group_policy.as_deref()));
-    let group_policy = one_of(
-        &mut Errors(Vec::new()),
-        "",
-        gp,
-        GroupPolicy::Allowlist,
-        &[("allowlist", GroupPolicy::Allowlist), ("open", GroupPolicy::Open), ("disabled", GroupPolicy::Disabled)],
-    );
-    // Lists are checked where they are written: the channel's once, each account's own.
-    check_senders(errs, path, "allowFrom", acc.allow_from.as_ref());
-    check_senders(errs, path, "groupAllowFrom", acc.group_allow_from.as_ref());
-    let allow_from = acc.allow_from.as_ref().or(ch.allow_from.as_ref()).cloned().unwrap_or_default();
-    // The rule on the effective values too: an inherited "open" with an account's own allowFrom
-    // (or none) must not open the bot to everyone unnoticed.
-    if dm_policy == DmPolicy::Open && !allow_from.iter().any(|x| x == "*") {
-        errs.push(
-            format!("{path}.allowFrom"),
-            "the effective dmPolicy is \"open\", which requires allowFrom: [\"*\"] so the choice is explicit",
-        );
-    }
-    let group_allow_from = acc.group_allow_from.as_ref().or(ch.group_allow_from.as_ref()).cloned().unwrap_or_default();
-    let mut groups = std::collections::BTreeMap::new();
-    for (chat, g) in acc.groups.as_ref().or(ch.groups.as_ref()).into_iter().flatten() {
-        if chat != "*" && chat.parse::<i64>().is_err() {
-            errs.push(
-                format!("{path}.groups.{chat}"),
-                format!("invalid group {chat:?}: use the numeric chat id (e.g. \"-1001234567890\") or \"*\""),
-            );
-            continue;
-        }
-        if g.tools.is_some() {
-            errs.push(
-                format!("{path}.groups.{chat}.tools"),
-                "per-group tool policies are not supported; use the agent's tools",
-            );
-        }
-        check_senders(errs, &format!("{path}.groups.{chat}"), "allowFrom", g.allow_from.as_ref());
-        groups.insert(
-            chat.clone(),
-            GroupRule {
-                enabled: g.enabled != Some(false),
-                require_mention: g.require_mention,
-                allow_from: g.allow_from.clone(),
-            },
-        );
-    }
-    ChannelAccess {
-        dm_policy,
-        allow_from,
-        group_policy,
-        group_allow_from,
-        require_mention: acc.require_mention.or(ch.require_mention).unwrap_or(true),
-        groups,
-    }
-}
-
-/// Sender lists hold numeric user ids (optionally `tg:`-prefixed) or `"*"`.
-fn check_senders(errs: &mut Errors, path: &str, key: &str, list: Option<&Vec<String>>) {
-    for (i, id) in list.into_iter().flatten().enumerate() {
-        if id != "*" && crate::channels::access::sender_id(id).is_none() {
-            errs.push(
-                format!("{path}.{key}[{i}]"),
-                format!(
-                    "invalid sender {id:?}: use a numeric Telegram user id (optionally \"tg:\"-prefixed) or \"*\"; usernames can change hands"
-                ),
-            );
-        }
-    }
 }

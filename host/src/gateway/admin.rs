@@ -34,6 +34,32 @@ pub struct Operator {
     pub role: OperatorRole,
 }
 
+/// What `POST /admin/reload` asks of the application root: read the config (main file and
+/// drop-ins) again, check it as a start would, and apply it or refuse it.
+#[async_trait::async_trait]
+pub trait Reloader: Send + Sync {
+    async fn reload(&self, by: crate::audit::Actor) -> ReloadReport;
+}
+
+/// The answer to a reload: what was applied, or every reason it was refused.
+#[derive(Debug, Clone, Default, serde::Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReloadReport {
+    pub applied: bool,
+    /// SHA-256 over the main file and every drop-in (as loaded), when it could be read.
+    pub config_digest: String,
+    pub tenants_added: Vec<String>,
+    pub tenants_removed: Vec<String>,
+    /// Tenants present before and after whose settings changed (tokens, shares, quotas, ...).
+    pub tenants_changed: Vec<String>,
+    /// Agents whose effective policy digest changed (added agents included).
+    pub policies_changed: Vec<String>,
+    /// Channel accounts (`channel/account`) started, stopped or restarted.
+    pub accounts_restarted: Vec<String>,
+    /// Why the reload was refused (the running config keeps serving).
+    pub errors: Vec<String>,
+}
+
 /// What an endpoint needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {
@@ -128,7 +154,7 @@ async fn guard(
         status,
         outcome: outcome.into(),
     };
-    match gw.runtime.audit.append(Scope::Host, Actor::Operator(op.id.clone()), event).await {
+    match gw.runtime().audit.append(Scope::Host, Actor::Operator(op.id.clone()), event).await {
         Ok(_) => resp,
         Err(e) => {
             tracing::error!(error = %e, "Admin request refused: the audit log cannot record it.");
@@ -142,7 +168,7 @@ async fn tenants(State(gw): State<Arc<Gateway>>, Extension(op): Extension<Operat
     if let Some(denied) = op.refuse_unless(Need::Read) {
         return denied;
     }
-    Json(json!({ "tenants": crate::cli::tenant::summary(gw.config()) })).into_response()
+    Json(json!({ "tenants": crate::cli::tenant::summary(gw.snapshot().config()) })).into_response()
 }
 
 /// `GET /admin/usage[?tenant=ID][&since=YYYY-MM-DD]`: usage per tenant and agent for billing
@@ -161,27 +187,34 @@ async fn usage(
         Some(Err(e)) => return error(StatusCode::BAD_REQUEST, "invalid_since", &format!("since: {e}")),
     };
     let tenants: Vec<TenantId> = match q.get("tenant") {
-        None => gw.config().tenants.keys().cloned().collect(),
+        None => gw.snapshot().config().tenants.keys().cloned().collect(),
         Some(t) => match known_tenant(&gw, t) {
             Some(t) => vec![t],
             None => return error(StatusCode::NOT_FOUND, "tenant_not_found", "no such tenant"),
         },
     };
-    let usage = &gw.runtime.usage;
+    let rt = gw.runtime();
+    let usage = &rt.usage;
     let report: Vec<_> = tenants.iter().map(|t| usage.tenant_usage(t, since)).collect();
     Json(json!({ "tenants": report })).into_response()
 }
 
-/// `POST /admin/reload`: live reload is not built yet; say so plainly.
-async fn reload(Extension(op): Extension<Operator>) -> Response {
+/// `POST /admin/reload`: reads the config again and applies it, or refuses it with every error
+/// (409; the running config keeps serving). Admin and operator roles.
+async fn reload(State(gw): State<Arc<Gateway>>, Extension(op): Extension<Operator>) -> Response {
     if let Some(denied) = op.refuse_unless(Need::Operate) {
         return denied;
     }
-    error(
-        StatusCode::NOT_IMPLEMENTED,
-        "not_implemented",
-        "live reload is not supported yet; restart the gateway to apply a changed config",
-    )
+    let Some(reloader) = gw.reloader.clone() else {
+        return error(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_implemented",
+            "this gateway was started without a config file to reload",
+        );
+    };
+    let report = reloader.reload(Actor::Operator(op.id.clone())).await;
+    let status = if report.applied { StatusCode::OK } else { StatusCode::CONFLICT };
+    (status, Json(report)).into_response()
 }
 
 /// `GET /admin/audit[?tenant=ID]`: a log's records (decrypted, verified) with a fresh signed
@@ -194,7 +227,8 @@ async fn audit_export(
     if let Some(denied) = op.refuse_unless(Need::Audit) {
         return denied;
     }
-    let audit = &gw.runtime.audit;
+    let rt = gw.runtime();
+    let audit = &rt.audit;
     let (Some(dir), Some(keys)) = (audit.dir(), audit.keys()) else {
         return error(StatusCode::CONFLICT, "audit_off", "the audit log is off (no store.masterKey configured)");
     };
@@ -240,5 +274,5 @@ async fn audit_export(
 
 /// A configured tenant named in a query, if any.
 fn known_tenant(gw: &Gateway, id: &str) -> Option<TenantId> {
-    TenantId::parse(id).ok().filter(|t| gw.config().tenants.contains_key(t))
+    TenantId::parse(id).ok().filter(|t| gw.snapshot().config().tenants.contains_key(t))
 }

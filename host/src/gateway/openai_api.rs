@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{AuthFailure, Gateway, bearer};
+use super::{AuthFailure, Gateway, Snapshot, bearer};
 use crate::agent::{RunEvent, RunOutcome};
 use crate::config::{AgentConfig, ProviderApi};
 use crate::ids::{AgentId, PeerKind, SessionKey, TenantId};
@@ -52,8 +52,8 @@ pub(super) fn auth_error(f: AuthFailure) -> Response {
 
 /// Looks an agent up within a tenant. Another tenant's agent and an unknown id give the same
 /// answer, so ids of other tenants cannot be probed.
-pub(super) fn tenant_agent<'a>(gw: &'a Gateway, tenant: &TenantId, model: &str) -> Option<&'a AgentConfig> {
-    AgentId::parse(model).ok().and_then(|id| gw.config().agent(&id)).filter(|a| &a.tenant == tenant)
+pub(super) fn tenant_agent<'a>(snap: &'a Snapshot, tenant: &TenantId, model: &str) -> Option<&'a AgentConfig> {
+    AgentId::parse(model).ok().and_then(|id| snap.config().agent(&id)).filter(|a| &a.tenant == tenant)
 }
 
 fn model_not_found(model: &str) -> Response {
@@ -61,8 +61,8 @@ fn model_not_found(model: &str) -> Response {
     error(StatusCode::NOT_FOUND, "model_not_found", &format!("the model `{shown}` does not exist"))
 }
 
-pub(super) fn is_scripted(gw: &Gateway, agent: &AgentConfig) -> bool {
-    gw.config().providers.get(&agent.model.provider).is_some_and(|p| p.api == ProviderApi::Scripted)
+pub(super) fn is_scripted(snap: &Snapshot, agent: &AgentConfig) -> bool {
+    snap.config().providers.get(&agent.model.provider).is_some_and(|p| p.api == ProviderApi::Scripted)
 }
 
 fn unix_now() -> u64 {
@@ -74,18 +74,19 @@ pub async fn models(
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    let tenant = match gw.tenant_for(bearer(&headers), gw.client_ip(client, &headers)) {
+    let snap = gw.snapshot();
+    let tenant = match gw.tenant_for(&snap, bearer(&headers), gw.client_ip(client, &headers)) {
         Ok(t) => t,
         Err(f) => return auth_error(f),
     };
-    let data: Vec<Value> = gw
+    let data: Vec<Value> = snap
         .config()
         .agents
         .iter()
         .filter(|a| a.tenant == tenant)
         .map(|a| {
             let mut m = json!({ "id": a.id.as_str(), "object": "model", "created": 0, "owned_by": tenant.as_str(), "name": a.display_name });
-            if is_scripted(&gw, a) {
+            if is_scripted(&snap, a) {
                 m["scripted"] = json!(true);
             }
             m
@@ -160,14 +161,16 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let tenant = match gw.tenant_for(bearer(&headers), gw.client_ip(client, &headers)) {
+    // One snapshot for the whole request: the token, the agent and the run it starts.
+    let snap = gw.snapshot();
+    let tenant = match gw.tenant_for(&snap, bearer(&headers), gw.client_ip(client, &headers)) {
         Ok(t) => t,
         Err(f) => return auth_error(f),
     };
     let body = match body {
         Ok(b) => b,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            let max = gw.config().gateway.max_body_bytes;
+            let max = snap.config().gateway.max_body_bytes;
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
@@ -180,7 +183,7 @@ pub async fn chat_completions(
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_json", &format!("invalid JSON body: {e}")),
     };
-    let Some(agent) = tenant_agent(&gw, &tenant, &req.model).cloned() else {
+    let Some(agent) = tenant_agent(&snap, &tenant, &req.model).cloned() else {
         return model_not_found(&req.model);
     };
     let text = match turn_text(&req.messages) {
@@ -194,7 +197,7 @@ pub async fn chat_completions(
     };
     let id = format!("chatcmpl-{}", random_id());
     let model = agent.id.to_string();
-    let (mut events, done) = gw.runtime.spawn_turn(agent, session, text);
+    let (mut events, done) = snap.runtime.spawn_turn(agent, session, text);
     if !req.stream {
         while events.recv().await.is_some() {}
         let outcome = done.await.unwrap_or_else(|_| lost_run());

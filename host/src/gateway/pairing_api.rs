@@ -59,7 +59,8 @@ async fn decide(gw: Arc<Gateway>, op: Operator, body: Bytes, approve: bool) -> R
     match result {
         Ok(r) => {
             tracing::info!(operator = %op.id, tenant = %r.tenant, channel = %r.channel, account = %r.account, approved = approve, "Pairing request decided by an operator.");
-            let audit = &gw.runtime.audit;
+            let rt = gw.runtime();
+            let audit = &rt.audit;
             let scope = Scope::Tenant(r.tenant.clone());
             let event = Event::PairingDecision {
                 channel: r.channel.clone(),

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::openai_api::{is_scripted, lost_run, tenant_agent};
-use super::{AuthFailure, Gateway};
+use super::{AuthFailure, Gateway, Snapshot};
 use crate::agent::RunEvent;
 use crate::ids::{PeerKind, SessionKey, TenantId};
 
@@ -79,18 +79,20 @@ fn parse_frame(msg: &WsMessage) -> Result<Option<ClientFrame>, String> {
 }
 
 async fn session(gw: Arc<Gateway>, mut socket: WebSocket, client: IpAddr) {
-    let Some(tenant) = authenticate(&gw, &mut socket, client).await else {
+    let Some((tenant, token)) = authenticate(&gw, &mut socket, client).await else {
         let _ = socket.send(WsMessage::Close(None)).await;
         return;
     };
-    let agents: Vec<Value> = gw
+    let snap = gw.snapshot();
+    let agents: Vec<Value> = snap
         .config()
         .agents
         .iter()
         .filter(|a| a.tenant == tenant)
-        .map(|a| json!({ "id": a.id.as_str(), "name": a.display_name, "emoji": a.identity.emoji, "scripted": is_scripted(&gw, a) }))
+        .map(|a| json!({ "id": a.id.as_str(), "name": a.display_name, "emoji": a.identity.emoji, "scripted": is_scripted(&snap, a) }))
         .collect();
-    let name = gw.config().tenants.get(&tenant).map(|t| t.name.clone()).unwrap_or_default();
+    let name = snap.config().tenants.get(&tenant).map(|t| t.name.clone()).unwrap_or_default();
+    drop(snap);
     if !send_json(&mut socket, json!({ "type": "ready", "tenant": name, "agents": agents })).await {
         return;
     }
@@ -114,20 +116,28 @@ async fn session(gw: Arc<Gateway>, mut socket: WebSocket, client: IpAddr) {
             }
             continue;
         };
-        if !turn(&gw, &mut socket, &tenant, &agent, &conversation, text).await {
+        // Each turn runs on the snapshot current when it is sent: a token removed by a reload
+        // ends the session at once, and a changed agent or policy applies to the next turn.
+        let snap = gw.snapshot();
+        if snap.tenant_tokens.lookup(&token).as_ref() != Some(&tenant) {
+            send_json(&mut socket, json!({ "type": "error", "message": "invalid token" })).await;
+            break;
+        }
+        if !turn(&snap, &mut socket, &tenant, &agent, &conversation, text).await {
             break;
         }
     }
 }
 
-async fn authenticate(gw: &Gateway, socket: &mut WebSocket, client: IpAddr) -> Option<TenantId> {
+/// The tenant a socket's first frame authenticates, and the token (checked again per turn).
+async fn authenticate(gw: &Gateway, socket: &mut WebSocket, client: IpAddr) -> Option<(TenantId, String)> {
     let first = tokio::time::timeout(AUTH_TIMEOUT, socket.recv()).await.ok()??.ok()?;
     let token = match parse_frame(&first) {
         Ok(Some(ClientFrame::Auth { token })) => Some(token),
         _ => None,
     };
-    match gw.tenant_on("webchat", token.as_deref(), client) {
-        Ok(t) => Some(t),
+    match gw.tenant_on(&gw.snapshot(), "webchat", token.as_deref(), client) {
+        Ok(t) => Some((t, token.unwrap_or_default())),
         Err(f) => {
             let message = match f {
                 AuthFailure::Invalid => "invalid token".to_string(),
@@ -141,14 +151,14 @@ async fn authenticate(gw: &Gateway, socket: &mut WebSocket, client: IpAddr) -> O
 
 /// Runs one turn and streams it; returns false when the socket is gone.
 async fn turn(
-    gw: &Arc<Gateway>,
+    snap: &Snapshot,
     socket: &mut WebSocket,
     tenant: &TenantId,
     agent: &str,
     conversation: &str,
     text: String,
 ) -> bool {
-    let Some(agent) = tenant_agent(gw, tenant, agent).cloned() else {
+    let Some(agent) = tenant_agent(snap, tenant, agent).cloned() else {
         return send_json(socket, json!({ "type": "error", "message": "unknown agent" })).await;
     };
     if text.trim().is_empty() {
@@ -158,7 +168,7 @@ async fn turn(
         Ok(s) => s,
         Err(e) => return send_json(socket, json!({ "type": "error", "message": e })).await,
     };
-    let (mut events, done) = gw.runtime.spawn_turn(agent, session, text);
+    let (mut events, done) = snap.runtime.spawn_turn(agent, session, text);
     let mut open = send_json(socket, json!({ "type": "start" })).await;
     while let Some(ev) = events.recv().await {
         if !open {

@@ -100,6 +100,8 @@ pub struct DockerSandbox {
     create_locks: TenantLocks,
     /// Image name → (id, when checked).
     images: Mutex<HashMap<String, (String, Instant)>>,
+    /// The idle-container reaper, stopped by `stop`.
+    reaper: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// One container: a tenant's scope under one configuration.
@@ -222,6 +224,7 @@ impl DockerSandbox {
             tenant_locks: TenantLocks::default(),
             create_locks: TenantLocks::default(),
             images: Mutex::new(HashMap::new()),
+            reaper: Mutex::new(None),
         });
         let weak = Arc::downgrade(&me);
         tokio::spawn(async move {
@@ -231,8 +234,19 @@ impl DockerSandbox {
                 tracing::warn!(error = %e, "Docker sandbox backend: daemon not reachable yet; calls fail until it is.");
             }
         });
-        tokio::spawn(reaper(Arc::downgrade(&me)));
+        let reaping = tokio::spawn(reaper(Arc::downgrade(&me)));
+        *me.reaper.lock().unwrap_or_else(|p| p.into_inner()) = Some(reaping);
         me
+    }
+
+    /// Stops the idle-container reaper and waits for it (containers are left to the next start's
+    /// reconciliation, as after any stop).
+    pub async fn stop(&self) {
+        let reaping = self.reaper.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(r) = reaping {
+            r.abort();
+            let _ = r.await;
+        }
     }
 
     /// This gateway's label value.

@@ -257,27 +257,9 @@ impl EncryptedStore {
             loaded.insert(id, Arc::new(keys));
         }
         for t in tenants {
-            if loaded.contains_key(t) {
-                continue;
+            if !loaded.contains_key(t) {
+                loaded.insert(t.clone(), Arc::new(create_identity(&tenants_dir, &master, t)?));
             }
-            let dir = tenants_dir.join(t.as_str());
-            let sessions = dir.join("sessions");
-            if fs::read_dir(&sessions).map(|mut d| d.next().is_some()).unwrap_or(false) {
-                return Err(StoreOpenError::Tenant {
-                    tenant: t.to_string(),
-                    reason: "sessions exist but identity.age is missing; refusing to create a new identity over them"
-                        .into(),
-                });
-            }
-            let keys = TenantKeys::generate();
-            let wrapped = keys
-                .wrap(t.as_str(), &master)
-                .map_err(|reason| StoreOpenError::Tenant { tenant: t.to_string(), reason })?;
-            fsutil::create_private_dir(&sessions).map_err(io_err(&sessions, "cannot create"))?;
-            let id_path = dir.join("identity.age");
-            fsutil::write_atomic(&id_path, &wrapped).map_err(io_err(&id_path, "cannot write"))?;
-            tracing::info!(tenant = %t, "Created the tenant's store identity.");
-            loaded.insert(t.clone(), Arc::new(keys));
         }
         Ok(Self {
             inner: Arc::new(Inner {
@@ -311,6 +293,20 @@ impl EncryptedStore {
         let mut v: Vec<TenantId> = self.inner.tenants.read().expect("tenants lock").keys().cloned().collect();
         v.sort();
         v
+    }
+
+    /// Creates the identity of each tenant that has none (tenants added by a config reload), as
+    /// opening the store does for configured tenants.
+    pub fn add_tenants(&self, tenants: &[TenantId]) -> Result<(), StoreOpenError> {
+        let tenants_dir = self.inner.root.join("tenants");
+        let mut loaded = self.inner.tenants.write().expect("tenants lock");
+        for t in tenants {
+            if !loaded.contains_key(t) {
+                let keys = create_identity(&tenants_dir, &self.inner.master, t)?;
+                loaded.insert(t.clone(), Arc::new(keys));
+            }
+        }
+        Ok(())
     }
 
     fn tenant_dir(&self, t: &TenantId) -> PathBuf {
@@ -1124,8 +1120,32 @@ fn recover_tenant_dirs(tenants_dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Generates and writes a new tenant identity; refuses when sessions exist without one.
+fn create_identity(tenants_dir: &Path, master: &MasterKey, t: &TenantId) -> Result<TenantKeys, StoreOpenError> {
+    let dir = tenants_dir.join(t.as_str());
+    let sessions = dir.join("sessions");
+    if fs::read_dir(&sessions).map(|mut d| d.next().is_some()).unwrap_or(false) {
+        return Err(StoreOpenError::Tenant {
+            tenant: t.to_string(),
+            reason: "sessions exist but identity.age is missing; refusing to create a new identity over them".into(),
+        });
+    }
+    let keys = TenantKeys::generate();
+    let wrapped =
+        keys.wrap(t.as_str(), master).map_err(|reason| StoreOpenError::Tenant { tenant: t.to_string(), reason })?;
+    fsutil::create_private_dir(&sessions).map_err(io_err(&sessions, "cannot create"))?;
+    let id_path = dir.join("identity.age");
+    fsutil::write_atomic(&id_path, &wrapped).map_err(io_err(&id_path, "cannot write"))?;
+    tracing::info!(tenant = %t, "Created the tenant's store identity.");
+    Ok(keys)
+}
+
 #[async_trait]
 impl SessionStore for EncryptedStore {
+    fn add_tenants(&self, tenants: &[TenantId]) -> Result<(), String> {
+        EncryptedStore::add_tenants(self, tenants).map_err(|e| e.to_string())
+    }
+
     async fn append(&self, tenant: &TenantId, key: &SessionKey, messages: &[Message]) -> Result<(), StoreError> {
         let (s, t, k, m) = (self.clone(), tenant.clone(), key.clone(), messages.to_vec());
         blocking(move || s.append_blocking(&t, &k, &m)).await

@@ -25,13 +25,16 @@ use teloxide_core::types::{ChatId, Me, Message, MessageId, ThreadId, Update, Upd
 use teloxide_core::{ApiError, Bot, RequestError};
 use tokio::sync::watch;
 
+pub mod config;
+mod doctor;
+
+use super::adapter::{AccountSpec, Check, Context};
 use super::inbound::{Account, Body, ChatMessage, Deferred, accept};
-use super::inbox::Inboxes;
 use super::outbound::{ChatTarget, Limits, Outbound, SendError, Transport};
 use super::pairing::Pairing;
-use crate::agent::Runtime;
-use crate::config::channels::TelegramAccount;
-use crate::gateway::TokenIndex;
+use crate::config::Config;
+use crate::gateway::{Live, TokenIndex};
+use config::TelegramAccount;
 
 /// Long-poll timeout asked of the Bot API, in seconds.
 pub const POLL_TIMEOUT_SECS: u64 = 25;
@@ -229,57 +232,99 @@ impl Transport for TelegramTransport {
     }
 }
 
-/// Starts one poller per configured account. Fails when a token cannot be resolved, or when two
-/// accounts hold the same bot token (one bot, one account, one tenant).
-pub fn start(
-    rt: &Arc<Runtime>,
-    pairing: &Arc<Pairing>,
-    inbox: &Arc<Inboxes>,
-    stopped: &watch::Receiver<bool>,
-) -> Result<Vec<tokio::task::JoinHandle<()>>, Vec<String>> {
-    let mut errors = Vec::new();
-    let mut ready = Vec::new();
-    // By digest, compared in constant time; the token itself is never kept or shown.
-    let mut seen: TokenIndex<String> = TokenIndex::new();
-    for acc in &rt.config.channels.telegram {
-        let path = format!("channels.telegram.accounts.{}", acc.id);
-        match acc.token.resolve(&rt.config.base_dir) {
-            Ok(token) => {
-                if let Some(first) = seen.lookup(token.expose()) {
-                    errors.push(format!(
-                        "{path}.token: the same bot token as {first}.token; a bot belongs to one account and so to one tenant: give each account its own bot (from @BotFather)"
-                    ));
-                    continue;
+/// The Telegram adapter (long polling; no webhook routes).
+pub struct Telegram;
+
+impl super::adapter::Adapter for Telegram {
+    fn channel(&self) -> &'static str {
+        "telegram"
+    }
+
+    fn accounts(&self, config: &Config) -> Vec<AccountSpec> {
+        // Everything the connection depends on: a change restarts the account, nothing else does.
+        config
+            .channels
+            .telegram
+            .iter()
+            .map(|acc| AccountSpec { id: acc.id.clone(), fingerprint: format!("{acc:?}") })
+            .collect()
+    }
+
+    /// Every token resolves and builds a connection; no bot token is shared by two accounts
+    /// (one bot, one account, one tenant).
+    fn check(&self, config: &Config) -> Vec<String> {
+        let mut errors = Vec::new();
+        // By digest, compared in constant time; the token itself is never kept or shown.
+        let mut seen: TokenIndex<String> = TokenIndex::new();
+        for acc in &config.channels.telegram {
+            let path = format!("channels.telegram.accounts.{}", acc.id);
+            match acc.token.resolve(&config.base_dir) {
+                Ok(token) => {
+                    if let Some(first) = seen.lookup(token.expose()) {
+                        errors.push(format!(
+                            "{path}.token: the same bot token as {first}.token; a bot belongs to one account and so to one tenant: give each account its own bot (from @BotFather)"
+                        ));
+                        continue;
+                    }
+                    seen.insert(token.expose(), path);
+                    if let Err(e) = Connection::new(token.expose(), &acc.api_url) {
+                        errors.push(format!("channels.telegram account {:?}: {e}", acc.id));
+                    }
                 }
-                seen.insert(token.expose(), path);
-                match Connection::new(token.expose(), &acc.api_url) {
-                    Ok(conn) => ready.push((acc.clone(), conn)),
-                    Err(e) => errors.push(format!("channels.telegram account {:?}: {e}", acc.id)),
-                }
+                Err(e) => errors.push(format!("channels.telegram account {:?} token: {e}", acc.id)),
             }
-            Err(e) => errors.push(format!("channels.telegram account {:?} token: {e}", acc.id)),
         }
+        errors
     }
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    let mut tasks = Vec::new();
-    for (acc, conn) in ready {
+
+    fn start_account(
+        &self,
+        ctx: &Context,
+        config: &Config,
+        account: &str,
+        stopped: watch::Receiver<bool>,
+    ) -> Result<tokio::task::JoinHandle<()>, String> {
+        let acc = config
+            .channels
+            .telegram
+            .iter()
+            .find(|a| a.id == account)
+            .cloned()
+            .ok_or_else(|| format!("channels.telegram account {account:?} is not configured"))?;
+        let token = acc
+            .token
+            .resolve(&config.base_dir)
+            .map_err(|e| format!("channels.telegram account {account:?} token: {e}"))?;
+        let conn = Connection::new(token.expose(), &acc.api_url)
+            .map_err(|e| format!("channels.telegram account {account:?}: {e}"))?;
         let label = format!("telegram/{}", acc.id);
         let outbound = Outbound::start(
             &label,
             Arc::new(TelegramTransport { bot: conn.bot.clone() }),
             Limits::telegram(acc.text_chunk_limit),
         );
-        let account = Account::new(rt, inbox, "telegram", acc.id.clone(), acc.access.clone(), outbound);
-        let poller = Poller { rt: rt.clone(), pairing: pairing.clone(), account, conn, config: acc };
-        tasks.push(tokio::spawn(poller.run(stopped.clone())));
+        let account = Account::new(&ctx.live, &ctx.inbox, "telegram", acc.id.clone(), acc.access.clone(), outbound);
+        let poller = Poller { live: ctx.live.clone(), pairing: ctx.pairing.clone(), account, conn, config: acc };
+        Ok(tokio::spawn(poller.run(stopped)))
     }
-    Ok(tasks)
+
+    fn check_sender_id(&self, id: &str) -> Result<(), String> {
+        match crate::channels::access::sender_id(id) {
+            Some(_) => Ok(()),
+            None => Err(format!(
+                "invalid sender {id:?}: use a numeric Telegram user id (optionally \"tg:\"-prefixed) or \"*\"; usernames can change hands"
+            )),
+        }
+    }
+
+    fn doctor(&self, config: &Config) -> Vec<Check> {
+        doctor::checks(config)
+    }
 }
 
 struct Poller {
-    rt: Arc<Runtime>,
+    /// The running snapshot: each update is routed on the one current when it arrives.
+    live: Live,
     pairing: Arc<Pairing>,
     account: Account,
     conn: Connection,
@@ -450,7 +495,8 @@ impl Poller {
             mentioned,
             body,
         };
-        accept(&self.rt, &self.pairing, &self.account, msg).await
+        let rt = self.live.load().runtime.clone();
+        accept(&rt, &self.pairing, &self.account, msg).await
     }
 }
 
