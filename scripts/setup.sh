@@ -37,3 +37,21 @@ if docker info >/dev/null 2>&1; then
 else
   echo "setup: no Docker daemon; the docker sandbox images were not built" >&2
 fi
+
+# The API contract checks (tests/contract/check.py: schemathesis and the official openai client)
+# run from a venv outside the repo, pinned by tests/contract/requirements.txt; reinstalled only
+# when that file changes. BULKHEAD_VENV moves it (the black-box test reads the same variable).
+VENV="${BULKHEAD_VENV:-/var/cache/bulkhead/venv}"
+REQS=tests/contract/requirements.txt
+if ! cmp -s "$REQS" "$VENV/installed-requirements.txt" 2>/dev/null; then
+  echo "setup: installing the contract checks' Python packages into $VENV"
+  if ! python3 -m venv --help >/dev/null 2>&1; then
+    if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
+  fi
+  mkdir -p "$(dirname "$VENV")"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REQS"
+  cp "$REQS" "$VENV/installed-requirements.txt"
+fi

@@ -6,6 +6,7 @@ mod audit;
 mod browser;
 mod cdp;
 mod cli;
+mod contract;
 mod disk;
 mod fairness;
 mod fake_telegram;

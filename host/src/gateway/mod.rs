@@ -21,7 +21,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio::net::TcpListener;
 
 pub use auth::{Throttle, TokenIndex, TrustedProxy, UniqueTokens, bearer, check_token_strength};
@@ -186,7 +186,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/", get(webchat::page))
         .route("/ws", get(webchat::upgrade))
         .route("/v1/models", get(openai_api::models))
-        .route("/v1/chat/completions", axum::routing::post(openai_api::chat_completions))
+        .route("/v1/chat/completions", post(openai_api::chat_completions))
         .route("/metrics", get(metrics))
         .nest("/admin", admin::routes(gw.clone()))
         .fallback(|| async { openai_api::error(StatusCode::NOT_FOUND, "not_found", "no such route") })
