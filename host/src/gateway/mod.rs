@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 pub use auth::{Throttle, TokenIndex, TrustedProxy, bearer};
+pub use openai_api::ChatRequest;
 
 use crate::agent::Runtime;
 use crate::audit::Audit;
