@@ -11,7 +11,8 @@ if [[ ! -x "$venv/bin/st" || ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" 
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check schemathesis openai
 fi
-cargo build --quiet -p bulkhead --bin bulkhead
+# The binary the test suite runs (built with the test build's features: no second build).
+cargo test --quiet -p bulkhead --test blackbox --no-run
 bin="$target/debug/bulkhead"
 
 dir="$(mktemp -d)"
@@ -48,7 +49,9 @@ run_st() {
 }
 # Tenant routes with a tenant token, operator routes with an operator token.
 run_st --include-path-regex '^/v1/' -H "Authorization: Bearer $CONTRACT_TENANT_TOKEN"
-run_st --include-path-regex '^/(admin/|metrics$)' -H "Authorization: Bearer $CONTRACT_OPS_TOKEN"
+# POST /admin/reload answers 501 until issue 14's live reload lands (a 5xx by design): excluded.
+run_st --include-path-regex '^/(admin/|metrics$)' --exclude-path /admin/reload \
+  -H "Authorization: Bearer $CONTRACT_OPS_TOKEN"
 run_st --include-path-regex '^/(healthz)?$'
 "$venv/bin/python" scripts/openai_client.py "$base/v1" "$CONTRACT_TENANT_TOKEN"
 if grep -q 'panicked' "$dir/stderr"; then
