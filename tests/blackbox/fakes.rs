@@ -15,6 +15,7 @@
 //! - `sleep-ms:N REST` → waits N ms, then answers `fake says: sleep-ms:N REST` (a run of known length);
 //! - `slow` → waits 10 s before answering; `slow-stream` → streams 5 words 150 ms apart;
 //! - `garbage` → a stream whose chunk is not JSON;
+//! - `drop-stream` → a stream that starts an answer, then the connection drops mid-stream;
 //! - anything else → `fake says: <text>`, streamed in several chunks.
 
 use std::collections::HashSet;
@@ -84,6 +85,8 @@ enum Plan {
     Slow,
     SlowStream,
     Garbage,
+    /// Starts streaming these events, then drops the connection.
+    Dropped,
 }
 
 /// What to answer, from the request's key and newest user-side content (text, came from a tool result).
@@ -118,6 +121,7 @@ fn plan(model: &FakeModel, headers: &HeaderMap, last_text: &str, after_tool: boo
         "slow" => Plan::Slow,
         "slow-stream" => Plan::SlowStream,
         "garbage" => Plan::Garbage,
+        "drop-stream" => Plan::Dropped,
         t => Plan::Text(format!("fake says: {t}")),
     }
 }
@@ -144,6 +148,17 @@ fn sse(events: Vec<(Option<String>, String)>, gap: Duration) -> Response {
         frame.push_str(&format!("data: {data}\n\n"));
         Some((Ok::<_, Infallible>(frame), it))
     });
+    Response::builder().header("content-type", "text/event-stream").body(Body::from_stream(stream)).unwrap()
+}
+
+/// A stream that sends `events`, then fails: the connection is cut before the stream ends.
+fn dropped(events: Vec<(Option<String>, String)>) -> Response {
+    let frames = events.into_iter().map(|(name, data)| {
+        let event = name.map(|n| format!("event: {n}\n")).unwrap_or_default();
+        Ok::<_, std::io::Error>(format!("{event}data: {data}\n\n"))
+    });
+    let cut = std::iter::once(Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "dropped")));
+    let stream = futures_util::stream::iter(frames.chain(cut));
     Response::builder().header("content-type", "text/event-stream").body(Body::from_stream(stream)).unwrap()
 }
 
@@ -180,6 +195,7 @@ async fn openai(State(model): State<FakeModel>, headers: HeaderMap, body: axum::
             "late".into_response()
         }
         Plan::Garbage => sse(vec![(None, "{not json".into())], Duration::ZERO),
+        Plan::Dropped => dropped(vec![(None, chunk(json!({"content": "half an "}), Value::Null))]),
         Plan::SlowStream => {
             let mut ev: Vec<(Option<String>, String)> =
                 (1..=5).map(|i| (None, chunk(json!({"content": format!("w{i} ")}), Value::Null))).collect();
@@ -274,6 +290,11 @@ async fn anthropic(State(model): State<FakeModel>, headers: HeaderMap, body: axu
             vec![ev("message_start", json!({})), (Some("content_block_delta".into()), "{oops".into())],
             Duration::ZERO,
         ),
+        Plan::Dropped => dropped(vec![
+            start,
+            ev("content_block_start", json!({"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}})),
+            ev("content_block_delta", json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"half an "}})),
+        ]),
         Plan::SlowStream => {
             let mut e = vec![
                 start,

@@ -11,6 +11,7 @@ mod disk;
 mod fairness;
 mod fake_telegram;
 mod fakes;
+mod faults;
 mod harness;
 mod policy;
 mod quota;

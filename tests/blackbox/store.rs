@@ -32,7 +32,7 @@ impl Site {
     pub fn config(&self, model_base: &str) -> String {
         self.config_with_key(model_base, &format!("{{ file: {:?} }}", self.key.to_str().unwrap()))
     }
-    fn config_with_key(&self, model_base: &str, key: &str) -> String {
+    pub fn config_with_key(&self, model_base: &str, key: &str) -> String {
         let base = crate::two_tenant_config(model_base, "");
         // Insert the store block at the top level.
         base.replacen("store: { mode: \"memory\" },", &format!("store: {{ masterKey: {key} }},"), 1)

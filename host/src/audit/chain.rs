@@ -68,6 +68,12 @@ struct Line<'a> {
 }
 
 fn parse_line(line: &[u8]) -> Option<Line<'_>> {
+    // One spelling per record, the one `encode_line` writes: a decimal number without sign or
+    // leading zero, lower-case hex. Another spelling of the same bytes (`+1`, `01`, `AB`) would
+    // verify too, so that a line could be changed unseen.
+    if line.first().is_none_or(|b| *b == b'0') || !line.iter().all(|b| matches!(b, b' ' | b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
     let text = std::str::from_utf8(line).ok()?;
     let mut parts = text.split(' ');
     let seq = parts.next()?.parse::<u64>().ok()?;

@@ -481,3 +481,25 @@ fn a_refused_log_reset_by_the_operator_is_kept_as_evidence_recorded_and_a_new_lo
     assert_eq!((reset["kind"].as_str(), reset["anchoredSeq"].as_u64()), (Some("log.reset"), Some(6)), "{reset}");
     assert_eq!(reset["actor"], "cli");
 }
+
+#[test]
+fn a_line_in_another_spelling_of_the_same_bytes_is_refused() {
+    // Found while writing the `audit_verify` fuzz target's rule: only the bytes written verify.
+    // Upper-case hex, a `+` sign or a zero-padded number decode to the same record, so the MAC
+    // alone cannot tell; such a line is not one this log wrote.
+    let (dir, master, cp) = site(3);
+    let all = lines(dir.path());
+    let line = String::from_utf8(all[1].clone()).unwrap();
+    let (seq, rest) = line.split_once(' ').unwrap();
+    let hex_at = rest.find(|c: char| c.is_ascii_lowercase()).unwrap();
+    let mut upper = rest.to_string();
+    upper.replace_range(hex_at..hex_at + 1, &rest[hex_at..hex_at + 1].to_ascii_uppercase());
+    let respellings = [format!("{seq} {upper}"), format!("0{seq} {rest}"), format!("+{seq} {rest}")];
+    for bad in respellings {
+        let mut log = all.clone();
+        log[1] = bad.clone().into_bytes();
+        let err = verify_with(dir.path(), &master, &log, Some(&cp)).unwrap_err();
+        assert_eq!(err.seq, 2, "{bad:?} verified");
+    }
+    assert!(verify_with(dir.path(), &master, &all, Some(&cp)).is_ok());
+}

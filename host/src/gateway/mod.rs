@@ -25,6 +25,7 @@ use axum::routing::{get, post};
 use tokio::net::TcpListener;
 
 pub use auth::{Throttle, TokenIndex, TrustedProxy, UniqueTokens, bearer, check_token_strength};
+pub use openai_api::ChatRequest;
 
 use crate::agent::Runtime;
 use crate::audit::{Actor, Event, Scope};

@@ -95,8 +95,9 @@ pub async fn models(
     Json(json!({ "object": "list", "data": data })).into_response()
 }
 
+/// A `POST /v1/chat/completions` body, as the handler (and the fuzz target) parses it.
 #[derive(Deserialize)]
-struct ChatRequest {
+pub struct ChatRequest {
     model: String,
     messages: Vec<ChatMessage>,
     #[serde(default)]
@@ -130,6 +131,28 @@ struct Part {
 
 /// Longest user message accepted for one turn, in bytes.
 const MAX_TURN_BYTES: usize = 256 * 1024;
+
+impl ChatRequest {
+    pub fn parse(body: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))
+    }
+
+    /// The agent id the client asked for.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// The new turn: the text of the last message, which must be the user's.
+    pub fn turn_text(&self) -> Result<String, &'static str> {
+        turn_text(&self.messages)
+    }
+
+    /// The session this request continues: `user` names the conversation.
+    pub fn session(&self, agent: AgentId) -> Result<SessionKey, String> {
+        let conversation = self.user.as_deref().unwrap_or("default");
+        SessionKey::new(agent, "api", PeerKind::Direct, conversation).map_err(|e| format!("invalid `user`: {e}"))
+    }
+}
 
 fn turn_text(messages: &[ChatMessage]) -> Result<String, &'static str> {
     let last = messages.last().ok_or("messages must not be empty")?;
@@ -179,21 +202,20 @@ pub async fn chat_completions(
         }
         Err(rejection) => return error(StatusCode::BAD_REQUEST, "invalid_body", &rejection.body_text()),
     };
-    let req: ChatRequest = match serde_json::from_slice(&body) {
+    let req = match ChatRequest::parse(&body) {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_json", &format!("invalid JSON body: {e}")),
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_json", &e),
     };
     let Some(agent) = tenant_agent(&snap, &tenant, &req.model).cloned() else {
         return model_not_found(&req.model);
     };
-    let text = match turn_text(&req.messages) {
+    let text = match req.turn_text() {
         Ok(t) => t,
         Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_messages", e),
     };
-    let conversation = req.user.as_deref().unwrap_or("default");
-    let session = match SessionKey::new(agent.id.clone(), "api", PeerKind::Direct, conversation) {
+    let session = match req.session(agent.id.clone()) {
         Ok(s) => s,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_user", &format!("invalid `user`: {e}")),
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_user", &e),
     };
     let id = format!("chatcmpl-{}", random_id());
     let model = agent.id.to_string();

@@ -1,12 +1,11 @@
 //! Anthropic messages (`POST {baseUrl}/messages`) with `tool_use`, streamed over SSE.
 
 use async_trait::async_trait;
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::openai::{MAX_REPLY_BYTES, transport, upstream_error};
-use super::sse::Parser;
+use super::openai::{MAX_REPLY_BYTES, transport};
+use super::sse::{ReplyFormat, read_reply};
 use super::{HttpSettings, ModelError, ModelProvider, ModelReply, ModelRequest, Usage, detail};
 use crate::config::SecretString;
 use crate::session::{Message, ToolCall};
@@ -84,9 +83,10 @@ enum Block {
     ToolUse { id: String, name: String, json: String },
 }
 
-/// Folds the event stream (`message_start`, `content_block_*`, `message_delta`, ...) into a reply.
+/// Folds the event stream (`message_start`, `content_block_*`, `message_delta`, ...) into a reply
+/// (the format `StreamReader` reads Anthropic streams with).
 #[derive(Default)]
-pub(crate) struct Accumulator {
+pub struct Accumulator {
     text: String,
     blocks: Vec<(u64, Block)>,
     usage: Usage,
@@ -212,6 +212,26 @@ impl Accumulator {
     }
 }
 
+impl ReplyFormat for Accumulator {
+    fn event(&mut self, data: &str, deltas: &mut Vec<String>) -> Result<bool, ModelError> {
+        let v: Value =
+            serde_json::from_str(data).map_err(|e| ModelError::Protocol(format!("invalid JSON event: {e}")))?;
+        deltas.extend(self.apply(&v)?);
+        Ok(self.done)
+    }
+
+    fn body(&mut self, body: &Value) -> Result<Option<String>, ModelError> {
+        self.apply_message(body)
+    }
+
+    fn finish(self, ended: bool) -> Result<ModelReply, ModelError> {
+        if !ended {
+            return Err(ModelError::Protocol("stream ended before message_stop".into()));
+        }
+        Ok(Accumulator::finish(self))
+    }
+}
+
 #[async_trait]
 impl ModelProvider for Anthropic {
     async fn complete(&self, req: &ModelRequest, deltas: &mpsc::Sender<String>) -> Result<ModelReply, ModelError> {
@@ -225,45 +245,7 @@ impl ModelProvider for Anthropic {
                 .send()
                 .await
                 .map_err(transport)?;
-            if !resp.status().is_success() {
-                return Err(upstream_error(resp).await);
-            }
-            let is_sse = resp
-                .headers()
-                .get(reqwest::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.starts_with("text/event-stream"));
-            let mut acc = Accumulator::default();
-            let mut stream = resp.bytes_stream();
-            if !is_sse {
-                let mut body = Vec::new();
-                while let Some(chunk) = stream.next().await {
-                    body.extend_from_slice(&chunk.map_err(transport)?);
-                    if body.len() > MAX_REPLY_BYTES * 2 {
-                        return Err(ModelError::Protocol("response too large".into()));
-                    }
-                }
-                let v: Value =
-                    serde_json::from_slice(&body).map_err(|e| ModelError::Protocol(format!("invalid JSON: {e}")))?;
-                if let Some(t) = acc.apply_message(&v)? {
-                    let _ = deltas.send(t).await;
-                }
-                return Ok(acc.finish());
-            }
-            let mut parser = Parser::default();
-            while let Some(chunk) = stream.next().await {
-                for ev in parser.feed(&chunk.map_err(transport)?).map_err(ModelError::Protocol)? {
-                    let v: Value = serde_json::from_str(&ev.data)
-                        .map_err(|e| ModelError::Protocol(format!("invalid JSON event: {e}")))?;
-                    if let Some(t) = acc.apply(&v)? {
-                        let _ = deltas.send(t).await;
-                    }
-                    if acc.done {
-                        return Ok(acc.finish());
-                    }
-                }
-            }
-            Err(ModelError::Protocol("stream ended before message_stop".into()))
+            read_reply::<Accumulator>(resp, deltas).await
         };
         tokio::time::timeout(self.settings.timeout, work)
             .await

@@ -5,7 +5,7 @@ pub mod anthropic;
 pub mod openai;
 pub mod pool;
 pub mod scripted;
-mod sse;
+pub mod sse;
 
 use std::time::Duration;
 

@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::sse::Parser;
+use super::sse::{ReplyFormat, read_reply};
 use super::{HttpSettings, ModelError, ModelProvider, ModelReply, ModelRequest, Usage, detail};
 use crate::config::SecretString;
 use crate::session::{Message, ToolCall};
@@ -80,9 +80,9 @@ struct PartialCall {
     arguments: String,
 }
 
-/// Folds streamed chunks into a reply.
+/// Folds streamed chunks into a reply (the format `StreamReader` reads OpenAI streams with).
 #[derive(Default)]
-pub(crate) struct Accumulator {
+pub struct Accumulator {
     text: String,
     calls: BTreeMap<u64, PartialCall>,
     usage: Usage,
@@ -163,6 +163,27 @@ impl Accumulator {
     }
 }
 
+impl ReplyFormat for Accumulator {
+    fn event(&mut self, data: &str, deltas: &mut Vec<String>) -> Result<bool, ModelError> {
+        if data == "[DONE]" {
+            return Ok(true);
+        }
+        let v: Value =
+            serde_json::from_str(data).map_err(|e| ModelError::Protocol(format!("invalid JSON event: {e}")))?;
+        deltas.extend(self.apply(&v)?);
+        Ok(false)
+    }
+
+    fn body(&mut self, body: &Value) -> Result<Option<String>, ModelError> {
+        self.apply(body)
+    }
+
+    /// A stream that ends without `[DONE]` still yields what arrived.
+    fn finish(self, _ended: bool) -> Result<ModelReply, ModelError> {
+        Ok(Accumulator::finish(self))
+    }
+}
+
 /// Reads an error body (bounded) and turns it into a `ModelError`.
 pub(crate) async fn upstream_error(resp: reqwest::Response) -> ModelError {
     let status = resp.status().as_u16();
@@ -209,47 +230,7 @@ impl ModelProvider for OpenAi {
                 builder = builder.bearer_auth(key.expose());
             }
             let resp = builder.send().await.map_err(transport)?;
-            if !resp.status().is_success() {
-                return Err(upstream_error(resp).await);
-            }
-            let is_sse = resp
-                .headers()
-                .get(reqwest::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.starts_with("text/event-stream"));
-            let mut acc = Accumulator::default();
-            let mut stream = resp.bytes_stream();
-            if !is_sse {
-                // Some servers ignore `stream: true`; accept a plain JSON completion too.
-                let mut body = Vec::new();
-                while let Some(chunk) = stream.next().await {
-                    body.extend_from_slice(&chunk.map_err(transport)?);
-                    if body.len() > MAX_REPLY_BYTES * 2 {
-                        return Err(ModelError::Protocol("response too large".into()));
-                    }
-                }
-                let v: Value =
-                    serde_json::from_slice(&body).map_err(|e| ModelError::Protocol(format!("invalid JSON: {e}")))?;
-                if let Some(t) = acc.apply(&v)? {
-                    let _ = deltas.send(t).await;
-                }
-                return Ok(acc.finish());
-            }
-            let mut parser = Parser::default();
-            while let Some(chunk) = stream.next().await {
-                for ev in parser.feed(&chunk.map_err(transport)?).map_err(ModelError::Protocol)? {
-                    if ev.data == "[DONE]" {
-                        return Ok(acc.finish());
-                    }
-                    let v: Value = serde_json::from_str(&ev.data)
-                        .map_err(|e| ModelError::Protocol(format!("invalid JSON chunk: {e}")))?;
-                    if let Some(t) = acc.apply(&v)? {
-                        let _ = deltas.send(t).await;
-                    }
-                }
-            }
-            // A stream that ends without [DONE] still yields what arrived, if anything did.
-            Ok(acc.finish())
+            read_reply::<Accumulator>(resp, deltas).await
         };
         tokio::time::timeout(self.settings.timeout, work)
             .await

@@ -444,7 +444,7 @@ impl Poller {
     /// Handles one raw update. Never panics on any input.
     async fn handle_raw(&self, item: Value, offset: i64, username: &str, bot_id: u64) -> Handled {
         let id = &self.config.id;
-        let Some(update_id) = item.get("update_id").and_then(Value::as_i64) else {
+        let Some((update_id, content)) = parse_update(&item) else {
             tracing::warn!(account = %id, "Skipped a Telegram update without an update_id.");
             return Handled::Next(offset);
         };
@@ -453,51 +453,79 @@ impl Poller {
             return Handled::Next(offset);
         }
         let next = update_id.saturating_add(1);
-        // From text, not `from_value`: teloxide's `UpdateKind` visitor needs borrowed keys.
-        match serde_json::from_str::<Update>(&item.to_string()) {
-            Ok(Update { kind: UpdateKind::Message(m), .. }) => {
-                if let Err(Deferred(why)) = self.on_message(update_id, &m, username, bot_id).await {
+        match content {
+            UpdateContent::Message(m) => {
+                // Routed on the running snapshot: a reload's new bindings apply to the next update.
+                let rt = self.live.load().runtime.clone();
+                if let Some(msg) = chat_message(update_id, &m, username, bot_id)
+                    && let Err(Deferred(why)) = accept(&rt, &self.pairing, &self.account, msg).await
+                {
                     tracing::warn!(account = %id, update_id, reason = %why, "Update not confirmed; it will be taken again.");
                     return Handled::Retry(update_id);
                 }
             }
-            Ok(Update { kind: UpdateKind::EditedMessage(_), .. }) => {
+            UpdateContent::Edited => {
                 tracing::debug!(account = %id, update_id, "Ignored an edited message (the original was answered).");
             }
-            Ok(Update { kind: UpdateKind::Error(_), .. }) | Err(_) => {
+            UpdateContent::Malformed => {
                 tracing::warn!(account = %id, update_id, "Skipped a malformed Telegram update.");
             }
-            Ok(_) => tracing::debug!(account = %id, update_id, "Ignored an update kind this adapter does not handle."),
+            UpdateContent::Other => {
+                tracing::debug!(account = %id, update_id, "Ignored an update kind this adapter does not handle.")
+            }
         }
         Handled::Next(next)
     }
+}
 
-    async fn on_message(&self, update: i64, m: &Message, username: &str, bot_id: u64) -> Result<(), Deferred> {
-        let Some(from) = m.from.as_ref() else { return Ok(()) };
-        if from.is_bot || !(m.chat.is_private() || m.chat.is_group() || m.chat.is_supergroup()) {
-            return Ok(());
-        }
-        let text = m.text().or_else(|| m.caption());
-        let mentioned = text.is_some_and(|t| mentions(t, username))
-            || m.reply_to_message().and_then(|r| r.from.as_ref()).is_some_and(|u| u.id.0 == bot_id);
-        let body = match m.text() {
-            Some(t) => Body::Text(t.to_string()),
-            None => Body::NonText,
-        };
-        let topic = if m.is_topic_message { m.thread_id.map(|t| t.0.0.to_string()) } else { None };
-        let msg = ChatMessage {
-            update,
-            sender: from.id.0.to_string(),
-            username: from.username.clone(),
-            chat: m.chat.id.0.to_string(),
-            group: !m.chat.is_private(),
-            topic,
-            mentioned,
-            body,
-        };
-        let rt = self.live.load().runtime.clone();
-        accept(&rt, &self.pairing, &self.account, msg).await
+/// What a raw update carries, as far as this adapter is concerned.
+#[derive(Debug)]
+pub enum UpdateContent {
+    Message(Box<Message>),
+    Edited,
+    Malformed,
+    Other,
+}
+
+/// Reads one raw update from `getUpdates`: its id and what it carries; `None` without an id.
+/// Never panics on any input (a fuzz target holds it to that).
+pub fn parse_update(item: &Value) -> Option<(i64, UpdateContent)> {
+    let update_id = item.get("update_id").and_then(Value::as_i64)?;
+    // From text, not `from_value`: teloxide's `UpdateKind` visitor needs borrowed keys.
+    let content = match serde_json::from_str::<Update>(&item.to_string()) {
+        Ok(Update { kind: UpdateKind::Message(m), .. }) => UpdateContent::Message(Box::new(m)),
+        Ok(Update { kind: UpdateKind::EditedMessage(_), .. }) => UpdateContent::Edited,
+        Ok(Update { kind: UpdateKind::Error(_), .. }) | Err(_) => UpdateContent::Malformed,
+        Ok(_) => UpdateContent::Other,
+    };
+    Some((update_id, content))
+}
+
+/// The inbound message a Telegram message makes, or `None` for one the bot does not take (no
+/// sender, sent by a bot, or from a channel).
+pub fn chat_message(update: i64, m: &Message, username: &str, bot_id: u64) -> Option<ChatMessage> {
+    let from = m.from.as_ref()?;
+    if from.is_bot || !(m.chat.is_private() || m.chat.is_group() || m.chat.is_supergroup()) {
+        return None;
     }
+    let text = m.text().or_else(|| m.caption());
+    let mentioned = text.is_some_and(|t| mentions(t, username))
+        || m.reply_to_message().and_then(|r| r.from.as_ref()).is_some_and(|u| u.id.0 == bot_id);
+    let body = match m.text() {
+        Some(t) => Body::Text(t.to_string()),
+        None => Body::NonText,
+    };
+    let topic = if m.is_topic_message { m.thread_id.map(|t| t.0.0.to_string()) } else { None };
+    Some(ChatMessage {
+        update,
+        sender: from.id.0.to_string(),
+        username: from.username.clone(),
+        chat: m.chat.id.0.to_string(),
+        group: !m.chat.is_private(),
+        topic,
+        mentioned,
+        body,
+    })
 }
 
 /// Whether `text` mentions `@username` as a whole name (`@acme_bot` is not `@acme_bot2`).

@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Writes the seed inputs of each fuzz target into fuzz/seeds/TARGET/ from the project's own
+fixtures (config examples, the black-box fakes' streams, the protocol's test frames). The
+committed corpora in fuzz/corpus/ are these seeds plus what campaigns found, minimised with
+`cargo fuzz cmin`. Run from anywhere: python3 fuzz/seeds.py"""
+import json, pathlib, struct
+
+here = pathlib.Path(__file__).resolve().parent
+repo = here.parent
+out = here / "seeds"
+
+def put(target, name, data):
+    d = out / target
+    d.mkdir(parents=True, exist_ok=True)
+    (d / name).write_bytes(data if isinstance(data, bytes) else data.encode())
+
+# Config loader: every config file the repository ships, and the test fixtures.
+for p in sorted([*repo.glob("config/*.json5"), *repo.glob("tests/fixtures/configs/*.json5")]):
+    put("config_load", p.name, p.read_bytes())
+
+# Runner, runner side: hello and request frames (4-byte big-endian length, JSON).
+def frame(obj):
+    body = json.dumps(obj, separators=(",", ":")).encode()
+    return struct.pack(">I", len(body)) + body
+limits = {"maxOutputBytes": 100, "access": "rw", "diskBudgetBytes": 10}
+put("runner_request", "hello", frame({"v": 2, "key": "ab" * 32}))
+put("runner_request", "read", frame({"v": 2, "id": 7, "tool": "read", "args": {"path": "a"}, "limits": limits}))
+put("runner_request", "exec", frame({"v": 2, "id": 1, "tool": "exec", "args": {"command": "ls -la | wc -l"},
+    "limits": {**limits, "access": "ro", "diskBudgetBytes": None}}))
+put("runner_request", "v1", frame({"v": 1, "id": 1, "tool": "read", "args": {}, "limits": limits}))
+
+# Runner, host side: Input { sealed: bool, id: u64, expected: u64, max: u16, body: rest }.
+def response(sealed, id, expected, body):
+    return bytes([1 if sealed else 0]) + struct.pack("<QQH", id, expected, 0xFFFF) + body
+ok = json.dumps({"v": 2, "output": "real", "isError": False, "exitCode": 0, "truncated": False, "failure": None}).encode()
+quota = json.dumps({"v": 2, "output": "full", "isError": True, "exitCode": None, "truncated": False, "failure": "quota"}).encode()
+put("runner_response", "ok", response(True, 5, 5, ok))
+put("runner_response", "quota", response(True, 9, 9, quota))
+put("runner_response", "wrong-id", response(True, 5, 6, ok))
+put("runner_response", "unsealed", response(False, 5, 5, struct.pack(">I", len(ok)) + ok))
+
+# OpenAI-compatible requests, as the black-box API tests and the openai client send them.
+for name, body in {
+    "plain": {"model": "acme-support", "messages": [{"role": "user", "content": "hello"}]},
+    "stream": {"model": "acme-support", "stream": True, "user": "conv-1",
+               "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]},
+    "parts": {"model": "acme-support", "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
+              "temperature": 0.2, "max_tokens": 10},
+    "image": {"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+}.items():
+    put("openai_request", name, json.dumps(body))
+
+# Provider streams, as the black-box fakes send them; first byte: how the network cuts them.
+def sse(events):
+    s = ""
+    for name, data in events:
+        if name:
+            s += f"event: {name}\n"
+        s += f"data: {data}\n\n"
+    return s.encode()
+def chunk(delta, finish=None):
+    return json.dumps({"id": "c", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+text = [(None, chunk({"content": w})) for w in ["Hello ", "there"]]
+text += [(None, json.dumps({"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 4}})), (None, chunk({}, "stop")), (None, "[DONE]")]
+put("sse_openai", "text", b"\x00" + sse(text))
+tool = [(None, chunk({"tool_calls": [{"index": 0, "id": "call_fake", "type": "function", "function": {"name": "exec", "arguments": "{\"comm"}}]})),
+        (None, chunk({"tool_calls": [{"index": 0, "function": {"arguments": "and\":\"ls\"}"}}]})), (None, chunk({}, "tool_calls")), (None, "[DONE]")]
+put("sse_openai", "tool", b"\x07" + sse(tool))
+put("sse_openai", "plain", b"\x03" + json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 11, "completion_tokens": 4}}).encode())
+put("sse_openai", "error", b"\x01" + sse([(None, json.dumps({"error": {"message": "x", "type": "server_error", "code": "overloaded"}}))]))
+def ev(name, obj):
+    return (name, json.dumps(obj))
+start = ev("message_start", {"type": "message_start", "message": {"id": "msg_1", "role": "assistant", "content": [], "usage": {"input_tokens": 12, "output_tokens": 0}}})
+stop = [ev("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 6}}), ev("message_stop", {"type": "message_stop"})]
+put("sse_anthropic", "text", b"\x00" + sse([start,
+    ev("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+    ev("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}}),
+    ev("ping", {"type": "ping"}),
+    ev("content_block_stop", {"type": "content_block_stop", "index": 0}), *stop]))
+put("sse_anthropic", "tool", b"\x05" + sse([start,
+    ev("content_block_start", {"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "t1", "name": "read", "input": {}}}),
+    ev("content_block_delta", {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"path\":"}}),
+    ev("content_block_delta", {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "\"a\"}"}}), *stop]))
+put("sse_anthropic", "error", b"\x02" + sse([ev("error", {"type": "error", "error": {"type": "overloaded_error", "message": "busy"}})]))
+put("sse_anthropic", "plain", b"\x04" + json.dumps({"id": "m", "type": "message", "role": "assistant", "content": [{"type": "text", "text": "hi"},
+    {"type": "tool_use", "id": "t", "name": "list", "input": {"path": "."}}], "usage": {"input_tokens": 1, "output_tokens": 2}}).encode())
+
+# Telegram updates, as the fake Bot API and the unit tests send them.
+user = {"id": 111, "is_bot": False, "first_name": "User111", "username": "user111", "language_code": "en"}
+private = {"id": 111, "type": "private", "first_name": "User", "username": "user111"}
+group = {"id": -100123, "type": "supergroup", "title": "Team", "is_forum": True}
+for name, upd in {
+    "private": {"update_id": 1000, "message": {"message_id": 2, "date": 1764000000, "chat": private, "from": user, "text": "hello"}},
+    "mention": {"update_id": 1001, "message": {"message_id": 3, "date": 1764000000, "chat": group, "from": user, "text": "hi @acme_bot",
+                "message_thread_id": 7, "is_topic_message": True}},
+    "photo": {"update_id": 1002, "message": {"message_id": 4, "date": 1764000000, "chat": private, "from": user,
+              "photo": [{"file_id": "f", "file_unique_id": "u", "width": 1, "height": 1}], "caption": "@acme_bot look"}},
+    "edited": {"update_id": 1003, "edited_message": {"message_id": 2, "date": 1764000000, "edit_date": 1764000001, "chat": private, "from": user, "text": "hello!"}},
+    "no-id": {"message": {"message_id": 2}},
+}.items():
+    put("telegram_update", name, json.dumps(upd))
