@@ -72,7 +72,7 @@ impl SecretRef {
             },
             SecretRef::File(path) => {
                 let path = base.join(path);
-                match std::fs::read_to_string(&path) {
+                match read_bounded(&path) {
                     Ok(v) if !v.trim().is_empty() => Ok(SecretString::new(v.trim().to_string())),
                     Ok(_) => Err(format!("secret file {} is empty", path.display())),
                     Err(e) => Err(format!("cannot read secret file {}: {e}", path.display())),
@@ -80,6 +80,25 @@ impl SecretRef {
             }
         }
     }
+}
+
+/// Longest secret file read. Tokens and keys are far shorter; a reference that points at
+/// `/dev/zero` or a log file must fail, not fill memory.
+pub const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
+
+/// The file's text, refusing one longer than [`MAX_SECRET_FILE_BYTES`] (read at most one byte
+/// past the bound, so an endless device is never read through).
+fn read_bounded(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?.take(MAX_SECRET_FILE_BYTES + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_SECRET_FILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("longer than {} KiB: not a secret", MAX_SECRET_FILE_BYTES / 1024),
+        ));
+    }
+    Ok(text)
 }
 
 /// A secret value. `Debug` and `Display` never show it.
@@ -128,5 +147,22 @@ mod tests {
     fn missing_env_names_the_variable() {
         let err = SecretRef::Env("BULKHEAD_TEST_SURELY_UNSET".into()).resolve(Path::new(".")).unwrap_err();
         assert!(err.contains("BULKHEAD_TEST_SURELY_UNSET"), "{err}");
+    }
+
+    #[test]
+    fn a_secret_file_is_read_within_a_bound() {
+        let dir = std::env::temp_dir().join(format!("bulkhead-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let big = dir.join("big");
+        std::fs::write(&big, vec![b'a'; MAX_SECRET_FILE_BYTES as usize + 1]).unwrap();
+        let err = SecretRef::File(big.clone()).resolve(Path::new(".")).unwrap_err();
+        assert!(err.contains("longer than 64 KiB") && err.contains("big"), "{err}");
+        let fits = dir.join("fits");
+        std::fs::write(&fits, vec![b'a'; MAX_SECRET_FILE_BYTES as usize]).unwrap();
+        assert!(SecretRef::File(fits).resolve(Path::new(".")).is_ok());
+        // An endless device is refused after one bound's worth of bytes, not read through.
+        let err = SecretRef::File("/dev/zero".into()).resolve(Path::new(".")).unwrap_err();
+        assert!(err.contains("longer than"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
