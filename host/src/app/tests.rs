@@ -63,6 +63,21 @@ async fn build(path: &Path) -> App {
     App::build(loaded.config, source).await.unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Serves `app` on port 0 until the returned sender fires: its base URL, the sender, the run.
+async fn serve(app: &App) -> (String, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<std::io::Result<()>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let app = app.clone();
+    let running = tokio::spawn(async move {
+        app.run(listener, async move {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    (base, stop, running)
+}
+
 async fn models(base: &str, token: &str) -> u16 {
     let r = reqwest::Client::new().get(format!("{base}/v1/models")).bearer_auth(token).send().await.unwrap();
     r.status().as_u16()
@@ -76,18 +91,7 @@ async fn builds_serves_reloads_and_drains_in_order() {
     let path = dir.path().join("bulkhead.json5");
     std::fs::write(&path, config_text(&model, false)).unwrap();
     let app = build(&path).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = {
-        let app = app.clone();
-        tokio::spawn(async move {
-            app.run(listener, async move {
-                let _ = stopped.await;
-            })
-            .await
-        })
-    };
+    let (base, stop, running) = serve(&app).await;
     assert_eq!(models(&base, ACME).await, 200);
     assert_eq!(models(&base, GLOBEX).await, 401, "not configured yet");
 
@@ -155,18 +159,7 @@ async fn a_removed_tenant_is_refused_at_once_and_its_run_in_flight_finishes() {
     let path = dir.path().join("bulkhead.json5");
     std::fs::write(&path, config_text(&model, true)).unwrap();
     let app = build(&path).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = {
-        let app = app.clone();
-        tokio::spawn(async move {
-            app.run(listener, async move {
-                let _ = stopped.await;
-            })
-            .await
-        })
-    };
+    let (base, stop, running) = serve(&app).await;
     let turn = {
         let base = base.clone();
         tokio::spawn(async move {

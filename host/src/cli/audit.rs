@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{ConfigSource, EXIT_FAILURE, EXIT_INVALID, EXIT_OK};
-use crate::audit::{AuditReader, LogWriter, Scope, audit_dir, parse_since, read_checkpoint};
+use crate::audit::{AuditReader, Scope, audit_dir, parse_since, read_checkpoint};
 use crate::config::Config;
 use crate::ids::TenantId;
 use crate::store::MasterKey;
@@ -228,16 +228,9 @@ pub fn checkpoint(config: &Config, tenant: Option<&str>, out: &Path) -> i32 {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let mut w = match LogWriter::open_config(config) {
-        Ok(Some(w)) => w,
-        Ok(None) => {
-            eprintln!("error: store.masterKey is not configured, so this host keeps no audit log");
-            return EXIT_INVALID;
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_FAILURE;
-        }
+    let mut w = match super::open_audit(config) {
+        Ok(w) => w,
+        Err(code) => return code,
     };
     match w.checkpoint(&scope).and_then(|cp| {
         std::fs::write(out, cp.to_text()).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
@@ -267,16 +260,9 @@ pub fn reset(config: &Config, tenant: &str, yes: bool) -> i32 {
     {
         return EXIT_INVALID;
     }
-    let mut w = match LogWriter::open_config(config) {
-        Ok(Some(w)) => w,
-        Ok(None) => {
-            eprintln!("error: store.masterKey is not configured, so this host keeps no audit log");
-            return EXIT_INVALID;
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_FAILURE;
-        }
+    let mut w = match super::open_audit(config) {
+        Ok(w) => w,
+        Err(code) => return code,
     };
     match w.reset_tenant(&id, &crate::audit::Actor::Cli) {
         Ok((receipt, evidence)) => {

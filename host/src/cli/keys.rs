@@ -44,16 +44,9 @@ pub fn rotate_tenant(source: &ConfigSource, id: &str) -> i32 {
         eprintln!("error: tenant {id:?} has no data in the store");
         return EXIT_INVALID;
     }
-    let mut audit = match crate::audit::LogWriter::open_config(&config) {
-        Ok(Some(w)) => w,
-        Ok(None) => {
-            eprintln!("error: store.masterKey is not configured, so there is no audit log to record this in");
-            return EXIT_INVALID;
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_FAILURE;
-        }
+    let mut audit = match super::open_audit(&config) {
+        Ok(w) => w,
+        Err(code) => return code,
     };
     match store.rotate_tenant(&tenant) {
         Ok(n) => {
@@ -101,16 +94,9 @@ pub fn rotate_master(source: &ConfigSource, new_key: &Path) -> i32 {
         return EXIT_INVALID;
     }
     // The audit keys are wrapped to the master key too: prepared before the store commits.
-    let mut audit = match crate::audit::LogWriter::open_config(&config) {
-        Ok(Some(w)) => w,
-        Ok(None) => {
-            eprintln!("error: store.masterKey is not configured");
-            return EXIT_INVALID;
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_FAILURE;
-        }
+    let mut audit = match super::open_audit(&config) {
+        Ok(w) => w,
+        Err(code) => return code,
     };
     let audit_dir = audit.dir().to_path_buf();
     if let Err(e) = audit.keys().prepare_rewrap(&audit_dir, &new) {

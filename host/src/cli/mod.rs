@@ -158,3 +158,19 @@ pub fn confirm(prompt: &str, expected: &str) -> bool {
     }
     true
 }
+
+/// Opens the audit log for a CLI command that records what it does; prints why not and returns
+/// the exit code when it cannot (the command then changes nothing).
+pub(crate) fn open_audit(config: &crate::config::Config) -> Result<crate::audit::LogWriter, i32> {
+    match crate::audit::LogWriter::open_config(config) {
+        Ok(Some(w)) => Ok(w),
+        Ok(None) => {
+            eprintln!("error: store.masterKey is not configured, so this host keeps no audit log");
+            Err(EXIT_INVALID)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(EXIT_FAILURE)
+        }
+    }
+}

@@ -51,22 +51,6 @@ pub fn summary(config: &crate::config::Config) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Opens the audit log for a CLI command that changes tenant data; prints why not and returns
-/// the exit code when it cannot (the command then changes nothing).
-fn open_audit(config: &crate::config::Config) -> Result<LogWriter, i32> {
-    match LogWriter::open_config(config) {
-        Ok(Some(w)) => Ok(w),
-        Ok(None) => {
-            eprintln!("error: store.masterKey is not configured, so there is no audit log to record this in");
-            Err(EXIT_INVALID)
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            Err(EXIT_FAILURE)
-        }
-    }
-}
-
 /// `tenant export ID --out FILE`: the tenant's decrypted archive (JSON Lines, see docs/store.md).
 /// The file is written 0600 through a temp file beside it; it may not lie inside the state dir.
 pub fn export(source: &ConfigSource, id: &str, out: &Path) -> i32 {
@@ -86,7 +70,7 @@ pub fn export(source: &ConfigSource, id: &str, out: &Path) -> i32 {
         eprintln!("error: tenant {id:?} has no data in the store");
         return EXIT_FAILURE;
     }
-    let mut audit = match open_audit(&config) {
+    let mut audit = match super::open_audit(&config) {
         Ok(w) => w,
         Err(code) => return code,
     };
@@ -187,7 +171,7 @@ pub fn delete(source: &ConfigSource, id: &str, yes: bool) -> i32 {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let mut audit = match open_audit(&config) {
+    let mut audit = match super::open_audit(&config) {
         Ok(w) => w,
         Err(code) => return code,
     };

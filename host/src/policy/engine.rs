@@ -1126,6 +1126,17 @@ mod tests {
         }
     }
 
+    /// A dispatcher over the config's policies whose wasm backend records what reaches it.
+    fn spy_dispatcher(cfg: &Config) -> (Dispatcher, Arc<Spy>) {
+        let spy = Arc::new(Spy::default());
+        let d = Dispatcher {
+            gate: Arc::new(PolicyEngine::load(cfg).unwrap()),
+            sandboxes: Sandboxes::default().with(SandboxBackend::Wasm, spy.clone()),
+            audit: crate::audit::Audit::off(),
+        };
+        (d, spy)
+    }
+
     fn call(name: &str, args: serde_json::Value) -> ToolCall {
         ToolCall { id: "c1".into(), name: name.into(), arguments: args }
     }
@@ -1136,12 +1147,7 @@ mod tests {
             r#"{ tenants: [ { id: "t", policy: "policies/untrusted.json5" } ],
                  agents: { list: [ { id: "a", tenant: "t" } ] } }"#,
         );
-        let spy = Arc::new(Spy::default());
-        let d = Dispatcher {
-            gate: Arc::new(PolicyEngine::load(&cfg).unwrap()),
-            sandboxes: Sandboxes::default().with(SandboxBackend::Wasm, spy.clone()),
-            audit: crate::audit::Audit::off(),
-        };
+        let (d, spy) = spy_dispatcher(&cfg);
         let agent = cfg.agent(&id("a")).unwrap();
         let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::default());
         let sessions = TenantSessions::new(agent.tenant.clone(), store);
@@ -1206,12 +1212,7 @@ mod tests {
                  { id: "doer", tenant: "t", tools: { allow: ["exec", "read", "group:sessions"] } },
                  { id: "talker", tenant: "t", tools: { allow: ["group:sessions", "read"] } } ] } }"#,
         );
-        let spy = Arc::new(Spy::default());
-        let d = Dispatcher {
-            gate: Arc::new(PolicyEngine::load(&cfg).unwrap()),
-            sandboxes: Sandboxes::default().with(SandboxBackend::Wasm, spy.clone()),
-            audit: crate::audit::Audit::off(),
-        };
+        let (d, spy) = spy_dispatcher(&cfg);
         let doer = cfg.agent(&id("doer")).unwrap();
         let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::default());
         let sessions = TenantSessions::new(doer.tenant.clone(), store);
