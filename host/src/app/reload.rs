@@ -3,10 +3,11 @@
 //! Refused (every reason listed; the running config keeps serving): a config that does not
 //! load, fails a start-up check, or changes a setting that cannot change live
 //! ([`restart_only`]). Applied, in this order: identities of added tenants are created in the
-//! store; the shared services take the new config (`update`); the new snapshot is swapped in
-//! (from then on a removed tenant's tokens get 401 and a new tenant's work); pairing approvals
-//! of added tenants are loaded; policy loads of changed agents go to their tenants' logs; the
-//! reload is recorded in the host log; chat accounts that changed are restarted.
+//! store; the reload is recorded in the host audit log and the record waited for (a reload the
+//! log cannot hold is refused: fail closed); the shared services take the new config
+//! (`update`); the new snapshot is swapped in (from then on a removed tenant's tokens get 401 and
+//! a new tenant's work); pairing approvals of added tenants are loaded; policy loads of changed
+//! agents go to their tenants' logs; chat accounts that changed are restarted.
 //!
 //! A run in flight keeps the snapshot it started with and finishes (so a removed tenant's last
 //! turns are stored); a removed tenant's data stays (deleting it is `bulkhead tenant delete`).
@@ -93,13 +94,59 @@ impl Inner {
             .filter(|t| tenant_fingerprint(old.config(), t) != tenant_fingerprint(&config, t))
             .map(ToString::to_string)
             .collect();
+        let accounts = state.channels.as_ref().map(|ch| ch.changes(&config)).unwrap_or_default();
+        let report = ReloadReport {
+            applied: true,
+            config_digest: digest.clone(),
+            tenants_added: added.iter().map(ToString::to_string).collect(),
+            tenants_removed: removed.iter().map(ToString::to_string).collect(),
+            tenants_changed: changed,
+            policies_changed: policies.iter().map(|p| p.agent.clone()).collect(),
+            accounts_restarted: accounts,
+            errors: Vec::new(),
+        };
+        // Recorded before anything changes: a reload the audit log cannot hold is not applied.
+        let event = Event::ConfigReload {
+            config_digest: digest.clone(),
+            trigger: trigger.to_string(),
+            tenants_added: report.tenants_added.clone(),
+            tenants_removed: report.tenants_removed.clone(),
+            tenants_changed: report.tenants_changed.clone(),
+            policies,
+            accounts: report.accounts_restarted.clone(),
+        };
+        if let Err(e) = self.audit.append(Scope::Host, by, event).await {
+            let report = refused(
+                digest,
+                vec![format!("the reload could not be recorded in the audit log, so it was not applied: {e}")],
+            );
+            log_refused(&report);
+            return report;
+        }
         let mut sandboxes = old.runtime.dispatcher.sandboxes.clone();
         {
             let mut docker = self.docker.lock().expect("docker lock");
-            if docker.is_none() && uses_docker(&config) {
-                let d = start_docker(&config, &self.audit);
-                sandboxes = sandboxes.with(SandboxBackend::Docker, d.clone());
-                *docker = Some(d);
+            match docker.as_ref() {
+                None if uses_docker(&config) => {
+                    let d = start_docker(&config, &self.audit);
+                    sandboxes = sandboxes.with(SandboxBackend::Docker, d.clone());
+                    *docker = Some(d);
+                }
+                // Agents new to Docker (or whose sandbox changed) get their warm container too.
+                Some(d) => {
+                    let fresh: Vec<_> = config
+                        .agents
+                        .iter()
+                        .filter(|a| {
+                            old.config()
+                                .agent(&a.id)
+                                .is_none_or(|o| format!("{:?}", o.sandbox) != format!("{:?}", a.sandbox))
+                        })
+                        .cloned()
+                        .collect();
+                    d.prewarm_agents(&fresh);
+                }
+                None => {}
             }
         }
         let config = Arc::new(config);
@@ -111,7 +158,7 @@ impl Inner {
             operator_tokens: checked.operator_tokens,
         }));
         state.gate = checked.gate;
-        state.digest = digest.clone();
+        state.digest = digest;
         if let Err(e) = self.gateway.pairing.restore(added.iter().cloned()).await {
             tracing::error!(error = %e, "Pairing approvals of a new tenant could not be loaded.");
         }
@@ -121,37 +168,11 @@ impl Inner {
                 self.audit.record(Scope::Tenant(a.tenant.clone()), Actor::System, event).await;
             }
         }
-        let accounts = match state.channels.as_mut() {
-            Some(ch) => {
-                let (touched, failed) = ch.apply(&config, config.gateway.shutdown_grace).await;
-                for e in failed {
-                    tracing::error!(error = %e, "A chat account did not start after the reload.");
-                }
-                touched
+        if let Some(ch) = state.channels.as_mut() {
+            let (_, failed) = ch.apply(&config, config.gateway.shutdown_grace).await;
+            for e in failed {
+                tracing::error!(error = %e, "A chat account did not start after the reload.");
             }
-            None => Vec::new(),
-        };
-        let report = ReloadReport {
-            applied: true,
-            config_digest: digest.clone(),
-            tenants_added: added.iter().map(ToString::to_string).collect(),
-            tenants_removed: removed.iter().map(ToString::to_string).collect(),
-            tenants_changed: changed,
-            policies_changed: policies.iter().map(|p| p.agent.clone()).collect(),
-            accounts_restarted: accounts,
-            errors: Vec::new(),
-        };
-        let event = Event::ConfigReload {
-            config_digest: digest,
-            trigger: trigger.to_string(),
-            tenants_added: report.tenants_added.clone(),
-            tenants_removed: report.tenants_removed.clone(),
-            tenants_changed: report.tenants_changed.clone(),
-            policies,
-            accounts: report.accounts_restarted.clone(),
-        };
-        if let Err(e) = self.audit.append(Scope::Host, by, event).await {
-            tracing::error!(error = %e, "The applied reload could not be recorded in the audit log.");
         }
         tracing::info!(
             trigger,

@@ -187,3 +187,24 @@ async fn a_removed_tenant_is_refused_at_once_and_its_run_in_flight_finishes() {
     let store = EncryptedStore::open(&config).unwrap();
     assert!(store.tenants().iter().any(|t| t.as_str() == "globex"), "its data stays");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_the_audit_log_cannot_record_is_not_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    write_key(dir.path());
+    let model = slow_model(Duration::from_millis(10)).await;
+    let path = dir.path().join("bulkhead.json5");
+    std::fs::write(&path, config_text(&model, false)).unwrap();
+    let app = build(&path).await;
+    let (base, stop, running) = serve(&app).await;
+    // The audit writer stops (as when its disk fails): nothing may change unrecorded.
+    app.inner.audit.close().await;
+    std::fs::write(&path, config_text(&model, true)).unwrap();
+    let report = app.reload_from_source(Actor::Cli).await;
+    assert!(!report.applied, "{report:?}");
+    assert!(report.errors.iter().any(|e| e.contains("audit log") && e.contains("not applied")), "{report:?}");
+    assert_eq!(models(&base, GLOBEX).await, 401, "the new tenant was not let in");
+    assert_eq!(models(&base, ACME).await, 200, "the running config keeps serving");
+    stop.send(()).unwrap();
+    let _ = running.await;
+}

@@ -7,14 +7,9 @@
 
 use crate::config::channels::{ChannelAccess, DmPolicy, GroupPolicy};
 
-/// A sender id as written in `allowFrom`: `123`, `tg:123` or `telegram:123` → `123`.
-pub fn sender_id(raw: &str) -> Option<&str> {
-    let id = raw.strip_prefix("tg:").or_else(|| raw.strip_prefix("telegram:")).unwrap_or(raw);
-    (!id.is_empty() && id.len() <= 20 && id.bytes().all(|b| b.is_ascii_digit())).then_some(id)
-}
-
+/// Whether `sender` is in `list` (canonical ids, as the config pass stores them, or `"*"`).
 fn listed(list: &[String], sender: &str) -> bool {
-    list.iter().any(|e| e == "*" || sender_id(e) == Some(sender))
+    list.iter().any(|e| e == "*" || e == sender)
 }
 
 /// What the access layer needs to know about one inbound message.
@@ -91,7 +86,7 @@ mod tests {
 
     #[test]
     fn direct_messages_follow_dm_policy() {
-        let mut a = ChannelAccess { allow_from: vec!["tg:42".into()], ..Default::default() };
+        let mut a = ChannelAccess { allow_from: vec!["42".into()], ..Default::default() };
         // pairing (the default): listed or approved senders pass, others are offered a code.
         assert_eq!(decide(&a, &dm("42"), false), Verdict::Allow);
         assert_eq!(decide(&a, &dm("7"), false), Verdict::Pair);
@@ -129,14 +124,5 @@ mod tests {
         assert!(matches!(decide(&a, &group("1", "-200", true), false), Verdict::Drop(_)), "groupAllowFrom");
         a.group_policy = GroupPolicy::Disabled;
         assert!(matches!(decide(&a, &group("5", "-300", true), false), Verdict::Drop(_)));
-    }
-
-    #[test]
-    fn sender_ids_are_numeric() {
-        assert_eq!(sender_id("tg:123"), Some("123"));
-        assert_eq!(sender_id("telegram:9"), Some("9"));
-        for bad in ["", "@alice", "alice", "12a", "tg:", "-5"] {
-            assert_eq!(sender_id(bad), None, "{bad:?}");
-        }
     }
 }

@@ -1,19 +1,23 @@
 //! The seam every chat platform plugs into. An adapter translates one platform's wire format to
 //! and from the shared layer (`access`, `pairing`, `inbound`, `outbound`, `inbox`) and tells the
-//! rest of the gateway what it needs: its accounts in a config, the start-up checks that need
-//! resolved secrets, one connection per account, webhook routes, doctor checks and the shape of
-//! its sender ids.
+//! rest of the gateway what it needs: the validation pass over its own config keys, the start-up
+//! checks that need resolved secrets, one connection per account, webhook routes, doctor checks
+//! and the shape of its sender and group ids. The shared config pass (`config/validate/channels.rs`)
+//! does everything else: enabled accounts, access settings and their inheritance, tenants.
 //!
 //! Adding a channel: write `channels/<name>/` with a type implementing [`Adapter`], and add it
 //! to [`ADAPTERS`] (the one registration line). See ARCHITECTURE.md, "Adding a channel".
 
+use std::any::Any;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use super::inbox::Inboxes;
 use super::pairing::Pairing;
-use crate::config::Config;
+use crate::config::{Config, Errors, RawChannel, SecretRef};
 use crate::gateway::Live;
 
 /// Every adapter built into this binary, by channel name.
@@ -24,13 +28,56 @@ pub fn adapter(channel: &str) -> Option<&'static dyn Adapter> {
     ADAPTERS.iter().copied().find(|a| a.channel() == channel)
 }
 
-/// One configured account of a channel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AccountSpec {
-    pub id: String,
-    /// Everything the account's connection depends on, rendered comparably: on reload an account
-    /// whose fingerprint changed is restarted, an unchanged one keeps its connection.
-    pub fingerprint: String,
+/// One enabled account as its adapter's validation pass sees it.
+pub struct AccountBlock<'a> {
+    pub id: &'a str,
+    /// `channels.<channel>.accounts.<id>`, or `channels.<channel>` for the implicit account.
+    pub path: &'a str,
+    /// The account's own block; for the implicit account, the channel block itself.
+    pub own: &'a RawChannel,
+    /// True for the implicit account of a block with no `accounts` (`own` is the channel block).
+    pub implicit: bool,
+}
+
+/// What an adapter's validation pass returns.
+pub struct Validated {
+    /// Its typed settings, read back with `ChannelsConfig::platform`.
+    pub settings: Arc<dyn Any + Send + Sync>,
+    /// Per account id, the platform settings its connection depends on, rendered comparably.
+    pub fingerprints: BTreeMap<String, String>,
+}
+
+/// The validation context an adapter's pass writes its errors and warnings to.
+pub struct ChannelPass<'a> {
+    pub(crate) errs: &'a mut Errors,
+    pub(crate) warnings: &'a mut Vec<String>,
+}
+
+impl ChannelPass<'_> {
+    pub fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errs.push(path, message);
+    }
+
+    /// A credential: a literal in the config is allowed but warned about (never shown).
+    pub fn secret(&mut self, path: &str, s: &SecretRef) {
+        crate::config::secret(self.errs, self.warnings, path, s);
+    }
+
+    /// The platform keys of `block` (at `path`) as the adapter's closed type `T`: unknown keys
+    /// and bad values are errors with their key paths; what could not be read stays `Default`.
+    pub fn platform<T: DeserializeOwned + Default>(&mut self, path: &str, block: &RawChannel) -> T {
+        let map = block.platform.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        match crate::config::decode::<T>(serde_json::Value::Object(map)) {
+            Ok(t) => t,
+            Err((repaired, errors)) => {
+                for e in errors {
+                    let at = if e.path.is_empty() { path.to_string() } else { format!("{path}.{}", e.path) };
+                    self.errs.push(at, e.message);
+                }
+                repaired.map(|b| *b).unwrap_or_default()
+            }
+        }
+    }
 }
 
 /// What a running account shares with the rest of the gateway.
@@ -77,8 +124,10 @@ pub trait Adapter: Send + Sync {
     /// The key of its block under `channels` (`"telegram"`).
     fn channel(&self) -> &'static str;
 
-    /// Its enabled accounts in a checked config.
-    fn accounts(&self, config: &Config) -> Vec<AccountSpec>;
+    /// Its validation pass over the platform's own keys (`RawChannel::platform`) of the channel
+    /// block and of each enabled account (`ChannelPass::platform` decodes them into the
+    /// adapter's closed types). The shared keys are checked by the shared pass.
+    fn validate(&self, pass: &mut ChannelPass<'_>, channel: &RawChannel, accounts: &[AccountBlock<'_>]) -> Validated;
 
     /// Start-up checks that need resolved secrets (credentials resolve, no bot shared by two
     /// accounts, ...). `serve`, `config check`, `doctor` and every reload run them.
@@ -107,7 +156,13 @@ pub trait Adapter: Send + Sync {
         Vec::new()
     }
 
-    /// Whether `id` is a sender id of this platform, for `allowFrom` lists (`"*"` is handled by
-    /// the caller).
-    fn check_sender_id(&self, id: &str) -> Result<(), String>;
+    /// `id` as written in an `allowFrom` list, in the canonical form the adapter reports senders
+    /// in (`"*"` is handled by the caller); an error says what a sender id looks like.
+    fn check_sender_id(&self, id: &str) -> Result<String, String>;
+
+    /// Whether `id` is a key of this platform's `groups`.
+    fn check_group_id(&self, id: &str) -> Result<(), String> {
+        let _ = id;
+        Err(format!("groups does not apply to {}", self.channel()))
+    }
 }

@@ -16,7 +16,7 @@ pub mod outbound;
 pub mod pairing;
 pub mod telegram;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +32,13 @@ struct Running {
     fingerprint: String,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// What bringing the running accounts in line with a config takes.
+struct Plan {
+    wanted: BTreeMap<(&'static str, String), (&'static dyn adapter::Adapter, String)>,
+    stale: Vec<(&'static str, String)>,
+    touched: Vec<String>,
 }
 
 /// Running channel accounts, by `(channel, account)`; dropping it does not stop them, `stop`
@@ -58,15 +65,14 @@ impl Channels {
         ADAPTERS.iter().filter_map(|a| a.routes(&self.ctx)).fold(axum::Router::new(), axum::Router::merge)
     }
 
-    /// Brings the running accounts in line with `config`: stops removed and changed accounts
-    /// (each confirms what it took, within `grace`), starts added and changed ones, and leaves
-    /// unchanged ones alone (they keep their connection). Returns `channel/account` of every
-    /// account stopped or started, and the accounts that failed to start.
-    pub async fn apply(&mut self, config: &Config, grace: Duration) -> (Vec<String>, Vec<String>) {
+    /// What `apply` would do: the accounts wanted by `config` (with their adapter and
+    /// fingerprint), the running ones to stop, and `channel/account` of every account it would
+    /// stop or start, sorted.
+    fn plan(&self, config: &Config) -> Plan {
         let mut wanted = BTreeMap::new();
         for a in ADAPTERS {
-            for spec in a.accounts(config) {
-                wanted.insert((a.channel(), spec.id), (*a, spec.fingerprint));
+            for acc in config.channels.accounts_of(a.channel()) {
+                wanted.insert((a.channel(), acc.id.clone()), (*a, acc.fingerprint()));
             }
         }
         let stale: Vec<_> = self
@@ -75,13 +81,31 @@ impl Channels {
             .filter(|(key, r)| wanted.get(*key).is_none_or(|(_, fp)| *fp != r.fingerprint))
             .map(|(key, _)| key.clone())
             .collect();
-        let mut touched = Vec::new();
+        let mut touched: BTreeSet<String> = stale.iter().map(|(c, id)| format!("{c}/{id}")).collect();
+        for key in wanted.keys() {
+            if !self.running.contains_key(key) || stale.contains(key) {
+                touched.insert(format!("{}/{}", key.0, key.1));
+            }
+        }
+        Plan { wanted, stale, touched: touched.into_iter().collect() }
+    }
+
+    /// `channel/account` of every account `apply(config)` would stop or start.
+    pub fn changes(&self, config: &Config) -> Vec<String> {
+        self.plan(config).touched
+    }
+
+    /// Brings the running accounts in line with `config`: stops removed and changed accounts
+    /// (each confirms what it took, within `grace`), starts added and changed ones, and leaves
+    /// unchanged ones alone (they keep their connection). Returns `channel/account` of every
+    /// account stopped or started (as `changes` said), and the accounts that failed to start.
+    pub async fn apply(&mut self, config: &Config, grace: Duration) -> (Vec<String>, Vec<String>) {
+        let Plan { wanted, stale, touched } = self.plan(config);
         let mut stopping = Vec::new();
         for key in stale {
             if let Some(r) = self.running.remove(&key) {
                 let _ = r.stop.send(true);
                 stopping.push(r.task);
-                touched.push(format!("{}/{}", key.0, key.1));
             }
         }
         if tokio::time::timeout(grace, futures_util::future::join_all(stopping)).await.is_err() {
@@ -95,16 +119,11 @@ impl Channels {
             let (stop, stopped) = watch::channel(false);
             match adapter.start_account(&self.ctx, config, &id, stopped) {
                 Ok(task) => {
-                    let label = format!("{channel}/{id}");
-                    if !touched.contains(&label) {
-                        touched.push(label);
-                    }
                     self.running.insert((channel, id), Running { fingerprint, stop, task });
                 }
                 Err(e) => failed.push(e),
             }
         }
-        touched.sort();
         (touched, failed)
     }
 

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::raw::{RawAgent, RawBinding, RawChannel, RawChannels, RawConfig, RawTenant};
+use super::raw::{RawAgent, RawBinding, RawChannel, RawConfig, RawTenant};
 use super::{Config, ConfigError, LoadError, parse_as, parse_raw, validate_parsed};
 
 /// The drop-in folder when the main file names none.
@@ -244,7 +244,7 @@ fn merge(raw: &mut RawConfig, files: Vec<(String, String, RawTenantFile)>, error
         }
         for (channel, ch) in tf.channels.into_iter().flatten() {
             let path = format!("channels.{channel}");
-            let Some(block) = channel_block(raw.channels.get_or_insert_with(Default::default), &channel) else {
+            let Some(block) = raw.channels.get_or_insert_with(Default::default).block_mut(&channel) else {
                 errors.push(file_error(&file, &path, format!("unknown chat channel {channel:?}")));
                 continue;
             };
@@ -277,26 +277,10 @@ fn merge(raw: &mut RawConfig, files: Vec<(String, String, RawTenantFile)>, error
     o
 }
 
-/// The main file's block of a chat channel, by name (`None`: not a chat channel).
-fn channel_block<'a>(c: &'a mut RawChannels, name: &str) -> Option<&'a mut Option<RawChannel>> {
-    Some(match name {
-        "discord" => &mut c.discord,
-        "slack" => &mut c.slack,
-        "telegram" => &mut c.telegram,
-        "whatsapp" => &mut c.whatsapp,
-        "signal" => &mut c.signal,
-        "imessage" => &mut c.imessage,
-        _ => return None,
-    })
-}
-
 /// An account defined in a tenant file serves that tenant only.
 fn check_account_tenants(config: &Config, o: &Origins, errors: &mut Vec<ConfigError>) {
     for (channel, acc, tenant) in &o.account_tenants {
-        if channel != "telegram" {
-            continue;
-        }
-        let bound = config.channels.telegram.iter().find(|a| &a.id == acc).and_then(|a| a.tenant.as_ref());
+        let bound = config.channels.account(channel, acc).and_then(|a| a.tenant.as_ref());
         if let Some(bound) = bound.filter(|b| b.as_str() != tenant.as_str()) {
             let key = format!("channels.{channel}.accounts.{acc}");
             let file = o.accounts.get(&key).cloned().unwrap_or_default();
@@ -383,7 +367,7 @@ mod tests {
         assert_eq!(c.tenants[&acme_id].name, "Acme");
         let agent = c.agent(&crate::ids::AgentId::parse("acme-bot").unwrap()).unwrap();
         assert_eq!(agent.tenant, acme_id, "an agent's tenant defaults to its file's");
-        let acc = c.channels.telegram.iter().find(|a| a.id == "acmebot").unwrap();
+        let acc = c.channels.account("telegram", "acmebot").unwrap();
         assert_eq!(acc.tenant.as_ref(), Some(&acme_id));
         assert_eq!(loaded.files.len(), 2, "hidden and non-json5 files are not tenants");
         // The digest covers every file: a change to the tenant file changes it.

@@ -145,7 +145,7 @@ pub(crate) fn parse_as<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, 
         };
         (None, vec![error])
     })?;
-    let mut value: serde_json::Value = json5::from_str(text).map_err(|e| {
+    let value: serde_json::Value = json5::from_str(text).map_err(|e| {
         let pos = e.position();
         let message = match pos {
             Some(_) => e.to_string().rsplit_once(" at ").map(|(m, _)| m.to_string()).unwrap_or(e.to_string()),
@@ -174,6 +174,14 @@ pub(crate) fn parse_as<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, 
             }],
         ));
     }
+    decode(value)
+}
+
+/// A JSON value → a closed raw type, collecting every type and unknown-key error (see
+/// `parse_raw`). Adapters decode their platform keys with it too.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    mut value: serde_json::Value,
+) -> Result<T, (Option<Box<T>>, Vec<ConfigError>)> {
     let mut errors = Vec::new();
     loop {
         match serde_path_to_error::deserialize::<_, T>(value.clone()) {

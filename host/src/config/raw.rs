@@ -330,8 +330,8 @@ pub struct RawPeer {
     pub id: Option<String>,
 }
 
-/// Every channel the seed lists. Only those with an adapter in this build can be started; the
-/// others validate so that an operator's config checks clean before the adapter lands.
+/// Every channel the seed lists. Only those with an adapter in this build can be enabled; a
+/// disabled block of another is kept (its platform keys unchecked) so a config can name it.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RawChannels {
@@ -343,6 +343,33 @@ pub struct RawChannels {
     pub signal: Option<RawChannel>,
     pub imessage: Option<RawChannel>,
     pub webchat: Option<RawWebchat>,
+}
+
+impl RawChannels {
+    /// The chat channels' blocks, by name.
+    pub fn blocks(&self) -> [(&'static str, Option<&RawChannel>); 6] {
+        [
+            ("discord", self.discord.as_ref()),
+            ("slack", self.slack.as_ref()),
+            ("telegram", self.telegram.as_ref()),
+            ("whatsapp", self.whatsapp.as_ref()),
+            ("signal", self.signal.as_ref()),
+            ("imessage", self.imessage.as_ref()),
+        ]
+    }
+
+    /// The block of a chat channel by name (`None`: the name is not a chat channel).
+    pub fn block_mut(&mut self, name: &str) -> Option<&mut Option<RawChannel>> {
+        Some(match name {
+            "discord" => &mut self.discord,
+            "slack" => &mut self.slack,
+            "telegram" => &mut self.telegram,
+            "whatsapp" => &mut self.whatsapp,
+            "signal" => &mut self.signal,
+            "imessage" => &mut self.imessage,
+            _ => return None,
+        })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -358,10 +385,12 @@ pub struct RawWebchat {
     pub enabled: Option<bool>,
 }
 
-/// The fields chat channels share (OpenClaw's vocabulary), plus each platform's credentials.
-/// Platform-specific keys on the wrong platform are rejected in validation, naming the platform.
+/// The fields every chat channel shares (OpenClaw's vocabulary). Everything else in the block
+/// (credentials, endpoints, platform rules such as Discord's `guilds`) is the platform's own:
+/// collected in `platform` and checked by its adapter's validation pass, which names unknown keys
+/// as the closed types do.
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct RawChannel {
     pub enabled: Option<bool>,
     pub dm_policy: Option<String>,
@@ -373,43 +402,11 @@ pub struct RawChannel {
     pub history_limit: Option<u32>,
     pub default_account: Option<String>,
     pub accounts: Option<BTreeMap<String, RawChannel>>,
-    // Credentials and endpoints.
-    pub token: Option<SecretRef>,
-    pub bot_token: Option<SecretRef>,
-    pub app_token: Option<SecretRef>,
-    pub signing_secret: Option<SecretRef>,
-    pub api_url: Option<String>,
-    pub webhook_url: Option<String>,
-    pub webhook_secret: Option<SecretRef>,
-    /// Slack: `socket` | `http`.
-    pub mode: Option<String>,
-    /// Signal: the account's number; iMessage/Signal: helper binaries and endpoints.
-    pub account: Option<String>,
-    pub cli_path: Option<String>,
-    pub http_url: Option<String>,
-    pub db_path: Option<String>,
-    // Where conversations are allowed.
-    pub guilds: Option<BTreeMap<String, RawGuild>>,
+    /// Groups by the platform's group id (Telegram, WhatsApp, Signal, iMessage).
     pub groups: Option<BTreeMap<String, RawGroup>>,
-    pub channels: Option<BTreeMap<String, RawRoom>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RawGuild {
-    pub slug: Option<String>,
-    pub require_mention: Option<bool>,
-    pub users: Option<Vec<String>>,
-    pub roles: Option<Vec<String>>,
-    pub channels: Option<BTreeMap<String, RawRoom>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RawRoom {
-    pub allow: Option<bool>,
-    pub require_mention: Option<bool>,
-    pub users: Option<Vec<String>>,
+    /// The platform's own keys, for its adapter.
+    #[serde(flatten)]
+    pub platform: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -2,13 +2,15 @@
 //!
 //! `validate` runs named passes in order, each in `validate/<pass>.rs` beside the typed settings
 //! it produces: `gateway` (and `logging`), `store`, `providers`, `policy` (tool layers, policy
-//! files and their keys), `tenants`, `agents` (with `sandbox` for each agent), the channels,
+//! files and their keys), `tenants`, `agents` (with `sandbox` for each agent), `channels` (with each
+//! adapter's own pass),
 //! `bindings`, then `tenants::quotas_and_keys` and the one-tenant-per-account check, which need
 //! everything before them. Every pass pushes to one `Errors` collector and goes on, so all errors
 //! come back at once, each with its key path.
 
 mod agents;
 mod bindings;
+mod channels;
 mod gateway;
 mod policy;
 mod providers;
@@ -16,9 +18,10 @@ mod sandbox;
 mod store;
 mod tenants;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub use super::channels::ChannelsConfig;
 pub use agents::{AgentConfig, Identity, ModelRef};
 pub use bindings::Binding;
 pub use gateway::{GatewayConfig, LogFormat, LoggingConfig, OperatorConfig, OperatorRole, TlsFiles};
@@ -74,18 +77,6 @@ impl Config {
     }
 }
 
-/// Chat channels present in the config. Adapters read their own block.
-#[derive(Debug, Clone, Default)]
-pub struct ChannelsConfig {
-    /// Enabled chat channels, by name.
-    pub enabled: Vec<&'static str>,
-    pub webchat_enabled: bool,
-    /// Accounts per channel (the implicit `default` account when none are listed).
-    pub accounts: BTreeMap<&'static str, BTreeSet<String>>,
-    /// Telegram bots to poll (empty when the channel is absent or disabled).
-    pub telegram: Vec<crate::channels::telegram::config::TelegramAccount>,
-}
-
 /// Names of chat channels the schema knows.
 pub const CHANNELS: [&str; 7] = ["discord", "slack", "telegram", "whatsapp", "signal", "imessage", "webchat"];
 
@@ -136,7 +127,7 @@ fn required_id<T>(
     }
 }
 
-fn secret(errs: &mut Errors, warnings: &mut Vec<String>, path: &str, s: &SecretRef) {
+pub(crate) fn secret(errs: &mut Errors, warnings: &mut Vec<String>, path: &str, s: &SecretRef) {
     let _ = errs;
     if s.is_literal() {
         warnings.push(format!("{path}: literal secret in the config; use {{ env: \"NAME\" }} or {{ file: \"PATH\" }}"));
@@ -173,7 +164,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
         default_share,
         (&mut tenants, &mut policies),
     );
-    let mut channels = channels_config(&mut errs, &mut warnings, raw.channels.unwrap_or_default());
+    let mut channels = channels::channels(&mut errs, &mut warnings, raw.channels.unwrap_or_default());
     let bindings = bindings::bindings(&mut errs, raw.bindings, &agent_tenants, &channels);
     let (quotas, model_keys) = tenants::quotas_and_keys(
         &mut errs,
@@ -182,7 +173,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
         &providers,
         &agents,
     );
-    one_tenant_per_account(&mut errs, &mut channels.telegram, &bindings, &agent_tenants, default_agent.as_ref());
+    channels::one_tenant_per_account(&mut errs, &mut channels, &bindings, &agent_tenants, default_agent.as_ref());
 
     let errors = errs.0;
     if !errors.is_empty() {
@@ -208,149 +199,4 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
         model_keys,
         warnings,
     })
-}
-
-/// A bot account belongs to one tenant: every binding that can take its traffic (and the
-/// default agent, when some of it may match no binding) must lead to agents of one tenant, so a
-/// broad binding can never carry one tenant's chats to another tenant's agent. Records that
-/// tenant on the account (where its chat inbox lives).
-fn one_tenant_per_account(
-    errs: &mut Errors,
-    accounts: &mut [crate::channels::telegram::config::TelegramAccount],
-    bindings: &[Binding],
-    agent_tenants: &HashMap<AgentId, TenantId>,
-    default_agent: Option<&AgentId>,
-) {
-    /// What the bindings of one account key (or of every account: no key or `*`) reach.
-    #[derive(Default)]
-    struct Reach<'a> {
-        tenants: BTreeSet<&'a str>,
-        catch_all: bool,
-    }
-    /// Tenants named in one error; more only repeat the point.
-    const SHOWN: usize = 5;
-    let tenant_of = |id: &AgentId| agent_tenants.get(id).map(|t| t.as_str());
-    // One pass over the bindings, then one lookup per account: linear in the config's size.
-    let mut every = Reach::default();
-    let mut by_account: HashMap<&str, Reach> = HashMap::new();
-    for b in bindings.iter().filter(|b| b.channel == "telegram") {
-        let reach = match b.account_id.as_deref() {
-            None | Some("*") => &mut every,
-            Some(a) => by_account.entry(a).or_default(),
-        };
-        reach.tenants.extend(tenant_of(&b.agent));
-        reach.catch_all |= b.specificity() <= 1;
-    }
-    for acc in accounts {
-        let own = by_account.get(acc.id.as_str());
-        // Past SHOWN + 1 of the shared tenants the answer and the message are the same.
-        let mut tenants: BTreeSet<&str> = every.tenants.iter().take(SHOWN + 1).copied().collect();
-        tenants.extend(own.iter().flat_map(|r| r.tenants.iter().copied()));
-        let catch_all = every.catch_all || own.is_some_and(|r| r.catch_all);
-        if !catch_all && let Some(t) = default_agent.and_then(tenant_of) {
-            tenants.insert(t);
-        }
-        if tenants.len() == 1 {
-            acc.tenant = tenants.first().and_then(|t| TenantId::parse(t).ok());
-        }
-        if tenants.len() > 1 {
-            let mut list: Vec<&str> = tenants.iter().take(SHOWN).copied().collect();
-            if tenants.len() > SHOWN {
-                list.push("and others");
-            }
-            errs.push(
-                format!("channels.telegram.accounts.{}", acc.id),
-                format!(
-                    "its traffic can reach agents of tenants {}; a bot belongs to one tenant: bind it with accountId {:?} to that tenant's agents only",
-                    list.join(", "),
-                    acc.id
-                ),
-            );
-        }
-    }
-}
-
-fn channels_config(errs: &mut Errors, warnings: &mut Vec<String>, raw: RawChannels) -> ChannelsConfig {
-    let mut out = ChannelsConfig {
-        webchat_enabled: raw.webchat.as_ref().and_then(|w| w.enabled).unwrap_or(true),
-        ..Default::default()
-    };
-    let dm_policies = [("pairing", ()), ("allowlist", ()), ("open", ()), ("disabled", ())];
-    let group_policies = [("allowlist", ()), ("open", ()), ("disabled", ())];
-    if let Some(d) = &raw.defaults {
-        one_of(errs, "channels.defaults.dmPolicy", d.dm_policy.as_deref(), (), &dm_policies);
-        one_of(errs, "channels.defaults.groupPolicy", d.group_policy.as_deref(), (), &group_policies);
-    }
-    let list: [(&'static str, Option<&RawChannel>); 6] = [
-        ("discord", raw.discord.as_ref()),
-        ("slack", raw.slack.as_ref()),
-        ("telegram", raw.telegram.as_ref()),
-        ("whatsapp", raw.whatsapp.as_ref()),
-        ("signal", raw.signal.as_ref()),
-        ("imessage", raw.imessage.as_ref()),
-    ];
-    for (name, ch) in list {
-        let Some(ch) = ch else { continue };
-        let check = |errs: &mut Errors, warnings: &mut Vec<String>, path: String, c: &RawChannel| {
-            one_of(errs, &format!("{path}.dmPolicy"), c.dm_policy.as_deref(), (), &dm_policies);
-            one_of(errs, &format!("{path}.groupPolicy"), c.group_policy.as_deref(), (), &group_policies);
-            if c.dm_policy.as_deref() == Some("open") && !c.allow_from.iter().flatten().any(|x| x == "*") {
-                errs.push(
-                    format!("{path}.allowFrom"),
-                    "dmPolicy \"open\" requires allowFrom: [\"*\"] so the choice is explicit",
-                );
-            }
-            let only = |key: &str, set: bool, platforms: &[&str], errs: &mut Errors| {
-                if set && !platforms.contains(&name) {
-                    errs.push(format!("{path}.{key}"), format!("{key} does not apply to {name}"));
-                }
-            };
-            only("guilds", c.guilds.is_some(), &["discord"], errs);
-            only("appToken", c.app_token.is_some(), &["slack"], errs);
-            only("signingSecret", c.signing_secret.is_some(), &["slack"], errs);
-            only("mode", c.mode.is_some(), &["slack"], errs);
-            only("groups", c.groups.is_some(), &["telegram", "whatsapp", "signal", "imessage"], errs);
-            only("channels", c.channels.is_some(), &["slack"], errs);
-            only("apiUrl", c.api_url.is_some(), &["telegram"], errs);
-            only("dbPath", c.db_path.is_some(), &["imessage"], errs);
-            for (key, s) in [
-                ("token", &c.token),
-                ("botToken", &c.bot_token),
-                ("appToken", &c.app_token),
-                ("signingSecret", &c.signing_secret),
-                ("webhookSecret", &c.webhook_secret),
-            ] {
-                if let Some(s) = s {
-                    secret(errs, warnings, &format!("{path}.{key}"), s);
-                }
-            }
-        };
-        let path = format!("channels.{name}");
-        check(errs, warnings, path.clone(), ch);
-        let mut accounts = BTreeSet::new();
-        for (acc, c) in ch.accounts.iter().flatten() {
-            let p = format!("{path}.accounts.{acc}");
-            if c.accounts.is_some() {
-                errs.push(format!("{p}.accounts"), "accounts cannot be nested");
-            }
-            check(errs, warnings, p, c);
-            if c.enabled != Some(false) {
-                accounts.insert(acc.clone());
-            }
-        }
-        if accounts.is_empty() {
-            accounts.insert(ch.default_account.clone().unwrap_or_else(|| "default".into()));
-        }
-        if ch.enabled != Some(false) {
-            out.enabled.push(name);
-            out.accounts.insert(name, accounts);
-        }
-    }
-    if out.webchat_enabled {
-        out.enabled.push("webchat");
-    }
-    if let Some(tg) = raw.telegram.as_ref().filter(|t| t.enabled != Some(false)) {
-        out.telegram = crate::channels::telegram::config::accounts(errs, raw.defaults.as_ref(), tg);
-    }
-    out
 }

@@ -7,7 +7,8 @@ use crate::config::Config;
 use crate::config::channels::GroupPolicy;
 
 pub(super) fn checks(config: &Config) -> Vec<Check> {
-    if config.channels.telegram.is_empty() {
+    let accounts = super::settings(config).map(|s| s.accounts.as_slice()).unwrap_or_default();
+    if accounts.is_empty() {
         return Vec::new();
     }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -15,7 +16,8 @@ pub(super) fn checks(config: &Config) -> Vec<Check> {
         Err(e) => return vec![Check::fail(format!("telegram: cannot start the async runtime: {e}"))],
     };
     let mut out = Vec::new();
-    for acc in &config.channels.telegram {
+    for acc in accounts {
+        let Some(shared) = config.channels.account("telegram", &acc.id) else { continue };
         let label = format!("telegram/{}", acc.id);
         let conn = match acc.token.resolve(&config.base_dir).and_then(|t| Connection::new(t.expose(), &acc.api_url)) {
             Ok(c) => c,
@@ -34,8 +36,8 @@ pub(super) fn checks(config: &Config) -> Vec<Check> {
         };
         out.push(Check::ok(format!("{label}: token accepted (bot @{})", me.user.username.as_deref().unwrap_or("?"))));
         let wants_all =
-            !acc.access.require_mention || acc.access.groups.values().any(|g| g.require_mention == Some(false));
-        let groups_on = acc.access.group_policy != GroupPolicy::Disabled;
+            !shared.access.require_mention || shared.access.groups.values().any(|g| g.require_mention == Some(false));
+        let groups_on = shared.access.group_policy != GroupPolicy::Disabled;
         if groups_on && wants_all && !me.can_read_all_group_messages {
             out.push(Check::warn(format!(
                 "{label}: privacy mode is on, so in groups the bot only receives commands, replies to it and @mentions; groups set to requireMention: false will miss other messages. Turn privacy off with @BotFather (/setprivacy, Disable), then remove and re-add the bot to each group"

@@ -28,13 +28,18 @@ use tokio::sync::watch;
 pub mod config;
 mod doctor;
 
-use super::adapter::{AccountSpec, Check, Context};
+use super::adapter::{AccountBlock, ChannelPass, Check, Context, Validated};
 use super::inbound::{Account, Body, ChatMessage, Deferred, accept};
 use super::outbound::{ChatTarget, Limits, Outbound, SendError, Transport};
 use super::pairing::Pairing;
-use crate::config::Config;
+use crate::config::{Config, RawChannel};
 use crate::gateway::{Live, TokenIndex};
-use config::TelegramAccount;
+use config::{TelegramAccount, TelegramSettings};
+
+/// The Telegram settings of a checked config (`None`: the channel is off).
+fn settings(config: &Config) -> Option<&TelegramSettings> {
+    config.channels.platform::<TelegramSettings>("telegram")
+}
 
 /// Long-poll timeout asked of the Bot API, in seconds.
 pub const POLL_TIMEOUT_SECS: u64 = 25;
@@ -240,14 +245,8 @@ impl super::adapter::Adapter for Telegram {
         "telegram"
     }
 
-    fn accounts(&self, config: &Config) -> Vec<AccountSpec> {
-        // Everything the connection depends on: a change restarts the account, nothing else does.
-        config
-            .channels
-            .telegram
-            .iter()
-            .map(|acc| AccountSpec { id: acc.id.clone(), fingerprint: format!("{acc:?}") })
-            .collect()
+    fn validate(&self, pass: &mut ChannelPass<'_>, channel: &RawChannel, accounts: &[AccountBlock<'_>]) -> Validated {
+        config::validate(pass, channel, accounts)
     }
 
     /// Every token resolves and builds a connection; no bot token is shared by two accounts
@@ -256,8 +255,8 @@ impl super::adapter::Adapter for Telegram {
         let mut errors = Vec::new();
         // By digest, compared in constant time; the token itself is never kept or shown.
         let mut seen: TokenIndex<String> = TokenIndex::new();
-        for acc in &config.channels.telegram {
-            let path = format!("channels.telegram.accounts.{}", acc.id);
+        for acc in settings(config).map(|s| s.accounts.as_slice()).unwrap_or_default() {
+            let path = config.channels.account("telegram", &acc.id).map_or_else(String::new, |a| a.path.clone());
             match acc.token.resolve(&config.base_dir) {
                 Ok(token) => {
                     if let Some(first) = seen.lookup(token.expose()) {
@@ -284,13 +283,9 @@ impl super::adapter::Adapter for Telegram {
         account: &str,
         stopped: watch::Receiver<bool>,
     ) -> Result<tokio::task::JoinHandle<()>, String> {
-        let acc = config
-            .channels
-            .telegram
-            .iter()
-            .find(|a| a.id == account)
-            .cloned()
-            .ok_or_else(|| format!("channels.telegram account {account:?} is not configured"))?;
+        let not_configured = || format!("channels.telegram account {account:?} is not configured");
+        let acc = settings(config).and_then(|s| s.account(account)).cloned().ok_or_else(not_configured)?;
+        let shared = config.channels.account("telegram", account).cloned().ok_or_else(not_configured)?;
         let token = acc
             .token
             .resolve(&config.base_dir)
@@ -303,17 +298,31 @@ impl super::adapter::Adapter for Telegram {
             Arc::new(TelegramTransport { bot: conn.bot.clone() }),
             Limits::telegram(acc.text_chunk_limit),
         );
-        let account = Account::new(&ctx.live, &ctx.inbox, "telegram", acc.id.clone(), acc.access.clone(), outbound);
-        let poller = Poller { live: ctx.live.clone(), pairing: ctx.pairing.clone(), account, conn, config: acc };
+        let account = Account::new(&ctx.live, &ctx.inbox, "telegram", acc.id.clone(), shared.access, outbound);
+        let poller = Poller {
+            live: ctx.live.clone(),
+            pairing: ctx.pairing.clone(),
+            account,
+            conn,
+            tenant: shared.tenant,
+            config: acc,
+        };
         Ok(tokio::spawn(poller.run(stopped)))
     }
 
-    fn check_sender_id(&self, id: &str) -> Result<(), String> {
-        match crate::channels::access::sender_id(id) {
-            Some(_) => Ok(()),
+    fn check_sender_id(&self, id: &str) -> Result<String, String> {
+        match config::sender_id(id) {
+            Some(id) => Ok(id.to_string()),
             None => Err(format!(
                 "invalid sender {id:?}: use a numeric Telegram user id (optionally \"tg:\"-prefixed) or \"*\"; usernames can change hands"
             )),
+        }
+    }
+
+    fn check_group_id(&self, id: &str) -> Result<(), String> {
+        match id.parse::<i64>() {
+            Ok(_) => Ok(()),
+            Err(_) => Err(format!("invalid group {id:?}: use the numeric chat id (e.g. \"-1001234567890\") or \"*\"")),
         }
     }
 
@@ -328,6 +337,8 @@ struct Poller {
     pairing: Arc<Pairing>,
     account: Account,
     conn: Connection,
+    /// The tenant the bot serves (its inbox is this tenant's).
+    tenant: Option<crate::ids::TenantId>,
     config: TelegramAccount,
 }
 
@@ -344,7 +355,7 @@ impl Poller {
         let id = self.config.id.clone();
         // Turns accepted before a restart run again first; updates already admitted are skipped.
         let mut offset: i64 = 0;
-        if let Some(tenant) = &self.config.tenant {
+        if let Some(tenant) = &self.tenant {
             match self.account.resume(tenant).await {
                 Ok(mark) => offset = mark.map_or(0, |m| m.saturating_add(1)),
                 Err(e) => {
