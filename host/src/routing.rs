@@ -11,13 +11,20 @@ use crate::ids::PeerKind;
 pub struct Origin<'a> {
     pub channel: &'a str,
     pub account: &'a str,
+    /// The server the chat belongs to (a Discord guild), if any.
+    pub space: Option<&'a str>,
     pub kind: PeerKind,
-    /// The chat's id (a direct chat's id is the sender's).
+    /// The group's chat id, or a direct chat's sender.
     pub peer: &'a str,
 }
 
 fn matches(b: &Binding, o: &Origin<'_>) -> bool {
-    if b.channel != o.channel || b.guild_id.is_some() || b.team_id.is_some() {
+    if b.channel != o.channel || b.team_id.is_some() {
+        return false;
+    }
+    if let Some(g) = &b.guild_id
+        && o.space != Some(g.as_str())
+    {
         return false;
     }
     if let Some(acc) = &b.account_id
@@ -68,7 +75,7 @@ mod tests {
             }"#,
         );
         let at = |account, kind, peer| {
-            route(&c, &Origin { channel: "telegram", account, kind, peer }).map(|a| a.id.to_string())
+            route(&c, &Origin { channel: "telegram", account, space: None, kind, peer }).map(|a| a.id.to_string())
         };
         assert_eq!(at("acme", PeerKind::Direct, "42").as_deref(), Some("vip"));
         assert_eq!(at("acme", PeerKind::Direct, "43").as_deref(), Some("general"));
