@@ -263,3 +263,66 @@ async fn doctor_checks_discord_tokens_intents_and_guilds() {
     );
     assert!(!out.contains(SEED), "{out}");
 }
+
+const OPS: &str = "ops-token-discord-4b8e1c7a2f9d3e6b5a0c8f1d7e4b2a9c";
+
+/// `two_bots` with an operator, and beta's account only when `beta` is set (its DM policy given).
+fn reloadable(fake: &FakeDiscord, beta: Option<&str>) -> String {
+    let mut text = two_bots(fake).replace(
+        r#"gateway: { bind: "127.0.0.1:0", shutdownGraceSec: 5 },"#,
+        r#"gateway: { bind: "127.0.0.1:0", shutdownGraceSec: 5, operators: [ { id: "ops", token: { env: "OPS_TOKEN" }, role: "admin" } ] },"#,
+    );
+    match beta {
+        Some(dm) => text = text.replace(r#"dmPolicy: "allowlist", allowFrom: ["discord:6000"]"#, dm),
+        None => {
+            text = text
+                .replace(r#"    beta: { token: { env: "BETA_DISCORD_TOKEN" }, dmPolicy: "allowlist", allowFrom: ["discord:6000"] },"#, "")
+                .replace(r#"    { agentId: "beta-help", match: { channel: "discord", accountId: "beta" } },"#, "");
+        }
+    }
+    text
+}
+
+async fn reload(gw: &Gateway) -> serde_json::Value {
+    let r = crate::harness::http().post(gw.url("/admin/reload")).bearer_auth(OPS).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discord_accounts_follow_the_reload_and_unchanged_ones_never_reconnect() {
+    let fake = FakeDiscord::start().await;
+    fake.add_bot(ACME, 1001, "acme_bot", &[]);
+    fake.add_bot(BETA, 1002, "beta_bot", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = env();
+    env.push(("OPS_TOKEN", OPS));
+    let mut gw = Gateway::start_with(dir.path(), &reloadable(&fake, None), &env, &["--no-watch"]).await;
+    assert!(fake.wait_connected(ACME, Duration::from_secs(15)).await, "{}", gw.logs());
+    assert_eq!(fake.identifies(BETA), 0);
+    // Added: beta connects and answers; acme is left alone.
+    std::fs::write(dir.path().join("bulkhead.json5"), reloadable(&fake, Some(r#"dmPolicy: "open", allowFrom: ["*"]"#))).unwrap();
+    let report = reload(&gw).await;
+    assert_eq!(report["accountsRestarted"], json!(["discord/beta"]), "{report}");
+    assert!(fake.wait_connected(BETA, Duration::from_secs(15)).await, "{}", gw.logs());
+    fake.message(BETA, 3300, "7010", None, (6002, "erin"), "hi new bot");
+    assert_eq!(until_sent(&fake, BETA, 1, Duration::from_secs(10)).await[0].content, "echo: hi new bot");
+    // Changed: only beta reconnects (a fresh IDENTIFY), and its new policy applies.
+    std::fs::write(dir.path().join("bulkhead.json5"), reloadable(&fake, Some(r#"dmPolicy: "disabled""#))).unwrap();
+    let report = reload(&gw).await;
+    assert_eq!(report["accountsRestarted"], json!(["discord/beta"]), "{report}");
+    let end = Instant::now() + Duration::from_secs(15);
+    while fake.identifies(BETA) < 2 && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(fake.identifies(BETA), 2, "{}", gw.logs());
+    assert!(fake.wait_connected(BETA, Duration::from_secs(15)).await);
+    fake.message(BETA, 3301, "7010", None, (6002, "erin"), "are DMs off?");
+    fake.message(ACME, 3302, "7011", None, (6002, "erin"), "acme still here?");
+    assert_eq!(until_sent(&fake, ACME, 1, Duration::from_secs(10)).await[0].content, "echo: acme still here?");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fake.sent(BETA).len(), 1, "DMs disabled by the reload");
+    assert_eq!(fake.identifies(ACME), 1, "the unchanged account never reconnected");
+    assert_eq!(fake.resumes(ACME), 0);
+    assert_eq!(gw.terminate().await, Some(0));
+}
