@@ -301,7 +301,8 @@ async fn discord_accounts_follow_the_reload_and_unchanged_ones_never_reconnect()
     assert!(fake.wait_connected(ACME, Duration::from_secs(15)).await, "{}", gw.logs());
     assert_eq!(fake.identifies(BETA), 0);
     // Added: beta connects and answers; acme is left alone.
-    std::fs::write(dir.path().join("bulkhead.json5"), reloadable(&fake, Some(r#"dmPolicy: "open", allowFrom: ["*"]"#))).unwrap();
+    std::fs::write(dir.path().join("bulkhead.json5"), reloadable(&fake, Some(r#"dmPolicy: "open", allowFrom: ["*"]"#)))
+        .unwrap();
     let report = reload(&gw).await;
     assert_eq!(report["accountsRestarted"], json!(["discord/beta"]), "{report}");
     assert!(fake.wait_connected(BETA, Duration::from_secs(15)).await, "{}", gw.logs());
