@@ -12,6 +12,41 @@ use crate::ids::TenantId;
 use crate::quota::QuotaKind;
 use crate::scheduler::Scheduler;
 
+/// Audit records that could not be written (any log), since the process started. Process-wide:
+/// the audit writer runs beside every runtime and has no handle on one.
+static AUDIT_WRITE_FAILURES: AtomicU64 = AtomicU64::new(0);
+
+/// Counts an audit record that could not be written (called by the audit writer).
+pub fn audit_write_failed() {
+    AUDIT_WRITE_FAILURES.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Every metric family `/metrics` serves (the observability kit in `ops/` is checked against it).
+pub const FAMILIES: &[&str] = &[
+    "gateway_runs_total",
+    "gateway_runs_failed_total",
+    "gateway_runs_refused_total",
+    "gateway_tool_calls_total",
+    "gateway_tool_calls_failed_total",
+    "gateway_tool_denials_total",
+    "gateway_model_input_tokens_total",
+    "gateway_model_output_tokens_total",
+    "gateway_sandbox_starts_total",
+    "gateway_sandbox_failures_total",
+    "gateway_channel_notices_refused_total",
+    "gateway_quota_refusals_total",
+    "gateway_queue_wait_seconds",
+    "gateway_auth_failures_total",
+    "gateway_reloads_total",
+    "gateway_audit_write_failures_total",
+    "gateway_runs_running",
+    "gateway_queue_depth",
+    "process_resident_memory_bytes",
+    "process_open_fds",
+    "process_start_time_seconds",
+    "process_uptime_seconds",
+];
+
 /// Upper bounds (seconds) of the queue-wait histogram buckets.
 const WAIT_BUCKETS: [f64; 13] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
@@ -38,6 +73,8 @@ struct TenantCounters {
 pub struct Metrics {
     tenants: Mutex<BTreeMap<TenantId, TenantCounters>>,
     auth_failures: AtomicU64,
+    reloads_applied: AtomicU64,
+    reloads_refused: AtomicU64,
     started: Instant,
     started_unix: f64,
 }
@@ -58,6 +95,8 @@ impl Metrics {
         Self {
             tenants: Mutex::new(tenants.into_iter().map(|t| (t.clone(), TenantCounters::default())).collect()),
             auth_failures: AtomicU64::new(0),
+            reloads_applied: AtomicU64::new(0),
+            reloads_refused: AtomicU64::new(0),
             started: Instant::now(),
             started_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
         }
@@ -131,6 +170,17 @@ impl Metrics {
     pub fn auth_failure(&self) {
         self.auth_failures.fetch_add(1, Ordering::Relaxed);
     }
+    /// A config reload applied or refused (every trigger: admin API, signal, file watcher).
+    pub fn reload(&self, applied: bool) {
+        let c = if applied { &self.reloads_applied } else { &self.reloads_refused };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Queue-wait observations of a tenant so far: (count, total seconds).
+    pub fn queue_wait_total(&self, tenant: &TenantId) -> (u64, f64) {
+        let map = self.tenants.lock().expect("metrics lock");
+        map.get(tenant).map_or((0, 0.0), |c| (c.wait_count, c.wait_sum))
+    }
 
     /// Counters only (no scheduler gauges, no process metrics).
     pub fn render(&self) -> String {
@@ -201,6 +251,17 @@ impl Metrics {
             out,
             "# HELP gateway_auth_failures_total Rejected API tokens.\n# TYPE gateway_auth_failures_total counter\ngateway_auth_failures_total {}",
             self.auth_failures.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP gateway_reloads_total Config reloads, applied or refused.\n# TYPE gateway_reloads_total counter\ngateway_reloads_total{{outcome=\"applied\"}} {}\ngateway_reloads_total{{outcome=\"refused\"}} {}",
+            self.reloads_applied.load(Ordering::Relaxed),
+            self.reloads_refused.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP gateway_audit_write_failures_total Audit records that could not be written.\n# TYPE gateway_audit_write_failures_total counter\ngateway_audit_write_failures_total {}",
+            AUDIT_WRITE_FAILURES.load(Ordering::Relaxed)
         );
         out
     }
@@ -280,6 +341,12 @@ mod tests {
             assert!(text.contains(line), "missing {line}:\n{text}");
         }
         assert!(text.contains("process_resident_memory_bytes "), "{text}");
+        assert!(text.contains("gateway_reloads_total{outcome=\"refused\"} 0"), "{text}");
+        assert!(text.contains("gateway_audit_write_failures_total "), "{text}");
+        let rendered: std::collections::BTreeSet<&str> =
+            text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).collect();
+        let listed: std::collections::BTreeSet<&str> = FAMILIES.iter().copied().collect();
+        assert_eq!(rendered, listed, "FAMILIES lists exactly what is rendered");
         assert!(text.contains("process_open_fds "), "{text}");
         // Every sample's labels come from the bounded set.
         for line in text.lines().filter(|l| !l.starts_with('#')) {

@@ -307,6 +307,26 @@ impl UsageMeter {
         out
     }
 
+    /// A tenant's usage per day (all agents summed) for the last `days` days up to today, oldest
+    /// first, days without usage included at zero (the operator console's chart).
+    pub fn tenant_daily(&self, tenant: &TenantId, days: i64) -> Vec<(String, Counters)> {
+        let books = self.books.lock().expect("usage lock");
+        let today = Day::today();
+        (0..days)
+            .rev()
+            .map(|back| {
+                let day = Day(today.0 - back);
+                let mut sum = Counters::default();
+                if let Some(agents) = books.get(tenant).and_then(|b| b.days.get(&day)) {
+                    for c in agents.values() {
+                        sum.add(c);
+                    }
+                }
+                (day.to_string(), sum)
+            })
+            .collect()
+    }
+
     /// Writes every tenant whose usage changed since the last flush (atomically, fsynced).
     /// A tenant whose write fails stays marked and is retried by the next flush.
     pub fn flush(&self) -> Result<(), UsageError> {

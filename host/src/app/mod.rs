@@ -299,6 +299,13 @@ impl Reloader for Hook {
             None => ReloadReport { errors: vec!["the gateway is stopping".into()], ..Default::default() },
         }
     }
+
+    fn accounts(&self) -> Option<Vec<(String, String, bool)>> {
+        let inner = self.0.upgrade()?;
+        // A reload in progress holds the accounts: the console says "configured" meanwhile.
+        let state = inner.state.try_lock().ok()?;
+        Some(state.channels.as_ref().map(Channels::accounts).unwrap_or_default())
+    }
 }
 
 fn trigger_name(by: &Actor) -> &'static str {

@@ -27,9 +27,12 @@ impl Inner {
     /// is the running one.
     pub(super) async fn reload_from_source(&self, trigger: &str, by: Actor, only_if_changed: bool) -> ReloadReport {
         let Some(path) = self.source.file.clone() else {
-            return refused(
-                String::new(),
-                vec!["this gateway runs the embedded default config; there is no file to reload".into()],
+            return self.noted(
+                trigger,
+                refused(
+                    String::new(),
+                    vec!["this gateway runs the embedded default config; there is no file to reload".into()],
+                ),
             );
         };
         let loaded = match tokio::task::spawn_blocking(move || crate::config::load(&path)).await {
@@ -37,9 +40,11 @@ impl Inner {
             Ok(Err(e)) => {
                 let report = refused(String::new(), e.errors.iter().map(ToString::to_string).collect());
                 log_refused(&report);
-                return report;
+                return self.noted(trigger, report);
             }
-            Err(e) => return refused(String::new(), vec![format!("the config could not be read: {e}")]),
+            Err(e) => {
+                return self.noted(trigger, refused(String::new(), vec![format!("the config could not be read: {e}")]));
+            }
         };
         if only_if_changed && self.state.lock().await.digest == loaded.digest {
             return ReloadReport { applied: true, config_digest: loaded.digest, ..Default::default() };
@@ -47,7 +52,19 @@ impl Inner {
         self.reload(loaded.config, loaded.digest, trigger, by).await
     }
 
+    /// Applies `config` or refuses it whole; the outcome is counted and kept for the console.
     pub(super) async fn reload(&self, config: Config, digest: String, trigger: &str, by: Actor) -> ReloadReport {
+        let report = self.apply(config, digest, trigger, by).await;
+        self.noted(trigger, report)
+    }
+
+    /// A reload's outcome, counted in the metrics and kept as the last one (for the console).
+    fn noted(&self, trigger: &str, report: ReloadReport) -> ReloadReport {
+        self.gateway.note_reload(trigger, &report);
+        report
+    }
+
+    async fn apply(&self, config: Config, digest: String, trigger: &str, by: Actor) -> ReloadReport {
         let mut state = self.state.lock().await;
         let old = self.live.load_full();
         let mut errors = restart_only(old.config(), &config);

@@ -445,6 +445,7 @@ impl Audit {
         if let Some(shared) = &self.shared
             && shared.tx.send(Job::Append(scope, actor, Box::new(event), None)).await.is_err()
         {
+            crate::metrics::audit_write_failed();
             tracing::error!("The audit writer has stopped; a record was not written.");
         }
     }
@@ -485,6 +486,7 @@ fn writer_loop(mut w: LogWriter, mut rx: mpsc::Receiver<Job>) {
         let results = w.append_batch(pending);
         for (r, ack) in results.into_iter().zip(acks.drain(..)) {
             if let Err(e) = &r {
+                crate::metrics::audit_write_failed();
                 tracing::error!(error = %e, "Audit record not written.");
             }
             if let Some(ack) = ack {

@@ -91,6 +91,12 @@ impl Channels {
         Plan { wanted, stale, touched: touched.into_iter().collect() }
     }
 
+    /// Every account started, as `(channel, account, running)`: `running` is false once its
+    /// task has ended (a revoked token, a fatal platform error).
+    pub fn accounts(&self) -> Vec<(String, String, bool)> {
+        self.running.iter().map(|((c, id), r)| (c.to_string(), id.clone(), !r.task.is_finished())).collect()
+    }
+
     /// `channel/account` of every account `apply(config)` would stop or start.
     pub fn changes(&self, config: &Config) -> Vec<String> {
         self.plan(config).touched

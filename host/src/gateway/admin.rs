@@ -39,6 +39,23 @@ pub struct Operator {
 #[async_trait::async_trait]
 pub trait Reloader: Send + Sync {
     async fn reload(&self, by: crate::audit::Actor) -> ReloadReport;
+
+    /// The chat accounts running now, as `(channel, account, running)` (`running` false: its
+    /// task ended, e.g. a revoked token); `None` when not known right now (a reload holds them).
+    fn accounts(&self) -> Option<Vec<(String, String, bool)>> {
+        None
+    }
+}
+
+/// A reload's outcome as the console shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LastReload {
+    /// Unix seconds.
+    pub at: u64,
+    /// `admin`, `signal`, `watch`, ...
+    pub trigger: String,
+    pub report: ReloadReport,
 }
 
 /// The answer to a reload: what was applied, or every reason it was refused.
@@ -107,6 +124,9 @@ pub(super) fn routes(gw: Arc<Gateway>) -> Router<Arc<Gateway>> {
         .route("/pairing", get(super::pairing_api::list))
         .route("/pairing/approve", post(super::pairing_api::approve))
         .route("/pairing/deny", post(super::pairing_api::deny))
+        .route("/whoami", get(super::console::whoami))
+        .route("/status", get(super::console::status))
+        .route("/audit/status", get(super::console::audit_status))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(axum::middleware::from_fn_with_state(gw, guard))
 }
@@ -227,11 +247,6 @@ async fn audit_export(
     if let Some(denied) = op.refuse_unless(Need::Audit) {
         return denied;
     }
-    let rt = gw.runtime();
-    let audit = &rt.audit;
-    let (Some(dir), Some(keys)) = (audit.dir(), audit.keys()) else {
-        return error(StatusCode::CONFLICT, "audit_off", "the audit log is off (no store.masterKey configured)");
-    };
     let scope = match q.get("tenant") {
         None => Scope::Host,
         Some(t) => match known_tenant(&gw, t) {
@@ -239,11 +254,43 @@ async fn audit_export(
             None => return error(StatusCode::NOT_FOUND, "tenant_not_found", "no such tenant"),
         },
     };
+    match verified_records(&gw, &scope).await {
+        Ok((checkpoint, records)) => {
+            Json(json!({ "log": scope.name(), "checkpoint": checkpoint, "records": records })).into_response()
+        }
+        Err(ExportError::Off) => {
+            error(StatusCode::CONFLICT, "audit_off", "the audit log is off (no store.masterKey configured)")
+        }
+        Err(ExportError::Broken(e)) => error(StatusCode::CONFLICT, "audit_broken", &format!("the log {e}")),
+        Err(ExportError::Failed) => {
+            error(StatusCode::INTERNAL_SERVER_ERROR, "audit_failed", "the audit log cannot be read")
+        }
+    }
+}
+
+/// Why a log could not be exported.
+pub(super) enum ExportError {
+    /// The audit log is off.
+    Off,
+    /// The log fails verification (what fails, where).
+    Broken(String),
+    /// The log cannot be read or checkpointed.
+    Failed,
+}
+
+/// A log's records (decrypted, verified) up to a checkpoint signed now.
+pub(super) async fn verified_records(
+    gw: &Gateway,
+    scope: &Scope,
+) -> Result<(crate::audit::Checkpoint, Vec<serde_json::Value>), ExportError> {
+    let rt = gw.runtime();
+    let audit = &rt.audit;
+    let (Some(dir), Some(keys)) = (audit.dir(), audit.keys()) else { return Err(ExportError::Off) };
     let checkpoint = match audit.checkpoint(scope.clone()).await {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(log = %scope, error = %e, "Audit export failed.");
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "audit_failed", "the audit log cannot be read");
+            return Err(ExportError::Failed);
         }
     };
     let (keys, path) = (keys.clone(), scope.log_path(dir));
@@ -262,17 +309,17 @@ async fn audit_export(
     match read {
         Ok(Ok(mut records)) => {
             records.retain(|r| r["seq"].as_u64().is_some_and(|s| s <= checkpoint.seq));
-            Json(json!({ "log": scope.name(), "checkpoint": checkpoint, "records": records })).into_response()
+            Ok((checkpoint, records))
         }
         Ok(Err(e)) => {
             tracing::error!(log = %scope, error = %e, "Audit export failed.");
-            error(StatusCode::CONFLICT, "audit_broken", &format!("the log {e}"))
+            Err(ExportError::Broken(e))
         }
-        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "audit_failed", "the audit log cannot be read"),
+        Err(_) => Err(ExportError::Failed),
     }
 }
 
 /// A configured tenant named in a query, if any.
-fn known_tenant(gw: &Gateway, id: &str) -> Option<TenantId> {
+pub(super) fn known_tenant(gw: &Gateway, id: &str) -> Option<TenantId> {
     TenantId::parse(id).ok().filter(|t| gw.snapshot().config().tenants.contains_key(t))
 }

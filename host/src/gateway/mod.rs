@@ -7,6 +7,7 @@
 
 pub mod admin;
 mod auth;
+mod console;
 mod openai_api;
 mod pairing_api;
 pub mod tls;
@@ -63,6 +64,8 @@ pub struct Gateway {
     reloader: Option<Arc<dyn admin::Reloader>>,
     /// Routes channel adapters serve on this server (webhooks), merged into the router.
     extra_routes: Router<()>,
+    /// The last reload's outcome (any trigger), for the operator console.
+    last_reload: std::sync::Mutex<Option<admin::LastReload>>,
 }
 
 impl Gateway {
@@ -77,7 +80,20 @@ impl Gateway {
         let g = &snap.runtime.config.gateway;
         let tenant_throttle = Throttle::new(g.auth_max_failures, g.auth_window, g.auth_lockout);
         let operator_throttle = Throttle::new(g.auth_max_failures, g.auth_window, g.auth_lockout);
-        Self { live, tenant_throttle, operator_throttle, pairing, reloader, extra_routes }
+        Self { live, tenant_throttle, operator_throttle, pairing, reloader, extra_routes, last_reload: Default::default() }
+    }
+
+    /// Records a reload's outcome (by any trigger): counted in `/metrics`, kept for the console.
+    pub fn note_reload(&self, trigger: &str, report: &admin::ReloadReport) {
+        self.runtime().metrics.reload(report.applied);
+        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let last = admin::LastReload { at, trigger: trigger.to_string(), report: report.clone() };
+        *self.last_reload.lock().expect("last reload lock") = Some(last);
+    }
+
+    /// The last reload's outcome since the gateway started, if any.
+    pub fn last_reload(&self) -> Option<admin::LastReload> {
+        self.last_reload.lock().expect("last reload lock").clone()
     }
 
     /// The current snapshot: load it once per request and use it for the whole request.
@@ -186,6 +202,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/", get(webchat::page))
         .route("/ws", get(webchat::upgrade))
+        .route("/console", get(console::page))
         .route("/v1/models", get(openai_api::models))
         .route("/v1/chat/completions", post(openai_api::chat_completions))
         .route("/metrics", get(metrics))
