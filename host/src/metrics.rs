@@ -358,4 +358,62 @@ mod tests {
             }
         }
     }
+
+    /// The metric names an observability file names: `gateway_*` and `process_*` words.
+    fn named_metrics(text: &str) -> std::collections::BTreeSet<String> {
+        let mut names = std::collections::BTreeSet::new();
+        let mut word = String::new();
+        for ch in text.chars().chain(std::iter::once(' ')) {
+            if ch.is_ascii_alphanumeric() || ch == '_' {
+                word.push(ch);
+            } else {
+                if word.starts_with("gateway_") || word.starts_with("process_") {
+                    names.insert(std::mem::take(&mut word));
+                }
+                word.clear();
+            }
+        }
+        names
+    }
+
+    #[test]
+    fn every_metric_the_dashboard_and_alerts_name_is_exported() {
+        let a = TenantId::parse("alpha").unwrap();
+        let text = Metrics::for_tenants([&a]).render_all(&Scheduler::new(2));
+        // Sample names (histograms have `_bucket`, `_sum`, `_count`) and family names.
+        let exported: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter_map(|l| match l.strip_prefix("# TYPE ") {
+                Some(rest) => rest.split(' ').next(),
+                None if !l.starts_with('#') => l.split(['{', ' ']).next(),
+                None => None,
+            })
+            .collect();
+        let ops = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops");
+        for file in ["grafana-dashboard.json", "prometheus-alerts.yml"] {
+            let body = std::fs::read_to_string(ops.join(file)).expect("read the observability kit");
+            if file.ends_with(".json") {
+                serde_json::from_str::<serde_json::Value>(&body).expect("the dashboard is JSON");
+            }
+            let named = named_metrics(&body);
+            assert!(named.len() >= 5, "{file} names metrics: {named:?}");
+            for name in &named {
+                assert!(exported.contains(name.as_str()), "{file} names {name}, which /metrics does not export");
+            }
+        }
+        // The families the issue asks to watch are all covered by both.
+        for file in ["grafana-dashboard.json", "prometheus-alerts.yml"] {
+            let named = named_metrics(&std::fs::read_to_string(ops.join(file)).unwrap());
+            for must in [
+                "gateway_queue_wait_seconds_bucket",
+                "gateway_runs_refused_total",
+                "gateway_quota_refusals_total",
+                "gateway_sandbox_failures_total",
+                "gateway_audit_write_failures_total",
+                "gateway_reloads_total",
+            ] {
+                assert!(named.contains(must), "{file} does not watch {must}");
+            }
+        }
+    }
 }

@@ -7,6 +7,7 @@ mod audit;
 mod browser;
 mod cdp;
 mod cli;
+mod console;
 mod contract;
 mod discord;
 mod disk;
