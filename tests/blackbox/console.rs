@@ -148,7 +148,13 @@ async fn stranger_code(tg: &FakeTelegram, n: usize) -> String {
 }
 
 /// `fetch` from inside the page with `token`: the status the server answers.
-async fn fetch_status(browser: &Browser, method: &str, path: &str, token: &str, body: Option<Value>) -> anyhow::Result<u64> {
+async fn fetch_status(
+    browser: &Browser,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> anyhow::Result<u64> {
     let body = body.map_or("undefined".to_string(), |b| js(&b.to_string()));
     let expr = format!(
         "fetch({}, {{ method: {}, headers: {{ Authorization: 'Bearer ' + {}, 'Content-Type': 'application/json' }}, body: {body} }}).then(r => r.status)",
@@ -211,12 +217,11 @@ async fn console_admin_sees_everything_approves_a_pairing_code_and_reloads() -> 
         .await?;
     ready(&browser).await?;
     shot(&browser, "03-admin-pairing-pending").await?;
-    browser.eval(&format!("document.querySelector('#pairing-body tr[data-code={}] button.approve').click()", js(&code))).await?;
     browser
-        .wait_for(
-            "document.body.dataset.state === 'ready' && !document.getElementById('pairing-empty').hidden",
-            WAIT,
-        )
+        .eval(&format!("document.querySelector('#pairing-body tr[data-code={}] button.approve').click()", js(&code)))
+        .await?;
+    browser
+        .wait_for("document.body.dataset.state === 'ready' && !document.getElementById('pairing-empty').hidden", WAIT)
         .await?;
     s.tg.dm(ACME, STRANGER, "thanks!");
     let got = s.tg.wait_sent(ACME, STRANGER, 2).await;
@@ -233,7 +238,10 @@ async fn console_admin_sees_everything_approves_a_pairing_code_and_reloads() -> 
         )
         .await?;
     let result = browser.eval("document.getElementById('reload-result').innerText").await?;
-    assert!(result.as_str().unwrap().contains("Refused (admin") && result.as_str().unwrap().contains("Errors:"), "{result}");
+    assert!(
+        result.as_str().unwrap().contains("Refused (admin") && result.as_str().unwrap().contains("Errors:"),
+        "{result}"
+    );
     shot(&browser, "04-admin-reload-refused").await?;
     std::fs::write(&path, &s.config)?;
     browser.eval("document.getElementById('reload').click()").await?;
@@ -256,9 +264,9 @@ async fn console_admin_sees_everything_approves_a_pairing_code_and_reloads() -> 
         let body = std::fs::read_to_string(repo_root().join(file))?;
         for name in body.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
             if name.starts_with("gateway_") || name.starts_with("process_") {
-                let exported = metrics.lines().any(|l| {
-                    l.strip_prefix("# TYPE ").map_or(l, |r| r).split(['{', ' ']).next() == Some(name)
-                });
+                let exported = metrics
+                    .lines()
+                    .any(|l| l.strip_prefix("# TYPE ").map_or(l, |r| r).split(['{', ' ']).next() == Some(name));
                 assert!(exported, "{file} names {name}, which /metrics does not serve");
             }
         }
@@ -275,9 +283,16 @@ async fn console_auditor_sees_tenants_and_audit_but_cannot_reload_or_approve() -
     sign_in(&browser, AUDITOR).await?;
     ready(&browser).await?;
     assert_eq!(browser.eval("document.getElementById('who').textContent").await?, json!("Signed in as soc2 (auditor)"));
+    // The server is the enforcement: whatever the page shows, the calls
+    // made from it anyway are refused.
+    assert_eq!(fetch_status(&browser, "POST", "/admin/reload", AUDITOR, None).await?, 403);
+    let body = json!({ "code": code });
+    assert_eq!(fetch_status(&browser, "POST", "/admin/pairing/approve", AUDITOR, Some(body.clone())).await?, 403);
+    assert_eq!(fetch_status(&browser, "POST", "/admin/pairing/deny", AUDITOR, Some(body)).await?, 403);
     let tenants = browser.eval("[...document.querySelectorAll('#tenants-body tr')].map(r => r.dataset.tenant)").await?;
     assert_eq!(tenants, json!(["alpha", "bravo"]));
-    let logs = browser.eval("[...document.querySelectorAll('#audit-body tr td.verified')].map(t => t.textContent)").await?;
+    let logs =
+        browser.eval("[...document.querySelectorAll('#audit-body tr td.verified')].map(t => t.textContent)").await?;
     assert_eq!(logs, json!(["verified", "verified", "verified"]), "{logs}");
     assert_eq!(browser.eval("document.getElementById('audit-denied').hidden").await?, json!(true));
     // The pending code is listed, with no way to decide it; there is no reload button.
@@ -291,11 +306,6 @@ async fn console_auditor_sees_tenants_and_audit_but_cannot_reload_or_approve() -
     no_product_name_and_not_pwned(&browser).await?;
     shot(&browser, "06-auditor").await?;
 
-    // The server is the enforcement: the same calls made from the page anyway are refused.
-    assert_eq!(fetch_status(&browser, "POST", "/admin/reload", AUDITOR, None).await?, 403);
-    let body = json!({ "code": code });
-    assert_eq!(fetch_status(&browser, "POST", "/admin/pairing/approve", AUDITOR, Some(body.clone())).await?, 403);
-    assert_eq!(fetch_status(&browser, "POST", "/admin/pairing/deny", AUDITOR, Some(body)).await?, 403);
     s.tg.dm(ACME, STRANGER, "still there?");
     let got = s.tg.wait_sent(ACME, STRANGER, 2).await;
     assert!(got[1].text.contains(&code), "still not paired: {:?}", got[1].text);

@@ -48,10 +48,7 @@ fn assembled() -> &'static (String, String) {
 /// `GET /console`: the page (no data in it; no token needed to load it).
 pub async fn page() -> Response {
     let (page, csp) = assembled();
-    (
-        [(header::CONTENT_SECURITY_POLICY, csp.as_str()), (header::X_FRAME_OPTIONS, "DENY")],
-        Html(page.as_str()),
-    )
+    ([(header::CONTENT_SECURITY_POLICY, csp.as_str()), (header::X_FRAME_OPTIONS, "DENY")], Html(page.as_str()))
         .into_response()
 }
 
@@ -145,9 +142,8 @@ pub async fn audit_status(State(gw): State<Arc<Gateway>>, Extension(op): Extensi
     if !gw.runtime().audit.is_on() {
         return Json(json!({ "enabled": false, "logs": [] })).into_response();
     }
-    let scopes: Vec<Scope> = std::iter::once(Scope::Host)
-        .chain(gw.snapshot().config().tenants.keys().cloned().map(Scope::Tenant))
-        .collect();
+    let scopes: Vec<Scope> =
+        std::iter::once(Scope::Host).chain(gw.snapshot().config().tenants.keys().cloned().map(Scope::Tenant)).collect();
     let mut logs = Vec::new();
     for scope in scopes {
         let entry = match verified_records(&gw, &scope).await {
@@ -182,7 +178,9 @@ mod tests {
         for handler in ["onclick=", "onload=", "onerror=", "onsubmit=", "onchange=", "javascript:"] {
             assert!(!HTML.contains(handler), "no inline handler {handler}");
         }
-        assert!(!SCRIPT.contains("innerHTML") && !SCRIPT.contains("outerHTML") && !SCRIPT.contains("insertAdjacentHTML"));
+        assert!(
+            !SCRIPT.contains("innerHTML") && !SCRIPT.contains("outerHTML") && !SCRIPT.contains("insertAdjacentHTML")
+        );
         assert!(!SCRIPT.contains("localStorage"), "the token is kept per tab (sessionStorage) only");
         assert!(csp.contains("script-src 'sha256-"), "{csp}");
     }

@@ -80,7 +80,15 @@ impl Gateway {
         let g = &snap.runtime.config.gateway;
         let tenant_throttle = Throttle::new(g.auth_max_failures, g.auth_window, g.auth_lockout);
         let operator_throttle = Throttle::new(g.auth_max_failures, g.auth_window, g.auth_lockout);
-        Self { live, tenant_throttle, operator_throttle, pairing, reloader, extra_routes, last_reload: Default::default() }
+        Self {
+            live,
+            tenant_throttle,
+            operator_throttle,
+            pairing,
+            reloader,
+            extra_routes,
+            last_reload: Default::default(),
+        }
     }
 
     /// Records a reload's outcome (by any trigger): counted in `/metrics`, kept for the console.
