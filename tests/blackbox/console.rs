@@ -227,6 +227,38 @@ async fn console_admin_sees_everything_approves_a_pairing_code_and_reloads() -> 
     let got = s.tg.wait_sent(ACME, STRANGER, 2).await;
     assert_eq!(got[1].text, "echo: thanks!", "the approved sender is answered");
 
+    // Another stranger's code is denied from the console: it is gone, and they get no answer.
+    s.tg.dm(ACME, STRANGER + 1, "me too");
+    let got = s.tg.wait_sent(ACME, STRANGER + 1, 1).await;
+    let other: String = got[0].text.split("pairing code is ").nth(1).unwrap().chars().take(8).collect();
+    let row = format!("#pairing-body tr[data-code={}]", js(&other));
+    browser
+        .wait_for(
+            &format!(
+                "(document.getElementById('refresh').click(), document.querySelector('{row} button.deny') !== null)"
+            ),
+            WAIT,
+        )
+        .await?;
+    ready(&browser).await?;
+    browser.eval(&format!("document.querySelector('{row} button.deny').click()")).await?;
+    browser
+        .wait_for(&format!("document.body.dataset.state === 'ready' && document.querySelector('{row}') === null"), WAIT)
+        .await?;
+    let v: Value = http().get(s.gw.url("/admin/pairing")).bearer_auth(ADMIN).send().await?.json().await?;
+    assert_eq!(v["pending"], json!([]), "{v}");
+
+    // Accessible: every control is labelled, every table has column headers.
+    let a11y = browser
+        .eval(
+            "[[...document.querySelectorAll('button')].every(b => (b.getAttribute('aria-label') || b.textContent).trim().length > 0),
+              [...document.querySelectorAll('input')].every(i => i.labels.length > 0),
+              [...document.querySelectorAll('table')].every(t => t.querySelectorAll('thead th[scope=col]').length > 0 && t.caption),
+              [...document.querySelectorAll('section')].every(s => s.querySelector('h2') && s.getAttribute('aria-labelledby'))]",
+        )
+        .await?;
+    assert_eq!(a11y, json!([true, true, true, true]), "labels, headers, headings");
+
     // A broken config is refused, with its errors shown; the fixed one is applied.
     let path = s.dir.path().join("bulkhead.json5");
     std::fs::write(&path, "{ this is not json5")?;
@@ -254,6 +286,17 @@ async fn console_admin_sees_everything_approves_a_pairing_code_and_reloads() -> 
     let result = browser.eval("document.getElementById('reload-result').innerText").await?;
     assert!(result.as_str().unwrap().contains("Applied (admin"), "{result}");
     shot(&browser, "05-admin-reload-applied").await?;
+
+    // An account whose connection ends (the bot token revoked) shows as stopped.
+    s.tg.revoke(ACME);
+    browser
+        .wait_for(
+            "(document.getElementById('refresh').click(), document.querySelector('#accounts-body tr[data-account=\"telegram/acme\"] td.state').textContent === 'stopped')",
+            Duration::from_secs(60),
+        )
+        .await?;
+    ready(&browser).await?;
+    shot(&browser, "05b-admin-account-stopped").await?;
 
     // Both reloads are counted, and every metric the observability kit names is exported.
     let metrics = http().get(s.gw.url("/metrics")).bearer_auth(ADMIN).send().await?.text().await?;
