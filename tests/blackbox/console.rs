@@ -387,6 +387,7 @@ async fn console_tenant_token_gets_nothing() -> anyhow::Result<()> {
     browser.wait_for("document.body.dataset.state === 'denied'", WAIT).await?;
     assert_eq!(browser.eval("document.getElementById('main').hidden").await?, json!(true));
     assert_eq!(browser.eval("sessionStorage.length").await?, json!(0), "a refused token is not kept");
+    assert_eq!(browser.eval("document.getElementById('token').value").await?, json!(""), "nor left in the field");
     let text = page_text(&browser).await?;
     assert!(text.contains("This token is not an operator token."), "{text}");
     for secret in ["alpha", "Alpha Co", "bravo", "acme", "host"] {

@@ -50,6 +50,7 @@
     $("session").hidden = true;
     $("signin").hidden = false;
     $("who").textContent = "";
+    $("token").value = "";
     ["tenants-body", "accounts-body", "usage-charts", "pairing-body", "audit-body", "reload-slot", "reload-result"].forEach(function (id) { clear($(id)); });
     showMessage(reason || "");
     setState(reason ? "denied" : "signed-out");
