@@ -16,6 +16,7 @@ mod fake_telegram;
 mod fakes;
 mod faults;
 mod harness;
+mod onboarding;
 mod policy;
 mod quota;
 mod reload;
