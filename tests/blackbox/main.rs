@@ -1,5 +1,6 @@
 //! Black-box tests: the real `bulkhead` binary, driven over HTTP and WebSocket, with fake model
-//! servers speaking the OpenAI and Anthropic wire formats and a fake Telegram Bot API server.
+//! servers speaking the OpenAI and Anthropic wire formats, a fake Telegram Bot API server and a
+//! fake Slack (Web API and Socket Mode).
 
 mod api;
 mod audit;
@@ -9,6 +10,7 @@ mod cli;
 mod contract;
 mod disk;
 mod fairness;
+mod fake_slack;
 mod fake_telegram;
 mod fakes;
 mod faults;
@@ -16,6 +18,7 @@ mod harness;
 mod policy;
 mod quota;
 mod reload;
+mod slack;
 mod store;
 mod telegram;
 mod webchat_page;
