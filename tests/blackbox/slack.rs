@@ -446,3 +446,63 @@ async fn doctor_checks_slack_tokens_and_names_missing_scopes() {
         assert!(!out.contains(secret), "{out}");
     }
 }
+
+/// A tmpfs of 8 MiB at `dir` (this suite runs as root, as CI does), unmounted on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_does_not_acknowledge_a_message_it_could_not_store_and_takes_it_when_delivered_again() {
+    let slack = fake().await;
+    let model = crate::fakes::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("master.key");
+    let (code, out, err) = run_cli(&["keys", "init", "--out", key.to_str().unwrap()], None);
+    assert_eq!(code, 0, "{out}{err}");
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let out = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cannot mount a small tmpfs state dir: {}", String::from_utf8_lossy(&out.stderr));
+    let _disk = SmallDisk(state.clone());
+    let cfg = crash_config(&slack.api, &model.base, &key);
+    let gw = Gateway::start_in(dir.path(), &cfg, &env()).await;
+    slack.wait_connected(ACME_BOT, 1).await;
+    slack.dm(ACME_BOT, ALICE, "before");
+    slack.wait_sent(ACME_BOT, "D0ALICE01", 1).await;
+
+    // The state disk fills up: the message cannot be stored, so it is not acknowledged.
+    let filler = state.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0x5a_u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        while f.write_all(&[0u8]).is_ok() {}
+    }
+    let envelope = slack.dm(ACME_BOT, ALICE, "while full");
+    wait_log(&gw, "Slack event not stored").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(slack.acks(ACME_BOT).iter().all(|a| a.envelope_id != envelope), "acknowledged without being stored");
+    assert_eq!(slack.pending(ACME_BOT), 1);
+
+    // Room again; Slack delivers it again (here on a fresh connection): stored, acknowledged,
+    // answered once.
+    std::fs::remove_file(&filler).unwrap();
+    slack.disconnect(ACME_BOT, "refresh_requested");
+    slack.wait_acked(ACME_BOT, &envelope).await;
+    let got = slack.wait_sent(ACME_BOT, "D0ALICE01", 2).await;
+    assert_eq!(got[1].text, "fake says: while full");
+    slack.dm(ACME_BOT, ALICE, "barrier");
+    let got = slack.wait_sent(ACME_BOT, "D0ALICE01", 3).await;
+    let texts: Vec<&str> = got.iter().map(|s| s.text.as_str()).collect();
+    assert_eq!(texts, ["fake says: before", "fake says: while full", "fake says: barrier"]);
+}
