@@ -87,10 +87,8 @@ const ALL_SCOPES: &str =
 impl FakeSlack {
     pub async fn start() -> Self {
         let inner = Arc::new(Inner::default());
-        let app = Router::new()
-            .route("/api/{method}", post(web_api))
-            .route("/link/", any(socket))
-            .with_state(inner.clone());
+        let app =
+            Router::new().route("/api/{method}", post(web_api)).route("/link/", any(socket)).with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         *inner.addr.lock().unwrap() = addr.to_string();
@@ -365,7 +363,10 @@ async fn web_api(
         }
         ("chat.postMessage", false) => {
             if !t.scopes.split(',').any(|s| s == "chat:write") {
-                return answer(json!({ "ok": false, "error": "missing_scope", "needed": "chat:write", "provided": t.scopes }), None);
+                return answer(
+                    json!({ "ok": false, "error": "missing_scope", "needed": "chat:write", "provided": t.scopes }),
+                    None,
+                );
             }
             if let Some(secs) = t.fail_post.pop_front() {
                 t.throttled_at.push(Instant::now());
@@ -390,8 +391,11 @@ async fn web_api(
                 at: Instant::now(),
                 body: params.clone(),
             });
-            answer(json!({ "ok": true, "channel": channel, "ts": ts,
-                           "message": { "type": "message", "text": text, "user": t.bot_user, "bot_id": "B0BOT", "ts": ts } }), None)
+            answer(
+                json!({ "ok": true, "channel": channel, "ts": ts,
+                           "message": { "type": "message", "text": text, "user": t.bot_user, "bot_id": "B0BOT", "ts": ts } }),
+                None,
+            )
         }
         ("apps.connections.open", false) | ("auth.test" | "chat.postMessage" | "conversations.list", true) => {
             error("not_allowed_token_type")

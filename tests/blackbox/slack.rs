@@ -275,7 +275,10 @@ async fn slack_events_api_refuses_forged_and_stale_signatures_and_runs_nothing()
     let challenge = r#"{"token":"unused","challenge":"3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P","type":"url_verification"}"#;
     let (status, body) = post_event(&gw, "hooks", challenge, &signed(HOOKS_SECRET, now(), challenge)).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["challenge"], "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["challenge"],
+        "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"
+    );
 
     let event = |text: &str| {
         let ev = json!({ "type": "message", "channel": "D0ALICE01", "channel_type": "im", "user": ALICE,
@@ -432,7 +435,9 @@ async fn doctor_checks_slack_tokens_and_names_missing_scopes() {
     };
     let (_, out) = doctor();
     assert!(
-        out.contains("ok    slack/acme: bot token accepted (workspace Team T0ACME001 T0ACME001, bot user @helper U0ACMEBOT)"),
+        out.contains(
+            "ok    slack/acme: bot token accepted (workspace Team T0ACME001 T0ACME001, bot user @helper U0ACMEBOT)"
+        ),
         "{out}"
     );
     assert!(out.contains("ok    slack/acme: app-level token accepted (Socket Mode)"), "{out}");
