@@ -89,7 +89,7 @@ pub fn verify(
 
 /// Lowercase or uppercase hex to bytes (`None` when it is not hex).
 fn hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || s.len() > 128 {
+    if !s.len().is_multiple_of(2) || s.len() > 128 {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
