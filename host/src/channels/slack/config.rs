@@ -254,6 +254,68 @@ pub fn sender_id(raw: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    fn load(text: &str) -> Result<crate::config::Config, Vec<crate::config::ConfigError>> {
+        crate::config::load_str(text, std::path::Path::new("."))
+    }
+
+    #[test]
+    fn the_pass_builds_accounts_with_inheritance_and_names_every_bad_key() {
+        let c = load(
+            r#"{ tenants: [ { id: "acme" } ], agents: { list: [ { id: "a", tenant: "acme" } ] },
+                 bindings: [ { agentId: "a", match: { channel: "slack" } } ],
+                 channels: { slack: { apiUrl: "http://127.0.0.1:9/api/", appToken: { env: "APP" },
+                   channels: { general: {}, "C0123ABCD": { requireMention: false, users: ["u0alice1"] } },
+                   accounts: {
+                     one: { botToken: { env: "B1" } },
+                     two: { botToken: { env: "B2" }, mode: "events", signingSecret: { env: "S" }, channels: { "*": { allow: false } } },
+                   } } } }"#,
+        )
+        .unwrap();
+        let s = c.channels.platform::<SlackSettings>("slack").unwrap();
+        let one = s.account("one").unwrap();
+        assert_eq!(one.api_url, "http://127.0.0.1:9/api");
+        assert_eq!(one.mode, Mode::Socket { app_token: SecretRef::Env("APP".into()) });
+        assert_eq!(one.text_chunk_limit, SLACK_TEXT_LIMIT);
+        assert_eq!(one.channels.keys().collect::<Vec<_>>(), ["#general", "C0123ABCD"]);
+        let rule = &one.channels["C0123ABCD"];
+        assert_eq!(
+            (rule.enabled, rule.require_mention, rule.allow_from.clone()),
+            (true, Some(false), Some(vec!["U0ALICE1".into()]))
+        );
+        let two = s.account("two").unwrap();
+        assert_eq!(two.mode, Mode::Events { signing_secret: SecretRef::Env("S".into()) });
+        assert!(!two.channels["*"].enabled, "an account's own channels replace the channel block's");
+        assert_eq!(two.channels.len(), 1);
+
+        let errs = load(
+            r#"{ agents: { list: [ { id: "a" } ] }, channels: { slack: { accounts: {
+                 one: { appToken: "xoxb-wrong-kind", mode: "socket", apiUrl: "nope", allowFrom: ["@bob"] },
+                 two: { botToken: { env: "B" }, mode: "events", textChunkLimit: 0, groups: { "C0123ABCD": {} } },
+                 three: { botToken: { env: "B" }, appToken: { env: "A" }, channels: { "Not A Name": {}, general: { users: ["bob"], color: 1 } } },
+                 four: { botToken: { env: "B" }, mode: "webhook", extra: true },
+               } } } }"#,
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        for p in [
+            "channels.slack.accounts.one.botToken",
+            "channels.slack.accounts.one.appToken",
+            "channels.slack.accounts.one.apiUrl",
+            "channels.slack.accounts.one.allowFrom[0]",
+            "channels.slack.accounts.two.signingSecret",
+            "channels.slack.accounts.two.textChunkLimit",
+            "channels.slack.accounts.two.groups.C0123ABCD",
+            "channels.slack.accounts.three.channels.Not A Name",
+            "channels.slack.accounts.three.channels.general.users[0]",
+            "channels.slack.accounts.three.channels.general.color",
+            "channels.slack.accounts.four.mode",
+            "channels.slack.accounts.four.extra",
+        ] {
+            assert!(paths.contains(&p), "{p} missing from {paths:?}");
+        }
+        assert!(errs.iter().all(|e| !e.message.contains("xoxb-wrong-kind")), "literal secrets are never echoed");
+    }
+
     #[test]
     fn sender_ids_are_user_ids_in_uppercase() {
         assert_eq!(sender_id("U0123ABCD").as_deref(), Some("U0123ABCD"));
