@@ -124,10 +124,13 @@ async fn slack_dms_and_mentions_are_answered_in_their_thread_and_the_rest_ignore
     let got = slack.wait_sent(ACME_BOT, GENERAL, 1).await;
     assert_eq!(got[0].text, "echo: what's up");
     assert_eq!(got[0].thread_ts.as_deref(), Some(ts.as_str()), "answered in the thread of the message");
-    // Inside a thread: the reply stays in that thread.
-    slack.channel_msg(ACME_BOT, GENERAL, BOB, "<@U0ACMEBOT> and then?", Some(&ts));
+    // Inside that thread the bot was called into, no mention is needed; the reply stays in it.
+    slack.channel_msg(ACME_BOT, GENERAL, BOB, "and then?", Some(&ts));
     let got = slack.wait_sent(ACME_BOT, GENERAL, 2).await;
     assert_eq!((got[1].text.as_str(), got[1].thread_ts.as_deref()), ("echo: and then?", Some(ts.as_str())));
+    // In another thread (the bot never mentioned there) it still is.
+    let other = slack.channel_msg(ACME_BOT, GENERAL, BOB, "a thread without the bot", None);
+    slack.channel_msg(ACME_BOT, GENERAL, BOB, "still not for the bot", Some(&other));
 
     // C0SUPPORT1: no mention needed, but only Alice.
     slack.channel_msg(ACME_BOT, SUPPORT, BOB, "<@U0ACMEBOT> bob is not listed", None);

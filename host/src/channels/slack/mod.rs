@@ -17,7 +17,8 @@
 //! if the message was in one); channels, private channels and group DMs are group sessions, one
 //! per thread, and the reply goes into the thread of the message. Events of another workspace,
 //! of the bot itself or of other bots (`bot_id`, `subtype: bot_message`), edits and other
-//! subtypes are ignored. A mention is `<@BOTUSERID>` in the text or an `app_mention` event.
+//! subtypes are ignored. A mention is `<@BOTUSERID>` in the text or an `app_mention` event; in a
+//! thread the bot was mentioned in (while the account runs), every later message counts as one.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -265,6 +266,10 @@ impl Receiver {
         }
         let update = seen.next_update();
         let thread = if m.direct { m.thread_ts.clone() } else { Some(m.thread_ts.clone().unwrap_or(m.ts.clone())) };
+        // A thread the bot was mentioned in is a conversation with it: later messages in that
+        // thread count as addressed to it (as a reply to the bot does on Telegram).
+        let thread_key = thread.as_ref().filter(|_| !m.direct).map(|t| format!("thread:{}:{t}", m.channel));
+        let in_thread = m.thread_ts.is_some() && thread_key.as_ref().is_some_and(|k| seen.keys.contains(k));
         let msg = ChatMessage {
             update,
             sender: m.user,
@@ -272,12 +277,15 @@ impl Receiver {
             chat: m.channel,
             group: !m.direct,
             topic: thread,
-            mentioned: m.mentioned,
+            mentioned: m.mentioned || in_thread,
             body: if m.files_only { Body::NonText } else { Body::Text(m.text) },
         };
         // Routed on the running snapshot: a reload's new bindings apply to the next event.
         let rt = self.live.load().runtime.clone();
         accept(&rt, &self.pairing, &self.account, msg).await?;
+        if m.mentioned {
+            keys.extend(thread_key);
+        }
         seen.insert(keys);
         Ok(())
     }
