@@ -64,7 +64,9 @@ struct Team {
     /// `apps.connections.open` calls and WebSocket connections made.
     opened: usize,
     connections: usize,
-    live: Option<(usize, mpsc::UnboundedSender<Cmd>)>,
+    /// Open connections (Slack sends each envelope to one of them, here in turn).
+    live: Vec<(usize, mpsc::UnboundedSender<Cmd>)>,
+    turn: usize,
 }
 
 #[derive(Default)]
@@ -194,41 +196,50 @@ impl FakeSlack {
             let id = format!("env-{:08}", t.next);
             let env = json!({ "envelope_id": id, "payload": payload, "type": "events_api",
                               "accepts_response_payload": false, "retry_attempt": 0, "retry_reason": "" });
-            if let Some((_, tx)) = &t.live {
-                let _ = tx.send(Cmd::Frame(env.to_string()));
+            if !t.live.is_empty() {
+                t.turn += 1;
+                let _ = t.live[t.turn % t.live.len()].1.send(Cmd::Frame(env.to_string()));
             }
             t.pending.push_back(env);
             id
         })
     }
 
-    /// Sends a raw text frame on the live connection (not kept for redelivery).
+    /// Sends a raw text frame on the oldest live connection (not kept for redelivery).
     pub fn push_frame(&self, bot_token: &str, frame: &str) {
         self.with(bot_token, |t| {
-            if let Some((_, tx)) = &t.live {
+            if let Some((_, tx)) = t.live.first() {
                 let _ = tx.send(Cmd::Frame(frame.to_string()));
             }
         });
     }
 
-    /// A `disconnect` frame, then the socket is closed (as Slack does).
+    /// A `disconnect` frame on the oldest live connection, then that socket is closed (as Slack
+    /// does).
     pub fn disconnect(&self, bot_token: &str, reason: &str) {
         let frame = json!({ "type": "disconnect", "reason": reason, "debug_info": { "host": "fake" } }).to_string();
         self.with(bot_token, |t| {
-            if let Some((_, tx)) = &t.live {
+            // Gone from the live set at once: later envelopes go to the other connections.
+            if !t.live.is_empty() {
+                let (_, tx) = t.live.remove(0);
                 let _ = tx.send(Cmd::Frame(frame));
                 let _ = tx.send(Cmd::Close);
             }
         });
     }
 
-    /// Drops the socket without a word.
+    /// Drops the oldest live socket without a word.
     pub fn drop_socket(&self, bot_token: &str) {
         self.with(bot_token, |t| {
-            if let Some((_, tx)) = t.live.take() {
-                let _ = tx.send(Cmd::Close);
+            if !t.live.is_empty() {
+                let _ = t.live.remove(0).1.send(Cmd::Close);
             }
         });
+    }
+
+    /// Connections open now.
+    pub fn live(&self, bot_token: &str) -> usize {
+        self.with(bot_token, |t| t.live.len())
     }
 
     pub fn sent(&self, bot_token: &str) -> Vec<Sent> {
@@ -287,7 +298,7 @@ impl FakeSlack {
     /// Waits until the gateway holds a connection with `n` connections made so far.
     pub async fn wait_connected(&self, bot_token: &str, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !self.with(bot_token, |t| t.connections >= n && t.live.is_some()) {
+        while !self.with(bot_token, |t| t.connections >= n && !t.live.is_empty()) {
             assert!(Instant::now() < deadline, "no Socket Mode connection #{n}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -440,7 +451,7 @@ async fn connection(inner: Arc<Inner>, bot_token: String, mut sock: WebSocket) {
             env["retry_attempt"] = json!(n);
             let _ = tx.send(Cmd::Frame(env.to_string()));
         }
-        t.live = Some((t.connections, tx));
+        t.live.push((t.connections, tx));
         t.connections
     };
     loop {
@@ -474,7 +485,5 @@ async fn connection(inner: Arc<Inner>, bot_token: String, mut sock: WebSocket) {
     }
     let mut teams = inner.teams.lock().unwrap();
     let t = teams.iter_mut().find(|t| t.bot_token == bot_token).unwrap();
-    if t.live.as_ref().is_some_and(|(c, _)| *c == conn) {
-        t.live = None;
-    }
+    t.live.retain(|(c, _)| *c != conn);
 }

@@ -236,6 +236,39 @@ async fn slack_reconnects_after_disconnect_and_a_dropped_socket_and_answers_noth
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_two_connections_per_app_take_turns_and_a_refresh_loses_nothing() {
+    let slack = fake().await;
+    let cfg = config(&slack.api, MEMORY, "").replace(
+        r#"beta: { botToken: { env: "BETA_BOT" },"#,
+        r#"beta: { connections: 2, botToken: { env: "BETA_BOT" },"#,
+    );
+    let _gw = Gateway::start(&cfg, &env()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while slack.live(BETA_BOT) < 2 {
+        assert!(std::time::Instant::now() < deadline, "two connections were not opened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Events alternate between the connections; one of them is refreshed in the middle.
+    for i in 0..6 {
+        slack.dm(BETA_BOT, &format!("U0USER00{i}"), &format!("m{i}"));
+        if i == 2 {
+            slack.disconnect(BETA_BOT, "refresh_requested");
+        }
+    }
+    for i in 0..6 {
+        let got = slack.wait_sent(BETA_BOT, &format!("D0USER00{i}"), 1).await;
+        assert_eq!(got[0].text, format!("echo: m{i}"));
+    }
+    slack.wait_all_acked(BETA_BOT).await;
+    assert_eq!(slack.sent(BETA_BOT).len(), 6, "nothing twice: {:?}", slack.sent(BETA_BOT));
+    assert!(slack.connections(BETA_BOT) >= 3, "the refreshed connection was replaced");
+    while slack.live(BETA_BOT) < 2 {
+        assert!(std::time::Instant::now() < deadline, "back to two connections");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slack_two_workspaces_two_tenants_never_cross() {
     let (slack, gw) = setup().await;
     // The same user id in two workspaces: each bot answers with its own tenant's agent.

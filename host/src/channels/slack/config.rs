@@ -18,6 +18,9 @@ use crate::config::{RawChannel, SecretRef};
 /// Slack advises at most 4,000 characters per message (it truncates past 40,000).
 pub const SLACK_TEXT_LIMIT: usize = 4000;
 
+/// Slack's limit on Socket Mode connections per app.
+pub const MAX_CONNECTIONS: u32 = 10;
+
 /// The public Web API.
 pub const SLACK_API_URL: &str = "https://slack.com/api";
 
@@ -39,6 +42,7 @@ struct RawSlack {
     signing_secret: Option<SecretRef>,
     mode: Option<String>,
     api_url: Option<String>,
+    connections: Option<u32>,
     channels: Option<BTreeMap<String, RawSlackChannel>>,
 }
 
@@ -75,6 +79,9 @@ pub struct SlackAccount {
     pub api_url: String,
     /// Longest text per message (default and maximum 4000).
     pub text_chunk_limit: usize,
+    /// Socket Mode connections kept open at once (1-10, default 1): with two, Slack's periodic
+    /// refresh of one connection leaves the other taking events.
+    pub connections: usize,
     /// Where the bot answers: by conversation id (`C…`, `G…`), by name (resolved at start), or
     /// `"*"`; in the shared layer's group-rule form.
     pub channels: BTreeMap<String, GroupRule>,
@@ -149,6 +156,13 @@ pub(super) fn validate(pass: &mut ChannelPass<'_>, channel: &RawChannel, account
         if limit == 0 || limit > SLACK_TEXT_LIMIT {
             pass.error(format!("{}.textChunkLimit", a.path), format!("must be 1-{SLACK_TEXT_LIMIT}, got {limit}"));
         }
+        let connections = own.connections.or(base.connections).unwrap_or(1);
+        if !(1..=MAX_CONNECTIONS).contains(&connections) {
+            pass.error(
+                format!("{}.connections", a.path),
+                format!("must be 1-{MAX_CONNECTIONS} (Slack's limit per app), got {connections}"),
+            );
+        }
         // An account's own channels replace the channel block's.
         let rules = match (&own.channels, a.implicit) {
             (Some(c), false) => channels(pass, a.path, c),
@@ -161,6 +175,7 @@ pub(super) fn validate(pass: &mut ChannelPass<'_>, channel: &RawChannel, account
             mode,
             api_url: api_url.trim_end_matches('/').to_string(),
             text_chunk_limit: limit.clamp(1, SLACK_TEXT_LIMIT),
+            connections: connections.clamp(1, MAX_CONNECTIONS) as usize,
             channels: rules,
         };
         fingerprints.insert(acc.id.clone(), format!("{acc:?}"));
@@ -292,7 +307,7 @@ mod tests {
                  one: { appToken: "xoxb-wrong-kind", mode: "socket", apiUrl: "nope", allowFrom: ["@bob"] },
                  two: { botToken: { env: "B" }, mode: "events", textChunkLimit: 0, groups: { "C0123ABCD": {} } },
                  three: { botToken: { env: "B" }, appToken: { env: "A" }, channels: { "Not A Name": {}, general: { users: ["bob"], color: 1 } } },
-                 four: { botToken: { env: "B" }, mode: "webhook", extra: true },
+                 four: { botToken: { env: "B" }, mode: "webhook", extra: true, connections: 11 },
                } } } }"#,
         )
         .unwrap_err();
@@ -310,6 +325,7 @@ mod tests {
             "channels.slack.accounts.three.channels.general.color",
             "channels.slack.accounts.four.mode",
             "channels.slack.accounts.four.extra",
+            "channels.slack.accounts.four.connections",
         ] {
             assert!(paths.contains(&p), "{p} missing from {paths:?}");
         }

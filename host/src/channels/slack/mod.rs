@@ -484,7 +484,11 @@ impl Start {
             seen: tokio::sync::Mutex::new(Seen { keys: HashSet::new(), order: VecDeque::new(), last }),
         });
         match acc.mode {
-            Mode::Socket { .. } => socket::run(rx, api, creds.mode, stopped).await,
+            Mode::Socket { .. } => {
+                let conns = (0..acc.connections)
+                    .map(|n| socket::run(rx.clone(), api.clone(), creds.mode.clone(), stopped.clone(), n));
+                futures_util::future::join_all(conns).await;
+            }
             Mode::Events { .. } => events::serve(rx, &creds.mode, stopped).await,
         }
         tracing::info!(account = %id, "Slack account stopped.");

@@ -34,7 +34,15 @@ enum End {
     LinkDisabled,
 }
 
-pub(super) async fn run(rx: Arc<Receiver>, api: Api, app_token: SecretString, mut stopped: watch::Receiver<bool>) {
+/// One Socket Mode connection of the account (`n` counts them from 0), kept open until the
+/// account stops.
+pub(super) async fn run(
+    rx: Arc<Receiver>,
+    api: Api,
+    app_token: SecretString,
+    mut stopped: watch::Receiver<bool>,
+    n: usize,
+) {
     let id = rx.id().to_string();
     let connector = match Connector::new() {
         Ok(c) => c,
@@ -98,14 +106,14 @@ pub(super) async fn run(rx: Arc<Receiver>, api: Api, app_token: SecretString, mu
                 continue;
             }
         };
-        match session(&rx, ws, &mut stopped).await {
+        match session(&rx, ws, &mut stopped, n).await {
             End::Stopped => return,
             End::LinkDisabled => {
                 tracing::error!(account = %id, "Slack disabled Socket Mode for this app (link_disabled). This account is stopped; turn Socket Mode on in the app's settings, or use mode \"events\".");
                 return;
             }
             End::Reconnect(why, greeted) => {
-                tracing::info!(account = %id, reason = why, "Slack Socket Mode connection ended; reconnecting.");
+                tracing::info!(account = %id, connection = n, reason = why, "Slack Socket Mode connection ended; reconnecting.");
                 if greeted {
                     backoff = Duration::from_secs(1);
                 } else {
@@ -124,6 +132,7 @@ async fn session<S>(
     rx: &Receiver,
     mut ws: tokio_websockets::WebSocketStream<S>,
     stopped: &mut watch::Receiver<bool>,
+    n: usize,
 ) -> End
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -179,7 +188,7 @@ where
         match frame["type"].as_str() {
             Some("hello") => {
                 greeted = true;
-                tracing::info!(account = %id, "Slack Socket Mode connected.");
+                tracing::info!(account = %id, connection = n, "Slack Socket Mode connected.");
             }
             Some("disconnect") => {
                 return match frame["reason"].as_str() {
