@@ -459,7 +459,8 @@ async fn doctor_checks_slack_tokens_and_names_missing_scopes() {
     slack.set_scopes(BETA_BOT, "chat:write,app_mentions:read");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.json5");
-    std::fs::write(&path, config(&slack.api, MEMORY, "")).unwrap();
+    let cfg = config(&slack.api, MEMORY, "").replace("general: {},", "general: {}, nosuchroom: {},");
+    std::fs::write(&path, cfg).unwrap();
     let doctor = || {
         let o = std::process::Command::new(crate::harness::BIN)
             .args(["doctor", "--config", path.to_str().unwrap()])
@@ -478,6 +479,8 @@ async fn doctor_checks_slack_tokens_and_names_missing_scopes() {
     );
     assert!(out.contains("ok    slack/acme: app-level token accepted (Socket Mode)"), "{out}");
     assert!(out.contains("slack/beta: the bot token lacks the scope im:history"), "{out}");
+    assert!(out.contains("warn  slack/acme: channel #nosuchroom is not in the workspace"), "{out}");
+    assert!(!out.contains("#general"), "a name that resolves is fine: {out}");
     assert!(out.contains("slack/hooks: Events API mode") && out.contains("/channels/slack/hooks/events"), "{out}");
     slack.revoke(ACME_BOT);
     let (code, out) = doctor();

@@ -1,5 +1,6 @@
 //! `bulkhead doctor` for Slack apps: the bot token (`auth.test`: workspace and bot user), the
-//! scopes it lacks for what the config asks, and the Socket Mode app token
+//! scopes it lacks for what the config asks, channels configured by a name the workspace does not
+//! have, and the Socket Mode app token
 //! (`apps.connections.open`; the URL it returns is not used, nor shown).
 
 use super::api::{Api, ApiError};
@@ -80,6 +81,23 @@ pub(super) fn checks(config: &Config) -> Vec<Check> {
                     );
                     out.push(if fail { Check::fail(text) } else { Check::warn(text) });
                 }
+            }
+        }
+        let names: Vec<&str> = acc.channels.keys().filter_map(|k| k.strip_prefix('#')).collect();
+        if !names.is_empty() {
+            match rt.block_on(api.channel_ids(creds.bot.expose(), super::NAME_PAGES)) {
+                Ok(known) => {
+                    for name in names {
+                        if !known.iter().any(|(n, _)| n == name) {
+                            out.push(Check::warn(format!(
+                                "{label}: channel #{name} is not in the workspace (or archived), so its entry allows nothing; use its id or fix the name"
+                            )));
+                        }
+                    }
+                }
+                Err(e) => out.push(Check::warn(format!(
+                    "{label}: conversations.list failed ({e}), so channels configured by name allow nothing; grant channels:read and groups:read or use conversation ids"
+                ))),
             }
         }
         match &acc.mode {
