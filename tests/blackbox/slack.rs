@@ -550,3 +550,33 @@ async fn slack_does_not_acknowledge_a_message_it_could_not_store_and_takes_it_wh
     let texts: Vec<&str> = got.iter().map(|s| s.text.as_str()).collect();
     assert_eq!(texts, ["fake says: before", "fake says: while full", "fake says: barrier"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_accounts_follow_a_reload_and_unchanged_ones_keep_their_connection() {
+    let slack = fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&slack.api, MEMORY, "");
+    let gw = Gateway::start_with(dir.path(), &cfg, &env(), &["--no-watch"]).await;
+    slack.wait_connected(ACME_BOT, 1).await;
+    slack.wait_connected(BETA_BOT, 1).await;
+    slack.channel_msg(ACME_BOT, RANDOM, BOB, "<@U0ACMEBOT> before", None);
+    slack.wait_all_acked(ACME_BOT).await;
+
+    // acme now answers in #random too: only acme reconnects.
+    let changed = cfg.replace("channels: { general: {},", "channels: { general: {}, random: {},");
+    assert_ne!(changed, cfg);
+    std::fs::write(dir.path().join("bulkhead.json5"), changed).unwrap();
+    gw.signal("HUP");
+    wait_log(&gw, "Config reloaded.").await;
+    slack.wait_connected(ACME_BOT, 2).await;
+    slack.channel_msg(ACME_BOT, RANDOM, BOB, "<@U0ACMEBOT> after", None);
+    let got = slack.wait_sent(ACME_BOT, RANDOM, 1).await;
+    assert_eq!(got[0].text, "echo: after", "{got:?}");
+    slack.dm(BETA_BOT, ALICE, "still here?");
+    assert_eq!(slack.wait_sent(BETA_BOT, "D0ALICE01", 1).await[0].text, "echo: still here?");
+    assert_eq!(slack.connections(BETA_BOT), 1, "the unchanged account never reconnected");
+    // The Events API account was not restarted either and still serves.
+    let body = r#"{"type":"url_verification","challenge":"still"}"#;
+    let (s, _) = post_event(&gw, "hooks", body, &signed(HOOKS_SECRET, now(), body)).await;
+    assert_eq!(s, 200);
+}
