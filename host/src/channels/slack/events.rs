@@ -169,13 +169,17 @@ async fn handle(State(live): State<Live>, Path(account): Path<String>, headers: 
             if let Some(n) = header("x-slack-retry-num") {
                 tracing::debug!(account = %id, retry = n, reason = header("x-slack-retry-reason").unwrap_or(""), "Slack delivered an event again.");
             }
-            match tokio::time::timeout(Duration::from_secs(10), hook.rx.handle(&payload)).await {
-                Ok(Ok(())) => StatusCode::OK.into_response(),
-                Ok(Err(why)) => {
+            // Its own task: a slow store is never cut off half-way when Slack gives up waiting
+            // (a retry waits for it and is then recognised).
+            let rx = hook.rx.clone();
+            let task = tokio::spawn(async move { rx.handle(&payload).await });
+            match tokio::time::timeout(Duration::from_secs(10), task).await {
+                Ok(Ok(Ok(()))) => StatusCode::OK.into_response(),
+                Ok(Ok(Err(why))) => {
                     tracing::warn!(account = %id, reason = %why.0, "Slack event not stored; answered 503 so Slack delivers it again.");
                     try_later()
                 }
-                Err(_) => try_later(),
+                Ok(Err(_)) | Err(_) => try_later(),
             }
         }
         other => {

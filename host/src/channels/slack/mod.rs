@@ -464,7 +464,11 @@ impl Start {
         };
         tracing::info!(account = %id, team = %me.team_id, bot_user = %me.user_id, "Slack bot identified.");
         let mut access = shared.access.clone();
-        access.groups.extend(channel_rules(&api, &creds.bot, &acc, &id).await);
+        let rules = tokio::select! {
+            r = channel_rules(&api, &creds.bot, &acc, &id) => r,
+            _ = stopped.wait_for(|s| *s) => return,
+        };
+        access.groups.extend(rules);
         let account = Account::new(&ctx.live, &ctx.inbox, "slack", id.clone(), access, outbound);
         let mut last = 0;
         if let Some(tenant) = &shared.tenant {
