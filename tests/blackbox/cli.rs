@@ -41,13 +41,15 @@ fn config_check_accepts_the_shipped_configs_with_their_secrets_and_refuses_the_s
         assert_eq!(code, 2, "{f}: {out}");
         assert!(out.contains("is not set"), "{f}: {out}");
     }
-    // The seed's sample names adapters this build does not have: refused, as `serve` refuses it.
+    // The seed's sample as written names no store mode (OpenClaw has none): refused for that
+    // alone, as `serve` refuses it; its Discord block checks clean (tests/blackbox/discord.rs
+    // serves it with a store mode and a model added).
     let seed = root.join("tests/fixtures/configs/seed-sample.json5");
     let (code, out, _) = run_cli(&["config", "check", "--json", seed.to_str().unwrap()], None);
     assert_eq!(code, 2, "{out}");
     let v: Value = serde_json::from_str(&out).unwrap();
     let errors = v["errors"].to_string();
-    assert!(errors.contains("channels.discord") && errors.contains("not built"), "{errors}");
+    assert!(errors.contains("store") && !errors.contains("channels.discord"), "{errors}");
 }
 
 #[test]
@@ -59,9 +61,9 @@ fn config_check_refuses_everything_serve_refuses_with_the_same_words() {
         // An adapter that is not built.
         (
             format!(
-                "store: {{ mode: 'memory' }}, tenants: [ {{ id: 't', apiTokens: ['{strong}'] }} ], channels: {{ slack: {{ botToken: 'xoxb-1', appToken: 'xapp-1' }} }},"
+                "store: {{ mode: 'memory' }}, tenants: [ {{ id: 't', apiTokens: ['{strong}'] }} ], channels: {{ signal: {{ account: '+15550001' }} }},"
             ),
-            "channels.slack: the slack adapter is not built",
+            "channels.signal: the signal adapter is not built",
         ),
         // A weak token.
         (
@@ -136,15 +138,18 @@ fn config_check_reports_every_error_with_its_path_and_exit_2() {
 
 #[test]
 fn serve_refuses_adapters_that_are_not_built_naming_the_channel() {
-    // The seed's sample names no store; with one, what stops it is the Discord adapter.
-    let seed = std::fs::read_to_string(repo_root().join("tests/fixtures/configs/seed-sample.json5")).unwrap();
+    // Signal has no adapter in this build: its block is refused by name, its literal never echoed.
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("seed.json5");
-    std::fs::write(&path, seed.replacen('{', "{ store: { mode: \"memory\" },", 1)).unwrap();
+    let path = dir.path().join("signal.json5");
+    std::fs::write(
+        &path,
+        "{ store: { mode: \"memory\" }, channels: { signal: { account: \"+15550001\", token: \"s3cr3t-literal\" } } }",
+    )
+    .unwrap();
     let (code, _, err) = run_cli(&["serve", "--config", path.to_str().unwrap()], None);
     assert_eq!(code, 2);
-    assert!(err.contains("channels.discord") && err.contains("not built"), "{err}");
-    assert!(!err.contains("\"...\""), "the literal token is never echoed");
+    assert!(err.contains("channels.signal") && err.contains("not built"), "{err}");
+    assert!(!err.contains("s3cr3t-literal"), "the literal is never echoed");
 }
 
 #[test]

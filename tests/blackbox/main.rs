@@ -1,6 +1,6 @@
 //! Black-box tests: the real `bulkhead` binary, driven over HTTP and WebSocket, with fake model
-//! servers speaking the OpenAI and Anthropic wire formats, a fake Telegram Bot API server and a
-//! fake Slack (Web API and Socket Mode).
+//! servers speaking the OpenAI and Anthropic wire formats, a fake Telegram Bot API server, a fake
+//! Discord (REST and Gateway) and a fake Slack (Web API and Socket Mode).
 
 mod api;
 mod audit;
@@ -8,8 +8,10 @@ mod browser;
 mod cdp;
 mod cli;
 mod contract;
+mod discord;
 mod disk;
 mod fairness;
+mod fake_discord;
 mod fake_slack;
 mod fake_telegram;
 mod fakes;

@@ -5,7 +5,7 @@
 //! `groupPolicy`, `groups`, `groupAllowFrom` and `requireMention`. Anything not allowed is
 //! refused, and only a pairing request ever gets an answer (no oracle for strangers).
 
-use crate::config::channels::{ChannelAccess, DmPolicy, GroupPolicy};
+use crate::config::channels::{ChannelAccess, DmPolicy, GroupPolicy, GroupRule};
 
 /// Whether `sender` is in `list` (canonical ids, as the config pass stores them, or `"*"`).
 fn listed(list: &[String], sender: &str) -> bool {
@@ -21,6 +21,9 @@ pub struct Inbound<'a> {
     pub group: Option<&'a str>,
     /// The bot was @-mentioned, replied to, or addressed by a `/command@bot`.
     pub mentioned: bool,
+    /// The platform's own rule for this group when it keeps group settings elsewhere (Discord:
+    /// `guilds.<id>.channels`); `None`: `groups` by chat id, then `groups."*"`.
+    pub rule: Option<&'a GroupRule>,
 }
 
 /// The outcome of the access check.
@@ -47,7 +50,7 @@ pub fn decide(access: &ChannelAccess, msg: &Inbound<'_>, approved: bool) -> Verd
             DmPolicy::Pairing => Verdict::Pair,
         };
     };
-    let rule = access.groups.get(group).or_else(|| access.groups.get("*"));
+    let rule = msg.rule.or_else(|| access.groups.get(group).or_else(|| access.groups.get("*")));
     match (access.group_policy, rule) {
         (GroupPolicy::Disabled, _) => return Verdict::Drop("groups are disabled"),
         (_, Some(r)) if !r.enabled => return Verdict::Drop("group is disabled"),
@@ -71,10 +74,10 @@ mod tests {
     use crate::config::channels::GroupRule;
 
     fn dm(sender: &str) -> Inbound<'_> {
-        Inbound { sender, group: None, mentioned: false }
+        Inbound { sender, group: None, mentioned: false, rule: None }
     }
     fn group<'a>(sender: &'a str, chat: &'a str, mentioned: bool) -> Inbound<'a> {
-        Inbound { sender, group: Some(chat), mentioned }
+        Inbound { sender, group: Some(chat), mentioned, rule: None }
     }
     fn rule(require_mention: Option<bool>, allow_from: Option<&[&str]>) -> GroupRule {
         GroupRule {

@@ -17,15 +17,48 @@ use tokio::sync::watch;
 
 use super::inbox::Inboxes;
 use super::pairing::Pairing;
-use crate::config::{Config, Errors, RawChannel, SecretRef};
+use crate::config::{Config, Errors, RawChannel, SecretRef, SecretString};
 use crate::gateway::Live;
 
 /// Every adapter built into this binary, by channel name.
-pub static ADAPTERS: &[&dyn Adapter] = &[&super::telegram::Telegram, &super::slack::Slack];
+pub static ADAPTERS: &[&dyn Adapter] = &[&super::telegram::Telegram, &super::discord::Discord, &super::slack::Slack];
 
 /// The adapter of a channel, if this build has one.
 pub fn adapter(channel: &str) -> Option<&'static dyn Adapter> {
     ADAPTERS.iter().copied().find(|a| a.channel() == channel)
+}
+
+/// Resolves each account's credential (`accounts`: id and reference) and refuses one credential
+/// on two accounts, compared by digest in constant time: one bot belongs to one account and so
+/// to one tenant. `fix` tells the operator what to do instead. Returns the errors and the
+/// resolved credentials of the accounts that passed.
+pub fn resolve_unique<'a>(
+    config: &Config,
+    channel: &str,
+    accounts: impl IntoIterator<Item = (&'a str, &'a SecretRef)>,
+    fix: &str,
+) -> (Vec<String>, Vec<(&'a str, SecretString)>) {
+    let mut errors = Vec::new();
+    let mut resolved = Vec::new();
+    let mut seen: crate::gateway::TokenIndex<String> = crate::gateway::TokenIndex::new();
+    for (id, secret) in accounts {
+        let path =
+            config.channels.account(channel, id).map_or_else(|| format!("channels.{channel}"), |a| a.path.clone());
+        match secret.resolve(&config.base_dir) {
+            Ok(token) => {
+                if let Some(first) = seen.lookup(token.expose()) {
+                    errors.push(format!(
+                        "{path}.token: the same bot token as {first}.token; a bot belongs to one account and so to one tenant: {fix}"
+                    ));
+                    continue;
+                }
+                seen.insert(token.expose(), path);
+                resolved.push((id, token));
+            }
+            Err(e) => errors.push(format!("channels.{channel} account {id:?} token: {e}")),
+        }
+    }
+    (errors, resolved)
 }
 
 /// One enabled account as its adapter's validation pass sees it.

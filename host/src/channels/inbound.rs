@@ -103,6 +103,10 @@ pub struct ChatMessage {
     pub topic: Option<String>,
     pub mentioned: bool,
     pub body: Body,
+    /// The server the chat belongs to (a Discord guild), for `guildId` bindings.
+    pub space: Option<String>,
+    /// The platform's own access rule for this group (`access::Inbound::rule`).
+    pub rule: Option<crate::config::channels::GroupRule>,
 }
 
 /// An accepted message that could not be stored: the adapter must not confirm its update, so
@@ -114,7 +118,9 @@ pub struct Deferred(pub String);
 /// (`Err` when that fails); replies are queued on the account's outbound queue.
 pub async fn accept(rt: &Arc<Runtime>, pairing: &Pairing, account: &Account, msg: ChatMessage) -> Result<(), Deferred> {
     let kind = if msg.group { PeerKind::Group } else { PeerKind::Direct };
-    let origin = Origin { channel: account.channel, account: &account.id, kind, peer: &msg.chat };
+    // A direct chat is bound by its sender; a group by the chat.
+    let peer = if msg.group { &msg.chat } else { &msg.sender };
+    let origin = Origin { channel: account.channel, account: &account.id, space: msg.space.as_deref(), kind, peer };
     let Some(agent) = route(&rt.config, &origin) else {
         tracing::info!(channel = account.channel, account = %account.id, "No binding matches this chat; message dropped.");
         return Ok(());
@@ -122,7 +128,12 @@ pub async fn accept(rt: &Arc<Runtime>, pairing: &Pairing, account: &Account, msg
     let approved = pairing.is_approved(&agent.tenant, account.channel, &account.id, &msg.sender);
     let verdict = decide(
         &account.access,
-        &Inbound { sender: &msg.sender, group: msg.group.then_some(&msg.chat), mentioned: msg.mentioned },
+        &Inbound {
+            sender: &msg.sender,
+            group: msg.group.then_some(&msg.chat),
+            mentioned: msg.mentioned,
+            rule: msg.rule.as_ref(),
+        },
         approved,
     );
     let to = ChatTarget { chat: msg.chat.clone(), thread: msg.topic.clone(), group: msg.group };
@@ -317,6 +328,8 @@ impl Turns {
         e: &Entry,
         stored: bool,
     ) -> String {
+        let _typing =
+            self.0.outbound.typing(ChatTarget { chat: e.chat.clone(), thread: e.thread.clone(), group: e.group }).await;
         // Nobody watches a chat turn live; its events are drained.
         let (tx, mut rx) = mpsc::channel(16);
         tokio::spawn(async move { while rx.recv().await.is_some() {} });

@@ -10,6 +10,7 @@
 
 pub mod access;
 pub mod adapter;
+pub mod discord;
 pub mod inbound;
 pub mod inbox;
 pub mod outbound;

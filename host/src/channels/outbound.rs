@@ -48,6 +48,11 @@ pub enum SendError {
 #[async_trait::async_trait]
 pub trait Transport: Send + Sync + 'static {
     async fn send(&self, to: &ChatTarget, text: &str) -> Result<(), SendError>;
+
+    /// Shows that an answer is being written (best effort; by default nothing).
+    async fn typing(&self, to: &ChatTarget) {
+        let _ = to;
+    }
 }
 
 /// Pacing (Telegram: about 1 message/s per chat, 20/min per group, 30/s per bot) and bounds.
@@ -76,6 +81,16 @@ impl Limits {
             chat_queue: 32,
             max_retries: 5,
             max_len,
+        }
+    }
+
+    /// Discord: 5 messages per 5 s per channel, 50 requests per second per bot.
+    pub fn discord(max_len: usize) -> Self {
+        Self {
+            per_chat: Duration::from_secs(1),
+            per_group: Duration::from_secs(1),
+            per_bot: Duration::from_millis(20),
+            ..Self::telegram(max_len)
         }
     }
 }
@@ -210,12 +225,22 @@ impl Load {
     }
 }
 
+/// The typing indicator of one turn; dropping it stops renewing it.
+pub struct Typing(tokio::task::JoinHandle<()>);
+
+impl Drop for Typing {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A bot's outbound queue. Cheap to clone.
 #[derive(Clone)]
 pub struct Outbound {
     tx: mpsc::UnboundedSender<Job>,
     load: Arc<Load>,
     label: Arc<str>,
+    transport: Arc<dyn Transport>,
 }
 
 impl Outbound {
@@ -229,8 +254,22 @@ impl Outbound {
             max_bot: limits.queue.max(1),
             max_chat: limits.chat_queue.max(1),
         });
-        tokio::spawn(worker(label.clone(), transport, limits, rx, load.clone()));
-        Self { tx, load, label }
+        tokio::spawn(worker(label.clone(), transport.clone(), limits, rx, load.clone()));
+        Self { tx, load, label, transport }
+    }
+
+    /// Turns the typing indicator on in `to` (waiting at most a second for the platform) and
+    /// keeps it on until the returned guard is dropped (the platform shows it for a few seconds
+    /// per call; it is renewed every 8 s).
+    pub async fn typing(&self, to: ChatTarget) -> Typing {
+        let transport = self.transport.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(1), transport.typing(&to)).await;
+        Typing(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(8)).await;
+                transport.typing(&to).await;
+            }
+        }))
     }
 
     /// Queues a reply (split as needed), waiting while the chat or the bot is at its bound

@@ -28,9 +28,9 @@ fn shipped_configs_and_the_seed_sample_check_clean() {
     let seed = load_file(&root.join("tests/fixtures/configs/seed-sample.json5")).unwrap();
     assert_eq!(seed.agents[0].id.as_str(), "agency-client");
     assert_eq!(seed.agents[0].tenant.as_str(), "agency-client", "an agent without tenant is its own tenant");
-    // Its Discord block is the Discord adapter's to check; until one is built the start-up checks
-    // refuse it (tests/blackbox/cli.rs), and the block is kept as written.
-    assert!(seed.channels.enabled.contains(&"discord"));
+    assert!(seed.warnings.iter().any(|w| w.contains("channels.discord.token")), "literal secret must warn");
+    let discord = seed.channels.account("discord", "default").expect("the implicit account");
+    assert_eq!(discord.tenant.as_ref().map(|t| t.as_str()), Some("agency-client"));
     assert!(!seed.warnings.iter().any(|w| w.contains("...")), "a secret value is never echoed");
 }
 

@@ -279,6 +279,10 @@ impl Receiver {
             topic: thread,
             mentioned: m.mentioned || in_thread,
             body: if m.files_only { Body::NonText } else { Body::Text(m.text) },
+            // The workspace, for `teamId` bindings (events of another one were dropped).
+            space: Some(self.me.team_id.clone()),
+            // Slack's `channels` are in the account's `groups` (resolved at start).
+            rule: None,
         };
         // Routed on the running snapshot: a reload's new bindings apply to the next event.
         let rt = self.live.load().runtime.clone();

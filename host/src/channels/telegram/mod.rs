@@ -33,7 +33,7 @@ use super::inbound::{Account, Body, ChatMessage, Deferred, accept};
 use super::outbound::{ChatTarget, Limits, Outbound, SendError, Transport};
 use super::pairing::Pairing;
 use crate::config::{Config, RawChannel};
-use crate::gateway::{Live, TokenIndex};
+use crate::gateway::Live;
 use config::{TelegramAccount, TelegramSettings};
 
 /// The Telegram settings of a checked config (`None`: the channel is off).
@@ -252,25 +252,17 @@ impl super::adapter::Adapter for Telegram {
     /// Every token resolves and builds a connection; no bot token is shared by two accounts
     /// (one bot, one account, one tenant).
     fn check(&self, config: &Config) -> Vec<String> {
-        let mut errors = Vec::new();
-        // By digest, compared in constant time; the token itself is never kept or shown.
-        let mut seen: TokenIndex<String> = TokenIndex::new();
-        for acc in settings(config).map(|s| s.accounts.as_slice()).unwrap_or_default() {
-            let path = config.channels.account("telegram", &acc.id).map_or_else(String::new, |a| a.path.clone());
-            match acc.token.resolve(&config.base_dir) {
-                Ok(token) => {
-                    if let Some(first) = seen.lookup(token.expose()) {
-                        errors.push(format!(
-                            "{path}.token: the same bot token as {first}.token; a bot belongs to one account and so to one tenant: give each account its own bot (from @BotFather)"
-                        ));
-                        continue;
-                    }
-                    seen.insert(token.expose(), path);
-                    if let Err(e) = Connection::new(token.expose(), &acc.api_url) {
-                        errors.push(format!("channels.telegram account {:?}: {e}", acc.id));
-                    }
-                }
-                Err(e) => errors.push(format!("channels.telegram account {:?} token: {e}", acc.id)),
+        let accounts = settings(config).map(|s| s.accounts.as_slice()).unwrap_or_default();
+        let (mut errors, resolved) = super::adapter::resolve_unique(
+            config,
+            "telegram",
+            accounts.iter().map(|a| (a.id.as_str(), &a.token)),
+            "give each account its own bot (from @BotFather)",
+        );
+        for (id, token) in resolved {
+            let api = settings(config).and_then(|s| s.account(id)).map(|a| a.api_url.as_str()).unwrap_or_default();
+            if let Err(e) = Connection::new(token.expose(), api) {
+                errors.push(format!("channels.telegram account {id:?}: {e}"));
             }
         }
         errors
@@ -536,6 +528,8 @@ pub fn chat_message(update: i64, m: &Message, username: &str, bot_id: u64) -> Op
         topic,
         mentioned,
         body,
+        space: None,
+        rule: None,
     })
 }
 
