@@ -29,8 +29,10 @@ fn config_check_accepts_the_shipped_configs_with_their_secrets_and_refuses_the_s
         ("BULKHEAD_OPERATOR_TOKEN", "ops-token-7c1f4a9d2e6b8c3f5a0d7e2b9c4f1a6d"),
         ("ACME_TG_TOKEN", "123456:ACME-shipped-config-token"),
         ("GLOBEX_TG_TOKEN", "654321:GLOBEX-shipped-config-token"),
+        ("AGENCY_DISCORD_TOKEN", "MTAwMA.agency-shipped-config-token"),
+        ("STUDIO_DISCORD_TOKEN", "MTAwMQ.studio-shipped-config-token"),
     ];
-    for f in ["bulkhead.json5", "telegram.json5"] {
+    for f in ["bulkhead.json5", "telegram.json5", "discord.json5"] {
         let path = dir.path().join("config").join(f);
         std::fs::copy(root.join("config").join(f), &path).unwrap();
         let (code, out) = check_with_env(&path, &env);
