@@ -32,8 +32,7 @@ fn discord_token(i: usize) -> String {
 }
 
 fn config(discord: (&str, &str), telegram: &str, bots: usize) -> String {
-    let accounts: Vec<String> =
-        (0..bots).map(|i| format!(r#"d{i}: {{ token: {{ env: "DC_{i}" }} }}"#)).collect();
+    let accounts: Vec<String> = (0..bots).map(|i| format!(r#"d{i}: {{ token: {{ env: "DC_{i}" }} }}"#)).collect();
     format!(
         r#"{{ gateway: {{ bind: "127.0.0.1:0" }}, stateDir: "state", store: {{ mode: "memory" }},
   models: {{ providers: {{ demo: {{ api: "scripted" }} }} }},
@@ -67,7 +66,11 @@ fn ms(d: Duration) -> String {
 
 fn rss_kib(child: &tokio::process::Child) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id().unwrap())).unwrap();
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 fn summary(name: &str, v: &mut [Duration]) {
@@ -138,7 +141,13 @@ async fn main() {
         tg.dm(TG, user, "ping");
         t.push(tg.wait_sent(TG, user, 1).await[0].at.duration_since(at));
         let at = Instant::now();
-        let r = client.post(format!("{}/v1/chat/completions", served.base)).bearer_auth(HTTP_TOKEN).json(&body).send().await.unwrap();
+        let r = client
+            .post(format!("{}/v1/chat/completions", served.base))
+            .bearer_auth(HTTP_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         let _ = r.bytes().await;
         h.push(at.elapsed());
