@@ -580,3 +580,29 @@ async fn slack_accounts_follow_a_reload_and_unchanged_ones_keep_their_connection
     let (s, _) = post_event(&gw, "hooks", body, &signed(HOOKS_SECRET, now(), body)).await;
     assert_eq!(s, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_an_oversized_frame_costs_one_connection_and_a_revoked_token_stops_only_its_account() {
+    let slack = fake().await;
+    slack.revoke(BETA_BOT);
+    let gw = Gateway::start(&config(&slack.api, MEMORY, ""), &env()).await;
+    slack.wait_connected(ACME_BOT, 1).await;
+    wait_log(&gw, "Slack rejected the bot token of this account").await;
+    let logs = gw.logs();
+    let line = logs.lines().find(|l| l.contains("Slack rejected the bot token")).unwrap();
+    assert!(line.contains("beta") && line.contains("token_revoked"), "{line}");
+    assert_eq!(slack.connections(BETA_BOT), 0, "a bot whose token is refused does not connect");
+
+    // A frame past the 1 MiB bound (its content is never logged): that connection is given up,
+    // a new one is opened, and the account carries on.
+    slack.push_frame(
+        ACME_BOT,
+        &format!(r#"{{"type":"events_api","envelope_id":"big","payload":"{}"}}"#, "B".repeat(2 << 20)),
+    );
+    slack.wait_connected(ACME_BOT, 2).await;
+    slack.dm(ACME_BOT, ALICE, "after the big one");
+    let got = slack.wait_sent(ACME_BOT, "D0ALICE01", 1).await;
+    assert_eq!(got[0].text, "echo: after the big one");
+    assert!(!gw.logs().contains("BBBBBBBB"));
+    no_product_name_nor_secrets(&slack, ACME_BOT, &gw);
+}
