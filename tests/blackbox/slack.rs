@@ -604,5 +604,22 @@ async fn slack_an_oversized_frame_costs_one_connection_and_a_revoked_token_stops
     let got = slack.wait_sent(ACME_BOT, "D0ALICE01", 1).await;
     assert_eq!(got[0].text, "echo: after the big one");
     assert!(!gw.logs().contains("BBBBBBBB"));
+
+    // The token is revoked while running: the reply is refused, and the account stops taking
+    // events it could not answer (they stay with Slack).
+    slack.revoke(ACME_BOT);
+    slack.dm(ACME_BOT, ALICE, "after revocation");
+    wait_log(&gw, "Slack rejected the bot token of this account on a reply").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while slack.live(ACME_BOT) > 0 {
+        assert!(std::time::Instant::now() < deadline, "the account kept its connection");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let connections = slack.connections(ACME_BOT);
+    let pending = slack.pending(ACME_BOT);
+    slack.dm(ACME_BOT, ALICE, "nobody home");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(slack.connections(ACME_BOT), connections, "no reconnection");
+    assert_eq!(slack.pending(ACME_BOT), pending + 1, "new events are left with Slack");
     no_product_name_nor_secrets(&slack, ACME_BOT, &gw);
 }

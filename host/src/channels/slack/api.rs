@@ -245,6 +245,10 @@ pub struct SlackTransport {
     pub api: Api,
     /// The bot token (never logged).
     pub token: crate::config::SecretString,
+    /// Set when Slack refuses the token: the account stops taking events it could not answer.
+    pub halt: tokio::sync::watch::Sender<bool>,
+    /// The account, for logs.
+    pub account: String,
 }
 
 #[async_trait::async_trait]
@@ -253,7 +257,13 @@ impl Transport for SlackTransport {
         match self.api.post_message(self.token.expose(), &to.chat, text, to.thread.as_deref()).await {
             Ok(()) => Ok(()),
             Err(ApiError::RetryAfter(d)) => Err(SendError::RetryAfter(d)),
-            Err(ApiError::Auth(_)) => Err(SendError::Unauthorized),
+            Err(ApiError::Auth(code)) => {
+                if !*self.halt.borrow() {
+                    tracing::error!(account = %self.account, error = %code, "Slack rejected the bot token of this account on a reply: it is wrong or was revoked. This account stops taking events (what it stored is answered after a restart with a working token); other accounts are unaffected.");
+                }
+                let _ = self.halt.send(true);
+                Err(SendError::Unauthorized)
+            }
             Err(e @ ApiError::Slack { .. }) => Err(SendError::Permanent(e.to_string())),
             Err(e @ ApiError::Transient(_)) => Err(SendError::Transient(e.to_string())),
         }

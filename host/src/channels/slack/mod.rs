@@ -394,10 +394,20 @@ impl super::adapter::Adapter for Slack {
         let creds = resolve(config, &acc)?;
         let api = Api::new(&acc.api_url).map_err(|e| format!("channels.slack account {account:?}: {e}"))?;
         let label = format!("slack/{}", acc.id);
-        let transport = SlackTransport { api: api.clone(), token: creds.bot.clone() };
+        // The account stops when told to, or when Slack refuses its bot token on a reply (it
+        // would go on acknowledging events it cannot answer).
+        let (halt, halted) = watch::channel(false);
+        let transport =
+            SlackTransport { api: api.clone(), token: creds.bot.clone(), halt: halt.clone(), account: acc.id.clone() };
         let outbound = Outbound::start(&label, Arc::new(transport), limits(acc.text_chunk_limit));
+        let mut told = stopped;
+        tokio::spawn(async move {
+            if told.wait_for(|s| *s).await.is_ok() {
+                let _ = halt.send(true);
+            }
+        });
         let start = Start { ctx: ctx.clone(), acc, shared, api, creds, outbound };
-        Ok(tokio::spawn(start.run(stopped)))
+        Ok(tokio::spawn(start.run(halted)))
     }
 
     fn routes(&self, ctx: &Context) -> Option<axum::Router> {
