@@ -35,9 +35,15 @@ fn matches(b: &Binding, o: &Origin<'_>) -> bool {
         return false;
     }
     match &b.peer {
-        Some((kind, id)) => *kind == o.kind && (id == "*" || id == o.peer),
+        // "group" and "channel" both name a chat of many (Telegram groups, Discord and Slack
+        // channels): either kind matches one.
+        Some((kind, id)) => same_kind(*kind, o.kind) && (id == "*" || id == o.peer),
         None => true,
     }
+}
+
+fn same_kind(a: PeerKind, b: PeerKind) -> bool {
+    a == b || (a != PeerKind::Direct && b != PeerKind::Direct)
 }
 
 /// The agent that answers traffic from `origin`, if any.
@@ -59,6 +65,29 @@ mod tests {
 
     fn config(text: &str) -> Config {
         crate::config::load_str(text, std::path::Path::new(".")).expect("valid config")
+    }
+
+    #[test]
+    fn guild_and_channel_bindings_route_discord_traffic() {
+        let c = config(
+            r#"{
+              tenants: [ { id: "agency" } ],
+              agents: { list: [ { id: "lobby", tenant: "agency" }, { id: "support", tenant: "agency" }, { id: "dm", tenant: "agency" } ] },
+              bindings: [
+                { agentId: "dm", match: { channel: "discord", accountId: "a" } },
+                { agentId: "lobby", match: { channel: "discord", guildId: "2000" } },
+                { agentId: "support", match: { channel: "discord", peer: { kind: "channel", id: "4001" } } },
+              ],
+              channels: { discord: { accounts: { a: { token: { env: "A" } } } } },
+            }"#,
+        );
+        let at = |space, kind, peer| {
+            route(&c, &Origin { channel: "discord", account: "a", space, kind, peer }).map(|a| a.id.to_string())
+        };
+        assert_eq!(at(Some("2000"), PeerKind::Group, "4000").as_deref(), Some("lobby"), "guild beats account");
+        assert_eq!(at(Some("2000"), PeerKind::Group, "4001").as_deref(), Some("support"), "a channel peer beats the guild");
+        assert_eq!(at(Some("3000"), PeerKind::Group, "4000").as_deref(), Some("dm"), "another guild: the account binding");
+        assert_eq!(at(None, PeerKind::Direct, "5000").as_deref(), Some("dm"));
     }
 
     #[test]

@@ -87,6 +87,8 @@ pub struct Accumulator {
     calls: BTreeMap<u64, PartialCall>,
     usage: Usage,
     size: usize,
+    /// A choice carried its `finish_reason`: the reply is complete even if `[DONE]` is missing.
+    finished: bool,
 }
 
 impl Accumulator {
@@ -102,6 +104,9 @@ impl Accumulator {
         }
         let mut out = None;
         for choice in chunk.get("choices").and_then(Value::as_array).into_iter().flatten() {
+            if choice.get("finish_reason").is_some_and(|r| !r.is_null()) {
+                self.finished = true;
+            }
             // Non-streaming replies carry `message`; streamed ones carry `delta`.
             let delta = choice.get("delta").or_else(|| choice.get("message"));
             let Some(delta) = delta else { continue };
@@ -178,8 +183,14 @@ impl ReplyFormat for Accumulator {
         self.apply(body)
     }
 
-    /// A stream that ends without `[DONE]` still yields what arrived.
-    fn finish(self, _ended: bool) -> Result<ModelReply, ModelError> {
+    /// A stream that ends with neither `[DONE]` nor a `finish_reason` was cut short (a proxy
+    /// closing early, a crashed upstream): an error, not half a reply passed off as whole.
+    fn finish(self, ended: bool) -> Result<ModelReply, ModelError> {
+        if !ended && !self.finished {
+            return Err(ModelError::Protocol(
+                "the stream ended before the reply was complete (no finish_reason, no [DONE])".into(),
+            ));
+        }
         Ok(Accumulator::finish(self))
     }
 }
@@ -267,6 +278,21 @@ mod tests {
         assert_eq!(body["messages"][2]["tool_calls"][0]["function"]["arguments"], "{\"path\":\"a\"}");
         assert_eq!(body["messages"][3]["tool_call_id"], "c1");
         assert_eq!(body["tools"][0]["function"]["name"], "read");
+    }
+
+    #[test]
+    fn a_stream_cut_short_is_an_error_and_a_finished_one_without_done_is_not() {
+        use crate::model::sse::StreamReader;
+        let mut cut = StreamReader::<Accumulator>::default();
+        cut.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"Half a rep\"}}]}\n\n").unwrap();
+        let e = cut.finish().unwrap_err();
+        assert!(e.to_string().contains("ended before the reply was complete"), "{e}");
+        let mut done = StreamReader::<Accumulator>::default();
+        done.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"Whole\"},\"finish_reason\":\"stop\"}]}\n\n").unwrap();
+        assert_eq!(done.finish().unwrap().text, "Whole", "a finish_reason completes it without [DONE]");
+        let mut both = StreamReader::<Accumulator>::default();
+        both.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"A\"}}]}\n\ndata: [DONE]\n\n").unwrap();
+        assert_eq!(both.finish().unwrap().text, "A");
     }
 
     #[test]
