@@ -85,8 +85,16 @@ mod tests {
             route(&c, &Origin { channel: "discord", account: "a", space, kind, peer }).map(|a| a.id.to_string())
         };
         assert_eq!(at(Some("2000"), PeerKind::Group, "4000").as_deref(), Some("lobby"), "guild beats account");
-        assert_eq!(at(Some("2000"), PeerKind::Group, "4001").as_deref(), Some("support"), "a channel peer beats the guild");
-        assert_eq!(at(Some("3000"), PeerKind::Group, "4000").as_deref(), Some("dm"), "another guild: the account binding");
+        assert_eq!(
+            at(Some("2000"), PeerKind::Group, "4001").as_deref(),
+            Some("support"),
+            "a channel peer beats the guild"
+        );
+        assert_eq!(
+            at(Some("3000"), PeerKind::Group, "4000").as_deref(),
+            Some("dm"),
+            "another guild: the account binding"
+        );
         assert_eq!(at(None, PeerKind::Direct, "5000").as_deref(), Some("dm"));
     }
 
