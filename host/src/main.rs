@@ -158,6 +158,12 @@ enum TenantCommand {
         /// An environment variable holding the bot token (the gateway needs it too)
         #[arg(long, value_name = "VAR")]
         token_env: Option<String>,
+        /// Slack: a file holding the app-level token (xapp-, Socket Mode)
+        #[arg(long, value_name = "FILE")]
+        app_token_file: Option<PathBuf>,
+        /// Slack: an environment variable holding the app-level token
+        #[arg(long, value_name = "VAR")]
+        app_token_env: Option<String>,
         /// The platform's API base URL (proxies, self-hosted Bot API)
         #[arg(long, value_name = "URL")]
         api_url: Option<String>,
@@ -219,6 +225,8 @@ fn main() -> ExitCode {
             account,
             token_file,
             token_env,
+            app_token_file,
+            app_token_env,
             api_url,
             gateway_url,
             guilds,
@@ -235,6 +243,8 @@ fn main() -> ExitCode {
                 account,
                 token_file,
                 token_env,
+                app_token_file,
+                app_token_env,
                 api_url,
                 gateway_url,
                 guilds,

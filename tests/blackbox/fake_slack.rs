@@ -83,7 +83,7 @@ pub struct FakeSlack {
     inner: Arc<Inner>,
 }
 
-const ALL_SCOPES: &str =
+pub const ALL_SCOPES: &str =
     "app_mentions:read,channels:history,channels:read,chat:write,groups:history,groups:read,im:history,mpim:history";
 
 impl FakeSlack {

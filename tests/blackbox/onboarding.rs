@@ -216,3 +216,62 @@ async fn tenant_add_checks_a_discord_bot_and_names_the_missing_intent() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(fake.wait_connected(DC, Duration::from_secs(15)).await, "{}", gw.logs());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_add_onboards_a_slack_workspace_and_names_missing_scopes() {
+    let slack = crate::fake_slack::FakeSlack::start().await;
+    slack.add_team("T0", "xoxb-onboard-bot-token", "xapp-onboard-app-token", "U0BOT");
+    slack.set_scopes("xoxb-onboard-bot-token", "chat:write");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut gw_env = env();
+    gw_env.push(("SL_BOT", "xoxb-onboard-bot-token"));
+    gw_env.push(("SL_APP", "xapp-onboard-app-token"));
+    let gw = Gateway::start_in(d, &main_config(), &gw_env).await;
+    let run = |args: &[&str]| {
+        let config = d.join("bulkhead.json5");
+        let o = std::process::Command::new(BIN)
+            .args(["--config", config.to_str().unwrap(), "tenant"])
+            .args(args)
+            .args(["--url", gw.base.as_str()])
+            .env_remove("BULKHEAD_CONFIG")
+            .envs(gw_env.clone())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).to_string(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    let args = [
+        "add",
+        "--id",
+        "globex",
+        "--channel",
+        "slack",
+        "--token-env",
+        "SL_BOT",
+        "--app-token-env",
+        "SL_APP",
+        "--api-url",
+        &slack.api,
+        "--dm-policy",
+        "open",
+        "--allow-from",
+        "*",
+        "--yes",
+    ];
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("scope") && err.contains("nothing was written"), "a missing scope is named: {err}");
+    nothing_written(d, "globex");
+    slack.set_scopes("xoxb-onboard-bot-token", crate::fake_slack::ALL_SCOPES);
+    let (code, out, err) = run(&args);
+    assert_eq!(code, 0, "{out}\n{err}\n{}", gw.logs());
+    slack.wait_connected("xoxb-onboard-bot-token", 1).await;
+    slack.dm("xoxb-onboard-bot-token", "U0ALICE", "hello slack");
+    let sent = slack.wait_sent("xoxb-onboard-bot-token", "D0ALICE", 1).await;
+    assert_eq!(sent[0].text, "echo: hello slack");
+}

@@ -64,6 +64,9 @@ pub struct AddArgs {
     pub account: Option<String>,
     pub token_file: Option<PathBuf>,
     pub token_env: Option<String>,
+    /// Slack: the app-level token (Socket Mode).
+    pub app_token_file: Option<PathBuf>,
+    pub app_token_env: Option<String>,
     pub api_url: Option<String>,
     pub gateway_url: Option<String>,
     pub guilds: Vec<String>,
@@ -92,12 +95,18 @@ fn render(t: &Template, id: &str, name: &str, token_file: &str, channels: &str) 
 /// The bindings and channel block of the tenant's one bot account.
 fn channel_block(a: &AddArgs, channel: &str, account: &str, agent: &str) -> String {
     let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
-    let token = match (&a.token_file, &a.token_env) {
+    let reference = |file: &Option<PathBuf>, env: &Option<String>| match (file, env) {
         (Some(f), _) => format!("{{ file: {} }}", q(&f.display().to_string())),
         (_, Some(e)) => format!("{{ env: {} }}", q(e)),
         _ => String::new(),
     };
-    let mut fields = vec![format!("token: {token}")];
+    let token = reference(&a.token_file, &a.token_env);
+    // Slack calls the bot token `botToken` and needs the app token for Socket Mode.
+    let mut fields = if channel == "slack" {
+        vec![format!("botToken: {token}"), format!("appToken: {}", reference(&a.app_token_file, &a.app_token_env))]
+    } else {
+        vec![format!("token: {token}")]
+    };
     if let Some(u) = &a.api_url {
         fields.push(format!("apiUrl: {}", q(u)));
     }
@@ -126,7 +135,7 @@ fn channel_block(a: &AddArgs, channel: &str, account: &str, agent: &str) -> Stri
 
 fn ask(prompt: &str, default: Option<&str>) -> Option<String> {
     let shown = default.map(|d| format!(" [{d}]")).unwrap_or_default();
-    eprint!("{prompt}{shown}: ");
+    eprint!("? {prompt}{shown}: ");
     let _ = std::io::stderr().flush();
     let mut line = String::new();
     if std::io::stdin().lock().read_line(&mut line).ok()? == 0 {
@@ -159,6 +168,13 @@ fn interview(a: &mut AddArgs) {
         match r.as_deref().and_then(|r| r.strip_prefix("env:")) {
             Some(v) => a.token_env = Some(v.to_string()),
             None => a.token_file = r.map(PathBuf::from),
+        }
+    }
+    if a.channel.as_deref() == Some("slack") && a.app_token_file.is_none() && a.app_token_env.is_none() {
+        let r = ask("The Slack app-level token (xapp-): a file path, or env:NAME", None);
+        match r.as_deref().and_then(|r| r.strip_prefix("env:")) {
+            Some(v) => a.app_token_env = Some(v.to_string()),
+            None => a.app_token_file = r.map(PathBuf::from),
         }
     }
     if a.channel.as_deref() == Some("discord")
@@ -200,6 +216,22 @@ fn problems(a: &AddArgs) -> Vec<String> {
                 "--token-env: {v} is not set here; set it for this command and for the gateway's process"
             )),
             _ => {}
+        }
+        if channel == "slack" {
+            match (&a.app_token_file, &a.app_token_env) {
+                (None, None) => out.push(
+                    "--app-token-file or --app-token-env: missing (the Slack app-level token, xapp-, for Socket Mode)"
+                        .into(),
+                ),
+                (Some(_), Some(_)) => out.push("--app-token-file and --app-token-env: give one".into()),
+                (Some(f), None) if !f.is_file() => {
+                    out.push(format!("--app-token-file: {} is not a readable file", f.display()))
+                }
+                (None, Some(v)) if std::env::var(v).map_or(true, |x| x.is_empty()) => out.push(format!(
+                    "--app-token-env: {v} is not set here; set it for this command and for the gateway's process"
+                )),
+                _ => {}
+            }
         }
         if let Some(acc) = &a.account
             && let Err(e) = crate::ids::validate_id(acc)
@@ -426,6 +458,12 @@ fn add_checked(
             outln!(
                 "  - in servers it answers @mentions in the guilds given; direct messages get a pairing code: `bulkhead pairing approve CODE`"
             );
+        }
+        Some("slack") => {
+            outln!(
+                "  - in the Slack app: Socket Mode on, event subscriptions app_mention and message.im, then add the app to its channels"
+            );
+            outln!("  - direct messages from strangers get a pairing code: `bulkhead pairing approve CODE`");
         }
         Some(other) => outln!("  - finish the {other} app's own settings (see README)"),
         None => outln!("  - give the API token to the client: POST /v1/chat/completions with model {agent:?}"),
