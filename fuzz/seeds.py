@@ -100,3 +100,16 @@ for name, upd in {
     "no-id": {"message": {"message_id": 2}},
 }.items():
     put("telegram_update", name, json.dumps(upd))
+
+# Slack event callbacks, as the fake Slack and the unit tests send them.
+def cb(event):
+    return {"token": "unused", "team_id": "T0ACME", "api_app_id": "A0APP", "type": "event_callback",
+            "event_id": "Ev0001", "event_time": 1764000000, "event": event}
+for name, payload in {
+    "dm": cb({"type": "message", "channel": "D0ALICE01", "channel_type": "im", "user": "U0ALICE01", "text": "hi &amp; &lt;b&gt;", "ts": "1764000000.000100"}),
+    "mention": cb({"type": "app_mention", "channel": "C0GENERAL1", "user": "U0ALICE01", "text": "<@U0ACMEBOT|acme> help", "ts": "1764000000.000200", "thread_ts": "1764000000.000100"}),
+    "file": cb({"type": "message", "subtype": "file_share", "channel": "D0ALICE01", "user": "U0ALICE01", "text": "", "ts": "1764000000.000300", "files": [{"id": "F0"}]}),
+    "bot": cb({"type": "message", "subtype": "bot_message", "channel": "C0GENERAL1", "bot_id": "B0", "text": "x", "ts": "1764000000.000400"}),
+    "other-team": dict(cb({"type": "message", "channel": "C0GENERAL1", "user": "U0ALICE01", "text": "x", "ts": "1"}), team_id="T0OTHER"),
+}.items():
+    put("slack_event", name, json.dumps(payload))

@@ -28,6 +28,8 @@ enum LogFormatArg {
 }
 
 #[derive(Subcommand)]
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Run the gateway (SIGHUP, `POST /admin/reload` or a changed config file reloads it)
     Serve {
@@ -120,6 +122,7 @@ enum ConfigCommand {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)]
 enum TenantCommand {
     /// List tenants and their agents
     List {
@@ -131,6 +134,64 @@ enum TenantCommand {
         id: String,
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+    },
+    /// Onboard a tenant: template, bot credentials checked live, drop-in file, API token, reload
+    Add {
+        /// The tenant id (asked on a terminal when missing)
+        #[arg(long)]
+        id: Option<String>,
+        /// Display name users see [default: the id]
+        #[arg(long)]
+        name: Option<String>,
+        /// support (no tools) | coder (exec in its own Docker sandbox) | analyst (read-only)
+        #[arg(long)]
+        template: Option<String>,
+        /// Chat channel of the tenant's bot (telegram, discord, ...), or none
+        #[arg(long)]
+        channel: Option<String>,
+        /// The bot's account id [default: the tenant id]
+        #[arg(long)]
+        account: Option<String>,
+        /// A file holding the bot token (referenced, never copied)
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// An environment variable holding the bot token (the gateway needs it too)
+        #[arg(long, value_name = "VAR")]
+        token_env: Option<String>,
+        /// Slack: a file holding the app-level token (xapp-, Socket Mode)
+        #[arg(long, value_name = "FILE")]
+        app_token_file: Option<PathBuf>,
+        /// Slack: an environment variable holding the app-level token
+        #[arg(long, value_name = "VAR")]
+        app_token_env: Option<String>,
+        /// The platform's API base URL (proxies, self-hosted Bot API)
+        #[arg(long, value_name = "URL")]
+        api_url: Option<String>,
+        /// Discord: the gateway WebSocket URL
+        #[arg(long, value_name = "URL")]
+        gateway_url: Option<String>,
+        /// Discord: a server (guild) id to answer in (repeatable)
+        #[arg(long = "guild", value_name = "ID")]
+        guilds: Vec<String>,
+        /// pairing | allowlist | open | disabled
+        #[arg(long)]
+        dm_policy: Option<String>,
+        /// A sender allowed to message the bot (repeatable; "*" with --dm-policy open)
+        #[arg(long = "allow-from", value_name = "ID")]
+        allow_from: Vec<String>,
+        /// The running gateway [default: http://<gateway.bind>]
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// Never ask: fail with every missing answer instead
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Stop serving a drop-in tenant (its file is moved aside, its data stays) and reload
+    Remove {
+        id: String,
+        /// The running gateway [default: http://<gateway.bind>]
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
     },
     /// Crypto-shred a tenant's stored data (stop the gateway first)
     Delete {
@@ -155,6 +216,47 @@ fn main() -> ExitCode {
         Command::Tenant(TenantCommand::List { json }) => cli::tenant::list(&ConfigSource::new(args.config), json),
         Command::Tenant(TenantCommand::Export { id, out }) => {
             cli::tenant::export(&ConfigSource::new(args.config), &id, &out)
+        }
+        Command::Tenant(TenantCommand::Add {
+            id,
+            name,
+            template,
+            channel,
+            account,
+            token_file,
+            token_env,
+            app_token_file,
+            app_token_env,
+            api_url,
+            gateway_url,
+            guilds,
+            dm_policy,
+            allow_from,
+            url,
+            yes,
+        }) => {
+            let add = cli::onboard::AddArgs {
+                id,
+                name,
+                template,
+                channel,
+                account,
+                token_file,
+                token_env,
+                app_token_file,
+                app_token_env,
+                api_url,
+                gateway_url,
+                guilds,
+                dm_policy,
+                allow_from,
+                url,
+                yes,
+            };
+            cli::onboard::add(&ConfigSource::new(args.config), add)
+        }
+        Command::Tenant(TenantCommand::Remove { id, url }) => {
+            cli::onboard::remove(&ConfigSource::new(args.config), &id, url.as_deref())
         }
         Command::Tenant(TenantCommand::Delete { id, yes }) => {
             cli::tenant::delete(&ConfigSource::new(args.config), &id, yes)

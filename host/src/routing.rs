@@ -11,7 +11,7 @@ use crate::ids::PeerKind;
 pub struct Origin<'a> {
     pub channel: &'a str,
     pub account: &'a str,
-    /// The server the chat belongs to (a Discord guild), if any.
+    /// The server the chat belongs to (a Discord guild, a Slack workspace), if any.
     pub space: Option<&'a str>,
     pub kind: PeerKind,
     /// The group's chat id, or a direct chat's sender.
@@ -19,11 +19,12 @@ pub struct Origin<'a> {
 }
 
 fn matches(b: &Binding, o: &Origin<'_>) -> bool {
-    if b.channel != o.channel || b.team_id.is_some() {
+    if b.channel != o.channel {
         return false;
     }
-    if let Some(g) = &b.guild_id
-        && o.space != Some(g.as_str())
+    // A Discord guild or a Slack workspace (the config pass allows each on its channel only).
+    if let Some(space) = b.guild_id.as_ref().or(b.team_id.as_ref())
+        && o.space != Some(space.as_str())
     {
         return false;
     }
@@ -119,6 +120,28 @@ mod tests {
         assert_eq!(at("acme", PeerKind::Group, "42").as_deref(), Some("general"));
         assert_eq!(at("beta", PeerKind::Direct, "42").as_deref(), Some("other-bot"));
         assert_eq!(at("gamma", PeerKind::Direct, "42"), None, "unbound traffic is dropped");
+    }
+
+    #[test]
+    fn a_team_binding_matches_its_slack_workspace_only() {
+        let c = config(
+            r#"{
+              tenants: [ { id: "acme-co" } ],
+              agents: { list: [ { id: "general", tenant: "acme-co" }, { id: "team", tenant: "acme-co" } ] },
+              bindings: [
+                { agentId: "general", match: { channel: "slack", accountId: "acme" } },
+                { agentId: "team", match: { channel: "slack", teamId: "T0ACME" } },
+              ],
+              channels: { slack: { accounts: { acme: { botToken: { env: "B" }, appToken: { env: "A" } } } } },
+            }"#,
+        );
+        let at = |space| {
+            let o = Origin { channel: "slack", account: "acme", space, kind: PeerKind::Group, peer: "C0123ABCD" };
+            route(&c, &o).map(|a| a.id.to_string())
+        };
+        assert_eq!(at(Some("T0ACME")).as_deref(), Some("team"), "team beats account");
+        assert_eq!(at(Some("T0OTHER")).as_deref(), Some("general"));
+        assert_eq!(at(None).as_deref(), Some("general"));
     }
 
     #[test]

@@ -31,8 +31,12 @@ fn config_check_accepts_the_shipped_configs_with_their_secrets_and_refuses_the_s
         ("GLOBEX_TG_TOKEN", "654321:GLOBEX-shipped-config-token"),
         ("AGENCY_DISCORD_TOKEN", "MTAwMA.agency-shipped-config-token"),
         ("STUDIO_DISCORD_TOKEN", "MTAwMQ.studio-shipped-config-token"),
+        ("ACME_SLACK_BOT_TOKEN", "xoxb-acme-shipped-config-token"),
+        ("ACME_SLACK_APP_TOKEN", "xapp-acme-shipped-config-token"),
+        ("GLOBEX_SLACK_BOT_TOKEN", "xoxb-globex-shipped-config-token"),
+        ("GLOBEX_SLACK_SIGNING_SECRET", "globex-shipped-config-signing-secret"),
     ];
-    for f in ["bulkhead.json5", "telegram.json5", "discord.json5"] {
+    for f in ["bulkhead.json5", "telegram.json5", "discord.json5", "slack.json5"] {
         let path = dir.path().join("config").join(f);
         std::fs::copy(root.join("config").join(f), &path).unwrap();
         let (code, out) = check_with_env(&path, &env);

@@ -129,6 +129,15 @@ impl FakeDiscord {
         }
     }
 
+    /// The toggle is switched back on.
+    pub fn allow_intents(&self, token: &str) {
+        let mut i = self.inner.lock().unwrap();
+        i.refuse_intents.remove(token);
+        if let Some(b) = i.bots.get_mut(token) {
+            b.app_flags = 1 << 18;
+        }
+    }
+
     /// The next sends of `token` get 429s asking to wait `seconds` each.
     pub fn rate_limit_next(&self, token: &str, seconds: &[f64]) {
         self.inner.lock().unwrap().limited.entry(token.into()).or_default().extend_from_slice(seconds);

@@ -1,6 +1,6 @@
 //! Black-box tests: the real `bulkhead` binary, driven over HTTP and WebSocket, with fake model
-//! servers speaking the OpenAI and Anthropic wire formats, a fake Telegram Bot API server and a
-//! fake Discord (REST and Gateway).
+//! servers speaking the OpenAI and Anthropic wire formats, a fake Telegram Bot API server, a fake
+//! Discord (REST and Gateway) and a fake Slack (Web API and Socket Mode).
 
 mod api;
 mod audit;
@@ -13,13 +13,16 @@ mod discord;
 mod disk;
 mod fairness;
 mod fake_discord;
+mod fake_slack;
 mod fake_telegram;
 mod fakes;
 mod faults;
 mod harness;
+mod onboarding;
 mod policy;
 mod quota;
 mod reload;
+mod slack;
 mod store;
 mod telegram;
 mod webchat_page;

@@ -21,7 +21,7 @@ use crate::config::{Config, Errors, RawChannel, SecretRef, SecretString};
 use crate::gateway::Live;
 
 /// Every adapter built into this binary, by channel name.
-pub static ADAPTERS: &[&dyn Adapter] = &[&super::telegram::Telegram, &super::discord::Discord];
+pub static ADAPTERS: &[&dyn Adapter] = &[&super::telegram::Telegram, &super::discord::Discord, &super::slack::Slack];
 
 /// The adapter of a channel, if this build has one.
 pub fn adapter(channel: &str) -> Option<&'static dyn Adapter> {

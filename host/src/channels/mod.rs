@@ -15,6 +15,7 @@ pub mod inbound;
 pub mod inbox;
 pub mod outbound;
 pub mod pairing;
+pub mod slack;
 pub mod telegram;
 
 use std::collections::{BTreeMap, BTreeSet};

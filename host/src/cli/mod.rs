@@ -23,6 +23,7 @@ pub mod audit;
 pub mod config_check;
 pub mod doctor;
 pub mod keys;
+pub mod onboard;
 pub mod pairing;
 pub mod policy;
 pub mod serve;

@@ -20,7 +20,7 @@ pub enum Action {
     Deny(String),
 }
 
-fn base_url(config: &Config, flag: Option<&str>) -> String {
+pub(super) fn base_url(config: &Config, flag: Option<&str>) -> String {
     if let Some(u) = flag {
         return u.trim_end_matches('/').to_string();
     }
@@ -31,7 +31,7 @@ fn base_url(config: &Config, flag: Option<&str>) -> String {
     format!("http://{addr}")
 }
 
-fn operator_token(config: &Config) -> Result<String, String> {
+pub(super) fn operator_token(config: &Config) -> Result<String, String> {
     if let Ok(t) = std::env::var("BULKHEAD_OPERATOR_TOKEN")
         && !t.is_empty()
     {

@@ -84,6 +84,12 @@ fn file_error(file: &str, path: impl Into<String>, message: impl Into<String>) -
 /// Reads and validates the main config file and its drop-in tenant files, reporting every
 /// error of every file at once.
 pub fn load(path: &Path) -> Result<Loaded, LoadError> {
+    load_with(path, None)
+}
+
+/// `load`, with one more tenant file (`name`, `text`) as if it were in the drop-in folder
+/// (replacing a file of that name): how `tenant add` checks a file before writing it.
+pub fn load_with(path: &Path, extra: Option<(&str, &str)>) -> Result<Loaded, LoadError> {
     let source = path.display().to_string();
     let fail = |errors| LoadError { source: source.clone(), errors };
     let text = std::fs::read_to_string(path)
@@ -104,28 +110,37 @@ pub fn load(path: &Path) -> Result<Loaded, LoadError> {
     let mut errors = Vec::new();
     let mut files = vec![path.to_path_buf()];
     let mut tenant_files = Vec::new();
+    let mut texts: Vec<(String, Result<String, String>)> = Vec::new();
     match list_tenant_files(&tenants_dir, setting.is_some()) {
         Ok(list) => {
             for file in list {
                 let name = file.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-                let shown = format!("{}/{name}", shown_dir.trim_end_matches('/'));
-                let stem = name.trim_end_matches(".json5").to_string();
-                match std::fs::read_to_string(&file) {
-                    Ok(text) => {
-                        add_to_digest(&mut digest, &name, text.as_bytes());
-                        match parse_as::<RawTenantFile>(&text) {
-                            Ok(raw) => tenant_files.push((shown, stem, raw)),
-                            Err((_, es)) => {
-                                errors.extend(es.into_iter().map(|e| ConfigError { file: Some(shown.clone()), ..e }))
-                            }
-                        }
-                    }
-                    Err(e) => errors.push(file_error(&shown, "", format!("cannot read tenant file: {e}"))),
-                }
+                texts.push((name, std::fs::read_to_string(&file).map_err(|e| e.to_string())));
                 files.push(file);
             }
         }
         Err(e) => errors.push(ConfigError::at("tenantsDir", e)),
+    }
+    if let Some((name, text)) = extra {
+        texts.retain(|(n, _)| n != name);
+        texts.push((name.to_string(), Ok(text.to_string())));
+        texts.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+    for (name, text) in texts {
+        let shown = format!("{}/{name}", shown_dir.trim_end_matches('/'));
+        let stem = name.trim_end_matches(".json5").to_string();
+        match text {
+            Ok(text) => {
+                add_to_digest(&mut digest, &name, text.as_bytes());
+                match parse_as::<RawTenantFile>(&text) {
+                    Ok(raw) => tenant_files.push((shown, stem, raw)),
+                    Err((_, es)) => {
+                        errors.extend(es.into_iter().map(|e| ConfigError { file: Some(shown.clone()), ..e }))
+                    }
+                }
+            }
+            Err(e) => errors.push(file_error(&shown, "", format!("cannot read tenant file: {e}"))),
+        }
     }
     let digest = format!("sha256:{}", crate::crypto::hex(digest.finish().as_ref()));
     let (mut raw, main_errors) = match parsed {

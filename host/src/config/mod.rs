@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-pub use dropin::{Loaded, RawTenantFile, load};
+pub use dropin::{Loaded, RawTenantFile, load, load_with};
 pub use raw::*;
 pub use secret::{SecretRef, SecretString};
 pub use validate::*;
