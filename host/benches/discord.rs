@@ -38,11 +38,12 @@ fn config(discord: (&str, &str), telegram: &str, bots: usize) -> String {
   models: {{ providers: {{ demo: {{ api: "scripted" }} }} }},
   tenants: [ {{ id: "ta", apiTokens: [ {{ env: "HTTP_TOKEN" }} ] }} ],
   agents: {{ defaults: {{ model: "demo/scripted", maxConcurrent: 64 }}, list: [ {{ id: "a", tenant: "ta" }} ] }},
-  bindings: [ {{ agentId: "a", match: {{ channel: "telegram" }} }}, {{ agentId: "a", match: {{ channel: "discord" }} }} ],
+  bindings: [ {{ agentId: "a", match: {{ channel: "telegram" }} }}, {discord_binding} ],
   channels: {{
     telegram: {{ dmPolicy: "open", allowFrom: ["*"], accounts: {{ t: {{ token: {{ env: "TG" }}, apiUrl: "{telegram}" }} }} }},
     {discord_block}
   }} }}"#,
+        discord_binding = if bots == 0 { "" } else { r#"{ agentId: "a", match: { channel: "discord" } }"# },
         discord_block = if bots == 0 {
             String::new()
         } else {

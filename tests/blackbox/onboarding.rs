@@ -275,3 +275,59 @@ async fn tenant_add_onboards_a_slack_workspace_and_names_missing_scopes() {
     let sent = slack.wait_sent("xoxb-onboard-bot-token", "D0ALICE", 1).await;
     assert_eq!(sent[0].text, "echo: hello slack");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_add_asks_on_a_real_terminal_and_the_answers_onboard_the_tenant() {
+    use std::io::Write;
+    let tg = FakeTelegram::start().await;
+    tg.add_bot(ACME_TG, 123456, "acme_bot");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let gw = Gateway::start_in(d, &main_config(), &env()).await;
+    let config = d.join("bulkhead.json5");
+    let cmd = [
+        BIN,
+        "--config",
+        config.to_str().unwrap(),
+        "tenant",
+        "add",
+        "--url",
+        &gw.base,
+        "--api-url",
+        &tg.base,
+        "--dm-policy",
+        "open",
+        "--allow-from",
+        "*",
+    ];
+    let line: Vec<String> = cmd.iter().map(|a| format!("'{}'", a.replace('\'', "'\\''"))).collect();
+    // `script` gives the command a pseudo-terminal; the answers are typed at its prompts.
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &line.join(" "), "/dev/null"])
+        .env_remove("BULKHEAD_CONFIG")
+        .envs(env())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) runs the wizard on a pseudo-terminal");
+    let mut stdin = child.stdin.take().unwrap();
+    for answer in ["termco", "Term Co", "analyst", "telegram", "env:ACME_TG"] {
+        std::thread::sleep(Duration::from_millis(200));
+        writeln!(stdin, "{answer}").unwrap();
+    }
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    drop(stdin);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    for q in ["? Tenant id", "? Display name", "? Template", "? Chat channel", "? The bot token"] {
+        assert!(text.contains(q), "asked {q:?}: {text}");
+    }
+    let file = std::fs::read_to_string(d.join("tenants.d/termco.json5")).unwrap();
+    assert!(
+        file.contains("termco-analyst") && file.contains("policies/untrusted.json5") && file.contains("Term Co"),
+        "{file}"
+    );
+    tg.dm(ACME_TG, 5151, "from the terminal");
+    assert_eq!(tg.wait_sent(ACME_TG, 5151, 1).await[0].text, "echo: from the terminal");
+}
