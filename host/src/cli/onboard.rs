@@ -27,6 +27,8 @@ struct Template {
     text: &'static str,
     agent_suffix: &'static str,
     policy: (&'static str, &'static str),
+    /// The tools its agent gets, as `policy explain` lists them (checked by a test).
+    promises: &'static [&'static str],
 }
 
 const TEMPLATES: &[Template] = &[
@@ -36,6 +38,7 @@ const TEMPLATES: &[Template] = &[
         text: include_str!("../../../config/templates/support.json5"),
         agent_suffix: "support",
         policy: ("policies/support.json5", include_str!("../../../policies/support.json5")),
+        promises: &[],
     },
     Template {
         name: "coder",
@@ -43,6 +46,7 @@ const TEMPLATES: &[Template] = &[
         text: include_str!("../../../config/templates/coder.json5"),
         agent_suffix: "coder",
         policy: ("policies/coding.json5", include_str!("../../../policies/coding.json5")),
+        promises: &["exec", "read", "write", "edit", "list"],
     },
     Template {
         name: "analyst",
@@ -50,6 +54,7 @@ const TEMPLATES: &[Template] = &[
         text: include_str!("../../../config/templates/analyst.json5"),
         agent_suffix: "analyst",
         policy: ("policies/untrusted.json5", include_str!("../../../policies/untrusted.json5")),
+        promises: &["read", "list"],
     },
 ];
 
@@ -155,7 +160,8 @@ fn interview(a: &mut AddArgs) {
     }
     if a.template.is_none() {
         for t in TEMPLATES {
-            eprintln!("  {:<8} {}", t.name, t.what);
+            let tools = if t.promises.is_empty() { "no tools".to_string() } else { t.promises.join(", ") };
+            eprintln!("  {:<8} {} ({tools})", t.name, t.what);
         }
         a.template = ask("Template", Some("support"));
     }
@@ -589,8 +595,15 @@ mod tests {
                 loaded.config.channels.account("telegram", "acme").unwrap().tenant.as_ref().map(|x| x.as_str()),
                 Some("acme")
             );
-            // The policy's own tests pass (the engine refuses a policy whose cases fail).
-            crate::policy::PolicyEngine::load(&loaded.config).unwrap_or_else(|e| panic!("{}: {e:?}", t.name));
+            // The policy's own tests pass (the engine refuses a policy whose cases fail), and the
+            // agent gets exactly the tools the template promises (what `policy explain` lists).
+            let engine =
+                crate::policy::PolicyEngine::load(&loaded.config).unwrap_or_else(|e| panic!("{}: {e:?}", t.name));
+            let mut got: Vec<&str> = engine.agent(&agent.id).unwrap().allowed().iter().map(|x| x.name()).collect();
+            let mut want = t.promises.to_vec();
+            got.sort_unstable();
+            want.sort_unstable();
+            assert_eq!(got, want, "template {}", t.name);
         }
     }
 
