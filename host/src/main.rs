@@ -182,6 +182,10 @@ enum TenantCommand {
         /// The running gateway [default: http://<gateway.bind>]
         #[arg(long, value_name = "URL")]
         url: Option<String>,
+        /// Send one test message from the new bot to this chat (a chat, channel or user id;
+        /// Telegram group ids start with "-")
+        #[arg(long, value_name = "CHAT", allow_hyphen_values = true)]
+        test_message: Option<String>,
         /// Never ask: fail with every missing answer instead
         #[arg(long)]
         yes: bool,
@@ -233,6 +237,7 @@ fn main() -> ExitCode {
             dm_policy,
             allow_from,
             url,
+            test_message,
             yes,
         }) => {
             let add = cli::onboard::AddArgs {
@@ -251,6 +256,7 @@ fn main() -> ExitCode {
                 dm_policy,
                 allow_from,
                 url,
+                test_message,
                 yes,
             };
             cli::onboard::add(&ConfigSource::new(args.config), add)

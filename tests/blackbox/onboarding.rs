@@ -108,10 +108,15 @@ async fn tenant_add_onboards_a_telegram_tenant_live_and_refuses_what_would_break
             "open",
             "--allow-from",
             "*",
+            "--test-message",
+            "-1009",
             "--yes",
         ],
     );
     assert_eq!(code, 0, "{out}\n{err}\n{}", gw.logs());
+    let test = tg.wait_sent(ACME_TG, -1009, 1).await;
+    assert_eq!(test[0].text, "This is Acme Co: this chat is connected.", "in the tenant's name, never the product's");
+    assert!(err.contains("test message sent"), "{err}");
     let token = out
         .lines()
         .find_map(|l| l.trim().strip_prefix("API token: "))

@@ -183,6 +183,13 @@ pub trait Adapter: Send + Sync {
         None
     }
 
+    /// Sends `text` to `chat` from `account` once, outside the gateway (`tenant add
+    /// --test-message`): proves the bot can post there. By default the channel cannot.
+    fn send_test(&self, config: &Config, account: &str, chat: &str, text: &str) -> Result<(), String> {
+        let _ = (config, account, chat, text);
+        Err(format!("{} cannot send a test message from here", self.channel()))
+    }
+
     /// `bulkhead doctor` checks against the platform (credentials accepted, ...).
     fn doctor(&self, config: &Config) -> Vec<Check> {
         let _ = config;

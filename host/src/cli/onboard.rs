@@ -79,6 +79,8 @@ pub struct AddArgs {
     pub allow_from: Vec<String>,
     /// The running gateway (default `http://<gateway.bind>`).
     pub url: Option<String>,
+    /// A chat to send one test message to from the new bot.
+    pub test_message: Option<String>,
     /// Never ask; fail on anything missing.
     pub yes: bool,
 }
@@ -445,6 +447,14 @@ fn add_checked(
         }
     }
     created.0.clear();
+    if let (Some(ch), Some(chat)) = (channel, a.test_message.as_deref()) {
+        let text = format!("This is {name}: this chat is connected.");
+        match adapter(ch).map(|ad| ad.send_test(&loaded.config, account, chat, &text)) {
+            Some(Ok(())) => eprintln!("ok    test message sent to {ch} chat {chat}"),
+            Some(Err(e)) => eprintln!("warn  the test message to {ch} chat {chat} was not sent: {e}"),
+            None => {}
+        }
+    }
     outln!("Tenant {id:?} added ({}), agent {agent:?}.", template.name);
     outln!("  file:      {}", target.display());
     outln!("  API token: {token}");

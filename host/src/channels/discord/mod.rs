@@ -121,6 +121,14 @@ impl super::adapter::Adapter for Discord {
         Ok(tokio::spawn(bot.run(stopped)))
     }
 
+    fn send_test(&self, config: &Config, account: &str, chat: &str, text: &str) -> Result<(), String> {
+        let acc = settings(config).and_then(|s| s.account(account)).ok_or("the account is not configured")?;
+        let token = acc.token.resolve(&config.base_dir)?;
+        let rest = Rest::new(token.expose(), &acc.api_url)?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        rt.block_on(rest.create_message(chat, text)).map_err(|e| e.to_string())
+    }
+
     fn check_sender_id(&self, id: &str) -> Result<String, String> {
         config::sender_id(id).ok_or_else(|| format!("{SENDER_HINT} (got {id:?})"))
     }

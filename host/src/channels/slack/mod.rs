@@ -381,6 +381,14 @@ impl super::adapter::Adapter for Slack {
         errors
     }
 
+    fn send_test(&self, config: &Config, account: &str, chat: &str, text: &str) -> Result<(), String> {
+        let acc = settings(config).and_then(|s| s.account(account)).ok_or("the account is not configured")?;
+        let creds = resolve(config, acc)?;
+        let api = Api::new(&acc.api_url)?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        rt.block_on(api.post_message(creds.bot.expose(), chat, text, None)).map_err(|e| e.to_string())
+    }
+
     fn start_account(
         &self,
         ctx: &Context,

@@ -311,6 +311,15 @@ impl super::adapter::Adapter for Telegram {
         }
     }
 
+    fn send_test(&self, config: &Config, account: &str, chat: &str, text: &str) -> Result<(), String> {
+        let acc = settings(config).and_then(|s| s.account(account)).ok_or("the account is not configured")?;
+        let token = acc.token.resolve(&config.base_dir)?;
+        let conn = Connection::new(token.expose(), &acc.api_url)?;
+        let to = ChatTarget { chat: chat.to_string(), thread: None, group: chat.starts_with('-') };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        rt.block_on(TelegramTransport { bot: conn.bot.clone() }.send(&to, text)).map_err(|e| format!("{e:?}"))
+    }
+
     fn check_group_id(&self, id: &str) -> Result<(), String> {
         match id.parse::<i64>() {
             Ok(_) => Ok(()),
