@@ -27,15 +27,22 @@ const MAX_FRAME: usize = 64 * 1024;
 /// Time a client has to authenticate after connecting.
 const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The text inside the page's one `<tag>…</tag>` block.
+fn inline_block<'a>(page: &'a str, tag: &str) -> &'a str {
+    let open = format!("<{tag}>");
+    let start = page.find(&open).map_or(0, |i| i + open.len());
+    let end = page[start..].find(&format!("</{tag}>")).map_or(start, |i| start + i);
+    &page[start..end]
+}
+
+/// The page's CSP: its own inline script and style by hash, nothing else.
+fn csp() -> &'static str {
+    static CSP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CSP.get_or_init(|| super::console::inline_csp(inline_block(PAGE, "script"), inline_block(PAGE, "style")))
+}
+
 pub async fn page() -> Response {
-    (
-        [(
-            header::CONTENT_SECURITY_POLICY,
-            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
-        )],
-        Html(PAGE),
-    )
-        .into_response()
+    ([(header::CONTENT_SECURITY_POLICY, csp())], Html(PAGE)).into_response()
 }
 
 /// Browsers always send `Origin` on WebSocket handshakes; a page of another origin is refused
@@ -192,6 +199,18 @@ async fn turn(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_page_runs_only_its_own_inline_script_and_style() {
+        let csp = csp();
+        assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"), "{csp}");
+        assert!(csp.contains("script-src 'sha256-") && csp.contains("style-src 'sha256-"), "{csp}");
+        // One block of each, so the hashes cover everything that runs; no inline handlers.
+        assert_eq!(PAGE.matches("<script>").count(), 1);
+        assert_eq!(PAGE.matches("<style>").count(), 1);
+        assert!(!PAGE.contains(" onclick=") && !PAGE.contains(" onload=") && !PAGE.contains(" style=\""));
+        assert!(inline_block(PAGE, "script").contains("WebSocket"));
+    }
 
     #[test]
     fn origin_must_match_host() {
