@@ -136,60 +136,7 @@ enum TenantCommand {
         out: PathBuf,
     },
     /// Onboard a tenant: template, bot credentials checked live, drop-in file, API token, reload
-    Add {
-        /// The tenant id (asked on a terminal when missing)
-        #[arg(long)]
-        id: Option<String>,
-        /// Display name users see [default: the id]
-        #[arg(long)]
-        name: Option<String>,
-        /// support (no tools) | coder (exec in its own Docker sandbox) | analyst (read-only)
-        #[arg(long)]
-        template: Option<String>,
-        /// Chat channel of the tenant's bot (telegram, discord, ...), or none
-        #[arg(long)]
-        channel: Option<String>,
-        /// The bot's account id [default: the tenant id]
-        #[arg(long)]
-        account: Option<String>,
-        /// A file holding the bot token (referenced, never copied)
-        #[arg(long, value_name = "FILE")]
-        token_file: Option<PathBuf>,
-        /// An environment variable holding the bot token (the gateway needs it too)
-        #[arg(long, value_name = "VAR")]
-        token_env: Option<String>,
-        /// Slack: a file holding the app-level token (xapp-, Socket Mode)
-        #[arg(long, value_name = "FILE")]
-        app_token_file: Option<PathBuf>,
-        /// Slack: an environment variable holding the app-level token
-        #[arg(long, value_name = "VAR")]
-        app_token_env: Option<String>,
-        /// The platform's API base URL (proxies, self-hosted Bot API)
-        #[arg(long, value_name = "URL")]
-        api_url: Option<String>,
-        /// Discord: the gateway WebSocket URL
-        #[arg(long, value_name = "URL")]
-        gateway_url: Option<String>,
-        /// Discord: a server (guild) id to answer in (repeatable)
-        #[arg(long = "guild", value_name = "ID")]
-        guilds: Vec<String>,
-        /// pairing | allowlist | open | disabled
-        #[arg(long)]
-        dm_policy: Option<String>,
-        /// A sender allowed to message the bot (repeatable; "*" with --dm-policy open)
-        #[arg(long = "allow-from", value_name = "ID")]
-        allow_from: Vec<String>,
-        /// The running gateway [default: http://<gateway.bind>]
-        #[arg(long, value_name = "URL")]
-        url: Option<String>,
-        /// Send one test message from the new bot to this chat (a chat, channel or user id;
-        /// Telegram group ids start with "-")
-        #[arg(long, value_name = "CHAT", allow_hyphen_values = true)]
-        test_message: Option<String>,
-        /// Never ask: fail with every missing answer instead
-        #[arg(long)]
-        yes: bool,
-    },
+    Add(cli::onboard::AddArgs),
     /// Stop serving a drop-in tenant (its file is moved aside, its data stays) and reload
     Remove {
         id: String,
@@ -221,46 +168,7 @@ fn main() -> ExitCode {
         Command::Tenant(TenantCommand::Export { id, out }) => {
             cli::tenant::export(&ConfigSource::new(args.config), &id, &out)
         }
-        Command::Tenant(TenantCommand::Add {
-            id,
-            name,
-            template,
-            channel,
-            account,
-            token_file,
-            token_env,
-            app_token_file,
-            app_token_env,
-            api_url,
-            gateway_url,
-            guilds,
-            dm_policy,
-            allow_from,
-            url,
-            test_message,
-            yes,
-        }) => {
-            let add = cli::onboard::AddArgs {
-                id,
-                name,
-                template,
-                channel,
-                account,
-                token_file,
-                token_env,
-                app_token_file,
-                app_token_env,
-                api_url,
-                gateway_url,
-                guilds,
-                dm_policy,
-                allow_from,
-                url,
-                test_message,
-                yes,
-            };
-            cli::onboard::add(&ConfigSource::new(args.config), add)
-        }
+        Command::Tenant(TenantCommand::Add(add)) => cli::onboard::add(&ConfigSource::new(args.config), add),
         Command::Tenant(TenantCommand::Remove { id, url }) => {
             cli::onboard::remove(&ConfigSource::new(args.config), &id, url.as_deref())
         }

@@ -61,6 +61,34 @@ pub fn resolve_unique<'a>(
     (errors, resolved)
 }
 
+/// A runtime for the platform calls a command makes outside a running gateway (`doctor`,
+/// `tenant add`).
+pub fn command_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+/// `bulkhead doctor` for one channel: every enabled account, or only `only` (`tenant add`
+/// checks just the new bot), on one runtime.
+pub fn doctor(adapter: &dyn Adapter, config: &Config, only: Option<&str>) -> Vec<Check> {
+    let accounts: Vec<&str> = config
+        .channels
+        .accounts_of(adapter.channel())
+        .iter()
+        .map(|a| a.id.as_str())
+        .filter(|id| only.is_none_or(|o| o == *id))
+        .collect();
+    if accounts.is_empty() {
+        return Vec::new();
+    }
+    match command_runtime() {
+        Ok(rt) => accounts.into_iter().flat_map(|id| adapter.doctor_account(config, id, &rt)).collect(),
+        Err(e) => vec![Check::fail(format!("{}: {e}", adapter.channel()))],
+    }
+}
+
 /// One enabled account as its adapter's validation pass sees it.
 pub struct AccountBlock<'a> {
     pub id: &'a str,
@@ -190,9 +218,10 @@ pub trait Adapter: Send + Sync {
         Err(format!("{} cannot send a test message from here", self.channel()))
     }
 
-    /// `bulkhead doctor` checks against the platform (credentials accepted, ...).
-    fn doctor(&self, config: &Config) -> Vec<Check> {
-        let _ = config;
+    /// `bulkhead doctor` checks of one enabled account against the platform (credentials
+    /// accepted, ...), on `rt`; [`doctor`] runs them for a channel.
+    fn doctor_account(&self, config: &Config, account: &str, rt: &tokio::runtime::Runtime) -> Vec<Check> {
+        let _ = (config, account, rt);
         Vec::new()
     }
 

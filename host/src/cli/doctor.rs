@@ -125,7 +125,7 @@ pub fn run(source: &ConfigSource) -> i32 {
         );
     }
     for adapter in crate::channels::adapter::ADAPTERS {
-        for c in adapter.doctor(&config) {
+        for c in crate::channels::adapter::doctor(*adapter, &config, None) {
             use crate::channels::adapter::Level;
             let tag = match c.level {
                 Level::Ok => "ok   ",

@@ -58,30 +58,60 @@ const TEMPLATES: &[Template] = &[
     },
 ];
 
-/// The answers `tenant add` needs; `None` ones are asked on a terminal.
-#[derive(Debug, Default, Clone)]
+/// The answers `tenant add` needs (its command-line flags); `None` ones are asked on a terminal.
+#[derive(Debug, Default, Clone, clap::Args)]
 pub struct AddArgs {
+    /// The tenant id (asked on a terminal when missing)
+    #[arg(long)]
     pub id: Option<String>,
+    /// Display name users see [default: the id]
+    #[arg(long)]
     pub name: Option<String>,
+    /// support (no tools) | coder (exec in its own Docker sandbox) | analyst (read-only)
+    #[arg(long)]
     pub template: Option<String>,
-    /// `none`, or a chat channel.
+    /// Chat channel of the tenant's bot (telegram, discord, ...), or none
+    #[arg(long)]
     pub channel: Option<String>,
+    /// The bot's account id [default: the tenant id]
+    #[arg(long)]
     pub account: Option<String>,
+    /// A file holding the bot token (referenced, never copied)
+    #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// An environment variable holding the bot token (the gateway needs it too)
+    #[arg(long, value_name = "VAR")]
     pub token_env: Option<String>,
-    /// Slack: the app-level token (Socket Mode).
+    /// Slack: a file holding the app-level token (xapp-, Socket Mode)
+    #[arg(long, value_name = "FILE")]
     pub app_token_file: Option<PathBuf>,
+    /// Slack: an environment variable holding the app-level token
+    #[arg(long, value_name = "VAR")]
     pub app_token_env: Option<String>,
+    /// The platform's API base URL (proxies, self-hosted Bot API)
+    #[arg(long, value_name = "URL")]
     pub api_url: Option<String>,
+    /// Discord: the gateway WebSocket URL
+    #[arg(long, value_name = "URL")]
     pub gateway_url: Option<String>,
+    /// Discord: a server (guild) id to answer in (repeatable)
+    #[arg(long = "guild", value_name = "ID")]
     pub guilds: Vec<String>,
+    /// pairing | allowlist | open | disabled
+    #[arg(long)]
     pub dm_policy: Option<String>,
+    /// A sender allowed to message the bot (repeatable; "*" with --dm-policy open)
+    #[arg(long = "allow-from", value_name = "ID")]
     pub allow_from: Vec<String>,
-    /// The running gateway (default `http://<gateway.bind>`).
+    /// The running gateway [default: http://<gateway.bind>]
+    #[arg(long, value_name = "URL")]
     pub url: Option<String>,
-    /// A chat to send one test message to from the new bot.
+    /// Send one test message from the new bot to this chat (a chat, channel or user id;
+    /// Telegram group ids start with "-")
+    #[arg(long, value_name = "CHAT", allow_hyphen_values = true)]
     pub test_message: Option<String>,
-    /// Never ask; fail on anything missing.
+    /// Never ask: fail with every missing answer instead
+    #[arg(long)]
     pub yes: bool,
 }
 
@@ -395,13 +425,9 @@ fn add_checked(
     }
     // The bot's credentials, live, before anything reaches the gateway.
     if let Some(ch) = channel {
-        let label = format!("{ch}/{account}");
-        let checks: Vec<_> = adapter(ch)
-            .map(|ad| ad.doctor(&loaded.config))
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|c| c.text.starts_with(&format!("{label}:")))
-            .collect();
+        let checks = adapter(ch)
+            .map(|ad| crate::channels::adapter::doctor(ad, &loaded.config, Some(account)))
+            .unwrap_or_default();
         let mut stop = false;
         for c in &checks {
             let tag = match c.level {

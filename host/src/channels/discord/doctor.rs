@@ -18,66 +18,58 @@ pub fn invite_link(application: &str) -> String {
     format!("https://discord.com/oauth2/authorize?client_id={application}&scope=bot&permissions={INVITE_PERMISSIONS}")
 }
 
-pub(super) fn checks(config: &Config) -> Vec<Check> {
-    let accounts = settings(config).map(|s| s.accounts.as_slice()).unwrap_or_default();
-    if accounts.is_empty() {
-        return Vec::new();
-    }
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => return vec![Check::fail(format!("discord: cannot start the async runtime: {e}"))],
-    };
+/// The checks of one account, on the caller's runtime (`adapter::doctor` runs every account).
+pub(super) fn account(config: &Config, id: &str, rt: &tokio::runtime::Runtime) -> Vec<Check> {
     let mut out = Vec::new();
-    for acc in accounts {
-        let label = format!("discord/{}", acc.id);
-        let rest = match acc.token.resolve(&config.base_dir).and_then(|t| Rest::new(t.expose(), &acc.api_url)) {
-            Ok(r) => r,
-            Err(e) => {
-                out.push(Check::fail(format!("{label}: {e}")));
-                continue;
-            }
-        };
-        let me = match rt.block_on(rest.me()) {
-            Ok(me) => me,
-            Err(e) => {
-                out.push(Check::fail(format!(
-                    "{label}: GET /users/@me failed: {e}; check the token (Developer Portal → your application → Bot → Reset Token)"
-                )));
-                continue;
-            }
-        };
-        out.push(Check::ok(format!("{label}: token accepted (bot {})", me.username)));
-        let app = match rt.block_on(rest.application()) {
-            Ok(a) => a,
-            Err(e) => {
-                out.push(Check::fail(format!("{label}: GET /applications/@me failed: {e}")));
-                continue;
-            }
-        };
-        if app.flags & MESSAGE_CONTENT_FLAGS == 0 {
+    let Some(acc) = settings(config).and_then(|s| s.account(id)) else { return out };
+    let label = format!("discord/{}", acc.id);
+    let rest = match acc.token.resolve(&config.base_dir).and_then(|t| Rest::new(t.expose(), &acc.api_url)) {
+        Ok(r) => r,
+        Err(e) => {
+            out.push(Check::fail(format!("{label}: {e}")));
+            return out;
+        }
+    };
+    let me = match rt.block_on(rest.me()) {
+        Ok(me) => me,
+        Err(e) => {
             out.push(Check::fail(format!(
-                "{label}: the MESSAGE CONTENT intent is off, so the gateway refuses the bot (close code 4014) and guild messages would arrive empty: Developer Portal → your application → Bot → Privileged Gateway Intents → switch on MESSAGE CONTENT INTENT, then Save"
+                "{label}: GET /users/@me failed: {e}; check the token (Developer Portal → your application → Bot → Reset Token)"
             )));
-        } else {
-            out.push(Check::ok(format!("{label}: MESSAGE CONTENT intent enabled")));
+            return out;
         }
-        let invite = invite_link(&app.id);
-        match rt.block_on(rest.guilds()) {
-            Ok(guilds) => {
-                for g in acc.guilds.keys().filter(|g| *g != "*") {
-                    match guilds.iter().find(|x| &x.id == g) {
-                        Some(x) => out.push(Check::ok(format!("{label}: in guild {g} ({})", x.name))),
-                        None => out.push(Check::fail(format!(
-                            "{label}: the bot is not in guild {g}; a server admin must invite it with {invite}"
-                        ))),
-                    }
-                }
-                if acc.guilds.is_empty() {
-                    out.push(Check::note(format!("{label}: in {} guild(s); invite link: {invite}", guilds.len())));
+    };
+    out.push(Check::ok(format!("{label}: token accepted (bot {})", me.username)));
+    let app = match rt.block_on(rest.application()) {
+        Ok(a) => a,
+        Err(e) => {
+            out.push(Check::fail(format!("{label}: GET /applications/@me failed: {e}")));
+            return out;
+        }
+    };
+    if app.flags & MESSAGE_CONTENT_FLAGS == 0 {
+        out.push(Check::fail(format!(
+            "{label}: the MESSAGE CONTENT intent is off, so the gateway refuses the bot (close code 4014) and guild messages would arrive empty: Developer Portal → your application → Bot → Privileged Gateway Intents → switch on MESSAGE CONTENT INTENT, then Save"
+        )));
+    } else {
+        out.push(Check::ok(format!("{label}: MESSAGE CONTENT intent enabled")));
+    }
+    let invite = invite_link(&app.id);
+    match rt.block_on(rest.guilds()) {
+        Ok(guilds) => {
+            for g in acc.guilds.keys().filter(|g| *g != "*") {
+                match guilds.iter().find(|x| &x.id == g) {
+                    Some(x) => out.push(Check::ok(format!("{label}: in guild {g} ({})", x.name))),
+                    None => out.push(Check::fail(format!(
+                        "{label}: the bot is not in guild {g}; a server admin must invite it with {invite}"
+                    ))),
                 }
             }
-            Err(e) => out.push(Check::fail(format!("{label}: GET /users/@me/guilds failed: {e}"))),
+            if acc.guilds.is_empty() {
+                out.push(Check::note(format!("{label}: in {} guild(s); invite link: {invite}", guilds.len())));
+            }
         }
+        Err(e) => out.push(Check::fail(format!("{label}: GET /users/@me/guilds failed: {e}"))),
     }
     out
 }

@@ -125,7 +125,7 @@ impl super::adapter::Adapter for Discord {
         let acc = settings(config).and_then(|s| s.account(account)).ok_or("the account is not configured")?;
         let token = acc.token.resolve(&config.base_dir)?;
         let rest = Rest::new(token.expose(), &acc.api_url)?;
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        let rt = super::adapter::command_runtime()?;
         rt.block_on(rest.create_message(chat, text)).map_err(|e| e.to_string())
     }
 
@@ -133,8 +133,8 @@ impl super::adapter::Adapter for Discord {
         config::sender_id(id).ok_or_else(|| format!("{SENDER_HINT} (got {id:?})"))
     }
 
-    fn doctor(&self, config: &Config) -> Vec<Check> {
-        doctor::checks(config)
+    fn doctor_account(&self, config: &Config, account: &str, rt: &tokio::runtime::Runtime) -> Vec<Check> {
+        doctor::account(config, account, rt)
     }
 }
 

@@ -385,7 +385,7 @@ impl super::adapter::Adapter for Slack {
         let acc = settings(config).and_then(|s| s.account(account)).ok_or("the account is not configured")?;
         let creds = resolve(config, acc)?;
         let api = Api::new(&acc.api_url)?;
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        let rt = super::adapter::command_runtime()?;
         rt.block_on(api.post_message(creds.bot.expose(), chat, text, None)).map_err(|e| e.to_string())
     }
 
@@ -422,8 +422,8 @@ impl super::adapter::Adapter for Slack {
         Some(events::routes(ctx))
     }
 
-    fn doctor(&self, config: &Config) -> Vec<Check> {
-        doctor::checks(config)
+    fn doctor_account(&self, config: &Config, account: &str, rt: &tokio::runtime::Runtime) -> Vec<Check> {
+        doctor::account(config, account, rt)
     }
 
     fn check_sender_id(&self, id: &str) -> Result<String, String> {

@@ -316,7 +316,7 @@ impl super::adapter::Adapter for Telegram {
         let token = acc.token.resolve(&config.base_dir)?;
         let conn = Connection::new(token.expose(), &acc.api_url)?;
         let to = ChatTarget { chat: chat.to_string(), thread: None, group: chat.starts_with('-') };
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        let rt = super::adapter::command_runtime()?;
         rt.block_on(TelegramTransport { bot: conn.bot.clone() }.send(&to, text)).map_err(|e| format!("{e:?}"))
     }
 
@@ -327,8 +327,8 @@ impl super::adapter::Adapter for Telegram {
         }
     }
 
-    fn doctor(&self, config: &Config) -> Vec<Check> {
-        doctor::checks(config)
+    fn doctor_account(&self, config: &Config, account: &str, rt: &tokio::runtime::Runtime) -> Vec<Check> {
+        doctor::account(config, account, rt)
     }
 }
 
