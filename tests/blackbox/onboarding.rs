@@ -27,7 +27,15 @@ fn main_config() -> String {
 }
 
 fn env() -> Vec<(&'static str, &'static str)> {
-    vec![("OPS_TOKEN", OPS), ("ACME_TG", ACME_TG), ("BAD_TG", BAD_TG), ("SECOND_TG", ACME_TG), ("DC_TOKEN", DC)]
+    vec![
+        ("OPS_TOKEN", OPS),
+        ("ACME_TG", ACME_TG),
+        ("BAD_TG", BAD_TG),
+        ("SECOND_TG", ACME_TG),
+        ("DC_TOKEN", DC),
+        ("SL_BOT", "xoxb-onboard-bot-token"),
+        ("SL_APP", "xapp-onboard-app-token"),
+    ]
 }
 
 /// Runs `bulkhead --config <dir>/bulkhead.json5 tenant <args>` with the test's environment.
@@ -193,33 +201,9 @@ async fn tenant_add_checks_a_discord_bot_and_names_the_missing_intent() {
     nothing_written(d, "studio");
     // The client flips the toggle: onboarded, and its bot connects without a restart.
     dc.allow_intents(DC);
-    let fake = dc.clone();
-    let (code, out, err) = tokio::task::spawn_blocking({
-        let d = d.to_path_buf();
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let base = gw.base.clone();
-        move || {
-            let config = d.join("bulkhead.json5");
-            let o = std::process::Command::new(BIN)
-                .args(["--config", config.to_str().unwrap(), "tenant"])
-                .args(&args)
-                .args(["--url", &base])
-                .env_remove("BULKHEAD_CONFIG")
-                .envs(env())
-                .stdin(std::process::Stdio::null())
-                .output()
-                .unwrap();
-            (
-                o.status.code().unwrap_or(-1),
-                String::from_utf8_lossy(&o.stdout).to_string(),
-                String::from_utf8_lossy(&o.stderr).to_string(),
-            )
-        }
-    })
-    .await
-    .unwrap();
+    let (code, out, err) = tenant(d, &gw, &args);
     assert_eq!(code, 0, "{out}\n{err}");
-    assert!(fake.wait_connected(DC, Duration::from_secs(15)).await, "{}", gw.logs());
+    assert!(dc.wait_connected(DC, Duration::from_secs(15)).await, "{}", gw.logs());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,27 +213,7 @@ async fn tenant_add_onboards_a_slack_workspace_and_names_missing_scopes() {
     slack.set_scopes("xoxb-onboard-bot-token", "chat:write");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let mut gw_env = env();
-    gw_env.push(("SL_BOT", "xoxb-onboard-bot-token"));
-    gw_env.push(("SL_APP", "xapp-onboard-app-token"));
-    let gw = Gateway::start_in(d, &main_config(), &gw_env).await;
-    let run = |args: &[&str]| {
-        let config = d.join("bulkhead.json5");
-        let o = std::process::Command::new(BIN)
-            .args(["--config", config.to_str().unwrap(), "tenant"])
-            .args(args)
-            .args(["--url", gw.base.as_str()])
-            .env_remove("BULKHEAD_CONFIG")
-            .envs(gw_env.clone())
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
-        (
-            o.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&o.stdout).to_string(),
-            String::from_utf8_lossy(&o.stderr).to_string(),
-        )
-    };
+    let gw = Gateway::start_in(d, &main_config(), &env()).await;
     let args = [
         "add",
         "--id",
@@ -268,12 +232,12 @@ async fn tenant_add_onboards_a_slack_workspace_and_names_missing_scopes() {
         "*",
         "--yes",
     ];
-    let (code, _, err) = run(&args);
+    let (code, _, err) = tenant(d, &gw, &args);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("scope") && err.contains("nothing was written"), "a missing scope is named: {err}");
     nothing_written(d, "globex");
     slack.set_scopes("xoxb-onboard-bot-token", crate::fake_slack::ALL_SCOPES);
-    let (code, out, err) = run(&args);
+    let (code, out, err) = tenant(d, &gw, &args);
     assert_eq!(code, 0, "{out}\n{err}\n{}", gw.logs());
     slack.wait_connected("xoxb-onboard-bot-token", 1).await;
     slack.dm("xoxb-onboard-bot-token", "U0ALICE", "hello slack");
