@@ -10,6 +10,7 @@
 
 pub mod access;
 pub mod adapter;
+pub mod dedupe;
 pub mod discord;
 pub mod inbound;
 pub mod inbox;
@@ -17,6 +18,7 @@ pub mod outbound;
 pub mod pairing;
 pub mod slack;
 pub mod telegram;
+pub mod webhook;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

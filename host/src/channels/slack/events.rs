@@ -10,14 +10,13 @@
 //! decided to be dropped); a message that could not be stored gets 503, so Slack retries, and
 //! retries (`X-Slack-Retry-Num`) are recognised by `event_id`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use ring::hmac;
@@ -27,6 +26,7 @@ use tokio::sync::watch;
 use super::Receiver;
 use super::config::Mode;
 use crate::channels::adapter::Context;
+use crate::channels::webhook::{self, Hooks, text, try_later, unauthorized};
 use crate::config::SecretString;
 use crate::gateway::Live;
 
@@ -39,9 +39,8 @@ struct Hook {
     rx: Arc<Receiver>,
 }
 
-/// The running Events API accounts of this process, by account id. An account registers when
-/// it has started (its bot identified, its inbox restored) and leaves when it stops.
-static HOOKS: LazyLock<Mutex<HashMap<String, Arc<Hook>>>> = LazyLock::new(Mutex::default);
+/// The running Events API accounts of this process.
+static HOOKS: Hooks<Hook> = Hooks::new();
 
 /// Why a request's signature was refused (logged by kind).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +61,7 @@ impl SigError {
 }
 
 pub fn signing_key(secret: &str) -> hmac::Key {
-    hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes())
+    webhook::hmac_key(secret)
 }
 
 /// Checks a request's Slack signature v0 at `now` (Unix seconds).
@@ -78,30 +77,20 @@ pub fn verify(
     if now.abs_diff(at) > MAX_AGE_SECS {
         return Err(SigError::Stale);
     }
-    let Some(tag) = sig.trim().strip_prefix("v0=").and_then(hex) else { return Err(SigError::Forged) };
+    let Some(tag) = sig.trim().strip_prefix("v0=") else { return Err(SigError::Forged) };
     let mut msg = Vec::with_capacity(body.len() + ts.len() + 4);
     msg.extend_from_slice(b"v0:");
     msg.extend_from_slice(ts.trim().as_bytes());
     msg.push(b':');
     msg.extend_from_slice(body);
-    hmac::verify(key, &msg, &tag).map_err(|_| SigError::Forged)
-}
-
-/// Lowercase or uppercase hex to bytes (`None` when it is not hex).
-fn hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) || s.len() > 128 {
-        return None;
-    }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+    if webhook::verify_hex_tag(key, &msg, tag) { Ok(()) } else { Err(SigError::Forged) }
 }
 
 /// The signature of `body` at `timestamp`, as Slack sends it (for tests and the fake).
 pub fn sign(secret: &str, timestamp: u64, body: &[u8]) -> String {
     let mut msg = format!("v0:{timestamp}:").into_bytes();
     msg.extend_from_slice(body);
-    let tag = hmac::sign(&signing_key(secret), &msg);
-    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("v0={hex}")
+    format!("v0={}", webhook::hex_tag(secret, &msg))
 }
 
 fn now() -> u64 {
@@ -114,41 +103,19 @@ pub(super) fn routes(ctx: &Context) -> Router {
 }
 
 /// Serves one account's events until it is told to stop.
-pub(super) async fn serve(rx: Arc<Receiver>, secret: &SecretString, mut stopped: watch::Receiver<bool>) {
+pub(super) async fn serve(rx: Arc<Receiver>, secret: &SecretString, stopped: watch::Receiver<bool>) {
     let id = rx.id().to_string();
     let hook = Arc::new(Hook { key: signing_key(secret.expose()), rx });
-    HOOKS.lock().expect("slack hooks lock").insert(id.clone(), hook.clone());
     tracing::info!(account = %id, path = %format!("/channels/slack/{id}/events"), "Slack Events API account ready.");
-    let _ = stopped.wait_for(|s| *s).await;
-    let mut hooks = HOOKS.lock().expect("slack hooks lock");
-    if hooks.get(&id).is_some_and(|h| Arc::ptr_eq(h, &hook)) {
-        hooks.remove(&id);
-    }
-}
-
-fn text(status: StatusCode, body: &'static str) -> Response {
-    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
-}
-
-fn unauthorized() -> Response {
-    text(StatusCode::UNAUTHORIZED, "request signature missing, stale or invalid\n")
-}
-
-fn try_later() -> Response {
-    let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "not ready; retry later\n");
-    r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
-    r
+    HOOKS.serve(&id, hook, stopped).await;
 }
 
 async fn handle(State(live): State<Live>, Path(account): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
-    let hook = HOOKS.lock().expect("slack hooks lock").get(&account).cloned();
-    let Some(hook) = hook else {
-        // Configured but not started yet (or restarting on reload): Slack retries later. Its
-        // signature cannot be checked without a running account, so nothing runs either way.
+    let Some(hook) = HOOKS.get(&account) else {
         let configured = super::settings(&live.load().runtime.config)
             .and_then(|s| s.account(&account))
             .is_some_and(|a| matches!(a.mode, Mode::Events { .. }));
-        return if configured { try_later() } else { unauthorized() };
+        return webhook::not_running(configured);
     };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let id = hook.rx.id();
@@ -172,14 +139,12 @@ async fn handle(State(live): State<Live>, Path(account): Path<String>, headers: 
             // Its own task: a slow store is never cut off half-way when Slack gives up waiting
             // (a retry waits for it and is then recognised).
             let rx = hook.rx.clone();
-            let task = tokio::spawn(async move { rx.handle(&payload).await });
-            match tokio::time::timeout(Duration::from_secs(10), task).await {
-                Ok(Ok(Ok(()))) => StatusCode::OK.into_response(),
-                Ok(Ok(Err(why))) => {
-                    tracing::warn!(account = %id, reason = %why.0, "Slack event not stored; answered 503 so Slack delivers it again.");
+            match webhook::store_within(async move { rx.handle(&payload).await }).await {
+                Ok(()) => StatusCode::OK.into_response(),
+                Err(why) => {
+                    tracing::warn!(account = %id, reason = %why, "Slack event not stored; answered 503 so Slack delivers it again.");
                     try_later()
                 }
-                Ok(Err(_)) | Err(_) => try_later(),
             }
         }
         other => {

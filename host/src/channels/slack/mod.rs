@@ -20,7 +20,6 @@
 //! subtypes are ignored. A mention is `<@BOTUSERID>` in the text or an `app_mention` event; in a
 //! thread the bot was mentioned in (while the account runs), every later message counts as one.
 
-use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +32,7 @@ mod doctor;
 pub mod events;
 mod socket;
 
+use super::dedupe::{SEEN, Seen};
 use super::adapter::{AccountBlock, ChannelPass, Check, Context, Validated};
 use super::inbound::{Account, Body, ChatMessage, Deferred, accept};
 use super::outbound::{Limits, Outbound};
@@ -49,8 +49,6 @@ fn settings(config: &Config) -> Option<&SlackSettings> {
 
 /// Longest wait between retries after transient failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// Event keys remembered per account to recognise re-deliveries.
-const SEEN: usize = 4096;
 /// Pages of `conversations.list` read to resolve channel names.
 const NAME_PAGES: usize = 20;
 
@@ -190,42 +188,6 @@ fn strip_mention(text: &str, bot_user: &str) -> String {
     out.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Re-deliveries recognised, and the update ids handed out, for one account.
-struct Seen {
-    keys: HashSet<String>,
-    order: VecDeque<String>,
-    /// The last update id handed out (never below the inbox's mark).
-    last: i64,
-}
-
-impl Seen {
-    fn contains(&self, keys: &[String]) -> bool {
-        keys.iter().any(|k| self.keys.contains(k))
-    }
-
-    fn insert(&mut self, keys: Vec<String>) {
-        for k in keys {
-            if self.keys.insert(k.clone()) {
-                self.order.push_back(k);
-            }
-        }
-        while self.order.len() > SEEN {
-            if let Some(old) = self.order.pop_front() {
-                self.keys.remove(&old);
-            }
-        }
-    }
-
-    /// A fresh update id: increasing, and after a restart above every id admitted before.
-    fn next_update(&mut self) -> i64 {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
-        self.last = now.max(self.last.saturating_add(1));
-        self.last
-    }
-}
-
 /// One running account's receiving side, shared by Socket Mode and the Events API route.
 pub struct Receiver {
     live: Live,
@@ -269,7 +231,7 @@ impl Receiver {
         // A thread the bot was mentioned in is a conversation with it: later messages in that
         // thread count as addressed to it (as a reply to the bot does on Telegram).
         let thread_key = thread.as_ref().filter(|_| !m.direct).map(|t| format!("thread:{}:{t}", m.channel));
-        let in_thread = m.thread_ts.is_some() && thread_key.as_ref().is_some_and(|k| seen.keys.contains(k));
+        let in_thread = m.thread_ts.is_some() && thread_key.as_ref().is_some_and(|k| seen.has(k));
         let msg = ChatMessage {
             update,
             sender: m.user,
@@ -507,7 +469,7 @@ impl Start {
             pairing: ctx.pairing.clone(),
             account,
             me,
-            seen: tokio::sync::Mutex::new(Seen { keys: HashSet::new(), order: VecDeque::new(), last }),
+            seen: tokio::sync::Mutex::new(Seen::new(last, SEEN)),
         });
         match acc.mode {
             Mode::Socket { .. } => {
@@ -622,15 +584,5 @@ mod tests {
             panic!("not a message")
         };
         assert!(f.files_only);
-    }
-
-    #[test]
-    fn update_ids_increase_past_the_mark() {
-        let mut s = Seen { keys: HashSet::new(), order: VecDeque::new(), last: i64::MAX - 5 };
-        let a = s.next_update();
-        assert!(a > i64::MAX - 5 && s.next_update() > a);
-        let mut s = Seen { keys: HashSet::new(), order: VecDeque::new(), last: 0 };
-        s.insert((0..SEEN + 10).map(|i| i.to_string()).collect());
-        assert!(s.keys.len() == SEEN && !s.contains(&["0".into()]) && s.contains(&[format!("{}", SEEN + 9)]));
     }
 }
