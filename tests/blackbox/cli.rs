@@ -35,8 +35,14 @@ fn config_check_accepts_the_shipped_configs_with_their_secrets_and_refuses_the_s
         ("ACME_SLACK_APP_TOKEN", "xapp-acme-shipped-config-token"),
         ("GLOBEX_SLACK_BOT_TOKEN", "xoxb-globex-shipped-config-token"),
         ("GLOBEX_SLACK_SIGNING_SECRET", "globex-shipped-config-signing-secret"),
+        ("ACME_WA_TOKEN", "EAAG-acme-shipped-config-token"),
+        ("ACME_WA_APP_SECRET", "acme-shipped-config-app-secret"),
+        ("ACME_WA_VERIFY", "acme-shipped-config-verify"),
+        ("GLOBEX_WA_TOKEN", "EAAG-globex-shipped-config-token"),
+        ("GLOBEX_WA_APP_SECRET", "globex-shipped-config-app-secret"),
+        ("GLOBEX_WA_VERIFY", "globex-shipped-config-verify"),
     ];
-    for f in ["bulkhead.json5", "telegram.json5", "discord.json5", "slack.json5"] {
+    for f in ["bulkhead.json5", "telegram.json5", "discord.json5", "slack.json5", "whatsapp.json5"] {
         let path = dir.path().join("config").join(f);
         std::fs::copy(root.join("config").join(f), &path).unwrap();
         let (code, out) = check_with_env(&path, &env);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{BIN, Gateway, run_cli};
+use crate::harness::{BIN, Gateway, SmallDisk, fill, run_cli};
 use crate::store::Site;
 use crate::{OPS_TOKEN, TOKEN_A, env, fakes};
 
@@ -362,40 +362,6 @@ async fn a_provider_that_drops_fails_or_stalls_gives_a_clear_message_and_a_faile
     // And the next turn works.
     let (s, b) = crate::store::chat(&gw, TOKEN_A, "a-openai", "faults", "recovered").await;
     assert_eq!((s, b["choices"][0]["message"]["content"].as_str()), (200, Some("fake says: recovered")), "{b}");
-}
-
-/// A tmpfs of `mb` MiB mounted at `dir` (this suite runs as root, as CI does), unmounted on drop.
-struct SmallDisk(std::path::PathBuf);
-
-impl SmallDisk {
-    fn mount(dir: &Path, mb: u64) -> SmallDisk {
-        std::fs::create_dir_all(dir).unwrap();
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mb}m,mode=0700"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .expect("run mount");
-        assert!(out.status.success(), "cannot mount a small tmpfs state dir: {}", String::from_utf8_lossy(&out.stderr));
-        SmallDisk(dir.to_path_buf())
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-/// Fills the filesystem of `dir` with one file until it is full; returns the file.
-fn fill(dir: &Path) -> std::path::PathBuf {
-    use std::io::Write;
-    let path = dir.join("filler");
-    let mut f = std::fs::File::create(&path).unwrap();
-    let block = vec![0x5a_u8; 64 * 1024];
-    while f.write_all(&block).is_ok() {}
-    let byte = [0u8; 1];
-    while f.write_all(&byte).is_ok() {}
-    path
 }
 
 #[tokio::test]

@@ -112,8 +112,13 @@ impl Gateway {
 
 /// Runs the binary to completion (for CLI commands).
 pub fn run_cli(args: &[&str], cwd: Option<&std::path::Path>) -> (i32, String, String) {
+    run_cli_env(args, cwd, &[])
+}
+
+/// `run_cli` with environment variables set (the secrets a config refers to).
+pub fn run_cli_env(args: &[&str], cwd: Option<&std::path::Path>, env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = std::process::Command::new(BIN);
-    cmd.args(args).env_remove("BULKHEAD_CONFIG");
+    cmd.args(args).env_remove("BULKHEAD_CONFIG").envs(env.iter().copied());
     if let Some(d) = cwd {
         cmd.current_dir(d);
     }
@@ -131,4 +136,38 @@ pub fn repo_root() -> PathBuf {
 
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+/// A tmpfs of `mb` MiB mounted at `dir` (this suite runs as root, as CI does), unmounted on drop.
+pub struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    pub fn mount(dir: &std::path::Path, mb: u64) -> SmallDisk {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mb}m,mode=0700"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("run mount");
+        assert!(out.status.success(), "cannot mount a small tmpfs state dir: {}", String::from_utf8_lossy(&out.stderr));
+        SmallDisk(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the filesystem of `dir` with one file until it is full; returns the file.
+pub fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let block = vec![0x5a_u8; 64 * 1024];
+    while f.write_all(&block).is_ok() {}
+    let byte = [0u8; 1];
+    while f.write_all(&byte).is_ok() {}
+    path
 }

@@ -15,6 +15,7 @@ mod fairness;
 mod fake_discord;
 mod fake_slack;
 mod fake_telegram;
+mod fake_whatsapp;
 mod fakes;
 mod faults;
 mod harness;
@@ -27,6 +28,7 @@ mod store;
 mod telegram;
 mod webchat_page;
 mod webchat_ws;
+mod whatsapp;
 
 pub const TOKEN_A: &str = "tok-alpha-3f9c2a7e5b1d4c8f9a6e2b7d1c5f8a3e";
 pub const TOKEN_B: &str = "tok-bravo-8e1b6d3f9a2c7e4b5d8f1a6c3e9b2d7f";

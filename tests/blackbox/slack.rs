@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::fake_slack::{FakeSlack, now, signed};
-use crate::harness::{Gateway, http, run_cli};
+use crate::harness::{Gateway, SmallDisk, fill, http, run_cli};
 
 const ACME_BOT: &str = "xoxb-1111-acme-bot-secret-token";
 const ACME_APP: &str = "xapp-1-A0APP-acme-app-secret-token";
@@ -491,15 +491,6 @@ async fn doctor_checks_slack_tokens_and_names_missing_scopes() {
     }
 }
 
-/// A tmpfs of 8 MiB at `dir` (this suite runs as root, as CI does), unmounted on drop.
-struct SmallDisk(std::path::PathBuf);
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slack_does_not_acknowledge_a_message_it_could_not_store_and_takes_it_when_delivered_again() {
     let slack = fake().await;
@@ -509,14 +500,7 @@ async fn slack_does_not_acknowledge_a_message_it_could_not_store_and_takes_it_wh
     let (code, out, err) = run_cli(&["keys", "init", "--out", key.to_str().unwrap()], None);
     assert_eq!(code, 0, "{out}{err}");
     let state = dir.path().join("state");
-    std::fs::create_dir_all(&state).unwrap();
-    let out = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs"])
-        .arg(&state)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "cannot mount a small tmpfs state dir: {}", String::from_utf8_lossy(&out.stderr));
-    let _disk = SmallDisk(state.clone());
+    let _disk = SmallDisk::mount(&state, 8);
     let cfg = crash_config(&slack.api, &model.base, &key);
     let gw = Gateway::start_in(dir.path(), &cfg, &env()).await;
     slack.wait_connected(ACME_BOT, 1).await;
@@ -524,14 +508,7 @@ async fn slack_does_not_acknowledge_a_message_it_could_not_store_and_takes_it_wh
     slack.wait_sent(ACME_BOT, "D0ALICE01", 1).await;
 
     // The state disk fills up: the message cannot be stored, so it is not acknowledged.
-    let filler = state.join("filler");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&filler).unwrap();
-        let block = vec![0x5a_u8; 64 * 1024];
-        while f.write_all(&block).is_ok() {}
-        while f.write_all(&[0u8]).is_ok() {}
-    }
+    let filler = fill(&state);
     let envelope = slack.dm(ACME_BOT, ALICE, "while full");
     wait_log(&gw, "Slack event not stored").await;
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -33,3 +33,23 @@ pub async fn serve(config: &str, env: &[(&str, &str)]) -> Served {
     let base = line.trim_start_matches("listening on ").to_string();
     Served { child, base, _dir: dir }
 }
+
+/// The `p` quantile of sorted latencies.
+#[allow(dead_code)] // not every bench reports latencies
+pub fn pct(sorted: &[std::time::Duration], p: f64) -> std::time::Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// One line: `name` and the p50/p90/p99 of `v` (sorted here).
+#[allow(dead_code)] // not every bench reports latencies
+pub fn summary(name: &str, v: &mut [std::time::Duration]) {
+    v.sort();
+    let ms = |d: std::time::Duration| format!("{:.2} ms", d.as_secs_f64() * 1e3);
+    println!(
+        "{name:<48} p50 {}, p90 {}, p99 {} ({} turns)",
+        ms(pct(v, 0.5)),
+        ms(pct(v, 0.9)),
+        ms(pct(v, 0.99)),
+        v.len()
+    );
+}

@@ -73,6 +73,17 @@ impl Account {
         Ok(mark)
     }
 
+    /// `resume` at the start of an account's task, for its tenant (none: nothing to resume):
+    /// the inbox's mark, or `Err` once it has logged that the account stops because its inbox
+    /// cannot be read (accepted messages could be lost or answered twice otherwise).
+    pub async fn resume_or_stop(&self, tenant: Option<&TenantId>) -> Result<Option<i64>, InboxUnreadable> {
+        let Some(tenant) = tenant else { return Ok(None) };
+        self.resume(tenant).await.map_err(|e| {
+            tracing::error!(channel = self.channel, account = %self.id, tenant = %tenant, error = %e, "Cannot read this account's chat inbox, so accepted messages could be lost or answered twice. This account is stopped; other accounts are unaffected.");
+            InboxUnreadable
+        })
+    }
+
     /// Queues a notice without waiting; a refusal is counted and logged (without its text).
     fn notice(&self, rt: &Runtime, tenant: &TenantId, to: ChatTarget, text: String) {
         if let Err(why) = self.outbound.try_send(to, text) {
@@ -81,6 +92,10 @@ impl Account {
         }
     }
 }
+
+/// An account's inbox could not be read at start (logged by `Account::resume_or_stop`).
+#[derive(Debug)]
+pub struct InboxUnreadable;
 
 /// What a message carries.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,11 +14,13 @@ pub mod dedupe;
 pub mod discord;
 pub mod inbound;
 pub mod inbox;
+pub mod net;
 pub mod outbound;
 pub mod pairing;
 pub mod slack;
 pub mod telegram;
 pub mod webhook;
+pub mod whatsapp;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

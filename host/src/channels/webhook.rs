@@ -44,6 +44,11 @@ impl<H> Hooks<H> {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
     }
 
+    /// A running account whose hook satisfies `pred`.
+    pub fn find(&self, pred: impl Fn(&H) -> bool) -> Option<Arc<H>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).values().find(|h| pred(h)).cloned()
+    }
+
     /// Registers `hook` as account `id` until `stopped` turns true (a restarted account's new
     /// hook is never removed by the old one's end).
     pub async fn serve(&self, id: &str, hook: Arc<H>, mut stopped: watch::Receiver<bool>) {

@@ -206,15 +206,8 @@ enum Ended {
 impl Bot {
     async fn run(mut self, mut stopped: watch::Receiver<bool>) {
         let id = self.config.id.clone();
-        if let Some(tenant) = self.tenant.clone() {
-            match self.account.resume(&tenant).await {
-                Ok(mark) => self.last = mark.unwrap_or(0),
-                Err(e) => {
-                    tracing::error!(account = %id, tenant = %tenant, error = %e, "Cannot read this bot's chat inbox, so accepted messages could be lost or answered twice. This account is stopped; other accounts are unaffected.");
-                    return;
-                }
-            }
-        }
+        let Ok(mark) = self.account.resume_or_stop(self.tenant.as_ref()).await else { return };
+        self.last = mark.unwrap_or(0);
         let Some(url) = self.prepare(&mut stopped).await else { return };
         let config = ConfigBuilder::new(self.token.clone(), intents()).proxy_url(url).build();
         let mut shard = Shard::with_config(ShardId::ONE, config);

@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue, USER_AGENT};
+
+use crate::channels::net;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -122,13 +124,8 @@ impl Rest {
         auth.set_sensitive(true);
         let mut headers = HeaderMap::new();
         headers.insert(AUTHORIZATION, auth);
-        let http = reqwest::Client::builder()
-            .default_headers(headers)
-            .user_agent("DiscordBot (https://discord.com, 10)")
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        headers.insert(USER_AGENT, HeaderValue::from_static("DiscordBot (https://discord.com, 10)"));
+        let http = net::http_client(Duration::from_secs(30), headers)?;
         Ok(Self { http, base: base.trim_end_matches('/').to_string(), routes: Mutex::default() })
     }
 
@@ -148,7 +145,7 @@ impl Rest {
         if let Some(b) = &body {
             req = req.json(b);
         }
-        let resp = req.send().await.map_err(|e| RestError::Network(network(&e)))?;
+        let resp = req.send().await.map_err(|e| RestError::Network(net::network_error(&e, "Discord's API")))?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let seconds = |name: &str| {
@@ -170,7 +167,8 @@ impl Rest {
             }
             routes.insert(route, at);
         }
-        let bytes = resp.bytes().await.map_err(|e| RestError::Network(network(&e)))?.to_vec();
+        let bytes =
+            resp.bytes().await.map_err(|e| RestError::Network(net::network_error(&e, "Discord's API")))?.to_vec();
         match status {
             200..=299 => Ok(bytes),
             401 => Err(RestError::Unauthorized),
@@ -242,15 +240,5 @@ impl Rest {
     pub async fn typing(&self, channel: &str) -> Result<(), RestError> {
         let path = format!("/channels/{channel}/typing");
         self.call(reqwest::Method::POST, &path, format!("POST {path}"), None).await.map(drop)
-    }
-}
-
-fn network(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        "Discord did not answer in time".into()
-    } else if e.is_connect() {
-        "cannot connect to Discord's API".into()
-    } else {
-        "network error talking to Discord's API".into()
     }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::channels::net;
 use crate::channels::outbound::{ChatTarget, SendError, Transport};
 
 /// Why a Web API call failed.
@@ -86,25 +87,10 @@ pub struct Api {
     base: String,
 }
 
-/// A network error in words, without its URL.
-fn network(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        "the Slack Web API did not answer in time".into()
-    } else if e.is_connect() {
-        "cannot connect to the Slack Web API".into()
-    } else {
-        "network error talking to the Slack Web API".into()
-    }
-}
-
 impl Api {
     pub fn new(base: &str) -> Result<Self, String> {
         reqwest::Url::parse(base).map_err(|e| format!("invalid apiUrl: {e}"))?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let http = net::http_client(Duration::from_secs(30), Default::default())?;
         Ok(Self { http, base: base.trim_end_matches('/').to_string() })
     }
 
@@ -120,7 +106,7 @@ impl Api {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.map_err(|e| ApiError::Transient(network(&e)))?;
+        let resp = req.send().await.map_err(|e| ApiError::Transient(net::network_error(&e, "the Slack Web API")))?;
         let status = resp.status();
         if status.as_u16() == 429 {
             let secs = resp
@@ -137,7 +123,7 @@ impl Api {
             .and_then(|v| v.to_str().ok())
             .map(|s| s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect())
             .unwrap_or_default();
-        let text = resp.text().await.map_err(|e| ApiError::Transient(network(&e)))?;
+        let text = resp.text().await.map_err(|e| ApiError::Transient(net::network_error(&e, "the Slack Web API")))?;
         let v: Value = serde_json::from_str(&text).map_err(|_| {
             ApiError::Transient(format!("{method}: HTTP {} with a body that is not JSON", status.as_u16()))
         })?;

@@ -32,8 +32,8 @@ mod doctor;
 pub mod events;
 mod socket;
 
-use super::dedupe::{SEEN, Seen};
 use super::adapter::{AccountBlock, ChannelPass, Check, Context, Validated};
+use super::dedupe::{SEEN, Seen};
 use super::inbound::{Account, Body, ChatMessage, Deferred, accept};
 use super::outbound::{Limits, Outbound};
 use super::pairing::Pairing;
@@ -411,14 +411,6 @@ struct Start {
     outbound: Outbound,
 }
 
-/// Waits `d`, or returns false when the account is told to stop first.
-async fn wait(d: Duration, stopped: &mut watch::Receiver<bool>) -> bool {
-    tokio::select! {
-        () = tokio::time::sleep(d) => true,
-        _ = stopped.wait_for(|s| *s) => false,
-    }
-}
-
 impl Start {
     async fn run(self, mut stopped: watch::Receiver<bool>) {
         let Start { ctx, acc, shared, api, creds, outbound } = self;
@@ -441,7 +433,7 @@ impl Start {
                     backoff
                 }
             };
-            if !wait(pause, &mut stopped).await {
+            if !super::net::pause(pause, &mut stopped).await {
                 return;
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -454,16 +446,8 @@ impl Start {
         };
         access.groups.extend(rules);
         let account = Account::new(&ctx.live, &ctx.inbox, "slack", id.clone(), access, outbound);
-        let mut last = 0;
-        if let Some(tenant) = &shared.tenant {
-            match account.resume(tenant).await {
-                Ok(mark) => last = mark.unwrap_or(0),
-                Err(e) => {
-                    tracing::error!(account = %id, tenant = %tenant, error = %e, "Cannot read this bot's chat inbox, so accepted messages could be lost or answered twice. This account is stopped; other accounts are unaffected.");
-                    return;
-                }
-            }
-        }
+        let Ok(mark) = account.resume_or_stop(shared.tenant.as_ref()).await else { return };
+        let last = mark.unwrap_or(0);
         let rx = Arc::new(Receiver {
             live: ctx.live.clone(),
             pairing: ctx.pairing.clone(),

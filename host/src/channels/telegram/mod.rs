@@ -62,11 +62,7 @@ impl Connection {
     pub fn new(token: &str, api_url: &str) -> Result<Self, String> {
         let url = reqwest::Url::parse(api_url).map_err(|e| format!("invalid apiUrl: {e}"))?;
         // Long polls hold the connection for POLL_TIMEOUT_SECS; allow for that plus slack.
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(POLL_TIMEOUT_SECS + 15))
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let http = super::net::http_client(Duration::from_secs(POLL_TIMEOUT_SECS + 15), Default::default())?;
         let bot = Bot::with_client(token, http.clone()).set_api_url(url);
         let method_base = format!("{}/bot{token}", api_url.trim_end_matches('/'));
         Ok(Self { bot, http, method_base })
@@ -105,9 +101,9 @@ impl Connection {
             .json(body)
             .send()
             .await
-            .map_err(|e| PollError::Transient(network(&e)))?;
+            .map_err(|e| PollError::Transient(super::net::network_error(&e, "the Bot API")))?;
         let status = resp.status();
-        let text = resp.text().await.map_err(|e| PollError::Transient(network(&e)))?;
+        let text = resp.text().await.map_err(|e| PollError::Transient(super::net::network_error(&e, "the Bot API")))?;
         let mut v: Value = match serde_json::from_str(&text) {
             Ok(v) => v,
             Err(_) if status.as_u16() == 401 => return Err(PollError::Unauthorized),
@@ -181,17 +177,6 @@ impl std::fmt::Display for PollError {
     }
 }
 
-/// A network error without its URL (the URL holds the bot token).
-fn network(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        "the Bot API did not answer in time".into()
-    } else if e.is_connect() {
-        "cannot connect to the Bot API".into()
-    } else {
-        "network error talking to the Bot API".into()
-    }
-}
-
 /// A teloxide error in words, never including the request URL (and so never the token).
 pub fn describe(e: &RequestError) -> String {
     match e {
@@ -199,7 +184,7 @@ pub fn describe(e: &RequestError) -> String {
         RequestError::Api(api) => format!("the Bot API refused: {api}"),
         RequestError::RetryAfter(s) => format!("flood control: retry after {} s", s.duration().as_secs()),
         RequestError::MigrateToChatId(_) => "the group was upgraded to a supergroup".into(),
-        RequestError::Network(n) => network(n),
+        RequestError::Network(n) => super::net::network_error(n, "the Bot API"),
         RequestError::InvalidJson { raw, .. } if serde_json::from_str::<Value>(raw).is_ok() => {
             "the Bot API sent an answer this client cannot read (a field is missing or has an unexpected type)".into()
         }
@@ -355,16 +340,8 @@ impl Poller {
     async fn run(self, mut stopped: watch::Receiver<bool>) {
         let id = self.config.id.clone();
         // Turns accepted before a restart run again first; updates already admitted are skipped.
-        let mut offset: i64 = 0;
-        if let Some(tenant) = &self.tenant {
-            match self.account.resume(tenant).await {
-                Ok(mark) => offset = mark.map_or(0, |m| m.saturating_add(1)),
-                Err(e) => {
-                    tracing::error!(account = %id, tenant = %tenant, error = %e, "Cannot read this bot's chat inbox, so accepted messages could be lost or answered twice. This account is stopped; other accounts are unaffected.");
-                    return;
-                }
-            }
-        }
+        let Ok(mark) = self.account.resume_or_stop(self.tenant.as_ref()).await else { return };
+        let mut offset: i64 = mark.map_or(0, |m| m.saturating_add(1));
         let mut backoff = Duration::from_secs(1);
         let me = loop {
             tokio::select! {
