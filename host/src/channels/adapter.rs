@@ -21,7 +21,8 @@ use crate::config::{Config, Errors, RawChannel, SecretRef, SecretString};
 use crate::gateway::Live;
 
 /// Every adapter built into this binary, by channel name.
-pub static ADAPTERS: &[&dyn Adapter] = &[&super::telegram::Telegram, &super::discord::Discord, &super::slack::Slack];
+pub static ADAPTERS: &[&dyn Adapter] =
+    &[&super::telegram::Telegram, &super::discord::Discord, &super::slack::Slack, &super::signal::Signal];
 
 /// The adapter of a channel, if this build has one.
 pub fn adapter(channel: &str) -> Option<&'static dyn Adapter> {
@@ -89,6 +90,24 @@ pub fn doctor(adapter: &dyn Adapter, config: &Config, only: Option<&str>) -> Vec
     }
 }
 
+/// Waits `d` (a backoff, a pause before retrying), or returns false when the account is told
+/// to stop first.
+pub async fn sleep_or_stop(d: std::time::Duration, stopped: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(d) => true,
+        _ = stopped.wait_for(|s| *s) => false,
+    }
+}
+
+/// Writes `data` (a device-link URI, ...) to `out` as a QR code a phone can scan from the
+/// terminal (two modules per character cell, with its quiet zone), for `Adapter::login`.
+pub fn show_qr(out: &mut dyn std::io::Write, data: &str) -> Result<(), String> {
+    use qrcode::render::unicode::Dense1x2;
+    let code = qrcode::QrCode::new(data.as_bytes()).map_err(|e| format!("cannot draw the QR code: {e}"))?;
+    let art = code.render::<Dense1x2>().quiet_zone(true).build();
+    writeln!(out, "{art}").map_err(|e| format!("cannot write the QR code: {e}"))
+}
+
 /// One enabled account as its adapter's validation pass sees it.
 pub struct AccountBlock<'a> {
     pub id: &'a str,
@@ -117,6 +136,12 @@ pub struct ChannelPass<'a> {
 impl ChannelPass<'_> {
     pub fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.errs.push(path, message);
+    }
+
+    /// Something that loads but deserves the operator's attention (`config check` shows it,
+    /// `serve` logs it).
+    pub fn warn(&mut self, path: &str, message: &str) {
+        self.warnings.push(format!("{path}: {message}"));
     }
 
     /// A credential: a literal in the config is allowed but warned about (never shown).
@@ -216,6 +241,15 @@ pub trait Adapter: Send + Sync {
     fn send_test(&self, config: &Config, account: &str, chat: &str, text: &str) -> Result<(), String> {
         let _ = (config, account, chat, text);
         Err(format!("{} cannot send a test message from here", self.channel()))
+    }
+
+    /// `bulkhead channels login --channel <name> --account ID`: links the account to the platform
+    /// interactively (a QR code to scan with the phone, ...), writing what the operator must see
+    /// to `out`; it returns once linked, or with what went wrong. By default a channel has
+    /// nothing to link: its accounts connect with the credentials in the config.
+    fn login(&self, config: &Config, account: &str, out: &mut dyn std::io::Write) -> Result<(), String> {
+        let _ = (config, account, out);
+        Err(format!("{} has nothing to link: its accounts connect with the credentials in the config", self.channel()))
     }
 
     /// `bulkhead doctor` checks of one enabled account against the platform (credentials

@@ -16,6 +16,7 @@ pub mod inbound;
 pub mod inbox;
 pub mod outbound;
 pub mod pairing;
+pub mod signal;
 pub mod slack;
 pub mod telegram;
 pub mod webhook;

@@ -32,8 +32,8 @@ mod doctor;
 pub mod events;
 mod socket;
 
+use super::adapter::{AccountBlock, ChannelPass, Check, Context, Validated, sleep_or_stop};
 use super::dedupe::{SEEN, Seen};
-use super::adapter::{AccountBlock, ChannelPass, Check, Context, Validated};
 use super::inbound::{Account, Body, ChatMessage, Deferred, accept};
 use super::outbound::{Limits, Outbound};
 use super::pairing::Pairing;
@@ -411,14 +411,6 @@ struct Start {
     outbound: Outbound,
 }
 
-/// Waits `d`, or returns false when the account is told to stop first.
-async fn wait(d: Duration, stopped: &mut watch::Receiver<bool>) -> bool {
-    tokio::select! {
-        () = tokio::time::sleep(d) => true,
-        _ = stopped.wait_for(|s| *s) => false,
-    }
-}
-
 impl Start {
     async fn run(self, mut stopped: watch::Receiver<bool>) {
         let Start { ctx, acc, shared, api, creds, outbound } = self;
@@ -441,7 +433,7 @@ impl Start {
                     backoff
                 }
             };
-            if !wait(pause, &mut stopped).await {
+            if !sleep_or_stop(pause, &mut stopped).await {
                 return;
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);

@@ -15,7 +15,8 @@ use tokio::time::Instant;
 use tokio_websockets::{ClientBuilder, Connector, Limits, Message};
 
 use super::api::{Api, ApiError};
-use super::{MAX_BACKOFF, Receiver, wait};
+use super::{MAX_BACKOFF, Receiver};
+use crate::channels::adapter::sleep_or_stop;
 use crate::config::SecretString;
 
 /// Ping interval; a connection with no frame at all for `SILENT` is replaced.
@@ -69,7 +70,7 @@ pub(super) async fn run(
             Err(e) => {
                 let pause = if let ApiError::RetryAfter(d) = e { d } else { backoff };
                 tracing::warn!(account = %id, error = %e, retry_in_ms = pause.as_millis() as u64, "Slack apps.connections.open failed; retrying.");
-                if !wait(pause, &mut stopped).await {
+                if !sleep_or_stop(pause, &mut stopped).await {
                     return;
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -80,7 +81,7 @@ pub(super) async fn run(
             Ok(b) => b.connector(&connector).limits(Limits::default().max_payload_len(Some(MAX_FRAME))),
             Err(_) => {
                 tracing::warn!(account = %id, "Slack sent a Socket Mode URL that cannot be parsed; retrying.");
-                if !wait(backoff, &mut stopped).await {
+                if !sleep_or_stop(backoff, &mut stopped).await {
                     return;
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -95,7 +96,7 @@ pub(super) async fn run(
             Ok(Ok((ws, _))) => ws,
             Ok(Err(e)) => {
                 tracing::warn!(account = %id, error = %e, "Cannot connect to Slack Socket Mode; retrying.");
-                if !wait(backoff, &mut stopped).await {
+                if !sleep_or_stop(backoff, &mut stopped).await {
                     return;
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -117,7 +118,7 @@ pub(super) async fn run(
                 if greeted {
                     backoff = Duration::from_secs(1);
                 } else {
-                    if !wait(backoff, &mut stopped).await {
+                    if !sleep_or_stop(backoff, &mut stopped).await {
                         return;
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
