@@ -1,8 +1,8 @@
 //! The Signal channel through the real binary, against the fake signal-cli daemon (JSON-RPC +
 //! SSE, multi-account): two tenants on two numbers of one daemon never cross (even when the
 //! daemon sends every event on every stream), direct messages answered, group rules and
-//! mentions, a replayed event answered once, a daemon restart losing no accepted message, a
-//! malformed event skipped by kind, no number or text in the logs, `doctor`, config errors and
+//! mentions, a replayed event answered once, a daemon restart and a gateway crash losing no
+//! accepted message, a malformed event skipped by kind, no number or text in the logs, `doctor`, config errors and
 //! `channels login`.
 
 use std::time::Duration;
@@ -232,6 +232,42 @@ async fn signal_daemon_restart_loses_no_accepted_message() {
     assert!(logs.contains("Signal event stream ended") || logs.contains("Signal event stream unavailable"), "{logs}");
     assert!(logs.contains("Send failed; retrying."), "the reply was retried while the daemon was down:\n{logs}");
     nothing_private_logged(&signal, &gw, &["before the restart", "sent while down"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signal_an_accepted_message_survives_a_gateway_crash_and_is_answered_once() {
+    let signal = fake().await;
+    let model = crate::fakes::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("master.key");
+    let (code, out, err) = run_cli(&["keys", "init", "--out", key.to_str().unwrap()], None);
+    assert_eq!(code, 0, "{out}{err}");
+    let provider = format!(r#"fake: {{ api: "openai", baseUrl: "{}", timeoutSec: 30 }}"#, model.base);
+    let cfg = config(&signal.url, &provider, "fake/m")
+        .replace(r#"store: { mode: "memory" }"#, &format!("store: {{ masterKey: {{ file: {key:?} }} }}"));
+    let mut gw = Gateway::start_in(dir.path(), &cfg, &[]).await;
+    signal.wait_streams(ACME, 1).await;
+
+    // Taken from the stream (it will not be sent again) and at the model when the gateway dies.
+    signal.dm(ACME, ALICE, "sleep-ms:4000 survive this");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while model.requests().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the turn never reached the model");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gw.kill().await;
+    assert!(signal.sent().is_empty(), "the crash came before the reply");
+
+    // The restarted gateway answers it from the tenant's inbox, once.
+    gw = Gateway::start_in(dir.path(), &cfg, &[]).await;
+    let got = signal.wait_sent(ACME, ALICE.0, 1).await;
+    assert_eq!(got[0].message, "fake says: sleep-ms:4000 survive this");
+    signal.dm(ACME, ALICE, "after the crash");
+    let got = signal.wait_sent(ACME, ALICE.0, 2).await;
+    assert_eq!(got[1].message, "fake says: after the crash");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(signal.sent_to(ACME, ALICE.0).len(), 2, "{:?}", signal.sent());
+    nothing_private_logged(&signal, &gw, &["survive this"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
