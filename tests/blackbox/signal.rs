@@ -452,3 +452,19 @@ async fn signal_channels_login_shows_a_qr_code_and_links_the_number() {
     assert_eq!(code, 2);
     assert!(err.contains("channels.signal has no enabled account \"nobody\""), "{err}");
 }
+
+#[test]
+fn signal_tenant_add_says_how_to_onboard_a_number_instead() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        r#"{ store: { mode: "memory" }, models: { providers: { demo: { api: "scripted" } } }, agents: { list: [ { id: "a", model: "demo/scripted" } ] } }"#,
+    );
+    let (code, out, err) = run_cli(
+        &["tenant", "add", "--id", "newco", "--channel", "signal", "--yes", "--config", path.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("--channel signal") && err.contains("bulkhead channels login --channel signal"), "{err}");
+    assert!(!dir.path().join("tenants.d").join("newco.json5").exists(), "nothing written");
+}

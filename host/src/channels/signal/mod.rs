@@ -200,7 +200,7 @@ impl super::adapter::Adapter for Signal {
         let acc = settings(config).and_then(|s| s.account(account)).cloned().ok_or_else(not_configured)?;
         let shared = config.channels.account("signal", account).cloned().ok_or_else(not_configured)?;
         let daemon = Daemon::new(&acc.url).map_err(|e| format!("channels.signal account {account:?}: {e}"))?;
-        let transport = SignalTransport { daemon: daemon.clone(), number: acc.number.clone(), account: acc.id.clone() };
+        let transport = SignalTransport { daemon: daemon.clone(), number: acc.number.clone() };
         let outbound =
             Outbound::start(&format!("signal/{}", acc.id), Arc::new(transport), limits(acc.text_chunk_limit));
         let account = Account::new(&ctx.live, &ctx.inbox, "signal", acc.id.clone(), shared.access.clone(), outbound);

@@ -73,6 +73,15 @@ fn meaning(code: i64) -> &'static str {
     }
 }
 
+/// What signal-cli answers a request whose `Host` is not the address it listens on.
+const MISDIRECTED: u16 = 421;
+
+fn host_refused() -> RpcError {
+    RpcError::Unreachable(
+        "the signal-cli daemon refused the host name in url (it answers only to the address it listens on): use that address".into(),
+    )
+}
+
 /// A network error in words, without its URL.
 fn network(e: &reqwest::Error) -> RpcError {
     RpcError::Unreachable(if e.is_timeout() {
@@ -124,6 +133,9 @@ impl Daemon {
             .await
             .map_err(|e| network(&e))?;
         let status = resp.status();
+        if status.as_u16() == MISDIRECTED {
+            return Err(host_refused());
+        }
         if status.is_server_error() {
             return Err(RpcError::Unreachable(format!("the signal-cli daemon answered HTTP {}", status.as_u16())));
         }
@@ -203,6 +215,7 @@ impl Daemon {
             200 => Ok(resp),
             // An account the daemon does not have.
             400 | 404 => Err(RpcError::UnknownAccount),
+            MISDIRECTED => Err(host_refused()),
             s => Err(RpcError::Unreachable(format!("the signal-cli daemon answered HTTP {s} for the event stream"))),
         }
     }
@@ -253,8 +266,6 @@ pub struct SignalTransport {
     pub daemon: Daemon,
     /// The account's number (never logged).
     pub number: String,
-    /// The account id, for logs.
-    pub account: String,
 }
 
 #[async_trait::async_trait]
