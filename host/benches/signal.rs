@@ -46,21 +46,6 @@ fn config(signal: &str, telegram: &str) -> String {
     )
 }
 
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn summary(what: &str, v: &mut [Duration]) {
-    v.sort();
-    println!(
-        "{what} ({} turns): p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms",
-        v.len(),
-        pct(v, 0.5).as_secs_f64() * 1e3,
-        pct(v, 0.9).as_secs_f64() * 1e3,
-        pct(v, 0.99).as_secs_f64() * 1e3
-    );
-}
-
 fn sender(i: usize) -> (String, String) {
     (format!("+1555{:07}", 1_000_000 + i), format!("{:08x}-0000-4000-8000-000000000000", i))
 }
@@ -98,8 +83,8 @@ async fn main() {
         t.push(tg.wait_sent(TG, user, 1).await[0].at.duration_since(at));
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
-    summary("Signal receive event -> send (number one)", &mut s1);
-    summary("Signal receive event -> send (number two, same daemon)", &mut s2);
-    summary("Telegram update -> sendMessage", &mut t);
+    common::report("Signal receive event -> send (number one)", s1);
+    common::report("Signal receive event -> send (number two, same daemon)", s2);
+    common::report("Telegram update -> sendMessage", t);
     let _ = served.child.start_kill();
 }

@@ -188,6 +188,15 @@ async fn signal_a_replayed_event_is_answered_once_and_a_malformed_one_skipped_by
     nothing_private_logged(&signal, &gw, &["only once", "secret words", "not json at all"]);
 }
 
+/// Waits until a turn has reached the fake model (so its message was taken and stored).
+async fn at_the_model(model: &crate::fakes::Running) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while model.requests().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the turn never reached the model");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signal_daemon_restart_loses_no_accepted_message() {
     let signal = fake().await;
@@ -200,11 +209,7 @@ async fn signal_daemon_restart_loses_no_accepted_message() {
     // A slow turn is accepted; the daemon goes away before its reply can be sent, and a
     // message arrives while it is down (it waits on Signal's servers).
     signal.dm(ACME, ALICE, "sleep-ms:1500 before the restart");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while model.requests().is_empty() {
-        assert!(std::time::Instant::now() < deadline, "the turn never reached the model");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    at_the_model(&model).await;
     let opened = signal.opened();
     let restart = {
         let signal = signal.clone();
@@ -250,11 +255,7 @@ async fn signal_an_accepted_message_survives_a_gateway_crash_and_is_answered_onc
 
     // Taken from the stream (it will not be sent again) and at the model when the gateway dies.
     signal.dm(ACME, ALICE, "sleep-ms:4000 survive this");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while model.requests().is_empty() {
-        assert!(std::time::Instant::now() < deadline, "the turn never reached the model");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    at_the_model(&model).await;
     gw.kill().await;
     assert!(signal.sent().is_empty(), "the crash came before the reply");
 

@@ -33,3 +33,23 @@ pub async fn serve(config: &str, env: &[(&str, &str)]) -> Served {
     let base = line.trim_start_matches("listening on ").to_string();
     Served { child, base, _dir: dir }
 }
+
+/// The `p` quantile of sorted latencies.
+// Not every bench reports latencies.
+#[allow(dead_code)]
+pub fn pct(sorted: &[std::time::Duration], p: f64) -> std::time::Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Prints p50, p90 and p99 of `lat` (in ms) under `what`.
+#[allow(dead_code)]
+pub fn report(what: &str, mut lat: Vec<std::time::Duration>) {
+    lat.sort();
+    println!(
+        "{what} ({} turns): p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms",
+        lat.len(),
+        pct(&lat, 0.5).as_secs_f64() * 1e3,
+        pct(&lat, 0.9).as_secs_f64() * 1e3,
+        pct(&lat, 0.99).as_secs_f64() * 1e3
+    );
+}
