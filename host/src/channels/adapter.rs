@@ -269,3 +269,31 @@ pub trait Adapter: Send + Sync {
         Err(format!("groups does not apply to {}", self.channel()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_channel_without_login_says_it_has_nothing_to_link_and_qr_codes_are_drawn() {
+        let config = crate::config::load_str(
+            r#"{ agents: { list: [ { id: "a" } ] }, bindings: [ { agentId: "a", match: { channel: "telegram" } } ],
+                 channels: { telegram: { accounts: { t: { token: { env: "UNUSED_TOKEN" } } } } } }"#,
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        let err = adapter("telegram").unwrap().login(&config, "t", &mut out).unwrap_err();
+        assert!(err.contains("telegram has nothing to link"), "{err}");
+        assert!(out.is_empty(), "nothing shown");
+
+        let mut out = Vec::new();
+        show_qr(&mut out, "sgnl://linkdevice?uuid=abc&pub_key=def").unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let rows: Vec<&str> = text.lines().collect();
+        assert!(rows.len() >= 12, "{text}");
+        let width = rows[0].chars().count();
+        assert!(rows.iter().all(|r| r.chars().count() == width), "a square block of cells: {text}");
+        assert!(text.contains('█') || text.contains('▀') || text.contains('▄'));
+    }
+}
