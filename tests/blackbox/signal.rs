@@ -213,7 +213,7 @@ async fn signal_daemon_restart_loses_no_accepted_message() {
     let opened = signal.opened();
     let restart = {
         let signal = signal.clone();
-        tokio::spawn(async move { signal.restart(Duration::from_secs(3)).await })
+        tokio::spawn(async move { signal.restart(Duration::from_secs(4)).await })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
     signal.dm(ACME, ALICE, "sent while down");
