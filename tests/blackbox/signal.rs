@@ -2,7 +2,8 @@
 //! SSE, multi-account): two tenants on two numbers of one daemon never cross (even when the
 //! daemon sends every event on every stream), direct messages answered, group rules and
 //! mentions, a replayed event answered once, a daemon restart and a gateway crash losing no
-//! accepted message, a malformed event skipped by kind, no number or text in the logs, `doctor`, config errors and
+//! accepted message, a reload restarting only the changed number, a malformed event skipped by
+//! kind, no number or text in the logs, `doctor`, config errors, `tenant add` and
 //! `channels login`.
 
 use std::time::Duration;
@@ -269,6 +270,37 @@ async fn signal_an_accepted_message_survives_a_gateway_crash_and_is_answered_onc
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(signal.sent_to(ACME, ALICE.0).len(), 2, "{:?}", signal.sent());
     nothing_private_logged(&signal, &gw, &["survive this"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signal_a_reload_restarts_only_the_number_whose_settings_changed() {
+    let signal = fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&signal.url, "", "demo/scripted");
+    let gw = Gateway::start_in(dir.path(), &cfg, &[]).await;
+    signal.wait_streams(ACME, 1).await;
+    signal.wait_streams(GLOBEX, 1).await;
+    let before = signal.opened();
+    // Globex's direct messages become Alice's only.
+    let open = format!(r#"globex: {{ number: "{GLOBEX}", dmPolicy: "open", allowFrom: ["*"] }}"#);
+    let closed = format!(r#"globex: {{ number: "{GLOBEX}", dmPolicy: "allowlist", allowFrom: ["{}"] }}"#, ALICE.0);
+    assert!(cfg.contains(&open));
+    std::fs::write(dir.path().join("bulkhead.json5"), cfg.replace(&open, &closed)).unwrap();
+    gw.signal("HUP");
+    gw.wait_log("Config reloaded.").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while signal.opened() < before + 1 || signal.streams(GLOBEX) != 1 {
+        assert!(std::time::Instant::now() < deadline, "globex did not reconnect");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(signal.opened(), before + 1, "only globex's stream was opened again");
+    signal.dm(GLOBEX, BOB, "bob is refused now");
+    signal.dm(GLOBEX, ALICE, "alice is allowed");
+    signal.wait_sent(GLOBEX, ALICE.0, 1).await;
+    signal.dm(ACME, ALICE, "acme kept its stream");
+    signal.wait_sent(ACME, ALICE.0, 1).await;
+    assert!(signal.sent_to(GLOBEX, BOB.0).is_empty(), "the new settings apply: {:?}", signal.sent());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
