@@ -113,3 +113,22 @@ for name, payload in {
     "other-team": dict(cb({"type": "message", "channel": "C0GENERAL1", "user": "U0ALICE01", "text": "x", "ts": "1"}), team_id="T0OTHER"),
 }.items():
     put("slack_event", name, json.dumps(payload))
+
+# Signal events (signal-cli's SSE `data:`), as the fake daemon and the unit tests send them.
+def sig(envelope, account="+15550000001"):
+    return {"account": account, "envelope": envelope}
+alice = {"source": "+15557770001", "sourceNumber": "+15557770001", "sourceUuid": "a11ce000-0000-4000-8000-00000000a11c",
+         "sourceName": "Alice", "sourceDevice": 1, "timestamp": 1764000000123, "serverReceivedTimestamp": 1764000000200,
+         "serverDeliveredTimestamp": 1764000000300}
+for name, event in {
+    "dm": sig(dict(alice, dataMessage={"timestamp": 1764000000123, "message": "hello", "expiresInSeconds": 0, "viewOnce": False})),
+    "group-mention": sig(dict(alice, dataMessage={"timestamp": 1764000000123, "message": "\ufffc help",
+        "mentions": [{"name": "+15550000001", "number": "+15550000001", "uuid": "aaaaaaaa-0000-4000-8000-000000000001", "start": 0, "length": 1}],
+        "groupInfo": {"groupId": "+/v7+/v7+/v7+/v7+/v7+/v7+/v7+/v7+/v7+/v7+/s=", "groupName": "Team", "revision": 2, "type": "DELIVER"}})),
+    "attachment": sig(dict(alice, dataMessage={"timestamp": 1764000000123, "attachments": [{"contentType": "image/jpeg"}]})),
+    "sync": sig({"sourceNumber": "+15550000001", "sourceUuid": "aaaaaaaa-0000-4000-8000-000000000001", "timestamp": 1,
+                 "syncMessage": {"sentMessage": {"destination": "+15557770001", "timestamp": 1, "message": "x"}}}),
+    "receipt": sig(dict(alice, receiptMessage={"when": 1, "isDelivery": True, "timestamps": [1]})),
+    "other-account": sig(dict(alice, dataMessage={"message": "x"}), account="+15550000002"),
+}.items():
+    put("signal_event", name, json.dumps(event))

@@ -56,21 +56,6 @@ fn config(api: &str, n: usize) -> String {
     )
 }
 
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn report(what: &str, mut lat: Vec<Duration>) {
-    lat.sort();
-    println!(
-        "{what} ({} turns): p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms",
-        lat.len(),
-        pct(&lat, 0.5).as_secs_f64() * 1e3,
-        pct(&lat, 0.9).as_secs_f64() * 1e3,
-        pct(&lat, 0.99).as_secs_f64() * 1e3
-    );
-}
-
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -118,7 +103,7 @@ async fn main() {
         lat.push(sent[0].at.duration_since(t0));
         tokio::time::sleep(Duration::from_millis(80)).await;
     }
-    report("Socket Mode envelope -> chat.postMessage, sequential", lat);
+    common::report("Socket Mode envelope -> chat.postMessage, sequential", lat);
 
     // The Events API account: wait until it serves (a signed URL check answers 200).
     let http = reqwest::Client::new();
@@ -151,7 +136,7 @@ async fn main() {
         lat.push(sent[0].at.duration_since(t0));
         tokio::time::sleep(Duration::from_millis(80)).await;
     }
-    report("Events API signed POST -> chat.postMessage, sequential", lat);
+    common::report("Events API signed POST -> chat.postMessage, sequential", lat);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let one = rss_kib(served.child.id().unwrap());
     let _ = served.child.start_kill();

@@ -87,8 +87,8 @@ async fn main() {
         refused.push(at.elapsed());
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
-    common::summary("WhatsApp signed delivery -> Graph API send", &mut w);
-    common::summary("Telegram update -> sendMessage", &mut t);
-    common::summary("WhatsApp mis-signed delivery -> 401", &mut refused);
+    common::report("WhatsApp signed delivery -> Graph API send", w);
+    common::report("Telegram update -> sendMessage", t);
+    common::report("WhatsApp mis-signed delivery -> 401", refused);
     assert_eq!(wa.sent(PNID).len(), n, "every delivery answered exactly once");
 }

@@ -67,6 +67,9 @@ enum Command {
     /// Verify and read the tamper-evident audit logs
     #[command(subcommand)]
     Audit(cli::audit::AuditCommand),
+    /// Chat channel accounts: link one to its platform
+    #[command(subcommand)]
+    Channels(ChannelsCommand),
     /// Approve or deny chat pairing requests (through the running gateway)
     Pairing {
         /// Gateway URL [default: http://<gateway.bind>]
@@ -74,6 +77,19 @@ enum Command {
         url: Option<String>,
         #[command(subcommand)]
         action: PairingCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ChannelsCommand {
+    /// Link an account to its platform (Signal: scan the QR code it shows with the account's phone)
+    Login {
+        /// The channel (`signal`, ...)
+        #[arg(long, value_name = "NAME")]
+        channel: String,
+        /// The account id under channels.<channel>.accounts
+        #[arg(long, value_name = "ID")]
+        account: String,
     },
 }
 
@@ -183,6 +199,9 @@ fn main() -> ExitCode {
             cli::keys::rotate_master(&ConfigSource::new(args.config), &new_key)
         }
         Command::Doctor => cli::doctor::run(&ConfigSource::new(args.config)),
+        Command::Channels(ChannelsCommand::Login { channel, account }) => {
+            cli::channels::login(&ConfigSource::new(args.config), &channel, &account)
+        }
         Command::Policy(cmd) => cli::policy::run(cmd, &ConfigSource::new(args.config).path),
         Command::Pairing { url, action } => {
             let action = match action {

@@ -42,7 +42,7 @@ fn config_check_accepts_the_shipped_configs_with_their_secrets_and_refuses_the_s
         ("GLOBEX_WA_APP_SECRET", "globex-shipped-config-app-secret"),
         ("GLOBEX_WA_VERIFY", "globex-shipped-config-verify"),
     ];
-    for f in ["bulkhead.json5", "telegram.json5", "discord.json5", "slack.json5", "whatsapp.json5"] {
+    for f in ["bulkhead.json5", "telegram.json5", "discord.json5", "slack.json5", "whatsapp.json5", "signal.json5"] {
         let path = dir.path().join("config").join(f);
         std::fs::copy(root.join("config").join(f), &path).unwrap();
         let (code, out) = check_with_env(&path, &env);
@@ -73,9 +73,9 @@ fn config_check_refuses_everything_serve_refuses_with_the_same_words() {
         // An adapter that is not built.
         (
             format!(
-                "store: {{ mode: 'memory' }}, tenants: [ {{ id: 't', apiTokens: ['{strong}'] }} ], channels: {{ signal: {{ account: '+15550001' }} }},"
+                "store: {{ mode: 'memory' }}, tenants: [ {{ id: 't', apiTokens: ['{strong}'] }} ], channels: {{ imessage: {{ account: '+15550001' }} }},"
             ),
-            "channels.signal: the signal adapter is not built",
+            "channels.imessage: the imessage adapter is not built",
         ),
         // A weak token.
         (
@@ -150,17 +150,17 @@ fn config_check_reports_every_error_with_its_path_and_exit_2() {
 
 #[test]
 fn serve_refuses_adapters_that_are_not_built_naming_the_channel() {
-    // Signal has no adapter in this build: its block is refused by name, its literal never echoed.
+    // iMessage has no adapter in this build: its block is refused by name, its literal never echoed.
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("signal.json5");
+    let path = dir.path().join("imessage.json5");
     std::fs::write(
         &path,
-        "{ store: { mode: \"memory\" }, channels: { signal: { account: \"+15550001\", token: \"s3cr3t-literal\" } } }",
+        "{ store: { mode: \"memory\" }, channels: { imessage: { account: \"+15550001\", token: \"s3cr3t-literal\" } } }",
     )
     .unwrap();
     let (code, _, err) = run_cli(&["serve", "--config", path.to_str().unwrap()], None);
     assert_eq!(code, 2);
-    assert!(err.contains("channels.signal") && err.contains("not built"), "{err}");
+    assert!(err.contains("channels.imessage") && err.contains("not built"), "{err}");
     assert!(!err.contains("s3cr3t-literal"), "the literal is never echoed");
 }
 

@@ -87,6 +87,15 @@ impl Gateway {
         self.logs.lock().unwrap().clone()
     }
 
+    /// Waits (up to 60 s) until the logs hold `needle`.
+    pub async fn wait_log(&self, needle: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !self.logs().contains(needle) {
+            assert!(std::time::Instant::now() < deadline, "no log line with {needle:?}:\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Sends a signal (`"HUP"`, ...) to the gateway.
     pub fn signal(&self, name: &str) {
         let pid = self.child.id().expect("running").to_string();

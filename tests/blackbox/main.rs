@@ -1,6 +1,7 @@
 //! Black-box tests: the real `bulkhead` binary, driven over HTTP and WebSocket, with fake model
 //! servers speaking the OpenAI and Anthropic wire formats, a fake Telegram Bot API server, a fake
-//! Discord (REST and Gateway) and a fake Slack (Web API and Socket Mode).
+//! Discord (REST and Gateway), a fake Slack (Web API and Socket Mode) and a fake signal-cli daemon
+//! (JSON-RPC and SSE).
 
 mod api;
 mod audit;
@@ -13,6 +14,7 @@ mod discord;
 mod disk;
 mod fairness;
 mod fake_discord;
+mod fake_signal;
 mod fake_slack;
 mod fake_telegram;
 mod fake_whatsapp;
@@ -23,6 +25,7 @@ mod onboarding;
 mod policy;
 mod quota;
 mod reload;
+mod signal;
 mod slack;
 mod store;
 mod telegram;

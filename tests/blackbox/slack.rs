@@ -87,14 +87,6 @@ async fn setup() -> (FakeSlack, Gateway) {
     (slack, gw)
 }
 
-async fn wait_log(gw: &Gateway, needle: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !gw.logs().contains(needle) {
-        assert!(std::time::Instant::now() < deadline, "no log line with {needle:?}:\n{}", gw.logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn no_product_name_nor_secrets(slack: &FakeSlack, bot: &str, gw: &Gateway) {
     for s in slack.sent(bot) {
         assert!(!s.text.to_lowercase().contains("bulkhead"), "product name leaked: {:?}", s.text);
@@ -306,7 +298,7 @@ async fn post_event(gw: &Gateway, account: &str, body: &str, headers: &[(&str, S
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slack_events_api_refuses_forged_and_stale_signatures_and_runs_nothing() {
     let (slack, gw) = setup().await;
-    wait_log(&gw, "Slack Events API account ready").await;
+    gw.wait_log("Slack Events API account ready").await;
     // Slack's URL check, signed: answered with its challenge.
     let challenge = r#"{"token":"unused","challenge":"3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P","type":"url_verification"}"#;
     let (status, body) = post_event(&gw, "hooks", challenge, &signed(HOOKS_SECRET, now(), challenge)).await;
@@ -510,7 +502,7 @@ async fn slack_does_not_acknowledge_a_message_it_could_not_store_and_takes_it_wh
     // The state disk fills up: the message cannot be stored, so it is not acknowledged.
     let filler = fill(&state);
     let envelope = slack.dm(ACME_BOT, ALICE, "while full");
-    wait_log(&gw, "Slack event not stored").await;
+    gw.wait_log("Slack event not stored").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(slack.acks(ACME_BOT).iter().all(|a| a.envelope_id != envelope), "acknowledged without being stored");
     assert_eq!(slack.pending(ACME_BOT), 1);
@@ -544,7 +536,7 @@ async fn slack_accounts_follow_a_reload_and_unchanged_ones_keep_their_connection
     assert_ne!(changed, cfg);
     std::fs::write(dir.path().join("bulkhead.json5"), changed).unwrap();
     gw.signal("HUP");
-    wait_log(&gw, "Config reloaded.").await;
+    gw.wait_log("Config reloaded.").await;
     slack.wait_connected(ACME_BOT, 2).await;
     slack.channel_msg(ACME_BOT, RANDOM, BOB, "<@U0ACMEBOT> after", None);
     let got = slack.wait_sent(ACME_BOT, RANDOM, 1).await;
@@ -564,7 +556,7 @@ async fn slack_an_oversized_frame_costs_one_connection_and_a_revoked_token_stops
     slack.revoke(BETA_BOT);
     let gw = Gateway::start(&config(&slack.api, MEMORY, ""), &env()).await;
     slack.wait_connected(ACME_BOT, 1).await;
-    wait_log(&gw, "Slack rejected the bot token of this account").await;
+    gw.wait_log("Slack rejected the bot token of this account").await;
     let logs = gw.logs();
     let line = logs.lines().find(|l| l.contains("Slack rejected the bot token")).unwrap();
     assert!(line.contains("beta") && line.contains("token_revoked"), "{line}");
@@ -586,7 +578,7 @@ async fn slack_an_oversized_frame_costs_one_connection_and_a_revoked_token_stops
     // events it could not answer (they stay with Slack).
     slack.revoke(ACME_BOT);
     slack.dm(ACME_BOT, ALICE, "after revocation");
-    wait_log(&gw, "Slack rejected the bot token of this account on a reply").await;
+    gw.wait_log("Slack rejected the bot token of this account on a reply").await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while slack.live(ACME_BOT) > 0 {
         assert!(std::time::Instant::now() < deadline, "the account kept its connection");

@@ -418,3 +418,15 @@ async fn doctor_checks_whatsapp_tokens_and_numbers() {
         assert!(!out.contains(secret), "{out}");
     }
 }
+
+#[test]
+fn whatsapp_channels_login_says_there_is_no_device_to_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.json5");
+    std::fs::write(&path, config("http://127.0.0.1:9/v23.0", MEMORY, "", "demo/scripted")).unwrap();
+    let args = ["channels", "login", "--channel", "whatsapp", "--account", "acme", "--config", path.to_str().unwrap()];
+    let (code, out, err) = run_cli_env(&args, None, &env());
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("no device to link") && err.contains("Cloud API"), "{err}");
+    assert!(!out.contains('█') && !out.contains('▀'), "no QR code is drawn: {out}");
+}

@@ -35,21 +35,21 @@ pub async fn serve(config: &str, env: &[(&str, &str)]) -> Served {
 }
 
 /// The `p` quantile of sorted latencies.
-#[allow(dead_code)] // not every bench reports latencies
+// Not every bench reports latencies.
+#[allow(dead_code)]
 pub fn pct(sorted: &[std::time::Duration], p: f64) -> std::time::Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-/// One line: `name` and the p50/p90/p99 of `v` (sorted here).
-#[allow(dead_code)] // not every bench reports latencies
-pub fn summary(name: &str, v: &mut [std::time::Duration]) {
-    v.sort();
-    let ms = |d: std::time::Duration| format!("{:.2} ms", d.as_secs_f64() * 1e3);
+/// Prints p50, p90 and p99 of `lat` (in ms) under `what`.
+#[allow(dead_code)]
+pub fn report(what: &str, mut lat: Vec<std::time::Duration>) {
+    lat.sort();
     println!(
-        "{name:<48} p50 {}, p90 {}, p99 {} ({} turns)",
-        ms(pct(v, 0.5)),
-        ms(pct(v, 0.9)),
-        ms(pct(v, 0.99)),
-        v.len()
+        "{what} ({} turns): p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms",
+        lat.len(),
+        pct(&lat, 0.5).as_secs_f64() * 1e3,
+        pct(&lat, 0.9).as_secs_f64() * 1e3,
+        pct(&lat, 0.99).as_secs_f64() * 1e3
     );
 }

@@ -21,8 +21,13 @@ use crate::config::{Config, Errors, RawChannel, SecretRef, SecretString};
 use crate::gateway::Live;
 
 /// Every adapter built into this binary, by channel name.
-pub static ADAPTERS: &[&dyn Adapter] =
-    &[&super::telegram::Telegram, &super::discord::Discord, &super::slack::Slack, &super::whatsapp::WhatsApp];
+pub static ADAPTERS: &[&dyn Adapter] = &[
+    &super::telegram::Telegram,
+    &super::discord::Discord,
+    &super::slack::Slack,
+    &super::whatsapp::WhatsApp,
+    &super::signal::Signal,
+];
 
 /// The adapter of a channel, if this build has one.
 pub fn adapter(channel: &str) -> Option<&'static dyn Adapter> {
@@ -90,6 +95,15 @@ pub fn doctor(adapter: &dyn Adapter, config: &Config, only: Option<&str>) -> Vec
     }
 }
 
+/// Writes `data` (a device-link URI, ...) to `out` as a QR code a phone can scan from the
+/// terminal (two modules per character cell, with its quiet zone), for `Adapter::login`.
+pub fn show_qr(out: &mut dyn std::io::Write, data: &str) -> Result<(), String> {
+    use qrcode::render::unicode::Dense1x2;
+    let code = qrcode::QrCode::new(data.as_bytes()).map_err(|e| format!("cannot draw the QR code: {e}"))?;
+    let art = code.render::<Dense1x2>().quiet_zone(true).build();
+    writeln!(out, "{art}").map_err(|e| format!("cannot write the QR code: {e}"))
+}
+
 /// One enabled account as its adapter's validation pass sees it.
 pub struct AccountBlock<'a> {
     pub id: &'a str,
@@ -118,6 +132,12 @@ pub struct ChannelPass<'a> {
 impl ChannelPass<'_> {
     pub fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.errs.push(path, message);
+    }
+
+    /// Something that loads but deserves the operator's attention (`config check` shows it,
+    /// `serve` logs it).
+    pub fn warn(&mut self, path: &str, message: &str) {
+        self.warnings.push(format!("{path}: {message}"));
     }
 
     /// A credential: a literal in the config is allowed but warned about (never shown).
@@ -219,6 +239,15 @@ pub trait Adapter: Send + Sync {
         Err(format!("{} cannot send a test message from here", self.channel()))
     }
 
+    /// `bulkhead channels login --channel <name> --account ID`: links the account to the platform
+    /// interactively (a QR code to scan with the phone, ...), writing what the operator must see
+    /// to `out`; it returns once linked, or with what went wrong. By default a channel has
+    /// nothing to link: its accounts connect with the credentials in the config.
+    fn login(&self, config: &Config, account: &str, out: &mut dyn std::io::Write) -> Result<(), String> {
+        let _ = (config, account, out);
+        Err(format!("{} has nothing to link: its accounts connect with the credentials in the config", self.channel()))
+    }
+
     /// `bulkhead doctor` checks of one enabled account against the platform (credentials
     /// accepted, ...), on `rt`; [`doctor`] runs them for a channel.
     fn doctor_account(&self, config: &Config, account: &str, rt: &tokio::runtime::Runtime) -> Vec<Check> {
@@ -234,5 +263,33 @@ pub trait Adapter: Send + Sync {
     fn check_group_id(&self, id: &str) -> Result<(), String> {
         let _ = id;
         Err(format!("groups does not apply to {}", self.channel()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_channel_without_login_says_it_has_nothing_to_link_and_qr_codes_are_drawn() {
+        let config = crate::config::load_str(
+            r#"{ agents: { list: [ { id: "a" } ] }, bindings: [ { agentId: "a", match: { channel: "telegram" } } ],
+                 channels: { telegram: { accounts: { t: { token: { env: "UNUSED_TOKEN" } } } } } }"#,
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        let err = adapter("telegram").unwrap().login(&config, "t", &mut out).unwrap_err();
+        assert!(err.contains("telegram has nothing to link"), "{err}");
+        assert!(out.is_empty(), "nothing shown");
+
+        let mut out = Vec::new();
+        show_qr(&mut out, "sgnl://linkdevice?uuid=abc&pub_key=def").unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let rows: Vec<&str> = text.lines().collect();
+        assert!(rows.len() >= 12, "{text}");
+        let width = rows[0].chars().count();
+        assert!(rows.iter().all(|r| r.chars().count() == width), "a square block of cells: {text}");
+        assert!(text.contains('█') || text.contains('▀') || text.contains('▄'));
     }
 }

@@ -17,6 +17,7 @@ pub mod inbox;
 pub mod net;
 pub mod outbound;
 pub mod pairing;
+pub mod signal;
 pub mod slack;
 pub mod telegram;
 pub mod webhook;

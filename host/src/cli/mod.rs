@@ -20,6 +20,7 @@ macro_rules! outln {
 }
 
 pub mod audit;
+pub mod channels;
 pub mod config_check;
 pub mod doctor;
 pub mod keys;

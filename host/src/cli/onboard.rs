@@ -244,6 +244,11 @@ fn problems(a: &AddArgs) -> Vec<String> {
         if adapter(channel).is_none() {
             out.push(format!("--channel: {channel:?} has no adapter in this build"));
         }
+        if channel == "signal" {
+            out.push(
+                "--channel signal: not onboarded by tenant add yet (a Signal account is a number, not a token): add channels.signal.accounts.<id>.number to the tenant file, then `bulkhead channels login --channel signal --account <id>`".into(),
+            );
+        }
         match (&a.token_file, &a.token_env) {
             (None, None) => out.push(format!(
                 "--token-file or --token-env: missing (the {channel} bot's token; it is referenced, never copied into the config)"

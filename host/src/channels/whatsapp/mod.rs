@@ -352,6 +352,13 @@ impl super::adapter::Adapter for WhatsApp {
         Ok(tokio::spawn(start.run(stopped)))
     }
 
+    /// Nothing to link: the Cloud API connects with the account's credentials (the QR-linked
+    /// WhatsApp Web mode is not offered; docs/channels.md says why).
+    fn login(&self, config: &Config, account: &str, out: &mut dyn std::io::Write) -> Result<(), String> {
+        let _ = (config, account, out);
+        Err("WhatsApp runs on Meta's Cloud API here: there is no device to link and no QR code; the account connects with its phoneNumberId, accessToken, appSecret and verifyToken (README \"WhatsApp\"). The QR-linked WhatsApp Web mode is not offered: docs/channels.md, \"WhatsApp: why no linked device\"".into())
+    }
+
     fn check_sender_id(&self, id: &str) -> Result<String, String> {
         config::sender_id(id).ok_or_else(|| {
             format!("invalid WhatsApp sender {id:?}: use the customer's number in international format, e.g. \"+15550123456\"")
