@@ -35,6 +35,9 @@ fn env() -> Vec<(&'static str, &'static str)> {
         ("DC_TOKEN", DC),
         ("SL_BOT", "xoxb-onboard-bot-token"),
         ("SL_APP", "xapp-onboard-app-token"),
+        ("WA_TOKEN", "EAAG-onboard-whatsapp-token"),
+        ("WA_SECRET", "onboard-whatsapp-app-secret"),
+        ("WA_VERIFY", "onboard-whatsapp-verify"),
     ]
 }
 
@@ -243,6 +246,77 @@ async fn tenant_add_onboards_a_slack_workspace_and_names_missing_scopes() {
     slack.dm("xoxb-onboard-bot-token", "U0ALICE", "hello slack");
     let sent = slack.wait_sent("xoxb-onboard-bot-token", "D0ALICE", 1).await;
     assert_eq!(sent[0].text, "echo: hello slack");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_add_onboards_a_whatsapp_number_from_its_adapters_keys_and_it_serves() {
+    use crate::fake_whatsapp::{FakeWhatsApp, delivery, signature};
+    let wa = FakeWhatsApp::start().await;
+    wa.add_number("1065", "EAAG-onboard-whatsapp-token", "+1 555-000-1065");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let gw = Gateway::start_in(d, &main_config(), &env()).await;
+    let base = ["add", "--id", "initech", "--channel", "whatsapp", "--api-url", &wa.api, "--dm-policy", "open"];
+    // Missing keys are named by the adapter's own names, and a credential is never inline.
+    let (code, _, err) = tenant(d, &gw, &[&base[..], &["--set", "appSecret=plain", "--yes"]].concat());
+    assert_eq!(code, 2, "{err}");
+    for want in [
+        "--set phoneNumberId=VALUE: missing",
+        "--token-file or --token-env (or --secret accessToken=env:VAR): missing",
+        "--secret verifyToken=env:VAR or --secret verifyToken=file:PATH: missing",
+        "--set appSecret: a credential is never written inline",
+    ] {
+        assert!(err.contains(want), "{want:?} not in {err}");
+    }
+    nothing_written(d, "initech");
+    // A phone number id the token cannot read: the live check stops it, nothing written.
+    let full = |pnid: &'static str| {
+        let mut v: Vec<&str> = base.to_vec();
+        v.extend([
+            "--set",
+            pnid,
+            "--token-env",
+            "WA_TOKEN",
+            "--secret",
+            "appSecret=env:WA_SECRET",
+            "--secret",
+            "verifyToken=env:WA_VERIFY",
+            "--allow-from",
+            "*",
+            "--yes",
+        ]);
+        v
+    };
+    let (code, _, err) = tenant(d, &gw, &full("phoneNumberId=9999"));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("phone number id 9999 not readable") && err.contains("nothing was written"), "{err}");
+    nothing_written(d, "initech");
+    let (code, out, err) = tenant(d, &gw, &full("phoneNumberId=1065"));
+    assert_eq!(code, 0, "{out}\n{err}\n{}", gw.logs());
+    assert!(out.contains("Callback URL"), "what is left to do is the adapter's: {out}");
+    let file = std::fs::read_to_string(d.join("tenants.d/initech.json5")).unwrap();
+    assert!(file.contains("phoneNumberId: \"1065\"") && file.contains("appSecret: { env: \"WA_SECRET\" }"), "{file}");
+    assert!(!file.contains("onboard-whatsapp-app-secret"), "secrets are references: {file}");
+    // The new number serves, with no restart.
+    let url = gw.url("/channels/whatsapp/initech/webhook");
+    let body = delivery("1065", &[("15550109999", "wamid.ONB1", "hello whatsapp")]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = http()
+            .post(&url)
+            .header("x-hub-signature-256", signature("onboard-whatsapp-app-secret", &body))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new account never took the delivery: {}", r.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sent = wa.wait_sent("1065", 1).await;
+    assert_eq!((sent[0].to.as_str(), sent[0].text.as_str()), ("15550109999", "echo: hello whatsapp"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

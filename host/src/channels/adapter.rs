@@ -201,6 +201,43 @@ impl Check {
     }
 }
 
+/// One key `tenant add` writes into a new account's block.
+#[derive(Debug, Clone, Copy)]
+pub struct Field {
+    /// Its key under `channels.<channel>.accounts.<id>`.
+    pub key: &'static str,
+    /// What it is, for prompts and errors ("the bot token").
+    pub what: &'static str,
+    /// A credential: written as a reference (`{ env }` or `{ file }`), never inline.
+    pub secret: bool,
+    /// `tenant add` refuses to go on without it.
+    pub required: bool,
+}
+
+impl Field {
+    pub const fn secret(key: &'static str, what: &'static str) -> Self {
+        Self { key, what, secret: true, required: true }
+    }
+    pub const fn plain(key: &'static str, what: &'static str) -> Self {
+        Self { key, what, secret: false, required: true }
+    }
+    pub const fn optional(key: &'static str, what: &'static str) -> Self {
+        Self { key, what, secret: false, required: false }
+    }
+}
+
+/// What `tenant add` needs to onboard an account of a channel.
+#[derive(Debug, Clone, Copy)]
+pub struct Onboarding {
+    /// The account's own keys, in order (the first secret is also `--token-file`/`--token-env`,
+    /// the second `--app-token-file`/`--app-token-env`).
+    pub fields: &'static [Field],
+    /// What is still to do once the account serves (the platform's side, approvals).
+    pub todo: &'static [&'static str],
+    /// Set when `tenant add` cannot onboard such an account: why, and what to do instead.
+    pub manual: Option<&'static str>,
+}
+
 /// A chat platform.
 pub trait Adapter: Send + Sync {
     /// The key of its block under `channels` (`"telegram"`).
@@ -246,6 +283,16 @@ pub trait Adapter: Send + Sync {
     fn login(&self, config: &Config, account: &str, out: &mut dyn std::io::Write) -> Result<(), String> {
         let _ = (config, account, out);
         Err(format!("{} has nothing to link: its accounts connect with the credentials in the config", self.channel()))
+    }
+
+    /// What `tenant add` asks for a new account and writes into its block; by default one bot
+    /// token under `token`.
+    fn onboarding(&self) -> Onboarding {
+        Onboarding {
+            fields: const { &[Field::secret("token", "the bot token")] },
+            todo: &["finish the platform's own settings for the bot (see README)"],
+            manual: None,
+        }
     }
 
     /// `bulkhead doctor` checks of one enabled account against the platform (credentials

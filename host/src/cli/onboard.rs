@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{ConfigSource, EXIT_FAILURE, EXIT_INVALID, EXIT_OK};
-use crate::channels::adapter::{Level, adapter};
+use crate::channels::adapter::{Field, Level, adapter};
 use crate::config::Config;
 
 /// A tenant template: its file, the suffix of its agent's id, and the policy file it points at.
@@ -88,6 +88,13 @@ pub struct AddArgs {
     /// Slack: an environment variable holding the app-level token
     #[arg(long, value_name = "VAR")]
     pub app_token_env: Option<String>,
+    /// Another key of the account's block, e.g. phoneNumberId=1065... (repeatable)
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Another credential of the account, e.g. appSecret=env:ACME_APP_SECRET or
+    /// appSecret=file:/run/secrets/acme (repeatable; referenced, never copied)
+    #[arg(long = "secret", value_name = "KEY=env:VAR|file:PATH")]
+    pub secret: Vec<String>,
     /// The platform's API base URL (proxies, self-hosted Bot API)
     #[arg(long, value_name = "URL")]
     pub api_url: Option<String>,
@@ -129,6 +136,82 @@ fn render(t: &Template, id: &str, name: &str, token_file: &str, channels: &str) 
         .replace("{{channels}}", channels)
 }
 
+/// One answer for an account key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Answer {
+    Plain(String),
+    Env(String),
+    File(PathBuf),
+}
+
+/// The account keys of `channel`'s onboarding with their answers (from `--token-*` for the first
+/// credential, `--app-token-*` for the second, `--set` and `--secret` for any), and the problems
+/// with the flags (a key the channel does not have, a malformed value).
+fn answers(a: &AddArgs, channel: &str) -> (Vec<(Field, Option<Answer>)>, Vec<String>) {
+    let fields = adapter(channel).map(|ad| ad.onboarding().fields).unwrap_or_default();
+    let mut problems = Vec::new();
+    let mut given: Vec<(String, Answer)> = Vec::new();
+    for kv in &a.set {
+        match kv.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => given.push((k.trim().to_string(), Answer::Plain(v.to_string()))),
+            _ => problems.push(format!("--set {kv:?}: expected KEY=VALUE")),
+        }
+    }
+    for kv in &a.secret {
+        let parsed = kv.split_once('=').and_then(|(k, v)| {
+            let answer = match v.split_once(':') {
+                Some(("env", var)) if !var.is_empty() => Answer::Env(var.to_string()),
+                Some(("file", path)) if !path.is_empty() => Answer::File(PathBuf::from(path)),
+                _ => return None,
+            };
+            Some((k.trim().to_string(), answer))
+        });
+        match parsed {
+            Some((k, ans)) if !k.is_empty() => given.push((k, ans)),
+            _ => problems.push("--secret: expected KEY=env:VAR or KEY=file:PATH".into()),
+        }
+    }
+    let flag = |file: &Option<PathBuf>, env: &Option<String>| match (file, env) {
+        (Some(f), _) => Some(Answer::File(f.clone())),
+        (_, Some(e)) => Some(Answer::Env(e.clone())),
+        _ => None,
+    };
+    let by_flag = [flag(&a.token_file, &a.token_env), flag(&a.app_token_file, &a.app_token_env)];
+    let mut secrets = 0;
+    let mut out = Vec::new();
+    for f in fields {
+        let mut value = given.iter().find(|(k, _)| k == f.key).map(|(_, v)| v.clone());
+        if f.secret {
+            if value.is_none() {
+                value = by_flag.get(secrets).cloned().flatten();
+            }
+            secrets += 1;
+            if matches!(value, Some(Answer::Plain(_))) {
+                problems
+                    .push(format!("--set {}: a credential is never written inline: --secret {}=env:VAR", f.key, f.key));
+                value = None;
+            }
+        } else if matches!(value, Some(Answer::Env(_) | Answer::File(_))) {
+            problems.push(format!("--secret {}: not a credential: --set {}=VALUE", f.key, f.key));
+            value = None;
+        }
+        out.push((*f, value));
+    }
+    for (k, _) in &given {
+        if !fields.iter().any(|f| f.key == k) {
+            let keys: Vec<&str> = fields.iter().map(|f| f.key).collect();
+            problems.push(format!(
+                "--set/--secret {k}: {channel} accounts have no such key here (keys: {})",
+                keys.join(", ")
+            ));
+        }
+    }
+    if secrets < 2 && (a.app_token_file.is_some() || a.app_token_env.is_some()) {
+        problems.push(format!("--app-token-file/--app-token-env: {channel} has no second credential"));
+    }
+    (out, problems)
+}
+
 /// The bindings and channel block of the tenant's one bot account.
 fn channel_block(a: &AddArgs, channel: &str, account: &str, agent: &str) -> String {
     let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
@@ -137,13 +220,15 @@ fn channel_block(a: &AddArgs, channel: &str, account: &str, agent: &str) -> Stri
         (_, Some(e)) => format!("{{ env: {} }}", q(e)),
         _ => String::new(),
     };
-    let token = reference(&a.token_file, &a.token_env);
-    // Slack calls the bot token `botToken` and needs the app token for Socket Mode.
-    let mut fields = if channel == "slack" {
-        vec![format!("botToken: {token}"), format!("appToken: {}", reference(&a.app_token_file, &a.app_token_env))]
-    } else {
-        vec![format!("token: {token}")]
-    };
+    let mut fields = Vec::new();
+    for (field, value) in answers(a, channel).0 {
+        let Some(value) = value else { continue };
+        fields.push(match value {
+            Answer::Plain(v) => format!("{}: {}", field.key, q(&v)),
+            Answer::File(f) => format!("{}: {}", field.key, reference(&Some(f), &None)),
+            Answer::Env(e) => format!("{}: {}", field.key, reference(&None, &Some(e))),
+        });
+    }
     if let Some(u) = &a.api_url {
         fields.push(format!("apiUrl: {}", q(u)));
     }
@@ -182,6 +267,12 @@ fn ask(prompt: &str, default: Option<&str>) -> Option<String> {
     if line.is_empty() { default.map(str::to_string) } else { Some(line.to_string()) }
 }
 
+/// `s` with its first letter in capitals (a prompt from a field's description).
+fn capitalized(s: &str) -> String {
+    let mut c = s.chars();
+    c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
+}
+
 /// Fills in what the flags left out, from a terminal.
 fn interview(a: &mut AddArgs) {
     if a.id.is_none() {
@@ -201,18 +292,26 @@ fn interview(a: &mut AddArgs) {
         let built: Vec<&str> = crate::channels::adapter::ADAPTERS.iter().map(|x| x.channel()).collect();
         a.channel = ask(&format!("Chat channel ({} or none)", built.join(", ")), Some("none"));
     }
-    if a.channel.as_deref().is_some_and(|c| c != "none") && a.token_file.is_none() && a.token_env.is_none() {
-        let r = ask("The bot token: a file path, or env:NAME for an environment variable", None);
-        match r.as_deref().and_then(|r| r.strip_prefix("env:")) {
-            Some(v) => a.token_env = Some(v.to_string()),
-            None => a.token_file = r.map(PathBuf::from),
-        }
-    }
-    if a.channel.as_deref() == Some("slack") && a.app_token_file.is_none() && a.app_token_env.is_none() {
-        let r = ask("The Slack app-level token (xapp-): a file path, or env:NAME", None);
-        match r.as_deref().and_then(|r| r.strip_prefix("env:")) {
-            Some(v) => a.app_token_env = Some(v.to_string()),
-            None => a.app_token_file = r.map(PathBuf::from),
+    if let Some(channel) =
+        a.channel.clone().filter(|c| c != "none" && adapter(c).is_some_and(|ad| ad.onboarding().manual.is_none()))
+    {
+        for (field, value) in answers(a, &channel).0 {
+            if value.is_some() || !field.required {
+                continue;
+            }
+            if field.secret {
+                let Some(r) =
+                    ask(&format!("{} ({}): a file path, or env:NAME", capitalized(field.what), field.key), None)
+                else {
+                    continue;
+                };
+                match r.strip_prefix("env:") {
+                    Some(v) => a.secret.push(format!("{}=env:{v}", field.key)),
+                    None => a.secret.push(format!("{}=file:{r}", field.key)),
+                }
+            } else if let Some(v) = ask(&format!("{} ({})", capitalized(field.what), field.key), None) {
+                a.set.push(format!("{}={v}", field.key));
+            }
         }
     }
     if a.channel.as_deref() == Some("discord")
@@ -244,36 +343,44 @@ fn problems(a: &AddArgs) -> Vec<String> {
         if adapter(channel).is_none() {
             out.push(format!("--channel: {channel:?} has no adapter in this build"));
         }
-        if channel == "signal" {
-            out.push(
-                "--channel signal: not onboarded by tenant add yet (a Signal account is a number, not a token): add channels.signal.accounts.<id>.number to the tenant file, then `bulkhead channels login --channel signal --account <id>`".into(),
-            );
-        }
-        match (&a.token_file, &a.token_env) {
-            (None, None) => out.push(format!(
-                "--token-file or --token-env: missing (the {channel} bot's token; it is referenced, never copied into the config)"
-            )),
-            (Some(_), Some(_)) => out.push("--token-file and --token-env: give one".into()),
-            (Some(f), None) if !f.is_file() => out.push(format!("--token-file: {} is not a readable file", f.display())),
-            (None, Some(v)) if std::env::var(v).map_or(true, |x| x.is_empty()) => out.push(format!(
-                "--token-env: {v} is not set here; set it for this command and for the gateway's process"
-            )),
-            _ => {}
-        }
-        if channel == "slack" {
-            match (&a.app_token_file, &a.app_token_env) {
-                (None, None) => out.push(
-                    "--app-token-file or --app-token-env: missing (the Slack app-level token, xapp-, for Socket Mode)"
-                        .into(),
-                ),
-                (Some(_), Some(_)) => out.push("--app-token-file and --app-token-env: give one".into()),
-                (Some(f), None) if !f.is_file() => {
-                    out.push(format!("--app-token-file: {} is not a readable file", f.display()))
+        if let Some(why) = adapter(channel).and_then(|ad| ad.onboarding().manual) {
+            out.push(format!("--channel {channel}: not onboarded by tenant add: {why}"));
+        } else {
+            let (fields, flag_problems) = answers(a, channel);
+            out.extend(flag_problems);
+            let mut secrets = 0;
+            for (field, value) in fields {
+                let flags = if field.secret {
+                    secrets += 1;
+                    match secrets {
+                        1 => format!("--token-file or --token-env (or --secret {}=env:VAR)", field.key),
+                        2 => format!("--app-token-file or --app-token-env (or --secret {}=env:VAR)", field.key),
+                        _ => format!("--secret {}=env:VAR or --secret {}=file:PATH", field.key, field.key),
+                    }
+                } else {
+                    format!("--set {}=VALUE", field.key)
+                };
+                match value {
+                    None if field.required => out.push(if field.secret {
+                        format!("{flags}: missing ({}; it is referenced, never copied into the config)", field.what)
+                    } else {
+                        format!("{flags}: missing ({})", field.what)
+                    }),
+                    Some(Answer::File(f)) if !f.is_file() => {
+                        out.push(format!("{} ({}): {} is not a readable file", field.key, field.what, f.display()))
+                    }
+                    Some(Answer::Env(v)) if std::env::var(&v).map_or(true, |x| x.is_empty()) => out.push(format!(
+                        "{} ({}): {v} is not set here; set it for this command and for the gateway's process",
+                        field.key, field.what
+                    )),
+                    _ => {}
                 }
-                (None, Some(v)) if std::env::var(v).map_or(true, |x| x.is_empty()) => out.push(format!(
-                    "--app-token-env: {v} is not set here; set it for this command and for the gateway's process"
-                )),
-                _ => {}
+            }
+            if a.token_file.is_some() && a.token_env.is_some() {
+                out.push("--token-file and --token-env: give one".into());
+            }
+            if a.app_token_file.is_some() && a.app_token_env.is_some() {
+                out.push("--app-token-file and --app-token-env: give one".into());
             }
         }
         if let Some(acc) = &a.account
@@ -491,28 +598,12 @@ fn add_checked(
     outln!("  API token: {token}");
     outln!("             (shown once; kept in {} for the gateway)", token_path.display());
     outln!("Still to do:");
-    match channel {
-        Some("telegram") => {
-            outln!(
-                "  - the client adds the bot to its groups (groups answer only when listed under groups and the bot is @mentioned)"
-            );
-            outln!(
-                "  - people who message the bot get a pairing code: approve it with `bulkhead pairing approve CODE`"
-            );
+    match channel.and_then(adapter) {
+        Some(ad) => {
+            for line in ad.onboarding().todo {
+                outln!("  - {line}");
+            }
         }
-        Some("discord") => {
-            outln!("  - a server admin invites the bot with the link `bulkhead doctor` prints");
-            outln!(
-                "  - in servers it answers @mentions in the guilds given; direct messages get a pairing code: `bulkhead pairing approve CODE`"
-            );
-        }
-        Some("slack") => {
-            outln!(
-                "  - in the Slack app: Socket Mode on, event subscriptions app_mention and message.im, then add the app to its channels"
-            );
-            outln!("  - direct messages from strangers get a pairing code: `bulkhead pairing approve CODE`");
-        }
-        Some(other) => outln!("  - finish the {other} app's own settings (see README)"),
         None => outln!("  - give the API token to the client: POST /v1/chat/completions with model {agent:?}"),
     }
     EXIT_OK

@@ -28,7 +28,7 @@ use twilight_gateway::{CloseFrame, ConfigBuilder, Event, EventTypeFlags, Intents
 use twilight_model::channel::Message;
 use twilight_model::gateway::CloseCode;
 
-use super::adapter::{AccountBlock, ChannelPass, Check, Context, Validated};
+use super::adapter::{AccountBlock, ChannelPass, Check, Context, Field, Onboarding, Validated};
 use super::inbound::{Account, Body, ChatMessage, Deferred, accept};
 use super::outbound::{ChatTarget, Limits, Outbound, SendError, Transport};
 use super::pairing::Pairing;
@@ -127,6 +127,17 @@ impl super::adapter::Adapter for Discord {
         let rest = Rest::new(token.expose(), &acc.api_url)?;
         let rt = super::adapter::command_runtime()?;
         rt.block_on(rest.create_message(chat, text)).map_err(|e| e.to_string())
+    }
+
+    fn onboarding(&self) -> Onboarding {
+        Onboarding {
+            fields: const { &[Field::secret("token", "the bot token (Developer Portal, Bot)")] },
+            todo: &[
+                "a server admin invites the bot with the link `bulkhead doctor` prints",
+                "in servers it answers @mentions in the guilds given; direct messages get a pairing code: `bulkhead pairing approve CODE`",
+            ],
+            manual: None,
+        }
     }
 
     fn check_sender_id(&self, id: &str) -> Result<String, String> {

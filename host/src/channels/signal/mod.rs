@@ -34,7 +34,9 @@ mod doctor;
 pub mod events;
 pub mod rpc;
 
-use super::adapter::{AccountBlock, ChannelPass, Check, Context, Validated, command_runtime, show_qr};
+use super::adapter::{
+    AccountBlock, ChannelPass, Check, Context, Field, Onboarding, Validated, command_runtime, show_qr,
+};
 use super::dedupe::{SEEN, Seen};
 use super::inbound::{Account, Body, ChatMessage, Deferred, accept};
 use super::net::pause as sleep_or_stop;
@@ -228,6 +230,23 @@ impl super::adapter::Adapter for Signal {
             stream(&rx, &daemon, &acc, stopped).await;
             tracing::info!(account = %id, "Signal account stopped.");
         }))
+    }
+
+    fn onboarding(&self) -> Onboarding {
+        Onboarding {
+            fields: const {
+                &[
+                    Field::plain("number", "the Signal number (E.164)"),
+                    Field::optional("url", "the signal-cli daemon's URL"),
+                ]
+            },
+            todo: &[
+                "link the number if the daemon does not have it yet: `bulkhead channels login --channel signal --account ID`",
+            ],
+            manual: Some(
+                "a Signal account is a number on the operator's signal-cli daemon, not a token: add channels.signal.accounts.<id>.number to the tenant file, then `bulkhead channels login --channel signal --account <id>`",
+            ),
+        }
     }
 
     fn send_test(&self, config: &Config, account: &str, chat: &str, text: &str) -> Result<(), String> {

@@ -32,7 +32,7 @@ mod doctor;
 pub mod events;
 mod socket;
 
-use super::adapter::{AccountBlock, ChannelPass, Check, Context, Validated};
+use super::adapter::{AccountBlock, ChannelPass, Check, Context, Field, Onboarding, Validated};
 use super::dedupe::{SEEN, Seen};
 use super::inbound::{Account, Body, ChatMessage, Deferred, accept};
 use super::outbound::{Limits, Outbound};
@@ -341,6 +341,22 @@ impl super::adapter::Adapter for Slack {
             }
         }
         errors
+    }
+
+    fn onboarding(&self) -> Onboarding {
+        Onboarding {
+            fields: const {
+                &[
+                    Field::secret("botToken", "the bot token (xoxb-)"),
+                    Field::secret("appToken", "the Slack app-level token (xapp-, for Socket Mode)"),
+                ]
+            },
+            todo: &[
+                "in the Slack app: Socket Mode on, event subscriptions app_mention and message.im, then add the app to its channels",
+                "direct messages from strangers get a pairing code: `bulkhead pairing approve CODE`",
+            ],
+            manual: None,
+        }
     }
 
     fn send_test(&self, config: &Config, account: &str, chat: &str, text: &str) -> Result<(), String> {

@@ -28,7 +28,7 @@ use tokio::sync::watch;
 pub mod config;
 mod doctor;
 
-use super::adapter::{AccountBlock, ChannelPass, Check, Context, Validated};
+use super::adapter::{AccountBlock, ChannelPass, Check, Context, Field, Onboarding, Validated};
 use super::inbound::{Account, Body, ChatMessage, Deferred, accept};
 use super::outbound::{ChatTarget, Limits, Outbound, SendError, Transport};
 use super::pairing::Pairing;
@@ -285,6 +285,17 @@ impl super::adapter::Adapter for Telegram {
             config: acc,
         };
         Ok(tokio::spawn(poller.run(stopped)))
+    }
+
+    fn onboarding(&self) -> Onboarding {
+        Onboarding {
+            fields: const { &[Field::secret("token", "the bot token from @BotFather")] },
+            todo: &[
+                "the client adds the bot to its groups (groups answer only when listed under groups and the bot is @mentioned)",
+                "people who message the bot get a pairing code: approve it with `bulkhead pairing approve CODE`",
+            ],
+            manual: None,
+        }
     }
 
     fn check_sender_id(&self, id: &str) -> Result<String, String> {

@@ -32,7 +32,7 @@ pub mod config;
 pub mod graph;
 mod hooks;
 
-use super::adapter::{AccountBlock, ChannelPass, Check, Context, Validated};
+use super::adapter::{AccountBlock, ChannelPass, Check, Context, Field, Onboarding, Validated};
 use super::dedupe::{SEEN, Seen};
 use super::inbound::{Account, Body, ChatMessage, Deferred, accept};
 use super::outbound::{Limits, Outbound};
@@ -287,6 +287,27 @@ impl super::adapter::Adapter for WhatsApp {
 
     fn routes(&self, ctx: &Context) -> Option<axum::Router> {
         Some(hooks::routes(ctx))
+    }
+
+    fn onboarding(&self) -> Onboarding {
+        Onboarding {
+            fields: const {
+                &[
+                    Field::plain("phoneNumberId", "the Cloud API's phone number id (API Setup, \"Phone number ID\")"),
+                    Field::secret("accessToken", "a System User access token with whatsapp_business_messaging"),
+                    Field::secret("appSecret", "the Meta app's secret (App settings, Basic)"),
+                    Field::secret(
+                        "verifyToken",
+                        "the webhook verify token to type into the app's WhatsApp Configuration",
+                    ),
+                ]
+            },
+            todo: &[
+                "in the Meta app's WhatsApp Configuration: the Callback URL `bulkhead doctor` prints, the verify token, and a subscription to the messages field",
+                "customers who write get a pairing code: approve it with `bulkhead pairing approve CODE`",
+            ],
+            manual: None,
+        }
     }
 
     fn send_test(&self, config: &Config, account: &str, chat: &str, text: &str) -> Result<(), String> {
