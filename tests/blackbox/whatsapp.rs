@@ -260,6 +260,39 @@ async fn whatsapp_meta_errors_reach_the_operator_and_throttled_or_failed_sends_a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whatsapp_a_refused_token_stops_taking_deliveries_and_a_number_not_running_gets_503() {
+    // acme2's number is unknown to the Graph API: that account stops at start; acme runs.
+    let wa = FakeWhatsApp::start().await;
+    wa.add_number(ACME, ACME_TOKEN, "+1 555-000-1001");
+    wa.add_number(BETA, BETA_TOKEN, "+1 555-000-2002");
+    let gw = Gateway::start(&config(&wa.api, MEMORY, "", "demo/scripted"), &env()).await;
+    wait_log(&gw, "WhatsApp account ready", 2).await;
+    wait_log(&gw, "refused this WhatsApp account's token or phone number id", 1).await;
+    // A message for acme2 posted to acme's URL (one app, one URL) is not taken: 503, so Meta
+    // delivers it again once that number runs; never 200 for a message nobody stored.
+    let sibling = delivery(ACME2, &[(BOB, "wamid.N1", "for the second number")]);
+    assert_eq!(post(&gw, "acme", &sibling, Some(signature(ACME_SECRET, &sibling))).await, 503);
+    assert_eq!(post(&gw, "acme2", &sibling, Some(signature(ACME_SECRET, &sibling))).await, 503);
+    // Beta's token is refused on a reply: beta stops taking deliveries (503, Meta keeps them),
+    // instead of accepting turns it cannot answer; acme goes on.
+    wa.fail_next(BETA, &[190]);
+    let first = delivery(BETA, &[(BOB, "wamid.T1", "first")]);
+    assert_eq!(post(&gw, "beta", &first, Some(signature(BETA_SECRET, &first))).await, 200);
+    wait_log(&gw, "refused this WhatsApp account's token on a reply", 1).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let next = delivery(BETA, &[(BOB, "wamid.T2", "second")]);
+    while post(&gw, "beta", &next, Some(signature(BETA_SECRET, &next))).await != 503 {
+        assert!(std::time::Instant::now() < deadline, "beta still takes deliveries after its token was refused");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let alice = delivery(ACME, &[(ALICE, "wamid.T3", "acme still here")]);
+    assert_eq!(post(&gw, "acme", &alice, Some(signature(ACME_SECRET, &alice))).await, 200);
+    assert_eq!(wa.wait_sent(ACME, 1).await[0].text, "echo: acme still here");
+    assert!(wa.sent(BETA).is_empty(), "{:?}", wa.sent(BETA));
+    no_product_name_nor_secrets(&wa, &gw);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whatsapp_answers_200_only_once_stored_so_an_acknowledged_message_survives_a_crash() {
     let wa = fake().await;
     let model = crate::fakes::start().await;

@@ -7,8 +7,8 @@
 //! on one daemon never see each other's events; an event that names another account is dropped
 //! all the same (`events.rs`). The stream is read again with backoff when the daemon restarts.
 //! Signal has no acknowledgement on this stream and no increasing update id: each message is
-//! stored in the tenant's inbox before the next event is read (a store failure is retried before
-//! the message is given up, with an error in the log), gets an update id from the account (never
+//! stored in the tenant's inbox before the next event is read (a store failure is retried, with
+//! backoff, until it is stored or the account stops: never given up), gets an update id from the account (never
 //! below the inbox's mark), and a re-delivery is recognised by sender and timestamp (`dedupe`).
 //! Replies go through the shared outbound queue, which retries while the daemon is down.
 //!
@@ -59,8 +59,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const IDLE: Duration = Duration::from_secs(60);
 /// Largest event read from the stream.
 const MAX_EVENT: usize = 256 * 1024;
-/// Attempts to store one message before it is given up.
-const STORE_ATTEMPTS: u32 = 6;
 
 /// Pacing: Signal publishes no limits; about one message per second per chat stays clear of its
 /// rate limiting, which the daemon reports (and the outbound queue waits out).
@@ -127,6 +125,14 @@ impl Receiver {
                 return Ok(());
             }
         };
+        // Another number this gateway serves: two tenants' agents would answer each other for
+        // ever (each reply a new message to the other).
+        if let Some(n) = &m.number
+            && settings(&self.live.load().runtime.config).is_some_and(|s| s.accounts.iter().any(|a| &a.number == n))
+        {
+            tracing::warn!(account = %id, "Signal message from another number of this gateway ignored (agents would answer each other).");
+            return Ok(());
+        }
         let who = m.uuid.as_deref().or(m.number.as_deref()).unwrap_or_default();
         let keys = vec![format!("msg:{who}:{}", m.timestamp)];
         if state.seen.contains(&keys) {
@@ -345,8 +351,9 @@ async fn stream(rx: &Receiver, daemon: &Daemon, acc: &SignalAccount, mut stopped
                     return;
                 }
                 tracing::warn!(account = %id, "Signal event stream ended (daemon restarting?); connecting again.");
-                // Said once for this outage: the failed attempts that follow stay quiet.
-                warned = true;
+                // A new outage: its first failed attempt says why (an unlinked number, a refused
+                // connection); the ones after it stay quiet.
+                warned = false;
                 if !sleep_or_stop(backoff, &mut stopped).await {
                     return;
                 }
@@ -406,24 +413,26 @@ async fn read(rx: &Receiver, resp: reqwest::Response, stopped: &mut watch::Recei
     }
 }
 
-/// Handles one event, retrying while its message cannot be stored (the stream has no
-/// acknowledgement, so the daemon would not deliver it again); false once told to stop.
+/// Stores one event's message, retrying until it is stored or the account is told to stop
+/// (`false`): Signal never delivers an event again, so a message that cannot be stored yet (a
+/// full inbox, a full disk) holds the stream instead of being given up; the daemon keeps the
+/// events that follow (with `--receive-mode=on-connection`, on Signal's servers).
 async fn store(rx: &Receiver, data: &str, stopped: &mut watch::Receiver<bool>) -> bool {
     let mut pause = Duration::from_millis(250);
-    for attempt in 1..=STORE_ATTEMPTS {
+    let mut attempt: u32 = 0;
+    loop {
         match rx.handle(data).await {
             Ok(()) => return true,
-            Err(Deferred(why)) if attempt == STORE_ATTEMPTS => {
-                tracing::error!(account = %rx.account.id, error = %why, "A Signal message could not be stored after repeated attempts and was not taken; its sender gets no answer.");
-            }
             Err(Deferred(why)) => {
-                tracing::warn!(account = %rx.account.id, error = %why, attempt, "A Signal message could not be stored yet; retrying.");
+                attempt += 1;
+                if attempt == 1 || attempt.is_power_of_two() {
+                    tracing::warn!(account = %rx.account.id, error = %why, attempt, "A Signal message could not be stored yet; the stream waits and tries again.");
+                }
                 if !sleep_or_stop(pause, stopped).await {
                     return false;
                 }
-                pause *= 2;
+                pause = (pause * 2).min(MAX_BACKOFF);
             }
         }
     }
-    true
 }

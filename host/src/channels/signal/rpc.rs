@@ -139,22 +139,14 @@ impl Daemon {
         if status.is_server_error() {
             return Err(RpcError::Unreachable(format!("the signal-cli daemon answered HTTP {}", status.as_u16())));
         }
-        let bytes = resp.bytes().await.map_err(|e| network(&e))?;
-        if bytes.len() > MAX_ANSWER {
-            return Err(RpcError::Bad("the daemon's answer is too large"));
-        }
+        let bytes = match crate::channels::net::read_capped(resp, MAX_ANSWER, "the signal-cli daemon").await {
+            Ok(b) => b,
+            Err(_) => return Err(RpcError::Bad("the daemon's answer is too large or was cut off")),
+        };
         let v: Value = serde_json::from_slice(&bytes)
             .map_err(|_| RpcError::Bad("the daemon answered something that is not JSON-RPC"))?;
         if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
-            let code = err["code"].as_i64().unwrap_or(0);
-            return Err(match code {
-                INVALID_PARAMS if err["message"].as_str().is_some_and(|m| m.contains("account")) => {
-                    RpcError::UnknownAccount
-                }
-                METHOD_NOT_FOUND => RpcError::NoMethod,
-                RATE_LIMIT_ERROR => RpcError::RateLimited(retry_after(&err["data"]).unwrap_or(Duration::from_secs(30))),
-                code => RpcError::Rpc(code, meaning(code)),
-            });
+            return Err(classify(err));
         }
         match v.get("result") {
             Some(r) => Ok(r.clone()),
@@ -239,6 +231,26 @@ fn retry_after(data: &Value) -> Option<Duration> {
 
 /// What a `send` result says: every recipient failed → an error by kind (a rate limit first,
 /// then a network failure, which are worth retrying); otherwise sent.
+/// A JSON-RPC error object of the daemon, by kind.
+fn classify(err: &Value) -> RpcError {
+    let code = err["code"].as_i64().unwrap_or(0);
+    match code {
+        INVALID_PARAMS if err["message"].as_str().is_some_and(|m| m.contains("account")) => RpcError::UnknownAccount,
+        METHOD_NOT_FOUND => RpcError::NoMethod,
+        RATE_LIMIT_ERROR => RpcError::RateLimited(retry_after(&err["data"]).unwrap_or(Duration::from_secs(30))),
+        // A send no recipient took: signal-cli says why per recipient in
+        // `data.response.results` (a network failure is worth retrying, an unregistered
+        // number is not).
+        USER_ERROR | -4 if err["data"]["response"]["results"].is_array() => {
+            match send_outcome(&err["data"]["response"]) {
+                Err(e) => e,
+                Ok(()) => RpcError::Rpc(code, meaning(code)),
+            }
+        }
+        code => RpcError::Rpc(code, meaning(code)),
+    }
+}
+
 fn send_outcome(r: &Value) -> Result<(), RpcError> {
     let Some(results) = r["results"].as_array().filter(|l| !l.is_empty()) else { return Ok(()) };
     if results.iter().any(|x| x["type"] == "SUCCESS") {
@@ -372,6 +384,26 @@ impl SseReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_send_no_recipient_took_is_classified_by_its_per_recipient_results() {
+        // signal-cli answers such a send with an error (-1, or -4 for untrusted identities),
+        // the results under data.response (SendMessageResultUtils, SignalJsonRpcCommandHandler).
+        let failed = |code: i64, kind: &str| {
+            json!({ "code": code, "message": "Failed to send message",
+                    "data": { "response": { "timestamp": 1, "results": [
+                        { "recipientAddress": { "number": "+15550000001" }, "type": kind } ] } } })
+        };
+        assert!(matches!(classify(&failed(-1, "NETWORK_FAILURE")), RpcError::Unreachable(_)), "worth retrying");
+        assert!(matches!(classify(&failed(-1, "UNREGISTERED_FAILURE")), RpcError::Rpc(-1, _)));
+        assert!(matches!(classify(&failed(-4, "IDENTITY_FAILURE")), RpcError::Rpc(-4, _)));
+        assert!(matches!(classify(&json!({ "code": -1, "message": "x" })), RpcError::Rpc(-1, _)));
+        assert!(matches!(
+            classify(&json!({ "code": -32602, "message": "Specified account does not exist" })),
+            RpcError::UnknownAccount
+        ));
+        assert!(matches!(classify(&json!({ "code": -32601 })), RpcError::NoMethod));
+    }
 
     #[test]
     fn sse_events_are_read_across_chunks_and_oversized_ones_dropped() {

@@ -17,6 +17,8 @@ use crate::config::SecretString;
 
 /// How errors name the service.
 const SERVICE: &str = "the Graph API";
+/// Largest answer read from the Graph API.
+const MAX_ANSWER: usize = 1 << 20;
 
 /// Why a Graph API call failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,8 +117,8 @@ impl Graph {
         let status = resp.status().as_u16();
         let retry_after =
             resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
-        let text = resp.text().await.map_err(|e| GraphError::Transient(net::network_error(&e, SERVICE)))?;
-        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let body = net::read_capped(resp, MAX_ANSWER, SERVICE).await.map_err(GraphError::Transient)?;
+        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         if (200..300).contains(&status) && v.is_object() {
             return Ok(v);
         }
@@ -157,6 +159,10 @@ pub struct WhatsAppTransport {
     pub graph: Graph,
     pub token: SecretString,
     pub phone_number_id: String,
+    /// Set when the Graph API refuses the token on a reply: the account stops taking deliveries
+    /// (they get 503 and Meta keeps them) instead of accepting turns it cannot answer.
+    pub halt: tokio::sync::watch::Sender<bool>,
+    pub account: String,
 }
 
 #[async_trait::async_trait]
@@ -164,7 +170,11 @@ impl Transport for WhatsAppTransport {
     async fn send(&self, to: &ChatTarget, text: &str) -> Result<(), SendError> {
         match self.graph.send_text(self.token.expose(), &self.phone_number_id, &to.chat, text).await {
             Ok(()) => Ok(()),
-            Err(GraphError::Auth(_)) => Err(SendError::Unauthorized),
+            Err(e @ GraphError::Auth(_)) => {
+                tracing::error!(account = %self.account, error = %e, "The Graph API refused this WhatsApp account's token on a reply. The account stops taking deliveries (Meta keeps them and retries); other accounts are unaffected. Renew the token and reload.");
+                let _ = self.halt.send(true);
+                Err(SendError::Unauthorized)
+            }
             Err(GraphError::RetryAfter(d)) => Err(SendError::RetryAfter(d)),
             Err(GraphError::Transient(why)) => Err(SendError::Transient(why)),
             Err(e @ GraphError::Permanent(..)) => Err(SendError::Permanent(e.to_string())),

@@ -57,7 +57,7 @@ pub(super) async fn serve(
     let hook = Arc::new(Hook {
         phone_number_id: acc.phone_number_id.clone(),
         key: webhook::hmac_key(creds.app_secret.expose()),
-        app: crate::crypto::sha256_hex(creds.app_secret.expose().as_bytes(), 16),
+        app: app_digest(&creds.app_secret),
         verify: creds.verify_token.clone(),
         rx,
     });
@@ -101,6 +101,30 @@ async fn verify(State(live): State<Live>, Path(account): Path<String>, Query(q):
     }
 }
 
+/// The app (digest of its secret) of every number whose account was started, running or not
+/// yet: a delivery for a number of the same app that is not running yet gets 503, not a drop.
+static STARTED: std::sync::Mutex<std::collections::BTreeMap<String, String>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+fn app_digest(secret: &SecretString) -> String {
+    crate::crypto::sha256_hex(secret.expose().as_bytes(), 16)
+}
+
+/// Called when an account starts, before its number is checked with the Graph API.
+pub(super) fn started(acc: &WhatsAppAccount, creds: &Credentials) {
+    let mut map = STARTED.lock().unwrap_or_else(|p| p.into_inner());
+    map.insert(acc.phone_number_id.clone(), app_digest(&creds.app_secret));
+}
+
+/// Whether `pnid` is the number of a WhatsApp account of the running config, of the same app as
+/// `hook`, that is not running (yet).
+fn configured_number(live: &Live, hook: &Hook, pnid: &str) -> bool {
+    let same_app = STARTED.lock().unwrap_or_else(|p| p.into_inner()).get(pnid).is_some_and(|a| *a == hook.app);
+    same_app
+        && super::settings(&live.load().runtime.config)
+            .is_some_and(|s| s.accounts.iter().any(|a| a.phone_number_id == pnid))
+}
+
 /// The running account a change for `pnid` goes to: this hook's own number, or another number
 /// of the same Meta app.
 fn target(hook: &Hook, pnid: &str) -> Option<Arc<Receiver>> {
@@ -126,10 +150,14 @@ async fn deliver(State(live): State<Live>, Path(account): Path<String>, headers:
         return text(StatusCode::BAD_REQUEST, "body is not JSON\n");
     };
     let mut work = Vec::new();
+    // A message for a number that is configured but not running yet (starting, restarting on a
+    // reload): the delivery gets 503 once the rest is stored, so Meta delivers it again.
+    let mut later = false;
     for item in parse_delivery(&payload) {
         match item {
             Item::Message(m) => match target(&hook, &m.phone_number_id) {
                 Some(rx) => work.push((rx, m)),
+                None if configured_number(&live, &hook, &m.phone_number_id) => later = true,
                 None => {
                     tracing::warn!(account = %account, phone_number_id = %m.phone_number_id, "A WhatsApp delivery names a phone number no running account of this Meta app serves; that message is dropped.")
                 }
@@ -146,7 +174,7 @@ async fn deliver(State(live): State<Live>, Path(account): Path<String>, headers:
         }
     }
     if work.is_empty() {
-        return StatusCode::OK.into_response();
+        return if later { try_later() } else { StatusCode::OK.into_response() };
     }
     let store = async move {
         for (rx, m) in work {
@@ -155,6 +183,10 @@ async fn deliver(State(live): State<Live>, Path(account): Path<String>, headers:
         Ok(())
     };
     match webhook::store_within(store).await {
+        Ok(()) if later => {
+            tracing::info!(account = %account, "A WhatsApp delivery names a number that is not running yet; answered 503 so Meta delivers it again.");
+            try_later()
+        }
         Ok(()) => StatusCode::OK.into_response(),
         Err(why) => {
             tracing::warn!(account = %account, reason = %why, "WhatsApp delivery not stored; answered 503 so Meta delivers it again.");

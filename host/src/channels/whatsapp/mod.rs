@@ -138,6 +138,11 @@ pub fn parse_delivery(payload: &Value) -> Vec<Item> {
 }
 
 fn message(pnid: &str, m: &Value) -> Item {
+    // Group messages (Meta's groups webhook) carry `group_id`: not served yet, and never to be
+    // mistaken for a direct message from their sender.
+    if m.get("group_id").is_some_and(|g| !g.is_null()) {
+        return Item::Ignored("a group message (groups are not served on this channel)");
+    }
     let Some(from) = m["from"].as_str().and_then(config::sender_id) else {
         return Item::Malformed("message with an unreadable sender");
     };
@@ -362,15 +367,26 @@ impl super::adapter::Adapter for WhatsApp {
         stopped: watch::Receiver<bool>,
     ) -> Result<tokio::task::JoinHandle<()>, String> {
         let (acc, shared, creds, graph) = open(config, account)?;
+        hooks::started(&acc, &creds);
+        // The account stops when told to, or when the Graph API refuses its token on a reply.
+        let (halt, halted) = watch::channel(false);
         let transport = WhatsAppTransport {
             graph: graph.clone(),
             token: creds.token.clone(),
             phone_number_id: acc.phone_number_id.clone(),
+            halt: halt.clone(),
+            account: acc.id.clone(),
         };
         let outbound =
             Outbound::start(&format!("whatsapp/{}", acc.id), Arc::new(transport), limits(acc.text_chunk_limit));
+        let mut told = stopped;
+        tokio::spawn(async move {
+            if told.wait_for(|s| *s).await.is_ok() {
+                let _ = halt.send(true);
+            }
+        });
         let start = Start { ctx: ctx.clone(), acc, shared, graph, creds, outbound };
-        Ok(tokio::spawn(start.run(stopped)))
+        Ok(tokio::spawn(start.run(halted)))
     }
 
     /// Nothing to link: the Cloud API connects with the account's credentials (the QR-linked
@@ -473,6 +489,7 @@ mod tests {
             { "from": "16315551181", "type": "text", "text": { "body": "no id" } },
             { "from": "16315551181", "id": "wamid.F", "type": "text", "text": { "body": 5 } },
             { "from": "16315551181", "id": "wamid.G", "type": "text", "text": { "body": "   " } },
+            { "from": "16315551181", "id": "wamid.H", "group_id": "120363", "type": "text", "text": { "body": "in a group" } },
         ]))));
         let msg = |id: &str, text: Option<&str>| {
             Item::Message(WaMessage {
@@ -493,6 +510,7 @@ mod tests {
                 Item::Malformed("message without a readable id"),
                 Item::Malformed("text message without a body"),
                 Item::Ignored("a message without text"),
+                Item::Ignored("a group message (groups are not served on this channel)"),
             ]
         );
         let status = delivery(json!({ "metadata": { "phone_number_id": "1001" }, "statuses": [
