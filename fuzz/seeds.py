@@ -132,3 +132,22 @@ for name, event in {
     "other-account": sig(dict(alice, dataMessage={"message": "x"}), account="+15550000002"),
 }.items():
     put("signal_event", name, json.dumps(event))
+
+# WhatsApp Cloud API webhook deliveries, as the fake Graph API side and the unit tests send them.
+def wa(value):
+    value = dict(value, messaging_product="whatsapp",
+                 metadata={"display_phone_number": "15550001001", "phone_number_id": "1001"})
+    return {"object": "whatsapp_business_account",
+            "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": value}]}]}
+for name, delivery in {
+    "text": wa({"contacts": [{"profile": {"name": "Kerry"}, "wa_id": "16315551181"}],
+                "messages": [{"from": "16315551181", "id": "wamid.A1", "timestamp": "1700000000", "type": "text", "text": {"body": "Hello"}}]}),
+    "image": wa({"messages": [{"from": "16315551181", "id": "wamid.A2", "type": "image", "image": {"id": "m1", "mime_type": "image/jpeg"}}]}),
+    "button": wa({"messages": [{"from": "16315551181", "id": "wamid.A3", "type": "interactive",
+                                "interactive": {"type": "button_reply", "button_reply": {"id": "b1", "title": "Yes"}}}]}),
+    "group": wa({"messages": [{"from": "16315551181", "id": "wamid.A4", "group_id": "120363", "type": "text", "text": {"body": "x"}}]}),
+    "failed-status": wa({"statuses": [{"id": "wamid.OUT1", "status": "failed", "timestamp": "1", "recipient_id": "16315551181",
+                                       "errors": [{"code": 131047, "title": "Re-engagement message"}]}]}),
+    "account-update": {"object": "whatsapp_business_account", "entry": [{"changes": [{"field": "account_update", "value": {}}]}]},
+}.items():
+    put("whatsapp_delivery", name, json.dumps(delivery))
