@@ -6,14 +6,7 @@ use crate::harness::{repo_root, run_cli};
 
 /// `bulkhead config check PATH` with `env` set: (exit code, stdout + stderr).
 fn check_with_env(path: &std::path::Path, env: &[(&str, &str)]) -> (i32, String) {
-    let out = std::process::Command::new(crate::harness::BIN)
-        .args(["config", "check", path.to_str().unwrap()])
-        .env_remove("BULKHEAD_CONFIG")
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), text)
+    crate::harness::run_with_env(&["config", "check", path.to_str().unwrap()], env)
 }
 
 #[test]
@@ -35,8 +28,12 @@ fn config_check_accepts_the_shipped_configs_with_their_secrets_and_refuses_the_s
         ("ACME_SLACK_APP_TOKEN", "xapp-acme-shipped-config-token"),
         ("GLOBEX_SLACK_BOT_TOKEN", "xoxb-globex-shipped-config-token"),
         ("GLOBEX_SLACK_SIGNING_SECRET", "globex-shipped-config-signing-secret"),
+        ("ACME_BLUEBUBBLES_PASSWORD", "acme-shipped-config-bridge-password"),
+        ("ACME_IMESSAGE_WEBHOOK_SECRET", "acme-shipped-config-webhook-secret"),
+        ("GLOBEX_BLUEBUBBLES_PASSWORD", "globex-shipped-config-bridge-password"),
+        ("GLOBEX_IMESSAGE_WEBHOOK_SECRET", "globex-shipped-config-webhook-secret"),
     ];
-    for f in ["bulkhead.json5", "telegram.json5", "discord.json5", "slack.json5"] {
+    for f in ["bulkhead.json5", "telegram.json5", "discord.json5", "slack.json5", "imessage.json5"] {
         let path = dir.path().join("config").join(f);
         std::fs::copy(root.join("config").join(f), &path).unwrap();
         let (code, out) = check_with_env(&path, &env);

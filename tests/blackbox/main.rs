@@ -1,6 +1,7 @@
 //! Black-box tests: the real `bulkhead` binary, driven over HTTP and WebSocket, with fake model
 //! servers speaking the OpenAI and Anthropic wire formats, a fake Telegram Bot API server, a fake
-//! Discord (REST and Gateway) and a fake Slack (Web API and Socket Mode).
+//! Discord (REST and Gateway), a fake Slack (Web API and Socket Mode) and fake BlueBubbles servers
+//! (iMessage: REST and webhooks).
 
 mod api;
 mod audit;
@@ -12,12 +13,14 @@ mod contract;
 mod discord;
 mod disk;
 mod fairness;
+mod fake_bluebubbles;
 mod fake_discord;
 mod fake_slack;
 mod fake_telegram;
 mod fakes;
 mod faults;
 mod harness;
+mod imessage;
 mod onboarding;
 mod policy;
 mod quota;

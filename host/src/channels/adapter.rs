@@ -21,7 +21,8 @@ use crate::config::{Config, Errors, RawChannel, SecretRef, SecretString};
 use crate::gateway::Live;
 
 /// Every adapter built into this binary, by channel name.
-pub static ADAPTERS: &[&dyn Adapter] = &[&super::telegram::Telegram, &super::discord::Discord, &super::slack::Slack];
+pub static ADAPTERS: &[&dyn Adapter] =
+    &[&super::telegram::Telegram, &super::discord::Discord, &super::slack::Slack, &super::imessage::IMessageAdapter];
 
 /// The adapter of a channel, if this build has one.
 pub fn adapter(channel: &str) -> Option<&'static dyn Adapter> {

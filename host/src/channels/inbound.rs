@@ -73,6 +73,20 @@ impl Account {
         Ok(mark)
     }
 
+    /// `resume` at an account's start, for the adapters that hand out their own update ids
+    /// (`dedupe::Seen`): the mark to start above (0 for none, or no tenant), or `None` when the
+    /// inbox cannot be read, logged here; the account must not start then.
+    pub async fn start_mark(&self, tenant: Option<&TenantId>) -> Option<i64> {
+        let Some(tenant) = tenant else { return Some(0) };
+        match self.resume(tenant).await {
+            Ok(mark) => Some(mark.unwrap_or(0)),
+            Err(e) => {
+                tracing::error!(channel = self.channel, account = %self.id, tenant = %tenant, error = %e, "Cannot read this account's chat inbox, so accepted messages could be lost or answered twice. This account is stopped; other accounts are unaffected.");
+                None
+            }
+        }
+    }
+
     /// Queues a notice without waiting; a refusal is counted and logged (without its text).
     fn notice(&self, rt: &Runtime, tenant: &TenantId, to: ChatTarget, text: String) {
         if let Err(why) = self.outbound.try_send(to, text) {

@@ -32,8 +32,8 @@ mod doctor;
 pub mod events;
 mod socket;
 
-use super::dedupe::{SEEN, Seen};
 use super::adapter::{AccountBlock, ChannelPass, Check, Context, Validated};
+use super::dedupe::{SEEN, Seen};
 use super::inbound::{Account, Body, ChatMessage, Deferred, accept};
 use super::outbound::{Limits, Outbound};
 use super::pairing::Pairing;
@@ -454,16 +454,7 @@ impl Start {
         };
         access.groups.extend(rules);
         let account = Account::new(&ctx.live, &ctx.inbox, "slack", id.clone(), access, outbound);
-        let mut last = 0;
-        if let Some(tenant) = &shared.tenant {
-            match account.resume(tenant).await {
-                Ok(mark) => last = mark.unwrap_or(0),
-                Err(e) => {
-                    tracing::error!(account = %id, tenant = %tenant, error = %e, "Cannot read this bot's chat inbox, so accepted messages could be lost or answered twice. This account is stopped; other accounts are unaffected.");
-                    return;
-                }
-            }
-        }
+        let Some(last) = account.start_mark(shared.tenant.as_ref()).await else { return };
         let rx = Arc::new(Receiver {
             live: ctx.live.clone(),
             pairing: ctx.pairing.clone(),

@@ -1,0 +1,211 @@
+//! The few BlueBubbles REST endpoints the adapter uses, over `reqwest`: `GET /api/v1/ping` (the
+//! bridge is up and takes the password), `GET /api/v1/server/info` (version, Private API state)
+//! and `POST /api/v1/message/text` (a reply).
+//!
+//! BlueBubbles takes its password only as the `password` query parameter, so every request URL
+//! holds it: no URL is ever logged or put in an error (reqwest's errors carry it, so they are
+//! reduced to their kind with `without_url` and never shown whole), and a text the bridge sent
+//! back is shown only after the password is cut out of it.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::config::{SendMethod, chat_guid};
+use crate::channels::outbound::{ChatTarget, SendError, Transport};
+use crate::config::SecretString;
+
+/// Why a call to the bridge failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BridgeError {
+    /// 401: the password was refused.
+    Password,
+    /// The bridge could not be reached, or answered 5xx from a proxy or while starting: worth
+    /// retrying.
+    Down(String),
+    /// The bridge answered an error for this request (iMessage could not send it, bad chat,
+    /// ...): its status and what it said.
+    Refused { status: u16, said: String },
+    /// 504: the send timed out on the Mac; it may or may not have gone out.
+    Unknown(String),
+}
+
+impl std::fmt::Display for BridgeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BridgeError::Password => f.write_str("the BlueBubbles server refused the password (HTTP 401)"),
+            BridgeError::Down(why) => f.write_str(why),
+            BridgeError::Refused { status, said } => write!(f, "the BlueBubbles server answered HTTP {status}: {said}"),
+            BridgeError::Unknown(said) => write!(
+                f,
+                "the BlueBubbles server timed out sending it (HTTP 504: {said}); it may or may not have been delivered"
+            ),
+        }
+    }
+}
+
+/// What `server/info` reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerInfo {
+    pub server_version: String,
+    pub os_version: String,
+    pub private_api: bool,
+    pub helper_connected: bool,
+    /// The iMessage account signed in on the Mac, when reported.
+    pub imessage: Option<String>,
+}
+
+/// A client of one BlueBubbles server.
+#[derive(Clone)]
+pub struct Bridge {
+    http: reqwest::Client,
+    base: String,
+    password: SecretString,
+}
+
+/// A network error in words: only its kind is read (the error itself, which carries the URL and
+/// so the password, is dropped here).
+fn network(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    if e.is_timeout() {
+        "the BlueBubbles server did not answer in time".into()
+    } else if e.is_connect() {
+        "cannot connect to the BlueBubbles server (is it running, and the Mac awake?)".into()
+    } else {
+        "network error talking to the BlueBubbles server".into()
+    }
+}
+
+/// A text the bridge sent, as it may be shown in a log: printable, at most 160 characters, the
+/// password cut out.
+pub fn said(v: &str, password: &str) -> String {
+    let mut s: String = v.chars().filter(|c| !c.is_control()).take(160).collect();
+    if password.len() >= 4 {
+        s = s.replace(password, "<password>");
+    }
+    if s.trim().is_empty() { "no message".into() } else { s }
+}
+
+impl Bridge {
+    pub fn new(base: &str, password: SecretString) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            // AppleScript sends can take a while on a busy Mac.
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|_| "cannot build the HTTP client".to_string())?;
+        Ok(Self { http, base: base.trim_end_matches('/').to_string(), password })
+    }
+
+    /// One call: the answer's JSON, or the error by kind. Nothing here puts the URL anywhere.
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Value, BridgeError> {
+        let mut req = self
+            .http
+            .request(method, format!("{}/api/v1/{path}", self.base))
+            .query(&[("password", self.password.expose())]);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| BridgeError::Down(network(e)))?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.map_err(|e| BridgeError::Down(network(e)))?;
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let pw = self.password.expose();
+        // BlueBubbles answers `{ status, message, error: { type, message }, data }`.
+        let message = || {
+            let m = v["error"]["message"].as_str().or(v["message"].as_str()).unwrap_or("");
+            let kind = v["error"]["type"].as_str().unwrap_or("");
+            let m = if kind.is_empty() || kind == m { m.to_string() } else { format!("{kind}: {m}") };
+            said(&m, pw)
+        };
+        match status {
+            200..=299 if v.is_object() => Ok(v),
+            200..=299 => Err(BridgeError::Down(format!("{path}: HTTP {status} with a body that is not JSON"))),
+            401 | 403 => Err(BridgeError::Password),
+            504 => Err(BridgeError::Unknown(message())),
+            // A proxy in front of a Mac that is off or restarting, or the server starting.
+            502 | 503 => Err(BridgeError::Down(format!("{path}: HTTP {status} (the server is unavailable)"))),
+            500 if !v.is_object() => Err(BridgeError::Down(format!("{path}: HTTP 500 with a body that is not JSON"))),
+            _ => Err(BridgeError::Refused { status, said: message() }),
+        }
+    }
+
+    /// `GET /api/v1/ping`: up, and the password accepted.
+    pub async fn ping(&self) -> Result<(), BridgeError> {
+        self.call(reqwest::Method::GET, "ping", None).await.map(drop)
+    }
+
+    /// `GET /api/v1/server/info`.
+    pub async fn server_info(&self) -> Result<ServerInfo, BridgeError> {
+        let v = self.call(reqwest::Method::GET, "server/info", None).await?;
+        let d = &v["data"];
+        let text = |k: &str| d[k].as_str().map(|s| said(s, self.password.expose())).unwrap_or_default();
+        Ok(ServerInfo {
+            server_version: text("server_version"),
+            os_version: text("os_version"),
+            private_api: d["private_api"] == true,
+            helper_connected: d["helper_connected"] == true,
+            imessage: d["detected_imessage"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map(|s| said(s, self.password.expose())),
+        })
+    }
+
+    /// `POST /api/v1/message/text` to the chat `guid`: the sent message's guid, when reported.
+    pub async fn send_text(&self, guid: &str, text: &str, method: SendMethod) -> Result<Option<String>, BridgeError> {
+        let rng = ring::rand::SystemRandom::new();
+        let temp = crate::crypto::random::<12>(&rng).map(|b| crate::crypto::hex(&b)).unwrap_or_default();
+        let body =
+            json!({ "chatGuid": guid, "tempGuid": format!("temp-{temp}"), "message": text, "method": method.as_str() });
+        let v = self.call(reqwest::Method::POST, "message/text", Some(&body)).await?;
+        // A message saved with an error code was not sent (the server normally answers 500 then).
+        if v["data"]["error"].as_i64().is_some_and(|e| e != 0) {
+            return Err(BridgeError::Refused {
+                status: 200,
+                said: format!("the message was saved with iMessage error {}", v["data"]["error"]),
+            });
+        }
+        Ok(v["data"]["guid"].as_str().map(str::to_string))
+    }
+}
+
+/// Sends replies with `message/text`.
+pub struct IMessageTransport {
+    pub bridge: Bridge,
+    pub method: SendMethod,
+    /// The account, for logs.
+    pub account: String,
+}
+
+#[async_trait::async_trait]
+impl Transport for IMessageTransport {
+    async fn send(&self, to: &ChatTarget, text: &str) -> Result<(), SendError> {
+        let id = &self.account;
+        match self.bridge.send_text(&chat_guid(&to.chat), text, self.method).await {
+            Ok(_) => Ok(()),
+            Err(BridgeError::Password) => {
+                tracing::error!(account = %id, "The BlueBubbles server refused this account's password on a reply. Replies stop until the password is fixed and the gateway restarted; the messages they answer stay stored and are answered then. Other accounts are unaffected.");
+                Err(SendError::Unauthorized)
+            }
+            Err(e @ BridgeError::Down(_)) => Err(SendError::Transient(e.to_string())),
+            Err(e) => {
+                tracing::error!(account = %id, error = %e, "The BlueBubbles server did not send a reply (it is not retried, so it is never sent twice). Check Messages on the Mac; with sendMethod \"private-api\" the server reports more of these.");
+                Err(SendError::Permanent(e.to_string()))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_the_bridge_said_is_shown_short_and_without_the_password() {
+        assert_eq!(said("Message Send Error", "pw-123456"), "Message Send Error");
+        assert_eq!(said("bad pw-123456 here\n", "pw-123456"), "bad <password> here");
+        assert_eq!(said(&"x".repeat(500), "pw").len(), 160);
+        assert_eq!(said("  ", "pw"), "no message");
+    }
+}
