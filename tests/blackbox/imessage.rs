@@ -332,6 +332,46 @@ fn imessage_config_errors_name_their_keys() {
         assert!(paths.iter().any(|x| x == p), "{p} missing from {paths:?}");
     }
     assert!(!out.contains("pw-literal-12345678"), "a literal secret is never echoed: {out}");
+
+    // What only the resolved secrets show: a webhook secret equal to the password, one shared
+    // by two accounts, one too short. `config check` runs the start-up checks `serve` runs.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.json5");
+    std::fs::write(
+        &path,
+        r#"{ store: { mode: "memory" }, agents: { list: [ { id: "a" } ] }, channels: { imessage: { accounts: {
+             a: { url: "https://a.example", password: { env: "PA" }, webhookSecret: { env: "WA" } },
+             b: { url: "https://b.example", password: { env: "PB" }, webhookSecret: { env: "WB" } },
+             c: { url: "https://c.example", password: { env: "PC" }, webhookSecret: { env: "WC" } },
+             d: { url: "https://d.example", password: { env: "PD" }, webhookSecret: { env: "WD" } },
+           } } } }"#,
+    )
+    .unwrap();
+    let check = |env: &[(&str, &str)]| crate::harness::run_with_env(&["config", "check", path.to_str().unwrap()], env);
+    let good = [
+        ("PA", "password-a-1234"),
+        ("WA", "webhook-secret-a-0123456789"),
+        ("PB", "password-b-1234"),
+        ("WB", "webhook-secret-b-0123456789"),
+        ("PC", "password-c-1234"),
+        ("WC", "webhook-secret-c-0123456789"),
+        ("PD", "password-d-1234"),
+        ("WD", "webhook-secret-d-0123456789"),
+    ];
+    let (code, out) = check(&good);
+    assert_eq!(code, 0, "{out}");
+    let mut bad = good;
+    bad[1].1 = "password-a-1234"; // a's webhook secret is its password
+    bad[5].1 = "webhook-secret-b-0123456789"; // c shares b's
+    bad[7].1 = "short"; // d's is too short
+    let (code, out) = check(&bad);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("account \"a\" webhookSecret: the same as the server password"), "{out}");
+    assert!(out.contains("channels.imessage.accounts.c.webhookSecret: the same webhook secret as channels.imessage.accounts.b.webhookSecret"), "{out}");
+    assert!(out.contains("account \"d\" webhookSecret: shorter than 16 characters"), "{out}");
+    for (_, secret) in bad.iter().filter(|(_, s)| s.len() > 5) {
+        assert!(!out.contains(secret), "{secret} echoed: {out}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

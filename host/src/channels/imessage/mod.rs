@@ -221,14 +221,14 @@ fn resolve(config: &Config, acc: &IMessageAccount) -> Result<Credentials, String
     if password.expose().trim().is_empty() {
         return Err(format!("{label} password: empty"));
     }
-    if webhook_secret.expose().trim().len() < 16 {
-        return Err(format!(
-            "{label} webhookSecret: shorter than 16 characters; use a long random one (openssl rand -hex 24)"
-        ));
-    }
     if super::webhook::secret_matches(password.expose(), webhook_secret.expose()) {
         return Err(format!(
             "{label} webhookSecret: the same as the server password; the webhook URL must not open the bridge's API: generate a separate secret"
+        ));
+    }
+    if webhook_secret.expose().trim().len() < 16 {
+        return Err(format!(
+            "{label} webhookSecret: shorter than 16 characters; use a long random one (openssl rand -hex 24)"
         ));
     }
     Ok(Credentials { password, webhook_secret })
