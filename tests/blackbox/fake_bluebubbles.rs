@@ -41,6 +41,8 @@ struct Inner {
     /// Send attempts while down would not reach here; these count the ones that did.
     attempts: usize,
     fail_send: VecDeque<(u16, &'static str)>,
+    /// Sends answer 307 to this base URL, with the same path and query (the password).
+    redirect: Option<String>,
     next: u64,
 }
 
@@ -124,6 +126,11 @@ impl FakeBlueBubbles {
     /// The next send answers `status` with an iMessage error (as when Messages cannot send).
     pub fn fail_next_send(&self, status: u16, message: &'static str) {
         self.inner.lock().unwrap().fail_send.push_back((status, message));
+    }
+
+    /// Sends answer `307 Temporary Redirect` to the same path and query on `base`.
+    pub fn redirect_sends_to(&self, base: &str) {
+        self.inner.lock().unwrap().redirect = Some(base.to_string());
     }
 
     pub fn sent(&self) -> Vec<Sent> {
@@ -254,12 +261,21 @@ async fn info(State(inner): State<Arc<Mutex<Inner>>>, Query(q): Q) -> Response {
     )
 }
 
-async fn send_text(State(inner): State<Arc<Mutex<Inner>>>, Query(q): Q, body: axum::body::Bytes) -> Response {
+async fn send_text(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    Query(q): Q,
+    uri: axum::http::Uri,
+    body: axum::body::Bytes,
+) -> Response {
     if let Some(r) = refused(&inner, &q) {
         return r;
     }
     let mut i = inner.lock().unwrap();
     i.attempts += 1;
+    if let Some(base) = &i.redirect {
+        let to = format!("{base}{}", uri.path_and_query().map_or("", |p| p.as_str()));
+        return (StatusCode::TEMPORARY_REDIRECT, [(axum::http::header::LOCATION, to)]).into_response();
+    }
     let Ok(b) = serde_json::from_slice::<Value>(&body) else {
         return error(
             400,

@@ -271,7 +271,18 @@ async fn imessage_a_reply_waits_for_a_bridge_that_is_down_and_arrives_once_it_is
     assert!(line.contains("HTTP 500") && line.contains("Message failed to send!"), "{line}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(acme.attempts(), attempts + 1, "not retried");
-    no_secrets(&gw, &[&acme, &globex]);
+
+    // A redirect (which would carry the password elsewhere) is not followed.
+    let elsewhere = FakeBlueBubbles::start(ACME_PW).await;
+    acme.redirect_sends_to(&elsewhere.url);
+    assert_eq!(acme.deliver(&url, &acme.message(ALICE_DM, ALICE, "redirected")).await, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !gw.logs().lines().any(|l| l.contains("did not send a reply") && l.contains("HTTP 307")) {
+        assert!(std::time::Instant::now() < deadline, "the redirect was not reported:\n{}", gw.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!((elsewhere.attempts(), elsewhere.refused()), (0, 0), "nothing reached the redirect's target");
+    no_secrets(&gw, &[&acme, &globex, &elsewhere]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

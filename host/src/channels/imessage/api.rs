@@ -92,6 +92,9 @@ impl Bridge {
             .connect_timeout(Duration::from_secs(10))
             // AppleScript sends can take a while on a busy Mac.
             .timeout(Duration::from_secs(60))
+            // A redirect would carry the request (and so the password) somewhere the config did
+            // not name, perhaps without TLS: none is followed (a 3xx is an error).
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|_| "cannot build the HTTP client".to_string())?;
         Ok(Self { http, base: base.trim_end_matches('/').to_string(), password })
