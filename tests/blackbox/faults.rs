@@ -365,10 +365,10 @@ async fn a_provider_that_drops_fails_or_stalls_gives_a_clear_message_and_a_faile
 }
 
 /// A tmpfs of `mb` MiB mounted at `dir` (this suite runs as root, as CI does), unmounted on drop.
-struct SmallDisk(std::path::PathBuf);
+pub struct SmallDisk(std::path::PathBuf);
 
 impl SmallDisk {
-    fn mount(dir: &Path, mb: u64) -> SmallDisk {
+    pub fn mount(dir: &Path, mb: u64) -> SmallDisk {
         std::fs::create_dir_all(dir).unwrap();
         let out = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={mb}m,mode=0700"), "tmpfs"])
@@ -387,7 +387,7 @@ impl Drop for SmallDisk {
 }
 
 /// Fills the filesystem of `dir` with one file until it is full; returns the file.
-fn fill(dir: &Path) -> std::path::PathBuf {
+pub fn fill(dir: &Path) -> std::path::PathBuf {
     use std::io::Write;
     let path = dir.join("filler");
     let mut f = std::fs::File::create(&path).unwrap();

@@ -320,6 +320,43 @@ async fn imessage_a_refused_password_is_reported_without_the_password_and_the_me
     no_secrets(&gw, &[&acme, &globex]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imessage_a_delivery_that_cannot_be_stored_gets_503_and_is_taken_when_delivered_again() {
+    let (acme, globex) = fakes().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("master.key");
+    let (code, out, err) = run_cli(&["keys", "init", "--out", key.to_str().unwrap()], None);
+    assert_eq!(code, 0, "{out}{err}");
+    let state = dir.path().join("state");
+    let _disk = crate::faults::SmallDisk::mount(&state, 8);
+    let cfg = config(&acme.url, &globex.url)
+        .replace(r#"store: { mode: "memory" }"#, &format!("store: {{ masterKey: {{ file: {key:?} }} }}"));
+    let gw = Gateway::start_in(dir.path(), &cfg, &env()).await;
+    wait_log(&gw, "/channels/imessage/acme/webhook").await;
+    let url = hook(&gw, "acme", ACME_HOOK);
+    assert_eq!(acme.deliver(&url, &acme.message(ALICE_DM, ALICE, "before")).await, 200);
+    acme.wait_sent(ALICE_DM, 1).await;
+
+    // The state disk fills up: the message cannot be stored, so it is not answered 200.
+    let filler = crate::faults::fill(&state);
+    let event = acme.message(ALICE_DM, ALICE, "while full");
+    assert_eq!(acme.deliver(&url, &event).await, 503);
+    wait_log(&gw, "iMessage message not stored; answered 503").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(acme.sent().len(), 1, "nothing ran for it");
+
+    // Room again; delivered again (a proxy's retry, or the operator's): stored, answered once.
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(acme.deliver(&url, &event).await, 200);
+    assert_eq!(acme.deliver(&url, &event).await, 200);
+    assert_eq!(acme.deliver(&url, &acme.message(ALICE_DM, ALICE, "barrier")).await, 200);
+    acme.wait_sent(ALICE_DM, 3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let texts: Vec<String> = acme.sent().iter().map(|s| s.text.clone()).collect();
+    assert_eq!(texts, ["echo: before", "echo: while full", "echo: barrier"]);
+    no_secrets(&gw, &[&acme, &globex]);
+}
+
 #[test]
 fn imessage_config_errors_name_their_keys() {
     let (paths, out) = crate::harness::refused_paths(
