@@ -79,6 +79,14 @@ async fn setup() -> (FakeBlueBubbles, FakeBlueBubbles, Gateway) {
     (acme, globex, gw)
 }
 
+/// `config` on the encrypted store, with a fresh master key in `dir`.
+fn encrypted(dir: &std::path::Path, config: &str) -> String {
+    let key = dir.join("master.key");
+    let (code, out, err) = run_cli(&["keys", "init", "--out", key.to_str().unwrap()], None);
+    assert_eq!(code, 0, "{out}{err}");
+    config.replace(r#"store: { mode: "memory" }"#, &format!("store: {{ masterKey: {{ file: {key:?} }} }}"))
+}
+
 fn hook(gw: &Gateway, account: &str, secret: &str) -> String {
     gw.url(&format!("/channels/imessage/{account}/webhook?secret={secret}"))
 }
@@ -289,11 +297,7 @@ async fn imessage_a_reply_waits_for_a_bridge_that_is_down_and_arrives_once_it_is
 async fn imessage_a_refused_password_is_reported_without_the_password_and_the_message_answered_once_fixed() {
     let (acme, globex) = fakes().await;
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("master.key");
-    let (code, out, err) = run_cli(&["keys", "init", "--out", key.to_str().unwrap()], None);
-    assert_eq!(code, 0, "{out}{err}");
-    let cfg = config(&acme.url, &globex.url)
-        .replace(r#"store: { mode: "memory" }"#, &format!("store: {{ masterKey: {{ file: {key:?} }} }}"));
+    let cfg = encrypted(dir.path(), &config(&acme.url, &globex.url));
     // The gateway has an old password for acme's bridge: the check at start and the reply are
     // refused, and the operator is told so (without either password).
     let mut wrong = env();
@@ -324,13 +328,9 @@ async fn imessage_a_refused_password_is_reported_without_the_password_and_the_me
 async fn imessage_a_delivery_that_cannot_be_stored_gets_503_and_is_taken_when_delivered_again() {
     let (acme, globex) = fakes().await;
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("master.key");
-    let (code, out, err) = run_cli(&["keys", "init", "--out", key.to_str().unwrap()], None);
-    assert_eq!(code, 0, "{out}{err}");
     let state = dir.path().join("state");
     let _disk = crate::faults::SmallDisk::mount(&state, 8);
-    let cfg = config(&acme.url, &globex.url)
-        .replace(r#"store: { mode: "memory" }"#, &format!("store: {{ masterKey: {{ file: {key:?} }} }}"));
+    let cfg = encrypted(dir.path(), &config(&acme.url, &globex.url));
     let gw = Gateway::start_in(dir.path(), &cfg, &env()).await;
     wait_log(&gw, "/channels/imessage/acme/webhook").await;
     let url = hook(&gw, "acme", ACME_HOOK);
