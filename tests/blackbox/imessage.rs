@@ -357,6 +357,49 @@ async fn imessage_a_delivery_that_cannot_be_stored_gets_503_and_is_taken_when_de
     no_secrets(&gw, &[&acme, &globex]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imessage_accounts_follow_a_reload_and_an_unchanged_one_keeps_serving() {
+    let (acme, globex) = fakes().await;
+    acme.set_private_api(true, true);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&acme.url, &globex.url);
+    let gw = Gateway::start_with(dir.path(), &cfg, &env(), &["--no-watch"]).await;
+    wait_log(&gw, "/channels/imessage/acme/webhook").await;
+    wait_log(&gw, "/channels/imessage/globex/webhook").await;
+    assert_eq!(acme.deliver(&hook(&gw, "acme", ACME_HOOK), &acme.message(ALICE_DM, ALICE, "one")).await, 200);
+    assert_eq!(acme.wait_sent(ALICE_DM, 1).await[0].method, "apple-script");
+
+    // acme now sends through the Private API: only acme restarts.
+    let changed = cfg.replacen(
+        r#"webhookSecret: { env: "ACME_HOOK" },"#,
+        r#"webhookSecret: { env: "ACME_HOOK" }, sendMethod: "private-api","#,
+        1,
+    );
+    assert_ne!(changed, cfg);
+    std::fs::write(dir.path().join("bulkhead.json5"), changed).unwrap();
+    gw.signal("HUP");
+    wait_log(&gw, "Config reloaded.").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let event = acme.message(ALICE_DM, ALICE, "two");
+    // While it restarts a delivery gets 503 (configured, not running yet), then 200.
+    loop {
+        match acme.deliver(&hook(&gw, "acme", ACME_HOOK), &event).await {
+            200 => break,
+            503 => assert!(std::time::Instant::now() < deadline, "acme never came back"),
+            other => panic!("unexpected {other}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = acme.wait_sent(ALICE_DM, 2).await;
+    assert_eq!((got[1].text.as_str(), got[1].method.as_str()), ("echo: two", "private-api"));
+    let logs = gw.logs();
+    assert_eq!(logs.matches("/channels/imessage/globex/webhook").count(), 1, "globex was not restarted:\n{logs}");
+    let paired = globex.message(ALICE_DM, ALICE, "still there?");
+    assert_eq!(globex.deliver(&hook(&gw, "globex", GLOBEX_HOOK), &paired).await, 200);
+    assert!(globex.wait_sent(ALICE_DM, 1).await[0].text.contains("Globex Helper"));
+    no_secrets(&gw, &[&acme, &globex]);
+}
+
 #[test]
 fn imessage_config_errors_name_their_keys() {
     let (paths, out) = crate::harness::refused_paths(
