@@ -401,6 +401,25 @@ async fn imessage_accounts_follow_a_reload_and_an_unchanged_one_keeps_serving() 
 }
 
 #[test]
+fn imessage_tenant_add_refuses_a_bridge_and_names_the_manual_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bulkhead.json5");
+    std::fs::write(
+        &path,
+        r#"{ gateway: { bind: "127.0.0.1:0" }, stateDir: "state", store: { mode: "memory" },
+             models: { providers: { demo: { api: "scripted" } } }, agents: { defaults: { model: "demo/scripted" } } }"#,
+    )
+    .unwrap();
+    let args = ["--config", path.to_str().unwrap(), "tenant", "add", "--id", "acme", "--channel", "imessage"];
+    let args = [&args[..], &["--token-env", "ACME_PW", "--yes", "--url", "http://127.0.0.1:9"]].concat();
+    let (code, out) = crate::harness::run_with_env(&args, &env());
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("tenant add does not onboard iMessage bridges yet") && out.contains("README"), "{out}");
+    assert!(!dir.path().join("tenants.d/acme.json5").exists(), "nothing written");
+    assert!(!out.contains(ACME_PW));
+}
+
+#[test]
 fn imessage_config_errors_name_their_keys() {
     let (paths, out) = crate::harness::refused_paths(
         r#"{ agents: { list: [ { id: "a" } ] },

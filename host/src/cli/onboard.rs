@@ -244,6 +244,12 @@ fn problems(a: &AddArgs) -> Vec<String> {
         if adapter(channel).is_none() {
             out.push(format!("--channel: {channel:?} has no adapter in this build"));
         }
+        // A bridge account (URL, password, webhook secret) has no bot token to onboard with.
+        if channel == "imessage" {
+            out.push(
+                "--channel: tenant add does not onboard iMessage bridges yet; add channels.imessage.accounts.<id> (url, password, webhookSecret) by hand, see README \"iMessage\"".into(),
+            );
+        }
         match (&a.token_file, &a.token_env) {
             (None, None) => out.push(format!(
                 "--token-file or --token-env: missing (the {channel} bot's token; it is referenced, never copied into the config)"
