@@ -86,6 +86,31 @@ pub fn said(v: &str, password: &str) -> String {
     if s.trim().is_empty() { "no message".into() } else { s }
 }
 
+/// What one answer of the bridge means (`path` for the message, `pw` cut out of what it said).
+/// BlueBubbles answers `{ status, message, data }`, and errors as `{ status, message, error: {
+/// type, message } }`.
+pub fn classify(path: &str, status: u16, body: &str, pw: &str) -> Result<Value, BridgeError> {
+    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let message = || {
+        let m = v["error"]["message"].as_str().or(v["message"].as_str()).unwrap_or("");
+        let kind = v["error"]["type"].as_str().unwrap_or("");
+        let m = if kind.is_empty() || kind == m { m.to_string() } else { format!("{kind}: {m}") };
+        said(&m, pw)
+    };
+    match status {
+        200..=299 if v.is_object() => Ok(v),
+        // Taken by something that is not the server as we know it: not retried (a send could
+        // arrive twice), and named.
+        200..=299 => Err(BridgeError::Refused { status, said: format!("{path}: a body that is not JSON") }),
+        401 | 403 => Err(BridgeError::Password),
+        504 => Err(BridgeError::Unknown(message())),
+        // A proxy in front of a Mac that is off or restarting, or the server starting.
+        502 | 503 => Err(BridgeError::Down(format!("{path}: HTTP {status} (the server is unavailable)"))),
+        500 if !v.is_object() => Err(BridgeError::Down(format!("{path}: HTTP 500 with a body that is not JSON"))),
+        _ => Err(BridgeError::Refused { status, said: message() }),
+    }
+}
+
 impl Bridge {
     pub fn new(base: &str, password: SecretString) -> Result<Self, String> {
         let http = reqwest::Client::builder()
@@ -112,25 +137,7 @@ impl Bridge {
         let resp = req.send().await.map_err(|e| BridgeError::Down(network(e)))?;
         let status = resp.status().as_u16();
         let text = resp.text().await.map_err(|e| BridgeError::Down(network(e)))?;
-        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        let pw = self.password.expose();
-        // BlueBubbles answers `{ status, message, error: { type, message }, data }`.
-        let message = || {
-            let m = v["error"]["message"].as_str().or(v["message"].as_str()).unwrap_or("");
-            let kind = v["error"]["type"].as_str().unwrap_or("");
-            let m = if kind.is_empty() || kind == m { m.to_string() } else { format!("{kind}: {m}") };
-            said(&m, pw)
-        };
-        match status {
-            200..=299 if v.is_object() => Ok(v),
-            200..=299 => Err(BridgeError::Down(format!("{path}: HTTP {status} with a body that is not JSON"))),
-            401 | 403 => Err(BridgeError::Password),
-            504 => Err(BridgeError::Unknown(message())),
-            // A proxy in front of a Mac that is off or restarting, or the server starting.
-            502 | 503 => Err(BridgeError::Down(format!("{path}: HTTP {status} (the server is unavailable)"))),
-            500 if !v.is_object() => Err(BridgeError::Down(format!("{path}: HTTP 500 with a body that is not JSON"))),
-            _ => Err(BridgeError::Refused { status, said: message() }),
-        }
+        classify(path, status, &text, self.password.expose())
     }
 
     /// `GET /api/v1/ping`: up, and the password accepted.
@@ -203,6 +210,44 @@ impl Transport for IMessageTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_answer_of_the_bridge_is_classified_and_reported_without_the_password() {
+        let pw = "pw-123456";
+        assert_eq!(
+            classify("ping", 200, r#"{"status":200,"message":"Ping received!","data":"pong"}"#, pw).unwrap()["data"],
+            "pong"
+        );
+        let err = |status, body: &str| classify("message/text", status, body, pw).unwrap_err();
+        assert_eq!(
+            err(401, r#"{"status":401,"error":{"type":"Authentication Error","message":"Unauthorized"}}"#),
+            BridgeError::Password
+        );
+        assert_eq!(err(403, ""), BridgeError::Password);
+        assert!(matches!(err(502, "<html>bad gateway</html>"), BridgeError::Down(_)));
+        assert!(matches!(err(503, ""), BridgeError::Down(_)));
+        assert!(matches!(err(500, "Internal Server Error"), BridgeError::Down(_)));
+        assert_eq!(
+            err(
+                500,
+                r#"{"status":500,"message":"Message Send Error","error":{"type":"iMessage Error","message":"Message failed to send! pw-123456"}}"#
+            ),
+            BridgeError::Refused { status: 500, said: "iMessage Error: Message failed to send! <password>".into() }
+        );
+        assert_eq!(
+            err(400, r#"{"status":400,"message":"Chat does not exist!"}"#),
+            BridgeError::Refused { status: 400, said: "Chat does not exist!".into() }
+        );
+        assert!(matches!(err(504, r#"{"status":504,"message":"Gateway Timeout"}"#), BridgeError::Unknown(_)));
+        assert!(matches!(err(307, ""), BridgeError::Refused { status: 307, .. }));
+        assert!(
+            matches!(err(200, "OK"), BridgeError::Refused { status: 200, .. }),
+            "a send is never retried on an unreadable 200"
+        );
+        for e in [err(500, r#"{"message":"pw-123456"}"#), err(504, r#"{"message":"pw-123456"}"#)] {
+            assert!(!e.to_string().contains(pw), "{e}");
+        }
+    }
 
     #[test]
     fn what_the_bridge_said_is_shown_short_and_without_the_password() {
