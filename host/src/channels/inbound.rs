@@ -73,18 +73,15 @@ impl Account {
         Ok(mark)
     }
 
-    /// `resume` at an account's start, for the adapters that hand out their own update ids
-    /// (`dedupe::Seen`): the mark to start above (0 for none, or no tenant), or `None` when the
-    /// inbox cannot be read, logged here; the account must not start then.
-    pub async fn start_mark(&self, tenant: Option<&TenantId>) -> Option<i64> {
-        let Some(tenant) = tenant else { return Some(0) };
-        match self.resume(tenant).await {
-            Ok(mark) => Some(mark.unwrap_or(0)),
-            Err(e) => {
-                tracing::error!(channel = self.channel, account = %self.id, tenant = %tenant, error = %e, "Cannot read this account's chat inbox, so accepted messages could be lost or answered twice. This account is stopped; other accounts are unaffected.");
-                None
-            }
-        }
+    /// `resume` at the start of an account's task, for its tenant (none: nothing to resume):
+    /// the inbox's mark, or `Err` once it has logged that the account stops because its inbox
+    /// cannot be read (accepted messages could be lost or answered twice otherwise).
+    pub async fn resume_or_stop(&self, tenant: Option<&TenantId>) -> Result<Option<i64>, InboxUnreadable> {
+        let Some(tenant) = tenant else { return Ok(None) };
+        self.resume(tenant).await.map_err(|e| {
+            tracing::error!(channel = self.channel, account = %self.id, tenant = %tenant, error = %e, "Cannot read this account's chat inbox, so accepted messages could be lost or answered twice. This account is stopped; other accounts are unaffected.");
+            InboxUnreadable
+        })
     }
 
     /// Queues a notice without waiting; a refusal is counted and logged (without its text).
@@ -95,6 +92,10 @@ impl Account {
         }
     }
 }
+
+/// An account's inbox could not be read at start (logged by `Account::resume_or_stop`).
+#[derive(Debug)]
+pub struct InboxUnreadable;
 
 /// What a message carries.
 #[derive(Debug, Clone, PartialEq, Eq)]

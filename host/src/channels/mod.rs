@@ -15,6 +15,7 @@ pub mod discord;
 pub mod imessage;
 pub mod inbound;
 pub mod inbox;
+pub mod net;
 pub mod outbound;
 pub mod pairing;
 pub mod slack;

@@ -63,17 +63,10 @@ pub struct Bridge {
     password: SecretString,
 }
 
-/// A network error in words: only its kind is read (the error itself, which carries the URL and
-/// so the password, is dropped here).
-fn network(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    if e.is_timeout() {
-        "the BlueBubbles server did not answer in time".into()
-    } else if e.is_connect() {
-        "cannot connect to the BlueBubbles server (is it running, and the Mac awake?)".into()
-    } else {
-        "network error talking to the BlueBubbles server".into()
-    }
+/// A network error: only its kind is kept (`net::network_error`); the error itself, which carries
+/// the URL and so the password, is dropped here.
+fn down(e: reqwest::Error) -> BridgeError {
+    BridgeError::Down(crate::channels::net::network_error(&e.without_url(), "the BlueBubbles server"))
 }
 
 /// A text the bridge sent, as it may be shown in a log: printable, at most 160 characters, the
@@ -134,9 +127,9 @@ impl Bridge {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.map_err(|e| BridgeError::Down(network(e)))?;
+        let resp = req.send().await.map_err(down)?;
         let status = resp.status().as_u16();
-        let text = resp.text().await.map_err(|e| BridgeError::Down(network(e)))?;
+        let text = resp.text().await.map_err(down)?;
         classify(path, status, &text, self.password.expose())
     }
 

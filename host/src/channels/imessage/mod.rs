@@ -292,7 +292,8 @@ impl super::adapter::Adapter for IMessageAdapter {
                 .map(|(k, r)| (if k == "*" { k } else { config::chat_key(&k).unwrap_or(k) }, r))
                 .collect();
             let account = Account::new(&ctx.live, &ctx.inbox, "imessage", id.clone(), access, outbound);
-            let Some(last) = account.start_mark(shared.tenant.as_ref()).await else { return };
+            let Ok(mark) = account.resume_or_stop(shared.tenant.as_ref()).await else { return };
+            let last = mark.unwrap_or(0);
             let rx = Arc::new(Receiver {
                 live: ctx.live.clone(),
                 pairing: ctx.pairing.clone(),

@@ -411,14 +411,6 @@ struct Start {
     outbound: Outbound,
 }
 
-/// Waits `d`, or returns false when the account is told to stop first.
-async fn wait(d: Duration, stopped: &mut watch::Receiver<bool>) -> bool {
-    tokio::select! {
-        () = tokio::time::sleep(d) => true,
-        _ = stopped.wait_for(|s| *s) => false,
-    }
-}
-
 impl Start {
     async fn run(self, mut stopped: watch::Receiver<bool>) {
         let Start { ctx, acc, shared, api, creds, outbound } = self;
@@ -441,7 +433,7 @@ impl Start {
                     backoff
                 }
             };
-            if !wait(pause, &mut stopped).await {
+            if !super::net::pause(pause, &mut stopped).await {
                 return;
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -454,7 +446,8 @@ impl Start {
         };
         access.groups.extend(rules);
         let account = Account::new(&ctx.live, &ctx.inbox, "slack", id.clone(), access, outbound);
-        let Some(last) = account.start_mark(shared.tenant.as_ref()).await else { return };
+        let Ok(mark) = account.resume_or_stop(shared.tenant.as_ref()).await else { return };
+        let last = mark.unwrap_or(0);
         let rx = Arc::new(Receiver {
             live: ctx.live.clone(),
             pairing: ctx.pairing.clone(),

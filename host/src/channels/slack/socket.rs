@@ -15,7 +15,8 @@ use tokio::time::Instant;
 use tokio_websockets::{ClientBuilder, Connector, Limits, Message};
 
 use super::api::{Api, ApiError};
-use super::{MAX_BACKOFF, Receiver, wait};
+use super::{MAX_BACKOFF, Receiver};
+use crate::channels::net::pause as wait;
 use crate::config::SecretString;
 
 /// Ping interval; a connection with no frame at all for `SILENT` is replaced.
