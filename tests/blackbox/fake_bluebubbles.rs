@@ -43,6 +43,8 @@ struct Inner {
     fail_send: VecDeque<(u16, &'static str)>,
     /// Sends answer 307 to this base URL, with the same path and query (the password).
     redirect: Option<String>,
+    /// The next send answers 200 with a 2 MiB body (and is not recorded).
+    huge: bool,
     next: u64,
 }
 
@@ -131,6 +133,11 @@ impl FakeBlueBubbles {
     /// Sends answer `307 Temporary Redirect` to the same path and query on `base`.
     pub fn redirect_sends_to(&self, base: &str) {
         self.inner.lock().unwrap().redirect = Some(base.to_string());
+    }
+
+    /// The next send is answered with a 2 MiB body, and not sent.
+    pub fn huge_next_answer(&self) {
+        self.inner.lock().unwrap().huge = true;
     }
 
     pub fn sent(&self) -> Vec<Sent> {
@@ -272,6 +279,10 @@ async fn send_text(
     }
     let mut i = inner.lock().unwrap();
     i.attempts += 1;
+    if std::mem::take(&mut i.huge) {
+        let filler = "x".repeat(2 << 20);
+        return answer(200, "Message sent!", json!({ "padding": filler }));
+    }
     if let Some(base) = &i.redirect {
         let to = format!("{base}{}", uri.path_and_query().map_or("", |p| p.as_str()));
         return (StatusCode::TEMPORARY_REDIRECT, [(axum::http::header::LOCATION, to)]).into_response();

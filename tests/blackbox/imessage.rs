@@ -268,14 +268,23 @@ async fn imessage_a_reply_waits_for_a_bridge_that_is_down_and_arrives_once_it_is
     let texts: Vec<String> = acme.sent().iter().map(|s| s.text.clone()).collect();
     assert_eq!(texts, ["echo: before", "echo: while down", "echo: barrier"], "delivered once");
 
+    // A 200 whose answer passes 1 MiB is not read (nor held in memory), and not retried: the
+    // message may have gone out, so the operator is told it may or may not have been delivered.
+    acme.huge_next_answer();
+    let attempts = acme.attempts();
+    assert_eq!(acme.deliver(&url, &acme.message(ALICE_DM, ALICE, "big answer")).await, 200);
+    wait_log(&gw, "answered more than 1048576 bytes; it may or may not have been delivered").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(acme.attempts(), attempts + 1, "not retried");
+
     // The bridge answers an error for a send: the operator is told what it said (never the URL
     // or the password), and it is not sent again (it could arrive twice).
     acme.fail_next_send(500, "Message Send Error");
     let attempts = acme.attempts();
     assert_eq!(acme.deliver(&url, &acme.message(ALICE_DM, ALICE, "doomed")).await, 200);
-    wait_log(&gw, "The BlueBubbles server did not send a reply").await;
+    wait_log(&gw, "Message failed to send!").await;
     let logs = gw.logs();
-    let line = logs.lines().find(|l| l.contains("did not send a reply")).unwrap();
+    let line = logs.lines().rfind(|l| l.contains("did not send a reply")).unwrap();
     assert!(line.contains("HTTP 500") && line.contains("Message failed to send!"), "{line}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(acme.attempts(), attempts + 1, "not retried");

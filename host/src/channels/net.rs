@@ -38,3 +38,19 @@ pub async fn pause(d: Duration, stopped: &mut watch::Receiver<bool>) -> bool {
         _ = stopped.wait_for(|s| *s) => false,
     }
 }
+
+/// The body of `resp`, refused once it passes `max` bytes (a hostile or broken server cannot make
+/// the gateway allocate without bound); `Err` says which, without the URL.
+pub async fn read_capped(mut resp: reqwest::Response, max: usize, service: &str) -> Result<Vec<u8>, String> {
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(format!("{service} answered more than {max} bytes"));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| network_error(&e, service))? {
+        if body.len() + chunk.len() > max {
+            return Err(format!("{service} answered more than {max} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}

@@ -26,7 +26,8 @@ pub enum BridgeError {
     /// The bridge answered an error for this request (iMessage could not send it, bad chat,
     /// ...): its status and what it said.
     Refused { status: u16, said: String },
-    /// 504: the send timed out on the Mac; it may or may not have gone out.
+    /// The send timed out on the Mac (504), or its answer could not be read: it may or may not
+    /// have gone out (what happened, in words).
     Unknown(String),
 }
 
@@ -36,13 +37,13 @@ impl std::fmt::Display for BridgeError {
             BridgeError::Password => f.write_str("the BlueBubbles server refused the password (HTTP 401)"),
             BridgeError::Down(why) => f.write_str(why),
             BridgeError::Refused { status, said } => write!(f, "the BlueBubbles server answered HTTP {status}: {said}"),
-            BridgeError::Unknown(said) => write!(
-                f,
-                "the BlueBubbles server timed out sending it (HTTP 504: {said}); it may or may not have been delivered"
-            ),
+            BridgeError::Unknown(what) => write!(f, "{what}; it may or may not have been delivered"),
         }
     }
 }
+
+/// Longest answer read from the bridge (a sent message's JSON is a few KiB).
+const MAX_ANSWER: usize = 1 << 20;
 
 /// What `server/info` reports.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -96,7 +97,9 @@ pub fn classify(path: &str, status: u16, body: &str, pw: &str) -> Result<Value, 
         // arrive twice), and named.
         200..=299 => Err(BridgeError::Refused { status, said: format!("{path}: a body that is not JSON") }),
         401 | 403 => Err(BridgeError::Password),
-        504 => Err(BridgeError::Unknown(message())),
+        504 => {
+            Err(BridgeError::Unknown(format!("the BlueBubbles server timed out sending it (HTTP 504: {})", message())))
+        }
         // A proxy in front of a Mac that is off or restarting, or the server starting.
         502 | 503 => Err(BridgeError::Down(format!("{path}: HTTP {status} (the server is unavailable)"))),
         500 if !v.is_object() => Err(BridgeError::Down(format!("{path}: HTTP 500 with a body that is not JSON"))),
@@ -129,7 +132,14 @@ impl Bridge {
         }
         let resp = req.send().await.map_err(down)?;
         let status = resp.status().as_u16();
-        let text = resp.text().await.map_err(down)?;
+        // Bounded: a hostile or broken server cannot make the gateway allocate without limit.
+        // A 2xx it cannot read may still have been sent: never retried then.
+        let body = match crate::channels::net::read_capped(resp, MAX_ANSWER, "the BlueBubbles server").await {
+            Ok(b) => b,
+            Err(why) if (200..300).contains(&status) => return Err(BridgeError::Unknown(format!("{path}: {why}"))),
+            Err(why) => return Err(BridgeError::Down(why)),
+        };
+        let text = String::from_utf8_lossy(&body);
         classify(path, status, &text, self.password.expose())
     }
 
