@@ -151,3 +151,21 @@ for name, delivery in {
     "account-update": {"object": "whatsapp_business_account", "entry": [{"changes": [{"field": "account_update", "value": {}}]}]},
 }.items():
     put("whatsapp_delivery", name, json.dumps(delivery))
+
+# BlueBubbles webhook deliveries, as the fake BlueBubbles server and the unit tests send them.
+def bb(chat, address, text, **extra):
+    data = {"guid": "p:0/5E1D0001-7A2B-4C3D-8E9F-000000000001", "text": text, "isFromMe": False,
+            "handle": {"address": address, "service": "iMessage"}, "attachments": [], "itemType": 0,
+            "groupActionType": 0, "associatedMessageGuid": None, "associatedMessageType": None,
+            "chats": [{"guid": chat, "style": 43 if ";+;" in chat else 45, "displayName": ""}]}
+    data.update(extra)
+    return {"type": "new-message", "data": data}
+for name, payload in {
+    "dm": bb("iMessage;-;+15550001111", "+15550001111", "hello"),
+    "group": bb("iMessage;+;chat100000001", "Bob@Example.com", "hi team"),
+    "photo": bb("iMessage;-;+15550001111", "+15550001111", "\ufffc", attachments=[{"guid": "at_1"}]),
+    "from-me": bb("iMessage;-;+15550001111", "+15550001111", "mine", isFromMe=True),
+    "tapback": bb("iMessage;-;+15550001111", "+15550001111", "Loved", associatedMessageGuid="p:0/A", associatedMessageType=2000),
+    "typing": {"type": "typing-indicator", "data": {"display": True, "guid": "iMessage;-;+15550001111"}},
+}.items():
+    put("imessage_webhook", name, json.dumps(payload))

@@ -139,6 +139,26 @@ pub fn run_cli_env(args: &[&str], cwd: Option<&std::path::Path>, env: &[(&str, &
     )
 }
 
+/// Runs the binary to completion with `env` set: (exit code, stdout + stderr).
+pub fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let (code, out, err) = run_cli_env(args, None, env);
+    (code, format!("{out}{err}"))
+}
+
+/// `config check --json` on `config` (JSON5, in a file of its own), which must refuse it: the key
+/// paths of its errors and the whole output (to check that no secret is echoed).
+pub fn refused_paths(config: &str) -> (Vec<String>, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.json5");
+    std::fs::write(&path, config).expect("write config");
+    let (code, out, _) = run_cli(&["config", "check", "--json", path.to_str().unwrap()], None);
+    assert_eq!(code, 2, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("config check --json prints JSON");
+    let paths =
+        v["errors"].as_array().expect("errors").iter().map(|e| e["path"].as_str().unwrap().to_string()).collect();
+    (paths, out)
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }

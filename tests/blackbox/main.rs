@@ -1,7 +1,8 @@
 //! Black-box tests: the real `bulkhead` binary, driven over HTTP and WebSocket, with fake model
 //! servers speaking the OpenAI and Anthropic wire formats, a fake Telegram Bot API server, a fake
-//! Discord (REST and Gateway), a fake Slack (Web API and Socket Mode) and a fake signal-cli daemon
-//! (JSON-RPC and SSE).
+//! Discord (REST and Gateway), a fake Slack (Web API and Socket Mode), a fake signal-cli daemon
+//! (JSON-RPC and SSE), a fake Graph API (WhatsApp) and fake BlueBubbles servers (iMessage: REST
+//! and webhooks).
 
 mod api;
 mod audit;
@@ -13,6 +14,7 @@ mod contract;
 mod discord;
 mod disk;
 mod fairness;
+mod fake_bluebubbles;
 mod fake_discord;
 mod fake_signal;
 mod fake_slack;
@@ -21,6 +23,7 @@ mod fake_whatsapp;
 mod fakes;
 mod faults;
 mod harness;
+mod imessage;
 mod onboarding;
 mod policy;
 mod quota;

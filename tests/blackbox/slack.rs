@@ -408,10 +408,7 @@ async fn slack_malformed_envelopes_are_skipped_by_kind_without_stopping_the_acco
 
 #[test]
 fn slack_config_errors_name_their_keys() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bad.json5");
-    std::fs::write(
-        &path,
+    let (paths, out) = crate::harness::refused_paths(
         r#"{ agents: { list: [ { id: "a" } ] },
              channels: { slack: { accounts: {
                one: { appToken: { env: "X" }, apiUrl: "ftp://nope", allowFrom: ["@alice"], groups: { "C0123ABCD": {} } },
@@ -420,12 +417,7 @@ fn slack_config_errors_name_their_keys() {
                four: { botToken: { env: "X" }, mode: "events", textChunkLimit: 5000 },
                five: { botToken: "xoxp-user-token", appToken: { env: "X" }, channels: { "General Chat": {}, "C0123ABCD": { users: ["bob"] } }, color: "red" },
              } } } }"#,
-    )
-    .unwrap();
-    let (code, out, _) = run_cli(&["config", "check", "--json", path.to_str().unwrap()], None);
-    assert_eq!(code, 2, "{out}");
-    let v: Value = serde_json::from_str(&out).unwrap();
-    let paths: Vec<&str> = v["errors"].as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
+    );
     for p in [
         "channels.slack.accounts.one.botToken",
         "channels.slack.accounts.one.apiUrl",
@@ -440,7 +432,7 @@ fn slack_config_errors_name_their_keys() {
         "channels.slack.accounts.five.channels.C0123ABCD.users[0]",
         "channels.slack.accounts.five.color",
     ] {
-        assert!(paths.contains(&p), "{p} missing from {paths:?}");
+        assert!(paths.iter().any(|x| x == p), "{p} missing from {paths:?}");
     }
     assert!(!out.contains("xoxp-user-token"), "a literal secret is never echoed: {out}");
 }
@@ -453,15 +445,7 @@ async fn doctor_checks_slack_tokens_and_names_missing_scopes() {
     let path = dir.path().join("c.json5");
     let cfg = config(&slack.api, MEMORY, "").replace("general: {},", "general: {}, nosuchroom: {},");
     std::fs::write(&path, cfg).unwrap();
-    let doctor = || {
-        let o = std::process::Command::new(crate::harness::BIN)
-            .args(["doctor", "--config", path.to_str().unwrap()])
-            .env_remove("BULKHEAD_CONFIG")
-            .envs(env())
-            .output()
-            .unwrap();
-        (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).to_string())
-    };
+    let doctor = || crate::harness::run_with_env(&["doctor", "--config", path.to_str().unwrap()], &env());
     let (_, out) = doctor();
     assert!(
         out.contains(

@@ -552,22 +552,14 @@ async fn telegram_two_accounts_with_one_bot_token_are_refused_at_start() {
 
 #[test]
 fn telegram_config_errors_name_their_keys() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bad.json5");
-    std::fs::write(
-        &path,
+    let (paths, _) = crate::harness::refused_paths(
         r#"{ agents: { list: [ { id: "a" } ] },
              channels: { telegram: { dmPolicy: "open", allowFrom: ["*"], accounts: {
                acme: { token: { env: "X" }, apiUrl: "ftp://nope", allowFrom: ["@alice"], groups: { "team": {} }, textChunkLimit: 5000 },
                beta: { dmPolicy: "sometimes" },
                gamma: { token: { env: "X" }, allowFrom: ["42"] },
              } } } }"#,
-    )
-    .unwrap();
-    let (code, out, _) = run_cli(&["config", "check", "--json", path.to_str().unwrap()], None);
-    assert_eq!(code, 2, "{out}");
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let paths: Vec<&str> = v["errors"].as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
+    );
     for p in [
         "channels.telegram.accounts.acme.apiUrl",
         "channels.telegram.accounts.acme.allowFrom[0]",
@@ -578,6 +570,6 @@ fn telegram_config_errors_name_their_keys() {
         // An inherited "open" with the account's own allowFrom: the effective policy lacks "*".
         "channels.telegram.accounts.gamma.allowFrom",
     ] {
-        assert!(paths.contains(&p), "{p} missing from {paths:?}");
+        assert!(paths.iter().any(|x| x == p), "{p} missing from {paths:?}");
     }
 }

@@ -27,6 +27,7 @@ pub static ADAPTERS: &[&dyn Adapter] = &[
     &super::slack::Slack,
     &super::whatsapp::WhatsApp,
     &super::signal::Signal,
+    &super::imessage::IMessageAdapter,
 ];
 
 /// The adapter of a channel, if this build has one.

@@ -12,6 +12,7 @@ pub mod access;
 pub mod adapter;
 pub mod dedupe;
 pub mod discord;
+pub mod imessage;
 pub mod inbound;
 pub mod inbox;
 pub mod net;
