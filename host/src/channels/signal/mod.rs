@@ -216,16 +216,14 @@ impl super::adapter::Adapter for Signal {
         let (live, pairing) = (ctx.live.clone(), ctx.pairing.clone());
         Ok(tokio::spawn(async move {
             let id = acc.id.clone();
-            let mut mark = 0;
-            if let Some(tenant) = &shared.tenant {
-                match account.resume(tenant).await {
-                    Ok(m) => mark = m.unwrap_or(0),
-                    Err(e) => {
-                        tracing::error!(account = %id, tenant = %tenant, error = %e, "Cannot read this number's chat inbox, so accepted messages could be lost or answered twice. This account is stopped; other accounts are unaffected.");
-                        return;
-                    }
-                }
+            // A daemon started with `-a` serves one number and ignores the `account` of a send:
+            // this account's replies could go out from another number. Refused before any reply.
+            if let Err(RpcError::NoMethod) = daemon.accounts().await {
+                tracing::error!(account = %id, "The signal-cli daemon of this account serves a single number (started with -a), so replies could go out from another number. This account is stopped; start the daemon without -a (bulkhead doctor).");
+                return;
             }
+            let Ok(mark) = account.resume_or_stop(shared.tenant.as_ref()).await else { return };
+            let mark = mark.unwrap_or(0);
             let rx = Receiver {
                 live,
                 pairing,
