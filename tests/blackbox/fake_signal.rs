@@ -60,6 +60,8 @@ struct Inner {
     /// Sends fail with signal-cli's error for this many calls.
     fail_sends: Mutex<usize>,
     broadcast: AtomicBool,
+    /// Started with `-a`: a single-account daemon has no `listAccounts`.
+    single: AtomicBool,
     opened: Mutex<usize>,
     ts: Mutex<i64>,
 }
@@ -120,6 +122,11 @@ impl FakeSignal {
     }
 
     /// Every event goes to every stream, whatever its `?account=`.
+    /// Behaves as a daemon started with `-a` (single-account mode).
+    pub fn set_single_account(&self, on: bool) {
+        self.inner.single.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
     pub fn set_broadcast(&self, on: bool) {
         self.inner.broadcast.store(on, Ordering::SeqCst);
     }
@@ -352,6 +359,9 @@ async fn rpc(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -
     let known = |a: &str| inner.accounts.lock().unwrap().iter().any(|x| x.number == a && x.registered);
     match method {
         "version" => result(&id, json!({ "version": "0.14.6" })),
+        "listAccounts" if inner.single.load(std::sync::atomic::Ordering::SeqCst) => {
+            error(&id, -32601, "Method not implemented")
+        }
         "listAccounts" => {
             let list: Vec<Value> = inner
                 .accounts

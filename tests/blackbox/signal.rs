@@ -501,3 +501,27 @@ fn signal_tenant_add_says_how_to_onboard_a_number_instead() {
     assert!(err.contains("--channel signal") && err.contains("bulkhead channels login --channel signal"), "{err}");
     assert!(!dir.path().join("tenants.d").join("newco.json5").exists(), "nothing written");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signal_ignores_its_own_other_numbers_and_refuses_a_single_account_daemon() {
+    let (signal, gw) = setup().await;
+    // Acme's number writes to globex's (open to anyone): two agents of this gateway would answer
+    // each other for ever, so globex ignores it; a customer after it is answered.
+    signal.dm(GLOBEX, (ACME, ACME_ACI), "hello from the other tenant");
+    signal.dm(GLOBEX, BOB, "after it");
+    let got = signal.wait_sent(GLOBEX, BOB.0, 1).await;
+    assert_eq!(got[0].message, "echo: after it");
+    assert!(signal.sent_to(GLOBEX, ACME).is_empty(), "{:?}", signal.sent());
+    assert!(gw.logs().contains("Signal message from another number of this gateway ignored"), "{}", gw.logs());
+    nothing_private_logged(&signal, &gw, &["hello from the other tenant"]);
+    drop(gw);
+
+    // A daemon started with -a would send every account's replies from its one number: an
+    // account on it does not start.
+    signal.set_single_account(true);
+    let gw = Gateway::start(&config(&signal.url, "", "demo/scripted"), &[]).await;
+    gw.wait_log("serves a single number (started with -a)").await;
+    signal.dm(ACME, ALICE, "on a single-account daemon");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(signal.sent_to(ACME, ALICE.0).is_empty(), "nothing answered from a single-account daemon");
+}
