@@ -204,6 +204,11 @@ async fn whatsapp_two_tenants_never_cross_and_one_app_serves_two_numbers_through
     assert_eq!(post(&gw, "acme", &two, Some(signature(ACME_SECRET, &two))).await, 200);
     let got = wa.wait_sent(ACME2, 1).await;
     assert_eq!((got[0].to.as_str(), got[0].text.as_str()), (BOB, "echo: second number"));
+    // Acme's own number (+1 555-000-1001) writes to beta's: two agents of this gateway would
+    // answer each other for ever, so it is ignored.
+    let loop_ = delivery(BETA, &[("15550001001", "wamid.L0", "from acme's number")]);
+    assert_eq!(post(&gw, "beta", &loop_, Some(signature(BETA_SECRET, &loop_))).await, 200);
+    wait_log(&gw, "WhatsApp message from another number of this gateway ignored", 1).await;
     // A delivery signed by acme's app that names beta's number is not beta's: dropped, logged.
     let cross = delivery(BETA, &[(BOB, "wamid.X1", "cross tenant")]);
     assert_eq!(post(&gw, "acme", &cross, Some(signature(ACME_SECRET, &cross))).await, 200);

@@ -101,9 +101,11 @@ async fn verify(State(live): State<Live>, Path(account): Path<String>, Query(q):
     }
 }
 
-/// The app (digest of its secret) of every number whose account was started, running or not
-/// yet: a delivery for a number of the same app that is not running yet gets 503, not a drop.
-static STARTED: std::sync::Mutex<std::collections::BTreeMap<String, String>> =
+/// Every number whose account was started, running or not yet, by phone-number id: its app
+/// (digest of its secret; a delivery for a number of the same app that is not running yet gets
+/// 503, not a drop) and, once identified, its number's digits (a message from one of these is
+/// from this gateway itself).
+static STARTED: std::sync::Mutex<std::collections::BTreeMap<String, (String, Option<String>)>> =
     std::sync::Mutex::new(std::collections::BTreeMap::new());
 
 fn app_digest(secret: &SecretString) -> String {
@@ -113,13 +115,27 @@ fn app_digest(secret: &SecretString) -> String {
 /// Called when an account starts, before its number is checked with the Graph API.
 pub(super) fn started(acc: &WhatsAppAccount, creds: &Credentials) {
     let mut map = STARTED.lock().unwrap_or_else(|p| p.into_inner());
-    map.insert(acc.phone_number_id.clone(), app_digest(&creds.app_secret));
+    map.insert(acc.phone_number_id.clone(), (app_digest(&creds.app_secret), None));
+}
+
+/// Called once the Graph API has named the number of `pnid` (`display`, as Meta writes it).
+pub(super) fn identified(pnid: &str, display: &str) {
+    let digits: String = display.chars().filter(char::is_ascii_digit).collect();
+    if let Some(entry) = STARTED.lock().unwrap_or_else(|p| p.into_inner()).get_mut(pnid) {
+        entry.1 = Some(digits);
+    }
+}
+
+/// Whether `from` is one of this gateway's own numbers: two tenants' agents would answer each
+/// other for ever.
+fn own_number(from: &str) -> bool {
+    STARTED.lock().unwrap_or_else(|p| p.into_inner()).values().any(|(_, n)| n.as_deref() == Some(from))
 }
 
 /// Whether `pnid` is the number of a WhatsApp account of the running config, of the same app as
 /// `hook`, that is not running (yet).
 fn configured_number(live: &Live, hook: &Hook, pnid: &str) -> bool {
-    let same_app = STARTED.lock().unwrap_or_else(|p| p.into_inner()).get(pnid).is_some_and(|a| *a == hook.app);
+    let same_app = STARTED.lock().unwrap_or_else(|p| p.into_inner()).get(pnid).is_some_and(|(a, _)| *a == hook.app);
     same_app
         && super::settings(&live.load().runtime.config)
             .is_some_and(|s| s.accounts.iter().any(|a| a.phone_number_id == pnid))
@@ -155,6 +171,9 @@ async fn deliver(State(live): State<Live>, Path(account): Path<String>, headers:
     let mut later = false;
     for item in parse_delivery(&payload) {
         match item {
+            Item::Message(m) if own_number(&m.from) => {
+                tracing::warn!(account = %account, "WhatsApp message from another number of this gateway ignored (agents would answer each other).")
+            }
             Item::Message(m) => match target(&hook, &m.phone_number_id) {
                 Some(rx) => work.push((rx, m)),
                 None if configured_number(&live, &hook, &m.phone_number_id) => later = true,

@@ -427,6 +427,7 @@ impl Start {
             };
             let pause = match r {
                 Ok(n) => {
+                    hooks::identified(&acc.phone_number_id, &n.display);
                     tracing::info!(account = %id, number = %n.display, "WhatsApp number identified.");
                     break;
                 }
