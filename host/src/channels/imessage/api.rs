@@ -73,11 +73,31 @@ fn down(e: reqwest::Error) -> BridgeError {
 /// A text the bridge sent, as it may be shown in a log: printable, at most 160 characters, the
 /// password cut out.
 pub fn said(v: &str, password: &str) -> String {
-    let mut s: String = v.chars().filter(|c| !c.is_control()).take(160).collect();
+    // The password out first (as written, and as a query string carries it), then the cut: a
+    // password across the cut would otherwise leave its first characters.
+    let mut v = v.to_string();
     if password.len() >= 4 {
-        s = s.replace(password, "<password>");
+        let encoded: String = url_encoded(password);
+        v = v.replace(password, "<password>");
+        if encoded != password {
+            v = v.replace(&encoded, "<password>");
+        }
     }
+    let s: String = v.chars().filter(|c| !c.is_control()).take(160).collect();
     if s.trim().is_empty() { "no message".into() } else { s }
+}
+
+/// `s` as `application/x-www-form-urlencoded` writes it (what `.query()` sends).
+fn url_encoded(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => out.push(b as char),
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
 }
 
 /// What one answer of the bridge means (`path` for the message, `pw` cut out of what it said).
@@ -111,8 +131,12 @@ impl Bridge {
     pub fn new(base: &str, password: SecretString) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            // AppleScript sends can take a while on a busy Mac.
-            .timeout(Duration::from_secs(60))
+            // BlueBubbles answers a text only once Messages has saved it, waiting up to two
+            // minutes: give up after that, never before (a send given up early may still go out).
+            .timeout(Duration::from_secs(150))
+            // The password travels in the query string, and loopback URLs are plain HTTP: never
+            // through a proxy from the environment (HTTP_PROXY), which would see both.
+            .no_proxy()
             // A redirect would carry the request (and so the password) somewhere the config did
             // not name, perhaps without TLS: none is followed (a 3xx is an error).
             .redirect(reqwest::redirect::Policy::none())
@@ -130,7 +154,17 @@ impl Bridge {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.map_err(down)?;
+        // A send that failed after it reached the server (a timeout, a reset) may have gone out:
+        // not retried then. Only "could not connect" is worth a retry.
+        let sends = path == "message/text";
+        let resp = req.send().await.map_err(|e| {
+            if sends && !e.is_connect() {
+                let why = crate::channels::net::network_error(&e.without_url(), "the BlueBubbles server");
+                BridgeError::Unknown(format!("{path}: {why}; the message may have been sent"))
+            } else {
+                down(e)
+            }
+        })?;
         let status = resp.status().as_u16();
         // Bounded: a hostile or broken server cannot make the gateway allocate without limit.
         // A 2xx it cannot read may still have been sent: never retried then.
@@ -213,6 +247,17 @@ impl Transport for IMessageTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_password_is_cut_out_before_the_text_is_shortened_and_also_url_encoded() {
+        let pw = "s3cr3t pass/word";
+        let long = format!("{}{pw}", "x".repeat(150));
+        let shown = said(&long, pw);
+        assert!(!shown.contains("s3cr3t") && shown.ends_with("<password>"), "{shown}");
+        let echoed = format!("bad request ?password={}", url_encoded(pw));
+        assert_eq!(said(&echoed, pw), "bad request ?password=<password>");
+        assert_eq!(url_encoded("a b/c"), "a+b%2Fc");
+    }
 
     #[test]
     fn every_answer_of_the_bridge_is_classified_and_reported_without_the_password() {

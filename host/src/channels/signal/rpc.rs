@@ -115,6 +115,8 @@ impl Daemon {
         reqwest::Url::parse(base).map_err(|e| format!("invalid url: {e}"))?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
+            // Loopback daemons are plain HTTP: never through a proxy from the environment.
+            .no_proxy()
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(Self { http, base: base.trim_end_matches('/').to_string(), ids: Default::default() })
