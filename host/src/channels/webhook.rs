@@ -44,6 +44,21 @@ impl<H> Hooks<H> {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
     }
 
+    /// The running account `id`, waiting up to `within` for it to start (an account restarting
+    /// on a reload), for platforms that never deliver again.
+    pub async fn wait_for(&self, id: &str, within: Duration) -> Option<Arc<H>> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(h) = self.get(id) {
+                return Some(h);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// A running account whose hook satisfies `pred`.
     pub fn find(&self, pred: impl Fn(&H) -> bool) -> Option<Arc<H>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).values().find(|h| pred(h)).cloned()

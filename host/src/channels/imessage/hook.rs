@@ -97,10 +97,15 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(hook) = HOOKS.get(&account) else {
-        let configured = super::settings(&live.load().runtime.config).and_then(|s| s.account(&account)).is_some();
-        return webhook::not_running(configured);
+    let configured = || super::settings(&live.load().runtime.config).and_then(|s| s.account(&account)).is_some();
+    let hook = match HOOKS.get(&account) {
+        Some(h) => Some(h),
+        // BlueBubbles never delivers again: a delivery for an account that is (re)starting
+        // waits for it rather than being answered 503 at once.
+        None if configured() => HOOKS.wait_for(&account, webhook::STORE_DEADLINE).await,
+        None => None,
     };
+    let Some(hook) = hook else { return webhook::not_running(configured()) };
     let id = hook.rx.id();
     let given = presented(query.as_deref(), &headers);
     let ok = given.as_deref().is_some_and(|g| webhook::secret_matches(hook.secret.expose(), g));
