@@ -177,7 +177,17 @@ pub(super) fn validate(pass: &mut ChannelPass<'_>, channel: &RawChannel, account
             },
         };
         if let Some(u) = &url {
-            let key = u.to_ascii_lowercase();
+            // One server however it is written: host and port (the default one made explicit).
+            let key = reqwest::Url::parse(u).ok().map_or_else(
+                || u.to_ascii_lowercase(),
+                |p| {
+                    format!(
+                        "{}:{}",
+                        p.host_str().unwrap_or("").to_ascii_lowercase(),
+                        p.port_or_known_default().unwrap_or(0)
+                    )
+                },
+            );
             if let Some(first) = urls.get(&key) {
                 pass.error(
                     format!("{}.url", a.path),
@@ -327,6 +337,7 @@ mod tests {
                  same2: { url: "https://b.example", password: "literal-pw-1", webhookSecret: "literal-pw-1" },
                  missing: { sendMethod: "carrier-pigeon", textChunkLimit: 0, allowFrom: ["bob"], groups: { "not a guid": {} } },
                  dup: { url: "https://A.example/", password: { env: "P3" }, webhookSecret: { env: "W3" }, color: 1 },
+                 dup443: { url: "https://a.example:443", password: { env: "P4" }, webhookSecret: { env: "W4" } },
                } } } }"#,
         )
         .unwrap_err();
@@ -345,6 +356,8 @@ mod tests {
             "channels.imessage.accounts.missing.groups.not a guid",
             // `dup` comes first (accounts are read in order) and holds https://A.example.
             "channels.imessage.accounts.same.url",
+            // The same server with its default port written out.
+            "channels.imessage.accounts.dup443.url",
             "channels.imessage.accounts.dup.color",
         ] {
             assert!(paths.contains(&p), "{p} missing from {paths:?}");
