@@ -1,4 +1,7 @@
-//! Builds the sandbox runner for `wasm32-wasip1` so the host can embed it (`include_bytes!`).
+//! Builds the sandbox runner for `wasm32-wasip1` so the host can embed it (`include_bytes!`),
+//! then compiles it to native code for the target with the gateway's own engine settings
+//! (`src/sandbox/wasm_engine.rs`), so the gateway loads it without running Cranelift
+//! (`sandbox::precompiled`).
 //!
 //! The runner is built by a nested `cargo build` into its own target directory
 //! (`<target>/runner-wasm`), so it never waits on the outer build's lock. Set
@@ -8,15 +11,36 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "src/sandbox/wasm_engine.rs"]
+mod wasm_engine;
+
 fn main() {
+    println!("cargo:rerun-if-changed=src/sandbox/wasm_engine.rs");
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let wasm = out.join("sandbox-runner.wasm");
+    build_runner(&wasm);
+    precompile(&wasm, &out.join("sandbox-runner.cwasm"));
+}
+
+/// `Engine::precompile_module` of the runner for the target being built.
+fn precompile(wasm: &Path, dest: &Path) {
+    let target = env::var("TARGET").expect("cargo sets TARGET");
+    let mut cfg = wasm_engine::config();
+    cfg.target(&target).unwrap_or_else(|e| panic!("wasmtime cannot compile for {target}: {e}"));
+    let engine = wasmtime::Engine::new(&cfg).unwrap_or_else(|e| panic!("cannot start wasmtime: {e}"));
+    let bytes = std::fs::read(wasm).unwrap_or_else(|e| panic!("cannot read {}: {e}", wasm.display()));
+    let native = engine.precompile_module(&bytes).unwrap_or_else(|e| panic!("cannot precompile the runner: {e}"));
+    std::fs::write(dest, native).unwrap_or_else(|e| panic!("cannot write {}: {e}", dest.display()));
+}
+
+fn build_runner(dest: &Path) {
     println!("cargo:rerun-if-changed=../sandbox-runner/src");
     println!("cargo:rerun-if-changed=../sandbox-runner/Cargo.toml");
     println!("cargo:rerun-if-changed=../Cargo.lock");
     println!("cargo:rerun-if-env-changed=BULKHEAD_RUNNER_WASM");
-    let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let dest = out.join("sandbox-runner.wasm");
+    let out = dest.parent().expect("OUT_DIR").to_path_buf();
     if let Some(prebuilt) = env::var_os("BULKHEAD_RUNNER_WASM") {
-        copy(Path::new(&prebuilt), &dest);
+        copy(Path::new(&prebuilt), dest);
         return;
     }
     // OUT_DIR is <target>/[<triple>/]<profile>/build/<pkg>/out; the target root holds CACHEDIR.TAG.
@@ -59,7 +83,7 @@ fn main() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    copy(&target_dir.join("wasm32-wasip1/release/sandbox-runner.wasm"), &dest);
+    copy(&target_dir.join("wasm32-wasip1/release/sandbox-runner.wasm"), dest);
 }
 
 fn copy(from: &Path, to: &Path) {

@@ -7,26 +7,15 @@
 // `cli::outln!`, which ends the command quietly instead.
 #![deny(clippy::print_stdout)]
 
-pub mod agent;
-pub mod app;
-pub mod audit;
-pub mod channels;
-pub mod cli;
-pub mod config;
-pub mod crypto;
-pub mod dispatch;
-pub mod fsutil;
-pub mod gateway;
-pub mod ids;
-pub mod logging;
-pub mod metrics;
-pub mod model;
-pub mod policy;
-pub mod quota;
-pub mod routing;
+/// Declares modules in which `unsafe` is forbidden (no inner `allow` can lift it). The workspace
+/// only denies `unsafe_code`, so that `sandbox::precompiled` alone can allow it.
+macro_rules! safe_modules {
+    ($($name:ident),* $(,)?) => { $( #[forbid(unsafe_code)] pub mod $name; )* };
+}
+
+safe_modules!(
+    agent, app, audit, channels, cli, config, crypto, dispatch, fsutil, gateway, ids, logging, metrics, model, policy,
+    quota, routing, scheduler, session, store, tools, usage,
+);
+// Forbidden in each of its modules but `precompiled` (see sandbox/mod.rs).
 pub mod sandbox;
-pub mod scheduler;
-pub mod session;
-pub mod store;
-pub mod tools;
-pub mod usage;

@@ -1,4 +1,5 @@
 //! The `bulkhead` binary: parses arguments and calls the library (see `bulkhead::cli`).
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -166,28 +166,121 @@ impl TenantSessions {
     }
 }
 
-/// One tenant's transcripts and when each was last updated.
-type TenantTranscripts = BTreeMap<SessionKey, (Vec<Message>, SystemTime)>;
+/// What the memory-only store keeps by default: 64 MiB of transcripts (`store.cacheMiB`).
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 
-/// In-memory transcripts: nothing touches the disk. Lost on restart by design until the
-/// encrypted store replaces it.
+/// What a message costs the memory-only store's bound: its text and a fixed overhead.
+fn message_bytes(m: &Message) -> usize {
+    const OVERHEAD: usize = 96;
+    OVERHEAD
+        + match m {
+            Message::User { text } => text.len(),
+            Message::FromSession { from, text } => from.len() + text.len(),
+            Message::Assistant { text, tool_calls } => {
+                text.len()
+                    + tool_calls
+                        .iter()
+                        .map(|c| OVERHEAD + c.id.len() + c.name.len() + c.arguments.to_string().len())
+                        .sum::<usize>()
+            }
+            Message::ToolResult { call_id, name, content, .. } => call_id.len() + name.len() + content.len(),
+        }
+}
+
+/// One kept conversation.
+struct Kept {
+    messages: Vec<Message>,
+    updated: SystemTime,
+    /// What this conversation costs the bound (its key and its messages).
+    bytes: usize,
+    /// Its place in `Transcripts::by_age` (a counter, bumped on every append).
+    age: u64,
+}
+
 #[derive(Default)]
+struct Transcripts {
+    sessions: HashMap<(TenantId, SessionKey), Kept>,
+    /// Least recently appended first.
+    by_age: BTreeMap<u64, (TenantId, SessionKey)>,
+    next_age: u64,
+    bytes: usize,
+    evicted: u64,
+}
+
+/// In-memory transcripts: nothing touches the disk, lost on restart (`store: { mode: "memory" }`,
+/// not for production). Bounded: past `max_bytes` (`store.cacheMiB`) the conversations appended
+/// to least recently are forgotten whole, with a warning, so memory stays flat however many
+/// conversations are served.
 pub struct MemoryStore {
-    tenants: Mutex<HashMap<TenantId, TenantTranscripts>>,
+    max_bytes: usize,
+    transcripts: Mutex<Transcripts>,
     documents: Mutex<HashMap<(TenantId, String), Vec<u8>>>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::with_max_bytes(DEFAULT_CACHE_BYTES)
+    }
+}
+
+impl MemoryStore {
+    /// A store that keeps at most about `max_bytes` of transcripts.
+    pub fn with_max_bytes(max_bytes: usize) -> Self {
+        Self { max_bytes, transcripts: Mutex::default(), documents: Mutex::default() }
+    }
+
+    /// How many conversations were forgotten to stay under the bound.
+    pub fn evicted(&self) -> u64 {
+        self.transcripts.lock().expect("session store lock").evicted
+    }
 }
 
 #[async_trait]
 impl SessionStore for MemoryStore {
     async fn append(&self, tenant: &TenantId, key: &SessionKey, messages: &[Message]) -> Result<(), StoreError> {
-        let mut all = self.tenants.lock().expect("session store lock");
-        let entry = all
-            .entry(tenant.clone())
-            .or_default()
-            .entry(key.clone())
-            .or_insert_with(|| (Vec::new(), SystemTime::now()));
-        entry.0.extend_from_slice(messages);
-        entry.1 = SystemTime::now();
+        let mut all = self.transcripts.lock().expect("session store lock");
+        let all = &mut *all;
+        let age = all.next_age;
+        all.next_age += 1;
+        let id = (tenant.clone(), key.clone());
+        let added: usize = messages.iter().map(message_bytes).sum();
+        let kept = match all.sessions.entry(id.clone()) {
+            std::collections::hash_map::Entry::Occupied(o) => {
+                let kept = o.into_mut();
+                all.by_age.remove(&kept.age);
+                kept
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let bytes = 64 + key.to_string().len();
+                all.bytes += bytes;
+                v.insert(Kept { messages: Vec::new(), updated: SystemTime::now(), bytes, age })
+            }
+        };
+        all.by_age.insert(age, id);
+        kept.age = age;
+        kept.messages.extend_from_slice(messages);
+        kept.updated = SystemTime::now();
+        kept.bytes += added;
+        all.bytes += added;
+        // Forget the least recently appended conversations (never the one just appended).
+        while all.bytes > self.max_bytes {
+            let Some((&oldest, _)) = all.by_age.first_key_value() else { break };
+            if oldest == age {
+                break;
+            }
+            let (_, victim) = all.by_age.pop_first().expect("checked");
+            if let Some(gone) = all.sessions.remove(&victim) {
+                all.bytes -= gone.bytes;
+            }
+            all.evicted += 1;
+            if all.evicted.is_power_of_two() {
+                tracing::warn!(
+                    evicted = all.evicted,
+                    max_bytes = self.max_bytes,
+                    "Memory-only store is full (store.cacheMiB): forgot the least recently used conversations."
+                );
+            }
+        }
         Ok(())
     }
 
@@ -197,30 +290,35 @@ impl SessionStore for MemoryStore {
         key: &SessionKey,
         limit: Option<usize>,
     ) -> Result<Vec<Message>, StoreError> {
-        let all = self.tenants.lock().expect("session store lock");
-        let msgs = all.get(tenant).and_then(|s| s.get(key)).map(|(m, _)| m.as_slice()).unwrap_or(&[]);
+        let all = self.transcripts.lock().expect("session store lock");
+        let msgs = all.sessions.get(&(tenant.clone(), key.clone())).map(|k| k.messages.as_slice()).unwrap_or(&[]);
         let skip = limit.map_or(0, |l| msgs.len().saturating_sub(l));
         Ok(msgs[skip..].to_vec())
     }
 
     async fn list(&self, tenant: &TenantId) -> Result<Vec<SessionSummary>, StoreError> {
-        let all = self.tenants.lock().expect("session store lock");
-        Ok(all
-            .get(tenant)
-            .map(|s| {
-                s.iter().map(|(k, (m, t))| SessionSummary { key: k.clone(), messages: m.len(), updated: *t }).collect()
-            })
-            .unwrap_or_default())
+        let all = self.transcripts.lock().expect("session store lock");
+        let mut out: Vec<SessionSummary> = all
+            .sessions
+            .iter()
+            .filter(|((t, _), _)| t == tenant)
+            .map(|((_, k), v)| SessionSummary { key: k.clone(), messages: v.messages.len(), updated: v.updated })
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
     }
 
     async fn exists(&self, tenant: &TenantId, key: &SessionKey) -> Result<bool, StoreError> {
-        let all = self.tenants.lock().expect("session store lock");
-        Ok(all.get(tenant).is_some_and(|s| s.contains_key(key)))
+        let all = self.transcripts.lock().expect("session store lock");
+        Ok(all.sessions.contains_key(&(tenant.clone(), key.clone())))
     }
 
     async fn delete_session(&self, tenant: &TenantId, key: &SessionKey) -> Result<bool, StoreError> {
-        let mut all = self.tenants.lock().expect("session store lock");
-        Ok(all.get_mut(tenant).is_some_and(|s| s.remove(key).is_some()))
+        let mut all = self.transcripts.lock().expect("session store lock");
+        let Some(gone) = all.sessions.remove(&(tenant.clone(), key.clone())) else { return Ok(false) };
+        all.by_age.remove(&gone.age);
+        all.bytes -= gone.bytes;
+        Ok(true)
     }
 
     async fn load_document(&self, tenant: &TenantId, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -260,5 +358,31 @@ mod tests {
         assert!(b.history(&key, None).await.unwrap().is_empty());
         assert!(b.list().await.unwrap().is_empty());
         assert!(!b.exists(&key).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn the_memory_store_forgets_the_least_recently_used_conversations_past_its_bound() {
+        let store = MemoryStore::with_max_bytes(10_000);
+        let t = TenantId::parse("a").unwrap();
+        let key = |i: usize| {
+            SessionKey::new(AgentId::parse("x").unwrap(), "api", PeerKind::Direct, &format!("u{i}")).unwrap()
+        };
+        let text = "x".repeat(400);
+        for i in 0..100 {
+            store.append(&t, &key(i), &[Message::User { text: text.clone() }]).await.unwrap();
+            // Conversation 0 stays in use, so it stays.
+            store.append(&t, &key(0), &[]).await.unwrap();
+            assert!(store.transcripts.lock().unwrap().bytes <= 10_000);
+        }
+        assert!(store.evicted() > 0);
+        assert!(store.exists(&t, &key(0)).await.unwrap(), "the conversation appended last is kept");
+        assert!(store.exists(&t, &key(99)).await.unwrap());
+        assert!(!store.exists(&t, &key(1)).await.unwrap(), "the oldest are forgotten");
+        let kept = store.list(&t).await.unwrap().len();
+        assert!((10..30).contains(&kept), "{kept}");
+        // Deleting gives the bytes back.
+        let before = store.transcripts.lock().unwrap().bytes;
+        assert!(store.delete_session(&t, &key(99)).await.unwrap());
+        assert!(store.transcripts.lock().unwrap().bytes < before);
     }
 }

@@ -6,6 +6,7 @@
 //! through a real shell). Either way the first frame is the host's `Hello` with the channel key,
 //! and every response is sealed with it for its request's id. It never trusts its input: a bad
 //! frame gets a `protocol` failure response, never a panic.
+#![forbid(unsafe_code)]
 
 mod builtins;
 #[cfg(not(target_os = "wasi"))]

@@ -74,7 +74,7 @@ fn config_check_refuses_everything_serve_refuses_with_the_same_words() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.json5");
     let strong = "tok-strong-6f1c9e2b7d4a8f3e5c0b9a7d6e2f1c4b";
-    let cases: [(String, &str); 6] = [
+    let cases: [(String, &str); 7] = [
         // A channel block with a key its adapter does not have (every seed channel is built now).
         (
             format!(
@@ -111,6 +111,11 @@ fn config_check_refuses_everything_serve_refuses_with_the_same_words() {
                 "store: {{ masterKey: {{ file: 'missing.key' }} }}, tenants: [ {{ id: 't', apiTokens: ['{strong}'] }} ],"
             ),
             "store.masterKey",
+        ),
+        // A memory bound of nothing.
+        (
+            format!("store: {{ mode: 'memory', cacheMb: 0 }}, tenants: [ {{ id: 't', apiTokens: ['{strong}'] }} ],"),
+            "store.cacheMb",
         ),
     ];
     for (body, want) in cases {

@@ -103,6 +103,13 @@ impl Gateway {
         assert!(status.success(), "kill -{name} failed");
     }
 
+    /// The gateway's resident memory (`VmRSS` of `/proc/PID/status`), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id().expect("running"))).unwrap();
+        let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).expect("VmRSS in /proc/PID/status");
+        line.trim().trim_end_matches(" kB").parse().unwrap()
+    }
+
     /// Sends SIGKILL (no cleanup at all) and waits for the process to be gone.
     pub async fn kill(&mut self) {
         let _ = self.child.start_kill();

@@ -371,3 +371,39 @@ async fn export_then_crypto_shredding_delete_from_the_cli() {
     assert_eq!(code, 0, "{err}");
     assert!(std::fs::read_to_string(&b3).unwrap().contains(SECRET_B));
 }
+
+/// The memory-only store keeps at most `store.cacheMb` of conversations: once that is full, many
+/// more distinct conversations (each ~80 KB, 48 MB in all) leave the gateway's resident memory
+/// where it was, read from `/proc` (no timing involved: only what was served counts).
+#[tokio::test]
+async fn many_distinct_conversations_stay_under_the_configured_memory_bound() {
+    let fake = fakes::start().await;
+    let config = crate::two_tenant_config(&fake.base, "").replacen(
+        "store: { mode: \"memory\" }",
+        "store: { mode: \"memory\", cacheMb: 1 }",
+        1,
+    );
+    let mut gw = Gateway::start(&config, &env()).await;
+    let text = "m".repeat(40_000);
+    let client = http();
+    let send = |from: usize, to: usize| {
+        let (gw, text, client) = (&gw, &text, &client);
+        async move {
+            for i in from..to {
+                let body = json!({ "model": "a-demo", "user": format!("c{i}"), "messages": [{ "role": "user", "content": text }] });
+                let r =
+                    client.post(gw.url("/v1/chat/completions")).bearer_auth(TOKEN_A).json(&body).send().await.unwrap();
+                assert_eq!(r.status().as_u16(), 200);
+                r.bytes().await.unwrap();
+            }
+        }
+    };
+    // 200 conversations fill the 1 MiB bound many times over (and warm every buffer and pool).
+    send(0, 200).await;
+    let full = gw.rss_kib();
+    send(200, 800).await;
+    let after = gw.rss_kib();
+    eprintln!("RSS with the cache full: {full} KiB; after 600 more conversations (48 MB of turns): {after} KiB");
+    assert!(after < full + 12 * 1024, "memory grew with the conversations: {full} KiB -> {after} KiB");
+    assert_eq!(gw.terminate().await, Some(0));
+}

@@ -13,13 +13,27 @@ pub struct Served {
     pub _dir: tempfile::TempDir,
 }
 
+/// The gateway binary: this build's.
+pub fn bin() -> std::path::PathBuf {
+    env!("CARGO_BIN_EXE_bulkhead").into()
+}
+
 /// Writes `config` to a fresh directory, starts `bulkhead serve` on it with `env`, and returns
 /// once the gateway has printed its listening line.
+// Not every bench uses the default directory.
+#[allow(dead_code)]
 pub async fn serve(config: &str, env: &[(&str, &str)]) -> Served {
-    let dir = tempfile::tempdir().unwrap();
+    serve_in(&bin(), tempfile::tempdir().unwrap(), config, env).await
+}
+
+/// [`serve`] of gateway binary `bin` in a directory the caller made (and may have put files in, a
+/// master key say).
+// Not every bench needs its own directory.
+#[allow(dead_code)]
+pub async fn serve_in(bin: &std::path::Path, dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Served {
     let path = dir.path().join("bench.json5");
     std::fs::write(&path, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+    let mut child = Command::new(bin)
         .args(["serve", "--config", path.to_str().unwrap()])
         .envs(env.iter().copied())
         .env("RUST_LOG", "warn")

@@ -357,7 +357,7 @@ fn open_session_store(
             )]));
         }
         // The config's own warning (logged at start) says this is not for production.
-        return Ok((Arc::new(MemoryStore::default()), None));
+        return Ok((Arc::new(MemoryStore::with_max_bytes(config.store.cache_bytes)), None));
     }
     let store = crate::store::EncryptedStore::open(config)?;
     tracing::info!(tenants = store.tenants().len(), "Encrypted session store open.");

@@ -72,6 +72,9 @@ pub struct RawStore {
     /// `"encrypted"` (needs `masterKey`; implied by it) or `"memory"` (nothing kept, no audit
     /// log: for demos and tests). `serve` refuses a config that sets neither.
     pub mode: Option<String>,
+    /// MiB of conversations kept in memory: the whole memory-only store, or the encrypted
+    /// store's open sessions (default 64).
+    pub cache_mb: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -16,8 +16,16 @@ use crate::config::{SandboxBackend, SandboxConfig, WorkspaceAccess};
 use crate::ids::{AgentId, SessionKey, TenantId};
 use crate::tools::Tool;
 
+#[forbid(unsafe_code)]
 pub mod docker;
+// The one module of the crate that may use `unsafe`: `Module::deserialize` of the embedded runner.
+#[allow(unsafe_code)]
+mod precompiled;
+#[forbid(unsafe_code)]
 pub mod wasm;
+#[forbid(unsafe_code)]
+pub mod wasm_engine;
+#[forbid(unsafe_code)]
 pub mod workspace;
 
 use workspace::DiskFloor;

@@ -20,8 +20,8 @@ use sandbox_runner::protocol::{self, Access, Failure, Request, RequestLimits, Re
 use sandbox_runner::shell::{self, BUILTINS, Connector, Script};
 use tokio::sync::Semaphore;
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module, PoolingAllocationConfig, ResourceLimiter,
-    Store, Trap, UpdateDeadline,
+    Engine, InstanceAllocationStrategy, InstancePre, Linker, Module, PoolingAllocationConfig, ResourceLimiter, Store,
+    Trap, UpdateDeadline,
 };
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
@@ -65,6 +65,8 @@ pub struct WasmSandbox {
     linker: Linker<State>,
     runner: Module,
     runner_pre: Option<InstancePre<State>>,
+    /// The runner came precompiled from `host/build.rs` (not compiled at start).
+    precompiled: bool,
     state_dir: PathBuf,
     workspaces: super::Workspaces,
     slots: Semaphore,
@@ -141,8 +143,7 @@ impl WasmSandbox {
     pub fn with_options(state_dir: &Path, opts: WasmOptions) -> Result<Self, String> {
         // wasmtime is built without its `threads` feature (host/Cargo.toml), so guests cannot
         // use shared memories or atomics-based threads at all; no switch is needed here.
-        let mut cfg = Config::new();
-        cfg.consume_fuel(true).epoch_interruption(true).max_wasm_stack(1 << 20).memory_init_cow(true);
+        let mut cfg = super::wasm_engine::config();
         if opts.pooling {
             let n = opts.max_concurrent.max(1) * 2;
             let mut pool = PoolingAllocationConfig::new();
@@ -158,8 +159,16 @@ impl WasmSandbox {
         let mut linker: Linker<State> = Linker::new(&engine);
         p1::add_to_linker_async(&mut linker, |s: &mut State| &mut s.wasi)
             .map_err(|e| format!("cannot link WASI: {e}"))?;
-        let runner =
-            Module::new(&engine, RUNNER_WASM).map_err(|e| format!("cannot compile the sandbox runner: {e}"))?;
+        let (runner, precompiled) = match super::precompiled::runner(&engine) {
+            Ok(m) => (m, true),
+            Err(e) => {
+                // Not expected (build.rs used the same settings): compile it here instead.
+                tracing::warn!(error = %e, "The precompiled sandbox runner does not fit this engine; compiling it.");
+                let m =
+                    Module::new(&engine, RUNNER_WASM).map_err(|e| format!("cannot compile the sandbox runner: {e}"))?;
+                (m, false)
+            }
+        };
         let runner_pre = if opts.pooling {
             Some(linker.instantiate_pre(&runner).map_err(|e| format!("cannot prepare the sandbox runner: {e}"))?)
         } else {
@@ -184,6 +193,7 @@ impl WasmSandbox {
             linker,
             runner,
             runner_pre,
+            precompiled,
             state_dir: state_dir.to_path_buf(),
             workspaces: super::Workspaces::open(state_dir),
             slots: Semaphore::new(opts.max_concurrent.max(1) as usize),
@@ -191,6 +201,11 @@ impl WasmSandbox {
             tenant_locks: TenantLocks::default(),
             stop_ticker,
         })
+    }
+
+    /// Whether the runner was loaded precompiled (`sandbox::precompiled`) rather than compiled.
+    pub fn runner_is_precompiled(&self) -> bool {
+        self.precompiled
     }
 
     /// The host directory holding every workspace of `tenant`.

@@ -17,12 +17,14 @@
 mod export;
 mod format;
 mod keys;
+mod sync;
 #[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -46,15 +48,32 @@ use crate::session::{Message, SessionStore, SessionSummary, StoreError};
 /// Records per segment file; a full segment is never written again.
 pub const DEFAULT_RECORDS_PER_SEGMENT: u64 = 1024;
 
-/// Tuning knobs (tests use small segments).
+/// What one cached open session costs (its state, its data key, its open segment file, in the
+/// kernel too): how `store.cacheMiB` becomes a number of sessions.
+pub const CACHED_SESSION_BYTES: usize = 8 << 10;
+
+/// Tuning knobs (tests use small segments and caches).
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
     pub records_per_segment: u64,
+    /// Sessions kept open (state, data key, segment file) at once; the least recently used idle
+    /// ones are closed past it and reopened from disk when used again.
+    pub max_cached_sessions: usize,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { records_per_segment: DEFAULT_RECORDS_PER_SEGMENT }
+        Self {
+            records_per_segment: DEFAULT_RECORDS_PER_SEGMENT,
+            max_cached_sessions: crate::session::DEFAULT_CACHE_BYTES / CACHED_SESSION_BYTES,
+        }
+    }
+}
+
+impl StoreOptions {
+    /// The options for a cache of `cache_bytes` (`store.cacheMiB`).
+    pub fn with_cache_bytes(cache_bytes: usize) -> Self {
+        Self { max_cached_sessions: (cache_bytes / CACHED_SESSION_BYTES).max(1), ..Self::default() }
     }
 }
 
@@ -167,6 +186,76 @@ impl SessionState {
 }
 
 type SessionSlot = Arc<Mutex<SessionState>>;
+type SlotId = (TenantId, String);
+
+/// The open sessions, bounded: past `max` entries the least recently used idle one is dropped
+/// (closing its segment file); one in use (its slot cloned by a caller) is never dropped, so two
+/// states for one session never exist at once.
+struct SessionCache {
+    max: usize,
+    slots: HashMap<SlotId, (SessionSlot, u64)>,
+    /// Least recently used first.
+    by_use: BTreeMap<u64, SlotId>,
+    next_use: u64,
+}
+
+impl SessionCache {
+    fn new(max: usize) -> Self {
+        Self { max: max.max(1), slots: HashMap::new(), by_use: BTreeMap::new(), next_use: 0 }
+    }
+
+    fn slot(&mut self, id: SlotId) -> SessionSlot {
+        let used = self.next_use;
+        self.next_use += 1;
+        let slot = match self.slots.get_mut(&id) {
+            Some((slot, at)) => {
+                self.by_use.remove(at);
+                *at = used;
+                slot.clone()
+            }
+            None => {
+                let slot: SessionSlot = Arc::new(Mutex::new(SessionState::empty()));
+                self.slots.insert(id.clone(), (slot.clone(), used));
+                slot
+            }
+        };
+        self.by_use.insert(used, id);
+        // Past the bound, drop idle sessions, oldest first; in-use ones are skipped (looked at once).
+        let mut looked = 0;
+        while self.slots.len() > self.max && looked < self.slots.len() {
+            looked += 1;
+            let Some((_, oldest)) = self.by_use.pop_first() else { break };
+            let idle = self.slots.get(&oldest).is_some_and(|(s, _)| Arc::strong_count(s) == 1);
+            if idle {
+                self.slots.remove(&oldest);
+            } else {
+                let at = self.next_use;
+                self.next_use += 1;
+                if let Some((_, u)) = self.slots.get_mut(&oldest) {
+                    *u = at;
+                }
+                self.by_use.insert(at, oldest);
+            }
+        }
+        slot
+    }
+
+    fn remove(&mut self, id: &SlotId) {
+        if let Some((_, at)) = self.slots.remove(id) {
+            self.by_use.remove(&at);
+        }
+    }
+
+    fn remove_tenant(&mut self, t: &TenantId) {
+        self.slots.retain(|(tt, _), _| tt != t);
+        self.by_use.retain(|_, (tt, _)| tt != t);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+}
 
 struct Inner {
     root: PathBuf,
@@ -174,7 +263,9 @@ struct Inner {
     opts: StoreOptions,
     rng: SystemRandom,
     tenants: RwLock<HashMap<TenantId, Arc<TenantKeys>>>,
-    sessions: Mutex<HashMap<(TenantId, String), SessionSlot>>,
+    sessions: Mutex<SessionCache>,
+    /// Group commit of `sessions/` fsyncs (new sessions).
+    dir_syncs: sync::GroupSync,
     _lock: File,
 }
 
@@ -205,7 +296,7 @@ impl EncryptedStore {
         };
         let master = MasterKey::load(reference, &config.base_dir, &config.state_dir)?;
         let tenants: Vec<TenantId> = config.tenants.keys().cloned().collect();
-        Self::open_at(&root, master, &tenants, StoreOptions::default())
+        Self::open_at(&root, master, &tenants, StoreOptions::with_cache_bytes(config.store.cache_bytes))
     }
 
     /// Opens (creating if needed) the store at `root` for `tenants`.
@@ -215,7 +306,7 @@ impl EncryptedStore {
         tenants: &[TenantId],
         opts: StoreOptions,
     ) -> Result<Self, StoreOpenError> {
-        let opts = StoreOptions { records_per_segment: opts.records_per_segment.max(1) };
+        let opts = StoreOptions { records_per_segment: opts.records_per_segment.max(1), ..opts };
         if let Some(parent) = root.parent()
             && !parent.exists()
         {
@@ -261,6 +352,7 @@ impl EncryptedStore {
                 loaded.insert(t.clone(), Arc::new(create_identity(&tenants_dir, &master, t)?));
             }
         }
+        let cache = SessionCache::new(opts.max_cached_sessions);
         Ok(Self {
             inner: Arc::new(Inner {
                 root: root.to_path_buf(),
@@ -268,7 +360,8 @@ impl EncryptedStore {
                 opts,
                 rng: SystemRandom::new(),
                 tenants: RwLock::new(loaded),
-                sessions: Mutex::new(HashMap::new()),
+                sessions: Mutex::new(cache),
+                dir_syncs: sync::GroupSync::default(),
                 _lock: lock,
             }),
         })
@@ -324,8 +417,7 @@ impl EncryptedStore {
     }
 
     fn slot(&self, t: &TenantId, sid: &str) -> SessionSlot {
-        let mut map = self.inner.sessions.lock().expect("sessions lock");
-        map.entry((t.clone(), sid.to_string())).or_insert_with(|| Arc::new(Mutex::new(SessionState::empty()))).clone()
+        self.inner.sessions.lock().expect("sessions lock").slot((t.clone(), sid.to_string()))
     }
 
     fn session_dir(&self, t: &TenantId, sid: &str) -> PathBuf {
@@ -365,15 +457,63 @@ impl EncryptedStore {
         Ok(Some(OpenMeta { key: m.key, created_ms: m.created_ms, data: RecordKey::new(&dk) }))
     }
 
-    fn write_meta(&self, t: &TenantId, keys: &TenantKeys, sid: &str, key: &str) -> Result<OpenMeta, StoreError> {
+    /// Creates a session: its directory and `meta.age` (written to a synced temp file, then
+    /// renamed). Neither the rename nor the new directory is durable yet: the caller's
+    /// [`Self::commit_dirs`] makes them so before anything is acknowledged. Returns the meta and
+    /// whether the directory is new (then its entry in `sessions/` needs an fsync too).
+    fn write_meta(
+        &self,
+        t: &TenantId,
+        keys: &TenantKeys,
+        sid: &str,
+        key: &str,
+    ) -> Result<(OpenMeta, bool), StoreError> {
         let dir = self.session_dir(t, sid);
         let dk: [u8; 32] = random(&self.inner.rng).map_err(StoreError::Io)?;
         let created_ms = now_ms();
         let meta = make_meta(keys, t.as_str(), sid, key, created_ms, &dk)?;
-        fsutil::create_private_dir(&dir).map_err(|e| store_io("cannot create", &dir, e))?;
+        let mkdir = || fs::DirBuilder::new().mode(0o700).create(&dir);
+        let new_dir = match mkdir() {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // The tenant's first session: `sessions/` itself, durably, then the session.
+                let parent = dir.parent().expect("sessions dir");
+                fsutil::create_private_dir(parent).map_err(|e| store_io("cannot create", parent, e))?;
+                mkdir().map_err(|e| store_io("cannot create", &dir, e))?;
+                true
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                // Left by a creation that crashed before it was acknowledged: without meta.age no
+                // record in it was ever acknowledged, and none would open under the new data key.
+                for seg in list_segments(&dir)? {
+                    let path = Self::seg_path(&dir, seg);
+                    fs::remove_file(&path).map_err(|e| store_io("cannot remove", &path, e))?;
+                }
+                false
+            }
+            Err(e) => return Err(store_io("cannot create", &dir, e)),
+        };
         let path = dir.join("meta.age");
-        fsutil::write_atomic(&path, &meta).map_err(|e| store_io("cannot write", &path, e))?;
-        Ok(OpenMeta { key: key.to_string(), created_ms, data: RecordKey::new(&dk) })
+        let tmp = dir.join(".meta.age.tmp");
+        let _ = fs::remove_file(&tmp);
+        let written = fsutil::create_new_private(&tmp).and_then(|mut f| {
+            f.write_all(&meta)?;
+            f.sync_all()
+        });
+        written.and_then(|()| fs::rename(&tmp, &path)).map_err(|e| store_io("cannot write", &path, e))?;
+        Ok((OpenMeta { key: key.to_string(), created_ms, data: RecordKey::new(&dk) }, new_dir))
+    }
+
+    /// Makes the names created by an append durable: one fsync of the session directory (its
+    /// `meta.age` rename, new segments) and, for a new session, one of `sessions/`, shared with
+    /// every other session of the tenant created meanwhile (group commit).
+    fn commit_dirs(&self, dir: &Path, new_dir: bool) -> Result<(), StoreError> {
+        fsutil::sync_dir(dir).map_err(|e| store_io("cannot sync", dir, e))?;
+        if new_dir {
+            let parent = dir.parent().expect("sessions dir");
+            self.inner.dir_syncs.sync_dir(parent, fsutil::sync_dir).map_err(|e| store_io("cannot sync", parent, e))?;
+        }
+        Ok(())
     }
 
     /// Loads a session's state for appending: meta, and the last segment verified (a torn tail is
@@ -449,14 +589,15 @@ impl EncryptedStore {
         st: &mut SessionState,
     ) -> Result<(), StoreError> {
         self.load(t, keys, sid, st)?;
-        if st.meta.is_none() {
-            st.meta = Some(self.write_meta(t, keys, sid, key_text)?);
-            st.updated_ms = now_ms();
-        }
-        if messages.is_empty() {
-            return Ok(());
-        }
         let dir = self.session_dir(t, sid);
+        // Names this append creates (meta.age, segments) and whether the session directory is new.
+        let (mut names_changed, mut new_dir) = (false, false);
+        if st.meta.is_none() {
+            let (meta, fresh) = self.write_meta(t, keys, sid, key_text)?;
+            st.meta = Some(meta);
+            st.updated_ms = now_ms();
+            (names_changed, new_dir) = (true, fresh);
+        }
         let per = self.inner.opts.records_per_segment;
         let ts = now_ms();
         let mut pending: Vec<u8> = Vec::new();
@@ -465,7 +606,9 @@ impl EncryptedStore {
             let seg = seq / per;
             if st.tail.as_ref().is_none_or(|(i, _)| *i != seg) {
                 flush(st, &mut pending, &dir)?;
-                st.tail = Some((seg, open_segment(&Self::seg_path(&dir, seg), &dir)?));
+                let (file, created) = open_segment(&Self::seg_path(&dir, seg))?;
+                names_changed |= created;
+                st.tail = Some((seg, file));
             }
             let rec = Record { v: format::RECORD_VERSION, ts, msg: RecordMessage::from(m) };
             let pt = serde_json::to_vec(&rec).map_err(|e| StoreError::Io(format!("cannot encode a record: {e}")))?;
@@ -478,6 +621,9 @@ impl EncryptedStore {
             }
         }
         flush(st, &mut pending, &dir)?;
+        if names_changed {
+            self.commit_dirs(&dir, new_dir)?;
+        }
         st.next_seq = seq;
         st.updated_ms = ts;
         Ok(())
@@ -754,7 +900,7 @@ impl EncryptedStore {
         let tenants_dir = self.inner.root.join("tenants");
         let dir = self.tenant_dir(t);
         self.inner.tenants.write().expect("tenants lock").remove(t);
-        self.inner.sessions.lock().expect("sessions lock").retain(|(tt, _), _| tt != t);
+        self.inner.sessions.lock().expect("sessions lock").remove_tenant(t);
         if !dir.exists() {
             return Ok(false);
         }
@@ -840,7 +986,7 @@ impl EncryptedStore {
         step(&tmp, &new)?;
         // Hold the tenant's session cache while swapping so no append lands in the old tree.
         let mut cache = self.inner.sessions.lock().expect("sessions lock");
-        cache.retain(|(tt, _), _| tt != t);
+        cache.remove_tenant(t);
         step(&dir, &old)?;
         step(&new, &dir)?;
         self.inner.tenants.write().expect("tenants lock").insert(t.clone(), Arc::new(keys));
@@ -959,17 +1105,18 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>, StoreError> {
     Ok(out)
 }
 
-/// Opens segment `path` for appending, creating it (with its header, durably) if missing.
-fn open_segment(path: &Path, dir: &Path) -> Result<File, StoreError> {
+/// Opens segment `path` for appending, creating it with its header if missing (`true`). The
+/// header becomes durable with the first records (`flush`), the name with the caller's
+/// directory fsync; a crash before both leaves a torn header, which `load` rewrites.
+fn open_segment(path: &Path) -> Result<(File, bool), StoreError> {
     match fsutil::create_new_private(path) {
         Ok(mut f) => {
             f.write_all(SEGMENT_MAGIC).map_err(|e| store_io("cannot write", path, e))?;
-            f.sync_all().map_err(|e| store_io("cannot sync", path, e))?;
-            fsutil::sync_dir(dir).map_err(|e| store_io("cannot sync", dir, e))?;
-            Ok(f)
+            Ok((f, true))
         }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            OpenOptions::new().append(true).open(path).map_err(|e| store_io("cannot open", path, e))
+            let f = OpenOptions::new().append(true).open(path).map_err(|e| store_io("cannot open", path, e))?;
+            Ok((f, false))
         }
         Err(e) => Err(store_io("cannot create", path, e)),
     }

@@ -41,7 +41,7 @@ impl Fixture {
             &self.root,
             self.master(),
             &[tid("alpha"), tid("bravo")],
-            StoreOptions { records_per_segment: per },
+            StoreOptions { records_per_segment: per, ..StoreOptions::default() },
         )
     }
     fn open(&self, per: u64) -> EncryptedStore {
@@ -569,7 +569,12 @@ fn dup(key: &MasterKey) -> MasterKey {
 }
 
 fn open_key(fx: &Fixture, key: &MasterKey) -> Result<EncryptedStore, StoreOpenError> {
-    EncryptedStore::open_at(&fx.root, dup(key), &[tid("alpha"), tid("bravo")], StoreOptions { records_per_segment: 3 })
+    EncryptedStore::open_at(
+        &fx.root,
+        dup(key),
+        &[tid("alpha"), tid("bravo")],
+        StoreOptions { records_per_segment: 3, ..StoreOptions::default() },
+    )
 }
 
 #[tokio::test]
@@ -764,4 +769,41 @@ async fn a_full_disk_fails_appends_clearly_and_loses_no_acknowledged_turn() {
     s.append(&tid("alpha"), &skey("u1"), &[user("after")]).await.unwrap();
     acked.push("after".into());
     assert_eq!(texts(&s.history(&tid("alpha"), &skey("u1"), None).await.unwrap()), acked);
+}
+
+#[test]
+fn the_open_session_cache_is_bounded_and_dropped_sessions_reopen_from_disk() {
+    let fx = Fixture::new();
+    let opts = StoreOptions { records_per_segment: 3, max_cached_sessions: 4 };
+    let store = EncryptedStore::open_at(&fx.root, fx.master(), &[tid("alpha")], opts).unwrap();
+    let t = tid("alpha");
+    for i in 0..20 {
+        let key = skey(&format!("p{i}"));
+        store.append_blocking(&t, &key, &[user(&format!("a{i}")), user(&format!("b{i}"))]).unwrap();
+        assert!(store.inner.sessions.lock().unwrap().len() <= 4);
+    }
+    // Session 0 was dropped from the cache long ago: it reopens from disk and goes on in order.
+    store.append_blocking(&t, &skey("p0"), &[user("c0"), user("d0")]).unwrap();
+    assert_eq!(texts(&store.history_blocking(&t, &skey("p0"), None).unwrap()), ["a0", "b0", "c0", "d0"]);
+    for i in 1..20 {
+        let got = texts(&store.history_blocking(&t, &skey(&format!("p{i}")), None).unwrap());
+        assert_eq!(got, [format!("a{i}"), format!("b{i}")]);
+    }
+    assert!(store.inner.sessions.lock().unwrap().len() <= 4);
+}
+
+#[test]
+fn a_session_directory_a_crash_left_without_meta_is_created_afresh() {
+    let fx = Fixture::new();
+    let store = fx.open(3);
+    let t = tid("alpha");
+    // A creation that crashed before it was acknowledged: the directory and a segment (from
+    // another data key) are there, meta.age is not.
+    let dir = fx.session_dir(&store, "alpha", "p");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("00000000.seg"), b"BHSEG01\n\x10\x00\x00\x00junk-from-a-crash").unwrap();
+    store.append_blocking(&t, &skey("p"), &[user("first")]).unwrap();
+    drop(store);
+    let store = fx.open(3);
+    assert_eq!(texts(&store.history_blocking(&t, &skey("p"), None).unwrap()), ["first"]);
 }

@@ -17,7 +17,7 @@ pub enum StoreMode {
 }
 
 /// The encrypted session store: master key reference and retention (global and per tenant).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct StoreConfig {
     /// Set when `store.masterKey` is (then `mode` is `Encrypted`).
     pub master_key: Option<SecretRef>,
@@ -25,11 +25,31 @@ pub struct StoreConfig {
     pub mode: Option<StoreMode>,
     pub retention_days: Option<u32>,
     pub tenant_retention_days: BTreeMap<TenantId, u32>,
+    /// `store.cacheMb` in bytes: what the memory-only store keeps at most, or what the encrypted
+    /// store's cache of open sessions may take.
+    pub cache_bytes: usize,
 }
+
+/// `store.cacheMb` when unset.
+pub const DEFAULT_CACHE_MB: u64 = 64;
+/// Largest `store.cacheMb` accepted (64 GiB).
+pub const MAX_CACHE_MB: u64 = 64 << 10;
 
 /// Why `serve` refuses a config that names no store (shared by `serve`, `config check`, `doctor`).
 pub const NO_STORE_MODE: &str = "neither store.masterKey nor store.mode is set: set store.masterKey for the \
      encrypted store and the audit log, or store: { mode: \"memory\" } to keep nothing (not for production)";
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            master_key: None,
+            mode: None,
+            retention_days: None,
+            tenant_retention_days: BTreeMap::new(),
+            cache_bytes: (DEFAULT_CACHE_MB << 20) as usize,
+        }
+    }
+}
 
 impl StoreConfig {
     /// The store `serve` opens, or why it refuses to start (fail closed: memory only when said).
@@ -78,11 +98,21 @@ pub(super) fn store(
         mode,
         retention_days: retention_days(errs, "retention.days", retention),
         tenant_retention_days: BTreeMap::new(),
+        cache_bytes: cache_bytes(errs, raw_store.cache_mb),
     };
     if let Some(k) = &store.master_key {
         secret(errs, warnings, "store.masterKey", k);
     }
     store
+}
+
+fn cache_bytes(errs: &mut Errors, mb: Option<u64>) -> usize {
+    let mb = mb.unwrap_or(DEFAULT_CACHE_MB);
+    if mb == 0 || mb > MAX_CACHE_MB {
+        errs.push("store.cacheMb", format!("cacheMb must be 1-{MAX_CACHE_MB} (MiB), got {mb}"));
+        return (DEFAULT_CACHE_MB << 20) as usize;
+    }
+    (mb << 20) as usize
 }
 
 pub(super) fn retention_days(errs: &mut Errors, path: &str, r: Option<&RawRetention>) -> Option<u32> {
