@@ -68,6 +68,20 @@ pub fn resolve_unique<'a>(
     (errors, resolved)
 }
 
+/// The account `id` of `channel` in a checked config, for starting it: its own platform settings
+/// (`own`, as the adapter found them) and its shared settings, or an error naming it.
+pub fn configured<A: Clone>(
+    config: &Config,
+    channel: &str,
+    id: &str,
+    own: Option<&A>,
+) -> Result<(A, crate::config::channels::ChannelAccount), String> {
+    let missing = || format!("channels.{channel} account {id:?} is not configured");
+    let own = own.cloned().ok_or_else(missing)?;
+    let shared = config.channels.account(channel, id).cloned().ok_or_else(missing)?;
+    Ok((own, shared))
+}
+
 /// A runtime for the platform calls a command makes outside a running gateway (`doctor`,
 /// `tenant add`).
 pub fn command_runtime() -> Result<tokio::runtime::Runtime, String> {

@@ -88,9 +88,8 @@ impl super::adapter::Adapter for Discord {
         account: &str,
         stopped: watch::Receiver<bool>,
     ) -> Result<tokio::task::JoinHandle<()>, String> {
-        let not_configured = || format!("channels.discord account {account:?} is not configured");
-        let acc = settings(config).and_then(|s| s.account(account)).cloned().ok_or_else(not_configured)?;
-        let shared = config.channels.account("discord", account).cloned().ok_or_else(not_configured)?;
+        let (acc, shared) =
+            super::adapter::configured(config, "discord", account, settings(config).and_then(|s| s.account(account)))?;
         let token = acc
             .token
             .resolve(&config.base_dir)

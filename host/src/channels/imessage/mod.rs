@@ -273,9 +273,8 @@ impl super::adapter::Adapter for IMessageAdapter {
         account: &str,
         stopped: watch::Receiver<bool>,
     ) -> Result<tokio::task::JoinHandle<()>, String> {
-        let not_configured = || format!("channels.imessage account {account:?} is not configured");
-        let acc = settings(config).and_then(|s| s.account(account)).cloned().ok_or_else(not_configured)?;
-        let shared = config.channels.account("imessage", account).cloned().ok_or_else(not_configured)?;
+        let (acc, shared) =
+            super::adapter::configured(config, "imessage", account, settings(config).and_then(|s| s.account(account)))?;
         let creds = resolve(config, &acc)?;
         let bridge = Bridge::new(&acc.url, creds.password.clone())
             .map_err(|e| format!("channels.imessage account {account:?}: {e}"))?;

@@ -205,9 +205,8 @@ impl super::adapter::Adapter for Signal {
         account: &str,
         stopped: watch::Receiver<bool>,
     ) -> Result<tokio::task::JoinHandle<()>, String> {
-        let not_configured = || format!("channels.signal account {account:?} is not configured");
-        let acc = settings(config).and_then(|s| s.account(account)).cloned().ok_or_else(not_configured)?;
-        let shared = config.channels.account("signal", account).cloned().ok_or_else(not_configured)?;
+        let (acc, shared) =
+            super::adapter::configured(config, "signal", account, settings(config).and_then(|s| s.account(account)))?;
         let daemon = Daemon::new(&acc.url).map_err(|e| format!("channels.signal account {account:?}: {e}"))?;
         let transport = SignalTransport { daemon: daemon.clone(), number: acc.number.clone() };
         let outbound =

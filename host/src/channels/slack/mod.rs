@@ -374,9 +374,8 @@ impl super::adapter::Adapter for Slack {
         account: &str,
         stopped: watch::Receiver<bool>,
     ) -> Result<tokio::task::JoinHandle<()>, String> {
-        let not_configured = || format!("channels.slack account {account:?} is not configured");
-        let acc = settings(config).and_then(|s| s.account(account)).cloned().ok_or_else(not_configured)?;
-        let shared = config.channels.account("slack", account).cloned().ok_or_else(not_configured)?;
+        let (acc, shared) =
+            super::adapter::configured(config, "slack", account, settings(config).and_then(|s| s.account(account)))?;
         let creds = resolve(config, &acc)?;
         let api = Api::new(&acc.api_url).map_err(|e| format!("channels.slack account {account:?}: {e}"))?;
         let label = format!("slack/{}", acc.id);

@@ -260,9 +260,8 @@ impl super::adapter::Adapter for Telegram {
         account: &str,
         stopped: watch::Receiver<bool>,
     ) -> Result<tokio::task::JoinHandle<()>, String> {
-        let not_configured = || format!("channels.telegram account {account:?} is not configured");
-        let acc = settings(config).and_then(|s| s.account(account)).cloned().ok_or_else(not_configured)?;
-        let shared = config.channels.account("telegram", account).cloned().ok_or_else(not_configured)?;
+        let (acc, shared) =
+            super::adapter::configured(config, "telegram", account, settings(config).and_then(|s| s.account(account)))?;
         let token = acc
             .token
             .resolve(&config.base_dir)

@@ -249,9 +249,7 @@ fn open(
     config: &Config,
     id: &str,
 ) -> Result<(WhatsAppAccount, crate::config::channels::ChannelAccount, Credentials, Graph), String> {
-    let not_configured = || format!("channels.whatsapp account {id:?} is not configured");
-    let acc = settings(config).and_then(|s| s.account(id)).cloned().ok_or_else(not_configured)?;
-    let shared = config.channels.account("whatsapp", id).cloned().ok_or_else(not_configured)?;
+    let (acc, shared) = super::adapter::configured(config, "whatsapp", id, settings(config).and_then(|s| s.account(id)))?;
     let creds = resolve(config, &acc)?;
     let graph = Graph::new(&acc.api_url).map_err(|e| format!("channels.whatsapp account {id:?}: {e}"))?;
     Ok((acc, shared, creds, graph))
