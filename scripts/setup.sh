@@ -18,6 +18,15 @@ if [[ "${1:-}" == "--with-browser" ]] && ! command -v chromium >/dev/null 2>&1; 
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
 fi
 
+# The PostgreSQL store tests start their own throwaway servers from Debian's postgresql package
+# (initdb and pg_ctl under /usr/lib/postgresql/*/bin; psql and pg_dump to inspect them).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v pg_dump >/dev/null 2>&1; then
+  echo "setup: installing postgresql (Debian package)"
+  if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql postgresql-client >/dev/null
+fi
+
 # The Docker sandbox image needs a static BusyBox (Debian's busybox-static) and a running daemon.
 if ! dpkg -s busybox-static >/dev/null 2>&1; then
   echo "setup: installing busybox-static (Debian package)"

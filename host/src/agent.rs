@@ -160,6 +160,15 @@ impl Runtime {
         self.metrics.queue_wait(tenant, permit.waited);
         let _permit = permit;
         let sessions = self.sessions_for(agent);
+        // Across gateways sharing a database, one run per session at a time (as the scheduler
+        // keeps it within this one).
+        let _run = match sessions.lock_run(session).await {
+            Ok(guard) => guard,
+            Err(e) => {
+                tracing::error!(tenant = %agent.tenant, error = %e, "Cannot lock the session for a run.");
+                return self.failed(agent, "The conversation could not be saved. Please try again.");
+            }
+        };
         self.metrics.run_started(tenant);
         self.usage.record(tenant, &agent.id, |c| c.runs += 1);
         let user = match &sent_by {

@@ -14,8 +14,8 @@ macro_rules! safe_modules {
 }
 
 safe_modules!(
-    agent, app, audit, channels, cli, config, crypto, dispatch, fsutil, gateway, ids, logging, metrics, model, policy,
-    quota, routing, scheduler, session, store, tools, usage,
+    agent, app, audit, channels, cli, cluster, config, crypto, dispatch, fsutil, gateway, ids, logging, metrics, model,
+    policy, quota, routing, scheduler, session, store, tools, usage,
 );
 // Forbidden in each of its modules but `precompiled` (see sandbox/mod.rs).
 pub mod sandbox;

@@ -130,6 +130,24 @@ pub trait SessionStore: Send + Sync {
         let _ = (tenant, name, bytes);
         Err(StoreError::Io("this store cannot keep documents".into()))
     }
+    /// Waits until no other gateway runs a turn of this session, and keeps it so until the guard
+    /// drops. A store used by one process has nothing to wait for (the scheduler orders runs).
+    async fn lock_run(&self, tenant: &TenantId, key: &SessionKey) -> Result<RunGuard, StoreError> {
+        let _ = (tenant, key);
+        Ok(RunGuard::none())
+    }
+}
+
+/// Held while a turn runs (see [`SessionStore::lock_run`]); dropping it lets the next run start.
+pub struct RunGuard(#[allow(dead_code)] Option<Box<dyn Send + Sync>>);
+
+impl RunGuard {
+    pub fn none() -> Self {
+        Self(None)
+    }
+    pub fn new(held: impl Send + Sync + 'static) -> Self {
+        Self(Some(Box::new(held)))
+    }
 }
 
 /// A store handle bound to one tenant.
@@ -163,6 +181,9 @@ impl TenantSessions {
     }
     pub async fn delete(&self, key: &SessionKey) -> Result<bool, StoreError> {
         self.store.delete_session(&self.tenant, key).await
+    }
+    pub async fn lock_run(&self, key: &SessionKey) -> Result<RunGuard, StoreError> {
+        self.store.lock_run(&self.tenant, key).await
     }
 }
 

@@ -121,7 +121,7 @@ impl App {
         for w in &checked.warnings {
             tracing::warn!("{w}");
         }
-        let (store, encrypted) = open_session_store(&config)?;
+        let (store, encrypted) = open_session_store(&config).await?;
         let audit = open_audit(&config)?;
         let usage = Arc::new(
             UsageMeter::open(&UsageMeter::dir_in(&config.state_dir)).map_err(|e| StartError::Failed(e.to_string()))?,
@@ -342,12 +342,13 @@ fn wasm_backend(config: &Config, audit: &Audit) -> Deferred {
     })
 }
 
-/// The encrypted store when `store.masterKey` is set (refusing to start on any key problem);
-/// in memory only when the config says `store: { mode: "memory" }`, unless an encrypted store
-/// already exists (then refuse). The checks already refused a config that says neither.
-fn open_session_store(
+/// The encrypted store when `store.masterKey` is set (files, or the shared database; refusing to
+/// start on any key or database problem); in memory only when the config says `store: { mode:
+/// "memory" }`, unless an encrypted store already exists (then refuse). The checks already
+/// refused a config that says neither.
+async fn open_session_store(
     config: &Config,
-) -> Result<(Arc<dyn SessionStore>, Option<crate::store::EncryptedStore>), StartError> {
+) -> Result<(Arc<dyn SessionStore>, Option<crate::store::Durable>), StartError> {
     let mode = config.store.require_mode().map_err(|e| StartError::Invalid(vec![format!("store: {e}")]))?;
     if mode == StoreMode::Memory {
         if store_root(config).join("store.age").exists() {
@@ -359,14 +360,17 @@ fn open_session_store(
         // The config's own warning (logged at start) says this is not for production.
         return Ok((Arc::new(MemoryStore::with_max_bytes(config.store.cache_bytes)), None));
     }
-    let store = crate::store::EncryptedStore::open(config)?;
-    tracing::info!(tenants = store.tenants().len(), "Encrypted session store open.");
-    Ok((Arc::new(store.clone()), Some(store)))
+    let store = crate::store::Durable::open(config).await?;
+    match store.db() {
+        Some(db) => tracing::info!(gateway = db.gateway(), "Encrypted session store open on PostgreSQL."),
+        None => tracing::info!("Encrypted session store open."),
+    }
+    Ok((store.sessions(), Some(store)))
 }
 
 /// Applies retention to the encrypted store every `RETENTION_INTERVAL` with the current
 /// config's settings (a reload's retention applies from the next run).
-fn spawn_retention(live: &Live, store: crate::store::EncryptedStore) -> tokio::task::JoinHandle<()> {
+fn spawn_retention(live: &Live, store: crate::store::Durable) -> tokio::task::JoinHandle<()> {
     let live = live.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(RETENTION_INTERVAL);
@@ -376,13 +380,8 @@ fn spawn_retention(live: &Live, store: crate::store::EncryptedStore) -> tokio::t
             if retention.default_days.is_none() && retention.per_tenant.is_empty() {
                 continue;
             }
-            let s = store.clone();
-            let res =
-                tokio::task::spawn_blocking(move || s.apply_retention(&retention, std::time::SystemTime::now())).await;
-            match res {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "Retention failed."),
-                Err(e) => tracing::error!(error = %e, "Retention task failed."),
+            if let Err(e) = store.apply_retention(retention, std::time::SystemTime::now()).await {
+                tracing::error!(error = %e, "Retention failed.");
             }
         }
     })

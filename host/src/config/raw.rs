@@ -75,6 +75,12 @@ pub struct RawStore {
     /// MiB of conversations kept in memory: the whole memory-only store, or the encrypted
     /// store's open sessions (default 64).
     pub cache_mb: Option<u64>,
+    /// `"file"` (default: under `stateDir`) or `"postgres"` (shared by several gateways).
+    pub backend: Option<String>,
+    /// The PostgreSQL connection URL (`backend: "postgres"`), `{ env: ".." }` or `{ file: ".." }`.
+    pub url: Option<SecretRef>,
+    /// Connections each gateway keeps to PostgreSQL (default 16).
+    pub pool_size: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

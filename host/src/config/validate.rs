@@ -30,7 +30,7 @@ pub use providers::{ProviderApi, ProviderConfig};
 pub use sandbox::{
     DockerSettings, SandboxBackend, SandboxConfig, SandboxMode, SandboxScope, WasmSettings, WorkspaceAccess,
 };
-pub use store::{NO_STORE_MODE, StoreConfig, StoreMode};
+pub use store::{NO_STORE_MODE, StoreBackend, StoreConfig, StoreMode};
 pub use tenants::{QuotaSettings, TenantConfig};
 
 use super::ConfigError;

@@ -17,9 +17,12 @@
 mod export;
 mod format;
 mod keys;
+pub mod postgres;
 mod sync;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod suite;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
@@ -98,6 +101,9 @@ pub enum StoreOpenError {
     Tenant { tenant: String, reason: String },
     #[error("store at {path}: {what}: {error}")]
     Io { path: String, what: &'static str, error: io::Error },
+    /// The PostgreSQL backend cannot be used (never names the URL: it may hold a password).
+    #[error("the session store database: {0}")]
+    Database(String),
 }
 
 fn io_err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> StoreOpenError + 'a {
@@ -276,6 +282,95 @@ pub struct EncryptedStore {
 }
 
 /// Where the store lives for a config.
+/// The durable store a gateway opened: files under `stateDir`, or the shared database. The
+/// operations here are those besides `SessionStore` (retention, export, crypto-shredding).
+#[derive(Clone)]
+pub enum Durable {
+    File(EncryptedStore),
+    Postgres(postgres::PgStore),
+}
+
+impl Durable {
+    /// Opens the durable store the config names (the master key loaded and checked first).
+    pub async fn open(config: &Config) -> Result<Self, StoreOpenError> {
+        let crate::config::StoreBackend::Postgres { url, pool_size } = &config.store.backend else {
+            return EncryptedStore::open(config).map(Durable::File);
+        };
+        let root = store_root(config);
+        let Some(reference) = &config.store.master_key else {
+            return Err(StoreOpenError::NoMasterKey { root: root.display().to_string() });
+        };
+        let master = MasterKey::load(reference, &config.base_dir, &config.state_dir)?;
+        let url = url
+            .resolve(&config.base_dir)
+            .map_err(|why| StoreOpenError::Database(format!("store.url cannot be read: {why}")))?;
+        let db = crate::cluster::Db::connect(&url, *pool_size, crate::cluster::gateway_id())
+            .await
+            .map_err(|e| StoreOpenError::Database(e.to_string()))?;
+        let tenants: Vec<TenantId> = config.tenants.keys().cloned().collect();
+        let store = postgres::PgStore::open(db, master, &tenants)
+            .await
+            .map_err(|e| StoreOpenError::Database(e.to_string()))?;
+        Ok(Durable::Postgres(store))
+    }
+
+    pub fn sessions(&self) -> Arc<dyn SessionStore> {
+        match self {
+            Durable::File(s) => Arc::new(s.clone()),
+            Durable::Postgres(s) => Arc::new(s.clone()),
+        }
+    }
+
+    /// The shared database, when there is one.
+    pub fn db(&self) -> Option<&crate::cluster::Db> {
+        match self {
+            Durable::File(_) => None,
+            Durable::Postgres(s) => Some(s.db()),
+        }
+    }
+
+    pub async fn tenants(&self) -> Result<Vec<TenantId>, StoreError> {
+        match self {
+            Durable::File(s) => Ok(s.tenants()),
+            Durable::Postgres(s) => s.tenants().await,
+        }
+    }
+
+    pub async fn apply_retention(
+        &self,
+        retention: Retention,
+        now: SystemTime,
+    ) -> Result<Vec<(TenantId, usize)>, StoreError> {
+        match self {
+            Durable::File(s) => {
+                let s = s.clone();
+                blocking(move || s.apply_retention(&retention, now)).await
+            }
+            Durable::Postgres(s) => s.apply_retention(&retention, now).await,
+        }
+    }
+
+    pub async fn read_tenant(&self, t: &TenantId) -> Result<Vec<SessionRead>, StoreError> {
+        match self {
+            Durable::File(s) => {
+                let (s, t) = (s.clone(), t.clone());
+                blocking(move || s.read_tenant(&t)).await
+            }
+            Durable::Postgres(s) => s.read_tenant(t).await,
+        }
+    }
+
+    pub async fn delete_tenant(&self, t: &TenantId) -> Result<bool, StoreError> {
+        match self {
+            Durable::File(s) => {
+                let (s, t) = (s.clone(), t.clone());
+                blocking(move || s.delete_tenant(&t)).await
+            }
+            Durable::Postgres(s) => s.delete_tenant(t).await,
+        }
+    }
+}
+
 pub fn store_root(config: &Config) -> PathBuf {
     config.state_dir.join("store")
 }
@@ -436,25 +531,7 @@ impl EncryptedStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(store_io("cannot read", &path, e)),
         };
-        let bad = |why: &str| StoreError::Integrity(format!("session {sid} of tenant {:?}: {why}", t.as_str()));
-        let json = keys.decrypt(&bytes).ok_or_else(|| bad("meta.age does not decrypt with the tenant key"))?;
-        let m: MetaFile = serde_json::from_slice(&json).map_err(|_| bad("meta.age has an unknown format"))?;
-        if m.v != 1 {
-            return Err(bad("meta.age has an unsupported version"));
-        }
-        let created = m.created_ms.to_be_bytes();
-        let parts: [&[u8]; 6] =
-            [b"meta", m.tenant.as_bytes(), m.sid.as_bytes(), m.key.as_bytes(), &created, m.data_key.as_bytes()];
-        if !keys.verify(&parts, &m.mac) {
-            return Err(bad("meta.age fails authentication (replaced by a file not made with the tenant key)"));
-        }
-        if m.tenant != t.as_str() || m.sid != sid || keys.session_id(&m.key) != sid {
-            return Err(bad("meta.age belongs to another session or tenant (moved)"));
-        }
-        let dk: [u8; 32] = unhex(&m.data_key)
-            .and_then(|v| v.try_into().ok())
-            .ok_or_else(|| bad("meta.age holds an invalid data key"))?;
-        Ok(Some(OpenMeta { key: m.key, created_ms: m.created_ms, data: RecordKey::new(&dk) }))
+        open_meta(keys, t, sid, &bytes).map(Some)
     }
 
     /// Creates a session: its directory and `meta.age` (written to a synced temp file, then
@@ -1057,6 +1134,29 @@ fn make_meta(
     keys.encrypt(&json).map_err(StoreError::Io)
 }
 
+/// Opens and verifies a session's sealed metadata (`meta.age`, or a `bh_sessions.meta` cell).
+fn open_meta(keys: &TenantKeys, t: &TenantId, sid: &str, bytes: &[u8]) -> Result<OpenMeta, StoreError> {
+    let bad = |why: &str| StoreError::Integrity(format!("session {sid} of tenant {:?}: {why}", t.as_str()));
+    let json = keys.decrypt(bytes).ok_or_else(|| bad("meta.age does not decrypt with the tenant key"))?;
+    let m: MetaFile = serde_json::from_slice(&json).map_err(|_| bad("meta.age has an unknown format"))?;
+    if m.v != 1 {
+        return Err(bad("meta.age has an unsupported version"));
+    }
+    let created = m.created_ms.to_be_bytes();
+    let parts: [&[u8]; 6] =
+        [b"meta", m.tenant.as_bytes(), m.sid.as_bytes(), m.key.as_bytes(), &created, m.data_key.as_bytes()];
+    if !keys.verify(&parts, &m.mac) {
+        return Err(bad("meta.age fails authentication (replaced by a file not made with the tenant key)"));
+    }
+    if m.tenant != t.as_str() || m.sid != sid || keys.session_id(&m.key) != sid {
+        return Err(bad("meta.age belongs to another session or tenant (moved)"));
+    }
+    let dk: [u8; 32] = unhex(&m.data_key)
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| bad("meta.age holds an invalid data key"))?;
+    Ok(OpenMeta { key: m.key, created_ms: m.created_ms, data: RecordKey::new(&dk) })
+}
+
 fn integrity(t: &TenantId, sid: &str, what: &str) -> StoreError {
     StoreError::Integrity(format!("session {sid} of tenant {:?}: {what}", t.as_str()))
 }
@@ -1374,12 +1474,31 @@ fn document_path(dir: &Path, name: &str) -> Result<PathBuf, StoreError> {
 
 fn write_document(dir: &Path, keys: &TenantKeys, tenant: &str, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
     let path = document_path(dir, name)?;
+    let sealed = seal_document(keys, tenant, name, bytes)?;
+    fsutil::write_atomic(&path, &sealed).map_err(|e| store_io("cannot write", &path, e))
+}
+
+/// A document sealed to its tenant and bound to its tenant and name.
+fn seal_document(keys: &TenantKeys, tenant: &str, name: &str, bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
     let data = hex(bytes);
     let mac = keys.mac(&[b"document", tenant.as_bytes(), name.as_bytes(), data.as_bytes()]);
     let doc = DocumentFile { v: 1, tenant: tenant.to_string(), name: name.to_string(), data, mac };
     let json = serde_json::to_vec(&doc).map_err(|e| StoreError::Io(e.to_string()))?;
-    let sealed = keys.encrypt(&json).map_err(StoreError::Io)?;
-    fsutil::write_atomic(&path, &sealed).map_err(|e| store_io("cannot write", &path, e))
+    keys.encrypt(&json).map_err(StoreError::Io)
+}
+
+/// Opens a sealed document, refusing one moved from another tenant or name.
+fn open_document(keys: &TenantKeys, t: &TenantId, name: &str, bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let bad = |why: &str| StoreError::Integrity(format!("document {name} of tenant {:?}: {why}", t.as_str()));
+    let json = keys.decrypt(bytes).ok_or_else(|| bad("does not decrypt with the tenant key"))?;
+    let d: DocumentFile = serde_json::from_slice(&json).map_err(|_| bad("unknown format"))?;
+    if d.v != 1 || d.tenant != t.as_str() || d.name != name {
+        return Err(bad("belongs to another tenant or document (moved)"));
+    }
+    if !keys.verify(&[b"document", d.tenant.as_bytes(), d.name.as_bytes(), d.data.as_bytes()], &d.mac) {
+        return Err(bad("fails authentication"));
+    }
+    unhex(&d.data).ok_or_else(|| bad("holds invalid data"))
 }
 
 impl EncryptedStore {
@@ -1390,16 +1509,7 @@ impl EncryptedStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(store_io("cannot read", &path, e)),
         };
-        let bad = |why: &str| StoreError::Integrity(format!("document {name} of tenant {:?}: {why}", t.as_str()));
-        let json = keys.decrypt(&bytes).ok_or_else(|| bad("does not decrypt with the tenant key"))?;
-        let d: DocumentFile = serde_json::from_slice(&json).map_err(|_| bad("unknown format"))?;
-        if d.v != 1 || d.tenant != t.as_str() || d.name != name {
-            return Err(bad("belongs to another tenant or document (moved)"));
-        }
-        if !keys.verify(&[b"document", d.tenant.as_bytes(), d.name.as_bytes(), d.data.as_bytes()], &d.mac) {
-            return Err(bad("fails authentication"));
-        }
-        unhex(&d.data).map(Some).ok_or_else(|| bad("holds invalid data"))
+        open_document(keys, t, name, &bytes).map(Some)
     }
 }
 

@@ -16,9 +16,24 @@ pub enum StoreMode {
     Memory,
 }
 
+/// Where the encrypted store keeps its data (`store.backend`).
+#[derive(Debug, Clone)]
+pub enum StoreBackend {
+    /// Files under `stateDir` (the single-host default).
+    File,
+    /// A PostgreSQL database shared by several gateways (`store.url`).
+    Postgres { url: SecretRef, pool_size: u32 },
+}
+
+/// `store.poolSize` when unset, and its bounds.
+pub const DEFAULT_POOL_SIZE: u32 = 16;
+pub const MAX_POOL_SIZE: u32 = 256;
+
 /// The encrypted session store: master key reference and retention (global and per tenant).
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
+    /// Files (default) or PostgreSQL; only meaningful with an encrypted store.
+    pub backend: StoreBackend,
     /// Set when `store.masterKey` is (then `mode` is `Encrypted`).
     pub master_key: Option<SecretRef>,
     /// `None` when the config says neither `store.masterKey` nor `store.mode`: `serve` refuses.
@@ -42,6 +57,7 @@ pub const NO_STORE_MODE: &str = "neither store.masterKey nor store.mode is set: 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
+            backend: StoreBackend::File,
             master_key: None,
             mode: None,
             retention_days: None,
@@ -93,7 +109,9 @@ pub(super) fn store(
         (_, true) => Some(StoreMode::Encrypted),
         (None, false) => None,
     };
+    let backend = backend(errs, warnings, &raw_store, mode);
     let store = StoreConfig {
+        backend,
         master_key: raw_store.master_key,
         mode,
         retention_days: retention_days(errs, "retention.days", retention),
@@ -104,6 +122,41 @@ pub(super) fn store(
         secret(errs, warnings, "store.masterKey", k);
     }
     store
+}
+
+/// `store.backend`, `store.url` and `store.poolSize`: PostgreSQL holds the encrypted store only
+/// (a memory-only gateway has nothing to share).
+fn backend(errs: &mut Errors, warnings: &mut Vec<String>, raw: &RawStore, mode: Option<StoreMode>) -> StoreBackend {
+    let written = one_of(
+        errs,
+        "store.backend",
+        raw.backend.as_deref(),
+        Some(false),
+        &[("file", Some(false)), ("postgres", Some(true))],
+    );
+    let postgres = written == Some(true);
+    if !postgres {
+        if raw.url.is_some() {
+            errs.push("store.url", "set only with store.backend: \"postgres\"");
+        }
+        if raw.pool_size.is_some() {
+            errs.push("store.poolSize", "set only with store.backend: \"postgres\"");
+        }
+        return StoreBackend::File;
+    }
+    if mode == Some(StoreMode::Memory) {
+        errs.push("store.backend", "\"postgres\" holds the encrypted store; store.mode is \"memory\": remove one");
+    }
+    let pool_size = raw.pool_size.unwrap_or(DEFAULT_POOL_SIZE);
+    if !(2..=MAX_POOL_SIZE).contains(&pool_size) {
+        errs.push("store.poolSize", format!("poolSize must be 2-{MAX_POOL_SIZE}, got {pool_size}"));
+    }
+    let Some(url) = raw.url.clone() else {
+        errs.push("store.url", "missing the PostgreSQL URL (store.backend is \"postgres\"): { env: \"NAME\" } or { file: \"PATH\" }");
+        return StoreBackend::File;
+    };
+    secret(errs, warnings, "store.url", &url);
+    StoreBackend::Postgres { url, pool_size: pool_size.clamp(2, MAX_POOL_SIZE) }
 }
 
 fn cache_bytes(errs: &mut Errors, mb: Option<u64>) -> usize {
