@@ -85,7 +85,12 @@ impl Pg {
             dir.path().display()
         );
         let mut start = pg_command(&bin.join("pg_ctl"));
-        start.args(["-w", "-t", "60", "-s", "-D"]).arg(&data).args(["-l"]).arg(dir.path().join("log")).args(["-o", &opts, "start"]);
+        start
+            .args(["-w", "-t", "60", "-s", "-D"])
+            .arg(&data)
+            .args(["-l"])
+            .arg(dir.path().join("log"))
+            .args(["-o", &opts, "start"]);
         run(start, "pg_ctl start");
         let url = format!("postgres://bulkhead@127.0.0.1:{port}/postgres");
         Pg { dir, port, url }

@@ -130,6 +130,16 @@ pub trait SessionStore: Send + Sync {
         let _ = (tenant, name, bytes);
         Err(StoreError::Io("this store cannot keep documents".into()))
     }
+    /// Whether other processes (gateways sharing a database) write this store too: then what a
+    /// process cached of a document may be stale, and read-modify-write takes `lock_document`.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Keeps other gateways from changing the tenant's document `name` until the guard drops.
+    async fn lock_document(&self, tenant: &TenantId, name: &str) -> Result<RunGuard, StoreError> {
+        let _ = (tenant, name);
+        Ok(RunGuard::none())
+    }
     /// Waits until no other gateway runs a turn of this session, and keeps it so until the guard
     /// drops. A store used by one process has nothing to wait for (the scheduler orders runs).
     async fn lock_run(&self, tenant: &TenantId, key: &SessionKey) -> Result<RunGuard, StoreError> {

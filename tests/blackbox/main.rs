@@ -25,9 +25,12 @@ mod faults;
 mod harness;
 mod imessage;
 mod onboarding;
+#[path = "../pg_common.rs"]
+mod pg_common;
 mod policy;
 mod quota;
 mod reload;
+mod scale_out;
 mod signal;
 mod slack;
 mod store;

@@ -181,13 +181,14 @@ impl App {
             Ok(n) => tracing::info!(approvals = n, "Chat pairing approvals restored."),
             Err(e) => return Err(StartError::Failed(e)),
         }
-        let channels = Channels::new(&live, &pairing);
+        let cluster = encrypted.as_ref().and_then(|s| s.db()).cloned();
+        let channels = Channels::new(&live, &pairing, cluster.clone());
         let routes = channels.routes();
         let retention = encrypted.map(|s| spawn_retention(&live, s));
         let inner = Arc::new_cyclic(|me: &Weak<Inner>| {
             let reloader: Option<Arc<dyn Reloader>> = source.file.is_some().then(|| Arc::new(Hook(me.clone())) as _);
             Inner {
-                gateway: Arc::new(Gateway::new(live.clone(), pairing, reloader, routes)),
+                gateway: Arc::new(Gateway::new(live.clone(), pairing, reloader, routes).with_cluster(cluster)),
                 live,
                 tls: checked.tls,
                 audit,

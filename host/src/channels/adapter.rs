@@ -184,6 +184,25 @@ pub struct Context {
     pub live: Live,
     pub pairing: Arc<Pairing>,
     pub inbox: Arc<Inboxes>,
+    /// The shared database when several gateways run (accounts with one owner take a lease).
+    pub db: Option<crate::cluster::Db>,
+    /// Set while an account runs under a lease: its replies go out only while the lease holds.
+    pub owner: Option<crate::cluster::lease::Validity>,
+}
+
+impl Context {
+    /// The account's transport, fenced by its lease when it runs under one.
+    pub fn transport(&self, t: Arc<dyn super::outbound::Transport>) -> Arc<dyn super::outbound::Transport> {
+        match &self.owner {
+            Some(validity) => Arc::new(super::outbound::Fenced { inner: t, validity: validity.clone() }),
+            None => t,
+        }
+    }
+
+    /// Whether this gateway may still act for the account (always, without a lease).
+    pub fn owns(&self) -> bool {
+        self.owner.as_ref().is_none_or(|v| v.is_valid())
+    }
 }
 
 /// One line of `bulkhead doctor`.
@@ -266,6 +285,12 @@ pub trait Adapter: Send + Sync {
     /// Start-up checks that need resolved secrets (credentials resolve, no bot shared by two
     /// accounts, ...). `serve`, `config check`, `doctor` and every reload run them.
     fn check(&self, config: &Config) -> Vec<String>;
+
+    /// Whether an account's connection must have exactly one owner among gateways sharing a
+    /// database (a long poll, a gateway shard, an event stream); webhook channels need none.
+    fn single_owner(&self) -> bool {
+        false
+    }
 
     /// Starts one account's connection; it ends (having confirmed what it took) once `stopped`
     /// turns true. Reloading one account is stopping it and starting it again.

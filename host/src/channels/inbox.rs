@@ -78,7 +78,9 @@ impl Inboxes {
     async fn update<R>(&self, tenant: &TenantId, f: impl FnOnce(&mut Document) -> (R, bool)) -> Result<R, StoreError> {
         let slot = self.tenants.lock().expect("inbox lock").entry(tenant.clone()).or_default().clone();
         let mut doc = slot.lock().await;
-        if doc.is_none() {
+        // Other gateways write a shared store's inbox too: read it afresh under its lock.
+        let _shared = self.store.lock_document(tenant, DOCUMENT).await?;
+        if doc.is_none() || self.store.shared() {
             *doc = Some(self.load(tenant).await?);
         }
         let mut next = doc.clone().unwrap_or_default();

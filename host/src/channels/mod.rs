@@ -17,6 +17,7 @@ pub mod inbound;
 pub mod inbox;
 pub mod net;
 pub mod outbound;
+mod owned;
 pub mod pairing;
 pub mod signal;
 pub mod slack;
@@ -63,9 +64,12 @@ pub fn check(config: &Config) -> Vec<String> {
 
 impl Channels {
     /// The channel context over `live` (no account started yet).
-    pub fn new(live: &Live, pairing: &Arc<Pairing>) -> Self {
+    /// `db`: the database several gateways share, when they do; then an account whose
+    /// connection must have one owner runs only while this gateway holds its lease.
+    pub fn new(live: &Live, pairing: &Arc<Pairing>, db: Option<crate::cluster::Db>) -> Self {
         let inbox = Arc::new(inbox::Inboxes::new(live.load().runtime.store.clone()));
-        Self { ctx: Context { live: live.clone(), pairing: pairing.clone(), inbox }, running: BTreeMap::new() }
+        let ctx = Context { live: live.clone(), pairing: pairing.clone(), inbox, db, owner: None };
+        Self { ctx, running: BTreeMap::new() }
     }
 
     /// The routes every adapter serves on the HTTP server (webhooks).
@@ -131,7 +135,11 @@ impl Channels {
                 continue;
             }
             let (stop, stopped) = watch::channel(false);
-            match adapter.start_account(&self.ctx, config, &id, stopped) {
+            let started = match (&self.ctx.db, adapter.single_owner()) {
+                (Some(db), true) => Ok(owned::start(&self.ctx, db.clone(), adapter, id.clone(), stopped)),
+                _ => adapter.start_account(&self.ctx, config, &id, stopped),
+            };
+            match started {
                 Ok(task) => {
                     self.running.insert((channel, id), Running { fingerprint, stop, task });
                 }

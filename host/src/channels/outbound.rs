@@ -42,6 +42,31 @@ pub enum SendError {
     Transient(String),
     /// Retrying will not help (chat gone, bot blocked); the message is dropped with a log line.
     Permanent(String),
+    /// This gateway no longer owns the bot (its lease lapsed): the worker stops, and what it
+    /// had not sent stays in the inbox for the bot's next owner.
+    NotOwner,
+}
+
+/// A transport that sends only while this gateway holds the bot's lease.
+pub struct Fenced {
+    pub inner: Arc<dyn Transport>,
+    pub validity: crate::cluster::lease::Validity,
+}
+
+#[async_trait::async_trait]
+impl Transport for Fenced {
+    async fn send(&self, to: &ChatTarget, text: &str) -> Result<(), SendError> {
+        if !self.validity.is_valid() {
+            return Err(SendError::NotOwner);
+        }
+        self.inner.send(to, text).await
+    }
+
+    async fn typing(&self, to: &ChatTarget) {
+        if self.validity.is_valid() {
+            self.inner.typing(to).await;
+        }
+    }
 }
 
 /// The platform call that delivers one message.
@@ -394,6 +419,10 @@ async fn worker(
             Err(SendError::Permanent(why)) => {
                 tracing::warn!(bot = %label, error = %why, "Reply cannot be delivered; dropped.");
                 finish(q.pop_front().expect("front exists"), Delivery::Dropped);
+            }
+            Err(SendError::NotOwner) => {
+                tracing::warn!(bot = %label, "This gateway no longer owns the bot; its unsent replies are left to the next owner.");
+                break;
             }
             Err(SendError::Unauthorized) => {
                 let lost: usize = queues.values().map(VecDeque::len).sum();

@@ -7,6 +7,7 @@
 //! ran the renewal, which is later, so a gateway cut off from the database stops using the lease
 //! at least `margin` before another gateway can take it over.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{Db, DbError};
@@ -17,7 +18,23 @@ pub struct Lease {
     name: String,
     ttl: Duration,
     fence: i64,
-    valid_until: Instant,
+    valid_until: Validity,
+}
+
+/// Until when a lease may be acted on, shared with whatever acts under it (a bot's sender).
+#[derive(Clone)]
+pub struct Validity(Arc<Mutex<Instant>>);
+
+impl Validity {
+    pub fn is_valid(&self) -> bool {
+        Instant::now() < *self.0.lock().expect("validity lock")
+    }
+    fn set(&self, until: Instant) {
+        *self.0.lock().expect("validity lock") = until;
+    }
+    fn until(&self) -> Instant {
+        *self.0.lock().expect("validity lock")
+    }
 }
 
 /// Who holds a lease, for `/admin/status`.
@@ -60,7 +77,7 @@ impl Lease {
             name: name.to_string(),
             ttl,
             fence: r.get(0),
-            valid_until: sent + ttl - Self::margin(ttl),
+            valid_until: Validity(Arc::new(Mutex::new(sent + ttl - Self::margin(ttl)))),
         }))
     }
 
@@ -70,12 +87,17 @@ impl Lease {
 
     /// Whether this gateway may still act as the owner (checked before every action).
     pub fn is_valid(&self) -> bool {
-        Instant::now() < self.valid_until
+        self.valid_until.is_valid()
+    }
+
+    /// A handle on this lease's validity for what acts under it.
+    pub fn validity(&self) -> Validity {
+        self.valid_until.clone()
     }
 
     /// How long the lease stays valid without a renewal.
     pub fn remaining(&self) -> Duration {
-        self.valid_until.saturating_duration_since(Instant::now())
+        self.valid_until.until().saturating_duration_since(Instant::now())
     }
 
     /// Extends the lease. `Ok(false)`: it was lost (expired and taken, or released).
@@ -90,10 +112,10 @@ impl Lease {
             )
             .await?;
         if n == 1 {
-            self.valid_until = sent + self.ttl - Self::margin(self.ttl);
+            self.valid_until.set(sent + self.ttl - Self::margin(self.ttl));
             Ok(true)
         } else {
-            self.valid_until = Instant::now();
+            self.valid_until.set(Instant::now());
             Ok(false)
         }
     }

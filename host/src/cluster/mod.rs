@@ -201,35 +201,53 @@ impl Db {
         Ok((version, Duration::from_secs_f64(skew.abs()), skew >= 0.0))
     }
 
-    /// Runs of one session never overlap across gateways: a session-level advisory lock on a
-    /// connection held for the run (released when the guard drops, or by the server when the
-    /// connection dies). `key` is a keyed digest, so `pg_locks` shows no session key.
+    /// Runs of one session never overlap across gateways: a transaction-level advisory lock,
+    /// held in an open transaction for the run and released when the guard drops. The server
+    /// ends a transaction left idle for `RUN_LOCK_TIMEOUT` (the guard pings it meanwhile), so a
+    /// gateway cut off from the database loses its locks within that time and no session waits
+    /// on a dead gateway. `key` is a keyed digest, so `pg_locks` shows no session key.
     pub async fn lock_run(&self, key: i64) -> Result<RunLock, DbError> {
         let client = self.locks.get().await.map_err(pool_error)?;
-        client.execute("SELECT pg_advisory_lock($1)", &[&key]).await?;
-        Ok(RunLock { client: Some(client), key })
-    }
-}
-
-/// A held run lock; dropping it unlocks (in the background: drop cannot wait).
-pub struct RunLock {
-    client: Option<deadpool_postgres::Object>,
-    key: i64,
-}
-
-impl Drop for RunLock {
-    fn drop(&mut self) {
-        let (Some(client), key) = (self.client.take(), self.key) else { return };
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                if let Err(e) = client.execute("SELECT pg_advisory_unlock($1)", &[&key]).await {
-                    // The connection must not go back to the pool still holding the lock.
-                    tracing::warn!(error = %sql_error(&e), "Cannot release a session lock; dropping its connection.");
-                    drop(deadpool_postgres::Object::take(client));
-                }
-            });
-        } else {
+        client
+            .batch_execute(&format!(
+                "SET idle_in_transaction_session_timeout = {}; BEGIN",
+                RUN_LOCK_TIMEOUT.as_millis()
+            ))
+            .await?;
+        if let Err(e) = client.execute("SELECT pg_advisory_xact_lock($1)", &[&key]).await {
             drop(deadpool_postgres::Object::take(client));
+            return Err(e.into());
         }
+        // The transaction lives in a task that pings it until the guard drops, then ends it.
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            tokio::pin!(released);
+            loop {
+                tokio::select! {
+                    _ = &mut released => break,
+                    () = tokio::time::sleep(RUN_LOCK_TIMEOUT / 3) => {
+                        if client.execute("SELECT 1", &[]).await.is_err() {
+                            // Gone: the server ends the transaction (and the lock) by itself.
+                            drop(deadpool_postgres::Object::take(client));
+                            return;
+                        }
+                    }
+                }
+            }
+            if let Err(e) = client.batch_execute("ROLLBACK").await {
+                // The connection must not go back to the pool inside the transaction.
+                tracing::warn!(error = %sql_error(&e), "Cannot release a session lock; dropping its connection.");
+                drop(deadpool_postgres::Object::take(client));
+            }
+        });
+        Ok(RunLock { _release: release })
     }
+}
+
+/// How long the server keeps a run lock whose gateway stopped talking to it.
+pub const RUN_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A held run lock; dropping it ends its transaction, releasing the lock.
+pub struct RunLock {
+    _release: tokio::sync::oneshot::Sender<()>,
 }

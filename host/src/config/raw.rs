@@ -81,6 +81,9 @@ pub struct RawStore {
     pub url: Option<SecretRef>,
     /// Connections each gateway keeps to PostgreSQL (default 16).
     pub pool_size: Option<u32>,
+    /// Seconds a gateway holds a bot's connection lease without renewing it (default 15): a
+    /// dead gateway's bots are taken over within about this long.
+    pub lease_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

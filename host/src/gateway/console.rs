@@ -130,10 +130,18 @@ pub async fn status(State(gw): State<Arc<Gateway>>, Extension(op): Extension<Ope
             })
         })
         .collect();
+    let cluster = match &gw.cluster {
+        None => Value::Null,
+        Some(db) => match crate::cluster::lease::list(db).await {
+            Ok(leases) => json!({ "gateway": db.gateway(), "leases": leases }),
+            Err(e) => json!({ "gateway": db.gateway(), "error": e.to_string() }),
+        },
+    };
     Json(json!({
         "tenants": tenants,
         "accounts": accounts,
         "reload": { "available": gw.reloader.is_some(), "last": gw.last_reload() },
+        "cluster": cluster,
     }))
     .into_response()
 }

@@ -66,6 +66,8 @@ pub struct Gateway {
     extra_routes: Router<()>,
     /// The last reload's outcome (any trigger), for the operator console.
     last_reload: std::sync::Mutex<Option<admin::LastReload>>,
+    /// The database several gateways share, when they do (leases in `/admin/status`).
+    pub cluster: Option<crate::cluster::Db>,
 }
 
 impl Gateway {
@@ -88,7 +90,14 @@ impl Gateway {
             reloader,
             extra_routes,
             last_reload: Default::default(),
+            cluster: None,
         }
+    }
+
+    /// The gateway as one of several sharing `db`.
+    pub fn with_cluster(mut self, db: Option<crate::cluster::Db>) -> Self {
+        self.cluster = db;
+        self
     }
 
     /// Records a reload's outcome (by any trigger): counted in `/metrics`, kept for the console.

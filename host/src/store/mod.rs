@@ -293,7 +293,7 @@ pub enum Durable {
 impl Durable {
     /// Opens the durable store the config names (the master key loaded and checked first).
     pub async fn open(config: &Config) -> Result<Self, StoreOpenError> {
-        let crate::config::StoreBackend::Postgres { url, pool_size } = &config.store.backend else {
+        let crate::config::StoreBackend::Postgres { url, pool_size, .. } = &config.store.backend else {
             return EncryptedStore::open(config).map(Durable::File);
         };
         let root = store_root(config);

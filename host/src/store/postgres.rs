@@ -285,6 +285,16 @@ impl PgStore {
     }
 }
 
+/// How long a store operation may take before it fails (a database cut off mid-operation): the
+/// caller gets a clear error instead of waiting, and the half-sent transaction is never committed.
+const STORE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn timed<R>(op: impl std::future::Future<Output = Result<R, StoreError>>) -> Result<R, StoreError> {
+    tokio::time::timeout(STORE_TIMEOUT, op)
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Io("database: no answer in time (unreachable or overloaded)".into())))
+}
+
 /// The advisory-lock key of a session: 64 bits of its keyed digest (no session key in `pg_locks`).
 fn run_lock_key(sid: &str) -> i64 {
     let bytes = crate::crypto::unhex(&sid[..16]).unwrap_or_default();
@@ -298,146 +308,180 @@ struct PgRunGuard(#[allow(dead_code)] RunLock);
 #[async_trait]
 impl SessionStore for PgStore {
     async fn append(&self, t: &TenantId, key: &SessionKey, messages: &[Message]) -> Result<(), StoreError> {
-        let keys = self.keys(t).await?;
-        let key_text = key.to_string();
-        let sid = keys.session_id(&key_text);
-        let mut client = self.inner.db.client().await.map_err(db_err)?;
-        let tx = client.transaction().await.map_err(sql)?;
-        let ts = now_ms();
-        // A new session's row, sealed; a concurrent creation by another gateway wins and is used.
-        let dk: [u8; 32] = random(&self.inner.rng).map_err(StoreError::Io)?;
-        let meta = make_meta(&keys, t.as_str(), &sid, &key_text, ts, &dk)?;
-        tx.execute(
-            "INSERT INTO bh_sessions (tenant, sid, meta, next_seq, updated_ms) VALUES ($1, $2, $3, 0, $4)
-             ON CONFLICT (tenant, sid) DO NOTHING",
-            &[&t.as_str(), &sid, &meta, &(ts as i64)],
-        )
-        .await
-        .map_err(sql)?;
-        let row = tx
-            .query_one("SELECT meta, next_seq FROM bh_sessions WHERE tenant = $1 AND sid = $2 FOR UPDATE", &[
-                &t.as_str(),
-                &sid,
-            ])
-            .await
-            .map_err(sql)?;
-        let meta = open_meta(&keys, t, &sid, row.get::<_, &[u8]>(0))?;
-        let mut seq = row.get::<_, i64>(1) as u64;
-        let stmt = tx
-            .prepare("INSERT INTO bh_records (tenant, sid, seq, sealed) VALUES ($1, $2, $3, $4)")
-            .await
-            .map_err(sql)?;
-        for m in messages {
-            let rec = Record { v: format::RECORD_VERSION, ts, msg: RecordMessage::from(m) };
-            let pt = serde_json::to_vec(&rec).map_err(|e| StoreError::Io(format!("cannot encode a record: {e}")))?;
-            let frame = meta.data.seal_frame(&self.inner.rng, t.as_str(), &sid, seq, &pt).map_err(StoreError::Io)?;
-            // The frame without its length prefix: nonce ‖ ciphertext ‖ tag.
-            tx.execute(&stmt, &[&t.as_str(), &sid, &(seq as i64), &&frame[4..]]).await.map_err(sql)?;
-            seq += 1;
-        }
-        tx.execute("UPDATE bh_sessions SET next_seq = $3, updated_ms = $4 WHERE tenant = $1 AND sid = $2", &[
-            &t.as_str(),
-            &sid,
-            &(seq as i64),
-            &(ts as i64),
-        ])
-        .await
-        .map_err(sql)?;
-        tx.commit().await.map_err(sql)
-    }
-
-    async fn history(&self, t: &TenantId, key: &SessionKey, limit: Option<usize>) -> Result<Vec<Message>, StoreError> {
-        let keys = self.keys(t).await?;
-        let sid = keys.session_id(&key.to_string());
-        let client = self.inner.db.client().await.map_err(db_err)?;
-        let Some((meta, next, _)) = self.meta(&client, t, &keys, &sid).await? else { return Ok(Vec::new()) };
-        let from = limit.map_or(0, |l| next.saturating_sub(l as u64));
-        let records = self.records(&client, t, &sid, &meta, from, next).await?;
-        Ok(records.into_iter().map(|r| Message::from(r.msg)).collect())
-    }
-
-    async fn list(&self, t: &TenantId) -> Result<Vec<SessionSummary>, StoreError> {
-        let keys = self.keys(t).await?;
-        let client = self.inner.db.client().await.map_err(db_err)?;
-        let rows = client
-            .query("SELECT sid, meta, next_seq, updated_ms FROM bh_sessions WHERE tenant = $1", &[&t.as_str()])
-            .await
-            .map_err(sql)?;
-        let mut out = Vec::new();
-        for row in rows {
-            let sid: &str = row.get(0);
-            match open_meta(&keys, t, sid, row.get::<_, &[u8]>(1)) {
-                Ok(meta) => match SessionKey::parse(&meta.key) {
-                    Ok(key) => out.push(SessionSummary {
-                        key,
-                        messages: row.get::<_, i64>(2) as usize,
-                        updated: UNIX_EPOCH + Duration::from_millis(row.get::<_, i64>(3) as u64),
-                    }),
-                    Err(_) => tracing::warn!(tenant = %t, session = %sid, "Skipped a session with an invalid key."),
-                },
-                Err(e) => tracing::warn!(tenant = %t, session = %sid, error = %e, "Skipped an unreadable session."),
-            }
-        }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
-    }
-
-    async fn exists(&self, t: &TenantId, key: &SessionKey) -> Result<bool, StoreError> {
-        let keys = self.keys(t).await?;
-        let sid = keys.session_id(&key.to_string());
-        let client = self.inner.db.client().await.map_err(db_err)?;
-        Ok(self.meta(&client, t, &keys, &sid).await?.is_some())
-    }
-
-    async fn message_count(&self, t: &TenantId, key: &SessionKey) -> Result<usize, StoreError> {
-        let keys = self.keys(t).await?;
-        let sid = keys.session_id(&key.to_string());
-        let client = self.inner.db.client().await.map_err(db_err)?;
-        Ok(self.meta(&client, t, &keys, &sid).await?.map_or(0, |(_, n, _)| n as usize))
-    }
-
-    async fn delete_session(&self, t: &TenantId, key: &SessionKey) -> Result<bool, StoreError> {
-        let keys = self.keys(t).await?;
-        let sid = keys.session_id(&key.to_string());
-        let mut client = self.inner.db.client().await.map_err(db_err)?;
-        let tx = client.transaction().await.map_err(sql)?;
-        // The row holding the data key goes with the records, in one transaction.
-        let n = tx
-            .execute("DELETE FROM bh_sessions WHERE tenant = $1 AND sid = $2", &[&t.as_str(), &sid])
-            .await
-            .map_err(sql)?;
-        tx.execute("DELETE FROM bh_records WHERE tenant = $1 AND sid = $2", &[&t.as_str(), &sid])
-            .await
-            .map_err(sql)?;
-        tx.commit().await.map_err(sql)?;
-        Ok(n > 0)
-    }
-
-    async fn load_document(&self, t: &TenantId, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        super::document_path(std::path::Path::new(""), name)?;
-        let keys = self.keys(t).await?;
-        let client = self.inner.db.client().await.map_err(db_err)?;
-        let row = client
-            .query_opt("SELECT sealed FROM bh_documents WHERE tenant = $1 AND name = $2", &[&t.as_str(), &name])
-            .await
-            .map_err(sql)?;
-        row.map(|r| open_document(&keys, t, name, r.get::<_, &[u8]>(0))).transpose()
-    }
-
-    async fn save_document(&self, t: &TenantId, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        super::document_path(std::path::Path::new(""), name)?;
-        let keys = self.keys(t).await?;
-        let sealed = seal_document(&keys, t.as_str(), name, bytes)?;
-        let client = self.inner.db.client().await.map_err(db_err)?;
-        client
-            .execute(
-                "INSERT INTO bh_documents (tenant, name, sealed) VALUES ($1, $2, $3)
-                 ON CONFLICT (tenant, name) DO UPDATE SET sealed = EXCLUDED.sealed",
-                &[&t.as_str(), &name, &sealed],
+        timed(async {
+            let keys = self.keys(t).await?;
+            let key_text = key.to_string();
+            let sid = keys.session_id(&key_text);
+            let mut client = self.inner.db.client().await.map_err(db_err)?;
+            let tx = client.transaction().await.map_err(sql)?;
+            let ts = now_ms();
+            // A new session's row, sealed; a concurrent creation by another gateway wins and is used.
+            let dk: [u8; 32] = random(&self.inner.rng).map_err(StoreError::Io)?;
+            let meta = make_meta(&keys, t.as_str(), &sid, &key_text, ts, &dk)?;
+            tx.execute(
+                "INSERT INTO bh_sessions (tenant, sid, meta, next_seq, updated_ms) VALUES ($1, $2, $3, 0, $4)
+                 ON CONFLICT (tenant, sid) DO NOTHING",
+                &[&t.as_str(), &sid, &meta, &(ts as i64)],
             )
             .await
             .map_err(sql)?;
-        Ok(())
+            let row = tx
+                .query_one("SELECT meta, next_seq FROM bh_sessions WHERE tenant = $1 AND sid = $2 FOR UPDATE", &[
+                    &t.as_str(),
+                    &sid,
+                ])
+                .await
+                .map_err(sql)?;
+            let meta = open_meta(&keys, t, &sid, row.get::<_, &[u8]>(0))?;
+            let mut seq = row.get::<_, i64>(1) as u64;
+            let stmt = tx
+                .prepare("INSERT INTO bh_records (tenant, sid, seq, sealed) VALUES ($1, $2, $3, $4)")
+                .await
+                .map_err(sql)?;
+            for m in messages {
+                let rec = Record { v: format::RECORD_VERSION, ts, msg: RecordMessage::from(m) };
+                let pt = serde_json::to_vec(&rec).map_err(|e| StoreError::Io(format!("cannot encode a record: {e}")))?;
+                let frame = meta.data.seal_frame(&self.inner.rng, t.as_str(), &sid, seq, &pt).map_err(StoreError::Io)?;
+                // The frame without its length prefix: nonce ‖ ciphertext ‖ tag.
+                tx.execute(&stmt, &[&t.as_str(), &sid, &(seq as i64), &&frame[4..]]).await.map_err(sql)?;
+                seq += 1;
+            }
+            tx.execute("UPDATE bh_sessions SET next_seq = $3, updated_ms = $4 WHERE tenant = $1 AND sid = $2", &[
+                &t.as_str(),
+                &sid,
+                &(seq as i64),
+                &(ts as i64),
+            ])
+            .await
+            .map_err(sql)?;
+            tx.commit().await.map_err(sql)
+        })
+        .await
+    }
+
+    async fn history(&self, t: &TenantId, key: &SessionKey, limit: Option<usize>) -> Result<Vec<Message>, StoreError> {
+        timed(async {
+            let keys = self.keys(t).await?;
+            let sid = keys.session_id(&key.to_string());
+            let client = self.inner.db.client().await.map_err(db_err)?;
+            let Some((meta, next, _)) = self.meta(&client, t, &keys, &sid).await? else { return Ok(Vec::new()) };
+            let from = limit.map_or(0, |l| next.saturating_sub(l as u64));
+            let records = self.records(&client, t, &sid, &meta, from, next).await?;
+            Ok(records.into_iter().map(|r| Message::from(r.msg)).collect())
+        })
+        .await
+    }
+
+    async fn list(&self, t: &TenantId) -> Result<Vec<SessionSummary>, StoreError> {
+        timed(async {
+            let keys = self.keys(t).await?;
+            let client = self.inner.db.client().await.map_err(db_err)?;
+            let rows = client
+                .query("SELECT sid, meta, next_seq, updated_ms FROM bh_sessions WHERE tenant = $1", &[&t.as_str()])
+                .await
+                .map_err(sql)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let sid: &str = row.get(0);
+                match open_meta(&keys, t, sid, row.get::<_, &[u8]>(1)) {
+                    Ok(meta) => match SessionKey::parse(&meta.key) {
+                        Ok(key) => out.push(SessionSummary {
+                            key,
+                            messages: row.get::<_, i64>(2) as usize,
+                            updated: UNIX_EPOCH + Duration::from_millis(row.get::<_, i64>(3) as u64),
+                        }),
+                        Err(_) => tracing::warn!(tenant = %t, session = %sid, "Skipped a session with an invalid key."),
+                    },
+                    Err(e) => tracing::warn!(tenant = %t, session = %sid, error = %e, "Skipped an unreadable session."),
+                }
+            }
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn exists(&self, t: &TenantId, key: &SessionKey) -> Result<bool, StoreError> {
+        timed(async {
+            let keys = self.keys(t).await?;
+            let sid = keys.session_id(&key.to_string());
+            let client = self.inner.db.client().await.map_err(db_err)?;
+            Ok(self.meta(&client, t, &keys, &sid).await?.is_some())
+        })
+        .await
+    }
+
+    async fn message_count(&self, t: &TenantId, key: &SessionKey) -> Result<usize, StoreError> {
+        timed(async {
+            let keys = self.keys(t).await?;
+            let sid = keys.session_id(&key.to_string());
+            let client = self.inner.db.client().await.map_err(db_err)?;
+            Ok(self.meta(&client, t, &keys, &sid).await?.map_or(0, |(_, n, _)| n as usize))
+        })
+        .await
+    }
+
+    async fn delete_session(&self, t: &TenantId, key: &SessionKey) -> Result<bool, StoreError> {
+        timed(async {
+            let keys = self.keys(t).await?;
+            let sid = keys.session_id(&key.to_string());
+            let mut client = self.inner.db.client().await.map_err(db_err)?;
+            let tx = client.transaction().await.map_err(sql)?;
+            // The row holding the data key goes with the records, in one transaction.
+            let n = tx
+                .execute("DELETE FROM bh_sessions WHERE tenant = $1 AND sid = $2", &[&t.as_str(), &sid])
+                .await
+                .map_err(sql)?;
+            tx.execute("DELETE FROM bh_records WHERE tenant = $1 AND sid = $2", &[&t.as_str(), &sid])
+                .await
+                .map_err(sql)?;
+            tx.commit().await.map_err(sql)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn load_document(&self, t: &TenantId, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        timed(async {
+            super::document_path(std::path::Path::new(""), name)?;
+            let keys = self.keys(t).await?;
+            let client = self.inner.db.client().await.map_err(db_err)?;
+            let row = client
+                .query_opt("SELECT sealed FROM bh_documents WHERE tenant = $1 AND name = $2", &[&t.as_str(), &name])
+                .await
+                .map_err(sql)?;
+            row.map(|r| open_document(&keys, t, name, r.get::<_, &[u8]>(0))).transpose()
+        })
+        .await
+    }
+
+    async fn save_document(&self, t: &TenantId, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        timed(async {
+            super::document_path(std::path::Path::new(""), name)?;
+            let keys = self.keys(t).await?;
+            let sealed = seal_document(&keys, t.as_str(), name, bytes)?;
+            let client = self.inner.db.client().await.map_err(db_err)?;
+            client
+                .execute(
+                    "INSERT INTO bh_documents (tenant, name, sealed) VALUES ($1, $2, $3)
+                     ON CONFLICT (tenant, name) DO UPDATE SET sealed = EXCLUDED.sealed",
+                    &[&t.as_str(), &name, &sealed],
+                )
+                .await
+                .map_err(sql)?;
+            Ok(())
+        })
+        .await
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    async fn lock_document(&self, t: &TenantId, name: &str) -> Result<RunGuard, StoreError> {
+        let keys = self.keys(t).await?;
+        let lock = self.inner.db.lock_run(run_lock_key(&keys.session_id(&format!("document\0{name}")))).await;
+        Ok(RunGuard::new(PgRunGuard(lock.map_err(db_err)?)))
     }
 
     async fn lock_run(&self, t: &TenantId, key: &SessionKey) -> Result<RunGuard, StoreError> {

@@ -59,6 +59,10 @@ impl super::adapter::Adapter for Discord {
         "discord"
     }
 
+    fn single_owner(&self) -> bool {
+        true
+    }
+
     fn validate(&self, pass: &mut ChannelPass<'_>, channel: &RawChannel, accounts: &[AccountBlock<'_>]) -> Validated {
         config::validate(pass, channel, accounts)
     }
@@ -101,7 +105,7 @@ impl super::adapter::Adapter for Discord {
         let label = format!("discord/{}", acc.id);
         let outbound = Outbound::start(
             &label,
-            Arc::new(DiscordTransport { rest: rest.clone() }),
+            ctx.transport(Arc::new(DiscordTransport { rest: rest.clone() })),
             Limits::discord(DISCORD_TEXT_LIMIT),
         );
         let account = Account::new(&ctx.live, &ctx.inbox, "discord", acc.id.clone(), shared.access, outbound);

@@ -184,6 +184,10 @@ impl super::adapter::Adapter for Signal {
         "signal"
     }
 
+    fn single_owner(&self) -> bool {
+        true
+    }
+
     fn validate(&self, pass: &mut ChannelPass<'_>, channel: &RawChannel, accounts: &[AccountBlock<'_>]) -> Validated {
         config::validate(pass, channel, accounts)
     }
@@ -210,7 +214,7 @@ impl super::adapter::Adapter for Signal {
         let daemon = Daemon::new(&acc.url).map_err(|e| format!("channels.signal account {account:?}: {e}"))?;
         let transport = SignalTransport { daemon: daemon.clone(), number: acc.number.clone() };
         let outbound =
-            Outbound::start(&format!("signal/{}", acc.id), Arc::new(transport), limits(acc.text_chunk_limit));
+            Outbound::start(&format!("signal/{}", acc.id), ctx.transport(Arc::new(transport)), limits(acc.text_chunk_limit));
         let account = Account::new(&ctx.live, &ctx.inbox, "signal", acc.id.clone(), shared.access.clone(), outbound);
         let (live, pairing) = (ctx.live.clone(), ctx.pairing.clone());
         Ok(tokio::spawn(async move {

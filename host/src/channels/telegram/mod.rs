@@ -230,6 +230,10 @@ impl super::adapter::Adapter for Telegram {
         "telegram"
     }
 
+    fn single_owner(&self) -> bool {
+        true
+    }
+
     fn validate(&self, pass: &mut ChannelPass<'_>, channel: &RawChannel, accounts: &[AccountBlock<'_>]) -> Validated {
         config::validate(pass, channel, accounts)
     }
@@ -271,7 +275,7 @@ impl super::adapter::Adapter for Telegram {
         let label = format!("telegram/{}", acc.id);
         let outbound = Outbound::start(
             &label,
-            Arc::new(TelegramTransport { bot: conn.bot.clone() }),
+            ctx.transport(Arc::new(TelegramTransport { bot: conn.bot.clone() })),
             Limits::telegram(acc.text_chunk_limit),
         );
         let account = Account::new(&ctx.live, &ctx.inbox, "telegram", acc.id.clone(), shared.access, outbound);
@@ -282,6 +286,7 @@ impl super::adapter::Adapter for Telegram {
             conn,
             tenant: shared.tenant,
             config: acc,
+            ctx: ctx.clone(),
         };
         Ok(tokio::spawn(poller.run(stopped)))
     }
@@ -336,6 +341,8 @@ struct Poller {
     /// The tenant the bot serves (its inbox is this tenant's).
     tenant: Option<crate::ids::TenantId>,
     config: TelegramAccount,
+    /// Says whether this gateway still owns the bot (always, without a shared database).
+    ctx: super::adapter::Context,
 }
 
 /// What handling one update leads to.
@@ -378,8 +385,11 @@ impl Poller {
         let bot_id = me.user.id.0;
         backoff = Duration::from_secs(1);
         loop {
+            if !self.ctx.owns() {
+                break;
+            }
             let batch = tokio::select! {
-                r = self.conn.get_updates(offset, POLL_TIMEOUT_SECS) => r,
+                r = self.conn.get_updates(offset, POLL_TIMEOUT_SECS.min(self.poll_limit())) => r,
                 _ = stopped.wait_for(|s| *s) => break,
             };
             let wait = match batch {
@@ -434,10 +444,22 @@ impl Poller {
         }
         // Confirm what was handled (every accepted message is already in the inbox), so a
         // restart does not receive it again.
-        if offset > 0 {
+        if offset > 0 && self.ctx.owns() {
             let _ = tokio::time::timeout(Duration::from_secs(5), self.conn.get_updates(offset, 0)).await;
         }
         tracing::info!(account = %id, "Telegram polling stopped.");
+    }
+
+    /// The long poll's length in seconds: under a lease, shorter than the lease's margin, so a
+    /// poll never outlives the lease it started under by more than that.
+    fn poll_limit(&self) -> u64 {
+        match &self.ctx.owner {
+            Some(_) => {
+                let ttl = self.live.load().runtime.config.store.lease_ttl();
+                crate::cluster::lease::Lease::margin(ttl).as_secs().max(1)
+            }
+            None => u64::MAX,
+        }
     }
 
     /// Handles one raw update. Never panics on any input.
@@ -450,6 +472,10 @@ impl Poller {
         if update_id < offset {
             tracing::debug!(account = %id, update_id, "Skipped an update already handled.");
             return Handled::Next(offset);
+        }
+        if !self.ctx.owns() {
+            // The lease lapsed during the poll: the next owner takes this update.
+            return Handled::Retry(update_id);
         }
         let next = update_id.saturating_add(1);
         match content {

@@ -22,8 +22,12 @@ pub enum StoreBackend {
     /// Files under `stateDir` (the single-host default).
     File,
     /// A PostgreSQL database shared by several gateways (`store.url`).
-    Postgres { url: SecretRef, pool_size: u32 },
+    Postgres { url: SecretRef, pool_size: u32, lease_ttl: std::time::Duration },
 }
+
+/// `store.leaseSeconds` when unset, and its bounds.
+pub const DEFAULT_LEASE_SECS: u64 = 15;
+const LEASE_SECS: std::ops::RangeInclusive<u64> = 2..=300;
 
 /// `store.poolSize` when unset, and its bounds.
 pub const DEFAULT_POOL_SIZE: u32 = 16;
@@ -68,6 +72,14 @@ impl Default for StoreConfig {
 }
 
 impl StoreConfig {
+    /// How long a gateway holds a single-owner connection's lease without renewing it.
+    pub fn lease_ttl(&self) -> std::time::Duration {
+        match &self.backend {
+            StoreBackend::Postgres { lease_ttl, .. } => *lease_ttl,
+            StoreBackend::File => std::time::Duration::from_secs(DEFAULT_LEASE_SECS),
+        }
+    }
+
     /// The store `serve` opens, or why it refuses to start (fail closed: memory only when said).
     pub fn require_mode(&self) -> Result<StoreMode, &'static str> {
         self.mode.ok_or(NO_STORE_MODE)
@@ -142,6 +154,9 @@ fn backend(errs: &mut Errors, warnings: &mut Vec<String>, raw: &RawStore, mode: 
         if raw.pool_size.is_some() {
             errs.push("store.poolSize", "set only with store.backend: \"postgres\"");
         }
+        if raw.lease_seconds.is_some() {
+            errs.push("store.leaseSeconds", "set only with store.backend: \"postgres\"");
+        }
         return StoreBackend::File;
     }
     if mode == Some(StoreMode::Memory) {
@@ -151,12 +166,17 @@ fn backend(errs: &mut Errors, warnings: &mut Vec<String>, raw: &RawStore, mode: 
     if !(2..=MAX_POOL_SIZE).contains(&pool_size) {
         errs.push("store.poolSize", format!("poolSize must be 2-{MAX_POOL_SIZE}, got {pool_size}"));
     }
+    let lease = raw.lease_seconds.unwrap_or(DEFAULT_LEASE_SECS);
+    if !LEASE_SECS.contains(&lease) {
+        errs.push("store.leaseSeconds", format!("leaseSeconds must be 2-300, got {lease}"));
+    }
+    let lease_ttl = std::time::Duration::from_secs(lease.clamp(*LEASE_SECS.start(), *LEASE_SECS.end()));
     let Some(url) = raw.url.clone() else {
         errs.push("store.url", "missing the PostgreSQL URL (store.backend is \"postgres\"): { env: \"NAME\" } or { file: \"PATH\" }");
         return StoreBackend::File;
     };
     secret(errs, warnings, "store.url", &url);
-    StoreBackend::Postgres { url, pool_size: pool_size.clamp(2, MAX_POOL_SIZE) }
+    StoreBackend::Postgres { url, pool_size: pool_size.clamp(2, MAX_POOL_SIZE), lease_ttl }
 }
 
 fn cache_bytes(errs: &mut Errors, mb: Option<u64>) -> usize {
