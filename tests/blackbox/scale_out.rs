@@ -329,3 +329,47 @@ async fn a_gateway_cut_off_from_the_database_stops_polling_before_its_lease_is_t
     tokio::time::sleep(Duration::from_secs(LEASE_SECS)).await;
     answered_exactly_once(&site.tg, 5151, &all).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_export_and_crypto_shredding_work_on_the_database() {
+    let site = Site::new().await;
+    let gw = site.gateway(0, &site.pg.url).await;
+    let (status, body) = chat(&gw, "user-x", "remember the blue heron").await;
+    assert_eq!(status, 200, "{body}");
+    // The operator's commands run from another host's directory (its own audit log).
+    let dir = site.dir.path().join("ops-host");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("bulkhead.json5");
+    std::fs::write(&config, site.config("BH_PG_URL_OPS")).unwrap();
+    let mut env = crate::env();
+    env.push(("SCALE_TG_TOKEN", BOT));
+    env.push(("BH_PG_URL_OPS", &site.pg.url));
+    let cfg = config.to_str().unwrap();
+    let (code, out, err) = crate::harness::run_cli_env(&["doctor", "--config", cfg], Some(&dir), &env);
+    assert!(out.contains("ok    database reachable, schema version 1"), "{out}{err}");
+    assert!(out.contains("ok    database clock within"), "{out}");
+    let _ = code;
+    let archive = site.dir.path().join("alpha.jsonl");
+    let (code, out, err) = crate::harness::run_cli_env(
+        &["tenant", "export", "alpha", "--out", archive.to_str().unwrap(), "--config", cfg],
+        Some(&dir),
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let text = std::fs::read_to_string(&archive).unwrap();
+    assert!(text.contains("remember the blue heron") && text.contains("fake says"), "{text}");
+    let (code, out, err) =
+        crate::harness::run_cli_env(&["tenant", "delete", "alpha", "--yes", "--config", cfg], Some(&dir), &env);
+    assert_eq!(code, 0, "{out}{err}");
+    for table in ["bh_tenants", "bh_sessions", "bh_records", "bh_documents"] {
+        let n = site.pg.psql(&format!("SELECT count(*) FROM {table} WHERE tenant = 'alpha'"));
+        assert_eq!(n, "0", "{table} still holds tenant alpha");
+    }
+    // A database that refuses connections is a clear doctor failure, not a hang.
+    let mut env = crate::env();
+    env.push(("SCALE_TG_TOKEN", BOT));
+    env.push(("BH_PG_URL_OPS", "postgres://bulkhead@127.0.0.1:1/postgres"));
+    let (code, out, _) = crate::harness::run_cli_env(&["doctor", "--config", cfg], Some(&dir), &env);
+    assert_ne!(code, 0);
+    assert!(out.contains("FAIL  database: not reachable"), "{out}");
+}

@@ -116,6 +116,7 @@ pub fn run(source: &ConfigSource) -> i32 {
         }
     }
     failures += check_docker(&config);
+    failures += check_database(&config);
     let tenants_without_tokens: Vec<_> =
         config.tenants.values().filter(|t| t.api_tokens.is_empty()).map(|t| t.id.to_string()).collect();
     if !tenants_without_tokens.is_empty() {
@@ -156,4 +157,48 @@ pub fn run(source: &ConfigSource) -> i32 {
         );
     }
     if failures == 0 { EXIT_OK } else { EXIT_FAILURE }
+}
+
+/// `store.backend: "postgres"`: the database answers, its schema is one this gateway can use,
+/// and its clock agrees with ours. Looks only (the first gateway to start migrates).
+fn check_database(config: &crate::config::Config) -> usize {
+    let crate::config::StoreBackend::Postgres { url, .. } = &config.store.backend else { return 0 };
+    let fail = |what: String| {
+        outln!("FAIL  database: {what}");
+        1
+    };
+    let url = match url.resolve(&config.base_dir) {
+        Ok(u) => u,
+        Err(e) => return fail(format!("store.url cannot be read: {e}")),
+    };
+    let rt = match crate::channels::adapter::command_runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fail(e),
+    };
+    let db = match crate::cluster::Db::open(&url, 2, "doctor".into()) {
+        Ok(db) => db,
+        Err(e) => return fail(e.to_string()),
+    };
+    let (version, skew, _ahead) = match rt.block_on(db.status()) {
+        Ok(s) => s,
+        Err(e) => return fail(format!("not reachable: {e}")),
+    };
+    let known = crate::cluster::Db::known_version();
+    if version > known {
+        return fail(format!("schema version {version} is newer than this gateway knows ({known}): upgrade it"));
+    }
+    if version < known {
+        outln!("note  database reachable; schema version {version}, the gateway applies {known} when it starts");
+    } else {
+        outln!("ok    database reachable, schema version {version}");
+    }
+    if skew > std::time::Duration::from_secs(2) {
+        outln!(
+            "warn  the database's clock is {} ms off this host's (leases use the database's clock; timestamps in the store use this host's)",
+            skew.as_millis()
+        );
+    } else {
+        outln!("ok    database clock within {} ms of this host's", skew.as_millis());
+    }
+    0
 }

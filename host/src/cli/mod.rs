@@ -144,6 +144,25 @@ pub fn open_existing_store(config: &Config) -> Result<crate::store::EncryptedSto
     open_store(config)
 }
 
+/// The durable store of a config for export and delete: the file store (which must exist), or
+/// the shared database, with the runtime its calls run on.
+pub fn open_durable(config: &Config) -> Result<(tokio::runtime::Runtime, crate::store::Durable), i32> {
+    let rt = crate::channels::adapter::command_runtime().map_err(|e| {
+        eprintln!("error: {e}");
+        EXIT_FAILURE
+    })?;
+    if matches!(config.store.backend, crate::config::StoreBackend::File) {
+        return open_existing_store(config).map(|s| (rt, crate::store::Durable::File(s)));
+    }
+    match rt.block_on(crate::store::Durable::open(config)) {
+        Ok(d) => Ok((rt, d)),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(EXIT_FAILURE)
+        }
+    }
+}
+
 /// Asks on the terminal for `expected` to be typed; refuses without a terminal.
 pub fn confirm(prompt: &str, expected: &str) -> bool {
     use std::io::{BufRead, IsTerminal, Write};

@@ -62,11 +62,11 @@ pub fn export(source: &ConfigSource, id: &str, out: &Path) -> i32 {
         );
         return EXIT_INVALID;
     }
-    let store = match super::open_existing_store(&config) {
+    let (rt, store) = match super::open_durable(&config) {
         Ok(s) => s,
         Err(code) => return code,
     };
-    if !store.tenants().contains(&tenant) {
+    if !rt.block_on(store.tenants()).unwrap_or_default().contains(&tenant) {
         eprintln!("error: tenant {id:?} has no data in the store");
         return EXIT_FAILURE;
     }
@@ -85,7 +85,9 @@ pub fn export(source: &ConfigSource, id: &str, out: &Path) -> i32 {
             .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
         let mut w = std::io::BufWriter::new(f);
         let workspace = crate::sandbox::workspace::workspaces_dir(&config.state_dir, tenant.as_str());
-        let summary = store.export_tenant(&tenant, Some(&workspace), &mut w).map_err(|e| e.to_string())?;
+        let sessions = rt.block_on(store.read_tenant(&tenant)).map_err(|e| e.to_string())?;
+        let summary =
+            crate::store::write_export(&tenant, &sessions, Some(&workspace), &mut w).map_err(|e| e.to_string())?;
         export_audit(&mut audit, &tenant, &summary, &mut w)?;
         let f = w.into_inner().map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
         f.sync_all().map_err(|e| format!("cannot sync {}: {e}", tmp.display()))?;
@@ -167,7 +169,7 @@ pub fn delete(source: &ConfigSource, id: &str, yes: bool) -> i32 {
     {
         return EXIT_INVALID;
     }
-    let store = match super::open_existing_store(&config) {
+    let (rt, store) = match super::open_durable(&config) {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -180,7 +182,7 @@ pub fn delete(source: &ConfigSource, id: &str, yes: bool) -> i32 {
         eprintln!("error: {e}");
         return EXIT_FAILURE;
     }
-    let deleted = store.delete_tenant(&tenant);
+    let deleted = rt.block_on(store.delete_tenant(&tenant));
     // The tenant's sandbox files go too (workspaces are plaintext by necessity; see SECURITY.md).
     let mut removed_files = false;
     for dir in crate::sandbox::workspace::tenant_dirs(&config.state_dir, tenant.as_str()) {

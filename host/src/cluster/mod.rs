@@ -116,6 +116,14 @@ pub fn gateway_id() -> String {
 impl Db {
     /// Connects (one connection at once, to fail fast) and brings the schema up to date.
     pub async fn connect(url: &SecretString, pool_size: u32, gateway: String) -> Result<Self, DbError> {
+        let db = Self::open(url, pool_size, gateway)?;
+        db.migrate().await?;
+        db.register().await?;
+        Ok(db)
+    }
+
+    /// The pools, without touching the database yet (`doctor` only looks).
+    pub fn open(url: &SecretString, pool_size: u32, gateway: String) -> Result<Self, DbError> {
         let mut config = check_url(url.expose())?;
         config.connect_timeout(CONNECT_TIMEOUT);
         config.application_name("bulkhead");
@@ -133,10 +141,12 @@ impl Db {
                 .build()
                 .map_err(|e| DbError::Sql(e.to_string()))
         };
-        let db = Self { pool: make(pool_size as usize)?, locks: make(MAX_RUN_LOCKS)?, gateway };
-        db.migrate().await?;
-        db.register().await?;
-        Ok(db)
+        Ok(Self { pool: make(pool_size as usize)?, locks: make(MAX_RUN_LOCKS)?, gateway })
+    }
+
+    /// The newest schema version this gateway knows.
+    pub fn known_version() -> i32 {
+        MIGRATIONS.last().map_or(0, |m| m.0)
     }
 
     /// This gateway's id in the database (leases name their holder by it).
@@ -187,15 +197,15 @@ impl Db {
     /// The schema version and the server's clock minus ours (for `doctor`).
     pub async fn status(&self) -> Result<(i32, Duration, bool), DbError> {
         let client = self.client().await?;
+        let migrated: bool = client.query_one("SELECT to_regclass('bh_schema') IS NOT NULL", &[]).await?.get(0);
+        let version: i32 = if migrated {
+            client.query_one("SELECT coalesce(max(version), 0) FROM bh_schema", &[]).await?.get(0)
+        } else {
+            0
+        };
         let before = std::time::SystemTime::now();
-        let row = client
-            .query_one(
-                "SELECT (SELECT coalesce(max(version), 0) FROM bh_schema), extract(epoch FROM clock_timestamp())::float8",
-                &[],
-            )
-            .await?;
-        let version: i32 = row.get(0);
-        let server: f64 = row.get(1);
+        let row = client.query_one("SELECT extract(epoch FROM clock_timestamp())::float8", &[]).await?;
+        let server: f64 = row.get(0);
         let ours = before.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
         let skew = server - ours;
         Ok((version, Duration::from_secs_f64(skew.abs()), skew >= 0.0))

@@ -11,7 +11,7 @@ use std::path::Path;
 use base64::Engine as _;
 use serde_json::json;
 
-use super::{EncryptedStore, now_ms};
+use super::{EncryptedStore, SessionRead, now_ms};
 use crate::ids::TenantId;
 use crate::session::StoreError;
 
@@ -39,39 +39,49 @@ impl EncryptedStore {
         workspace: Option<&Path>,
         out: &mut dyn Write,
     ) -> Result<ExportSummary, StoreError> {
-        let sessions = self.read_tenant(t)?;
-        line(out, json!({"type": "bulkhead-export", "version": 1, "tenant": t.as_str(), "exportedAtMs": now_ms()}))?;
-        let mut summary = ExportSummary::default();
-        for s in &sessions {
-            summary.sessions += 1;
-            summary.problems += s.problems.len();
-            line(
-                out,
-                json!({"type": "session", "session": s.key, "createdMs": s.created_ms,
-                    "messages": s.records.len(), "problems": s.problems}),
-            )?;
-            for (seq, r) in s.records.iter().enumerate() {
-                summary.messages += 1;
-                let mut v = serde_json::to_value(&r.msg).map_err(|e| StoreError::Io(e.to_string()))?;
-                if let Some(obj) = v.as_object_mut() {
-                    obj.insert("type".into(), "message".into());
-                    obj.insert("session".into(), s.key.clone().into());
-                    obj.insert("seq".into(), seq.into());
-                    obj.insert("ts".into(), r.ts.into());
-                }
-                line(out, v)?;
-            }
-        }
-        if let Some(dir) = workspace.filter(|d| d.is_dir()) {
-            export_files(dir, Path::new(""), out, &mut summary)?;
-        }
+        write_export(t, &self.read_tenant(t)?, workspace, out)
+    }
+}
+
+/// Writes a tenant's decrypted archive from its sessions as read (either backend) and, when
+/// given, the files of its workspace directory.
+pub fn write_export(
+    t: &TenantId,
+    sessions: &[SessionRead],
+    workspace: Option<&Path>,
+    out: &mut dyn Write,
+) -> Result<ExportSummary, StoreError> {
+    line(out, json!({"type": "bulkhead-export", "version": 1, "tenant": t.as_str(), "exportedAtMs": now_ms()}))?;
+    let mut summary = ExportSummary::default();
+    for s in sessions {
+        summary.sessions += 1;
+        summary.problems += s.problems.len();
         line(
             out,
-            json!({"type": "end", "sessions": summary.sessions, "messages": summary.messages,
-                "problems": summary.problems, "files": summary.files, "skipped": summary.skipped}),
+            json!({"type": "session", "session": s.key, "createdMs": s.created_ms,
+                "messages": s.records.len(), "problems": s.problems}),
         )?;
-        Ok(summary)
+        for (seq, r) in s.records.iter().enumerate() {
+            summary.messages += 1;
+            let mut v = serde_json::to_value(&r.msg).map_err(|e| StoreError::Io(e.to_string()))?;
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("type".into(), "message".into());
+                obj.insert("session".into(), s.key.clone().into());
+                obj.insert("seq".into(), seq.into());
+                obj.insert("ts".into(), r.ts.into());
+            }
+            line(out, v)?;
+        }
     }
+    if let Some(dir) = workspace.filter(|d| d.is_dir()) {
+        export_files(dir, Path::new(""), out, &mut summary)?;
+    }
+    line(
+        out,
+        json!({"type": "end", "sessions": summary.sessions, "messages": summary.messages,
+            "problems": summary.problems, "files": summary.files, "skipped": summary.skipped}),
+    )?;
+    Ok(summary)
 }
 
 /// Writes the regular files and symbolic links under `dir`, depth first in name order. Links

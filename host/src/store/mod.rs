@@ -15,6 +15,7 @@
 //! session id and position), appends them to the open segment and fsyncs: O(turn).
 
 mod export;
+pub use export::write_export;
 mod format;
 mod keys;
 pub mod postgres;
