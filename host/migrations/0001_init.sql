@@ -54,3 +54,13 @@ CREATE TABLE bh_gateways (
     started_at timestamptz NOT NULL,
     seen_at    timestamptz NOT NULL
 );
+
+-- Each gateway's usage today per tenant (counters only), so daily budgets hold across gateways.
+CREATE TABLE bh_usage (
+    gateway      text   NOT NULL,
+    tenant       text   NOT NULL,
+    day          bigint NOT NULL,
+    model_tokens bigint NOT NULL,
+    sandbox_ms   bigint NOT NULL,
+    PRIMARY KEY (gateway, tenant, day)
+);

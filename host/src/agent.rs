@@ -160,9 +160,9 @@ impl Runtime {
         self.metrics.queue_wait(tenant, permit.waited);
         let _permit = permit;
         let sessions = self.sessions_for(agent);
-        // Across gateways sharing a database, one run per session at a time (as the scheduler
-        // keeps it within this one).
-        let _run = match sessions.lock_run(session).await {
+        // Across gateways sharing a database, one run per session at a time and the tenant's cap
+        // over all of them (as the scheduler keeps both within this one).
+        let _run = match sessions.lock_run(session, self.scheduler.max_concurrent(tenant)).await {
             Ok(guard) => guard,
             Err(e) => {
                 tracing::error!(tenant = %agent.tenant, error = %e, "Cannot lock the session for a run.");

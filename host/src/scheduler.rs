@@ -215,6 +215,12 @@ impl Scheduler {
     }
 
     /// (running, waiting) turns of a tenant, for metrics.
+    /// The most turns of `tenant` that may run at once (its share's cap).
+    pub fn max_concurrent(&self, tenant: &TenantId) -> usize {
+        let st = self.state.lock().expect("scheduler lock");
+        st.tenants.get(tenant).map_or(st.default_share, |t| t.share).max_concurrent.max(1)
+    }
+
     pub fn tenant_load(&self, tenant: &TenantId) -> (usize, usize) {
         let st = self.state.lock().expect("scheduler lock");
         st.tenants.get(tenant).map_or((0, 0), |t| (t.running, t.pending - t.running))

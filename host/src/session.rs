@@ -140,10 +140,11 @@ pub trait SessionStore: Send + Sync {
         let _ = (tenant, name);
         Ok(RunGuard::none())
     }
-    /// Waits until no other gateway runs a turn of this session, and keeps it so until the guard
-    /// drops. A store used by one process has nothing to wait for (the scheduler orders runs).
-    async fn lock_run(&self, tenant: &TenantId, key: &SessionKey) -> Result<RunGuard, StoreError> {
-        let _ = (tenant, key);
+    /// Waits until no other gateway runs a turn of this session and fewer than `tenant_cap` turns
+    /// of the tenant run on all gateways together, and keeps it so until the guard drops. A store
+    /// used by one process has nothing to wait for (the scheduler orders and caps runs).
+    async fn lock_run(&self, tenant: &TenantId, key: &SessionKey, tenant_cap: usize) -> Result<RunGuard, StoreError> {
+        let _ = (tenant, key, tenant_cap);
         Ok(RunGuard::none())
     }
 }
@@ -192,8 +193,8 @@ impl TenantSessions {
     pub async fn delete(&self, key: &SessionKey) -> Result<bool, StoreError> {
         self.store.delete_session(&self.tenant, key).await
     }
-    pub async fn lock_run(&self, key: &SessionKey) -> Result<RunGuard, StoreError> {
-        self.store.lock_run(&self.tenant, key).await
+    pub async fn lock_run(&self, key: &SessionKey, tenant_cap: usize) -> Result<RunGuard, StoreError> {
+        self.store.lock_run(&self.tenant, key, tenant_cap).await
     }
 }
 

@@ -6,7 +6,7 @@
 //! `FLUSH_INTERVAL` and on shutdown, so a crash loses at most that interval and never leaves a
 //! torn file. `UsageMeter::tenant_usage` is the one report function (CLI and admin API).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -32,6 +32,11 @@ const OTHER_TOOL: &str = "other";
 pub struct Day(i64);
 
 impl Day {
+    /// Days since 1970-01-01.
+    pub fn number(self) -> i64 {
+        self.0
+    }
+
     pub fn today() -> Day {
         Day::of(SystemTime::now())
     }
@@ -196,12 +201,15 @@ pub enum UsageError {
 pub struct UsageMeter {
     dir: Option<PathBuf>,
     books: Mutex<BTreeMap<TenantId, Book>>,
+    /// What the other gateways sharing a database used today, per tenant, as last synced
+    /// (`cluster::usage`): daily budgets count the whole fleet.
+    fleet: Mutex<(Day, HashMap<TenantId, Today>)>,
 }
 
 impl UsageMeter {
     /// Usage kept in memory only (tests, tools).
     pub fn in_memory() -> Self {
-        Self { dir: None, books: Mutex::default() }
+        Self { dir: None, books: Mutex::default(), fleet: Mutex::new((Day(0), HashMap::new())) }
     }
 
     /// The folder usage lives in under a state directory.
@@ -254,7 +262,7 @@ impl UsageMeter {
             }
             books.insert(tenant, book);
         }
-        Ok(Self { dir: Some(dir.to_path_buf()), books: Mutex::new(books) })
+        Ok(Self { dir: Some(dir.to_path_buf()), books: Mutex::new(books), fleet: Mutex::new((Day(0), HashMap::new())) })
     }
 
     /// Adds to today's counters of a tenant's agent.
@@ -269,8 +277,27 @@ impl UsageMeter {
         f(book.days.entry(day).or_default().entry(agent.clone()).or_default());
     }
 
-    /// What a tenant has used today, for daily quotas.
+    /// What a tenant has used today, for daily quotas: here, and on the other gateways of a
+    /// fleet as last synced.
     pub fn today(&self, tenant: &TenantId) -> Today {
+        let mut t = self.today_here(tenant);
+        let fleet = self.fleet.lock().expect("usage lock");
+        if fleet.0 == Day::today()
+            && let Some(o) = fleet.1.get(tenant)
+        {
+            t.model_tokens += o.model_tokens;
+            t.sandbox_ms += o.sandbox_ms;
+        }
+        t
+    }
+
+    /// Sets what the other gateways used on `day` (replacing the last sync).
+    pub fn set_fleet(&self, day: Day, others: HashMap<TenantId, Today>) {
+        *self.fleet.lock().expect("usage lock") = (day, others);
+    }
+
+    /// What a tenant has used today on this gateway alone.
+    pub fn today_here(&self, tenant: &TenantId) -> Today {
         let books = self.books.lock().expect("usage lock");
         let mut t = Today::default();
         if let Some(agents) = books.get(tenant).and_then(|b| b.days.get(&Day::today())) {

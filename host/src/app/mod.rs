@@ -183,6 +183,8 @@ impl App {
         }
         let cluster = encrypted.as_ref().and_then(|s| s.db()).cloned();
         let channels = Channels::new(&live, &pairing, cluster.clone());
+        // Daily budgets count every gateway's usage when several share the database.
+        let usage_sync = cluster.clone().map(|db| tokio::spawn(crate::cluster::usage::run(db, usage.clone())));
         let routes = channels.routes();
         let retention = encrypted.map(|s| spawn_retention(&live, s));
         let inner = Arc::new_cyclic(|me: &Weak<Inner>| {
@@ -199,7 +201,7 @@ impl App {
                     gate: checked.gate,
                 }),
                 docker: Mutex::new(docker),
-                background: Mutex::new(retention.into_iter().collect()),
+                background: Mutex::new(retention.into_iter().chain(usage_sync).collect()),
                 source,
             }
         });

@@ -6,6 +6,7 @@
 //! before it leaves the gateway (`store::postgres`).
 
 pub mod lease;
+pub mod usage;
 
 use std::time::Duration;
 
@@ -216,15 +217,39 @@ impl Db {
     /// ends a transaction left idle for `RUN_LOCK_TIMEOUT` (the guard pings it meanwhile), so a
     /// gateway cut off from the database loses its locks within that time and no session waits
     /// on a dead gateway. `key` is a keyed digest, so `pg_locks` shows no session key.
-    pub async fn lock_run(&self, key: i64) -> Result<RunLock, DbError> {
+    ///
+    /// `slots`: `(tenant, cap)` also takes one of the tenant's `cap` run slots (a lock on the pair
+    /// (tenant, slot)), waiting while every slot is held on some gateway: the tenant's cap holds
+    /// across the fleet exactly.
+    pub async fn lock_run(&self, key: i64, slots: Option<(i32, i32)>) -> Result<RunLock, DbError> {
         let client = self.locks.get().await.map_err(pool_error)?;
-        client
-            .batch_execute(&format!(
-                "SET idle_in_transaction_session_timeout = {}; BEGIN",
-                RUN_LOCK_TIMEOUT.as_millis()
-            ))
-            .await?;
-        if let Err(e) = client.execute("SELECT pg_advisory_xact_lock($1)", &[&key]).await {
+        let taken = async {
+            client
+                .batch_execute(&format!(
+                    "SET idle_in_transaction_session_timeout = {}; BEGIN",
+                    RUN_LOCK_TIMEOUT.as_millis()
+                ))
+                .await?;
+            client.execute("SELECT pg_advisory_xact_lock($1)", &[&key]).await?;
+            let Some((tenant, cap)) = slots else { return Ok::<(), tokio_postgres::Error>(()) };
+            let mut wait = Duration::from_millis(10);
+            loop {
+                // One round trip tries every slot and keeps the first it gets.
+                let row = client
+                    .query_opt(
+                        "SELECT s FROM generate_series(0, $2 - 1) AS s WHERE pg_try_advisory_xact_lock($1, s) LIMIT 1",
+                        &[&tenant, &cap],
+                    )
+                    .await?;
+                if row.is_some() {
+                    return Ok(());
+                }
+                // Every slot is taken on some gateway: wait for one.
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_millis(200));
+            }
+        };
+        if let Err(e) = taken.await {
             drop(deadpool_postgres::Object::take(client));
             return Err(e.into());
         }

@@ -480,14 +480,18 @@ impl SessionStore for PgStore {
 
     async fn lock_document(&self, t: &TenantId, name: &str) -> Result<RunGuard, StoreError> {
         let keys = self.keys(t).await?;
-        let lock = self.inner.db.lock_run(run_lock_key(&keys.session_id(&format!("document\0{name}")))).await;
+        let lock = self.inner.db.lock_run(run_lock_key(&keys.session_id(&format!("document\0{name}"))), None).await;
         Ok(RunGuard::new(PgRunGuard(lock.map_err(db_err)?)))
     }
 
-    async fn lock_run(&self, t: &TenantId, key: &SessionKey) -> Result<RunGuard, StoreError> {
+    async fn lock_run(&self, t: &TenantId, key: &SessionKey, tenant_cap: usize) -> Result<RunGuard, StoreError> {
         let keys = self.keys(t).await?;
         let sid = keys.session_id(&key.to_string());
-        let lock = self.inner.db.lock_run(run_lock_key(&sid)).await.map_err(db_err)?;
+        // The tenant's run slots: keyed by 32 bits of a digest of the tenant id (not secret).
+        let digest = ring::digest::digest(&ring::digest::SHA256, t.as_str().as_bytes());
+        let tenant_key = i32::from_be_bytes(digest.as_ref()[..4].try_into().unwrap_or([0; 4]));
+        let slots = (tenant_key, i32::try_from(tenant_cap).unwrap_or(i32::MAX));
+        let lock = self.inner.db.lock_run(run_lock_key(&sid), Some(slots)).await.map_err(db_err)?;
         Ok(RunGuard::new(PgRunGuard(lock)))
     }
 }

@@ -242,7 +242,7 @@ async fn the_database_holds_no_sentence_no_session_key_and_no_peer_id() {
     let s = a.sessions();
     s.append(&tid("alpha"), &skey(PEER), &every_kind()).await.unwrap();
     s.save_document(&tid("alpha"), "pairing", format!("{{\"approved\":[\"{PEER}\"]}}").as_bytes()).await.unwrap();
-    let _lock = s.lock_run(&tid("alpha"), &skey(PEER)).await.unwrap();
+    let _lock = s.lock_run(&tid("alpha"), &skey(PEER), 4).await.unwrap();
     let Backend::Postgres(pg) = &b.backend else { unreachable!() };
     // The server's view (every table through pg_dump) and its disk (heap files, WAL).
     pg.psql("CHECKPOINT");
@@ -255,7 +255,7 @@ async fn the_database_holds_no_sentence_no_session_key_and_no_peer_id() {
         }
     }
     let locks = pg.psql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'");
-    assert_eq!(locks, "1", "the run lock is held under a keyed digest");
+    assert_eq!(locks, "2", "the run lock and the tenant's run slot are held under digests");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -323,14 +323,14 @@ async fn a_wrong_master_key_is_refused_and_changes_nothing() {
 async fn runs_of_one_session_never_overlap_across_gateways() {
     let b = Bench::postgres();
     let (g1, g2) = (b.open().await, b.open().await);
-    let held = g1.sessions().lock_run(&tid("alpha"), &skey(PEER)).await.unwrap();
+    let held = g1.sessions().lock_run(&tid("alpha"), &skey(PEER), 4).await.unwrap();
     let s2 = g2.sessions();
     let waiting = tokio::spawn(async move {
-        let _g = s2.lock_run(&tid("alpha"), &skey(PEER)).await.unwrap();
+        let _g = s2.lock_run(&tid("alpha"), &skey(PEER), 4).await.unwrap();
         std::time::Instant::now()
     });
     // Another session of the same tenant is not held up.
-    let other = tokio::time::timeout(Duration::from_secs(5), g2.sessions().lock_run(&tid("alpha"), &skey("p2"))).await;
+    let other = tokio::time::timeout(Duration::from_secs(5), g2.sessions().lock_run(&tid("alpha"), &skey("p2"), 4)).await;
     assert!(other.is_ok(), "another session runs at once");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!waiting.is_finished(), "the second gateway waits while the first runs");
@@ -351,4 +351,52 @@ async fn a_remote_database_without_tls_is_refused_and_the_url_never_shown() {
     }
     let e = crate::cluster::check_url("postgres://u:hunter2@[::1").expect_err("bad").to_string();
     assert!(!e.contains("hunter2"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_concurrency_cap_holds_across_gateways() {
+    let b = Bench::postgres();
+    let (g1, g2) = (b.open().await, b.open().await);
+    // Cap 2: one run on each gateway fills it; a third session waits on either gateway.
+    let r1 = g1.sessions().lock_run(&tid("alpha"), &skey("p1"), 2).await.unwrap();
+    let r2 = g2.sessions().lock_run(&tid("alpha"), &skey("p2"), 2).await.unwrap();
+    let s1 = g1.sessions();
+    let third = tokio::spawn(async move { s1.lock_run(&tid("alpha"), &skey("p3"), 2).await.map(|_| ()) });
+    // Another tenant is not held up by alpha's cap.
+    let s2 = g2.sessions();
+    let other = tokio::time::timeout(Duration::from_secs(5), s2.lock_run(&tid("bravo"), &skey("p1"), 2)).await;
+    assert!(other.is_ok(), "bravo runs at once");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!third.is_finished(), "a third run of alpha waits while two run on two gateways");
+    drop(r2);
+    tokio::time::timeout(Duration::from_secs(10), third).await.expect("a slot freed").unwrap().unwrap();
+    drop(r1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daily_usage_is_counted_across_gateways() {
+    use crate::usage::UsageMeter;
+    let pg = Pg::start();
+    let url = crate::config::SecretString::new(pg.url.clone());
+    let (d1, d2) = (
+        Db::connect(&url, 2, crate::cluster::gateway_id()).await.unwrap(),
+        Db::connect(&url, 2, crate::cluster::gateway_id()).await.unwrap(),
+    );
+    let (u1, u2) = (UsageMeter::in_memory(), UsageMeter::in_memory());
+    let agent = AgentId::parse("agent-x").unwrap();
+    u1.record(&tid("alpha"), &agent, |c| c.input_tokens += 700);
+    u2.record(&tid("alpha"), &agent, |c| c.output_tokens += 300);
+    u2.record(&tid("bravo"), &agent, |c| c.sandbox_ms += 50);
+    for _ in 0..2 {
+        crate::cluster::usage::sync(&d1, &u1).await.unwrap();
+        crate::cluster::usage::sync(&d2, &u2).await.unwrap();
+    }
+    for u in [&u1, &u2] {
+        assert_eq!(u.today(&tid("alpha")).model_tokens, 1000, "both gateways' tokens count");
+        assert_eq!(u.today(&tid("bravo")).sandbox_ms, 50);
+    }
+    assert_eq!(u1.today_here(&tid("alpha")).model_tokens, 700, "its own stays its own");
+    // The table holds counters and tenant ids only.
+    let dump = pg.dump();
+    assert!(!contains(&dump, b"agent-x"), "no agent ids or content in bh_usage");
 }
