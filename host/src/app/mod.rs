@@ -323,7 +323,11 @@ fn uses_docker(config: &Config) -> bool {
 /// The Docker backend connects in the background and recovers by itself when the daemon comes
 /// back; it exists only when an agent uses it.
 fn start_docker(config: &Config, audit: &Audit) -> Arc<DockerSandbox> {
-    let opts = crate::sandbox::docker::DockerOptions { audit: audit.clone(), ..Default::default() };
+    let opts = crate::sandbox::docker::DockerOptions {
+        audit: audit.clone(),
+        engines: config.engines.clone(),
+        ..Default::default()
+    };
     let docker = DockerSandbox::start(&config.state_dir, opts);
     docker.prewarm_agents(&config.agents);
     docker

@@ -217,7 +217,7 @@ fn log_refused(report: &ReloadReport) {
 /// Settings the running process cannot change: each one changed is an error naming it.
 pub fn restart_only(old: &Config, new: &Config) -> Vec<String> {
     let (o, n) = (&old.gateway, &new.gateway);
-    let settings: [(&str, String, String); 9] = [
+    let settings: [(&str, String, String); 10] = [
         ("gateway.bind", o.bind.to_string(), n.bind.to_string()),
         ("gateway.tls", format!("{:?}", o.tls), format!("{:?}", n.tls)),
         ("gateway.maxBodyBytes", o.max_body_bytes.to_string(), n.max_body_bytes.to_string()),
@@ -231,6 +231,7 @@ pub fn restart_only(old: &Config, new: &Config) -> Vec<String> {
         ("store.masterKey", format!("{:?}", old.store.master_key), format!("{:?}", new.store.master_key)),
         ("store.mode", format!("{:?}", old.store.require_mode()), format!("{:?}", new.store.require_mode())),
         ("logging", format!("{:?}", old.logging), format!("{:?}", new.logging)),
+        ("sandbox.docker", format!("{:?}", old.engines), format!("{:?}", new.engines)),
     ];
     settings
         .into_iter()

@@ -217,18 +217,35 @@ pub fn delete(source: &ConfigSource, id: &str, yes: bool) -> i32 {
     }
 }
 
-/// Removes the tenant's Docker sandbox containers of this gateway. An unreachable daemon is an
-/// error only when some agent uses the Docker backend (otherwise there cannot be any).
+/// Removes the tenant's Docker sandbox containers of this gateway — and, with several engines,
+/// its workspace volumes — on every engine. An unreachable daemon is an error only when some
+/// agent uses the Docker backend (otherwise there cannot be any); with several engines every
+/// engine must be reachable, so no volume of the tenant is left behind unnoticed.
 fn remove_tenant_containers(config: &crate::config::Config, tenant: &str) -> Result<(), String> {
+    use crate::sandbox::docker;
     let uses_docker = config.agents.iter().any(|a| a.sandbox.backend == crate::config::SandboxBackend::Docker);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    let gateway = crate::sandbox::docker::gateway_label(&config.state_dir);
+    let gateway = docker::gateway_label(&config.state_dir);
+    if let Some(engines) = &config.engines {
+        return rt.block_on(async {
+            for e in &engines.engines {
+                let at = |err: String| format!("engine {}: {err}; nothing was deleted from the store", e.name);
+                let d = docker::connect_endpoint(&e.endpoint).await.map_err(at)?;
+                let n = docker::remove_containers(&d, &gateway, Some(tenant)).await.map_err(at)?;
+                let v = docker::remove_volumes(&d, &gateway, tenant).await.map_err(at)?;
+                if n + v > 0 {
+                    outln!("removed {n} sandbox container(s) and {v} workspace volume(s) of tenant {tenant} on engine {}", e.name);
+                }
+            }
+            Ok(())
+        });
+    }
     let result = rt.block_on(async {
-        let docker = crate::sandbox::docker::connect(None).await?;
-        crate::sandbox::docker::remove_containers(&docker, &gateway, Some(tenant)).await
+        let docker = docker::connect(None).await?;
+        docker::remove_containers(&docker, &gateway, Some(tenant)).await
     });
     match result {
         Ok(0) => Ok(()),
