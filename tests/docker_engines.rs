@@ -1,0 +1,273 @@
+//! Sandboxes on two real Docker engines: the machine's daemon and a second `dockerd` this test
+//! starts (its own socket, data root, exec root, pid file and no bridge, so it touches nothing of
+//! the first). Tenants run where the placement rule puts them (checked on the engines, not in
+//! the gateway's memory), their workspaces are volumes there and count against their quota as
+//! the engine measures them; when one engine stops, its tenants' tool calls fail closed with a
+//! clear error while the other engine's tenants go on; with failover allowed those tenants move
+//! to the other engine, and come back (to their workspace) when theirs is up again; deleting a
+//! tenant removes its containers and volumes on every engine.
+//!
+//! Its own test binary: cargo runs test binaries one at a time, so no other Docker test of the
+//! suite runs meanwhile. Run as root (as CI does). It never stops the machine's daemon.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use bulkhead::config::{EngineConfig, EnginesConfig, Endpoint};
+use bulkhead::sandbox::{Sandbox, SandboxError};
+use bulkhead::sandbox::docker::{self, DockerOptions, DockerSandbox};
+use bulkhead::sandbox::placement::{Candidate, order};
+
+#[path = "docker_common.rs"]
+mod common;
+use common::*;
+
+const MAIN: &str = "/var/run/docker.sock";
+const SOCK2: &str = "/run/bulkhead-docker2.sock";
+const ROOT2: &str = "/var/lib/bulkhead-docker2";
+const EXEC2: &str = "/run/bulkhead-docker2";
+const PID2: &str = "/run/bulkhead-docker2.pid";
+
+fn docker_on(sock: &str, args: &[&str]) -> Output {
+    Command::new("docker").arg("-H").arg(format!("unix://{sock}")).args(args).output().unwrap()
+}
+
+fn up(sock: &str) -> bool {
+    Path::new(sock).exists() && docker_on(sock, &["info", "--format", "{{.ID}}"]).status.success()
+}
+
+fn pid2() -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(PID2).ok()?.trim().parse().ok()?;
+    Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+}
+
+/// The second engine; stopped (never the machine's daemon) when dropped.
+struct Engine2;
+
+impl Engine2 {
+    fn start() -> Engine2 {
+        if pid2().is_some() {
+            Engine2::stop();
+        }
+        std::fs::create_dir_all(EXEC2).unwrap();
+        std::fs::create_dir_all(ROOT2).unwrap();
+        // Its own config file: the machine's /etc/docker/daemon.json names the first daemon's data
+        // root. The storage driver is the first daemon's (the only one known to work here).
+        let driver = String::from_utf8(docker_on(MAIN, &["info", "--format", "{{.Driver}}"]).stdout).unwrap();
+        let conf = Path::new(EXEC2).join("daemon.json");
+        std::fs::write(&conf, format!("{{\"storage-driver\": {:?}}}", driver.trim())).unwrap();
+        let started = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "setsid \"$(command -v dockerd || echo /usr/sbin/dockerd)\" --config-file {} --host unix://{SOCK2} \
+                 --data-root {ROOT2} --exec-root {EXEC2} --pidfile {PID2} --bridge none --iptables=false \
+                 --ip-masq=false >/tmp/bulkhead-docker2.log 2>&1 &",
+                conf.display()
+            ))
+            .status()
+            .unwrap();
+        assert!(started.success());
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !up(SOCK2) {
+            assert!(Instant::now() < deadline, "the second dockerd did not start: see /tmp/bulkhead-docker2.log");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Engine2
+    }
+
+    /// SIGTERM to the second daemon (by its pid file) and wait until it is gone.
+    fn stop() {
+        let Some(pid) = pid2() else { return };
+        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while pid2().is_some() {
+            assert!(Instant::now() < deadline, "the second dockerd did not exit");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The sandbox image, copied from the first engine (there is no registry).
+    fn load_image(&self) {
+        let id = |sock: &str| {
+            String::from_utf8(docker_on(sock, &["image", "inspect", "-f", "{{.Id}}", &image()]).stdout).unwrap()
+        };
+        if id(SOCK2) != id(MAIN) {
+            let loaded = Command::new("sh")
+                .arg("-c")
+                .arg(format!("docker -H unix://{MAIN} save {} | docker -H unix://{SOCK2} load", image()))
+                .output()
+                .unwrap();
+            assert!(loaded.status.success(), "{}", String::from_utf8_lossy(&loaded.stderr));
+        }
+        assert_eq!(id(SOCK2), id(MAIN));
+    }
+}
+
+impl Drop for Engine2 {
+    fn drop(&mut self) {
+        Engine2::stop();
+    }
+}
+
+/// Removes every container and volume of a gateway label on both engines (pass or fail).
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for sock in [MAIN, SOCK2] {
+            if !up(sock) {
+                continue;
+            }
+            let filter = format!("label={}={}", docker::LABEL_GATEWAY, self.0);
+            let ids = String::from_utf8(docker_on(sock, &["ps", "-aq", "--filter", &filter]).stdout).unwrap();
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                docker_on(sock, &[&["rm", "-f"][..], &ids].concat());
+            }
+            let vols = String::from_utf8(docker_on(sock, &["volume", "ls", "-q", "--filter", &filter]).stdout).unwrap();
+            let vols: Vec<&str> = vols.split_whitespace().collect();
+            if !vols.is_empty() {
+                docker_on(sock, &[&["volume", "rm", "-f"][..], &vols].concat());
+            }
+        }
+    }
+}
+
+fn engines(failover: bool) -> EnginesConfig {
+    EnginesConfig {
+        engines: vec![
+            EngineConfig { name: "one".into(), endpoint: Endpoint::Unix(MAIN.into()), weight: 100 },
+            EngineConfig { name: "two".into(), endpoint: Endpoint::Unix(SOCK2.into()), weight: 100 },
+        ],
+        failover,
+        health_every: Duration::from_secs(1),
+    }
+}
+
+/// The tenant's containers and workspace volumes on the engine at `sock`.
+fn held_on(sock: &str, gateway: &str, tenant: &str) -> (usize, usize) {
+    let f = [format!("label={}={gateway}", docker::LABEL_GATEWAY), format!("label={}={tenant}", docker::LABEL_TENANT)];
+    let count = |o: Output| String::from_utf8(o.stdout).unwrap().split_whitespace().count();
+    let c = count(docker_on(sock, &["ps", "-q", "--filter", &f[0], "--filter", &f[1]]));
+    let v = count(docker_on(sock, &["volume", "ls", "-q", "--filter", &f[0], "--filter", &f[1]]));
+    (c, v)
+}
+
+fn sock_of(engine: &str) -> &'static str {
+    if engine == "one" { MAIN } else { SOCK2 }
+}
+
+async fn wait_health(sb: &DockerSandbox, engine: &str, want: bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sb.engines_health().iter().any(|(n, u)| n == engine && *u == want) {
+        assert!(Instant::now() < deadline, "engine {engine} never reported {}", if want { "up" } else { "down" });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tenants_run_on_their_engine_and_fail_closed_when_it_stops() {
+    if !docker_ready().await {
+        return;
+    }
+    let engine2 = Engine2::start();
+    engine2.load_image();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let _cleanup = Cleanup(docker::gateway_label(&state));
+    let gateway = docker::gateway_label(&state);
+
+    // Two tenants the rule puts on each engine, and one it puts on "one" but pinned to "two".
+    let config = engines(false);
+    let cands: Vec<_> = config.engines.iter().map(|e| Candidate { name: &e.name, weight: e.weight }).collect();
+    let home = |t: &str| cands[order(t, None, &cands)[0]].name.to_string();
+    let all: Vec<String> = (0..100).map(|i| format!("t{i}")).collect();
+    let on = |e: &str| all.iter().filter(|t| home(t) == e).take(3).cloned().collect::<Vec<_>>();
+    let (mut ones, twos) = (on("one"), on("two"));
+    assert!(ones.len() == 3 && twos.len() == 3, "the rule put everything on one engine");
+    let pinned = ones.pop().unwrap();
+    let with_pin = |t: &str, cmd: &str| {
+        let mut c = exec(t, cmd);
+        if t == pinned {
+            c.settings.docker.engine = Some("two".into());
+        }
+        c
+    };
+    let placed = |t: &str| if t == pinned { "two".to_string() } else { home(t) };
+
+    let sb = DockerSandbox::start(&state, DockerOptions { engines: Some(engines(false)), ..DockerOptions::default() });
+    let tenants: Vec<String> = ones.iter().chain(&twos).chain([&pinned]).cloned().collect();
+    for t in &tenants {
+        let r = sb.call(&with_pin(t, &format!("echo {t} > f; cat f; ls -ld /workspace"))).await.unwrap();
+        assert!(r.text.starts_with(&format!("{t}\n")), "{t}: {r:?}");
+        // On the engine the rule names, and only there: a container and a workspace volume.
+        let (here, there) = (sock_of(&placed(t)), sock_of(if placed(t) == "one" { "two" } else { "one" }));
+        assert_eq!(held_on(here, &gateway, t), (1, 1), "{t} is not on engine {}", placed(t));
+        assert_eq!(held_on(there, &gateway, t), (0, 0), "{t} is also on the other engine");
+    }
+    // The workspace is a volume of that engine, not a directory of the gateway.
+    assert!(!docker::volume_name(&gateway, &ones[0], "agents/x").is_empty());
+    assert!(!state.join("workspaces").join(&ones[0]).join(format!("agents/{}-bot/f", ones[0])).exists());
+
+    // The quota holds on volumes, measured by the engine: a command that writes past it is
+    // stopped, and the next write is refused because the engine counts what is there.
+    let quota_tenant = &twos[0];
+    let mut big = exec(quota_tenant, "dd if=/dev/zero of=big bs=1024 count=3000 2>/dev/null; echo done");
+    big.settings.docker.disk_quota_bytes = 1 << 20;
+    let r = sb.call(&big).await;
+    assert!(matches!(r, Err(SandboxError::Quota)), "wrote past the quota on a volume: {r:?}");
+    let mut small = exec(quota_tenant, "echo x > small");
+    small.settings.docker.disk_quota_bytes = 1 << 20;
+    let r = sb.call(&small).await;
+    assert!(matches!(r, Err(SandboxError::Quota)), "a write over the quota was not refused: {r:?}");
+    sb.call(&exec(quota_tenant, "rm -f big")).await.unwrap();
+
+    // Engine "two" stops: its tenants fail closed with the reason, at once; "one"'s go on.
+    Engine2::stop();
+    wait_health(&sb, "two", false).await;
+    for t in &tenants {
+        let t0 = Instant::now();
+        let r = sb.call(&with_pin(t, "cat f")).await;
+        if placed(t) == "two" {
+            match &r {
+                Err(SandboxError::Unavailable(m)) => {
+                    assert!(m.contains("\"two\" is down") && m.contains("failover"), "{t}: {m}")
+                }
+                other => panic!("{t}, whose engine is down, got {other:?}"),
+            }
+            assert!(t0.elapsed() < Duration::from_secs(5), "{t}: failing took {:?}", t0.elapsed());
+            // Not moved: nothing of it appeared on the engine that is up.
+            assert_eq!(held_on(MAIN, &gateway, t), (0, 0), "{t} was moved silently");
+        } else {
+            assert_eq!(r.unwrap().text, format!("{t}\n"), "{t} on the engine that is up");
+        }
+    }
+    sb.stop().await;
+    drop(sb);
+
+    // With failover allowed, those tenants are served on the other engine (a new, empty
+    // workspace there: failover buys availability, not the data of the engine that is down)...
+    let sb = DockerSandbox::start(&state, DockerOptions { engines: Some(engines(true)), ..DockerOptions::default() });
+    for t in tenants.iter().filter(|t| placed(t) == "two") {
+        let r = sb.call(&with_pin(t, "cat f 2>/dev/null || echo empty; echo moved > g")).await.unwrap();
+        assert_eq!(r.text, "empty\n", "{t}");
+        assert_eq!(held_on(MAIN, &gateway, t), (1, 1), "{t} did not move to engine one");
+    }
+    // ...and go back to their own engine, and workspace, once it is up again.
+    let _engine2 = Engine2::start();
+    wait_health(&sb, "two", true).await;
+    for t in tenants.iter().filter(|t| placed(t) == "two") {
+        let r = sb.call(&with_pin(t, "cat f")).await.unwrap();
+        assert_eq!(r.text, format!("{t}\n"), "{t} back on its engine");
+        assert_eq!(held_on(SOCK2, &gateway, t).0, 1, "{t} is not back on engine two");
+    }
+
+    // Deleting a tenant removes its containers and volumes on every engine.
+    let moved = tenants.iter().find(|t| placed(t) == "two").unwrap();
+    sb.remove_tenant(moved).await.unwrap();
+    assert_eq!(held_on(MAIN, &gateway, moved), (0, 0));
+    assert_eq!(held_on(SOCK2, &gateway, moved), (0, 0));
+    sb.stop().await;
+}
