@@ -229,3 +229,86 @@ fn endpoint(
     errs.push(at, format!("invalid endpoint {raw:?}: {why}"));
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{Endpoint, load_str};
+
+    fn errors(text: &str) -> Vec<(String, String)> {
+        load_str(text, Path::new(".")).expect_err("config should be invalid").into_iter().map(|e| (e.path, e.message)).collect()
+    }
+
+    #[test]
+    fn engines_load_with_defaults_and_pins_reach_the_tenants_agents() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["ca.pem", "cert.pem", "key.pem"] {
+            std::fs::write(dir.path().join(f), "x").unwrap();
+        }
+        let c = load_str(
+            "{ sandbox: { docker: { failover: true, engines: [
+                 { name: 'a', endpoint: 'unix:///run/a.sock' },
+                 { name: 'b', endpoint: 'tcp://10.0.0.2:2376', weight: 300,
+                   tls: { ca: 'ca.pem', cert: 'cert.pem', key: 'key.pem' } } ] } },
+               tenants: [ { id: 'acme', sandbox: { engine: 'b' } }, { id: 'beta' } ],
+               agents: { list: [ { id: 'x', tenant: 'acme', sandbox: { backend: 'docker' } },
+                                 { id: 'y', tenant: 'beta', sandbox: { backend: 'docker' } } ] } }",
+            dir.path(),
+        )
+        .unwrap();
+        let e = c.engines.as_ref().unwrap();
+        assert!(e.failover);
+        assert_eq!(e.health_every.as_secs(), 5);
+        assert_eq!((e.engines[0].weight, e.engines[1].weight), (100, 300));
+        assert_eq!(e.engines[0].endpoint, Endpoint::Unix("/run/a.sock".into()));
+        assert!(matches!(&e.engines[1].endpoint, Endpoint::Tcp { addr, tls } if addr == "10.0.0.2:2376" && tls.key == dir.path().join("key.pem")));
+        assert_eq!(c.agents[0].sandbox.docker.engine.as_deref(), Some("b"));
+        assert_eq!(c.agents[1].sandbox.docker.engine, None);
+        // No `sandbox` key: today's single daemon.
+        assert!(load_str("{}", Path::new(".")).unwrap().engines.is_none());
+    }
+
+    #[test]
+    fn bad_engines_are_refused_naming_the_key() {
+        let p = "sandbox.docker.engines";
+        for (engines, path, says) in [
+            ("[]", p.to_string(), "no engines"),
+            ("[ { endpoint: 'unix:///a' } ]", format!("{p}[0].name"), "missing"),
+            ("[ { name: 'A!', endpoint: 'unix:///a' } ]", format!("{p}[0].name"), "invalid engine name"),
+            ("[ { name: 'a', endpoint: 'unix:///a' }, { name: 'a', endpoint: 'unix:///b' } ]", format!("{p}[1].name"), "twice"),
+            ("[ { name: 'a', endpoint: 'unix:///a' }, { name: 'b', endpoint: 'unix:///a' } ]", format!("{p}[1].endpoint"), "twice"),
+            ("[ { name: 'a' } ]", format!("{p}[0].endpoint"), "missing"),
+            ("[ { name: 'a', endpoint: 'tcp://10.0.0.1:2375' } ]", format!("{p}[0].endpoint"), "root on the engine's host"),
+            ("[ { name: 'a', endpoint: 'http://10.0.0.1:2375' } ]", format!("{p}[0].endpoint"), "tcp://host:port"),
+            ("[ { name: 'a', endpoint: 'ssh://me@host' } ]", format!("{p}[0].endpoint"), "only unix://"),
+            ("[ { name: 'a', endpoint: '/var/run/docker.sock' } ]", format!("{p}[0].endpoint"), "expected unix://"),
+            ("[ { name: 'a', endpoint: 'unix://docker.sock' } ]", format!("{p}[0].endpoint"), "absolute"),
+            ("[ { name: 'a', endpoint: 'unix:///a/../b' } ]", format!("{p}[0].endpoint"), "'..'"),
+            ("[ { name: 'a', endpoint: 'tcp://nohost' , tls: {} } ]", format!("{p}[0].endpoint"), "tcp://host:port"),
+            ("[ { name: 'a', endpoint: 'tcp://h:2376', tls: { ca: 'ca.pem' } } ]", format!("{p}[0].tls.cert"), "missing"),
+            ("[ { name: 'a', endpoint: 'tcp://h:2376', tls: { ca: 'no.pem', cert: 'no.pem', key: 'secret.key' } } ]", format!("{p}[0].tls.key"), "cannot read"),
+            ("[ { name: 'a', endpoint: 'unix:///a', tls: {} } ]", format!("{p}[0].tls"), "tcp:// endpoints only"),
+            ("[ { name: 'a', endpoint: 'unix:///a', weight: 0 } ]", format!("{p}[0].weight"), "outside"),
+        ] {
+            let errs = errors(&format!("{{ sandbox: {{ docker: {{ engines: {engines} }} }} }}"));
+            assert!(errs.iter().any(|(at, m)| *at == path && m.contains(says)), "{engines}: {errs:?}");
+        }
+        let errs = errors("{ sandbox: { docker: { healthCheckSec: 0, engines: [ { name: 'a', endpoint: 'unix:///a' } ] } } }");
+        assert!(errs.iter().any(|(at, _)| at == "sandbox.docker.healthCheckSec"), "{errs:?}");
+        // A pin must name a configured engine.
+        let errs = errors("{ tenants: [ { id: 'acme', sandbox: { engine: 'a' } } ] }");
+        assert!(errs.iter().any(|(at, m)| at == "tenants[0].sandbox.engine" && m.contains("no sandbox.docker.engines")), "{errs:?}");
+        let errs = errors(
+            "{ sandbox: { docker: { engines: [ { name: 'a', endpoint: 'unix:///a' } ] } },
+               tenants: [ { id: 'acme', sandbox: { engine: 'b' } } ] }",
+        );
+        assert!(errs.iter().any(|(at, m)| at == "tenants[0].sandbox.engine" && m.contains("unknown engine \"b\"")), "{errs:?}");
+        // Workspace volumes belong to the image's user: no other may be set.
+        let errs = errors(
+            "{ sandbox: { docker: { engines: [ { name: 'a', endpoint: 'unix:///a' } ] } },
+               agents: { list: [ { id: 'x', sandbox: { backend: 'docker', docker: { user: '4242' } } } ] } }",
+        );
+        assert!(errs.iter().any(|(at, m)| at == p && m.contains("sandbox.docker.user")), "{errs:?}");
+    }
+}
