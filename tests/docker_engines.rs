@@ -14,10 +14,10 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use bulkhead::config::{EngineConfig, EnginesConfig, Endpoint};
-use bulkhead::sandbox::{Sandbox, SandboxError};
+use bulkhead::config::{Endpoint, EngineConfig, EnginesConfig};
 use bulkhead::sandbox::docker::{self, DockerOptions, DockerSandbox};
 use bulkhead::sandbox::placement::{Candidate, order};
+use bulkhead::sandbox::{Sandbox, SandboxError};
 
 #[path = "docker_common.rs"]
 mod common;
@@ -74,6 +74,21 @@ impl Engine2 {
             std::thread::sleep(Duration::from_millis(200));
         }
         Engine2
+    }
+
+    /// Removes what earlier runs left on the second engine (it is this test's alone).
+    fn clear(&self) {
+        let filter = format!("label={}=1", docker::LABEL_SANDBOX);
+        let ids = String::from_utf8(docker_on(SOCK2, &["ps", "-aq", "--filter", &filter]).stdout).unwrap();
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            docker_on(SOCK2, &[&["rm", "-f"][..], &ids].concat());
+        }
+        let vols = String::from_utf8(docker_on(SOCK2, &["volume", "ls", "-q", "--filter", &filter]).stdout).unwrap();
+        let vols: Vec<&str> = vols.split_whitespace().collect();
+        if !vols.is_empty() {
+            docker_on(SOCK2, &[&["volume", "rm", "-f"][..], &vols].concat());
+        }
     }
 
     /// SIGTERM to the second daemon (by its pid file) and wait until it is gone.
@@ -172,6 +187,7 @@ async fn tenants_run_on_their_engine_and_fail_closed_when_it_stops() {
         return;
     }
     let engine2 = Engine2::start();
+    engine2.clear();
     engine2.load_image();
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
@@ -210,6 +226,34 @@ async fn tenants_run_on_their_engine_and_fail_closed_when_it_stops() {
     // The workspace is a volume of that engine, not a directory of the gateway.
     assert!(!docker::volume_name(&gateway, &ones[0], "agents/x").is_empty());
     assert!(!state.join("workspaces").join(&ones[0]).join(format!("agents/{}-bot/f", ones[0])).exists());
+
+    // Export reads a volume through its engine (a container created, never started), in the
+    // layout of workspace directories.
+    let t = &twos[1];
+    sb.call(&exec(t, "mkdir -p d/e; echo deep > d/e/x; ln -s /etc/passwd link")).await.unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let d2 = docker::connect_endpoint(&Endpoint::Unix(SOCK2.into())).await.unwrap();
+    let (scopes, u) = docker::fetch_volumes(&d2, &gateway, t, &image(), out.path(), &[]).await.unwrap();
+    let ws = out.path().join(format!("agents/{t}-bot"));
+    assert_eq!(scopes, [format!("agents/{t}-bot")]);
+    assert_eq!(std::fs::read_to_string(ws.join("f")).unwrap(), format!("{t}\n"));
+    assert_eq!(std::fs::read_to_string(ws.join("d/e/x")).unwrap(), "deep\n");
+    assert_eq!(std::fs::read_link(ws.join("link")).unwrap(), Path::new("/etc/passwd"));
+    assert_eq!((u.files, u.skipped.len()), (3, 0), "{u:?}");
+    // Nothing of the read is left on the engine.
+    assert_eq!(held_on(SOCK2, &gateway, t), (1, 1));
+    let all = docker_on(
+        SOCK2,
+        &[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label={}={gateway}", docker::LABEL_GATEWAY),
+            "--filter",
+            &format!("label={}={t}", docker::LABEL_TENANT),
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&all.stdout).split_whitespace().count(), 1);
 
     // The quota holds on volumes, measured by the engine: a command that writes past it is
     // stopped, and the next write is refused because the engine counts what is there.

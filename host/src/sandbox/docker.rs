@@ -220,7 +220,10 @@ pub async fn connect_endpoint(endpoint: &Endpoint) -> Result<Docker, String> {
         }
     }
     .map_err(|e| format!("cannot reach the Docker engine at {endpoint}: {}", tls_safe(&e)))?;
-    docker.negotiate_version().await.map_err(|e| format!("cannot reach the Docker engine at {endpoint}: {}", tls_safe(&e)))
+    docker
+        .negotiate_version()
+        .await
+        .map_err(|e| format!("cannot reach the Docker engine at {endpoint}: {}", tls_safe(&e)))
 }
 
 /// A bollard error as text, cut to its first line (TLS errors can quote PEM parsing state).
@@ -253,6 +256,102 @@ pub async fn remove_volumes(docker: &Docker, gateway: &str, tenant: &str) -> Res
         }
     }
     Ok(n)
+}
+
+/// Unpacks every workspace volume of `tenant` on `docker` into `into/<scope>` (the layout of
+/// workspace directories, so `tenant export` writes both alike). Each volume is read through a
+/// container that is created but never started — nothing of the tenant runs — with the volume
+/// mounted read-only, and removed afterwards. Scopes in `skip` (already taken from another
+/// engine) are left out and returned. Returns the scopes unpacked and what was skipped.
+pub async fn fetch_volumes(
+    docker: &Docker,
+    gateway: &str,
+    tenant: &str,
+    image: &str,
+    into: &Path,
+    skip: &[String],
+) -> Result<(Vec<String>, super::volume_archive::Unpacked), String> {
+    use bollard::query_parameters::DownloadFromContainerOptionsBuilder;
+    let mut done = Vec::new();
+    let mut total = super::volume_archive::Unpacked::default();
+    for (volume, scope) in tenant_volumes(docker, gateway, tenant).await? {
+        // The scope label is ours, but is checked like any input before it names a directory.
+        let rel = Path::new(&scope);
+        if scope.is_empty() || !rel.components().all(|c| matches!(c, std::path::Component::Normal(_))) {
+            return Err(format!("workspace volume {volume} has an invalid scope label"));
+        }
+        if skip.contains(&scope) {
+            total
+                .skipped
+                .push(format!("{scope} (a second copy of this workspace, left on another engine by failover)"));
+            continue;
+        }
+        let dest = into.join(rel);
+        std::fs::create_dir_all(&dest).map_err(|e| format!("cannot create {}: {}", dest.display(), e.kind()))?;
+        let body = ContainerCreateBody {
+            image: Some(image.to_string()),
+            user: Some(format!("{}:{}", DEFAULT_USER.0, DEFAULT_USER.1)),
+            network_disabled: Some(true),
+            env: Some(vec![]),
+            labels: Some(HashMap::from([
+                (LABEL_SANDBOX.to_string(), "1".to_string()),
+                (LABEL_GATEWAY.to_string(), gateway.to_string()),
+                (LABEL_TENANT.to_string(), tenant.to_string()),
+                (LABEL_SCOPE.to_string(), scope.clone()),
+            ])),
+            host_config: Some(HostConfig {
+                cap_drop: Some(vec!["ALL".into()]),
+                privileged: Some(false),
+                security_opt: Some(vec!["no-new-privileges:true".into()]),
+                readonly_rootfs: Some(true),
+                network_mode: Some("none".into()),
+                mounts: Some(vec![Mount {
+                    target: Some(WORKSPACE_DIR.into()),
+                    source: Some(volume.clone()),
+                    typ: Some(MountType::VOLUME),
+                    read_only: Some(true),
+                    volume_options: Some(MountVolumeOptions { no_copy: Some(true), ..Default::default() }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let id = docker
+            .create_container(Some(CreateContainerOptionsBuilder::default().build()), body)
+            .await
+            .map_err(|e| format!("cannot read workspace volume {volume}: {e}"))?
+            .id;
+        let archive = into.join(format!(".{volume}.tar"));
+        let fetched = async {
+            let mut f = tokio::fs::File::create(&archive)
+                .await
+                .map_err(|e| format!("cannot write the archive: {}", e.kind()))?;
+            let mut stream = docker.download_from_container(
+                &id,
+                Some(DownloadFromContainerOptionsBuilder::default().path(WORKSPACE_DIR).build()),
+            );
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| format!("cannot read workspace volume {volume}: {e}"))?;
+                f.write_all(&chunk).await.map_err(|e| format!("cannot write the archive: {}", e.kind()))?;
+            }
+            f.flush().await.map_err(|e| format!("cannot write the archive: {}", e.kind()))?;
+            Ok::<(), String>(())
+        }
+        .await;
+        let _ = remove(docker, &id).await;
+        let unpacked = fetched.and_then(|()| {
+            let f = std::fs::File::open(&archive).map_err(|e| format!("cannot read the archive: {}", e.kind()))?;
+            let strip = WORKSPACE_DIR.trim_start_matches('/').rsplit('/').next().unwrap_or("workspace").to_string();
+            super::volume_archive::unpack(std::io::BufReader::new(f), &strip, &dest)
+        });
+        let _ = std::fs::remove_file(&archive);
+        let u = unpacked?;
+        total.files += u.files;
+        total.skipped.extend(u.skipped.into_iter().map(|s| format!("{scope}/{s}")));
+        done.push(scope);
+    }
+    Ok((done, total))
 }
 
 /// The workspace volumes of `tenant` this gateway made on `docker`: (volume name, scope).
@@ -406,7 +505,8 @@ impl DockerSandbox {
         if self.multi.is_none() {
             return vec![0];
         }
-        let c: Vec<_> = self.engines.iter().map(|e| super::placement::Candidate { name: &e.name, weight: e.weight }).collect();
+        let c: Vec<_> =
+            self.engines.iter().map(|e| super::placement::Candidate { name: &e.name, weight: e.weight }).collect();
         super::placement::order(tenant, pinned, &c)
     }
 
@@ -459,7 +559,10 @@ impl DockerSandbox {
     /// Checks every engine once: a ping on the open client, or a new connection (which
     /// reconciles). A failed check drops the client.
     async fn check_engines(&self) {
-        let limit = self.multi.as_ref().map_or(Duration::from_secs(5), |m| m.health_every.clamp(Duration::from_secs(1), Duration::from_secs(5)));
+        let limit = self
+            .multi
+            .as_ref()
+            .map_or(Duration::from_secs(5), |m| m.health_every.clamp(Duration::from_secs(1), Duration::from_secs(5)));
         for i in 0..self.engines.len() {
             let client = self.engines[i].client.lock().await.clone();
             let ok = match client {
@@ -858,9 +961,9 @@ impl DockerSandbox {
             None => Ok(0),
             Some(Some(n)) => Ok(n),
             // The engine could not size a volume: no budget can be given.
-            Some(None) => Err(SandboxError::Unavailable(
-                "Docker daemon: cannot measure the workspace against its quota".into(),
-            )),
+            Some(None) => {
+                Err(SandboxError::Unavailable("Docker daemon: cannot measure the workspace against its quota".into()))
+            }
         }
     }
 
@@ -916,7 +1019,9 @@ impl DockerSandbox {
         let (uid, gid) = sandbox_user(s.user.as_deref(), gateway_uid())?;
         match &workspace {
             Some((Workspace::Host(dir), _)) => prepare_workspace(dir, uid, gid).await?,
-            Some((Workspace::Volume(name), _)) => self.ensure_volume(docker, name, call.tenant.as_str(), &scope).await?,
+            Some((Workspace::Volume(name), _)) => {
+                self.ensure_volume(docker, name, call.tenant.as_str(), &scope).await?
+            }
             None => {}
         }
         let seccomp = match &s.seccomp_profile {
@@ -961,10 +1066,9 @@ impl DockerSandbox {
             labels: Some(labels),
             ..Default::default()
         };
-        let v = docker
-            .create_volume(req)
-            .await
-            .map_err(|e| SandboxError::Unavailable(format!("Docker daemon: cannot create the workspace volume: {e}")))?;
+        let v = docker.create_volume(req).await.map_err(|e| {
+            SandboxError::Unavailable(format!("Docker daemon: cannot create the workspace volume: {e}"))
+        })?;
         // A volume of that name made by someone else (other labels) is not this scope's.
         if v.labels.get(LABEL_TENANT).map(String::as_str) != Some(tenant)
             || v.labels.get(LABEL_GATEWAY) != Some(&self.gateway)

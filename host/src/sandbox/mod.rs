@@ -21,6 +21,8 @@ pub mod docker;
 #[forbid(unsafe_code)]
 pub mod placement;
 #[forbid(unsafe_code)]
+pub mod volume_archive;
+#[forbid(unsafe_code)]
 pub mod volume_usage;
 // The one module of the crate that may use `unsafe`: `Module::deserialize` of the embedded runner.
 #[allow(unsafe_code)]

@@ -24,9 +24,7 @@ pub struct Candidate<'a> {
 pub fn order(tenant: &str, pinned: Option<&str>, engines: &[Candidate<'_>]) -> Vec<usize> {
     let mut scored: Vec<(usize, f64)> =
         engines.iter().enumerate().map(|(i, e)| (i, score(tenant, e.name, e.weight))).collect();
-    scored.sort_by(|a, b| {
-        b.1.total_cmp(&a.1).then_with(|| engines[a.0].name.cmp(engines[b.0].name))
-    });
+    scored.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| engines[a.0].name.cmp(engines[b.0].name)));
     let mut out: Vec<usize> = scored.into_iter().map(|(i, _)| i).collect();
     if let Some(p) = pinned
         && let Some(pos) = out.iter().position(|&i| engines[i].name == p)

@@ -36,7 +36,8 @@ pub async fn volume_sizes(endpoint: &Endpoint, api: &str) -> Result<Vec<VolumeSi
     let answer = tokio::time::timeout(TIMEOUT, async {
         match endpoint {
             Endpoint::Unix(p) => {
-                let s = tokio::net::UnixStream::connect(p).await.map_err(|e| format!("cannot connect: {}", e.kind()))?;
+                let s =
+                    tokio::net::UnixStream::connect(p).await.map_err(|e| format!("cannot connect: {}", e.kind()))?;
                 exchange(s, &request).await
             }
             Endpoint::Tcp { addr, tls } => {
@@ -44,7 +45,8 @@ pub async fn volume_sizes(endpoint: &Endpoint, api: &str) -> Result<Vec<VolumeSi
                 let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h).trim_matches(['[', ']']);
                 let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.to_string())
                     .map_err(|_| format!("invalid server name {host:?}"))?;
-                let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("cannot connect: {}", e.kind()))?;
+                let tcp =
+                    tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("cannot connect: {}", e.kind()))?;
                 let s = connector.connect(name, tcp).await.map_err(|e| format!("TLS handshake failed: {e}"))?;
                 exchange(s, &request).await
             }
