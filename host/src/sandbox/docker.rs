@@ -133,8 +133,11 @@ struct Engine {
     /// does not wait for a check).
     up: AtomicBool,
     /// Bytes each tenant's workspace volumes hold here, and when that measurement started.
-    usage: tokio::sync::Mutex<Option<(Instant, HashMap<String, Option<u64>>)>>,
+    usage: tokio::sync::Mutex<Option<(Instant, TenantBytes)>>,
 }
+
+/// Bytes per tenant (`None`: the engine could not size one of its volumes).
+type TenantBytes = HashMap<String, Option<u64>>;
 
 impl Engine {
     fn new(name: &str, endpoint: Option<Endpoint>, weight: u32) -> Self {
@@ -940,7 +943,7 @@ impl DockerSandbox {
                 tracing::warn!(engine = %self.engines[i].name, error = %e, "Docker sandbox: workspace volumes not measured.");
                 SandboxError::Unavailable("Docker daemon: cannot measure the workspace against its quota".into())
             })?;
-            let mut by_tenant: HashMap<String, Option<u64>> = HashMap::new();
+            let mut by_tenant: TenantBytes = HashMap::new();
             for v in sizes {
                 let labels = &v.labels;
                 if labels.get(LABEL_SANDBOX).map(String::as_str) != Some("1")
