@@ -5,7 +5,8 @@
 //! the engine measures them; when one engine stops, its tenants' tool calls fail closed with a
 //! clear error while the other engine's tenants go on; with failover allowed those tenants move
 //! to the other engine, and come back (to their workspace) when theirs is up again; deleting a
-//! tenant removes its containers and volumes on every engine.
+//! tenant removes its containers and volumes on every engine. The gateway reaches the second
+//! engine over TCP with mutual TLS (certificates made with openssl for the test).
 //!
 //! Its own test binary: cargo runs test binaries one at a time, so no other Docker test of the
 //! suite runs meanwhile. Run as root (as CI does). It never stops the machine's daemon.
@@ -14,7 +15,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use bulkhead::config::{Endpoint, EngineConfig, EnginesConfig};
+use bulkhead::config::{Endpoint, EngineConfig, EngineTls, EnginesConfig};
 use bulkhead::sandbox::docker::{self, DockerOptions, DockerSandbox};
 use bulkhead::sandbox::placement::{Candidate, order};
 use bulkhead::sandbox::{Sandbox, SandboxError};
@@ -28,6 +29,44 @@ const SOCK2: &str = "/run/bulkhead-docker2.sock";
 const ROOT2: &str = "/var/lib/bulkhead-docker2";
 const EXEC2: &str = "/run/bulkhead-docker2";
 const PID2: &str = "/run/bulkhead-docker2.pid";
+/// The second engine's certificates: a CA, its server certificate, the gateway's client one.
+const TLS2: &str = "/run/bulkhead-docker2-tls";
+
+/// The second engine's TCP port (it listens with mutual TLS there, and on its Unix socket for
+/// this test's own `docker` commands); the same across its restarts.
+fn port2() -> u16 {
+    static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    *PORT.get_or_init(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
+}
+
+/// Makes a CA, a server certificate for localhost, a client certificate, and a second CA that
+/// signed neither (openssl).
+fn make_certs() {
+    let _ = std::fs::remove_dir_all(TLS2);
+    std::fs::create_dir_all(TLS2).unwrap();
+    let script = r#"set -e
+        key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:prime256v1 -out "$1" 2>/dev/null; }
+        key ca-key.pem; openssl req -x509 -new -key ca-key.pem -out ca.pem -days 2 -subj /CN=bulkhead-test-ca
+        key other-ca-key.pem; openssl req -x509 -new -key other-ca-key.pem -out other-ca.pem -days 2 -subj /CN=other-ca
+        key server-key.pem; openssl req -new -key server-key.pem -out server.csr -subj /CN=localhost
+        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' > server.ext
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -out server.pem -days 2 -extfile server.ext 2>/dev/null
+        key client-key.pem; openssl req -new -key client-key.pem -out client.csr -subj /CN=gateway
+        printf 'extendedKeyUsage=clientAuth\n' > client.ext
+        openssl x509 -req -in client.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -out client.pem -days 2 -extfile client.ext 2>/dev/null
+        chmod 600 *-key.pem"#;
+    let out = Command::new("sh").arg("-c").arg(script).current_dir(TLS2).output().unwrap();
+    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The second engine as the gateway reaches it: TCP with mutual TLS, trusting `ca`.
+fn tls_endpoint(ca: &str) -> Endpoint {
+    let at = |f: &str| Path::new(TLS2).join(f);
+    Endpoint::Tcp {
+        addr: format!("localhost:{}", port2()),
+        tls: EngineTls { ca: at(ca), cert: at("client.pem"), key: at("client-key.pem") },
+    }
+}
 
 fn docker_on(sock: &str, args: &[&str]) -> Output {
     Command::new("docker").arg("-H").arg(format!("unix://{sock}")).args(args).output().unwrap()
@@ -61,9 +100,12 @@ impl Engine2 {
             .arg("-c")
             .arg(format!(
                 "setsid \"$(command -v dockerd || echo /usr/sbin/dockerd)\" --config-file {} --host unix://{SOCK2} \
+                 --host tcp://127.0.0.1:{port} --tlsverify --tlscacert {TLS2}/ca.pem --tlscert {TLS2}/server.pem \
+                 --tlskey {TLS2}/server-key.pem \
                  --data-root {ROOT2} --exec-root {EXEC2} --pidfile {PID2} --bridge none --iptables=false \
                  --ip-masq=false >/tmp/bulkhead-docker2.log 2>&1 &",
-                conf.display()
+                conf.display(),
+                port = port2(),
             ))
             .status()
             .unwrap();
@@ -153,7 +195,7 @@ fn engines(failover: bool) -> EnginesConfig {
     EnginesConfig {
         engines: vec![
             EngineConfig { name: "one".into(), endpoint: Endpoint::Unix(MAIN.into()), weight: 100 },
-            EngineConfig { name: "two".into(), endpoint: Endpoint::Unix(SOCK2.into()), weight: 100 },
+            EngineConfig { name: "two".into(), endpoint: tls_endpoint("ca.pem"), weight: 100 },
         ],
         failover,
         health_every: Duration::from_secs(1),
@@ -186,8 +228,14 @@ async fn tenants_run_on_their_engine_and_fail_closed_when_it_stops() {
     if !docker_ready().await {
         return;
     }
+    make_certs();
     let engine2 = Engine2::start();
     engine2.clear();
+    // Engine "two" is reached over TCP with mutual TLS; a server certificate the configured CA
+    // did not sign is refused.
+    docker::connect_endpoint(&tls_endpoint("ca.pem")).await.expect("mutual TLS to the second engine");
+    let e = docker::connect_endpoint(&tls_endpoint("other-ca.pem")).await.unwrap_err();
+    assert!(e.contains("tcp://localhost:") && !e.contains("PRIVATE KEY"), "{e}");
     engine2.load_image();
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
@@ -232,7 +280,7 @@ async fn tenants_run_on_their_engine_and_fail_closed_when_it_stops() {
     let t = &twos[1];
     sb.call(&exec(t, "mkdir -p d/e; echo deep > d/e/x; ln -s /etc/passwd link")).await.unwrap();
     let out = tempfile::tempdir().unwrap();
-    let d2 = docker::connect_endpoint(&Endpoint::Unix(SOCK2.into())).await.unwrap();
+    let d2 = docker::connect_endpoint(&tls_endpoint("ca.pem")).await.unwrap();
     let (scopes, u) = docker::fetch_volumes(&d2, &gateway, t, &image(), out.path(), &[]).await.unwrap();
     let ws = out.path().join(format!("agents/{t}-bot"));
     assert_eq!(scopes, [format!("agents/{t}-bot")]);
