@@ -250,3 +250,29 @@ fn tenant_fingerprint(config: &Config, tenant: &crate::ids::TenantId) -> String 
         config.bindings.iter().filter(|b| ids.contains(&b.agent)).map(|b| format!("{b:?}")).collect();
     format!("{:?}|{agents:?}|{bindings:?}|{:?}", config.tenants.get(tenant), config.model_keys.get(tenant))
 }
+
+#[cfg(test)]
+mod engine_tests {
+    use std::path::Path;
+
+    #[test]
+    fn the_engine_list_needs_a_restart_and_a_pin_does_not() {
+        let load = |engines: &str, pin: &str| {
+            crate::config::load_str(
+                &format!(
+                    "{{ sandbox: {{ docker: {{ engines: {engines} }} }}, tenants: [ {{ id: 'acme'{pin} }} ] }}"
+                ),
+                Path::new("."),
+            )
+            .unwrap()
+        };
+        let one = "[ { name: 'a', endpoint: 'unix:///a' }, { name: 'b', endpoint: 'unix:///b' } ]";
+        let other = "[ { name: 'a', endpoint: 'unix:///a' }, { name: 'b', endpoint: 'unix:///b', weight: 5 } ]";
+        let base = load(one, "");
+        let changed = super::restart_only(&base, &load(other, ""));
+        assert!(changed.len() == 1 && changed[0].starts_with("sandbox.docker:"), "{changed:?}");
+        assert!(super::restart_only(&base, &load(one, ", sandbox: { engine: 'b' }")).is_empty());
+        let none = crate::config::load_str("{ tenants: [ { id: 'acme' } ] }", Path::new(".")).unwrap();
+        assert!(!super::restart_only(&none, &base).is_empty(), "adding engines needs a restart");
+    }
+}
