@@ -168,6 +168,10 @@ impl App {
             tasks: TaskTracker::new(),
             config: Arc::new(config),
         };
+        if let Some(d) = docker.as_ref().filter(|_| runtime.config.engines.is_some()) {
+            let d = Arc::downgrade(d);
+            runtime.metrics.watch_engines(Arc::new(move || d.upgrade().map(|d| d.engines_health()).unwrap_or_default()));
+        }
         let tenants: Vec<_> = runtime.config.tenants.keys().cloned().collect();
         let snapshot = Snapshot {
             runtime: Arc::new(runtime),
