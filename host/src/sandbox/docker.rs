@@ -559,14 +559,15 @@ impl DockerSandbox {
         }
     }
 
-    /// Checks every engine once: a ping on the open client, or a new connection (which
-    /// reconciles). A failed check drops the client.
+    /// Checks every engine once, all at the same time (an engine that hangs delays no other's
+    /// verdict): a ping on the open client, or a new connection (which reconciles). A failed
+    /// check drops the client.
     async fn check_engines(&self) {
         let limit = self
             .multi
             .as_ref()
             .map_or(Duration::from_secs(5), |m| m.health_every.clamp(Duration::from_secs(1), Duration::from_secs(5)));
-        for i in 0..self.engines.len() {
+        let checks = (0..self.engines.len()).map(|i| async move {
             let client = self.engines[i].client.lock().await.clone();
             let ok = match client {
                 Some(d) => matches!(tokio::time::timeout(limit, d.ping()).await, Ok(Ok(_))),
@@ -576,7 +577,8 @@ impl DockerSandbox {
                 self.reset_client(i).await;
             }
             self.mark(i, ok);
-        }
+        });
+        futures_util::future::join_all(checks).await;
     }
 
     /// The client of engine `i`, connecting (and reconciling) first if there is none.
