@@ -12,6 +12,13 @@
 //! previous run of this gateway left behind is removed). If the daemon is unreachable calls fail
 //! with `Unavailable` — never a host fallback — and the next call connects again.
 //!
+//! With `sandbox.docker.engines` the same containers run on several engines: each tenant on the
+//! engine `placement` names (or its pin), found by `select`, which fails a call closed while that
+//! engine is down unless the operator allows failover; engines are health-checked in the
+//! background; a scope's workspace is a volume on the engine (never a host directory), its quota
+//! measured by the engine (`volume_usage`), and export reads it back through the engine
+//! (`fetch_volumes`, `volume_archive`).
+//!
 //! Hardening (each item has a test in `tests/sandbox_docker.rs`, see SECURITY.md): all
 //! capabilities dropped, `no-new-privileges`, read-only root, a sized noexec `/tmp` tmpfs, network
 //! `none` by default, pids/memory(=swap)/CPU/nofile limits, the runner as a non-dumpable PID 1
