@@ -223,8 +223,12 @@ async fn wait_health(sb: &DockerSandbox, engine: &str, want: bool) {
     }
 }
 
+/// The tests of this binary take turns: each starts and stops the second engine.
+static ENGINE2: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[tokio::test(flavor = "multi_thread")]
 async fn tenants_run_on_their_engine_and_fail_closed_when_it_stops() {
+    let _turn = ENGINE2.lock().unwrap_or_else(|p| p.into_inner());
     if !docker_ready().await {
         return;
     }
@@ -362,4 +366,127 @@ async fn tenants_run_on_their_engine_and_fail_closed_when_it_stops() {
     assert_eq!(held_on(MAIN, &gateway, moved), (0, 0));
     assert_eq!(held_on(SOCK2, &gateway, moved), (0, 0));
     sb.stop().await;
+}
+
+/// The real binary: `serve` places a tenant on the TLS engine and reports both engines'
+/// health on `/metrics`; `doctor` checks both; `tenant export` reads the tenant's workspace back
+/// through its engine; `tenant delete` removes its containers and volumes there.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_exports_and_deletes_through_the_engines() {
+    let _turn = ENGINE2.lock().unwrap_or_else(|p| p.into_inner());
+    if !docker_ready().await {
+        return;
+    }
+    make_certs();
+    let engine2 = Engine2::start();
+    engine2.clear();
+    engine2.load_image();
+    let dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_bulkhead");
+    let made = Command::new(bin).args(["keys", "init", "--out"]).arg(dir.path().join("master.key")).output().unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let config = format!(
+        r#"{{
+  gateway: {{ bind: "127.0.0.1:0", operators: [ {{ id: "ops", token: {{ env: "OPS_TOKEN" }}, role: "admin" }} ] }},
+  stateDir: "state",
+  store: {{ masterKey: {{ file: "master.key" }} }},
+  models: {{ providers: {{ demo: {{ api: "scripted" }} }} }},
+  sandbox: {{ docker: {{ healthCheckSec: 1, engines: [
+    {{ name: "one", endpoint: "unix://{MAIN}" }},
+    {{ name: "two", endpoint: "tcp://localhost:{port}",
+      tls: {{ ca: "{TLS2}/ca.pem", cert: "{TLS2}/client.pem", key: "{TLS2}/client-key.pem" }} }},
+  ] }} }},
+  tenants: [ {{ id: "alpha", apiTokens: [ {{ env: "TOKEN_A" }} ], sandbox: {{ engine: "two" }} }} ],
+  agents: {{ list: [
+    {{ id: "a-dock", tenant: "alpha", model: "demo/scripted", tools: {{ allow: ["group:fs", "exec"] }},
+      sandbox: {{ mode: "all", backend: "docker", docker: {{ image: "{image}" }} }} }},
+  ] }},
+}}"#,
+        port = port2(),
+        image = image(),
+    );
+    let path = dir.path().join("bulkhead.json5");
+    std::fs::write(&path, config).unwrap();
+    let state = dir.path().join("state");
+    let gateway = docker::gateway_label(&state);
+    let _cleanup = Cleanup(gateway.clone());
+    let (token, ops) = ("tok-alpha-3f9c2a7e5b1d4c8f9a6e2b7d1c5f8a3e", "ops-7d2c9e4b1a6f3e8d5c2b9a7f4e1d6c3b");
+    let mut child = tokio::process::Command::new(bin)
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .env("TOKEN_A", token)
+        .env("OPS_TOKEN", ops)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap().unwrap();
+    let base = first.strip_prefix("listening on ").expect("listening line").to_string();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let http = reqwest::Client::new();
+    let cmd = r#"/tool exec {"command":"mkdir -p plans; echo alpha plans > plans/notes.txt; cat plans/notes.txt"}"#;
+    let body = serde_json::json!({ "model": "a-dock", "user": "u1", "messages": [{ "role": "user", "content": cmd }] });
+    let resp = http.post(format!("{base}/v1/chat/completions")).bearer_auth(token).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    let reply = v["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_string();
+    assert!(reply.contains("alpha plans"), "{reply}");
+    // On the pinned engine, reached over mutual TLS; nothing on the other.
+    assert_eq!(held_on(SOCK2, &gateway, "alpha"), (1, 1));
+    assert_eq!(held_on(MAIN, &gateway, "alpha"), (0, 0));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = http.get(format!("{base}/metrics")).bearer_auth(ops).send().await.unwrap().text().await.unwrap();
+        if m.contains("gateway_docker_engine_up{engine=\"one\"} 1")
+            && m.contains("gateway_docker_engine_up{engine=\"two\"} 1")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "engine health not on /metrics:\n{m}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = child.kill().await;
+    let _ = child.wait().await;
+
+    let run = |args: &[&str]| {
+        let out =
+            Command::new(bin).arg("--config").arg(&path).args(args).env_remove("BULKHEAD_CONFIG").output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (_, doctor) = run(&["doctor"]);
+    for line in [
+        "ok    docker engine one at unix://",
+        "ok    docker engine two at tcp://localhost:",
+        "ok    tenant alpha pinned on engine two",
+    ] {
+        assert!(doctor.contains(line), "{line} not in:\n{doctor}");
+    }
+    let export = dir.path().join("alpha.jsonl");
+    let (ok, out) = run(&["tenant", "export", "alpha", "--out", export.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let text = std::fs::read_to_string(&export).unwrap();
+    let file = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["type"] == "file" && v["path"].as_str().is_some_and(|p| p.ends_with("plans/notes.txt")))
+        .unwrap_or_else(|| panic!("the workspace file is not in the export:\n{text}"));
+    assert_eq!(file["data"], "alpha plans\n");
+    // Nothing of the export is left in the state dir.
+    assert!(
+        !std::fs::read_dir(&state).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with(".export-"))
+    );
+    let (ok, out) = run(&["tenant", "delete", "alpha", "--yes"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("workspace volume(s) of tenant alpha on engine two"), "{out}");
+    assert_eq!(held_on(SOCK2, &gateway, "alpha"), (0, 0));
+    let all =
+        docker_on(SOCK2, &["volume", "ls", "-q", "--filter", &format!("label={}={gateway}", docker::LABEL_GATEWAY)]);
+    assert!(String::from_utf8_lossy(&all.stdout).trim().is_empty());
 }
