@@ -224,11 +224,11 @@ async fn wait_health(sb: &DockerSandbox, engine: &str, want: bool) {
 }
 
 /// The tests of this binary take turns: each starts and stops the second engine.
-static ENGINE2: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static ENGINE2: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tenants_run_on_their_engine_and_fail_closed_when_it_stops() {
-    let _turn = ENGINE2.lock().unwrap_or_else(|p| p.into_inner());
+    let _turn = ENGINE2.lock().await;
     if !docker_ready().await {
         return;
     }
@@ -373,7 +373,7 @@ async fn tenants_run_on_their_engine_and_fail_closed_when_it_stops() {
 /// through its engine; `tenant delete` removes its containers and volumes there.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_gateway_exports_and_deletes_through_the_engines() {
-    let _turn = ENGINE2.lock().unwrap_or_else(|p| p.into_inner());
+    let _turn = ENGINE2.lock().await;
     if !docker_ready().await {
         return;
     }
