@@ -34,6 +34,13 @@ if ! dpkg -s busybox-static >/dev/null 2>&1; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq busybox-static >/dev/null
 fi
+# tests/docker_engines.rs makes the certificates of its TLS engine with the openssl CLI.
+if ! command -v openssl >/dev/null 2>&1; then
+  echo "setup: installing openssl (Debian package)"
+  if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq openssl >/dev/null
+fi
 if command -v docker >/dev/null 2>&1 && ! docker info >/dev/null 2>&1; then
   echo "setup: starting the Docker daemon"
   if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi

@@ -41,6 +41,7 @@ pub const FAMILIES: &[&str] = &[
     "gateway_audit_write_failures_total",
     "gateway_runs_running",
     "gateway_queue_depth",
+    "gateway_docker_engine_up",
     "process_resident_memory_bytes",
     "process_open_fds",
     "process_start_time_seconds",
@@ -70,8 +71,13 @@ struct TenantCounters {
     wait_sum: f64,
 }
 
+/// Each Docker engine's name and whether its last health check found it up.
+pub type EnginesProbe = std::sync::Arc<dyn Fn() -> Vec<(String, bool)> + Send + Sync>;
+
 pub struct Metrics {
     tenants: Mutex<BTreeMap<TenantId, TenantCounters>>,
+    /// With `sandbox.docker.engines`: asked at every scrape.
+    engines: Mutex<Option<EnginesProbe>>,
     auth_failures: AtomicU64,
     reloads_applied: AtomicU64,
     reloads_refused: AtomicU64,
@@ -94,6 +100,7 @@ impl Metrics {
     pub fn for_tenants<'a>(tenants: impl IntoIterator<Item = &'a TenantId>) -> Self {
         Self {
             tenants: Mutex::new(tenants.into_iter().map(|t| (t.clone(), TenantCounters::default())).collect()),
+            engines: Mutex::new(None),
             auth_failures: AtomicU64::new(0),
             reloads_applied: AtomicU64::new(0),
             reloads_refused: AtomicU64::new(0),
@@ -266,6 +273,11 @@ impl Metrics {
         out
     }
 
+    /// Reports the Docker engines' health from now on (`gateway_docker_engine_up{engine}`).
+    pub fn watch_engines(&self, probe: EnginesProbe) {
+        *self.engines.lock().expect("metrics lock") = Some(probe);
+    }
+
     /// Everything `/metrics` serves: counters, the scheduler's queue gauges, process metrics.
     pub fn render_all(&self, scheduler: &Scheduler) -> String {
         let mut out = self.render();
@@ -280,6 +292,15 @@ impl Metrics {
                 let v = if pick == 0 { running } else { waiting };
                 let _ = writeln!(out, "{name}{{tenant=\"{t}\"}} {v}");
             }
+        }
+        let probe = self.engines.lock().expect("metrics lock").clone();
+        let _ = writeln!(
+            out,
+            "# HELP gateway_docker_engine_up Whether the Docker engine's last health check found it up (sandbox.docker.engines).\n# TYPE gateway_docker_engine_up gauge"
+        );
+        // Engine names are validated (a-z, 0-9, '-'): safe as label values.
+        for (engine, up) in probe.map(|p| p()).unwrap_or_default() {
+            let _ = writeln!(out, "gateway_docker_engine_up{{engine=\"{engine}\"}} {}", u8::from(up));
         }
         out.push_str(&self.render_process());
         out
@@ -325,6 +346,7 @@ mod tests {
         m.sandbox_call(&a, true);
         m.channel_notice_refused(&b);
         let s = Scheduler::new(2);
+        m.watch_engines(std::sync::Arc::new(|| vec![("a".into(), true), ("b".into(), false)]));
         let text = m.render_all(&s);
         for line in [
             "gateway_model_input_tokens_total{tenant=\"alpha\"} 11",
@@ -337,6 +359,8 @@ mod tests {
             "gateway_sandbox_failures_total{tenant=\"alpha\"} 1",
             "gateway_queue_depth{tenant=\"bravo\"} 0",
             "gateway_channel_notices_refused_total{tenant=\"bravo\"} 1",
+            "gateway_docker_engine_up{engine=\"a\"} 1",
+            "gateway_docker_engine_up{engine=\"b\"} 0",
         ] {
             assert!(text.contains(line), "missing {line}:\n{text}");
         }
@@ -353,7 +377,7 @@ mod tests {
             if let Some(labels) = line.split_once('{').map(|(_, r)| r.split_once('}').unwrap().0) {
                 for kv in labels.split(',') {
                     let key = kv.split_once('=').unwrap().0;
-                    assert!(["tenant", "quota", "le", "outcome"].contains(&key), "label {key} in {line}");
+                    assert!(["tenant", "quota", "le", "outcome", "engine"].contains(&key), "label {key} in {line}");
                 }
             }
         }

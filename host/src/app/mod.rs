@@ -168,6 +168,10 @@ impl App {
             tasks: TaskTracker::new(),
             config: Arc::new(config),
         };
+        if let Some(d) = docker.as_ref().filter(|_| runtime.config.engines.is_some()) {
+            let d = Arc::downgrade(d);
+            runtime.metrics.watch_engines(Arc::new(move || d.upgrade().map(|d| d.engines_health()).unwrap_or_default()));
+        }
         let tenants: Vec<_> = runtime.config.tenants.keys().cloned().collect();
         let snapshot = Snapshot {
             runtime: Arc::new(runtime),
@@ -326,7 +330,11 @@ fn uses_docker(config: &Config) -> bool {
 /// The Docker backend connects in the background and recovers by itself when the daemon comes
 /// back; it exists only when an agent uses it.
 fn start_docker(config: &Config, audit: &Audit) -> Arc<DockerSandbox> {
-    let opts = crate::sandbox::docker::DockerOptions { audit: audit.clone(), ..Default::default() };
+    let opts = crate::sandbox::docker::DockerOptions {
+        audit: audit.clone(),
+        engines: config.engines.clone(),
+        ..Default::default()
+    };
     let docker = DockerSandbox::start(&config.state_dir, opts);
     docker.prewarm_agents(&config.agents);
     docker

@@ -217,7 +217,7 @@ fn log_refused(report: &ReloadReport) {
 /// Settings the running process cannot change: each one changed is an error naming it.
 pub fn restart_only(old: &Config, new: &Config) -> Vec<String> {
     let (o, n) = (&old.gateway, &new.gateway);
-    let settings: [(&str, String, String); 9] = [
+    let settings: [(&str, String, String); 10] = [
         ("gateway.bind", o.bind.to_string(), n.bind.to_string()),
         ("gateway.tls", format!("{:?}", o.tls), format!("{:?}", n.tls)),
         ("gateway.maxBodyBytes", o.max_body_bytes.to_string(), n.max_body_bytes.to_string()),
@@ -231,6 +231,7 @@ pub fn restart_only(old: &Config, new: &Config) -> Vec<String> {
         ("store.masterKey", format!("{:?}", old.store.master_key), format!("{:?}", new.store.master_key)),
         ("store.mode", format!("{:?}", old.store.require_mode()), format!("{:?}", new.store.require_mode())),
         ("logging", format!("{:?}", old.logging), format!("{:?}", new.logging)),
+        ("sandbox.docker", format!("{:?}", old.engines), format!("{:?}", new.engines)),
     ];
     settings
         .into_iter()
@@ -248,4 +249,30 @@ fn tenant_fingerprint(config: &Config, tenant: &crate::ids::TenantId) -> String 
     let bindings: Vec<_> =
         config.bindings.iter().filter(|b| ids.contains(&b.agent)).map(|b| format!("{b:?}")).collect();
     format!("{:?}|{agents:?}|{bindings:?}|{:?}", config.tenants.get(tenant), config.model_keys.get(tenant))
+}
+
+#[cfg(test)]
+mod engine_tests {
+    use std::path::Path;
+
+    #[test]
+    fn the_engine_list_needs_a_restart_and_a_pin_does_not() {
+        let load = |engines: &str, pin: &str| {
+            crate::config::load_str(
+                &format!(
+                    "{{ sandbox: {{ docker: {{ engines: {engines} }} }}, tenants: [ {{ id: 'acme'{pin} }} ] }}"
+                ),
+                Path::new("."),
+            )
+            .unwrap()
+        };
+        let one = "[ { name: 'a', endpoint: 'unix:///a' }, { name: 'b', endpoint: 'unix:///b' } ]";
+        let other = "[ { name: 'a', endpoint: 'unix:///a' }, { name: 'b', endpoint: 'unix:///b', weight: 5 } ]";
+        let base = load(one, "");
+        let changed = super::restart_only(&base, &load(other, ""));
+        assert!(changed.len() == 1 && changed[0].starts_with("sandbox.docker:"), "{changed:?}");
+        assert!(super::restart_only(&base, &load(one, ", sandbox: { engine: 'b' }")).is_empty());
+        let none = crate::config::load_str("{ tenants: [ { id: 'acme' } ] }", Path::new(".")).unwrap();
+        assert!(!super::restart_only(&none, &base).is_empty(), "adding engines needs a restart");
+    }
 }

@@ -2,9 +2,12 @@
 
 use super::{ConfigSource, EXIT_FAILURE, EXIT_INVALID, EXIT_OK};
 
-/// The Docker backend: daemon reachable (API version negotiated) and every image agents use
-/// present and speaking this runner protocol. Returns the number of failures.
+/// The Docker backend: every engine reachable (API version negotiated) and every image agents
+/// use present there and speaking this runner protocol; with several engines, where each tenant
+/// is placed and whether its workspace volumes are on another engine. Returns the number of
+/// failures.
 fn check_docker(config: &crate::config::Config) -> usize {
+    use crate::sandbox::docker;
     let mut images: Vec<(&str, Vec<String>)> = Vec::new();
     for a in config.agents.iter().filter(|a| a.sandbox.backend == crate::config::SandboxBackend::Docker) {
         let img = a.sandbox.docker.image.as_str();
@@ -24,7 +27,9 @@ fn check_docker(config: &crate::config::Config) -> usize {
         .filter(|a| a.sandbox.workspace_access != crate::config::WorkspaceAccess::None)
         .map(|a| a.id.to_string())
         .collect();
-    if let Some(p) = crate::sandbox::docker::gateway_handover_problem()
+    // With several engines workspaces are volumes: the gateway hands no directory over.
+    if config.engines.is_none()
+        && let Some(p) = docker::gateway_handover_problem()
         && !with_workspace.is_empty()
     {
         outln!("FAIL  docker sandbox backend: {p} (agents {})", with_workspace.join(", "));
@@ -38,27 +43,96 @@ fn check_docker(config: &crate::config::Config) -> usize {
         }
     };
     rt.block_on(async {
-        let docker = match crate::sandbox::docker::connect(None).await {
-            Ok(d) => d,
-            Err(e) => {
-                outln!("FAIL  docker sandbox backend: {e}; tool calls of agents on it will fail until it is up");
-                return failures + 1;
-            }
-        };
-        let version = docker.version().await.ok().and_then(|v| v.version).unwrap_or_else(|| "?".into());
-        outln!("ok    docker daemon {version} (API {})", docker.client_version());
-        let mut failures = failures;
-        for (image, agents) in images {
-            match crate::sandbox::docker::check_image(&docker, image).await {
-                Ok(_) => outln!("ok    sandbox image {image} (agents {})", agents.join(", ")),
+        let Some(engines) = &config.engines else {
+            let docker = match docker::connect(None).await {
+                Ok(d) => d,
                 Err(e) => {
+                    outln!("FAIL  docker sandbox backend: {e}; tool calls of agents on it will fail until it is up");
+                    return failures + 1;
+                }
+            };
+            let version = docker.version().await.ok().and_then(|v| v.version).unwrap_or_else(|| "?".into());
+            outln!("ok    docker daemon {version} (API {})", docker.client_version());
+            return failures + check_images(&docker, &images, "").await;
+        };
+        let gateway = docker::gateway_label(&config.state_dir);
+        let mut up = Vec::new();
+        for e in &engines.engines {
+            match docker::connect_endpoint(&e.endpoint).await {
+                Ok(d) => {
+                    let version = d.version().await.ok().and_then(|v| v.version).unwrap_or_else(|| "?".into());
+                    outln!(
+                        "ok    docker engine {} at {} (Docker {version}, API {}, weight {})",
+                        e.name,
+                        e.endpoint,
+                        d.client_version(),
+                        e.weight
+                    );
+                    failures += check_images(&d, &images, &format!(" on engine {}", e.name)).await;
+                    up.push((e.name.as_str(), d));
+                }
+                Err(err) => {
                     failures += 1;
-                    outln!("FAIL  {e} (agents {})", agents.join(", "));
+                    let then = if engines.failover {
+                        "its tenants are served on their next engine (failover)"
+                    } else {
+                        "its tenants' tool calls fail until it is up"
+                    };
+                    outln!("FAIL  docker engine {}: {err}; {then}", e.name);
+                }
+            }
+        }
+        // Where each tenant with Docker agents is placed, and volumes it left on other engines
+        // (a tenant moved by a change of the engine list finds an empty workspace).
+        let candidates: Vec<_> = engines
+            .engines
+            .iter()
+            .map(|e| crate::sandbox::placement::Candidate { name: &e.name, weight: e.weight })
+            .collect();
+        let mut tenants: Vec<(&str, Option<&str>)> = Vec::new();
+        for a in config.agents.iter().filter(|a| a.sandbox.backend == crate::config::SandboxBackend::Docker) {
+            if !tenants.iter().any(|(t, _)| *t == a.tenant.as_str()) {
+                tenants.push((a.tenant.as_str(), a.sandbox.docker.engine.as_deref()));
+            }
+        }
+        for (tenant, pin) in tenants {
+            let order = crate::sandbox::placement::order(tenant, pin, &candidates);
+            let home = candidates[order[0]].name;
+            let how = if pin.is_some() { "pinned" } else { "placed" };
+            outln!("ok    tenant {tenant} {how} on engine {home}");
+            for (name, d) in &up {
+                if *name == home {
+                    continue;
+                }
+                match docker::tenant_volumes(d, &gateway, tenant).await {
+                    Ok(v) if !v.is_empty() => outln!(
+                        "warn  tenant {tenant} has {} workspace volume(s) on engine {name}, but is placed on {home} \
+                         (moved by an engine-list change, or served there by failover); pin it with \
+                         tenants[].sandbox.engine to keep it there",
+                        v.len()
+                    ),
+                    Ok(_) => {}
+                    Err(e) => outln!("warn  engine {name}: {e}"),
                 }
             }
         }
         failures
     })
+}
+
+/// Every image agents use, on one engine; returns the failures.
+async fn check_images(docker: &bollard::Docker, images: &[(&str, Vec<String>)], on: &str) -> usize {
+    let mut failures = 0;
+    for (image, agents) in images {
+        match crate::sandbox::docker::check_image(docker, image).await {
+            Ok(_) => outln!("ok    sandbox image {image}{on} (agents {})", agents.join(", ")),
+            Err(e) => {
+                failures += 1;
+                outln!("FAIL  {e}{on} (agents {})", agents.join(", "));
+            }
+        }
+    }
+    failures
 }
 
 pub fn run(source: &ConfigSource) -> i32 {

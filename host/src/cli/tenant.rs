@@ -84,10 +84,23 @@ pub fn export(source: &ConfigSource, id: &str, out: &Path) -> i32 {
             .open(&tmp)
             .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
         let mut w = std::io::BufWriter::new(f);
-        let workspace = crate::sandbox::workspace::workspaces_dir(&config.state_dir, tenant.as_str());
+        // With several engines the workspaces are volumes there: unpacked into a private
+        // directory of the state dir first (removed afterwards), then written alike.
+        let fetched = match &config.engines {
+            Some(engines) => Some(FetchedWorkspaces::fetch(&config, engines, tenant.as_str())?),
+            None => None,
+        };
+        let workspace = match &fetched {
+            Some(f) => f.dir.clone(),
+            None => crate::sandbox::workspace::workspaces_dir(&config.state_dir, tenant.as_str()),
+        };
         let sessions = rt.block_on(store.read_tenant(&tenant)).map_err(|e| e.to_string())?;
-        let summary =
+        let mut summary =
             crate::store::write_export(&tenant, &sessions, Some(&workspace), &mut w).map_err(|e| e.to_string())?;
+        if let Some(f) = &fetched {
+            summary.skipped.extend(f.skipped.iter().cloned());
+        }
+        drop(fetched);
         export_audit(&mut audit, &tenant, &summary, &mut w)?;
         let f = w.into_inner().map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
         f.sync_all().map_err(|e| format!("cannot sync {}: {e}", tmp.display()))?;
@@ -219,18 +232,86 @@ pub fn delete(source: &ConfigSource, id: &str, yes: bool) -> i32 {
     }
 }
 
-/// Removes the tenant's Docker sandbox containers of this gateway. An unreachable daemon is an
-/// error only when some agent uses the Docker backend (otherwise there cannot be any).
+/// A tenant's workspace volumes, unpacked from every engine into a private directory of the
+/// state dir (removed when dropped). An engine that cannot be reached fails the export: an
+/// export missing a workspace would look complete.
+struct FetchedWorkspaces {
+    dir: std::path::PathBuf,
+    skipped: Vec<String>,
+}
+
+impl FetchedWorkspaces {
+    fn fetch(config: &crate::config::Config, engines: &crate::config::EnginesConfig, tenant: &str) -> Result<Self, String> {
+        use crate::sandbox::{docker, placement};
+        let nonce = crate::crypto::sha256_hex(format!("{}/{:?}", std::process::id(), std::time::SystemTime::now()).as_bytes(), 8);
+        let dir = config.state_dir.join(format!(".export-{nonce}"));
+        crate::fsutil::create_private_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let mut me = Self { dir, skipped: Vec::new() };
+        let agents: Vec<_> = config
+            .agents
+            .iter()
+            .filter(|a| a.tenant.as_str() == tenant && a.sandbox.backend == crate::config::SandboxBackend::Docker)
+            .collect();
+        let image = agents.first().map(|a| a.sandbox.docker.image.clone()).unwrap_or_else(|| crate::config::DockerSettings::default().image);
+        let pin = agents.first().and_then(|a| a.sandbox.docker.engine.as_deref());
+        let cands: Vec<_> =
+            engines.engines.iter().map(|e| placement::Candidate { name: &e.name, weight: e.weight }).collect();
+        let gateway = docker::gateway_label(&config.state_dir);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+        // The tenant's own engine first: a scope found on several (after failover) is taken from it.
+        let mut taken: Vec<String> = Vec::new();
+        for i in placement::order(tenant, pin, &cands) {
+            let e = &engines.engines[i];
+            let at = |err: String| format!("engine {}: {err}", e.name);
+            let (scopes, unpacked) = rt.block_on(async {
+                let d = docker::connect_endpoint(&e.endpoint).await?;
+                docker::fetch_volumes(&d, &gateway, tenant, &image, &me.dir, &taken).await
+            }).map_err(at)?;
+            me.skipped.extend(unpacked.skipped);
+            taken.extend(scopes);
+        }
+        Ok(me)
+    }
+}
+
+impl Drop for FetchedWorkspaces {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Removes the tenant's Docker sandbox containers of this gateway — and, with several engines,
+/// its workspace volumes — on every engine. An unreachable daemon is an error only when some
+/// agent uses the Docker backend (otherwise there cannot be any); with several engines every
+/// engine must be reachable, so no volume of the tenant is left behind unnoticed.
 fn remove_tenant_containers(config: &crate::config::Config, tenant: &str) -> Result<(), String> {
+    use crate::sandbox::docker;
     let uses_docker = config.agents.iter().any(|a| a.sandbox.backend == crate::config::SandboxBackend::Docker);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    let gateway = crate::sandbox::docker::gateway_label(&config.state_dir);
+    let gateway = docker::gateway_label(&config.state_dir);
+    if let Some(engines) = &config.engines {
+        return rt.block_on(async {
+            for e in &engines.engines {
+                let at = |err: String| format!("engine {}: {err}; nothing was deleted from the store", e.name);
+                let d = docker::connect_endpoint(&e.endpoint).await.map_err(at)?;
+                let n = docker::remove_containers(&d, &gateway, Some(tenant)).await.map_err(at)?;
+                let v = docker::remove_volumes(&d, &gateway, tenant).await.map_err(at)?;
+                if n + v > 0 {
+                    outln!("removed {n} sandbox container(s) and {v} workspace volume(s) of tenant {tenant} on engine {}", e.name);
+                }
+            }
+            Ok(())
+        });
+    }
     let result = rt.block_on(async {
-        let docker = crate::sandbox::docker::connect(None).await?;
-        crate::sandbox::docker::remove_containers(&docker, &gateway, Some(tenant)).await
+        let docker = docker::connect(None).await?;
+        docker::remove_containers(&docker, &gateway, Some(tenant)).await
     });
     match result {
         Ok(0) => Ok(()),

@@ -38,6 +38,58 @@ pub struct RawConfig {
     /// The folder of drop-in tenant files (`*.json5`, one tenant each), relative to this file;
     /// default `tenants.d` (ignored when absent).
     pub tenants_dir: Option<String>,
+    /// Gateway-wide sandbox settings: the Docker engines tenants are placed on.
+    pub sandbox: Option<RawGatewaySandbox>,
+}
+
+/// `sandbox`: what the whole gateway's sandboxes share (agents' own settings are in `agents`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawGatewaySandbox {
+    pub docker: Option<RawDockerEngines>,
+}
+
+/// `sandbox.docker`: several Docker engines; absent, the one local daemon as before.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawDockerEngines {
+    pub engines: Option<Vec<RawEngine>>,
+    /// Serve a tenant whose engine is down on the next engine of its order (default false:
+    /// its tool calls fail until its engine is back).
+    pub failover: Option<bool>,
+    /// Seconds between health checks of every engine (default 5).
+    pub health_check_sec: Option<u64>,
+}
+
+/// One Docker engine: `unix:///path` or `tcp://host:port` with mutual TLS.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawEngine {
+    pub name: Option<String>,
+    pub endpoint: Option<String>,
+    /// Relative share of tenants (default 100).
+    pub weight: Option<u32>,
+    pub tls: Option<RawEngineTls>,
+}
+
+/// Mutual TLS to a TCP engine: PEM files, relative to the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawEngineTls {
+    /// The CA that signed the engine's certificate.
+    pub ca: Option<String>,
+    /// The gateway's client certificate and its private key.
+    pub cert: Option<String>,
+    pub key: Option<String>,
+}
+
+/// `tenants[].sandbox`: where this tenant's sandboxes run.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawTenantSandbox {
+    /// The engine (a `sandbox.docker.engines[].name`) this tenant is placed on, instead of the
+    /// hashing rule.
+    pub engine: Option<String>,
 }
 
 /// Usage quotas of a tenant. Absent keys are unlimited (or inherit the global `quotas`).
@@ -204,6 +256,7 @@ pub struct RawTenant {
     pub quotas: Option<RawQuotas>,
     /// The tenant's own provider keys, by provider name (billing isolation).
     pub model_keys: Option<BTreeMap<String, SecretRef>>,
+    pub sandbox: Option<RawTenantSandbox>,
 }
 
 #[derive(Debug, Default, Deserialize)]

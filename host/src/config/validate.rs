@@ -11,6 +11,7 @@
 mod agents;
 mod bindings;
 mod channels;
+mod engines;
 mod gateway;
 mod policy;
 mod providers;
@@ -24,6 +25,7 @@ use std::path::{Path, PathBuf};
 pub use super::channels::ChannelsConfig;
 pub use agents::{AgentConfig, Identity, ModelRef};
 pub use bindings::Binding;
+pub use engines::{EngineConfig, EngineTls, EnginesConfig, Endpoint, MAX_ENGINES};
 pub use gateway::{GatewayConfig, LogFormat, LoggingConfig, OperatorConfig, OperatorRole, TlsFiles};
 pub use policy::{PolicyRef, PolicySettings, ToolLayer};
 pub use providers::{ProviderApi, ProviderConfig};
@@ -67,6 +69,9 @@ pub struct Config {
     pub quotas: QuotaSettings,
     /// Tenants' own model-provider keys: tenant → provider name → key.
     pub model_keys: BTreeMap<TenantId, BTreeMap<String, SecretRef>>,
+    /// `sandbox.docker.engines`: the Docker engines tenants are placed on; `None`, the one local
+    /// daemon (each agent's Docker settings carry its tenant's `sandbox.engine`).
+    pub engines: Option<EnginesConfig>,
     /// Things that load but deserve the operator's attention (literal secrets, ...).
     pub warnings: Vec<String>,
 }
@@ -164,6 +169,21 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
         default_share,
         (&mut tenants, &mut policies),
     );
+    let (engines, pins) = engines::engines(&mut errs, raw.sandbox.as_ref(), raw.tenants.as_ref(), base);
+    let mut agents = agents;
+    for a in agents.iter_mut() {
+        a.sandbox.docker.engine = pins.get(&a.tenant).cloned();
+        if engines.is_some() && a.sandbox.backend == SandboxBackend::Docker && a.sandbox.docker.user.is_some() {
+            errs.push(
+                "sandbox.docker.engines",
+                format!(
+                    "agent {:?} sets sandbox.docker.user: with several engines, workspaces are Docker volumes owned \
+                     by the image's sandbox user (65532), so no other user can be set",
+                    a.id.as_str()
+                ),
+            );
+        }
+    }
     let mut channels = channels::channels(&mut errs, &mut warnings, raw.channels.unwrap_or_default());
     let bindings = bindings::bindings(&mut errs, raw.bindings, &agent_tenants, &channels);
     let (quotas, model_keys) = tenants::quotas_and_keys(
@@ -197,6 +217,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
         store,
         quotas,
         model_keys,
+        engines,
         warnings,
     })
 }

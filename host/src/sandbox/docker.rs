@@ -12,6 +12,13 @@
 //! previous run of this gateway left behind is removed). If the daemon is unreachable calls fail
 //! with `Unavailable` — never a host fallback — and the next call connects again.
 //!
+//! With `sandbox.docker.engines` the same containers run on several engines: each tenant on the
+//! engine `placement` names (or its pin), found by `select`, which fails a call closed while that
+//! engine is down unless the operator allows failover; engines are health-checked in the
+//! background; a scope's workspace is a volume on the engine (never a host directory), its quota
+//! measured by the engine (`volume_usage`), and export reads it back through the engine
+//! (`fetch_volumes`, `volume_archive`).
+//!
 //! Hardening (each item has a test in `tests/sandbox_docker.rs`, see SECURITY.md): all
 //! capabilities dropped, `no-new-privileges`, read-only root, a sized noexec `/tmp` tmpfs, network
 //! `none` by default, pids/memory(=swap)/CPU/nofile limits, the runner as a non-dumpable PID 1
@@ -29,17 +36,20 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bollard::Docker;
 use bollard::container::LogOutput;
-use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountBindOptions, MountType, ResourcesUlimits};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, Mount, MountBindOptions, MountType, MountVolumeOptions, ResourcesUlimits,
+    VolumeCreateRequest,
+};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder,
-    RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
+    ListVolumesOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use futures_util::{Stream, StreamExt};
 use sandbox_runner::protocol::{self, ChannelKey, PROTOCOL_VERSION, Request, RequestLimits, WORKSPACE_DIR};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::{Sandbox, SandboxCall, SandboxError, TenantLocks, ToolOutput, check_call, finish};
-use crate::config::{DockerSettings, WorkspaceAccess};
+use crate::config::{DockerSettings, Endpoint, EnginesConfig, WorkspaceAccess};
 use crate::tools::Tool;
 
 /// Label on every container this backend creates.
@@ -67,8 +77,12 @@ const STDERR_CAP: usize = 4096;
 /// Tunables of the backend; `Default` is what the gateway uses.
 #[derive(Debug, Clone)]
 pub struct DockerOptions {
-    /// The daemon's Unix socket; `None`: `$DOCKER_HOST` or `/var/run/docker.sock`.
+    /// The daemon's Unix socket; `None`: `$DOCKER_HOST` or `/var/run/docker.sock`. Ignored when
+    /// `engines` is set.
     pub socket: Option<PathBuf>,
+    /// `sandbox.docker.engines`: tenants are placed on several engines, their workspaces are
+    /// volumes there. `None`: the one daemon of `socket`, workspaces under the state directory.
+    pub engines: Option<EnginesConfig>,
     /// How often idle containers are looked for.
     pub reap_every: Duration,
     /// Timeout of one Engine API request until its response headers (streams such as the
@@ -82,6 +96,7 @@ impl Default for DockerOptions {
     fn default() -> Self {
         Self {
             socket: None,
+            engines: None,
             reap_every: Duration::from_secs(15),
             request_timeout: Duration::from_secs(60),
             audit: crate::audit::Audit::off(),
@@ -94,19 +109,60 @@ pub struct DockerSandbox {
     workspaces: super::Workspaces,
     gateway: String,
     opts: DockerOptions,
-    client: tokio::sync::Mutex<Option<Docker>>,
+    /// One, or `sandbox.docker.engines` in declaration order (a `SlotKey` names its index).
+    engines: Vec<Engine>,
+    /// With `sandbox.docker.engines`: workspaces are volumes, engines are health-checked.
+    multi: Option<Multi>,
     slots: Mutex<HashMap<SlotKey, Arc<tokio::sync::Mutex<Option<Live>>>>>,
     tenant_locks: TenantLocks,
     create_locks: TenantLocks,
     /// Image name → (id, when checked).
     images: Mutex<HashMap<String, (String, Instant)>>,
-    /// The idle-container reaper, stopped by `stop`.
-    reaper: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The idle-container reaper and the engines' health checks, stopped by `stop`.
+    reaper: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
-/// One container: a tenant's scope under one configuration.
+/// What several engines add.
+struct Multi {
+    failover: bool,
+    health_every: Duration,
+}
+
+/// One Docker engine.
+struct Engine {
+    /// `sandbox.docker.engines[].name` (`default` for the one local daemon).
+    name: String,
+    /// `None`: the local daemon (`DockerOptions::socket`, `$DOCKER_HOST`, `/var/run/docker.sock`).
+    endpoint: Option<Endpoint>,
+    weight: u32,
+    client: tokio::sync::Mutex<Option<Docker>>,
+    /// The last health check's verdict (several engines only; starts up, so the first call
+    /// does not wait for a check).
+    up: AtomicBool,
+    /// Bytes each tenant's workspace volumes hold here, and when that measurement started.
+    usage: tokio::sync::Mutex<Option<(Instant, TenantBytes)>>,
+}
+
+/// Bytes per tenant (`None`: the engine could not size one of its volumes).
+type TenantBytes = HashMap<String, Option<u64>>;
+
+impl Engine {
+    fn new(name: &str, endpoint: Option<Endpoint>, weight: u32) -> Self {
+        Self {
+            name: name.to_string(),
+            endpoint,
+            weight,
+            client: tokio::sync::Mutex::new(None),
+            up: AtomicBool::new(true),
+            usage: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+/// One container: a tenant's scope under one configuration, on one engine.
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct SlotKey {
+    engine: usize,
     tenant: String,
     scope: String,
     agent: String,
@@ -132,10 +188,20 @@ struct Live {
 struct Plan {
     key: SlotKey,
     image_id: String,
-    workspace: Option<(PathBuf, bool)>,
+    /// The workspace and whether it is mounted read-only.
+    workspace: Option<(Workspace, bool)>,
     user: String,
     seccomp: Option<String>,
     settings: DockerSettings,
+}
+
+/// Where a container's workspace comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Workspace {
+    /// A directory of the gateway's state dir, bind-mounted (the one local daemon).
+    Host(PathBuf),
+    /// A Docker volume on the container's engine (several engines).
+    Volume(String),
 }
 
 /// The label value that ties containers to the gateway whose state lives in `state_dir`.
@@ -152,6 +218,171 @@ pub async fn connect(socket: Option<&Path>) -> Result<Docker, String> {
     }
     .map_err(|e| format!("cannot reach the Docker daemon: {e}"))?;
     docker.negotiate_version().await.map_err(|e| format!("cannot reach the Docker daemon: {e}"))
+}
+
+/// Connects to one of `sandbox.docker.engines` and negotiates the API version. Errors name the
+/// endpoint and the TLS files by path, never their contents.
+pub async fn connect_endpoint(endpoint: &Endpoint) -> Result<Docker, String> {
+    let docker = match endpoint {
+        Endpoint::Unix(p) => Docker::connect_with_unix(&p.to_string_lossy(), 30, bollard::API_DEFAULT_VERSION),
+        Endpoint::Tcp { addr, tls } => {
+            Docker::connect_with_ssl(addr, &tls.key, &tls.cert, &tls.ca, 30, bollard::API_DEFAULT_VERSION)
+        }
+    }
+    .map_err(|e| format!("cannot reach the Docker engine at {endpoint}: {}", tls_safe(&e)))?;
+    docker
+        .negotiate_version()
+        .await
+        .map_err(|e| format!("cannot reach the Docker engine at {endpoint}: {}", tls_safe(&e)))
+}
+
+/// A bollard error as text, cut to its first line (TLS errors can quote PEM parsing state).
+fn tls_safe(e: &bollard::errors::Error) -> String {
+    let t = e.to_string();
+    t.lines().next().unwrap_or("").chars().take(300).collect()
+}
+
+/// The volume that is a tenant scope's workspace on an engine.
+pub fn volume_name(gateway: &str, tenant: &str, scope: &str) -> String {
+    format!("bulkhead-{gateway}-{tenant}-{}", scope.replace('/', "."))
+}
+
+/// Removes every workspace volume of `tenant` this gateway made on `docker`; returns how many.
+/// Its containers must be gone first (a volume in use is not removed).
+pub async fn remove_volumes(docker: &Docker, gateway: &str, tenant: &str) -> Result<usize, String> {
+    let filters: HashMap<String, Vec<String>> = HashMap::from([(
+        "label".to_string(),
+        vec![format!("{LABEL_SANDBOX}=1"), format!("{LABEL_GATEWAY}={gateway}"), format!("{LABEL_TENANT}={tenant}")],
+    )]);
+    let list = docker
+        .list_volumes(Some(ListVolumesOptionsBuilder::default().filters(&filters).build()))
+        .await
+        .map_err(|e| format!("cannot list workspace volumes: {e}"))?;
+    let mut n = 0;
+    for v in list.volumes.unwrap_or_default() {
+        match docker.remove_volume(&v.name, Some(RemoveVolumeOptionsBuilder::default().force(true).build())).await {
+            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => n += 1,
+            Err(e) => return Err(format!("cannot remove workspace volume {}: {e}", v.name)),
+        }
+    }
+    Ok(n)
+}
+
+/// Unpacks every workspace volume of `tenant` on `docker` into `into/<scope>` (the layout of
+/// workspace directories, so `tenant export` writes both alike). Each volume is read through a
+/// container that is created but never started — nothing of the tenant runs — with the volume
+/// mounted read-only, and removed afterwards. Scopes in `skip` (already taken from another
+/// engine) are left out and returned. Returns the scopes unpacked and what was skipped.
+pub async fn fetch_volumes(
+    docker: &Docker,
+    gateway: &str,
+    tenant: &str,
+    image: &str,
+    into: &Path,
+    skip: &[String],
+) -> Result<(Vec<String>, super::volume_archive::Unpacked), String> {
+    use bollard::query_parameters::DownloadFromContainerOptionsBuilder;
+    let mut done = Vec::new();
+    let mut total = super::volume_archive::Unpacked::default();
+    for (volume, scope) in tenant_volumes(docker, gateway, tenant).await? {
+        // The scope label is ours, but is checked like any input before it names a directory.
+        let rel = Path::new(&scope);
+        if scope.is_empty() || !rel.components().all(|c| matches!(c, std::path::Component::Normal(_))) {
+            return Err(format!("workspace volume {volume} has an invalid scope label"));
+        }
+        if skip.contains(&scope) {
+            total
+                .skipped
+                .push(format!("{scope} (a second copy of this workspace, left on another engine by failover)"));
+            continue;
+        }
+        let dest = into.join(rel);
+        std::fs::create_dir_all(&dest).map_err(|e| format!("cannot create {}: {}", dest.display(), e.kind()))?;
+        let body = ContainerCreateBody {
+            image: Some(image.to_string()),
+            user: Some(format!("{}:{}", DEFAULT_USER.0, DEFAULT_USER.1)),
+            network_disabled: Some(true),
+            env: Some(vec![]),
+            labels: Some(HashMap::from([
+                (LABEL_SANDBOX.to_string(), "1".to_string()),
+                (LABEL_GATEWAY.to_string(), gateway.to_string()),
+                (LABEL_TENANT.to_string(), tenant.to_string()),
+                (LABEL_SCOPE.to_string(), scope.clone()),
+            ])),
+            host_config: Some(HostConfig {
+                cap_drop: Some(vec!["ALL".into()]),
+                privileged: Some(false),
+                security_opt: Some(vec!["no-new-privileges:true".into()]),
+                readonly_rootfs: Some(true),
+                network_mode: Some("none".into()),
+                mounts: Some(vec![Mount {
+                    target: Some(WORKSPACE_DIR.into()),
+                    source: Some(volume.clone()),
+                    typ: Some(MountType::VOLUME),
+                    read_only: Some(true),
+                    volume_options: Some(MountVolumeOptions { no_copy: Some(true), ..Default::default() }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let id = docker
+            .create_container(Some(CreateContainerOptionsBuilder::default().build()), body)
+            .await
+            .map_err(|e| format!("cannot read workspace volume {volume}: {e}"))?
+            .id;
+        let archive = into.join(format!(".{volume}.tar"));
+        let fetched = async {
+            let mut f = tokio::fs::File::create(&archive)
+                .await
+                .map_err(|e| format!("cannot write the archive: {}", e.kind()))?;
+            let mut stream = docker.download_from_container(
+                &id,
+                Some(DownloadFromContainerOptionsBuilder::default().path(WORKSPACE_DIR).build()),
+            );
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| format!("cannot read workspace volume {volume}: {e}"))?;
+                f.write_all(&chunk).await.map_err(|e| format!("cannot write the archive: {}", e.kind()))?;
+            }
+            f.flush().await.map_err(|e| format!("cannot write the archive: {}", e.kind()))?;
+            Ok::<(), String>(())
+        }
+        .await;
+        let _ = remove(docker, &id).await;
+        let unpacked = fetched.and_then(|()| {
+            let f = std::fs::File::open(&archive).map_err(|e| format!("cannot read the archive: {}", e.kind()))?;
+            let strip = WORKSPACE_DIR.trim_start_matches('/').rsplit('/').next().unwrap_or("workspace").to_string();
+            super::volume_archive::unpack(std::io::BufReader::new(f), &strip, &dest)
+        });
+        let _ = std::fs::remove_file(&archive);
+        let u = unpacked?;
+        total.files += u.files;
+        total.skipped.extend(u.skipped.into_iter().map(|s| format!("{scope}/{s}")));
+        done.push(scope);
+    }
+    Ok((done, total))
+}
+
+/// The workspace volumes of `tenant` this gateway made on `docker`: (volume name, scope).
+pub async fn tenant_volumes(docker: &Docker, gateway: &str, tenant: &str) -> Result<Vec<(String, String)>, String> {
+    let filters: HashMap<String, Vec<String>> = HashMap::from([(
+        "label".to_string(),
+        vec![format!("{LABEL_SANDBOX}=1"), format!("{LABEL_GATEWAY}={gateway}"), format!("{LABEL_TENANT}={tenant}")],
+    )]);
+    let list = docker
+        .list_volumes(Some(ListVolumesOptionsBuilder::default().filters(&filters).build()))
+        .await
+        .map_err(|e| format!("cannot list workspace volumes: {e}"))?;
+    Ok(list
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|v| {
+            let scope = v.labels.get(LABEL_SCOPE).cloned()?;
+            Some((v.name, scope))
+        })
+        .collect())
 }
 
 /// Removes every container labelled for `gateway` (and, if given, `tenant`); returns how many.
@@ -215,35 +446,48 @@ impl DockerSandbox {
     pub fn start(state_dir: &Path, opts: DockerOptions) -> Arc<Self> {
         // The gateway label hashes the canonical state dir, which must exist to be canonical.
         let _ = std::fs::create_dir_all(state_dir);
+        let (engines, multi) = match &opts.engines {
+            None => (vec![Engine::new("default", None, 1)], None),
+            Some(c) => (
+                c.engines.iter().map(|e| Engine::new(&e.name, Some(e.endpoint.clone()), e.weight)).collect(),
+                Some(Multi { failover: c.failover, health_every: c.health_every }),
+            ),
+        };
         let me = Arc::new(Self {
             workspaces: super::Workspaces::open(state_dir),
             gateway: gateway_label(state_dir),
             opts,
-            client: tokio::sync::Mutex::new(None),
+            engines,
+            multi,
             slots: Mutex::new(HashMap::new()),
             tenant_locks: TenantLocks::default(),
             create_locks: TenantLocks::default(),
             images: Mutex::new(HashMap::new()),
-            reaper: Mutex::new(None),
+            reaper: Mutex::new(Vec::new()),
         });
-        let weak = Arc::downgrade(&me);
-        tokio::spawn(async move {
-            if let Some(me) = weak.upgrade()
-                && let Err(e) = me.docker().await
-            {
-                tracing::warn!(error = %e, "Docker sandbox backend: daemon not reachable yet; calls fail until it is.");
-            }
-        });
-        let reaping = tokio::spawn(reaper(Arc::downgrade(&me)));
-        *me.reaper.lock().unwrap_or_else(|p| p.into_inner()) = Some(reaping);
+        let mut tasks = vec![tokio::spawn(reaper(Arc::downgrade(&me)))];
+        if me.multi.is_some() {
+            // The first check connects to (and reconciles) every engine.
+            tasks.push(tokio::spawn(health(Arc::downgrade(&me))));
+        } else {
+            let weak = Arc::downgrade(&me);
+            tokio::spawn(async move {
+                if let Some(me) = weak.upgrade()
+                    && let Err(e) = me.docker(0).await
+                {
+                    tracing::warn!(error = %e, "Docker sandbox backend: daemon not reachable yet; calls fail until it is.");
+                }
+            });
+        }
+        *me.reaper.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
         me
     }
 
     /// Stops the idle-container reaper and waits for it (containers are left to the next start's
     /// reconciliation, as after any stop).
     pub async fn stop(&self) {
-        let reaping = self.reaper.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(r) = reaping {
+        let tasks = std::mem::take(&mut *self.reaper.lock().unwrap_or_else(|p| p.into_inner()));
+        for r in tasks {
             r.abort();
             let _ = r.await;
         }
@@ -254,25 +498,128 @@ impl DockerSandbox {
         &self.gateway
     }
 
-    /// The client, connecting (and reconciling) first if there is none.
-    async fn docker(&self) -> Result<Docker, SandboxError> {
-        let mut guard = self.client.lock().await;
+    /// The names of the engines and whether the last health check found each up (one engine:
+    /// `default`, always reported up — its calls connect on demand).
+    pub fn engines_health(&self) -> Vec<(String, bool)> {
+        self.engines.iter().map(|e| (e.name.clone(), e.up.load(Ordering::Acquire))).collect()
+    }
+
+    /// The engine a tenant is placed on (its first choice, up or not), by name.
+    pub fn placement(&self, tenant: &str, pinned: Option<&str>) -> String {
+        let order = self.order(tenant, pinned);
+        self.engines[order[0]].name.clone()
+    }
+
+    /// The tenant's engines in its placement order (one engine: just it).
+    fn order(&self, tenant: &str, pinned: Option<&str>) -> Vec<usize> {
+        if self.multi.is_none() {
+            return vec![0];
+        }
+        let c: Vec<_> =
+            self.engines.iter().map(|e| super::placement::Candidate { name: &e.name, weight: e.weight }).collect();
+        super::placement::order(tenant, pinned, &c)
+    }
+
+    /// The engine that serves `call` and its client: the tenant's first engine; if that one is
+    /// down, the call fails closed with the reason — unless failover is allowed, then the next
+    /// engine of its order that is up. Nothing has run anywhere when this fails.
+    async fn select(&self, call: &SandboxCall) -> Result<(usize, Docker), SandboxError> {
+        let Some(multi) = &self.multi else { return Ok((0, self.docker(0).await?)) };
+        let order = self.order(call.tenant.as_str(), call.settings.docker.engine.as_deref());
+        let first = &self.engines[order[0]].name;
+        let tried = if multi.failover { order.len() } else { 1 };
+        for (n, &i) in order.iter().take(tried).enumerate() {
+            if !self.engines[i].up.load(Ordering::Acquire) {
+                continue;
+            }
+            match self.docker(i).await {
+                Ok(d) => {
+                    if n > 0 {
+                        tracing::warn!(tenant = %call.tenant, engine = %first, to = %self.engines[i].name, "Docker engine down: tenant served on another engine (failover).");
+                    }
+                    return Ok((i, d));
+                }
+                Err(_) => self.mark(i, false),
+            }
+        }
+        Err(SandboxError::Unavailable(if multi.failover {
+            format!(
+                "every Docker engine this tenant can use is down (its own is {first:?}); tool calls fail until one is back"
+            )
+        } else {
+            format!(
+                "this tenant's Docker engine {first:?} is down; its tool calls fail until it is back \
+                 (the operator has not allowed failover to another engine)"
+            )
+        }))
+    }
+
+    /// Records an engine's health, logging changes.
+    fn mark(&self, i: usize, up: bool) {
+        let e = &self.engines[i];
+        if e.up.swap(up, Ordering::AcqRel) != up {
+            if up {
+                tracing::info!(engine = %e.name, "Docker engine is up again.");
+            } else {
+                tracing::warn!(engine = %e.name, "Docker engine is down: its tenants' tool calls fail until it is back.");
+            }
+        }
+    }
+
+    /// Checks every engine once, all at the same time (an engine that hangs delays no other's
+    /// verdict): a ping on the open client, or a new connection (which reconciles). A failed
+    /// check drops the client.
+    async fn check_engines(&self) {
+        let limit = self
+            .multi
+            .as_ref()
+            .map_or(Duration::from_secs(5), |m| m.health_every.clamp(Duration::from_secs(1), Duration::from_secs(5)));
+        let checks = (0..self.engines.len()).map(|i| async move {
+            let client = self.engines[i].client.lock().await.clone();
+            let ok = match client {
+                Some(d) => matches!(tokio::time::timeout(limit, d.ping()).await, Ok(Ok(_))),
+                None => matches!(tokio::time::timeout(limit * 2, self.docker(i)).await, Ok(Ok(_))),
+            };
+            if !ok {
+                self.reset_client(i).await;
+            }
+            self.mark(i, ok);
+        });
+        futures_util::future::join_all(checks).await;
+    }
+
+    /// The client of engine `i`, connecting (and reconciling) first if there is none.
+    async fn docker(&self, i: usize) -> Result<Docker, SandboxError> {
+        let engine = &self.engines[i];
+        let mut guard = engine.client.lock().await;
         if let Some(d) = guard.as_ref() {
             return Ok(d.clone());
         }
-        let docker = connect(self.opts.socket.as_deref())
-            .await
-            .map(|d| d.with_timeout(self.opts.request_timeout))
-            .map_err(|e| {
-                // Details (socket path, transport error) go to the operator's log, not to the model.
-                tracing::warn!(error = %e, "Docker sandbox backend: daemon unreachable.");
+        let connected = match &engine.endpoint {
+            None => connect(self.opts.socket.as_deref()).await,
+            Some(ep) => connect_endpoint(ep).await,
+        };
+        let docker = connected.map(|d| d.with_timeout(self.opts.request_timeout)).map_err(|e| {
+            // Details (socket path, transport error) go to the operator's log, not to the model.
+            tracing::warn!(engine = %engine.name, error = %e, "Docker sandbox backend: daemon unreachable.");
+            if self.multi.is_some() {
+                SandboxError::Unavailable(format!(
+                    "the Docker engine {:?} is unreachable; calls fail until it is back",
+                    engine.name
+                ))
+            } else {
                 SandboxError::Unavailable("the Docker daemon is unreachable; calls fail until it is back".into())
-            })?;
+            }
+        })?;
         // Reconcile: containers of a previous run of this gateway are not adopted (their
         // runner's stream state is unknown); they are removed and recreated on demand.
         let live: Vec<String> = {
             let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            slots.values().filter_map(|s| s.try_lock().ok().and_then(|l| l.as_ref().map(|l| l.id.clone()))).collect()
+            slots
+                .iter()
+                .filter(|(k, _)| k.engine == i)
+                .filter_map(|(_, s)| s.try_lock().ok().and_then(|l| l.as_ref().map(|l| l.id.clone())))
+                .collect()
         };
         if live.is_empty() {
             match remove_containers(&docker, &self.gateway, None).await {
@@ -285,14 +632,15 @@ impl DockerSandbox {
         Ok(docker)
     }
 
-    /// Forgets the client after a connection failure so the next call connects again.
-    async fn reset_client(&self) {
-        *self.client.lock().await = None;
+    /// Forgets an engine's client after a connection failure so the next call connects again.
+    async fn reset_client(&self, i: usize) {
+        *self.engines[i].client.lock().await = None;
     }
 
-    /// Removes every container of `tenant` this gateway runs (tenant deletion).
+    /// Removes every container of `tenant` this gateway runs, on every engine (tenant
+    /// deletion); with several engines, its workspace volumes too. An unreachable engine is an
+    /// error: nothing of the tenant may be left behind silently.
     pub async fn remove_tenant(&self, tenant: &str) -> Result<usize, String> {
-        let docker = self.docker().await.map_err(|e| e.to_string())?;
         let slots: Vec<_> = {
             let mut m = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             let keys: Vec<SlotKey> = m.keys().filter(|k| k.tenant == tenant).cloned().collect();
@@ -301,7 +649,15 @@ impl DockerSandbox {
         for s in slots {
             *s.lock().await = None;
         }
-        remove_containers(&docker, &self.gateway, Some(tenant)).await
+        let mut n = 0;
+        for i in 0..self.engines.len() {
+            let docker = self.docker(i).await.map_err(|e| e.to_string())?;
+            n += remove_containers(&docker, &self.gateway, Some(tenant)).await?;
+            if self.multi.is_some() {
+                remove_volumes(&docker, &self.gateway, tenant).await?;
+            }
+        }
+        Ok(n)
     }
 
     /// The container id serving a call's scope right now, if any (tests and diagnostics).
@@ -343,10 +699,18 @@ impl DockerSandbox {
         let mutating = access == WorkspaceAccess::Rw && matches!(call.tool, Tool::Write | Tool::Edit | Tool::Exec);
         let lock = self.tenant_locks.of(call.tenant.as_str());
         let _guard = if mutating { Some(lock.lock().await) } else { None };
+        let (engine, docker) = self.select(call).await?;
         let budget = if mutating {
-            let root = self.workspaces.tenant_root(call.tenant.as_str());
+            let left = if self.multi.is_some() {
+                // The tenant's volumes on this engine, as the engine measures them.
+                let used = self.tenant_usage(engine, &docker, call.tenant.as_str()).await?;
+                settings.disk_quota_bytes.saturating_sub(used)
+            } else {
+                let root = self.workspaces.tenant_root(call.tenant.as_str());
+                super::workspace::remaining_quota(root, settings.disk_quota_bytes).await?
+            };
             // A native command can write without asking the runner: nothing left is refused here.
-            match super::workspace::remaining_quota(root, settings.disk_quota_bytes).await? {
+            match left {
                 0 => return Err(SandboxError::Quota),
                 left => Some(left),
             }
@@ -367,7 +731,7 @@ impl DockerSandbox {
         };
         let max_frame = protocol::max_response_frame(call.limits.max_output_bytes);
 
-        let (docker, mut live) = self.running(call).await?;
+        let (docker, mut live) = self.running(call, engine, docker).await?;
         let Some(l) = live.as_mut() else {
             return Err(SandboxError::Unavailable("the sandbox container could not be started".into()));
         };
@@ -397,16 +761,18 @@ impl DockerSandbox {
         finish(resp, call.limits.max_output_bytes, timeout)
     }
 
-    /// The call's container, created (or replaced, if it died) as needed, locked for the call.
+    /// The call's container on engine `engine`, created (or replaced, if it died) as needed,
+    /// locked for the call.
     async fn running(
         &self,
         call: &SandboxCall,
+        engine: usize,
+        docker: Docker,
     ) -> Result<(Docker, tokio::sync::OwnedMutexGuard<Option<Live>>), SandboxError> {
-        let docker = self.docker().await?;
-        let plan = match self.plan(&docker, call).await {
+        let plan = match self.plan(&docker, engine, call).await {
             Ok(p) => p,
             Err(e) => {
-                self.forget_client_if_down(&e).await;
+                self.forget_client_if_down(engine, &e).await;
                 return Err(e);
             }
         };
@@ -430,7 +796,7 @@ impl DockerSandbox {
             match self.create(&docker, &plan).await {
                 Ok(l) => *live = Some(l),
                 Err(e) => {
-                    self.forget_client_if_down(&e).await;
+                    self.forget_client_if_down(engine, &e).await;
                     return Err(e);
                 }
             }
@@ -450,7 +816,13 @@ impl DockerSandbox {
             let mut m = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             let keys: Vec<SlotKey> = m
                 .keys()
-                .filter(|k| k.tenant == key.tenant && k.scope == key.scope && k.agent == key.agent && *k != key)
+                .filter(|k| {
+                    k.engine == key.engine
+                        && k.tenant == key.tenant
+                        && k.scope == key.scope
+                        && k.agent == key.agent
+                        && *k != key
+                })
                 .cloned()
                 .collect();
             keys.iter().filter_map(|k| m.remove(k)).collect()
@@ -467,15 +839,15 @@ impl DockerSandbox {
     async fn make_room(&self, docker: &Docker, key: &SlotKey, max: u32) -> Result<(), SandboxError> {
         let others: Vec<_> = {
             let m = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            m.iter().filter(|(k, _)| k.tenant == key.tenant && *k != key).map(|(_, s)| s.clone()).collect()
+            m.iter().filter(|(k, _)| k.tenant == key.tenant && *k != key).map(|(k, s)| (k.engine, s.clone())).collect()
         };
         let mut running = 0usize;
         let mut idle = Vec::new();
-        for s in others {
+        for (engine, s) in others {
             match s.clone().try_lock_owned() {
                 Ok(g) if g.is_some() => {
                     running += 1;
-                    idle.push(g);
+                    idle.push((engine, g));
                 }
                 Ok(_) => {}
                 Err(_) => running += 1,
@@ -484,15 +856,23 @@ impl DockerSandbox {
         if running < max as usize {
             return Ok(());
         }
-        idle.sort_by_key(|g| g.as_ref().map(|l| l.last_used));
-        let Some(mut lru) = idle.into_iter().next() else {
+        idle.sort_by_key(|(_, g)| g.as_ref().map(|l| l.last_used));
+        let Some((engine, mut lru)) = idle.into_iter().next() else {
             return Err(SandboxError::Unavailable(format!(
                 "this tenant already runs {running} sandbox containers, all busy (the limit is {max}); try again shortly"
             )));
         };
         if let Some(l) = lru.take() {
             tracing::debug!(tenant = %key.tenant, "Docker sandbox: container cap reached; removing the least recently used.");
-            remove(docker, &l.id).await.map_err(SandboxError::Unavailable)?;
+            // It may run on another engine (failover): removed through that engine's client.
+            let other = if engine == key.engine { None } else { self.engines[engine].client.lock().await.clone() };
+            match other {
+                Some(d) => remove(&d, &l.id).await.map_err(SandboxError::Unavailable)?,
+                None if engine == key.engine => remove(docker, &l.id).await.map_err(SandboxError::Unavailable)?,
+                // Its engine is unreachable: the container is dropped from this gateway's count
+                // and removed by that engine's reconciliation when it is back.
+                None => {}
+            }
         }
         Ok(())
     }
@@ -535,12 +915,67 @@ impl DockerSandbox {
     /// Creates the container of an agent- or shared-scope call ahead of its first tool call
     /// (`sandbox.docker.prewarm`); it is then exempt from idle reaping.
     pub async fn prewarm(&self, call: &SandboxCall) -> Result<(), SandboxError> {
-        self.running(call).await.map(|_| ())
+        let (engine, docker) = self.select(call).await?;
+        self.running(call, engine, docker).await.map(|_| ())
     }
 
-    async fn forget_client_if_down(&self, e: &SandboxError) {
+    async fn forget_client_if_down(&self, engine: usize, e: &SandboxError) {
         if matches!(e, SandboxError::Unavailable(m) if m.contains("daemon")) {
-            self.reset_client().await;
+            self.reset_client(engine).await;
+            if self.multi.is_some() {
+                self.mark(engine, false);
+            }
+        }
+    }
+
+    /// Bytes `tenant`'s workspace volumes on engine `i` hold, as the engine measures them (the
+    /// daemon, as root, sees every file; the gateway cannot walk a remote volume). One
+    /// measurement of the engine answers every call that asked before it started, so callers
+    /// waiting together share it; a call never uses one that started before it asked.
+    async fn tenant_usage(&self, i: usize, docker: &Docker, tenant: &str) -> Result<u64, SandboxError> {
+        let asked = Instant::now();
+        let mut cache = self.engines[i].usage.lock().await;
+        let fresh = cache.as_ref().is_some_and(|(at, _)| *at >= asked);
+        if !fresh {
+            let started = Instant::now();
+            let Some(endpoint) = self.engines[i].endpoint.as_ref() else {
+                return Err(SandboxError::Unavailable("no engine endpoint to measure volumes on".into()));
+            };
+            let api = docker.client_version().to_string();
+            let mut sizes = super::volume_usage::volume_sizes(endpoint, &api).await;
+            if sizes.is_err() {
+                // One measurement at a time per engine: someone else's (`docker system df`) may be running.
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                sizes = super::volume_usage::volume_sizes(endpoint, &api).await;
+            }
+            let sizes = sizes.map_err(|e| {
+                tracing::warn!(engine = %self.engines[i].name, error = %e, "Docker sandbox: workspace volumes not measured.");
+                SandboxError::Unavailable("Docker daemon: cannot measure the workspace against its quota".into())
+            })?;
+            let mut by_tenant: TenantBytes = HashMap::new();
+            for v in sizes {
+                let labels = &v.labels;
+                if labels.get(LABEL_SANDBOX).map(String::as_str) != Some("1")
+                    || labels.get(LABEL_GATEWAY) != Some(&self.gateway)
+                {
+                    continue;
+                }
+                let Some(t) = labels.get(LABEL_TENANT) else { continue };
+                let entry = by_tenant.entry(t.clone()).or_insert(Some(0));
+                *entry = match (*entry, v.size) {
+                    (Some(a), Some(b)) => Some(a.saturating_add(b)),
+                    _ => None,
+                };
+            }
+            *cache = Some((started, by_tenant));
+        }
+        match cache.as_ref().and_then(|(_, m)| m.get(tenant).copied()) {
+            None => Ok(0),
+            Some(Some(n)) => Ok(n),
+            // The engine could not size a volume: no budget can be given.
+            Some(None) => {
+                Err(SandboxError::Unavailable("Docker daemon: cannot measure the workspace against its quota".into()))
+            }
         }
     }
 
@@ -562,8 +997,9 @@ impl DockerSandbox {
 
     /// The id of `image`, checked at most every `IMAGE_RECHECK` (a rebuilt image is picked up,
     /// and its containers recreated, within that time).
-    async fn image_id(&self, docker: &Docker, image: &str) -> Result<String, SandboxError> {
-        if let Some((id, at)) = self.images.lock().unwrap_or_else(|p| p.into_inner()).get(image)
+    async fn image_id(&self, docker: &Docker, engine: usize, image: &str) -> Result<String, SandboxError> {
+        let cache_key = format!("{engine}\0{image}");
+        if let Some((id, at)) = self.images.lock().unwrap_or_else(|p| p.into_inner()).get(&cache_key)
             && at.elapsed() < IMAGE_RECHECK
         {
             return Ok(id.clone());
@@ -575,21 +1011,30 @@ impl DockerSandbox {
                 SandboxError::Unavailable(e)
             }
         })?;
-        self.images.lock().unwrap_or_else(|p| p.into_inner()).insert(image.to_string(), (id.clone(), Instant::now()));
+        self.images.lock().unwrap_or_else(|p| p.into_inner()).insert(cache_key, (id.clone(), Instant::now()));
         Ok(id)
     }
 
     /// Resolves everything a call's container depends on.
-    async fn plan(&self, docker: &Docker, call: &SandboxCall) -> Result<Plan, SandboxError> {
+    async fn plan(&self, docker: &Docker, engine: usize, call: &SandboxCall) -> Result<Plan, SandboxError> {
         let s = &call.settings.docker;
-        let image_id = self.image_id(docker, &s.image).await?;
+        let image_id = self.image_id(docker, engine, &s.image).await?;
+        let scope = self.scope_of(call)?;
+        let ro = call.settings.workspace_access == WorkspaceAccess::Ro;
         let workspace = match call.settings.workspace_access {
             WorkspaceAccess::None => None,
-            a => Some((self.workspaces.dir(call)?, a == WorkspaceAccess::Ro)),
+            _ if self.multi.is_some() => {
+                Some((Workspace::Volume(volume_name(&self.gateway, call.tenant.as_str(), &scope)), ro))
+            }
+            _ => Some((Workspace::Host(self.workspaces.dir(call)?), ro)),
         };
         let (uid, gid) = sandbox_user(s.user.as_deref(), gateway_uid())?;
-        if let Some((dir, _)) = &workspace {
-            prepare_workspace(dir, uid, gid).await?;
+        match &workspace {
+            Some((Workspace::Host(dir), _)) => prepare_workspace(dir, uid, gid).await?,
+            Some((Workspace::Volume(name), _)) => {
+                self.ensure_volume(docker, name, call.tenant.as_str(), &scope).await?
+            }
+            None => {}
         }
         let seccomp = match &s.seccomp_profile {
             Some(p) => Some(tokio::fs::read_to_string(p).await.map_err(|e| {
@@ -599,9 +1044,9 @@ impl DockerSandbox {
             })?),
             None => None,
         };
-        let scope = self.scope_of(call)?;
         let mut plan = Plan {
             key: SlotKey {
+                engine,
                 tenant: call.tenant.as_str().to_string(),
                 scope,
                 agent: call.agent.as_str().to_string(),
@@ -615,6 +1060,37 @@ impl DockerSandbox {
         };
         plan.key.config = plan.hash();
         Ok(plan)
+    }
+
+    /// Creates the workspace volume of a tenant scope on an engine if it is not there (a volume
+    /// of that name that exists is kept: it is the scope's workspace from before). A new volume
+    /// is filled from the image's `/workspace`, which gives it the sandbox user as owner.
+    async fn ensure_volume(&self, docker: &Docker, name: &str, tenant: &str, scope: &str) -> Result<(), SandboxError> {
+        let labels = HashMap::from([
+            (LABEL_SANDBOX.to_string(), "1".to_string()),
+            (LABEL_GATEWAY.to_string(), self.gateway.clone()),
+            (LABEL_TENANT.to_string(), tenant.to_string()),
+            (LABEL_SCOPE.to_string(), scope.to_string()),
+        ]);
+        let req = VolumeCreateRequest {
+            name: Some(name.to_string()),
+            driver: Some("local".into()),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        let v = docker.create_volume(req).await.map_err(|e| {
+            SandboxError::Unavailable(format!("Docker daemon: cannot create the workspace volume: {e}"))
+        })?;
+        // A volume of that name made by someone else (other labels) is not this scope's.
+        if v.labels.get(LABEL_TENANT).map(String::as_str) != Some(tenant)
+            || v.labels.get(LABEL_GATEWAY) != Some(&self.gateway)
+        {
+            return Err(SandboxError::Unavailable(
+                "a volume with this workspace's name exists on the engine but was not made by this gateway; refused"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Creates, attaches and starts a container for `plan`; replaces older ones of its scope.
@@ -706,11 +1182,22 @@ impl DockerSandbox {
 
     /// Removes containers idle longer than their configured idle time.
     async fn reap_idle(&self) {
+        for i in 0..self.engines.len() {
+            self.reap_idle_on(i).await;
+        }
+        // Forget empty slots nobody is about to use (a call holds a clone of the Arc).
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, s| Arc::strong_count(s) > 1 || s.try_lock().map_or(true, |l| l.is_some()));
+    }
+
+    async fn reap_idle_on(&self, engine: usize) {
         let slots: Vec<_> = {
             let m = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            m.values().cloned().collect()
+            m.iter().filter(|(k, _)| k.engine == engine).map(|(_, v)| v.clone()).collect()
         };
-        let Some(docker) = self.client.lock().await.clone() else { return };
+        let Some(docker) = self.engines[engine].client.lock().await.clone() else { return };
         for s in slots {
             let Ok(mut l) = s.try_lock() else { continue };
             if let Some(live) = l.as_ref()
@@ -723,11 +1210,19 @@ impl DockerSandbox {
                 }
             }
         }
-        // Forget empty slots nobody is about to use (a call holds a clone of the Arc).
-        self.slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, s| Arc::strong_count(s) > 1 || s.try_lock().map_or(true, |l| l.is_some()));
+    }
+}
+
+async fn health(me: Weak<DockerSandbox>) {
+    loop {
+        let every = match me.upgrade() {
+            Some(m) => {
+                m.check_engines().await;
+                m.multi.as_ref().map_or(Duration::from_secs(5), |x| x.health_every)
+            }
+            None => return,
+        };
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -930,8 +1425,8 @@ impl Plan {
         if let Some(a) = &s.apparmor_profile {
             security_opt.push(format!("apparmor={a}"));
         }
-        let mounts = self.workspace.as_ref().map(|(dir, ro)| {
-            vec![Mount {
+        let mounts = self.workspace.as_ref().map(|(ws, ro)| match ws {
+            Workspace::Host(dir) => vec![Mount {
                 target: Some(WORKSPACE_DIR.into()),
                 source: Some(dir.to_string_lossy().into_owned()),
                 typ: Some(MountType::BIND),
@@ -941,7 +1436,16 @@ impl Plan {
                     ..Default::default()
                 }),
                 ..Default::default()
-            }]
+            }],
+            // The scope's volume on this engine; never a host path of the engine's machine.
+            Workspace::Volume(name) => vec![Mount {
+                target: Some(WORKSPACE_DIR.into()),
+                source: Some(name.clone()),
+                typ: Some(MountType::VOLUME),
+                read_only: Some(*ro),
+                volume_options: Some(MountVolumeOptions { no_copy: Some(false), ..Default::default() }),
+                ..Default::default()
+            }],
         });
         let host = HostConfig {
             cap_drop: Some(vec!["ALL".into()]),

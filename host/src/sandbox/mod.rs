@@ -18,6 +18,12 @@ use crate::tools::Tool;
 
 #[forbid(unsafe_code)]
 pub mod docker;
+#[forbid(unsafe_code)]
+pub mod placement;
+#[forbid(unsafe_code)]
+pub mod volume_archive;
+#[forbid(unsafe_code)]
+pub mod volume_usage;
 // The one module of the crate that may use `unsafe`: `Module::deserialize` of the embedded runner.
 #[allow(unsafe_code)]
 mod precompiled;

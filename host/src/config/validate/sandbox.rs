@@ -88,6 +88,9 @@ pub struct DockerSettings {
     pub prewarm: bool,
     /// Containers one tenant may have at once (the least recently used idle one makes room).
     pub max_containers: u32,
+    /// The engine the agent's tenant is pinned to (`tenants[].sandbox.engine`); `None`: placed
+    /// by the hashing rule over `sandbox.docker.engines` (or the one local daemon).
+    pub engine: Option<String>,
 }
 
 impl Default for DockerSettings {
@@ -109,6 +112,7 @@ impl Default for DockerSettings {
             disk_quota_bytes: 100 << 20,
             prewarm: false,
             max_containers: 16,
+            engine: None,
         }
     }
 }
