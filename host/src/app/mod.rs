@@ -333,6 +333,7 @@ fn start_docker(config: &Config, audit: &Audit) -> Arc<DockerSandbox> {
     let opts = crate::sandbox::docker::DockerOptions {
         audit: audit.clone(),
         engines: config.engines.clone(),
+        fleet: crate::sandbox::docker::Fleet::of(config),
         ..Default::default()
     };
     let docker = DockerSandbox::start(&config.state_dir, opts);

@@ -55,7 +55,7 @@ fn check_docker(config: &crate::config::Config) -> usize {
             outln!("ok    docker daemon {version} (API {})", docker.client_version());
             return failures + check_images(&docker, &images, "").await;
         };
-        let gateway = docker::gateway_label(&config.state_dir);
+        let gateway = docker::volume_owner(config);
         let mut up = Vec::new();
         for e in &engines.engines {
             match docker::connect_endpoint(&e.endpoint).await {

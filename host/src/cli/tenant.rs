@@ -256,7 +256,7 @@ impl FetchedWorkspaces {
         let pin = agents.first().and_then(|a| a.sandbox.docker.engine.as_deref());
         let cands: Vec<_> =
             engines.engines.iter().map(|e| placement::Candidate { name: &e.name, weight: e.weight }).collect();
-        let gateway = docker::gateway_label(&config.state_dir);
+        let gateway = docker::volume_owner(config);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -295,13 +295,18 @@ fn remove_tenant_containers(config: &crate::config::Config, tenant: &str) -> Res
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     let gateway = docker::gateway_label(&config.state_dir);
+    // In a fleet every gateway's containers of the tenant go, and the fleet's volumes.
+    let (fleet, volumes) = (docker::Fleet::of(config).is_some(), docker::volume_owner(config));
     if let Some(engines) = &config.engines {
         return rt.block_on(async {
             for e in &engines.engines {
                 let at = |err: String| format!("engine {}: {err}; nothing was deleted from the store", e.name);
                 let d = docker::connect_endpoint(&e.endpoint).await.map_err(at)?;
-                let n = docker::remove_containers(&d, &gateway, Some(tenant)).await.map_err(at)?;
-                let v = docker::remove_volumes(&d, &gateway, tenant).await.map_err(at)?;
+                let n = match fleet {
+                    true => docker::remove_tenant_containers_of_fleet(&d, tenant).await.map_err(at)?,
+                    false => docker::remove_containers(&d, &gateway, Some(tenant)).await.map_err(at)?,
+                };
+                let v = docker::remove_volumes(&d, &volumes, tenant).await.map_err(at)?;
                 if n + v > 0 {
                     outln!("removed {n} sandbox container(s) and {v} workspace volume(s) of tenant {tenant} on engine {}", e.name);
                 }

@@ -90,6 +90,8 @@ pub struct DockerOptions {
     pub request_timeout: Duration,
     /// Where container starts are recorded (the tenant's audit log); off by default.
     pub audit: crate::audit::Audit,
+    /// Set when several gateways share tenants: their volumes and session names are shared.
+    pub fleet: Option<Fleet>,
 }
 
 impl Default for DockerOptions {
@@ -97,6 +99,7 @@ impl Default for DockerOptions {
         Self {
             socket: None,
             engines: None,
+            fleet: None,
             reap_every: Duration::from_secs(15),
             request_timeout: Duration::from_secs(60),
             audit: crate::audit::Audit::off(),
@@ -108,6 +111,8 @@ impl Default for DockerOptions {
 pub struct DockerSandbox {
     workspaces: super::Workspaces,
     gateway: String,
+    /// The owner label of workspace volumes (the fleet's, or `gateway`).
+    volumes: String,
     opts: DockerOptions,
     /// One, or `sandbox.docker.engines` in declaration order (a `SlotKey` names its index).
     engines: Vec<Engine>,
@@ -240,6 +245,42 @@ pub async fn connect_endpoint(endpoint: &Endpoint) -> Result<Docker, String> {
 fn tls_safe(e: &bollard::errors::Error) -> String {
     let t = e.to_string();
     t.lines().next().unwrap_or("").chars().take(300).collect()
+}
+
+/// What the gateways of one fleet (sharing a database and a master key) share in their Docker
+/// sandboxes: the owner label of workspace volumes, so every gateway mounts a tenant scope's one
+/// volume, and the secret that names session workspaces. Derived from the master key, so two
+/// fleets on one engine never share a volume, and no file has to be copied between gateways.
+#[derive(Clone)]
+pub struct Fleet {
+    pub volumes: String,
+    pub scope_secret: [u8; 32],
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet").field("volumes", &self.volumes).finish_non_exhaustive()
+    }
+}
+
+impl Fleet {
+    /// The fleet of a config whose store is shared (`store.backend: "postgres"`); `None` on one
+    /// host, or when the master key cannot be loaded (the store refuses the start then anyway).
+    pub fn of(config: &crate::config::Config) -> Option<Fleet> {
+        if !matches!(config.store.backend, crate::config::StoreBackend::Postgres { .. }) {
+            return None;
+        }
+        let key = config.store.master_key.as_ref()?;
+        let master = crate::store::MasterKey::load(key, &config.base_dir, &config.state_dir).ok()?;
+        let volumes = format!("f{}", &master.mac(&[b"bulkhead/fleet/v1/volumes"])[..15]);
+        let secret = crate::crypto::unhex(&master.mac(&[b"bulkhead/fleet/v1/sandbox-scope"]))?;
+        Some(Fleet { volumes, scope_secret: secret.try_into().ok()? })
+    }
+}
+
+/// Whose workspace volumes a config's gateway uses: its fleet's, else its own (state dir).
+pub fn volume_owner(config: &crate::config::Config) -> String {
+    Fleet::of(config).map_or_else(|| gateway_label(&config.state_dir), |f| f.volumes)
 }
 
 /// The volume that is a tenant scope's workspace on an engine.
@@ -385,6 +426,12 @@ pub async fn tenant_volumes(docker: &Docker, gateway: &str, tenant: &str) -> Res
         .collect())
 }
 
+/// Removes every sandbox container of `tenant`, whichever gateway made it (a fleet's tenant
+/// deletion); returns how many.
+pub async fn remove_tenant_containers_of_fleet(docker: &Docker, tenant: &str) -> Result<usize, String> {
+    remove_labelled(docker, vec![format!("{LABEL_SANDBOX}=1"), format!("{LABEL_TENANT}={tenant}")]).await
+}
+
 /// Removes every container labelled for `gateway` (and, if given, `tenant`); returns how many.
 pub async fn remove_containers(docker: &Docker, gateway: &str, tenant: Option<&str>) -> Result<usize, String> {
     let mut labels = vec![format!("{LABEL_SANDBOX}=1"), format!("{LABEL_GATEWAY}={gateway}")];
@@ -454,8 +501,12 @@ impl DockerSandbox {
             ),
         };
         let me = Arc::new(Self {
-            workspaces: super::Workspaces::open(state_dir),
+            workspaces: match &opts.fleet {
+                Some(f) => super::Workspaces::with_secret(state_dir, f.scope_secret),
+                None => super::Workspaces::open(state_dir),
+            },
             gateway: gateway_label(state_dir),
+            volumes: opts.fleet.as_ref().map_or_else(|| gateway_label(state_dir), |f| f.volumes.clone()),
             opts,
             engines,
             multi,
@@ -654,7 +705,7 @@ impl DockerSandbox {
             let docker = self.docker(i).await.map_err(|e| e.to_string())?;
             n += remove_containers(&docker, &self.gateway, Some(tenant)).await?;
             if self.multi.is_some() {
-                remove_volumes(&docker, &self.gateway, tenant).await?;
+                remove_volumes(&docker, &self.volumes, tenant).await?;
             }
         }
         Ok(n)
@@ -1024,7 +1075,7 @@ impl DockerSandbox {
         let workspace = match call.settings.workspace_access {
             WorkspaceAccess::None => None,
             _ if self.multi.is_some() => {
-                Some((Workspace::Volume(volume_name(&self.gateway, call.tenant.as_str(), &scope)), ro))
+                Some((Workspace::Volume(volume_name(&self.volumes, call.tenant.as_str(), &scope)), ro))
             }
             _ => Some((Workspace::Host(self.workspaces.dir(call)?), ro)),
         };
@@ -1068,7 +1119,7 @@ impl DockerSandbox {
     async fn ensure_volume(&self, docker: &Docker, name: &str, tenant: &str, scope: &str) -> Result<(), SandboxError> {
         let labels = HashMap::from([
             (LABEL_SANDBOX.to_string(), "1".to_string()),
-            (LABEL_GATEWAY.to_string(), self.gateway.clone()),
+            (LABEL_GATEWAY.to_string(), self.volumes.clone()),
             (LABEL_TENANT.to_string(), tenant.to_string()),
             (LABEL_SCOPE.to_string(), scope.to_string()),
         ]);
@@ -1083,7 +1134,7 @@ impl DockerSandbox {
         })?;
         // A volume of that name made by someone else (other labels) is not this scope's.
         if v.labels.get(LABEL_TENANT).map(String::as_str) != Some(tenant)
-            || v.labels.get(LABEL_GATEWAY) != Some(&self.gateway)
+            || v.labels.get(LABEL_GATEWAY) != Some(&self.volumes)
         {
             return Err(SandboxError::Unavailable(
                 "a volume with this workspace's name exists on the engine but was not made by this gateway; refused"

@@ -77,6 +77,12 @@ impl Workspaces {
         Self { state_dir: state_dir.to_path_buf(), secret }
     }
 
+    /// Workspaces named with a scope secret given (shared by a fleet of gateways) instead of
+    /// the state directory's own.
+    pub fn with_secret(state_dir: &Path, secret: [u8; 32]) -> Self {
+        Self { state_dir: state_dir.to_path_buf(), secret: Ok(Arc::new(secret)) }
+    }
+
     /// The directory of a tenant's workspaces.
     pub fn tenant_root(&self, tenant: &str) -> PathBuf {
         workspaces_dir(&self.state_dir, tenant)

@@ -400,3 +400,33 @@ async fn daily_usage_is_counted_across_gateways() {
     let dump = pg.dump();
     assert!(!contains(&dump, b"agent-x"), "no agent ids or content in bh_usage");
 }
+
+#[test]
+fn gateways_of_one_fleet_name_workspaces_alike_and_two_fleets_never_do() {
+    use crate::sandbox::docker::Fleet;
+    let dir = tempfile::tempdir().unwrap();
+    let (k1, k2) = (dir.path().join("k1"), dir.path().join("k2"));
+    std::fs::write(&k1, MasterKey::generate("a".into()).to_text()).unwrap();
+    std::fs::write(&k2, MasterKey::generate("b".into()).to_text()).unwrap();
+    for k in [&k1, &k2] {
+        std::fs::set_permissions(k, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    }
+    let config = |key: &std::path::Path, state: &str, backend: &str| {
+        let text = format!(
+            r#"{{ stateDir: "{state}", store: {{ masterKey: {{ file: {key:?} }}, {backend} }},
+                 models: {{ providers: {{ demo: {{ api: "scripted" }} }} }},
+                 tenants: [ {{ id: "alpha" }} ], agents: {{ list: [ {{ id: "a", tenant: "alpha", model: "demo/scripted" }} ] }} }}"#
+        );
+        crate::config::load_str(&text, dir.path()).unwrap_or_else(|e| panic!("{e:?}"))
+    };
+    let pg = r#"backend: "postgres", url: { env: "UNUSED_PG_URL" }"#;
+    let (a, b) = (Fleet::of(&config(&k1, "gw-a", pg)).unwrap(), Fleet::of(&config(&k1, "gw-b", pg)).unwrap());
+    assert_eq!(a.volumes, b.volumes, "two gateways of one fleet use the same volumes");
+    assert_eq!(a.scope_secret, b.scope_secret, "and name session workspaces alike");
+    let other = Fleet::of(&config(&k2, "gw-a", pg)).unwrap();
+    assert_ne!(a.volumes, other.volumes, "another fleet (another master key) never shares a volume");
+    assert_ne!(a.scope_secret, other.scope_secret);
+    assert!(Fleet::of(&config(&k1, "gw-a", r#"backend: "file""#)).is_none(), "one host keeps its own");
+    let one = crate::sandbox::docker::volume_owner(&config(&k1, "gw-a", r#"backend: "file""#));
+    assert_ne!(one, crate::sandbox::docker::volume_owner(&config(&k1, "gw-b", r#"backend: "file""#)));
+}
