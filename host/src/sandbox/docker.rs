@@ -270,8 +270,7 @@ impl Fleet {
         if !matches!(config.store.backend, crate::config::StoreBackend::Postgres { .. }) {
             return None;
         }
-        let key = config.store.master_key.as_ref()?;
-        let master = crate::store::MasterKey::load(key, &config.base_dir, &config.state_dir).ok()?;
+        let master = crate::store::config_master(config).ok()?;
         let volumes = format!("f{}", &master.mac(&[b"bulkhead/fleet/v1/volumes"])[..15]);
         let secret = crate::crypto::unhex(&master.mac(&[b"bulkhead/fleet/v1/sandbox-scope"]))?;
         Some(Fleet { volumes, scope_secret: secret.try_into().ok()? })
@@ -291,19 +290,11 @@ pub fn volume_name(gateway: &str, tenant: &str, scope: &str) -> String {
 /// Removes every workspace volume of `tenant` this gateway made on `docker`; returns how many.
 /// Its containers must be gone first (a volume in use is not removed).
 pub async fn remove_volumes(docker: &Docker, gateway: &str, tenant: &str) -> Result<usize, String> {
-    let filters: HashMap<String, Vec<String>> = HashMap::from([(
-        "label".to_string(),
-        vec![format!("{LABEL_SANDBOX}=1"), format!("{LABEL_GATEWAY}={gateway}"), format!("{LABEL_TENANT}={tenant}")],
-    )]);
-    let list = docker
-        .list_volumes(Some(ListVolumesOptionsBuilder::default().filters(&filters).build()))
-        .await
-        .map_err(|e| format!("cannot list workspace volumes: {e}"))?;
     let mut n = 0;
-    for v in list.volumes.unwrap_or_default() {
-        match docker.remove_volume(&v.name, Some(RemoveVolumeOptionsBuilder::default().force(true).build())).await {
+    for (name, _) in tenant_volumes(docker, gateway, tenant).await? {
+        match docker.remove_volume(&name, Some(RemoveVolumeOptionsBuilder::default().force(true).build())).await {
             Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => n += 1,
-            Err(e) => return Err(format!("cannot remove workspace volume {}: {e}", v.name)),
+            Err(e) => return Err(format!("cannot remove workspace volume {name}: {e}")),
         }
     }
     Ok(n)

@@ -148,6 +148,13 @@ pub struct SessionRead {
     pub torn_tail: bool,
 }
 
+impl SessionRead {
+    /// A session that cannot be read at all (its metadata fails verification).
+    fn unreadable(problem: String) -> Self {
+        Self { key: String::new(), created_ms: 0, records: Vec::new(), problems: vec![problem], torn_tail: false }
+    }
+}
+
 /// The plaintext inside a session's `meta.age`.
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -297,11 +304,7 @@ impl Durable {
         let crate::config::StoreBackend::Postgres { url, pool_size, .. } = &config.store.backend else {
             return EncryptedStore::open(config).map(Durable::File);
         };
-        let root = store_root(config);
-        let Some(reference) = &config.store.master_key else {
-            return Err(StoreOpenError::NoMasterKey { root: root.display().to_string() });
-        };
-        let master = MasterKey::load(reference, &config.base_dir, &config.state_dir)?;
+        let master = config_master(config)?;
         let url = url
             .resolve(&config.base_dir)
             .map_err(|why| StoreOpenError::Database(format!("store.url cannot be read: {why}")))?;
@@ -372,6 +375,14 @@ impl Durable {
     }
 }
 
+/// The master key a config names, loaded and checked (the encrypted store refuses without one).
+pub fn config_master(config: &Config) -> Result<MasterKey, StoreOpenError> {
+    let Some(reference) = &config.store.master_key else {
+        return Err(StoreOpenError::NoMasterKey { root: store_root(config).display().to_string() });
+    };
+    Ok(MasterKey::load(reference, &config.base_dir, &config.state_dir)?)
+}
+
 pub fn store_root(config: &Config) -> PathBuf {
     config.state_dir.join("store")
 }
@@ -387,10 +398,7 @@ impl EncryptedStore {
     /// identities, and refuses (changing nothing) on a missing or wrong key or loose permissions.
     pub fn open(config: &Config) -> Result<Self, StoreOpenError> {
         let root = store_root(config);
-        let Some(reference) = &config.store.master_key else {
-            return Err(StoreOpenError::NoMasterKey { root: root.display().to_string() });
-        };
-        let master = MasterKey::load(reference, &config.base_dir, &config.state_dir)?;
+        let master = config_master(config)?;
         let tenants: Vec<TenantId> = config.tenants.keys().cloned().collect();
         Self::open_at(&root, master, &tenants, StoreOptions::with_cache_bytes(config.store.cache_bytes))
     }
@@ -851,13 +859,7 @@ impl EncryptedStore {
             match r {
                 Ok(Some(read)) => out.push(read),
                 Ok(None) => {}
-                Err(StoreError::Integrity(e)) => out.push(SessionRead {
-                    key: String::new(),
-                    created_ms: 0,
-                    records: Vec::new(),
-                    problems: vec![e],
-                    torn_tail: false,
-                }),
+                Err(StoreError::Integrity(e)) => out.push(SessionRead::unreadable(e)),
                 Err(e) => return Err(e),
             }
         }

@@ -23,7 +23,7 @@ use ring::rand::SystemRandom;
 use super::format::{self, Record, RecordMessage};
 use super::keys::{MasterKey, TenantKeys};
 use super::{OpenMeta, Retention, SessionRead, make_meta, now_ms, open_document, open_meta, seal_document};
-use crate::cluster::{Db, DbError, RunLock};
+use crate::cluster::{Db, DbError};
 use crate::crypto::{NONCE_LEN, random};
 use crate::ids::{SessionKey, TenantId};
 use crate::session::{Message, RunGuard, SessionStore, SessionSummary, StoreError};
@@ -101,6 +101,13 @@ impl PgStore {
         let keys = Arc::new(keys);
         self.inner.tenants.write().expect("tenants lock").insert(t.clone(), keys.clone());
         Ok(keys)
+    }
+
+    /// The tenant's keys and the session's keyed id.
+    async fn sid(&self, t: &TenantId, key: &SessionKey) -> Result<(Arc<TenantKeys>, String), StoreError> {
+        let keys = self.keys(t).await?;
+        let sid = keys.session_id(&key.to_string());
+        Ok((keys, sid))
     }
 
     /// Data whose tenant has no identity row: what an interrupted crypto-shred left (the key went
@@ -201,31 +208,16 @@ impl PgStore {
         for row in rows {
             let sid: String = row.get(0);
             let read = match self.meta(&client, t, &keys, &sid).await {
-                Ok(Some((meta, next, _))) => match self.records(&client, t, &sid, &meta, 0, next).await {
-                    Ok(records) => SessionRead {
-                        key: meta.key.clone(),
-                        created_ms: meta.created_ms,
-                        records,
-                        problems: Vec::new(),
-                        torn_tail: false,
-                    },
-                    Err(StoreError::Integrity(e)) => SessionRead {
-                        key: meta.key.clone(),
-                        created_ms: meta.created_ms,
-                        records: Vec::new(),
-                        problems: vec![e],
-                        torn_tail: false,
-                    },
-                    Err(e) => return Err(e),
-                },
+                Ok(Some((meta, next, _))) => {
+                    let (records, problems) = match self.records(&client, t, &sid, &meta, 0, next).await {
+                        Ok(records) => (records, Vec::new()),
+                        Err(StoreError::Integrity(e)) => (Vec::new(), vec![e]),
+                        Err(e) => return Err(e),
+                    };
+                    SessionRead { key: meta.key, created_ms: meta.created_ms, records, problems, torn_tail: false }
+                }
                 Ok(None) => continue,
-                Err(StoreError::Integrity(e)) => SessionRead {
-                    key: String::new(),
-                    created_ms: 0,
-                    records: Vec::new(),
-                    problems: vec![e],
-                    torn_tail: false,
-                },
+                Err(StoreError::Integrity(e)) => SessionRead::unreadable(e),
                 Err(e) => return Err(e),
             };
             out.push(read);
@@ -303,8 +295,6 @@ fn run_lock_key(sid: &str) -> i64 {
     i64::from_be_bytes(b)
 }
 
-struct PgRunGuard(#[allow(dead_code)] RunLock);
-
 #[async_trait]
 impl SessionStore for PgStore {
     async fn append(&self, t: &TenantId, key: &SessionKey, messages: &[Message]) -> Result<(), StoreError> {
@@ -315,23 +305,23 @@ impl SessionStore for PgStore {
             let mut client = self.inner.db.client().await.map_err(db_err)?;
             let tx = client.transaction().await.map_err(sql)?;
             let ts = now_ms();
-            // A new session's row, sealed; a concurrent creation by another gateway wins and is used.
-            let dk: [u8; 32] = random(&self.inner.rng).map_err(StoreError::Io)?;
-            let meta = make_meta(&keys, t.as_str(), &sid, &key_text, ts, &dk)?;
-            tx.execute(
-                "INSERT INTO bh_sessions (tenant, sid, meta, next_seq, updated_ms) VALUES ($1, $2, $3, 0, $4)
-                 ON CONFLICT (tenant, sid) DO NOTHING",
-                &[&t.as_str(), &sid, &meta, &(ts as i64)],
-            )
-            .await
-            .map_err(sql)?;
-            let row = tx
-                .query_one("SELECT meta, next_seq FROM bh_sessions WHERE tenant = $1 AND sid = $2 FOR UPDATE", &[
-                    &t.as_str(),
-                    &sid,
-                ])
-                .await
-                .map_err(sql)?;
+            let lock = "SELECT meta, next_seq FROM bh_sessions WHERE tenant = $1 AND sid = $2 FOR UPDATE";
+            let row = match tx.query_opt(lock, &[&t.as_str(), &sid]).await.map_err(sql)? {
+                Some(row) => row,
+                None => {
+                    // A new session's row, sealed; a concurrent creation by another gateway wins.
+                    let dk: [u8; 32] = random(&self.inner.rng).map_err(StoreError::Io)?;
+                    let meta = make_meta(&keys, t.as_str(), &sid, &key_text, ts, &dk)?;
+                    tx.execute(
+                        "INSERT INTO bh_sessions (tenant, sid, meta, next_seq, updated_ms) VALUES ($1, $2, $3, 0, $4)
+                         ON CONFLICT (tenant, sid) DO NOTHING",
+                        &[&t.as_str(), &sid, &meta, &(ts as i64)],
+                    )
+                    .await
+                    .map_err(sql)?;
+                    tx.query_one(lock, &[&t.as_str(), &sid]).await.map_err(sql)?
+                }
+            };
             let meta = open_meta(&keys, t, &sid, row.get::<_, &[u8]>(0))?;
             let mut seq = row.get::<_, i64>(1) as u64;
             let stmt = tx
@@ -361,8 +351,7 @@ impl SessionStore for PgStore {
 
     async fn history(&self, t: &TenantId, key: &SessionKey, limit: Option<usize>) -> Result<Vec<Message>, StoreError> {
         timed(async {
-            let keys = self.keys(t).await?;
-            let sid = keys.session_id(&key.to_string());
+            let (keys, sid) = self.sid(t, key).await?;
             let client = self.inner.db.client().await.map_err(db_err)?;
             let Some((meta, next, _)) = self.meta(&client, t, &keys, &sid).await? else { return Ok(Vec::new()) };
             let from = limit.map_or(0, |l| next.saturating_sub(l as u64));
@@ -403,8 +392,7 @@ impl SessionStore for PgStore {
 
     async fn exists(&self, t: &TenantId, key: &SessionKey) -> Result<bool, StoreError> {
         timed(async {
-            let keys = self.keys(t).await?;
-            let sid = keys.session_id(&key.to_string());
+            let (keys, sid) = self.sid(t, key).await?;
             let client = self.inner.db.client().await.map_err(db_err)?;
             Ok(self.meta(&client, t, &keys, &sid).await?.is_some())
         })
@@ -413,8 +401,7 @@ impl SessionStore for PgStore {
 
     async fn message_count(&self, t: &TenantId, key: &SessionKey) -> Result<usize, StoreError> {
         timed(async {
-            let keys = self.keys(t).await?;
-            let sid = keys.session_id(&key.to_string());
+            let (keys, sid) = self.sid(t, key).await?;
             let client = self.inner.db.client().await.map_err(db_err)?;
             Ok(self.meta(&client, t, &keys, &sid).await?.map_or(0, |(_, n, _)| n as usize))
         })
@@ -423,8 +410,7 @@ impl SessionStore for PgStore {
 
     async fn delete_session(&self, t: &TenantId, key: &SessionKey) -> Result<bool, StoreError> {
         timed(async {
-            let keys = self.keys(t).await?;
-            let sid = keys.session_id(&key.to_string());
+            let (_, sid) = self.sid(t, key).await?;
             let mut client = self.inner.db.client().await.map_err(db_err)?;
             let tx = client.transaction().await.map_err(sql)?;
             // The row holding the data key goes with the records, in one transaction.
@@ -481,17 +467,16 @@ impl SessionStore for PgStore {
     async fn lock_document(&self, t: &TenantId, name: &str) -> Result<RunGuard, StoreError> {
         let keys = self.keys(t).await?;
         let lock = self.inner.db.lock_run(run_lock_key(&keys.session_id(&format!("document\0{name}"))), None).await;
-        Ok(RunGuard::new(PgRunGuard(lock.map_err(db_err)?)))
+        Ok(RunGuard::new(lock.map_err(db_err)?))
     }
 
     async fn lock_run(&self, t: &TenantId, key: &SessionKey, tenant_cap: usize) -> Result<RunGuard, StoreError> {
-        let keys = self.keys(t).await?;
-        let sid = keys.session_id(&key.to_string());
+        let (_, sid) = self.sid(t, key).await?;
         // The tenant's run slots: keyed by 32 bits of a digest of the tenant id (not secret).
         let digest = ring::digest::digest(&ring::digest::SHA256, t.as_str().as_bytes());
         let tenant_key = i32::from_be_bytes(digest.as_ref()[..4].try_into().unwrap_or([0; 4]));
         let slots = (tenant_key, i32::try_from(tenant_cap).unwrap_or(i32::MAX));
         let lock = self.inner.db.lock_run(run_lock_key(&sid), Some(slots)).await.map_err(db_err)?;
-        Ok(RunGuard::new(PgRunGuard(lock)))
+        Ok(RunGuard::new(lock))
     }
 }
