@@ -35,6 +35,23 @@ pub fn adapter(channel: &str) -> Option<&'static dyn Adapter> {
     ADAPTERS.iter().copied().find(|a| a.channel() == channel)
 }
 
+/// Credentials that may serve one account only: each is kept as a digest and compared in
+/// constant time (`gateway::TokenIndex`), with the key path of the account that claimed it.
+#[derive(Default)]
+pub struct Claimed(crate::gateway::TokenIndex<String>);
+
+impl Claimed {
+    /// Claims `secret` for the account at `path`; when another account claimed it first, returns
+    /// that account's path and claims nothing.
+    pub fn claim(&mut self, secret: &str, path: &str) -> Option<String> {
+        if let Some(first) = self.0.lookup(secret) {
+            return Some(first);
+        }
+        self.0.insert(secret, path.to_string());
+        None
+    }
+}
+
 /// Resolves each account's credential (`accounts`: id and reference) and refuses one credential
 /// on two accounts, compared by digest in constant time: one bot belongs to one account and so
 /// to one tenant. `fix` tells the operator what to do instead. Returns the errors and the
@@ -47,19 +64,18 @@ pub fn resolve_unique<'a>(
 ) -> (Vec<String>, Vec<(&'a str, SecretString)>) {
     let mut errors = Vec::new();
     let mut resolved = Vec::new();
-    let mut seen: crate::gateway::TokenIndex<String> = crate::gateway::TokenIndex::new();
+    let mut seen = Claimed::default();
     for (id, secret) in accounts {
         let path =
             config.channels.account(channel, id).map_or_else(|| format!("channels.{channel}"), |a| a.path.clone());
         match secret.resolve(&config.base_dir) {
             Ok(token) => {
-                if let Some(first) = seen.lookup(token.expose()) {
+                if let Some(first) = seen.claim(token.expose(), &path) {
                     errors.push(format!(
                         "{path}.token: the same bot token as {first}.token; a bot belongs to one account and so to one tenant: {fix}"
                     ));
                     continue;
                 }
-                seen.insert(token.expose(), path);
                 resolved.push((id, token));
             }
             Err(e) => errors.push(format!("channels.{channel} account {id:?} token: {e}")),

@@ -34,7 +34,7 @@ use super::inbound::{Account, Body, ChatMessage, Deferred, accept};
 use super::outbound::{Limits, Outbound};
 use super::pairing::Pairing;
 use crate::config::{Config, RawChannel, SecretString};
-use crate::gateway::{Live, TokenIndex};
+use crate::gateway::Live;
 use api::{Bridge, IMessageTransport};
 use config::{IMessageAccount, IMessageSettings};
 
@@ -247,17 +247,15 @@ impl super::adapter::Adapter for IMessageAdapter {
     /// serves two accounts.
     fn check(&self, config: &Config) -> Vec<String> {
         let mut errors = Vec::new();
-        let mut secrets: TokenIndex<String> = TokenIndex::new();
+        let mut secrets = super::adapter::Claimed::default();
         for acc in settings(config).map(|s| s.accounts.as_slice()).unwrap_or_default() {
             let path = config.channels.account("imessage", &acc.id).map_or_else(String::new, |a| a.path.clone());
             match resolve(config, acc) {
                 Ok(c) => {
-                    if let Some(first) = secrets.lookup(c.webhook_secret.expose()) {
+                    if let Some(first) = secrets.claim(c.webhook_secret.expose(), &path) {
                         errors.push(format!(
                             "{path}.webhookSecret: the same webhook secret as {first}.webhookSecret; each account needs its own, or one bridge could post as another"
                         ));
-                    } else {
-                        secrets.insert(c.webhook_secret.expose(), path);
                     }
                 }
                 Err(e) => errors.push(e),

@@ -38,7 +38,7 @@ use super::inbound::{Account, Body, ChatMessage, Deferred, accept};
 use super::outbound::{Limits, Outbound};
 use super::pairing::Pairing;
 use crate::config::{Config, RawChannel, SecretString};
-use crate::gateway::{Live, TokenIndex};
+use crate::gateway::Live;
 use api::{Api, ApiError, Identity, SlackTransport};
 use config::{Mode, SlackAccount, SlackSettings};
 
@@ -309,8 +309,7 @@ impl super::adapter::Adapter for Slack {
     /// accounts (one installation, one account, one tenant).
     fn check(&self, config: &Config) -> Vec<String> {
         let mut errors = Vec::new();
-        let mut bots: TokenIndex<String> = TokenIndex::new();
-        let mut apps: TokenIndex<String> = TokenIndex::new();
+        let (mut bots, mut apps) = (super::adapter::Claimed::default(), super::adapter::Claimed::default());
         for acc in settings(config).map(|s| s.accounts.as_slice()).unwrap_or_default() {
             let path = config.channels.account("slack", &acc.id).map_or_else(String::new, |a| a.path.clone());
             let creds = match resolve(config, acc) {
@@ -320,21 +319,17 @@ impl super::adapter::Adapter for Slack {
                     continue;
                 }
             };
-            if let Some(first) = bots.lookup(creds.bot.expose()) {
+            if let Some(first) = bots.claim(creds.bot.expose(), &path) {
                 errors.push(format!(
                     "{path}.botToken: the same bot token as {first}.botToken; a Slack installation belongs to one account and so to one tenant"
                 ));
-            } else {
-                bots.insert(creds.bot.expose(), path.clone());
             }
-            if matches!(acc.mode, Mode::Socket { .. }) {
-                if let Some(first) = apps.lookup(creds.mode.expose()) {
-                    errors.push(format!(
-                        "{path}.appToken: the same app token as {first}.appToken; Socket Mode would hand one app's events to either account"
-                    ));
-                } else {
-                    apps.insert(creds.mode.expose(), path.clone());
-                }
+            if matches!(acc.mode, Mode::Socket { .. })
+                && let Some(first) = apps.claim(creds.mode.expose(), &path)
+            {
+                errors.push(format!(
+                    "{path}.appToken: the same app token as {first}.appToken; Socket Mode would hand one app's events to either account"
+                ));
             }
             if let Err(e) = Api::new(&acc.api_url) {
                 errors.push(format!("channels.slack account {:?}: {e}", acc.id));
