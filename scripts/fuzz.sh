@@ -14,6 +14,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 export RUSTC_BOOTSTRAP=1
+# The instrumented build is a different build of the whole tree: never share the workspace's
+# target dir with it (`.ci/run` sets FUZZ_TARGET_DIR to a cache outside the clone).
+export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-$PWD/target}"
 targets() { sed -n 's/^name = "\([a-z_]*\)"$/\1/p' Cargo.toml | grep -v '^bulkhead-fuzz$'; }
 if [[ "${1:-}" == "--list" ]]; then targets; exit 0; fi
 if [[ $# -lt 2 ]]; then
@@ -26,6 +29,13 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "installing cargo-fuzz (cargo install --locked cargo-fuzz)" >&2
   cargo install --locked cargo-fuzz
 fi
+# The host crate embeds the wasm runner (host/build.rs builds it for wasm32-wasip1).
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
+  rustup target add wasm32-wasip1
+fi
+# store_segment and audit_verify write a real store and log per input: on tmpfs their fsyncs
+# cost nothing, so they run far more inputs (83/s on this disk, see docs/fuzzing.md).
+if [[ -z "${TMPDIR:-}" && -d /dev/shm && -w /dev/shm ]]; then export TMPDIR=/dev/shm; fi
 python3 seeds.py
 if [[ "$target" == "all" ]]; then
   for t in $(targets); do "$0" "$t" "$seconds" "$@"; done

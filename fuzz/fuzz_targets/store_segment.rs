@@ -34,7 +34,7 @@ struct Site {
 impl Site {
     fn open(&self) -> EncryptedStore {
         let master = MasterKey::from_secret(&SecretString::new(self.master.clone()), "fuzz".into()).expect("key");
-        let opts = StoreOptions { records_per_segment: PER_SEGMENT };
+        let opts = StoreOptions { records_per_segment: PER_SEGMENT, ..StoreOptions::default() };
         EncryptedStore::open_at(&self.root, master, std::slice::from_ref(&self.tenant), opts).expect("store opens")
     }
 }
