@@ -12,6 +12,7 @@
 # nightly flags are allowed with RUSTC_BOOTSTRAP=1, and no sanitizer is used (`-s none`: the
 # code under test forbids `unsafe`; coverage instrumentation is what finds the bugs).
 set -euo pipefail
+self="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/../fuzz"
 export RUSTC_BOOTSTRAP=1
 # The instrumented build is a different build of the whole tree: never share the workspace's
@@ -38,7 +39,7 @@ fi
 if [[ -z "${TMPDIR:-}" && -d /dev/shm && -w /dev/shm ]]; then export TMPDIR=/dev/shm; fi
 python3 seeds.py
 if [[ "$target" == "all" ]]; then
-  for t in $(targets); do "$0" "$t" "$seconds" "$@"; done
+  for t in $(targets); do "$self" "$t" "$seconds" "$@"; done
   exit 0
 fi
 targets | grep -qx "$target" || { echo "unknown fuzz target $target (scripts/fuzz.sh --list)" >&2; exit 2; }
