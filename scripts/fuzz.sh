@@ -12,7 +12,6 @@
 # nightly flags are allowed with RUSTC_BOOTSTRAP=1, and no sanitizer is used (`-s none`: the
 # code under test forbids `unsafe`; coverage instrumentation is what finds the bugs).
 set -euo pipefail
-self="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/../fuzz"
 export RUSTC_BOOTSTRAP=1
 # The instrumented build is a different build of the whole tree: never share the workspace's
@@ -31,22 +30,25 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install --locked cargo-fuzz
 fi
 # The host crate embeds the wasm runner (host/build.rs builds it for wasm32-wasip1).
-if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
-  rustup target add wasm32-wasip1
-fi
+../scripts/setup.sh --toolchain
 # store_segment and audit_verify write a real store and log per input: on tmpfs their fsyncs
 # cost nothing, so they run far more inputs (83/s on this disk, see docs/fuzzing.md).
 if [[ -z "${TMPDIR:-}" && -d /dev/shm && -w /dev/shm ]]; then export TMPDIR=/dev/shm; fi
 python3 seeds.py
+fuzz_one() {
+  local t="$1"
+  shift
+  mkdir -p "corpus/$t" "seeds/$t"
+  # -timeout: one input taking longer is a hang; -rss_limit_mb: a memory blow-up is a finding too.
+  nice -n 19 cargo fuzz run -s none "$t" "corpus/$t" "seeds/$t" -- \
+    -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 "$@"
+  if [[ "${FUZZ_CMIN:-0}" == "1" ]]; then
+    nice -n 19 cargo fuzz cmin -s none "$t" "corpus/$t"
+  fi
+}
 if [[ "$target" == "all" ]]; then
-  for t in $(targets); do "$self" "$t" "$seconds" "$@"; done
+  for t in $(targets); do fuzz_one "$t" "$@"; done
   exit 0
 fi
 targets | grep -qx "$target" || { echo "unknown fuzz target $target (scripts/fuzz.sh --list)" >&2; exit 2; }
-mkdir -p "corpus/$target" "seeds/$target"
-# -timeout: one input taking longer is a hang; -rss_limit_mb: a memory blow-up is a finding too.
-nice -n 19 cargo fuzz run -s none "$target" "corpus/$target" "seeds/$target" -- \
-  -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 "$@"
-if [[ "${FUZZ_CMIN:-0}" == "1" ]]; then
-  nice -n 19 cargo fuzz cmin -s none "$target" "corpus/$target"
-fi
+fuzz_one "$target" "$@"

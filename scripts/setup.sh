@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what bulkhead needs to build and run on a fresh machine of this kind (Debian + rustup).
 # Idempotent: every step checks before it installs. Usage: scripts/setup.sh [--with-browser]
+# (`--toolchain`: only the Rust targets the build needs, for scripts/fuzz.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,7 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
   echo "setup: adding the wasm32-wasip1 target"
   rustup target add wasm32-wasip1
 fi
+if [[ "${1:-}" == "--toolchain" ]]; then exit 0; fi
 
 # The browser test drives Debian's Chromium (no other browser download works here).
 if [[ "${1:-}" == "--with-browser" ]] && ! command -v chromium >/dev/null 2>&1; then
