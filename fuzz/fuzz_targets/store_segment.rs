@@ -69,15 +69,20 @@ fn site() -> &'static Site {
             site.rt.block_on(store.append(&site.tenant, &site.key, std::slice::from_ref(m))).expect("append");
         }
         drop(store);
+        // Segment 0 is the session's file (`<sid>.ses`), segments 1 and 2 are in its directory.
         let sessions = site.root.join("tenants/acme/sessions");
-        let session =
-            std::fs::read_dir(&sessions).expect("sessions").next().expect("one session").expect("entry").path();
+        let session = std::fs::read_dir(&sessions)
+            .expect("sessions")
+            .map(|e| e.expect("entry").path())
+            .find(|p| p.is_dir())
+            .expect("the session's directory");
         let mut segs: Vec<PathBuf> = std::fs::read_dir(&session)
             .expect("session dir")
             .map(|e| e.expect("entry").path())
             .filter(|p| p.extension().is_some_and(|x| x == "seg"))
             .collect();
         segs.sort();
+        segs.insert(0, session.with_extension("ses"));
         assert_eq!(segs.len(), 3);
         site.segments = segs.into_iter().map(|p| (p.clone(), std::fs::read(&p).expect("segment"))).collect();
         site
@@ -109,6 +114,13 @@ fuzz_target!(|input: Input| {
     }
     let strict = site.rt.block_on(store.history(&site.tenant, &site.key, None));
     let Ok(got) = strict else { return };
+    if index == 0 && damaged.is_empty() {
+        // The session file (its metadata and segment 0) emptied: what a creation that never
+        // reached the disk leaves, so no session, as if it had been deleted (which the store
+        // cannot detect either; docs/store.md, non-goals).
+        assert!(got.is_empty(), "an emptied session file still read as a session");
+        return;
+    }
     assert!(is_prefix(&got), "history returned records that were not written");
     if got.len() < site.messages.len() {
         assert!(last, "a damaged segment before the last lost records silently ({} of 10 read)", got.len());

@@ -7,8 +7,13 @@ use super::{hex, unhex};
 /// A MAC key for one purpose: HMAC of `label` under `secret`, so keys for different labels are
 /// independent.
 pub fn derive_mac_key(secret: &[u8], label: &[u8]) -> hmac::Key {
+    hmac::Key::new(hmac::HMAC_SHA256, &derive_key(secret, label))
+}
+
+/// 32 bytes of key for one purpose: HMAC-SHA256 of `label` under `secret`.
+pub fn derive_key(secret: &[u8], label: &[u8]) -> [u8; 32] {
     let k = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, secret), label);
-    hmac::Key::new(hmac::HMAC_SHA256, k.as_ref())
+    k.as_ref().try_into().expect("HMAC-SHA256 is 32 bytes")
 }
 
 /// MAC over length-prefixed parts, so part boundaries cannot shift.

@@ -9,7 +9,7 @@ mod mac;
 mod seal;
 
 pub use ed25519::{SigningKey, format_public_key, parse_public_key, verify_signature};
-pub use mac::{derive_mac_key, mac_parts, verify_parts};
+pub use mac::{derive_key, derive_mac_key, mac_parts, verify_parts};
 pub use seal::{NONCE_LEN, RecordKey, TAG_LEN};
 
 use ring::rand::{SecureRandom, SystemRandom};

@@ -13,6 +13,11 @@ use crate::crypto::{NONCE_LEN, TAG_LEN};
 use crate::session::{Message, ToolCall};
 
 pub const SEGMENT_MAGIC: &[u8; 8] = b"BHSEG01\n";
+/// A session file (format 2): this, `u32 LE` length of the sealed metadata, the metadata, then
+/// segment 0's frames.
+pub const SESSION_MAGIC: &[u8; 8] = b"BHSES01\n";
+/// Largest sealed metadata accepted in a session file's header.
+const MAX_META_BYTES: usize = 64 * 1024;
 /// Largest sealed record accepted when reading (a bound on what a corrupted length can ask for).
 pub const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;
 pub const RECORD_VERSION: u32 = 1;
@@ -127,8 +132,55 @@ pub fn split_frames(bytes: &[u8]) -> Result<Frames<'_>, String> {
     if &bytes[..SEGMENT_MAGIC.len()] != SEGMENT_MAGIC {
         return Err("the segment header is not a bulkhead segment".into());
     }
+    frames_from(bytes, SEGMENT_MAGIC.len())
+}
+
+/// The sealed metadata in a session file's header and the header's length; `None` for an empty
+/// file (a creation whose bytes never reached the disk, so never acknowledged: no session). A
+/// header cut short is an error: it was written with the session's first records, in one page.
+pub fn session_header(bytes: &[u8]) -> Result<Option<(&[u8], usize)>, String> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    if !bytes.starts_with(SESSION_MAGIC) {
+        return Err("the header is not a bulkhead session file (or is cut short)".into());
+    }
+    let Some(len) = bytes.get(8..12) else { return Err("the header is cut short".into()) };
+    let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    if len > MAX_META_BYTES {
+        return Err("the metadata length in the header is out of range".into());
+    }
+    match bytes.get(12..12 + len) {
+        Some(meta) => Ok(Some((meta, 12 + len))),
+        None => Err("the header is cut short (or its metadata length was changed)".into()),
+    }
+}
+
+/// A session file's header for `meta`.
+pub fn session_header_for(meta: &[u8]) -> Vec<u8> {
+    [SESSION_MAGIC.as_slice(), &(meta.len() as u32).to_le_bytes(), meta].concat()
+}
+
+/// Splits the frames of a session file (after its `header` bytes, already verified).
+pub fn split_session_frames(bytes: &[u8], header: usize) -> Result<Frames<'_>, String> {
+    if bytes.len() < header {
+        return Err("the session file is shorter than its header".into());
+    }
+    frames_from(bytes, header)
+}
+
+/// The frames of a journal entry (`store::journal`): all complete, or an error.
+pub fn frames_in(bytes: &[u8]) -> Result<Vec<RawFrame<'_>>, String> {
+    let f = frames_from(bytes, 0)?;
+    match f.torn_at {
+        None => Ok(f.frames),
+        Some(at) => Err(format!("a record at byte {at} is incomplete")),
+    }
+}
+
+fn frames_from(bytes: &[u8], start: usize) -> Result<Frames<'_>, String> {
     let mut frames = Vec::new();
-    let mut pos = SEGMENT_MAGIC.len();
+    let mut pos = start;
     while pos < bytes.len() {
         let rest = &bytes[pos..];
         if rest.iter().all(|b| *b == 0) {

@@ -14,7 +14,7 @@ use ring::hmac;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{SecretRef, SecretString};
-use crate::crypto::{derive_mac_key, hex, mac_parts, verify_parts};
+use crate::crypto::{RecordKey, derive_key, derive_mac_key, hex, mac_parts, verify_parts};
 
 /// The operator's master key: an age X25519 identity (`AGE-SECRET-KEY-1...`).
 pub struct MasterKey {
@@ -116,6 +116,9 @@ pub struct TenantKeys {
     pub identity: x25519::Identity,
     pub recipient: x25519::Recipient,
     mac: hmac::Key,
+    /// Seals session metadata (format 2): derived from the identity, so shredding the identity
+    /// shreds it too.
+    meta: RecordKey,
 }
 
 /// The plaintext inside `identity.age`.
@@ -135,8 +138,10 @@ impl TenantKeys {
 
     fn from_identity(identity: x25519::Identity) -> Self {
         let recipient = identity.to_public();
-        let mac = derive_mac_key(identity.to_string().expose_secret().as_bytes(), b"bulkhead/tenant/v1/mac");
-        Self { identity, recipient, mac }
+        let secret = identity.to_string();
+        let mac = derive_mac_key(secret.expose_secret().as_bytes(), b"bulkhead/tenant/v1/mac");
+        let meta = RecordKey::new(&derive_key(secret.expose_secret().as_bytes(), b"bulkhead/tenant/v2/meta"));
+        Self { identity, recipient, mac, meta }
     }
 
     /// `identity.age` for `tenant`, wrapped to `master`.
@@ -188,6 +193,11 @@ impl TenantKeys {
 
     pub fn verify(&self, parts: &[&[u8]], tag_hex: &str) -> bool {
         verify_parts(&self.mac, parts, tag_hex)
+    }
+
+    /// The key that seals session metadata.
+    pub fn meta_key(&self) -> &RecordKey {
+        &self.meta
     }
 
     pub fn encrypt(&self, plaintext: &[u8]) -> Result<Vec<u8>, String> {

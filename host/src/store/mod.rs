@@ -6,17 +6,23 @@
 //! store.age                      marker, age-encrypted to the master key (detects a wrong key)
 //! lock                           held by the process that has the store open
 //! tenants/<tenant>/identity.age  the tenant's age identity, encrypted to the master key + MAC
-//! tenants/<tenant>/sessions/<sid>/meta.age      session key, data key, MAC; age to the tenant
-//! tenants/<tenant>/sessions/<sid>/00000000.seg  records, each sealed with the session data key
+//! tenants/<tenant>/journal/<generation>.log    appends since the last checkpoint (journal.rs)
+//! tenants/<tenant>/sessions/<sid>.ses          session file: sealed meta (session key, data key),
+//!                                              then segment 0's records
+//! tenants/<tenant>/sessions/<sid>/00000001.seg records 1024-2047, ... (long sessions only)
+//! tenants/<tenant>/sessions/<sid>/meta.age     format 1 (older sessions): meta in its own file
 //! ```
 //!
 //! `<sid>` is a keyed hash of the session key, so no session key or peer id appears in a name.
 //! An append seals the new records (ChaCha20-Poly1305, random nonce, associated data = tenant,
-//! session id and position), appends them to the open segment and fsyncs: O(turn).
+//! session id and position), writes them to the session's open segment, and commits the same
+//! bytes to the tenant's journal with an fdatasync shared by concurrent appends: O(turn), one file
+//! per new conversation, a share of one fsync per append.
 
 mod export;
 pub use export::write_export;
 mod format;
+mod journal;
 mod keys;
 pub mod postgres;
 mod sync;
@@ -63,6 +69,8 @@ pub struct StoreOptions {
     /// Sessions kept open (state, data key, segment file) at once; the least recently used idle
     /// ones are closed past it and reopened from disk when used again.
     pub max_cached_sessions: usize,
+    /// How long a journal keeps entries before a checkpoint flushes them into the session files.
+    pub checkpoint_every: Duration,
 }
 
 impl Default for StoreOptions {
@@ -70,6 +78,7 @@ impl Default for StoreOptions {
         Self {
             records_per_segment: DEFAULT_RECORDS_PER_SEGMENT,
             max_cached_sessions: crate::session::DEFAULT_CACHE_BYTES / CACHED_SESSION_BYTES,
+            checkpoint_every: journal::CHECKPOINT_INTERVAL,
         }
     }
 }
@@ -183,10 +192,22 @@ struct OpenMeta {
     data: RecordKey,
 }
 
+/// How a session lies on disk.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Layout {
+    /// Since format 2: one file per conversation, `sessions/<sid>.ses` = `SESSION_MAGIC` ‖ `u32 LE`
+    /// meta length ‖ sealed meta ‖ segment 0's frames (`header` bytes before them); segments 1
+    /// and later (a session past `records_per_segment` records) in `sessions/<sid>/`.
+    File { header: usize },
+    /// Format 1 (still read and appended to): `sessions/<sid>/meta.age` and every segment there.
+    Dir,
+}
+
 /// What is known about one session while the store is open.
 struct SessionState {
     loaded: bool,
     meta: Option<OpenMeta>,
+    layout: Layout,
     next_seq: u64,
     updated_ms: u64,
     /// The segment open for appends and its index.
@@ -195,7 +216,7 @@ struct SessionState {
 
 impl SessionState {
     fn empty() -> Self {
-        Self { loaded: false, meta: None, next_seq: 0, updated_ms: 0, tail: None }
+        Self { loaded: false, meta: None, layout: Layout::Dir, next_seq: 0, updated_ms: 0, tail: None }
     }
 }
 
@@ -278,9 +299,20 @@ struct Inner {
     rng: SystemRandom,
     tenants: RwLock<HashMap<TenantId, Arc<TenantKeys>>>,
     sessions: Mutex<SessionCache>,
-    /// Group commit of `sessions/` fsyncs (new sessions).
-    dir_syncs: sync::GroupSync,
+    /// Each tenant's journal (where appends become durable) and the checkpoint thread's state.
+    journals: Arc<journal::Journals>,
+    checkpointer: Mutex<Option<std::thread::JoinHandle<()>>>,
     _lock: File,
+}
+
+impl Drop for Inner {
+    /// The store closes with its journals checkpointed (so it reopens without a replay).
+    fn drop(&mut self) {
+        self.journals.stop();
+        if let Some(thread) = self.checkpointer.lock().expect("checkpointer lock").take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// The encrypted store. Cheap to clone; one per process (it holds the store lock).
@@ -457,7 +489,8 @@ impl EncryptedStore {
             }
         }
         let cache = SessionCache::new(opts.max_cached_sessions);
-        Ok(Self {
+        let journals = Arc::new(journal::Journals::new(opts.checkpoint_every));
+        let store = Self {
             inner: Arc::new(Inner {
                 root: root.to_path_buf(),
                 master,
@@ -465,10 +498,34 @@ impl EncryptedStore {
                 rng: SystemRandom::new(),
                 tenants: RwLock::new(loaded),
                 sessions: Mutex::new(cache),
-                dir_syncs: sync::GroupSync::default(),
+                journals: journals.clone(),
+                checkpointer: Mutex::new(None),
                 _lock: lock,
             }),
-        })
+        };
+        for t in store.tenants() {
+            let keys = store.keys(&t).map_err(|e| StoreOpenError::Tenant { tenant: t.to_string(), reason: e.to_string() })?;
+            let j = store.replay_journal(&t, &keys)?;
+            journals.insert(t, j);
+        }
+        let thread = std::thread::Builder::new()
+            .name("store-checkpoint".into())
+            .spawn(move || journals.run())
+            .map_err(io_err(root, "cannot start the checkpoint thread"))?;
+        *store.inner.checkpointer.lock().expect("checkpointer lock") = Some(thread);
+        Ok(store)
+    }
+
+    /// Checkpoints every tenant's journal now.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.inner.journals.checkpoint_all().map_err(|e| store_io("cannot checkpoint", &self.inner.root, e))
+    }
+
+    /// Tests: closes the store as a crash would (no closing checkpoint; the journals keep what
+    /// the session files may not).
+    #[cfg(test)]
+    pub(crate) fn crash(self) {
+        self.inner.journals.crash.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Where the master key in use came from (for messages).
@@ -500,10 +557,149 @@ impl EncryptedStore {
         for t in tenants {
             if !loaded.contains_key(t) {
                 let keys = create_identity(&tenants_dir, &self.inner.master, t)?;
+                let j = self.start_journal(t).map_err(io_err(&self.tenant_dir(t), "cannot list the journal"))?;
+                self.inner.journals.insert(t.clone(), j);
                 loaded.insert(t.clone(), Arc::new(keys));
             }
         }
         Ok(())
+    }
+
+    fn journal_dir(&self, t: &TenantId) -> PathBuf {
+        self.tenant_dir(t).join("journal")
+    }
+
+    /// A tenant's journal, starting after the newest generation on disk (which must have been
+    /// replayed or be empty).
+    fn start_journal(&self, t: &TenantId) -> io::Result<journal::Journal> {
+        let dir = self.journal_dir(t);
+        let next = journal::generations(&dir)?.last().map_or(0, |(i, _)| i + 1);
+        Ok(journal::Journal::start(&dir, &self.tenant_dir(t), next))
+    }
+
+    fn journal(&self, t: &TenantId) -> Result<Arc<journal::Journal>, StoreError> {
+        self.inner
+            .journals
+            .get(t)
+            .ok_or_else(|| StoreError::Io(format!("tenant {:?} has no journal in the store", t.as_str())))
+    }
+
+    /// Replays what a tenant's journal holds (appends acknowledged after the last checkpoint,
+    /// which a power loss may have taken from the session files), flushes, removes the replayed
+    /// generations and starts the journal. Entries are applied only after they authenticate, and
+    /// only where the session's files lack them. A generation with a malformed or forged entry
+    /// is replayed up to it and kept beside as `<generation>.log.bad` (nothing is lost), with an
+    /// error in the log.
+    fn replay_journal(&self, t: &TenantId, keys: &TenantKeys) -> Result<journal::Journal, StoreOpenError> {
+        let dir = self.journal_dir(t);
+        let gens = journal::generations(&dir).map_err(io_err(&dir, "cannot list the journal"))?;
+        let mut applied = 0usize;
+        for (_, path) in &gens {
+            let bytes = fs::read(path).map_err(io_err(path, "cannot read the journal"))?;
+            let parsed = journal::parse(&bytes);
+            let mut problem = parsed.problem;
+            for e in &parsed.entries {
+                match self.replay_entry(t, keys, e) {
+                    Ok(n) => applied += n,
+                    Err(StoreError::Integrity(why)) => {
+                        problem = Some(why);
+                        break;
+                    }
+                    Err(e) => return Err(StoreOpenError::Tenant { tenant: t.to_string(), reason: e.to_string() }),
+                }
+            }
+            if let Some(why) = problem {
+                tracing::error!(tenant = %t, journal = %path.display(), problem = %why, "A journal generation does not verify; it was replayed up to the problem and kept as .bad.");
+                let bad = path.with_extension("log.bad");
+                fs::rename(path, &bad).map_err(io_err(path, "cannot set aside"))?;
+            }
+        }
+        if applied > 0 {
+            tracing::warn!(tenant = %t, records = applied, "Replayed acknowledged records the session files had lost (a crash before the last checkpoint).");
+        }
+        let root = self.tenant_dir(t);
+        if !gens.is_empty() {
+            fsutil::sync_fs(&root).map_err(io_err(&root, "cannot flush"))?;
+            for (_, path) in &gens {
+                fsutil::remove_file_if_exists(path).map_err(io_err(path, "cannot remove"))?;
+            }
+        }
+        let next = gens.last().map_or(0, |(i, _)| i + 1);
+        Ok(journal::Journal::start(&dir, &root, next))
+    }
+
+    /// Applies one journal entry where the session's files lack it; returns the records added.
+    fn replay_entry(&self, t: &TenantId, keys: &TenantKeys, e: &journal::Entry) -> Result<usize, StoreError> {
+        let sid = e.sid.as_str();
+        let dir = self.session_dir(t, sid);
+        let (meta, layout) = match self.read_meta(t, keys, sid) {
+            Ok(Some(found)) => found,
+            on_disk => {
+                let Some(bytes) = &e.meta else {
+                    // The session's metadata is neither on disk nor in this entry: a deleted
+                    // session (settled before deletion, so this cannot be acknowledged data) or a
+                    // forged entry.
+                    return match on_disk {
+                        Err(e) => Err(e),
+                        _ => Err(integrity(t, sid, "the journal holds records of a session that has no metadata")),
+                    };
+                };
+                let meta = open_meta(keys, t, sid, bytes)?;
+                let path = self.session_file(t, sid);
+                let header = format::session_header_for(bytes);
+                fsutil::write_atomic(&path, &header).map_err(|e| store_io("cannot write", &path, e))?;
+                (meta, Layout::File { header: header.len() })
+            }
+        };
+        let frames = format::frames_in(&e.frames).map_err(|why| integrity(t, sid, &format!("journal entry: {why}")))?;
+        let per = self.inner.opts.records_per_segment;
+        let mut added = 0;
+        // The segment last read and how many records it holds (read once per segment, not per record).
+        let mut counted: Option<(u64, u64)> = None;
+        for (j, f) in frames.iter().enumerate() {
+            let seq = e.first_seq + j as u64;
+            open_record(&meta.data, t, sid, seq, f)?;
+            let (index, pos) = (seq / per, seq % per);
+            let path = self.segment_path(t, sid, layout, index);
+            let have = match counted {
+                Some((i, n)) if i == index => n,
+                _ => Self::count_records(t, sid, layout, index, &path)?,
+            };
+            counted = Some((index, have));
+            if have > pos {
+                continue; // already there
+            }
+            if have < pos {
+                let why = format!("segment {index} lacks records before {seq}, which the journal does not hold");
+                return Err(integrity(t, sid, &why));
+            }
+            if index > 0 && !dir.is_dir() {
+                fsutil::create_private_dir(&dir).map_err(|e| store_io("cannot create", &dir, e))?;
+            }
+            let (mut file, _) = open_segment(&path)?;
+            let start = f.offset;
+            let end = start + 4 + crate::crypto::NONCE_LEN + f.body.len();
+            file.write_all(&e.frames[start..end]).map_err(|e| store_io("cannot append to", &path, e))?;
+            counted = Some((index, have + 1));
+            added += 1;
+        }
+        Ok(added)
+    }
+
+    /// How many records segment `index` of a session holds (a torn tail cut first); 0 when the
+    /// segment does not exist.
+    fn count_records(t: &TenantId, sid: &str, layout: Layout, index: u64, path: &Path) -> Result<u64, StoreError> {
+        let bytes = match fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(store_io("cannot read", path, e)),
+        };
+        let found =
+            Self::segment_frames(layout, index, &bytes).map_err(|why| integrity(t, sid, &format!("segment {index}: {why}")))?;
+        if let Some(at) = found.torn_at {
+            cut_torn_tail(path, at)?;
+        }
+        Ok(found.frames.len() as u64)
     }
 
     fn tenant_dir(&self, t: &TenantId) -> PathBuf {
@@ -532,74 +728,100 @@ impl EncryptedStore {
         dir.join(format!("{index:08}.seg"))
     }
 
-    /// Reads and verifies `meta.age` of session `sid`.
-    fn read_meta(&self, t: &TenantId, keys: &TenantKeys, sid: &str) -> Result<Option<OpenMeta>, StoreError> {
+    /// A session's file (format 2): its metadata and segment 0.
+    fn session_file(&self, t: &TenantId, sid: &str) -> PathBuf {
+        self.tenant_dir(t).join("sessions").join(format!("{sid}.ses"))
+    }
+
+    /// Where segment `index` of a session lives.
+    fn segment_path(&self, t: &TenantId, sid: &str, layout: Layout, index: u64) -> PathBuf {
+        match layout {
+            Layout::File { .. } if index == 0 => self.session_file(t, sid),
+            _ => Self::seg_path(&self.session_dir(t, sid), index),
+        }
+    }
+
+    /// A session's segment indexes, in order.
+    fn segments(&self, t: &TenantId, sid: &str, layout: Layout) -> Result<Vec<u64>, StoreError> {
+        let mut segs = list_segments(&self.session_dir(t, sid))?;
+        if let Layout::File { .. } = layout {
+            // Segment 0 is the session file (a `00000000.seg` beside it is not the session's).
+            segs.retain(|&i| i != 0);
+            segs.insert(0, 0);
+        }
+        Ok(segs)
+    }
+
+    /// Splits a segment of a session into frames.
+    fn segment_frames<'a>(layout: Layout, index: u64, bytes: &'a [u8]) -> Result<format::Frames<'a>, String> {
+        match layout {
+            Layout::File { header } if index == 0 => format::split_session_frames(bytes, header),
+            _ => split_frames(bytes),
+        }
+    }
+
+    /// Reads and verifies the metadata of session `sid` (its session file's header, or a format-1
+    /// `meta.age`), and how the session lies on disk.
+    fn read_meta(&self, t: &TenantId, keys: &TenantKeys, sid: &str) -> Result<Option<(OpenMeta, Layout)>, StoreError> {
+        let file = self.session_file(t, sid);
+        match fs::read(&file) {
+            Ok(bytes) => {
+                let header = format::session_header(&bytes).map_err(|why| integrity(t, sid, &why))?;
+                // Empty: a creation a crash interrupted before it was acknowledged.
+                let Some((meta, header)) = header else { return Ok(None) };
+                if !meta.starts_with(META_MAGIC) {
+                    return Err(integrity(t, sid, "the session file's metadata is not sealed with the tenant's meta key"));
+                }
+                return open_meta(keys, t, sid, meta).map(|m| Some((m, Layout::File { header })));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(store_io("cannot read", &file, e)),
+        }
         let path = self.session_dir(t, sid).join("meta.age");
         let bytes = match fs::read(&path) {
+            // Empty: created by an append a crash interrupted before it was acknowledged (its
+            // bytes never reached the disk), so no session.
+            Ok(b) if b.is_empty() => return Ok(None),
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(store_io("cannot read", &path, e)),
         };
-        open_meta(keys, t, sid, &bytes).map(Some)
+        open_meta(keys, t, sid, &bytes).map(|m| Some((m, Layout::Dir)))
     }
 
-    /// Creates a session: its directory and `meta.age` (written to a synced temp file, then
-    /// renamed). Neither the rename nor the new directory is durable yet: the caller's
-    /// [`Self::commit_dirs`] makes them so before anything is acknowledged. Returns the meta and
-    /// whether the directory is new (then its entry in `sessions/` needs an fsync too).
-    fn write_meta(
+    /// Creates a session: its file, holding the sealed metadata, open for segment 0's records.
+    /// None of it is durable yet: the caller's journal entry carries the sealed meta (returned
+    /// here), and the next checkpoint flushes the file.
+    fn create_session(
         &self,
         t: &TenantId,
         keys: &TenantKeys,
         sid: &str,
         key: &str,
-    ) -> Result<(OpenMeta, bool), StoreError> {
-        let dir = self.session_dir(t, sid);
+    ) -> Result<(OpenMeta, Vec<u8>, File, usize), StoreError> {
         let dk: [u8; 32] = random(&self.inner.rng).map_err(StoreError::Io)?;
         let created_ms = now_ms();
         let meta = make_meta(keys, t.as_str(), sid, key, created_ms, &dk)?;
-        let mkdir = || fs::DirBuilder::new().mode(0o700).create(&dir);
-        let new_dir = match mkdir() {
-            Ok(()) => true,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                // The tenant's first session: `sessions/` itself, durably, then the session.
-                let parent = dir.parent().expect("sessions dir");
-                fsutil::create_private_dir(parent).map_err(|e| store_io("cannot create", parent, e))?;
-                mkdir().map_err(|e| store_io("cannot create", &dir, e))?;
-                true
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                // Left by a creation that crashed before it was acknowledged: without meta.age no
-                // record in it was ever acknowledged, and none would open under the new data key.
-                for seg in list_segments(&dir)? {
-                    let path = Self::seg_path(&dir, seg);
-                    fs::remove_file(&path).map_err(|e| store_io("cannot remove", &path, e))?;
-                }
-                false
-            }
-            Err(e) => return Err(store_io("cannot create", &dir, e)),
-        };
-        let path = dir.join("meta.age");
-        let tmp = dir.join(".meta.age.tmp");
-        let _ = fs::remove_file(&tmp);
-        let written = fsutil::create_new_private(&tmp).and_then(|mut f| {
-            f.write_all(&meta)?;
-            f.sync_all()
-        });
-        written.and_then(|()| fs::rename(&tmp, &path)).map_err(|e| store_io("cannot write", &path, e))?;
-        Ok((OpenMeta { key: key.to_string(), created_ms, data: RecordKey::new(&dk) }, new_dir))
-    }
-
-    /// Makes the names created by an append durable: one fsync of the session directory (its
-    /// `meta.age` rename, new segments) and, for a new session, one of `sessions/`, shared with
-    /// every other session of the tenant created meanwhile (group commit).
-    fn commit_dirs(&self, dir: &Path, new_dir: bool) -> Result<(), StoreError> {
-        fsutil::sync_dir(dir).map_err(|e| store_io("cannot sync", dir, e))?;
-        if new_dir {
-            let parent = dir.parent().expect("sessions dir");
-            self.inner.dir_syncs.sync_dir(parent, fsutil::sync_dir).map_err(|e| store_io("cannot sync", parent, e))?;
+        let path = self.session_file(t, sid);
+        let sessions = path.parent().expect("sessions dir");
+        if !sessions.is_dir() {
+            // The tenant's first session: `sessions/` itself, durably.
+            fsutil::create_private_dir(sessions).map_err(|e| store_io("cannot create", sessions, e))?;
         }
-        Ok(())
+        // Whatever a creation that crashed before it was acknowledged left (a torn session file, a
+        // directory without `meta.age`): nothing in it was acknowledged, and none of its records
+        // would open under the new data key.
+        fsutil::remove_file_if_exists(&path).map_err(|e| store_io("cannot remove", &path, e))?;
+        let dir = self.session_dir(t, sid);
+        for seg in list_segments(&dir)? {
+            let p = Self::seg_path(&dir, seg);
+            fs::remove_file(&p).map_err(|e| store_io("cannot remove", &p, e))?;
+        }
+        let header = format::session_header_for(&meta);
+        let mut file = fsutil::create_new_private(&path).map_err(|e| store_io("cannot create", &path, e))?;
+        file.write_all(&header).map_err(|e| store_io("cannot write", &path, e))?;
+        let open = OpenMeta { key: key.to_string(), created_ms, data: RecordKey::new(&dk) };
+        Ok((open, meta, file, header.len()))
     }
 
     /// Loads a session's state for appending: meta, and the last segment verified (a torn tail is
@@ -609,19 +831,19 @@ impl EncryptedStore {
             return Ok(());
         }
         *st = SessionState::empty();
-        let Some(meta) = self.read_meta(t, keys, sid)? else {
+        let Some((meta, layout)) = self.read_meta(t, keys, sid)? else {
             st.loaded = true;
             return Ok(());
         };
-        let dir = self.session_dir(t, sid);
-        let segs = list_segments(&dir)?;
+        let segs = self.segments(t, sid, layout)?;
         let per = self.inner.opts.records_per_segment;
         let mut updated = meta.created_ms;
         let mut next = 0;
         if let Some(&last) = segs.last() {
-            let path = Self::seg_path(&dir, last);
+            let path = self.segment_path(t, sid, layout, last);
             let bytes = fs::read(&path).map_err(|e| store_io("cannot read", &path, e))?;
-            let frames = split_frames(&bytes).map_err(|e| integrity(t, sid, &format!("segment {last}: {e}")))?;
+            let frames = Self::segment_frames(layout, last, &bytes)
+                .map_err(|e| integrity(t, sid, &format!("segment {last}: {e}")))?;
             if frames.frames.len() as u64 > per {
                 return Err(integrity(t, sid, &format!("segment {last} holds too many records")));
             }
@@ -633,17 +855,11 @@ impl EncryptedStore {
             next = last * per + frames.frames.len() as u64;
             if let Some(at) = frames.torn_at {
                 tracing::warn!(tenant = %t, session = sid, segment = last, "Skipped a torn write at the end of a session (an unacknowledged append); cutting it off.");
-                let f = OpenOptions::new().write(true).open(&path).map_err(|e| store_io("cannot open", &path, e))?;
-                if at < SEGMENT_MAGIC.len() {
-                    f.set_len(0).map_err(|e| store_io("cannot truncate", &path, e))?;
-                    (&f).write_all(SEGMENT_MAGIC).map_err(|e| store_io("cannot write", &path, e))?;
-                } else {
-                    f.set_len(at as u64).map_err(|e| store_io("cannot truncate", &path, e))?;
-                }
-                f.sync_all().map_err(|e| store_io("cannot sync", &path, e))?;
+                cut_torn_tail(&path, at)?;
             }
         }
         st.meta = Some(meta);
+        st.layout = layout;
         st.next_seq = next;
         st.updated_ms = updated;
         st.loaded = true;
@@ -676,39 +892,83 @@ impl EncryptedStore {
     ) -> Result<(), StoreError> {
         self.load(t, keys, sid, st)?;
         let dir = self.session_dir(t, sid);
-        // Names this append creates (meta.age, segments) and whether the session directory is new.
-        let (mut names_changed, mut new_dir) = (false, false);
+        // The sealed meta of a session this append creates (it goes into the journal entry too).
+        let mut new_meta = None;
         if st.meta.is_none() {
-            let (meta, fresh) = self.write_meta(t, keys, sid, key_text)?;
+            let (meta, sealed, file, header) = self.create_session(t, keys, sid, key_text)?;
             st.meta = Some(meta);
+            st.layout = Layout::File { header };
+            st.tail = Some((0, file));
             st.updated_ms = now_ms();
-            (names_changed, new_dir) = (true, fresh);
+            new_meta = Some(sealed);
         }
         let per = self.inner.opts.records_per_segment;
         let ts = now_ms();
-        let mut pending: Vec<u8> = Vec::new();
-        let mut seq = st.next_seq;
-        for m in messages {
-            let seg = seq / per;
-            if st.tail.as_ref().is_none_or(|(i, _)| *i != seg) {
-                flush(st, &mut pending, &dir)?;
-                let (file, created) = open_segment(&Self::seg_path(&dir, seg))?;
-                names_changed |= created;
-                st.tail = Some((seg, file));
+        let first_seq = st.next_seq;
+        let mut frames: Vec<u8> = Vec::new();
+        // Each segment this append writes to, with its length before (to undo a failed append).
+        let mut undo: Vec<(PathBuf, u64)> = Vec::new();
+        let mut seq = first_seq;
+        let written = (|| {
+            let mut pending: Vec<u8> = Vec::new();
+            for m in messages {
+                let seg = seq / per;
+                let path = self.segment_path(t, sid, st.layout, seg);
+                if st.tail.as_ref().is_none_or(|(i, _)| *i != seg) {
+                    flush(st, &mut pending, &path)?;
+                    if seg > 0 && matches!(st.layout, Layout::File { .. }) {
+                        // The session's first segment past its file: its directory.
+                        match fs::DirBuilder::new().mode(0o700).create(&dir) {
+                            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                                return Err(store_io("cannot create", &dir, e));
+                            }
+                            _ => {}
+                        }
+                    }
+                    let (file, _) = open_segment(&path)?;
+                    st.tail = Some((seg, file));
+                }
+                if undo.last().is_none_or(|(p, _)| *p != path) {
+                    let (_, f) = st.tail.as_ref().expect("tail set above");
+                    let len = f.metadata().map_err(|e| store_io("cannot stat", &path, e))?.len();
+                    undo.push((path.clone(), len));
+                }
+                let rec = Record { v: format::RECORD_VERSION, ts, msg: RecordMessage::from(m) };
+                let pt =
+                    serde_json::to_vec(&rec).map_err(|e| StoreError::Io(format!("cannot encode a record: {e}")))?;
+                let meta = st.meta.as_ref().expect("meta set above");
+                let frame =
+                    meta.data.seal_frame(&self.inner.rng, t.as_str(), sid, seq, &pt).map_err(StoreError::Io)?;
+                pending.extend_from_slice(&frame);
+                frames.extend_from_slice(&frame);
+                seq += 1;
+                if seq.is_multiple_of(per) {
+                    flush(st, &mut pending, &path)?;
+                }
             }
-            let rec = Record { v: format::RECORD_VERSION, ts, msg: RecordMessage::from(m) };
-            let pt = serde_json::to_vec(&rec).map_err(|e| StoreError::Io(format!("cannot encode a record: {e}")))?;
-            let meta = st.meta.as_ref().expect("meta set above");
-            let frame = meta.data.seal_frame(&self.inner.rng, t.as_str(), sid, seq, &pt).map_err(StoreError::Io)?;
-            pending.extend_from_slice(&frame);
-            seq += 1;
-            if seq.is_multiple_of(per) {
-                flush(st, &mut pending, &dir)?;
+            let path = self.segment_path(t, sid, st.layout, seq.saturating_sub(1) / per);
+            flush(st, &mut pending, &path)
+        })();
+        // Durable (and acknowledged) once the journal holds it.
+        let committed = written.and_then(|()| {
+            if new_meta.is_none() && frames.is_empty() {
+                return Ok(());
             }
-        }
-        flush(st, &mut pending, &dir)?;
-        if names_changed {
-            self.commit_dirs(&dir, new_dir)?;
+            let journal = self.journal(t)?;
+            journal
+                .record(sid, new_meta.as_deref(), first_seq, &frames)
+                .map_err(|e| store_io("cannot commit to the journal of", &dir, e))
+        });
+        if let Err(e) = committed {
+            // Nothing of this append was acknowledged: take it back out of the session's files,
+            // so a later read does not show it (the caller reloads the session).
+            for (path, len) in undo {
+                let _ = OpenOptions::new().write(true).open(&path).and_then(|f| f.set_len(len));
+            }
+            if new_meta.is_some() {
+                let _ = fs::remove_file(self.session_file(t, sid));
+            }
+            return Err(e);
         }
         st.next_seq = seq;
         st.updated_ms = ts;
@@ -720,14 +980,13 @@ impl EncryptedStore {
     fn read_session(
         &self,
         t: &TenantId,
-        keys: &TenantKeys,
         sid: &str,
         meta: &OpenMeta,
+        layout: Layout,
         from_seq: u64,
     ) -> Result<SessionRead, StoreError> {
-        let dir = self.session_dir(t, sid);
         let per = self.inner.opts.records_per_segment;
-        let segs = list_segments(&dir)?;
+        let segs = self.segments(t, sid, layout)?;
         let mut out = SessionRead {
             key: meta.key.clone(),
             created_ms: meta.created_ms,
@@ -735,7 +994,6 @@ impl EncryptedStore {
             problems: Vec::new(),
             torn_tail: false,
         };
-        let _ = keys;
         'segments: for (i, &index) in segs.iter().enumerate() {
             if index != i as u64 {
                 out.problems.push(format!("segment {i} is missing (deleted or renamed)"));
@@ -745,9 +1003,9 @@ impl EncryptedStore {
                 continue;
             }
             let last = i + 1 == segs.len();
-            let path = Self::seg_path(&dir, index);
+            let path = self.segment_path(t, sid, layout, index);
             let bytes = fs::read(&path).map_err(|e| store_io("cannot read", &path, e))?;
-            let frames = match split_frames(&bytes) {
+            let frames = match Self::segment_frames(layout, index, &bytes) {
                 Ok(f) => f,
                 Err(e) => {
                     out.problems.push(format!("segment {index}: {e}"));
@@ -799,8 +1057,7 @@ impl EncryptedStore {
     ) -> Result<Option<R>, StoreError> {
         let keys = self.keys(t)?;
         let sid = keys.session_id(key_text);
-        let dir = self.session_dir(t, &sid);
-        if !dir.exists() {
+        if !self.session_file(t, &sid).exists() && !self.session_dir(t, &sid).exists() {
             return Ok(None);
         }
         self.with_sid(t, &keys, &sid, f)
@@ -831,10 +1088,10 @@ impl EncryptedStore {
         key: &SessionKey,
         limit: Option<usize>,
     ) -> Result<Vec<Message>, StoreError> {
-        let read = self.with_session(t, &key.to_string(), |s, keys, sid, st| {
+        let read = self.with_session(t, &key.to_string(), |s, _, sid, st| {
             let from = limit.map_or(0, |l| st.next_seq.saturating_sub(l as u64));
             let meta = st.meta.as_ref().expect("checked");
-            s.read_session(t, keys, sid, meta, from)
+            s.read_session(t, sid, meta, st.layout, from)
         })?;
         let Some(read) = read else { return Ok(Vec::new()) };
         if let Some(p) = read.problems.first() {
@@ -853,7 +1110,7 @@ impl EncryptedStore {
             let slot = self.slot(t, &sid);
             let _guard = slot.lock().expect("session lock");
             let r = self.read_meta(t, &keys, &sid).and_then(|meta| match meta {
-                Some(meta) => self.read_session(t, &keys, &sid, &meta, 0).map(Some),
+                Some((meta, layout)) => self.read_session(t, &sid, &meta, layout, 0).map(Some),
                 None => Ok(None),
             });
             match r {
@@ -878,11 +1135,14 @@ impl EncryptedStore {
         for e in entries {
             let e = e.map_err(|e| store_io("cannot list", &dir, e))?;
             let name = e.file_name().to_string_lossy().to_string();
-            if name.len() == 32 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
-                out.push(name);
+            // A session file (`<sid>.ses`), a directory (`<sid>`), or both.
+            let sid = name.strip_suffix(".ses").unwrap_or(&name);
+            if sid.len() == 32 && sid.bytes().all(|b| b.is_ascii_hexdigit()) {
+                out.push(sid.to_string());
             }
         }
         out.sort();
+        out.dedup();
         Ok(out)
     }
 
@@ -915,17 +1175,26 @@ impl EncryptedStore {
     fn delete_sid(&self, t: &TenantId, sid: &str) -> Result<bool, StoreError> {
         let slot = self.slot(t, sid);
         let mut st = slot.lock().expect("session lock");
+        // No journal generation may still hold the session (a replay would bring it back).
+        if let Some(j) = self.inner.journals.get(t) {
+            j.settle(sid).map_err(|e| store_io("cannot checkpoint", &self.journal_dir(t), e))?;
+        }
         let dir = self.session_dir(t, sid);
-        let existed = dir.exists();
+        let file = self.session_file(t, sid);
+        let existed = dir.exists() || file.exists();
+        // The metadata (which holds the data key) goes first, durably.
         let meta = dir.join("meta.age");
+        fsutil::remove_file_if_exists(&file).map_err(|e| store_io("cannot remove", &file, e))?;
         fsutil::remove_file_if_exists(&meta).map_err(|e| store_io("cannot remove", &meta, e))?;
-        if existed {
+        if dir.exists() {
             fsutil::sync_dir(&dir).map_err(|e| store_io("cannot sync", &dir, e))?;
         }
-        fsutil::remove_dir_all_if_exists(&dir).map_err(|e| store_io("cannot remove", &dir, e))?;
-        if let Some(parent) = dir.parent() {
-            let _ = fsutil::sync_dir(parent);
+        let sessions = dir.parent().expect("sessions dir");
+        if existed {
+            fsutil::sync_dir(sessions).map_err(|e| store_io("cannot sync", sessions, e))?;
         }
+        fsutil::remove_dir_all_if_exists(&dir).map_err(|e| store_io("cannot remove", &dir, e))?;
+        let _ = fsutil::sync_dir(sessions);
         *st = SessionState::empty();
         drop(st);
         self.inner.sessions.lock().expect("sessions lock").remove(&(t.clone(), sid.to_string()));
@@ -981,6 +1250,10 @@ impl EncryptedStore {
         let dir = self.tenant_dir(t);
         self.inner.tenants.write().expect("tenants lock").remove(t);
         self.inner.sessions.lock().expect("sessions lock").remove_tenant(t);
+        if let Some(j) = self.inner.journals.remove(t) {
+            // Its generations are shredded with the tree (they hold only sealed bytes).
+            let _ = j.retire();
+        }
         if !dir.exists() {
             return Ok(false);
         }
@@ -1032,14 +1305,21 @@ impl EncryptedStore {
             for s in &sessions {
                 let sid = keys.session_id(&s.key);
                 let sdir = sessions_dir.join(&sid);
-                fsutil::create_private_dir(&sdir).map_err(|e| store_io("cannot create", &sdir, e))?;
                 let dk: [u8; 32] = random(&self.inner.rng).map_err(StoreError::Io)?;
                 let meta = make_meta(&keys, t.as_str(), &sid, &s.key, s.created_ms, &dk)?;
-                let mp = sdir.join("meta.age");
-                fsutil::write_atomic(&mp, &meta).map_err(|e| store_io("cannot write", &mp, e))?;
                 let rk = RecordKey::new(&dk);
-                for (index, chunk) in s.records.chunks(per as usize).enumerate() {
-                    let mut bytes = SEGMENT_MAGIC.to_vec();
+                // Every session in format 2: segment 0 in its file (even when it has no record).
+                let mut chunks: Vec<&[Record]> = s.records.chunks(per as usize).collect();
+                if chunks.is_empty() {
+                    chunks.push(&[]);
+                }
+                for (index, chunk) in chunks.into_iter().enumerate() {
+                    let (mut bytes, p) = if index == 0 {
+                        (format::session_header_for(&meta), sessions_dir.join(format!("{sid}.ses")))
+                    } else {
+                        fsutil::create_private_dir(&sdir).map_err(|e| store_io("cannot create", &sdir, e))?;
+                        (SEGMENT_MAGIC.to_vec(), Self::seg_path(&sdir, index as u64))
+                    };
                     for (j, r) in chunk.iter().enumerate() {
                         let seq = index as u64 * per + j as u64;
                         let pt = serde_json::to_vec(r).map_err(|e| StoreError::Io(e.to_string()))?;
@@ -1047,7 +1327,6 @@ impl EncryptedStore {
                             rk.seal_frame(&self.inner.rng, t.as_str(), &sid, seq, &pt).map_err(StoreError::Io)?,
                         );
                     }
-                    let p = Self::seg_path(&sdir, index as u64);
                     fsutil::write_atomic(&p, &bytes).map_err(|e| store_io("cannot write", &p, e))?;
                 }
             }
@@ -1064,11 +1343,20 @@ impl EncryptedStore {
         };
         // Commit point: the complete new tree gets its final-looking name.
         step(&tmp, &new)?;
-        // Hold the tenant's session cache while swapping so no append lands in the old tree.
+        // Hold the tenant's session cache while swapping so no append lands in the old tree; its
+        // journal refuses appends from here on, and the tree in place afterwards gets a new one.
         let mut cache = self.inner.sessions.lock().expect("sessions lock");
         cache.remove_tenant(t);
-        step(&dir, &old)?;
-        step(&new, &dir)?;
+        if let Some(j) = self.inner.journals.get(t) {
+            j.retire().map_err(|e| store_io("cannot checkpoint", &self.journal_dir(t), e))?;
+        }
+        let swapped = step(&dir, &old).and_then(|()| step(&new, &dir));
+        match self.start_journal(t) {
+            Ok(j) => self.inner.journals.insert(t.clone(), j),
+            Err(e) if swapped.is_ok() => return Err(store_io("cannot start the journal", &dir, e)),
+            Err(_) => {}
+        }
+        swapped?;
         self.inner.tenants.write().expect("tenants lock").insert(t.clone(), Arc::new(keys));
         drop(cache);
         shred_dir(&old).map_err(|e| store_io("cannot remove", &old, e))?;
@@ -1112,6 +1400,24 @@ impl EncryptedStore {
     }
 }
 
+/// How a session's metadata (`meta.age`, a `bh_sessions.meta` cell) starts since format 2: then
+/// one frame sealed with the tenant's meta key (ChaCha20-Poly1305, associated data = tenant,
+/// session id and `META_SEQ`). Format 1 was an age file to the tenant's recipient holding JSON
+/// and a MAC; it is still read. Format 2 needs no public-key operation per new conversation.
+const META_MAGIC: &[u8; 8] = b"BHMETA2\n";
+/// The position the metadata is sealed at: no record ever has it.
+const META_SEQ: u64 = u64::MAX;
+
+/// The plaintext inside format-2 metadata (tenant and session are bound by the seal).
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct MetaV2 {
+    v: u32,
+    key: String,
+    created_ms: u64,
+    data_key: String,
+}
+
 fn make_meta(
     keys: &TenantKeys,
     tenant: &str,
@@ -1120,44 +1426,52 @@ fn make_meta(
     created_ms: u64,
     dk: &[u8; 32],
 ) -> Result<Vec<u8>, StoreError> {
-    let data_key = hex(dk);
-    let created = created_ms.to_be_bytes();
-    let parts: [&[u8]; 6] = [b"meta", tenant.as_bytes(), sid.as_bytes(), key.as_bytes(), &created, data_key.as_bytes()];
-    let mac = keys.mac(&parts);
-    let m = MetaFile {
-        v: 1,
-        tenant: tenant.to_string(),
-        sid: sid.to_string(),
-        key: key.to_string(),
-        created_ms,
-        data_key,
-        mac,
-    };
+    let m = MetaV2 { v: 2, key: key.to_string(), created_ms, data_key: hex(dk) };
     let json = serde_json::to_vec(&m).map_err(|e| StoreError::Io(e.to_string()))?;
-    keys.encrypt(&json).map_err(StoreError::Io)
+    let frame = keys.meta_key().seal_frame(&SystemRandom::new(), tenant, sid, META_SEQ, &json).map_err(StoreError::Io)?;
+    Ok([META_MAGIC.as_slice(), &frame].concat())
 }
 
 /// Opens and verifies a session's sealed metadata (`meta.age`, or a `bh_sessions.meta` cell).
 fn open_meta(keys: &TenantKeys, t: &TenantId, sid: &str, bytes: &[u8]) -> Result<OpenMeta, StoreError> {
     let bad = |why: &str| StoreError::Integrity(format!("session {sid} of tenant {:?}: {why}", t.as_str()));
-    let json = keys.decrypt(bytes).ok_or_else(|| bad("meta.age does not decrypt with the tenant key"))?;
-    let m: MetaFile = serde_json::from_slice(&json).map_err(|_| bad("meta.age has an unknown format"))?;
-    if m.v != 1 {
-        return Err(bad("meta.age has an unsupported version"));
-    }
-    let created = m.created_ms.to_be_bytes();
-    let parts: [&[u8]; 6] =
-        [b"meta", m.tenant.as_bytes(), m.sid.as_bytes(), m.key.as_bytes(), &created, m.data_key.as_bytes()];
-    if !keys.verify(&parts, &m.mac) {
-        return Err(bad("meta.age fails authentication (replaced by a file not made with the tenant key)"));
-    }
-    if m.tenant != t.as_str() || m.sid != sid || keys.session_id(&m.key) != sid {
+    let (key, created_ms, data_key) = match bytes.strip_prefix(META_MAGIC.as_slice()) {
+        Some(sealed) => {
+            let frames = format::frames_in(sealed).map_err(|_| bad("meta.age is malformed"))?;
+            let [f] = frames.as_slice() else { return Err(bad("meta.age is malformed")) };
+            let json = keys.meta_key().open(t.as_str(), sid, META_SEQ, &f.nonce, f.body).ok_or_else(|| {
+                bad("meta.age fails authentication (modified, moved from another session or tenant, or not made with the tenant key)")
+            })?;
+            let m: MetaV2 = serde_json::from_slice(&json).map_err(|_| bad("meta.age has an unknown format"))?;
+            if m.v != 2 {
+                return Err(bad("meta.age has an unsupported version"));
+            }
+            (m.key, m.created_ms, m.data_key)
+        }
+        None => {
+            let json = keys.decrypt(bytes).ok_or_else(|| bad("meta.age does not decrypt with the tenant key"))?;
+            let m: MetaFile = serde_json::from_slice(&json).map_err(|_| bad("meta.age has an unknown format"))?;
+            if m.v != 1 {
+                return Err(bad("meta.age has an unsupported version"));
+            }
+            let created = m.created_ms.to_be_bytes();
+            let parts: [&[u8]; 6] =
+                [b"meta", m.tenant.as_bytes(), m.sid.as_bytes(), m.key.as_bytes(), &created, m.data_key.as_bytes()];
+            if !keys.verify(&parts, &m.mac) {
+                return Err(bad("meta.age fails authentication (replaced by a file not made with the tenant key)"));
+            }
+            if m.tenant != t.as_str() || m.sid != sid {
+                return Err(bad("meta.age belongs to another session or tenant (moved)"));
+            }
+            (m.key, m.created_ms, m.data_key)
+        }
+    };
+    if keys.session_id(&key) != sid {
         return Err(bad("meta.age belongs to another session or tenant (moved)"));
     }
-    let dk: [u8; 32] = unhex(&m.data_key)
-        .and_then(|v| v.try_into().ok())
-        .ok_or_else(|| bad("meta.age holds an invalid data key"))?;
-    Ok(OpenMeta { key: m.key, created_ms: m.created_ms, data: RecordKey::new(&dk) })
+    let dk: [u8; 32] =
+        unhex(&data_key).and_then(|v| v.try_into().ok()).ok_or_else(|| bad("meta.age holds an invalid data key"))?;
+    Ok(OpenMeta { key, created_ms, data: RecordKey::new(&dk) })
 }
 
 fn integrity(t: &TenantId, sid: &str, what: &str) -> StoreError {
@@ -1209,8 +1523,8 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>, StoreError> {
 }
 
 /// Opens segment `path` for appending, creating it with its header if missing (`true`). The
-/// header becomes durable with the first records (`flush`), the name with the caller's
-/// directory fsync; a crash before both leaves a torn header, which `load` rewrites.
+/// header and the name become durable at the next checkpoint (the journal holds the records
+/// until then); a crash before it leaves a torn header, which `load` rewrites.
 fn open_segment(path: &Path) -> Result<(File, bool), StoreError> {
     match fsutil::create_new_private(path) {
         Ok(mut f) => {
@@ -1225,19 +1539,30 @@ fn open_segment(path: &Path) -> Result<(File, bool), StoreError> {
     }
 }
 
-/// Writes the pending frames to the open segment and makes them durable.
-fn flush(st: &mut SessionState, pending: &mut Vec<u8>, dir: &Path) -> Result<(), StoreError> {
+/// Writes the pending frames to the open segment at `path` (durable through the journal, not an
+/// fsync).
+fn flush(st: &mut SessionState, pending: &mut Vec<u8>, path: &Path) -> Result<(), StoreError> {
     if pending.is_empty() {
         return Ok(());
     }
-    let Some((index, f)) = st.tail.as_mut() else {
+    let Some((_, f)) = st.tail.as_mut() else {
         return Err(StoreError::Io("no open segment".into()));
     };
-    let path = EncryptedStore::seg_path(dir, *index);
-    f.write_all(pending).map_err(|e| store_io("cannot append to", &path, e))?;
-    f.sync_data().map_err(|e| store_io("cannot sync", &path, e))?;
+    f.write_all(pending).map_err(|e| store_io("cannot append to", path, e))?;
     pending.clear();
     Ok(())
+}
+
+/// Cuts a segment's torn tail (an unacknowledged partial write) at byte `at`, durably.
+fn cut_torn_tail(path: &Path, at: usize) -> Result<(), StoreError> {
+    let f = OpenOptions::new().write(true).open(path).map_err(|e| store_io("cannot open", path, e))?;
+    if at < SEGMENT_MAGIC.len() {
+        f.set_len(0).map_err(|e| store_io("cannot truncate", path, e))?;
+        (&f).write_all(SEGMENT_MAGIC).map_err(|e| store_io("cannot write", path, e))?;
+    } else {
+        f.set_len(at as u64).map_err(|e| store_io("cannot truncate", path, e))?;
+    }
+    f.sync_all().map_err(|e| store_io("cannot sync", path, e))
 }
 
 fn check_private(path: &Path) -> Result<(), StoreOpenError> {

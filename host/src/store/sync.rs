@@ -1,16 +1,13 @@
-//! Group commit of directory fsyncs: a new session's directory entry is made durable by an fsync
-//! of its tenant's `sessions/` directory, and one fsync covers every entry created before it
-//! started. Concurrent new conversations of a tenant therefore share one fsync (the audit log
-//! shares its fdatasyncs the same way): a caller whose change happened before a running fsync
-//! began waits for the next one, which starts as soon as the running one ends and covers all
-//! callers that arrived meanwhile.
+//! Group commit: one fsync shared by every caller whose change happened before it started. The
+//! journal of each tenant (`journal.rs`) makes acknowledged appends durable this way, as the audit
+//! log shares its fdatasyncs: a caller whose change happened before a running fsync began waits
+//! for the next one, which starts as soon as the running one ends and covers all callers that
+//! arrived meanwhile. Concurrent conversations of a tenant therefore share one `fdatasync`.
 
-use std::collections::HashMap;
 use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Condvar, Mutex};
 
-/// One directory's fsync rounds.
+/// The fsync rounds of one file.
 #[derive(Default)]
 struct Rounds {
     /// Rounds asked for so far (a caller's ticket is the next number).
@@ -22,24 +19,18 @@ struct Rounds {
     running: bool,
 }
 
+/// Fsyncs of one file shared between concurrent callers.
 #[derive(Default)]
-struct Dir {
+pub(super) struct GroupCommit {
     rounds: Mutex<Rounds>,
     changed: Condvar,
 }
 
-/// Directory fsyncs shared between concurrent callers, per directory.
-#[derive(Default)]
-pub(super) struct GroupSync {
-    dirs: Mutex<HashMap<PathBuf, Arc<Dir>>>,
-}
-
-impl GroupSync {
-    /// Returns once an fsync of `dir` that started after this call has succeeded (so every change
-    /// the caller made in `dir` before calling is durable), or with that fsync's error.
-    pub(super) fn sync_dir(&self, dir: &Path, sync: impl Fn(&Path) -> io::Result<()>) -> io::Result<()> {
-        let d = self.dirs.lock().expect("group sync lock").entry(dir.to_path_buf()).or_default().clone();
-        let mut r = d.rounds.lock().expect("group sync lock");
+impl GroupCommit {
+    /// Returns once a `sync` that started after this call has succeeded (so every change the
+    /// caller made before calling is durable), or with that sync's error.
+    pub(super) fn commit(&self, sync: impl Fn() -> io::Result<()>) -> io::Result<()> {
+        let mut r = self.rounds.lock().expect("group commit lock");
         r.asked += 1;
         let ticket = r.asked;
         loop {
@@ -53,52 +44,50 @@ impl GroupSync {
                 return Ok(());
             }
             if r.running {
-                r = d.changed.wait(r).expect("group sync lock");
+                r = self.changed.wait(r).expect("group commit lock");
                 continue;
             }
             // Lead a round covering every ticket asked for so far.
             r.running = true;
             let covers = r.asked;
             drop(r);
-            let result = sync(dir);
-            r = d.rounds.lock().expect("group sync lock");
+            let result = sync();
+            r = self.rounds.lock().expect("group commit lock");
             r.running = false;
             match &result {
                 Ok(()) => r.done = r.done.max(covers),
                 Err(e) => r.failed = Some((covers, e.kind(), e.to_string())),
             }
-            d.changed.notify_all();
+            self.changed.notify_all();
         }
     }
-}
 
-#[cfg(test)]
-impl GroupSync {
-    fn asked(&self, dir: &Path) -> u64 {
-        let d = self.dirs.lock().unwrap().get(dir).cloned();
-        d.map_or(0, |d| d.rounds.lock().unwrap().asked)
+    #[cfg(test)]
+    fn asked(&self) -> u64 {
+        self.rounds.lock().unwrap().asked
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[test]
     fn concurrent_callers_share_fsyncs_and_each_waits_for_one_that_started_after_it() {
-        let g = Arc::new(GroupSync::default());
+        let g = Arc::new(GroupCommit::default());
         let calls = Arc::new(AtomicUsize::new(0));
         let threads: Vec<_> = (0..16)
             .map(|_| {
                 let (g, calls) = (g.clone(), calls.clone());
                 let g2 = g.clone();
                 std::thread::spawn(move || {
-                    g.sync_dir(Path::new("/d"), |_| {
+                    g.commit(|| {
                         // The first round lasts until all 16 callers have asked: the other 15
                         // arrived during it, so one more round covers them all.
                         if calls.fetch_add(1, Ordering::SeqCst) == 0 {
-                            while g2.asked(Path::new("/d")) < 16 {
+                            while g2.asked() < 16 {
                                 std::thread::yield_now();
                             }
                         }
@@ -112,16 +101,16 @@ mod tests {
         }
         assert_eq!(calls.load(Ordering::SeqCst), 2, "16 callers, 2 fsyncs");
         // A later caller gets its own round.
-        g.sync_dir(Path::new("/d"), |_| Ok(calls.fetch_add(1, Ordering::SeqCst)).map(|_| ())).unwrap();
+        g.commit(|| Ok(calls.fetch_add(1, Ordering::SeqCst)).map(|_| ())).unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 3);
     }
 
     #[test]
     fn a_failed_fsync_fails_every_caller_it_covered_and_is_not_retried_for_them() {
-        let g = GroupSync::default();
-        let err = g.sync_dir(Path::new("/d"), |_| Err(io::Error::other("disk on fire")));
+        let g = GroupCommit::default();
+        let err = g.commit(|| Err(io::Error::other("disk on fire")));
         assert_eq!(err.unwrap_err().to_string(), "disk on fire");
         // The next caller gets a fresh round.
-        g.sync_dir(Path::new("/d"), |_| Ok(())).unwrap();
+        g.commit(|| Ok(())).unwrap();
     }
 }

@@ -125,7 +125,9 @@ async fn segments_roll_and_limits_read_only_the_tail() {
     }
     s.append(&tid("alpha"), &skey("u1"), &[user("m10"), user("m11"), user("m12")]).await.unwrap();
     let dir = fx.session_dir(&s, "alpha", "u1");
-    assert_eq!(list_segments(&dir).unwrap(), vec![0, 1, 2, 3, 4]);
+    // Segment 0 is in the session's file, the others in its directory.
+    assert!(dir.with_extension("ses").is_file());
+    assert_eq!(list_segments(&dir).unwrap(), vec![1, 2, 3, 4]);
     drop(s);
     let s = fx.open(3);
     let all = s.history(&tid("alpha"), &skey("u1"), None).await.unwrap();
@@ -296,9 +298,10 @@ async fn tamper_segment_swapped_between_tenants_is_detected() {
     let (fx, [a1, _, b1]) = tamper_fixture().await;
     fs::copy(b1.join("00000002.seg"), a1.join("00000002.seg")).unwrap();
     expect_integrity_error(&fx, "alpha", "u1", 6).await;
-    // A whole session directory moved to another tenant does not open either.
+    // A whole session (its file and its directory) moved to another tenant does not open either.
     let dest = a1.parent().unwrap().join(b1.file_name().unwrap());
     fs::rename(&b1, &dest).unwrap();
+    fs::rename(b1.with_extension("ses"), dest.with_extension("ses")).unwrap();
     let s = fx.open(3);
     let listed = s.list(&tid("alpha")).await.unwrap();
     assert!(listed.iter().all(|x| x.key != skey("u1") || x.messages == 9), "the moved session is skipped");
@@ -315,12 +318,32 @@ async fn tamper_meta_replaced_by_a_fresh_valid_age_file_is_detected() {
         "key": skey("u1").to_string(), "createdMs": 1, "dataKey": hex(&[7u8; 32]), "mac": hex(&[0u8; 32])});
     let ct = age::encrypt(&keys.recipient, forged.to_string().as_bytes()).unwrap();
     drop(s);
+    // In the header of the session's file it is refused: only the tenant's meta key seals there.
+    let file = a1.with_extension("ses");
+    let original = fs::read(&file).unwrap();
+    fs::write(&file, format::session_header_for(&ct)).unwrap();
+    let s = fx.open(3);
+    let err = s.history(&tid("alpha"), &skey("u1"), None).await.unwrap_err();
+    assert!(err.to_string().contains("not sealed with the tenant's meta key"), "{err}");
+    assert!(s.append(&tid("alpha"), &skey("u1"), &[user("x")]).await.is_err());
+    drop(s);
+    // As a format-1 `meta.age` (the session file gone), its MAC gives it away.
+    fs::remove_file(&file).unwrap();
     fs::write(a1.join("meta.age"), ct).unwrap();
     let s = fx.open(3);
     let err = s.history(&tid("alpha"), &skey("u1"), None).await.unwrap_err();
     assert!(err.to_string().contains("fails authentication"), "{err}");
     // Appending to it is refused as well: nothing is written under a forged key.
     assert!(s.append(&tid("alpha"), &skey("u1"), &[user("x")]).await.is_err());
+    drop(s);
+    // And a session file's header with one byte changed does not open.
+    let mut flipped = original;
+    flipped[30] ^= 1;
+    fs::remove_file(a1.join("meta.age")).unwrap();
+    fs::write(&file, flipped).unwrap();
+    let s = fx.open(3);
+    let err = s.history(&tid("alpha"), &skey("u1"), None).await.unwrap_err();
+    assert!(err.to_string().contains("fails authentication"), "{err}");
 }
 
 #[tokio::test]
@@ -328,12 +351,12 @@ async fn tamper_deleted_or_reordered_segments_are_detected() {
     let (fx, [a1, a2, _]) = tamper_fixture().await;
     fs::remove_file(a1.join("00000001.seg")).unwrap();
     expect_integrity_error(&fx, "alpha", "u1", 3).await;
-    fs::rename(a2.join("00000000.seg"), a2.join("tmp")).unwrap();
-    fs::rename(a2.join("00000001.seg"), a2.join("00000000.seg")).unwrap();
-    fs::rename(a2.join("tmp"), a2.join("00000001.seg")).unwrap();
+    fs::rename(a2.join("00000001.seg"), a2.join("tmp")).unwrap();
+    fs::rename(a2.join("00000002.seg"), a2.join("00000001.seg")).unwrap();
+    fs::rename(a2.join("tmp"), a2.join("00000002.seg")).unwrap();
     let s = fx.open(3);
     let err = s.history(&tid("alpha"), &skey("u2"), None).await.unwrap_err();
-    assert!(err.to_string().contains("record 0 (byte 8 of its segment) fails authentication"), "{err}");
+    assert!(err.to_string().contains("record 6 (byte 8 of its segment) fails authentication"), "{err}");
 }
 
 #[tokio::test]
@@ -774,7 +797,7 @@ async fn a_full_disk_fails_appends_clearly_and_loses_no_acknowledged_turn() {
 #[test]
 fn the_open_session_cache_is_bounded_and_dropped_sessions_reopen_from_disk() {
     let fx = Fixture::new();
-    let opts = StoreOptions { records_per_segment: 3, max_cached_sessions: 4 };
+    let opts = StoreOptions { records_per_segment: 3, max_cached_sessions: 4, ..StoreOptions::default() };
     let store = EncryptedStore::open_at(&fx.root, fx.master(), &[tid("alpha")], opts).unwrap();
     let t = tid("alpha");
     for i in 0..20 {
@@ -806,4 +829,197 @@ fn a_session_directory_a_crash_left_without_meta_is_created_afresh() {
     drop(store);
     let store = fx.open(3);
     assert_eq!(texts(&store.history_blocking(&t, &skey("p"), None).unwrap()), ["first"]);
+}
+
+// ---- The journal: group commit, checkpoints, replay after a power loss ----
+
+/// A store that never checkpoints on its own (so a test decides what the session files lost).
+fn open_unflushed(fx: &Fixture, per: u64) -> EncryptedStore {
+    let opts =
+        StoreOptions { records_per_segment: per, checkpoint_every: Duration::from_secs(3600), ..StoreOptions::default() };
+    EncryptedStore::open_at(&fx.root, fx.master(), &[tid("alpha"), tid("bravo")], opts).unwrap()
+}
+
+fn journal_files(fx: &Fixture, tenant: &str) -> Vec<PathBuf> {
+    let dir = fx.root.join("tenants").join(tenant).join("journal");
+    fs::read_dir(dir).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default()
+}
+
+/// Every session file's length, to cut them back to (what a checkpoint had made durable).
+fn segment_lengths(fx: &Fixture, tenant: &str) -> BTreeMap<PathBuf, u64> {
+    let sessions = fx.root.join("tenants").join(tenant).join("sessions");
+    all_files(&sessions).into_iter().filter(|p| p.is_file()).map(|p| (p.clone(), fs::metadata(&p).unwrap().len())).collect()
+}
+
+/// What a power loss leaves of `tenant`'s sessions when the page cache held everything written
+/// since the snapshot `durable`: files and directories made since are gone, files are cut back.
+fn lose_unflushed_writes(fx: &Fixture, tenant: &str, durable: &BTreeMap<PathBuf, u64>) {
+    let sessions = fx.root.join("tenants").join(tenant).join("sessions");
+    for p in all_files(&sessions).into_iter().rev() {
+        match durable.get(&p) {
+            Some(len) => fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(*len).unwrap(),
+            None if p.is_file() => fs::remove_file(&p).unwrap(),
+            None if !durable.keys().any(|d| d.starts_with(&p)) => fs::remove_dir(&p).unwrap(),
+            None => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn acknowledged_turns_survive_a_power_loss_before_the_checkpoint() {
+    let fx = Fixture::new();
+    let s = open_unflushed(&fx, 3);
+    let t = tid("alpha");
+    // A checkpointed prefix: two sessions with turns the session files hold durably.
+    for peer in ["old1", "old2"] {
+        s.append(&t, &skey(peer), &[user(&format!("{peer}-a")), user(&format!("{peer}-b"))]).await.unwrap();
+    }
+    s.checkpoint().unwrap();
+    let durable = segment_lengths(&fx, "alpha");
+    // Then concurrent appends: new sessions, and old ones going on across segment boundaries.
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let peer = if w < 2 { format!("old{}", w + 1) } else { format!("new{w}") };
+            for i in 0..5 {
+                s.append(&tid("alpha"), &skey(&peer), &[user(&format!("{peer}-{i}"))]).await.unwrap();
+            }
+            peer
+        }));
+    }
+    let mut peers = Vec::new();
+    for task in tasks {
+        peers.push(task.await.unwrap());
+    }
+    let new_dir = fx.session_dir(&s, "alpha", "new2");
+    s.crash();
+    lose_unflushed_writes(&fx, "alpha", &durable);
+    assert!(!new_dir.exists(), "the simulated power loss took the new sessions");
+    assert!(!journal_files(&fx, "alpha").is_empty());
+
+    let s = open_unflushed(&fx, 3);
+    for peer in peers {
+        let mut want: Vec<String> = Vec::new();
+        if peer.starts_with("old") {
+            want.extend([format!("{peer}-a"), format!("{peer}-b")]);
+        }
+        want.extend((0..5).map(|i| format!("{peer}-{i}")));
+        assert_eq!(texts(&s.history(&t, &skey(&peer), None).await.unwrap()), want, "{peer}");
+    }
+    // And the sessions go on after the replayed records.
+    s.append(&t, &skey("new2"), &[user("after")]).await.unwrap();
+    assert_eq!(s.message_count(&t, &skey("new2")).await.unwrap(), 6);
+}
+
+#[tokio::test]
+async fn checkpoints_empty_the_journal_and_the_store_closes_with_nothing_to_replay() {
+    let fx = Fixture::new();
+    let s = open_unflushed(&fx, 1024);
+    let t = tid("alpha");
+    for i in 0..50 {
+        s.append(&t, &skey(&format!("p{i}")), &[user("hi"), user("there")]).await.unwrap();
+    }
+    let journal_bytes = |fx: &Fixture| -> u64 { journal_files(fx, "alpha").iter().map(|p| fs::metadata(p).unwrap().len()).sum() };
+    assert!(journal_bytes(&fx) > 50 * 100, "every append went through the journal");
+    s.checkpoint().unwrap();
+    assert_eq!(journal_files(&fx, "alpha"), Vec::<PathBuf>::new(), "no generation left");
+    assert_eq!(journal_files(&fx, "bravo"), Vec::<PathBuf>::new(), "an idle tenant has none");
+    s.append(&t, &skey("p0"), &[user("again")]).await.unwrap();
+    assert_eq!(journal_files(&fx, "alpha").len(), 1, "the next append starts one");
+    drop(s);
+    assert_eq!(journal_files(&fx, "alpha"), Vec::<PathBuf>::new(), "closing checkpoints");
+    let s = open_unflushed(&fx, 1024);
+    assert_eq!(texts(&s.history(&t, &skey("p0"), None).await.unwrap()), ["hi", "there", "again"]);
+}
+
+#[tokio::test]
+async fn a_deleted_session_is_not_brought_back_by_a_replay() {
+    let fx = Fixture::new();
+    let s = open_unflushed(&fx, 1024);
+    let t = tid("alpha");
+    s.append(&t, &skey("gone"), &[user("forget me")]).await.unwrap();
+    s.append(&t, &skey("kept"), &[user("keep me")]).await.unwrap();
+    assert!(s.delete_session(&t, &skey("gone")).await.unwrap());
+    s.append(&t, &skey("kept"), &[user("and me")]).await.unwrap();
+    s.crash();
+    let s = open_unflushed(&fx, 1024);
+    assert!(!s.exists(&t, &skey("gone")).await.unwrap());
+    assert_eq!(texts(&s.history(&t, &skey("kept"), None).await.unwrap()), ["keep me", "and me"]);
+}
+
+#[tokio::test]
+async fn a_forged_journal_entry_is_not_applied_and_the_generation_is_kept_aside() {
+    let fx = Fixture::new();
+    let s = open_unflushed(&fx, 1024);
+    let t = tid("alpha");
+    s.append(&t, &skey("p"), &[user("one")]).await.unwrap();
+    s.checkpoint().unwrap();
+    let durable = segment_lengths(&fx, "alpha");
+    s.append(&t, &skey("p"), &[user("two")]).await.unwrap();
+    s.crash();
+    lose_unflushed_writes(&fx, "alpha", &durable);
+    // Flip one byte of the sealed record in the journal's only entry.
+    let [generation] = journal_files(&fx, "alpha").try_into().unwrap();
+    let mut bytes = fs::read(&generation).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    fs::write(&generation, bytes).unwrap();
+    let s = open_unflushed(&fx, 1024);
+    assert_eq!(texts(&s.history(&t, &skey("p"), None).await.unwrap()), ["one"], "the forged record is not there");
+    let names: Vec<String> =
+        journal_files(&fx, "alpha").iter().map(|p| p.file_name().unwrap().to_string_lossy().to_string()).collect();
+    assert!(names.iter().any(|n| n.ends_with(".log.bad")), "kept aside: {names:?}");
+}
+
+#[tokio::test]
+async fn sessions_in_the_format_1_metadata_still_open_and_new_ones_use_format_2() {
+    let fx = Fixture::new();
+    let s = fx.open(1024);
+    let t = tid("alpha");
+    s.append(&t, &skey("new"), &[user("hi")]).await.unwrap();
+    let file = fs::read(fx.session_dir(&s, "alpha", "new").with_extension("ses")).unwrap();
+    let (meta, _) = format::session_header(&file).unwrap().unwrap();
+    assert!(meta.starts_with(META_MAGIC), "format 2: no age file per conversation");
+    assert!(!fx.session_dir(&s, "alpha", "new").exists(), "one file per new conversation, no directory");
+    // A session written by an earlier version: meta.age is age-encrypted JSON with a MAC.
+    let keys = s.keys(&t).unwrap();
+    let old_key = skey("old").to_string();
+    let sid = keys.session_id(&old_key);
+    let dk = [7u8; 32];
+    let (created, data_key) = (1_700_000_000_000u64, hex(&dk));
+    let mac = keys.mac(&[b"meta", b"alpha", sid.as_bytes(), old_key.as_bytes(), &created.to_be_bytes(), data_key.as_bytes()]);
+    let v1 = MetaFile { v: 1, tenant: "alpha".into(), sid: sid.clone(), key: old_key, created_ms: created, data_key, mac };
+    let dir = s.session_dir(&t, &sid);
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("meta.age"), keys.encrypt(&serde_json::to_vec(&v1).unwrap()).unwrap()).unwrap();
+    drop(s);
+    let s = fx.open(1024);
+    s.append(&t, &skey("old"), &[user("still works")]).await.unwrap();
+    assert_eq!(texts(&s.history(&t, &skey("old"), None).await.unwrap()), ["still works"]);
+    // A format-2 session file copied over another session's does not open there.
+    let moved = fx.session_dir(&s, "alpha", "old").with_extension("ses");
+    fs::copy(fx.session_dir(&s, "alpha", "new").with_extension("ses"), &moved).unwrap();
+    drop(s);
+    let s = fx.open(1024);
+    let err = s.history(&t, &skey("old"), None).await.unwrap_err().to_string();
+    assert!(err.contains("fails authentication"), "{err}");
+}
+
+#[tokio::test]
+async fn a_session_file_cut_inside_its_header_is_an_integrity_error_and_an_empty_one_no_session() {
+    let (fx, [a1, ..]) = tamper_fixture().await;
+    let file = a1.with_extension("ses");
+    let bytes = fs::read(&file).unwrap();
+    for cut in [3, 11, 20, 60] {
+        fs::write(&file, &bytes[..cut]).unwrap();
+        let s = fx.open(3);
+        let err = s.history(&tid("alpha"), &skey("u1"), None).await.unwrap_err();
+        assert!(matches!(err, StoreError::Integrity(_)), "cut at {cut}: {err}");
+        assert!(err.to_string().contains("cut short"), "cut at {cut}: {err}");
+        assert!(s.append(&tid("alpha"), &skey("u1"), &[user("x")]).await.is_err(), "nothing written over it");
+    }
+    fs::write(&file, b"").unwrap();
+    let s = fx.open(3);
+    assert!(!s.exists(&tid("alpha"), &skey("u1")).await.unwrap(), "an empty session file is no session");
 }
