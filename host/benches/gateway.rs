@@ -114,7 +114,10 @@ struct Gateway {
 }
 
 fn config(model_base: &str, durable: bool, extra_tenants: usize) -> String {
-    let mut tenants = r#"{ id: "bench", apiTokens: [ { env: "BENCH_TOKEN" } ] }"#.to_string();
+    // The bench tenant may run 64 turns at once (a tenant's default is 4), so c=64 means 64 turns
+    // in flight in the gateway, not 4 running and 60 queued; both store modes get the same.
+    let mut tenants =
+        r#"{ id: "bench", apiTokens: [ { env: "BENCH_TOKEN" } ], scheduling: { maxConcurrent: 64 } }"#.to_string();
     let mut agents = r#"{ id: "fast", tenant: "bench", model: "fake/bench-model" }"#.to_string();
     for i in 0..extra_tenants {
         // Every tenant its own token (a literal: accepted with a warning).

@@ -9,7 +9,7 @@
 //! first whatever its class, so low priorities are never starved. Beyond its queue bound a tenant's
 //! new turns are refused at once with `Busy`, never dropped silently.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -72,6 +72,9 @@ struct State {
     default_share: TenantShare,
     running: usize,
     tenants: HashMap<TenantId, TenantState>,
+    /// Tenants whose queue is not empty: what `dispatch` looks at, so a grant costs the number of
+    /// waiting tenants, not of configured ones.
+    waiting: HashSet<TenantId>,
     /// Virtual time of the last grant: where an idle tenant re-enters.
     clock: f64,
     seq: u64,
@@ -194,6 +197,7 @@ impl Scheduler {
                 t.vtime = t.vtime.max(clock);
             }
             t.queue.push_back(Waiter { since: Instant::now(), seq, grant: tx });
+            st.waiting.insert(tenant.clone());
             dispatch(&mut st);
         }
         // If this future is dropped here, `dispatch` finds the closed channel and skips it.
@@ -231,7 +235,12 @@ impl Scheduler {
 fn dispatch(st: &mut State) {
     while st.running < st.global_cap {
         let now = Instant::now();
-        let eligible = || st.tenants.iter().filter(|(_, t)| !t.queue.is_empty() && t.running < t.share.max_concurrent);
+        let eligible = || {
+            st.waiting
+                .iter()
+                .filter_map(|id| st.tenants.get_key_value(id))
+                .filter(|(_, t)| !t.queue.is_empty() && t.running < t.share.max_concurrent)
+        };
         let age = |t: &TenantState| t.queue.front().map(|w| (w.since, w.seq)).expect("eligible queues are non-empty");
         // A waiter past the starvation limit goes first, oldest first, whatever its class.
         let starving =
@@ -250,6 +259,9 @@ fn dispatch(st: &mut State) {
         let Some(id) = next else { return };
         let t = st.tenants.get_mut(&id).expect("picked from the map");
         let waiter = t.queue.pop_front().expect("non-empty queue");
+        if t.queue.is_empty() {
+            st.waiting.remove(&id);
+        }
         if waiter.grant.send(()).is_err() {
             continue; // the turn was abandoned while waiting
         }

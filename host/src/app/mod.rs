@@ -118,7 +118,7 @@ impl App {
     /// Checks `config` and builds the application (nothing is served yet).
     pub async fn build(config: Config, source: Source) -> Result<App, StartError> {
         let checked = check(&config).map_err(StartError::Invalid)?;
-        for w in &checked.warnings {
+        for w in crate::config::summarize_warnings(&checked.warnings) {
             tracing::warn!("{w}");
         }
         let (store, encrypted) = open_session_store(&config).await?;

@@ -80,7 +80,7 @@ impl Inner {
             log_refused(&report);
             return report;
         };
-        for w in &checked.warnings {
+        for w in crate::config::summarize_warnings(&checked.warnings) {
             tracing::warn!("{w}");
         }
         let before: BTreeSet<_> = old.config().tenants.keys().cloned().collect();

@@ -36,7 +36,7 @@ pub fn run(source: &ConfigSource, as_json: bool) -> i32 {
                 c.agents.len(),
                 c.bindings.len()
             );
-            for w in &c.warnings {
+            for w in crate::config::summarize_warnings(&c.warnings) {
                 outln!("warning: {w}");
             }
             EXIT_OK

@@ -156,7 +156,7 @@ pub fn run(source: &ConfigSource) -> i32 {
     // The start-up checks `serve` and `config check` run, with the same words.
     match crate::app::check(&config) {
         Ok(checked) => {
-            for w in &checked.warnings {
+            for w in crate::config::summarize_warnings(&checked.warnings) {
                 outln!("warn  {w}");
             }
             outln!("ok    policies load ({} agent(s))", checked.gate.agents().count());
@@ -166,7 +166,7 @@ pub fn run(source: &ConfigSource) -> i32 {
             outln!("ok    secrets resolve, tokens are strong and unique, every enabled channel has an adapter");
         }
         Err(errors) => {
-            for w in &config.warnings {
+            for w in crate::config::summarize_warnings(&config.warnings) {
                 outln!("warn  {w}");
             }
             failures += errors.len();

@@ -120,6 +120,43 @@ fn validate_parsed(
     }
 }
 
+/// Warnings for people (logs, `config check`, `doctor`): warnings that say the same thing of
+/// more than `WARNINGS_SHOWN` places (`"<where>: <what>"`, as a literal token in each of 10,000
+/// tenants) become one line naming the first few places and the count, in the order of the first
+/// of each. The full list stays in `Config::warnings` (and `config check --json`).
+pub fn summarize_warnings(warnings: &[String]) -> Vec<String> {
+    let what = |w: &str| w.split_once(": ").map(|(_, m)| m.to_string());
+    let mut by_what: std::collections::HashMap<String, Vec<&str>> = std::collections::HashMap::new();
+    for w in warnings {
+        if let Some(m) = what(w) {
+            by_what.entry(m).or_default().push(w);
+        }
+    }
+    let mut out = Vec::new();
+    for w in warnings {
+        let Some(m) = what(w) else {
+            out.push(w.clone());
+            continue;
+        };
+        match by_what.get(&m) {
+            Some(same) if same.len() > WARNINGS_SHOWN => {
+                if same[0] == w.as_str() {
+                    let wheres: Vec<&str> = same[..WARNINGS_SHOWN]
+                        .iter()
+                        .map(|s| s.split_once(": ").map_or(*s, |(at, _)| at))
+                        .collect();
+                    out.push(format!("{} and {} more: {m}", wheres.join(", "), same.len() - WARNINGS_SHOWN));
+                }
+            }
+            _ => out.push(w.clone()),
+        }
+    }
+    out
+}
+
+/// How many places one summarized warning names (see `summarize_warnings`).
+const WARNINGS_SHOWN: usize = 3;
+
 /// Most errors reported for one file; past this the rest are noise.
 const MAX_ERRORS: usize = 100;
 
@@ -182,9 +219,14 @@ pub(crate) fn parse_as<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, 
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     mut value: serde_json::Value,
 ) -> Result<T, (Option<Box<T>>, Vec<ConfigError>)> {
+    // A valid config (the usual case) decodes once, borrowed, without tracking paths; only one
+    // with errors pays for the path-tracking retries below.
+    if let Ok(raw) = T::deserialize(&value) {
+        return Ok(raw);
+    }
     let mut errors = Vec::new();
     loop {
-        match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+        match serde_path_to_error::deserialize::<_, T>(&value) {
             Ok(raw) if errors.is_empty() => return Ok(raw),
             Ok(repaired) => return Err((Some(Box::new(repaired)), errors)),
             Err(err) => {

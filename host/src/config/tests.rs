@@ -331,3 +331,23 @@ fn an_operator_without_a_role_is_a_read_only_auditor() {
     let roles: Vec<OperatorRole> = c.gateway.operators.iter().map(|o| o.role).collect();
     assert_eq!(roles, [OperatorRole::Auditor, OperatorRole::Admin]);
 }
+
+#[test]
+fn warnings_that_say_the_same_of_many_places_are_summarized_for_people() {
+    let lit = |p: &str| format!("{p}: literal secret in the config; use {{ env: \"NAME\" }} or {{ file: \"PATH\" }}");
+    let mut ws: Vec<String> = (0..10).map(|i| lit(&format!("tenants[{i}].apiTokens[0]"))).collect();
+    ws.insert(1, "tenant \"b\" has no agents".into());
+    ws.push(lit("channels.discord.token").replace("literal secret", "something else"));
+    let shown = super::summarize_warnings(&ws);
+    assert_eq!(
+        shown,
+        vec![
+            format!("tenants[0].apiTokens[0], tenants[1].apiTokens[0], tenants[2].apiTokens[0] and 7 more: {}", &lit("x")[3..]),
+            "tenant \"b\" has no agents".to_string(),
+            lit("channels.discord.token").replace("literal secret", "something else"),
+        ]
+    );
+    // Three or fewer of a kind are shown as they are.
+    let few: Vec<String> = (0..3).map(|i| lit(&format!("t{i}"))).collect();
+    assert_eq!(super::summarize_warnings(&few), few);
+}

@@ -19,7 +19,7 @@ mod sandbox;
 mod store;
 mod tenants;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 pub use super::channels::ChannelsConfig;
@@ -74,11 +74,14 @@ pub struct Config {
     pub engines: Option<EnginesConfig>,
     /// Things that load but deserve the operator's attention (literal secrets, ...).
     pub warnings: Vec<String>,
+    /// Agent id → its place in `agents` (ids are unique): a request names its agent, and a
+    /// lookup must not cost a scan of every configured agent.
+    agent_index: HashMap<AgentId, usize>,
 }
 
 impl Config {
     pub fn agent(&self, id: &AgentId) -> Option<&AgentConfig> {
-        self.agents.iter().find(|a| &a.id == id)
+        self.agent_index.get(id).and_then(|&i| self.agents.get(i))
     }
 }
 
@@ -199,6 +202,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
     if !errors.is_empty() {
         return Err(errors);
     }
+    let agent_index = agents.iter().enumerate().map(|(i, a)| (a.id.clone(), i)).collect();
     Ok(Config {
         base_dir: base.to_path_buf(),
         gateway,
@@ -219,5 +223,6 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>>
         model_keys,
         engines,
         warnings,
+        agent_index,
     })
 }

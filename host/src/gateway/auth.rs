@@ -208,7 +208,10 @@ pub fn check_token_strength(token: &str) -> Result<(), String> {
         sum
     };
     let bits = token.chars().count() as f64 * f64::from(alphabet.max(1)).log2();
-    let distinct = token.chars().collect::<std::collections::HashSet<_>>().len();
+    let mut chars: Vec<char> = token.chars().collect();
+    chars.sort_unstable();
+    chars.dedup();
+    let distinct = chars.len();
     if bits < f64::from(MIN_TOKEN_BITS) || distinct < 8 {
         return Err(format!(
             "token too weak: about {} bits of entropy, {MIN_TOKEN_BITS} required (make one with `openssl rand -hex 32`)",

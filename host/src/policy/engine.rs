@@ -483,22 +483,21 @@ fn chain_for(config: &Config, files: &BTreeMap<PathBuf, PolicyFile>, index: usiz
     let s = &config.policies;
     let file_layer =
         |kind, r: Option<&PolicyRef>| r.and_then(|r| files.get(&r.path)).map(|f| Layer::from_file(kind, f));
-    let no_limits: &[LimitRule] = &[];
-    let tenant_tools = config.tenants.get(&a.tenant).map(|t| t.tools.clone()).unwrap_or_default();
+    // A config layer that writes nothing adds nothing: skipped before its key is even spelled
+    // (start-up builds one chain per agent).
+    let config_layer = |kind, key: &dyn Fn() -> String, tools: &ToolLayer| {
+        (tools.allow.is_some() || !tools.deny.is_empty()).then(|| Layer::new(kind, "config", &key(), tools, &[]))
+    };
+    let no_tools = ToolLayer::default();
+    let tenant_tools = config.tenants.get(&a.tenant).map_or(&no_tools, |t| &t.tools);
     let layers = [
-        Some(Layer::new(LayerKind::Global, "config", "tools", &config.tools, no_limits)),
+        config_layer(LayerKind::Global, &|| "tools".into(), &config.tools),
         file_layer(LayerKind::Tenant, s.tenant_files.get(&a.tenant)),
-        Some(Layer::new(
-            LayerKind::Tenant,
-            "config",
-            &format!("tenants[id={}].tools", a.tenant),
-            &tenant_tools,
-            no_limits,
-        )),
+        config_layer(LayerKind::Tenant, &|| format!("tenants[id={}].tools", a.tenant), tenant_tools),
         file_layer(LayerKind::AgentDefaults, s.defaults_file.as_ref()),
-        Some(Layer::new(LayerKind::AgentDefaults, "config", "agents.defaults.tools", &a.defaults_tools, no_limits)),
+        config_layer(LayerKind::AgentDefaults, &|| "agents.defaults.tools".into(), &a.defaults_tools),
         file_layer(LayerKind::Agent, s.agent_files.get(&a.id)),
-        Some(Layer::new(LayerKind::Agent, "config", &format!("agents.list[{index}].tools"), &a.tools, no_limits)),
+        config_layer(LayerKind::Agent, &|| format!("agents.list[{index}].tools"), &a.tools),
     ];
     Chain {
         layers: layers.into_iter().flatten().filter(|l| !l.is_empty()).collect(),

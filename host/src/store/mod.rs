@@ -811,7 +811,11 @@ impl EncryptedStore {
         // Whatever a creation that crashed before it was acknowledged left (a torn session file, a
         // directory without `meta.age`): nothing in it was acknowledged, and none of its records
         // would open under the new data key.
-        fsutil::remove_file_if_exists(&path).map_err(|e| store_io("cannot remove", &path, e))?;
+        // Looked up first: an unlink takes the directory's lock exclusively even when there is
+        // nothing to remove, and every new conversation of the tenant creates in that directory.
+        if fs::symlink_metadata(&path).is_ok() {
+            fs::remove_file(&path).map_err(|e| store_io("cannot remove", &path, e))?;
+        }
         let dir = self.session_dir(t, sid);
         for seg in list_segments(&dir)? {
             let p = Self::seg_path(&dir, seg);
