@@ -69,7 +69,8 @@ fn site() -> &'static Site {
             site.rt.block_on(store.append(&site.tenant, &site.key, std::slice::from_ref(m))).expect("append");
         }
         drop(store);
-        // Segment 0 is the session's file (`<sid>.ses`), segments 1 and 2 are in its directory.
+        // Segment 0 is in the session's pack (`<xx>.pack`, with its metadata), segments 1 and 2
+        // are in its directory.
         let sessions = site.root.join("tenants/acme/sessions");
         let session = std::fs::read_dir(&sessions)
             .expect("sessions")
@@ -82,7 +83,12 @@ fn site() -> &'static Site {
             .filter(|p| p.extension().is_some_and(|x| x == "seg"))
             .collect();
         segs.sort();
-        segs.insert(0, session.with_extension("ses"));
+        let pack = std::fs::read_dir(&sessions)
+            .expect("sessions")
+            .map(|e| e.expect("entry").path())
+            .find(|p| p.extension().is_some_and(|x| x == "pack"))
+            .expect("the session's pack");
+        segs.insert(0, pack);
         assert_eq!(segs.len(), 3);
         site.segments = segs.into_iter().map(|p| (p.clone(), std::fs::read(&p).expect("segment"))).collect();
         site
@@ -115,10 +121,22 @@ fuzz_target!(|input: Input| {
     let strict = site.rt.block_on(store.history(&site.tenant, &site.key, None));
     let Ok(got) = strict else { return };
     if index == 0 && damaged.is_empty() {
-        // The session file (its metadata and segment 0) emptied: what a creation that never
+        // The pack (the session's metadata and segment 0) emptied: what a creation that never
         // reached the disk leaves, so no session, as if it had been deleted (which the store
         // cannot detect either; docs/store.md, non-goals).
-        assert!(got.is_empty(), "an emptied session file still read as a session");
+        assert!(got.is_empty(), "an emptied pack still read as a session");
+        return;
+    }
+    if index == 0 && got.is_empty() {
+        // No session: only when the entry holding its metadata is gone from the pack (cut off,
+        // or its session id changed), which is what a deletion leaves. A session whose metadata
+        // entry is intact never silently vanishes.
+        let first = 12 + u32::from_le_bytes(original[8..12].try_into().expect("4 bytes")) as usize;
+        let entry = &original[8..first];
+        assert!(
+            !damaged.windows(entry.len()).any(|w| w == entry),
+            "a session whose metadata entry is intact read as no session"
+        );
         return;
     }
     assert!(is_prefix(&got), "history returned records that were not written");

@@ -5,7 +5,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Creates `path` (and missing parents) with mode 0700, and fsyncs the parent.
 pub fn create_private_dir(path: &Path) -> io::Result<()> {
@@ -43,8 +43,7 @@ pub fn create_new_private(path: &Path) -> io::Result<File> {
 /// on disk.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().ok_or_else(|| io::Error::other("path has no parent"))?;
-    let name = path.file_name().ok_or_else(|| io::Error::other("path has no file name"))?;
-    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    let tmp = atomic_temp(path)?;
     let _ = fs::remove_file(&tmp);
     let mut f = create_new_private(&tmp)?;
     f.write_all(bytes)?;
@@ -52,6 +51,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     drop(f);
     fs::rename(&tmp, path)?;
     sync_dir(dir)
+}
+
+/// The temp file `write_atomic` writes `path` through (what a crash during it leaves).
+pub fn atomic_temp(path: &Path) -> io::Result<PathBuf> {
+    let dir = path.parent().ok_or_else(|| io::Error::other("path has no parent"))?;
+    let name = path.file_name().ok_or_else(|| io::Error::other("path has no file name"))?;
+    Ok(dir.join(format!(".{}.tmp", name.to_string_lossy())))
 }
 
 /// The permission bits of a path, if it exists.

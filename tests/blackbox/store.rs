@@ -106,7 +106,7 @@ async fn known_sentences_never_reach_the_disk_or_the_logs_and_survive_a_restart(
     assert_eq!(gw.terminate().await, Some(0));
 
     let files = files_under(&site.state());
-    assert!(files.iter().any(|p| p.extension().is_some_and(|e| e == "ses")), "transcripts were written: {files:?}");
+    assert!(files.iter().any(|p| p.extension().is_some_and(|e| e == "pack")), "transcripts were written: {files:?}");
     for p in &files {
         let bytes = std::fs::read(p).unwrap();
         let name = p.to_string_lossy();

@@ -69,15 +69,63 @@ pub(super) struct Parsed {
 }
 
 pub(super) fn parse(bytes: &[u8]) -> Parsed {
-    let mut out = Parsed::default();
-    if bytes.len() < JOURNAL_MAGIC.len() {
-        return out; // a generation whose header write was torn holds nothing acknowledged
+    let scanned = scan(bytes, JOURNAL_MAGIC);
+    let entries = scanned.entries.iter().map(|e| e.body.to_entry()).collect();
+    Parsed { entries, problem: scanned.problem }
+}
+
+/// Where one entry lies in a file of entries (a journal generation or a pack), and its fields.
+#[derive(Debug)]
+pub(super) struct EntryAt<'a> {
+    /// Offset of its length prefix.
+    pub at: usize,
+    /// Its whole length, prefix included.
+    pub len: usize,
+    pub body: Body<'a>,
+}
+
+/// An entry's fields, borrowed.
+#[derive(Debug)]
+pub(super) struct Body<'a> {
+    pub sid: &'a str,
+    pub meta: Option<&'a [u8]>,
+    pub first_seq: u64,
+    pub frames: &'a [u8],
+}
+
+impl Body<'_> {
+    pub(super) fn to_entry(&self) -> Entry {
+        Entry {
+            sid: self.sid.to_string(),
+            meta: self.meta.map(<[u8]>::to_vec),
+            first_seq: self.first_seq,
+            frames: self.frames.to_vec(),
+        }
     }
-    if &bytes[..JOURNAL_MAGIC.len()] != JOURNAL_MAGIC {
-        out.problem = Some("the header is not a bulkhead journal".into());
+}
+
+/// What a file of entries holds: its entries, the end of the last whole one, and the first
+/// malformed entry (`problem`). A torn tail (incomplete or zero-filled) ends the scan without a
+/// problem: it was never acknowledged.
+#[derive(Debug, Default)]
+pub(super) struct Scanned<'a> {
+    pub entries: Vec<EntryAt<'a>>,
+    pub end: usize,
+    pub problem: Option<String>,
+}
+
+/// Scans a file of entries that starts with `magic`.
+pub(super) fn scan<'a>(bytes: &'a [u8], magic: &[u8; 8]) -> Scanned<'a> {
+    let mut out = Scanned::default();
+    if bytes.len() < magic.len() {
+        return out; // a file whose header write was torn holds nothing acknowledged
+    }
+    if &bytes[..magic.len()] != magic {
+        out.problem = Some("the header is not of this kind of bulkhead file".into());
         return out;
     }
-    let mut pos = JOURNAL_MAGIC.len();
+    let mut pos = magic.len();
+    out.end = pos;
     while pos < bytes.len() {
         let rest = &bytes[pos..];
         if rest.len() < 4 || rest.iter().all(|b| *b == 0) {
@@ -90,18 +138,23 @@ pub(super) fn parse(bytes: &[u8]) -> Parsed {
         }
         let Some(body) = rest.get(4..4 + len) else { break }; // torn tail
         match parse_body(body) {
-            Ok(e) => out.entries.push(e),
+            Ok(body) => out.entries.push(EntryAt { at: pos, len: 4 + len, body }),
             Err(why) => {
                 out.problem = Some(format!("the entry at byte {pos}: {why}"));
                 break;
             }
         }
         pos += 4 + len;
+        out.end = pos;
     }
     out
 }
 
-fn parse_body(body: &[u8]) -> Result<Entry, &'static str> {
+/// The fields of one entry's body (without its length prefix).
+pub(super) fn parse_body(body: &[u8]) -> Result<Body<'_>, &'static str> {
+    if body.len() < SID_LEN + 12 {
+        return Err("it is too short");
+    }
     let sid = &body[..SID_LEN];
     if !sid.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b)) {
         return Err("its session id is malformed");
@@ -114,11 +167,11 @@ fn parse_body(body: &[u8]) -> Result<Entry, &'static str> {
     }
     let (meta, rest) = rest.split_at(meta_len);
     let first_seq = u64::from_le_bytes(rest[..8].try_into().expect("8 bytes"));
-    Ok(Entry {
-        sid: String::from_utf8(sid.to_vec()).expect("ascii"),
-        meta: (meta_len > 0).then(|| meta.to_vec()),
+    Ok(Body {
+        sid: std::str::from_utf8(sid).expect("ascii"),
+        meta: (meta_len > 0).then_some(meta),
         first_seq,
-        frames: rest[8..].to_vec(),
+        frames: &rest[8..],
     })
 }
 
@@ -453,5 +506,6 @@ mod tests {
         bytes.extend(bad_meta);
         assert!(parse(&bytes).problem.unwrap().contains("metadata"));
         assert!(parse(b"NOTAJRNL....").problem.unwrap().contains("header"));
+        assert!(parse_body(b"short").is_err());
     }
 }

@@ -7,23 +7,27 @@
 //! lock                           held by the process that has the store open
 //! tenants/<tenant>/identity.age  the tenant's age identity, encrypted to the master key + MAC
 //! tenants/<tenant>/journal/<generation>.log    appends since the last checkpoint (journal.rs)
-//! tenants/<tenant>/sessions/<sid>.ses          session file: sealed meta (session key, data key),
-//!                                              then segment 0's records
+//! tenants/<tenant>/sessions/<xx>.pack          format 3: the sessions whose id starts with byte
+//!                                              xx: sealed meta and segment 0's records (pack.rs)
 //! tenants/<tenant>/sessions/<sid>/00000001.seg records 1024-2047, ... (long sessions only)
+//! tenants/<tenant>/sessions/<sid>.ses          format 2 (older sessions, and those a key
+//!                                              rotation rewrites): sealed meta, then segment 0
 //! tenants/<tenant>/sessions/<sid>/meta.age     format 1 (older sessions): meta in its own file
 //! ```
 //!
 //! `<sid>` is a keyed hash of the session key, so no session key or peer id appears in a name.
 //! An append seals the new records (ChaCha20-Poly1305, random nonce, associated data = tenant,
-//! session id and position), writes them to the session's open segment, and commits the same
-//! bytes to the tenant's journal with an fdatasync shared by concurrent appends: O(turn), one file
-//! per new conversation, a share of one fsync per append.
+//! session id and position), writes them as one entry to the session's pack (or open segment),
+//! and commits the same bytes to the tenant's journal with an fdatasync shared by concurrent
+//! appends: O(turn), no file per new conversation, a share of one fsync per append.
 
 mod export;
 pub use export::write_export;
 mod format;
 mod journal;
 mod keys;
+mod lru;
+mod pack;
 pub mod postgres;
 mod sync;
 #[cfg(test)]
@@ -47,6 +51,8 @@ pub use export::ExportSummary;
 pub use format::{Record, RecordMessage, RecordToolCall};
 use format::{SEGMENT_MAGIC, split_frames};
 use keys::TenantKeys;
+use lru::Lru;
+use pack::{PackCache, PackSlot};
 pub use keys::{MasterKey, MasterKeyError};
 
 use crate::config::Config;
@@ -69,6 +75,9 @@ pub struct StoreOptions {
     /// Sessions kept open (state, data key, segment file) at once; the least recently used idle
     /// ones are closed past it and reopened from disk when used again.
     pub max_cached_sessions: usize,
+    /// Sessions named by the pack indexes held in memory at once (least recently used idle
+    /// packs are dropped past it, and reread when used again).
+    pub max_indexed_sessions: usize,
     /// How long a journal keeps entries before a checkpoint flushes them into the session files.
     pub checkpoint_every: Duration,
 }
@@ -77,16 +86,22 @@ impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             records_per_segment: DEFAULT_RECORDS_PER_SEGMENT,
-            max_cached_sessions: crate::session::DEFAULT_CACHE_BYTES / CACHED_SESSION_BYTES,
+            max_cached_sessions: crate::session::DEFAULT_CACHE_BYTES / 4 * 3 / CACHED_SESSION_BYTES,
+            max_indexed_sessions: crate::session::DEFAULT_CACHE_BYTES / 4 / pack::INDEXED_SESSION_BYTES,
             checkpoint_every: journal::CHECKPOINT_INTERVAL,
         }
     }
 }
 
 impl StoreOptions {
-    /// The options for a cache of `cache_bytes` (`store.cacheMiB`).
+    /// The options for a cache of `cache_bytes` (`store.cacheMiB`): three quarters for open
+    /// sessions, one for pack indexes.
     pub fn with_cache_bytes(cache_bytes: usize) -> Self {
-        Self { max_cached_sessions: (cache_bytes / CACHED_SESSION_BYTES).max(1), ..Self::default() }
+        Self {
+            max_cached_sessions: (cache_bytes / 4 * 3 / CACHED_SESSION_BYTES).max(1),
+            max_indexed_sessions: cache_bytes / 4 / pack::INDEXED_SESSION_BYTES,
+            ..Self::default()
+        }
     }
 }
 
@@ -195,7 +210,11 @@ struct OpenMeta {
 /// How a session lies on disk.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Layout {
-    /// Since format 2: one file per conversation, `sessions/<sid>.ses` = `SESSION_MAGIC` ‖ `u32 LE`
+    /// Since format 3: the metadata and segment 0's records are entries of one of the tenant's
+    /// packs, `sessions/<xx>.pack` (`pack.rs`): a new conversation creates no file. Segments 1
+    /// and later (a session past `records_per_segment` records) in `sessions/<sid>/`.
+    Pack,
+    /// Format 2 (still read and appended to): one file per conversation, `sessions/<sid>.ses` = `SESSION_MAGIC` ‖ `u32 LE`
     /// meta length ‖ sealed meta ‖ segment 0's frames (`header` bytes before them); segments 1
     /// and later (a session past `records_per_segment` records) in `sessions/<sid>/`.
     File { header: usize },
@@ -224,71 +243,33 @@ type SessionSlot = Arc<Mutex<SessionState>>;
 type SlotId = (TenantId, String);
 
 /// The open sessions, bounded: past `max` entries the least recently used idle one is dropped
-/// (closing its segment file); one in use (its slot cloned by a caller) is never dropped, so two
-/// states for one session never exist at once.
+/// (closing its segment file).
 struct SessionCache {
     max: usize,
-    slots: HashMap<SlotId, (SessionSlot, u64)>,
-    /// Least recently used first.
-    by_use: BTreeMap<u64, SlotId>,
-    next_use: u64,
+    lru: Lru<SlotId, Mutex<SessionState>>,
 }
 
 impl SessionCache {
     fn new(max: usize) -> Self {
-        Self { max: max.max(1), slots: HashMap::new(), by_use: BTreeMap::new(), next_use: 0 }
+        Self { max: max.max(1), lru: Lru::new() }
     }
 
     fn slot(&mut self, id: SlotId) -> SessionSlot {
-        let used = self.next_use;
-        self.next_use += 1;
-        let slot = match self.slots.get_mut(&id) {
-            Some((slot, at)) => {
-                self.by_use.remove(at);
-                *at = used;
-                slot.clone()
-            }
-            None => {
-                let slot: SessionSlot = Arc::new(Mutex::new(SessionState::empty()));
-                self.slots.insert(id.clone(), (slot.clone(), used));
-                slot
-            }
-        };
-        self.by_use.insert(used, id);
-        // Past the bound, drop idle sessions, oldest first; in-use ones are skipped (looked at once).
-        let mut looked = 0;
-        while self.slots.len() > self.max && looked < self.slots.len() {
-            looked += 1;
-            let Some((_, oldest)) = self.by_use.pop_first() else { break };
-            let idle = self.slots.get(&oldest).is_some_and(|(s, _)| Arc::strong_count(s) == 1);
-            if idle {
-                self.slots.remove(&oldest);
-            } else {
-                let at = self.next_use;
-                self.next_use += 1;
-                if let Some((_, u)) = self.slots.get_mut(&oldest) {
-                    *u = at;
-                }
-                self.by_use.insert(at, oldest);
-            }
-        }
-        slot
+        let max = self.max;
+        self.lru.get(id, || Mutex::new(SessionState::empty()), |len| len > max)
     }
 
     fn remove(&mut self, id: &SlotId) {
-        if let Some((_, at)) = self.slots.remove(id) {
-            self.by_use.remove(&at);
-        }
+        self.lru.remove(id);
     }
 
     fn remove_tenant(&mut self, t: &TenantId) {
-        self.slots.retain(|(tt, _), _| tt != t);
-        self.by_use.retain(|_, (tt, _)| tt != t);
+        self.lru.retain(|(tt, _)| tt != t);
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.slots.len()
+        self.lru.len()
     }
 }
 
@@ -299,6 +280,8 @@ struct Inner {
     rng: SystemRandom,
     tenants: RwLock<HashMap<TenantId, Arc<TenantKeys>>>,
     sessions: Mutex<SessionCache>,
+    /// The pack indexes in use (bounded by the sessions they name).
+    packs: Mutex<PackCache>,
     /// Each tenant's journal (where appends become durable) and the checkpoint thread's state.
     journals: Arc<journal::Journals>,
     checkpointer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -489,6 +472,7 @@ impl EncryptedStore {
             }
         }
         let cache = SessionCache::new(opts.max_cached_sessions);
+        let packs = PackCache::new(opts.max_indexed_sessions);
         let journals = Arc::new(journal::Journals::new(opts.checkpoint_every));
         let store = Self {
             inner: Arc::new(Inner {
@@ -498,6 +482,7 @@ impl EncryptedStore {
                 rng: SystemRandom::new(),
                 tenants: RwLock::new(loaded),
                 sessions: Mutex::new(cache),
+                packs: Mutex::new(packs),
                 journals: journals.clone(),
                 checkpointer: Mutex::new(None),
                 _lock: lock,
@@ -632,6 +617,8 @@ impl EncryptedStore {
     fn replay_entry(&self, t: &TenantId, keys: &TenantKeys, e: &journal::Entry) -> Result<usize, StoreError> {
         let sid = e.sid.as_str();
         let dir = self.session_dir(t, sid);
+        // The metadata of a session the entry creates (written with segment 0's records).
+        let mut new_meta = None;
         let (meta, layout) = match self.read_meta(t, keys, sid) {
             Ok(Some(found)) => found,
             on_disk => {
@@ -645,21 +632,58 @@ impl EncryptedStore {
                     };
                 };
                 let meta = open_meta(keys, t, sid, bytes)?;
-                let path = self.session_file(t, sid);
-                let header = format::session_header_for(bytes);
-                fsutil::write_atomic(&path, &header).map_err(|e| store_io("cannot write", &path, e))?;
-                (meta, Layout::File { header: header.len() })
+                new_meta = Some(bytes.as_slice());
+                (meta, Layout::Pack)
             }
         };
         let frames = format::frames_in(&e.frames).map_err(|why| integrity(t, sid, &format!("journal entry: {why}")))?;
+        for (j, f) in frames.iter().enumerate() {
+            open_record(&meta.data, t, sid, e.first_seq + j as u64, f)?;
+        }
         let per = self.inner.opts.records_per_segment;
+        let frame_bytes = |f: &format::RawFrame<'_>| &e.frames[f.offset..f.offset + 4 + crate::crypto::NONCE_LEN + f.body.len()];
         let mut added = 0;
+        if layout == Layout::Pack {
+            // Segment 0: the records its pack lacks, as one entry.
+            let have = if new_meta.is_some() { 0 } else { self.pack_count(t, sid)? };
+            let mut packed = Vec::new();
+            let mut records = 0u32;
+            for (j, f) in frames.iter().enumerate() {
+                let seq = e.first_seq + j as u64;
+                if seq >= per {
+                    break;
+                }
+                if seq < have {
+                    continue;
+                }
+                if seq > have + u64::from(records) {
+                    let why = format!("its pack lacks records before {seq}, which the journal does not hold");
+                    return Err(integrity(t, sid, &why));
+                }
+                packed.extend_from_slice(frame_bytes(f));
+                records += 1;
+            }
+            if new_meta.is_some() || records > 0 {
+                let entry = journal::encode(sid, new_meta, have, &packed);
+                self.with_pack(t, sid, |p| {
+                    if let Some(why) = p.problem() {
+                        return Err(StoreError::Integrity(why.to_string()));
+                    }
+                    p.append(sid, &entry, have, records, new_meta.is_some())
+                        .map(|_| ())
+                        .map_err(|e| store_io("cannot append to", p.path(), e))
+                })?;
+                added += records as usize;
+            }
+        }
         // The segment last read and how many records it holds (read once per segment, not per record).
         let mut counted: Option<(u64, u64)> = None;
         for (j, f) in frames.iter().enumerate() {
             let seq = e.first_seq + j as u64;
-            open_record(&meta.data, t, sid, seq, f)?;
             let (index, pos) = (seq / per, seq % per);
+            if layout == Layout::Pack && index == 0 {
+                continue; // done above
+            }
             let path = self.segment_path(t, sid, layout, index);
             let have = match counted {
                 Some((i, n)) if i == index => n,
@@ -677,9 +701,7 @@ impl EncryptedStore {
                 fsutil::create_private_dir(&dir).map_err(|e| store_io("cannot create", &dir, e))?;
             }
             let (mut file, _) = open_segment(&path)?;
-            let start = f.offset;
-            let end = start + 4 + crate::crypto::NONCE_LEN + f.body.len();
-            file.write_all(&e.frames[start..end]).map_err(|e| store_io("cannot append to", &path, e))?;
+            file.write_all(frame_bytes(f)).map_err(|e| store_io("cannot append to", &path, e))?;
             counted = Some((index, have + 1));
             added += 1;
         }
@@ -733,9 +755,116 @@ impl EncryptedStore {
         self.tenant_dir(t).join("sessions").join(format!("{sid}.ses"))
     }
 
+    /// The pack that holds a session (format 3).
+    fn pack_path(&self, t: &TenantId, sid: &str) -> PathBuf {
+        self.tenant_dir(t).join("sessions").join(pack::pack_name(pack::pack_of(sid)))
+    }
+
+    fn pack(&self, t: &TenantId, sid: &str) -> PackSlot {
+        let dir = self.tenant_dir(t).join("sessions");
+        self.inner.packs.lock().expect("packs lock").slot(t, pack::pack_of(sid), &dir)
+    }
+
+    /// Runs `f` on the pack of `sid`, loaded and locked.
+    fn with_pack<R>(
+        &self,
+        t: &TenantId,
+        sid: &str,
+        f: impl FnOnce(&mut pack::Pack) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let slot = self.pack(t, sid);
+        let mut p = slot.lock().expect("pack lock");
+        p.load().map_err(|e| store_io("cannot read", p.path(), e))?;
+        f(&mut p)
+    }
+
+    /// The metadata of a pack session; `None` when its pack does not hold it. A damaged pack is
+    /// an integrity error for every session it may hold (fail closed).
+    fn pack_meta(&self, t: &TenantId, keys: &TenantKeys, sid: &str) -> Result<Option<OpenMeta>, StoreError> {
+        self.with_pack(t, sid, |p| {
+            if let Some(why) = p.problem() {
+                return Err(StoreError::Integrity(why.to_string()));
+            }
+            let Some(first) = p.chunks(sid).first().copied() else { return Ok(None) };
+            if !first.meta {
+                return Err(integrity(t, sid, "its pack holds records of it but not its metadata"));
+            }
+            let bytes = p.read(&first).map_err(|e| store_io("cannot read", p.path(), e))?;
+            let body = journal::parse_body(&bytes[4..]).map_err(|why| integrity(t, sid, why))?;
+            let meta = body.meta.ok_or_else(|| integrity(t, sid, "its pack entry lost its metadata"))?;
+            if !meta.starts_with(META_MAGIC) {
+                return Err(integrity(t, sid, "its metadata in the pack is not sealed with the tenant's meta key"));
+            }
+            open_meta(keys, t, sid, meta).map(Some)
+        })
+    }
+
+    /// Reads segment 0 of a pack session: its records from `from_seq` on are pushed to `out`.
+    /// Returns how many records the segment holds (up to the first problem) and the problem: a
+    /// missing or repeated entry, or a record that does not authenticate.
+    fn pack_records(
+        &self,
+        t: &TenantId,
+        sid: &str,
+        meta: &OpenMeta,
+        from_seq: u64,
+        out: &mut Vec<Record>,
+    ) -> Result<(u64, Option<String>), StoreError> {
+        self.with_pack(t, sid, |p| {
+            if let Some(why) = p.problem() {
+                return Ok((0, Some(why.to_string())));
+            }
+            let mut next = 0u64;
+            for c in p.chunks(sid).to_vec() {
+                if c.first_seq != next {
+                    let why = format!("its pack holds records from {} where {next} was next (missing or spliced)", c.first_seq);
+                    return Ok((next, Some(integrity_text(t, sid, &why))));
+                }
+                if c.first_seq + u64::from(c.records) <= from_seq {
+                    next += u64::from(c.records);
+                    continue;
+                }
+                let bytes = p.read(&c).map_err(|e| store_io("cannot read", p.path(), e))?;
+                let frames =
+                    journal::parse_body(&bytes[4..]).map_err(String::from).and_then(|b| format::frames_in(b.frames));
+                let frames = match frames {
+                    Ok(f) => f,
+                    Err(why) => return Ok((next, Some(integrity_text(t, sid, &format!("its pack entry at byte {}: {why}", c.at))))),
+                };
+                for (j, f) in frames.iter().enumerate() {
+                    let seq = c.first_seq + j as u64;
+                    match open_record(&meta.data, t, sid, seq, f) {
+                        Ok(r) if seq >= from_seq => out.push(r),
+                        Ok(_) => {}
+                        Err(StoreError::Integrity(why)) => return Ok((seq, Some(why))),
+                        Err(e) => return Err(e),
+                    }
+                }
+                next += frames.len() as u64;
+            }
+            Ok((next, None))
+        })
+    }
+
+    /// How many records segment 0 of a pack session holds, by its index (not authenticated).
+    fn pack_count(&self, t: &TenantId, sid: &str) -> Result<u64, StoreError> {
+        self.with_pack(t, sid, |p| match p.problem() {
+            Some(why) => Err(StoreError::Integrity(why.to_string())),
+            None => Ok(p.chunks(sid).iter().map(|c| u64::from(c.records)).sum()),
+        })
+    }
+
+    /// Whether a session exists on disk in any format (a damaged pack counts: opening the
+    /// session then reports it).
+    fn sid_exists(&self, t: &TenantId, sid: &str) -> Result<bool, StoreError> {
+        let packed = self.with_pack(t, sid, |p| Ok(p.problem().is_some() || !p.chunks(sid).is_empty()))?;
+        Ok(packed || self.session_file(t, sid).exists() || self.session_dir(t, sid).exists())
+    }
+
     /// Where segment `index` of a session lives.
     fn segment_path(&self, t: &TenantId, sid: &str, layout: Layout, index: u64) -> PathBuf {
         match layout {
+            Layout::Pack if index == 0 => self.pack_path(t, sid),
             Layout::File { .. } if index == 0 => self.session_file(t, sid),
             _ => Self::seg_path(&self.session_dir(t, sid), index),
         }
@@ -744,8 +873,9 @@ impl EncryptedStore {
     /// A session's segment indexes, in order.
     fn segments(&self, t: &TenantId, sid: &str, layout: Layout) -> Result<Vec<u64>, StoreError> {
         let mut segs = list_segments(&self.session_dir(t, sid))?;
-        if let Layout::File { .. } = layout {
-            // Segment 0 is the session file (a `00000000.seg` beside it is not the session's).
+        if matches!(layout, Layout::File { .. } | Layout::Pack) {
+            // Segment 0 is the session file or its pack (a `00000000.seg` beside it is not the
+            // session's).
             segs.retain(|&i| i != 0);
             segs.insert(0, 0);
         }
@@ -763,6 +893,9 @@ impl EncryptedStore {
     /// Reads and verifies the metadata of session `sid` (its session file's header, or a format-1
     /// `meta.age`), and how the session lies on disk.
     fn read_meta(&self, t: &TenantId, keys: &TenantKeys, sid: &str) -> Result<Option<(OpenMeta, Layout)>, StoreError> {
+        if let Some(meta) = self.pack_meta(t, keys, sid)? {
+            return Ok(Some((meta, Layout::Pack)));
+        }
         let file = self.session_file(t, sid);
         match fs::read(&file) {
             Ok(bytes) => {
@@ -789,43 +922,38 @@ impl EncryptedStore {
         open_meta(keys, t, sid, &bytes).map(|m| Some((m, Layout::Dir)))
     }
 
-    /// Creates a session: its file, holding the sealed metadata, open for segment 0's records.
-    /// None of it is durable yet: the caller's journal entry carries the sealed meta (returned
-    /// here), and the next checkpoint flushes the file.
+    /// Creates a session's metadata (a new data key, sealed). Nothing is written here: the
+    /// session's first entry in its pack carries the sealed metadata (returned), and its journal
+    /// entry the same bytes.
     fn create_session(
         &self,
         t: &TenantId,
         keys: &TenantKeys,
         sid: &str,
         key: &str,
-    ) -> Result<(OpenMeta, Vec<u8>, File, usize), StoreError> {
+    ) -> Result<(OpenMeta, Vec<u8>), StoreError> {
         let dk: [u8; 32] = random(&self.inner.rng).map_err(StoreError::Io)?;
         let created_ms = now_ms();
         let meta = make_meta(keys, t.as_str(), sid, key, created_ms, &dk)?;
-        let path = self.session_file(t, sid);
-        let sessions = path.parent().expect("sessions dir");
-        if !sessions.is_dir() {
-            // The tenant's first session: `sessions/` itself, durably.
-            fsutil::create_private_dir(sessions).map_err(|e| store_io("cannot create", sessions, e))?;
-        }
-        // Whatever a creation that crashed before it was acknowledged left (a torn session file, a
-        // directory without `meta.age`): nothing in it was acknowledged, and none of its records
-        // would open under the new data key.
+        // Whatever a creation that crashed before it was acknowledged left in an older format (an
+        // empty session file, a directory without `meta.age`, segments of another data key):
+        // nothing in it was acknowledged, and none of its records would open under the new key.
         // Looked up first: an unlink takes the directory's lock exclusively even when there is
-        // nothing to remove, and every new conversation of the tenant creates in that directory.
+        // nothing to remove, and every new conversation of the tenant would take it.
+        let path = self.session_file(t, sid);
         if fs::symlink_metadata(&path).is_ok() {
             fs::remove_file(&path).map_err(|e| store_io("cannot remove", &path, e))?;
         }
         let dir = self.session_dir(t, sid);
-        for seg in list_segments(&dir)? {
-            let p = Self::seg_path(&dir, seg);
-            fs::remove_file(&p).map_err(|e| store_io("cannot remove", &p, e))?;
+        if fs::symlink_metadata(&dir).is_ok() {
+            fsutil::remove_dir_all_if_exists(&dir).map_err(|e| store_io("cannot remove", &dir, e))?;
         }
-        let header = format::session_header_for(&meta);
-        let mut file = fsutil::create_new_private(&path).map_err(|e| store_io("cannot create", &path, e))?;
-        file.write_all(&header).map_err(|e| store_io("cannot write", &path, e))?;
+        let sessions = path.parent().expect("sessions dir");
+        if !sessions.is_dir() {
+            fsutil::create_private_dir(sessions).map_err(|e| store_io("cannot create", sessions, e))?;
+        }
         let open = OpenMeta { key: key.to_string(), created_ms, data: RecordKey::new(&dk) };
-        Ok((open, meta, file, header.len()))
+        Ok((open, meta))
     }
 
     /// Loads a session's state for appending: meta, and the last segment verified (a torn tail is
@@ -843,7 +971,20 @@ impl EncryptedStore {
         let per = self.inner.opts.records_per_segment;
         let mut updated = meta.created_ms;
         let mut next = 0;
-        if let Some(&last) = segs.last() {
+        if layout == Layout::Pack && segs.last() == Some(&0) {
+            let mut records = Vec::new();
+            let (count, problem) = self.pack_records(t, sid, &meta, 0, &mut records)?;
+            if let Some(why) = problem {
+                return Err(StoreError::Integrity(why));
+            }
+            if count > per {
+                return Err(integrity(t, sid, "segment 0 holds too many records"));
+            }
+            if let Some(r) = records.last() {
+                updated = r.ts;
+            }
+            next = count;
+        } else if let Some(&last) = segs.last() {
             let path = self.segment_path(t, sid, layout, last);
             let bytes = fs::read(&path).map_err(|e| store_io("cannot read", &path, e))?;
             let frames = Self::segment_frames(layout, last, &bytes)
@@ -899,10 +1040,10 @@ impl EncryptedStore {
         // The sealed meta of a session this append creates (it goes into the journal entry too).
         let mut new_meta = None;
         if st.meta.is_none() {
-            let (meta, sealed, file, header) = self.create_session(t, keys, sid, key_text)?;
+            let (meta, sealed) = self.create_session(t, keys, sid, key_text)?;
             st.meta = Some(meta);
-            st.layout = Layout::File { header };
-            st.tail = Some((0, file));
+            st.layout = Layout::Pack;
+            st.tail = None;
             st.updated_ms = now_ms();
             new_meta = Some(sealed);
         }
@@ -910,18 +1051,34 @@ impl EncryptedStore {
         let ts = now_ms();
         let first_seq = st.next_seq;
         let mut frames: Vec<u8> = Vec::new();
+        // The frames that go to the session's pack (segment 0 of a format-3 session).
+        let mut packed: Vec<u8> = Vec::new();
+        let mut packed_records = 0u32;
         // Each segment this append writes to, with its length before (to undo a failed append).
         let mut undo: Vec<(PathBuf, u64)> = Vec::new();
         let mut seq = first_seq;
         let written = (|| {
             let mut pending: Vec<u8> = Vec::new();
             for m in messages {
+                let rec = Record { v: format::RECORD_VERSION, ts, msg: RecordMessage::from(m) };
+                let pt =
+                    serde_json::to_vec(&rec).map_err(|e| StoreError::Io(format!("cannot encode a record: {e}")))?;
+                let meta = st.meta.as_ref().expect("meta set above");
+                let frame =
+                    meta.data.seal_frame(&self.inner.rng, t.as_str(), sid, seq, &pt).map_err(StoreError::Io)?;
+                frames.extend_from_slice(&frame);
                 let seg = seq / per;
+                seq += 1;
+                if st.layout == Layout::Pack && seg == 0 {
+                    packed.extend_from_slice(&frame);
+                    packed_records += 1;
+                    continue;
+                }
                 let path = self.segment_path(t, sid, st.layout, seg);
                 if st.tail.as_ref().is_none_or(|(i, _)| *i != seg) {
                     flush(st, &mut pending, &path)?;
-                    if seg > 0 && matches!(st.layout, Layout::File { .. }) {
-                        // The session's first segment past its file: its directory.
+                    if seg > 0 && matches!(st.layout, Layout::File { .. } | Layout::Pack) {
+                        // The session's first segment past its file or pack: its directory.
                         match fs::DirBuilder::new().mode(0o700).create(&dir) {
                             Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
                                 return Err(store_io("cannot create", &dir, e));
@@ -937,15 +1094,7 @@ impl EncryptedStore {
                     let len = f.metadata().map_err(|e| store_io("cannot stat", &path, e))?.len();
                     undo.push((path.clone(), len));
                 }
-                let rec = Record { v: format::RECORD_VERSION, ts, msg: RecordMessage::from(m) };
-                let pt =
-                    serde_json::to_vec(&rec).map_err(|e| StoreError::Io(format!("cannot encode a record: {e}")))?;
-                let meta = st.meta.as_ref().expect("meta set above");
-                let frame =
-                    meta.data.seal_frame(&self.inner.rng, t.as_str(), sid, seq, &pt).map_err(StoreError::Io)?;
                 pending.extend_from_slice(&frame);
-                frames.extend_from_slice(&frame);
-                seq += 1;
                 if seq.is_multiple_of(per) {
                     flush(st, &mut pending, &path)?;
                 }
@@ -953,8 +1102,21 @@ impl EncryptedStore {
             let path = self.segment_path(t, sid, st.layout, seq.saturating_sub(1) / per);
             flush(st, &mut pending, &path)
         })();
+        // Segment 0 of a pack session: its entry in the pack, which stays locked until the
+        // journal has committed (so a failed commit can take the entry back out).
+        let pack_slot = (st.layout == Layout::Pack && (new_meta.is_some() || packed_records > 0)).then(|| self.pack(t, sid));
+        let mut in_pack = None;
         // Durable (and acknowledged) once the journal holds it.
         let committed = written.and_then(|()| {
+            if let Some(slot) = &pack_slot {
+                let mut p = slot.lock().expect("pack lock");
+                p.load().map_err(|e| store_io("cannot read", p.path(), e))?;
+                let entry = journal::encode(sid, new_meta.as_deref(), first_seq, &packed);
+                let before = p
+                    .append(sid, &entry, first_seq, packed_records, new_meta.is_some())
+                    .map_err(|e| store_io("cannot append to", p.path(), e))?;
+                in_pack = Some((p, before));
+            }
             if new_meta.is_none() && frames.is_empty() {
                 return Ok(());
             }
@@ -966,14 +1128,15 @@ impl EncryptedStore {
         if let Err(e) = committed {
             // Nothing of this append was acknowledged: take it back out of the session's files,
             // so a later read does not show it (the caller reloads the session).
+            if let Some((mut p, before)) = in_pack.take() {
+                p.undo(sid, before);
+            }
             for (path, len) in undo {
                 let _ = OpenOptions::new().write(true).open(&path).and_then(|f| f.set_len(len));
             }
-            if new_meta.is_some() {
-                let _ = fs::remove_file(self.session_file(t, sid));
-            }
             return Err(e);
         }
+        drop(in_pack);
         st.next_seq = seq;
         st.updated_ms = ts;
         Ok(())
@@ -1007,6 +1170,18 @@ impl EncryptedStore {
                 continue;
             }
             let last = i + 1 == segs.len();
+            if layout == Layout::Pack && index == 0 {
+                let (count, problem) = self.pack_records(t, sid, meta, from_seq, &mut out.records)?;
+                if let Some(why) = problem {
+                    out.problems.push(why);
+                } else if count > per || (!last && count < per) {
+                    out.problems.push("segment 0 has the wrong number of records (truncated or spliced)".into());
+                }
+                if !out.problems.is_empty() {
+                    break;
+                }
+                continue;
+            }
             let path = self.segment_path(t, sid, layout, index);
             let bytes = fs::read(&path).map_err(|e| store_io("cannot read", &path, e))?;
             let frames = match Self::segment_frames(layout, index, &bytes) {
@@ -1061,7 +1236,7 @@ impl EncryptedStore {
     ) -> Result<Option<R>, StoreError> {
         let keys = self.keys(t)?;
         let sid = keys.session_id(key_text);
-        if !self.session_file(t, &sid).exists() && !self.session_dir(t, &sid).exists() {
+        if !self.sid_exists(t, &sid)? {
             return Ok(None);
         }
         self.with_sid(t, &keys, &sid, f)
@@ -1136,14 +1311,28 @@ impl EncryptedStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
             Err(e) => return Err(store_io("cannot list", &dir, e)),
         };
+        let mut packs = Vec::new();
         for e in entries {
             let e = e.map_err(|e| store_io("cannot list", &dir, e))?;
             let name = e.file_name().to_string_lossy().to_string();
+            if let Some(index) = name.strip_suffix(".pack").filter(|h| h.len() == 2).and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                packs.push(index);
+                continue;
+            }
             // A session file (`<sid>.ses`), a directory (`<sid>`), or both.
             let sid = name.strip_suffix(".ses").unwrap_or(&name);
             if sid.len() == 32 && sid.bytes().all(|b| b.is_ascii_hexdigit()) {
                 out.push(sid.to_string());
             }
+        }
+        for index in packs {
+            let slot = self.inner.packs.lock().expect("packs lock").slot(t, index, &dir);
+            let mut p = slot.lock().expect("pack lock");
+            p.load().map_err(|e| store_io("cannot read", p.path(), e))?;
+            if let Some(why) = p.problem() {
+                tracing::error!(tenant = %t, problem = %why, "A session pack is damaged: the sessions it holds do not open.");
+            }
+            out.extend(p.sids().cloned());
         }
         out.sort();
         out.dedup();
@@ -1175,18 +1364,67 @@ impl EncryptedStore {
         Ok(out)
     }
 
-    /// Deletes one session: the meta file (which holds the data key) goes first.
-    fn delete_sid(&self, t: &TenantId, sid: &str) -> Result<bool, StoreError> {
-        let slot = self.slot(t, sid);
-        let mut st = slot.lock().expect("session lock");
-        // No journal generation may still hold the session (a replay would bring it back).
-        if let Some(j) = self.inner.journals.get(t) {
-            j.settle(sid).map_err(|e| store_io("cannot checkpoint", &self.journal_dir(t), e))?;
+    /// Deletes sessions of a tenant; returns how many existed. Those sharing a pack are taken
+    /// out of it by one rewrite (retention deletes many at once). With `idle_before`, a session
+    /// whose last message is not older than it (an append came meanwhile) is kept.
+    fn delete_sids(&self, t: &TenantId, sids: &[String], idle_before: Option<u64>) -> Result<usize, StoreError> {
+        let mut by_pack: BTreeMap<u8, Vec<&str>> = BTreeMap::new();
+        for sid in sids {
+            by_pack.entry(pack::pack_of(sid)).or_default().push(sid);
         }
+        let mut existed = 0;
+        for (_, mut group) in by_pack {
+            group.sort_unstable();
+            group.dedup();
+            // Every session of the group locked (in order; no one else holds two), so no append
+            // interleaves with its deletion.
+            let slots: Vec<SessionSlot> = group.iter().map(|sid| self.slot(t, sid)).collect();
+            let mut states: Vec<_> = slots.iter().map(|s| s.lock().expect("session lock")).collect();
+            if let Some(cutoff) = idle_before {
+                let keys = self.keys(t)?;
+                let keep: Vec<bool> = group
+                    .iter()
+                    .zip(states.iter_mut())
+                    .map(|(sid, st)| self.load(t, &keys, sid, st).map_or(true, |()| st.updated_ms >= cutoff))
+                    .collect();
+                (group, states) =
+                    group.into_iter().zip(states).zip(keep).filter(|(_, keep)| !keep).map(|(pair, _)| pair).unzip();
+                if group.is_empty() {
+                    continue;
+                }
+            }
+            // No journal generation may still hold them (a replay would bring them back).
+            if let Some(j) = self.inner.journals.get(t) {
+                for sid in &group {
+                    j.settle(sid).map_err(|e| store_io("cannot checkpoint", &self.journal_dir(t), e))?;
+                }
+            }
+            // The metadata (which holds the data key) goes first, durably: out of the pack
+            // (rewritten without them), or the session's file.
+            let packed = self.with_pack(t, group[0], |p| {
+                let held: Vec<bool> = group.iter().map(|sid| !p.chunks(sid).is_empty()).collect();
+                p.remove(&group).map_err(|e| store_io("cannot rewrite", p.path(), e))?;
+                Ok(held)
+            })?;
+            for ((sid, st), in_pack) in group.iter().zip(states.iter_mut()).zip(packed) {
+                existed += usize::from(self.delete_session_files(t, sid)? || in_pack);
+                **st = SessionState::empty();
+            }
+            drop(states);
+            let mut cache = self.inner.sessions.lock().expect("sessions lock");
+            for sid in &group {
+                cache.remove(&(t.clone(), sid.to_string()));
+            }
+        }
+        Ok(existed)
+    }
+
+    /// Removes a session's own files (format 1 and 2; later segments of a pack session), its
+    /// metadata first; returns whether it had any.
+    fn delete_session_files(&self, t: &TenantId, sid: &str) -> Result<bool, StoreError> {
         let dir = self.session_dir(t, sid);
         let file = self.session_file(t, sid);
         let existed = dir.exists() || file.exists();
-        // The metadata (which holds the data key) goes first, durably.
         let meta = dir.join("meta.age");
         fsutil::remove_file_if_exists(&file).map_err(|e| store_io("cannot remove", &file, e))?;
         fsutil::remove_file_if_exists(&meta).map_err(|e| store_io("cannot remove", &meta, e))?;
@@ -1198,10 +1436,9 @@ impl EncryptedStore {
             fsutil::sync_dir(sessions).map_err(|e| store_io("cannot sync", sessions, e))?;
         }
         fsutil::remove_dir_all_if_exists(&dir).map_err(|e| store_io("cannot remove", &dir, e))?;
-        let _ = fsutil::sync_dir(sessions);
-        *st = SessionState::empty();
-        drop(st);
-        self.inner.sessions.lock().expect("sessions lock").remove(&(t.clone(), sid.to_string()));
+        if existed {
+            let _ = fsutil::sync_dir(sessions);
+        }
         Ok(existed)
     }
 
@@ -1209,7 +1446,7 @@ impl EncryptedStore {
     pub fn delete_session_blocking(&self, t: &TenantId, key: &SessionKey) -> Result<bool, StoreError> {
         let keys = self.keys(t)?;
         let sid = keys.session_id(&key.to_string());
-        self.delete_sid(t, &sid)
+        Ok(self.delete_sids(t, &[sid], None)? > 0)
     }
 
     /// Deletes sessions whose last message is older than the retention of their tenant.
@@ -1225,20 +1462,18 @@ impl EncryptedStore {
             let Some(days) = retention.days_for(&t) else { continue };
             let cutoff = now.saturating_sub(u64::from(days) * 86_400_000);
             let keys = self.keys(&t)?;
-            let mut deleted = 0;
+            let mut expired = Vec::new();
             for sid in self.session_ids(&t)? {
                 let updated = self.with_sid(&t, &keys, &sid, |_, _, _, st| Ok(st.updated_ms));
                 match updated {
-                    Ok(Some(u)) if u < cutoff => {
-                        self.delete_sid(&t, &sid)?;
-                        deleted += 1;
-                    }
+                    Ok(Some(u)) if u < cutoff => expired.push(sid),
                     Ok(_) => {}
                     Err(e) => {
                         tracing::warn!(tenant = %t, session = %sid, error = %e, "Retention skipped an unreadable session.")
                     }
                 }
             }
+            let deleted = self.delete_sids(&t, &expired, Some(cutoff))?;
             if deleted > 0 {
                 tracing::info!(tenant = %t, deleted, days, "Retention deleted expired sessions.");
             }
@@ -1254,6 +1489,7 @@ impl EncryptedStore {
         let dir = self.tenant_dir(t);
         self.inner.tenants.write().expect("tenants lock").remove(t);
         self.inner.sessions.lock().expect("sessions lock").remove_tenant(t);
+        self.inner.packs.lock().expect("packs lock").remove_tenant(t);
         if let Some(j) = self.inner.journals.remove(t) {
             // Its generations are shredded with the tree (they hold only sealed bytes).
             let _ = j.retire();
@@ -1351,6 +1587,8 @@ impl EncryptedStore {
         // journal refuses appends from here on, and the tree in place afterwards gets a new one.
         let mut cache = self.inner.sessions.lock().expect("sessions lock");
         cache.remove_tenant(t);
+        // The new tree holds no pack (its sessions are in format 2): forget the old tree's.
+        self.inner.packs.lock().expect("packs lock").remove_tenant(t);
         if let Some(j) = self.inner.journals.get(t) {
             j.retire().map_err(|e| store_io("cannot checkpoint", &self.journal_dir(t), e))?;
         }
@@ -1361,6 +1599,7 @@ impl EncryptedStore {
             Err(_) => {}
         }
         swapped?;
+        self.inner.packs.lock().expect("packs lock").remove_tenant(t);
         self.inner.tenants.write().expect("tenants lock").insert(t.clone(), Arc::new(keys));
         drop(cache);
         shred_dir(&old).map_err(|e| store_io("cannot remove", &old, e))?;
@@ -1479,7 +1718,11 @@ fn open_meta(keys: &TenantKeys, t: &TenantId, sid: &str, bytes: &[u8]) -> Result
 }
 
 fn integrity(t: &TenantId, sid: &str, what: &str) -> StoreError {
-    StoreError::Integrity(format!("session {sid} of tenant {:?}: {what}", t.as_str()))
+    StoreError::Integrity(integrity_text(t, sid, what))
+}
+
+fn integrity_text(t: &TenantId, sid: &str, what: &str) -> String {
+    format!("session {sid} of tenant {:?}: {what}", t.as_str())
 }
 
 fn open_record(

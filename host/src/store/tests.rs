@@ -49,8 +49,14 @@ impl Fixture {
     }
     fn session_dir(&self, store: &EncryptedStore, tenant: &str, peer: &str) -> PathBuf {
         let t = tid(tenant);
-        let sid = store.keys(&t).unwrap().session_id(&skey(peer).to_string());
-        store.session_dir(&t, &sid)
+        store.session_dir(&t, &self.sid(store, tenant, peer))
+    }
+    fn sid(&self, store: &EncryptedStore, tenant: &str, peer: &str) -> String {
+        store.keys(&tid(tenant)).unwrap().session_id(&skey(peer).to_string())
+    }
+    /// The pack that holds a session (format 3).
+    fn pack_path(&self, store: &EncryptedStore, tenant: &str, peer: &str) -> PathBuf {
+        store.pack_path(&tid(tenant), &self.sid(store, tenant, peer))
     }
 }
 
@@ -125,8 +131,9 @@ async fn segments_roll_and_limits_read_only_the_tail() {
     }
     s.append(&tid("alpha"), &skey("u1"), &[user("m10"), user("m11"), user("m12")]).await.unwrap();
     let dir = fx.session_dir(&s, "alpha", "u1");
-    // Segment 0 is in the session's file, the others in its directory.
-    assert!(dir.with_extension("ses").is_file());
+    // Segment 0 is in the session's pack, the others in its directory.
+    assert!(fx.pack_path(&s, "alpha", "u1").is_file());
+    assert!(!dir.with_extension("ses").exists());
     assert_eq!(list_segments(&dir).unwrap(), vec![1, 2, 3, 4]);
     drop(s);
     let s = fx.open(3);
@@ -226,14 +233,30 @@ fn loose_store_permissions_and_a_second_process_are_refused() {
     fx.open(4);
 }
 
-/// Two sessions of alpha (u1, u2) and one of bravo (u1), each 9 records in segments of 3.
+/// Two sessions of alpha (u1, u2) and one of bravo (u1), each 9 records in segments of 3:
+/// segment 0 in the tenant's packs (format 3), segments 1 and 2 in the session's directory.
 async fn tamper_fixture() -> (Fixture, [PathBuf; 3]) {
+    tamper_fixture_in(false).await
+}
+
+/// The same in format 2 (segment 0 in `<sid>.ses`), as a key rotation writes it.
+async fn tamper_fixture_v2() -> (Fixture, [PathBuf; 3]) {
+    tamper_fixture_in(true).await
+}
+
+async fn tamper_fixture_in(format_2: bool) -> (Fixture, [PathBuf; 3]) {
     let fx = Fixture::new();
     let s = fx.open(3);
     for (t, p) in [("alpha", "u1"), ("alpha", "u2"), ("bravo", "u1")] {
         for i in 0..9 {
             s.append(&tid(t), &skey(p), &[user(&format!("{t}-{p}-{i}"))]).await.unwrap();
         }
+    }
+    if format_2 {
+        for t in ["alpha", "bravo"] {
+            s.rotate_tenant(&tid(t)).unwrap();
+        }
+        assert!(fx.session_dir(&s, "alpha", "u1").with_extension("ses").is_file());
     }
     let dirs =
         [fx.session_dir(&s, "alpha", "u1"), fx.session_dir(&s, "alpha", "u2"), fx.session_dir(&s, "bravo", "u1")];
@@ -295,7 +318,7 @@ async fn tamper_segment_swapped_between_sessions_is_detected() {
 
 #[tokio::test]
 async fn tamper_segment_swapped_between_tenants_is_detected() {
-    let (fx, [a1, _, b1]) = tamper_fixture().await;
+    let (fx, [a1, _, b1]) = tamper_fixture_v2().await;
     fs::copy(b1.join("00000002.seg"), a1.join("00000002.seg")).unwrap();
     expect_integrity_error(&fx, "alpha", "u1", 6).await;
     // A whole session (its file and its directory) moved to another tenant does not open either.
@@ -310,7 +333,7 @@ async fn tamper_segment_swapped_between_tenants_is_detected() {
 
 #[tokio::test]
 async fn tamper_meta_replaced_by_a_fresh_valid_age_file_is_detected() {
-    let (fx, [a1, ..]) = tamper_fixture().await;
+    let (fx, [a1, ..]) = tamper_fixture_v2().await;
     let s = fx.open(3);
     let keys = s.keys(&tid("alpha")).unwrap();
     // Anyone with the tenant's public key can make a valid age file with a data key they know.
@@ -423,6 +446,9 @@ async fn retention_deletes_exactly_the_expired_sessions() {
     assert!(s.exists(&tid("alpha"), &skey("new")).await.unwrap());
     assert!(s.exists(&tid("bravo"), &skey("old")).await.unwrap());
     assert!(!fx.session_dir(&s, "alpha", "old").exists(), "the files are gone");
+    let old = fx.sid(&s, "alpha", "old");
+    let pack = fx.pack_path(&s, "alpha", "old");
+    assert!(pack_entries(&pack).iter().all(|e| e.2 != old), "its pack no longer holds it");
     assert!(s.delete_session(&tid("alpha"), &skey("new")).await.unwrap());
     assert!(!s.delete_session(&tid("alpha"), &skey("new")).await.unwrap());
     assert!(s.list(&tid("alpha")).await.unwrap().is_empty());
@@ -973,15 +999,19 @@ async fn a_forged_journal_entry_is_not_applied_and_the_generation_is_kept_aside(
 }
 
 #[tokio::test]
-async fn sessions_in_the_format_1_metadata_still_open_and_new_ones_use_format_2() {
+async fn sessions_in_the_format_1_metadata_still_open_and_new_ones_go_to_packs() {
     let fx = Fixture::new();
     let s = fx.open(1024);
     let t = tid("alpha");
     s.append(&t, &skey("new"), &[user("hi")]).await.unwrap();
-    let file = fs::read(fx.session_dir(&s, "alpha", "new").with_extension("ses")).unwrap();
-    let (meta, _) = format::session_header(&file).unwrap().unwrap();
-    assert!(meta.starts_with(META_MAGIC), "format 2: no age file per conversation");
-    assert!(!fx.session_dir(&s, "alpha", "new").exists(), "one file per new conversation, no directory");
+    let entries = pack_entries(&fx.pack_path(&s, "alpha", "new"));
+    let [(at, len, sid, 0)] = entries.as_slice() else { panic!("one entry: {entries:?}") };
+    assert_eq!(*sid, fx.sid(&s, "alpha", "new"));
+    let bytes = fs::read(fx.pack_path(&s, "alpha", "new")).unwrap();
+    let body = journal::parse_body(&bytes[at + 4..at + len]).unwrap();
+    assert!(body.meta.unwrap().starts_with(META_MAGIC), "no age file per conversation");
+    assert!(!fx.session_dir(&s, "alpha", "new").exists(), "no directory");
+    assert!(!fx.session_dir(&s, "alpha", "new").with_extension("ses").exists(), "no file per new conversation");
     // A session written by an earlier version: meta.age is age-encrypted JSON with a MAC.
     let keys = s.keys(&t).unwrap();
     let old_key = skey("old").to_string();
@@ -997,18 +1027,12 @@ async fn sessions_in_the_format_1_metadata_still_open_and_new_ones_use_format_2(
     let s = fx.open(1024);
     s.append(&t, &skey("old"), &[user("still works")]).await.unwrap();
     assert_eq!(texts(&s.history(&t, &skey("old"), None).await.unwrap()), ["still works"]);
-    // A format-2 session file copied over another session's does not open there.
-    let moved = fx.session_dir(&s, "alpha", "old").with_extension("ses");
-    fs::copy(fx.session_dir(&s, "alpha", "new").with_extension("ses"), &moved).unwrap();
-    drop(s);
-    let s = fx.open(1024);
-    let err = s.history(&t, &skey("old"), None).await.unwrap_err().to_string();
-    assert!(err.contains("fails authentication"), "{err}");
+    assert_eq!(texts(&s.history(&t, &skey("new"), None).await.unwrap()), ["hi"]);
 }
 
 #[tokio::test]
 async fn a_session_file_cut_inside_its_header_is_an_integrity_error_and_an_empty_one_no_session() {
-    let (fx, [a1, ..]) = tamper_fixture().await;
+    let (fx, [a1, ..]) = tamper_fixture_v2().await;
     let file = a1.with_extension("ses");
     let bytes = fs::read(&file).unwrap();
     for cut in [3, 11, 20, 60] {
@@ -1022,4 +1046,209 @@ async fn a_session_file_cut_inside_its_header_is_an_integrity_error_and_an_empty
     fs::write(&file, b"").unwrap();
     let s = fx.open(3);
     assert!(!s.exists(&tid("alpha"), &skey("u1")).await.unwrap(), "an empty session file is no session");
+}
+
+// ---- Packs (format 3): tampering, torn tails, damage, bounded indexes ----
+
+/// The entries of a pack file: offset, length, session id, first sequence number.
+fn pack_entries(path: &Path) -> Vec<(usize, usize, String, u64)> {
+    let bytes = fs::read(path).unwrap_or_default();
+    let scanned = journal::scan(&bytes, pack::PACK_MAGIC);
+    assert_eq!(scanned.problem, None);
+    scanned.entries.iter().map(|e| (e.at, e.len, e.body.sid.to_string(), e.body.first_seq)).collect()
+}
+
+/// Rewrites the pack holding alpha's u1 through `edit` (given the bytes and u1's entries).
+fn edit_pack(fx: &Fixture, edit: impl FnOnce(&mut Vec<u8>, &[(usize, usize, String, u64)])) {
+    let s = fx.open(3);
+    let (path, sid) = (fx.pack_path(&s, "alpha", "u1"), fx.sid(&s, "alpha", "u1"));
+    drop(s);
+    let mine: Vec<_> = pack_entries(&path).into_iter().filter(|e| e.2 == sid).collect();
+    let mut bytes = fs::read(&path).unwrap();
+    edit(&mut bytes, &mine);
+    fs::write(&path, bytes).unwrap();
+}
+
+#[tokio::test]
+async fn tamper_in_a_pack_is_detected() {
+    // A byte of a record flipped: the records before it still read.
+    let (fx, _) = tamper_fixture().await;
+    edit_pack(&fx, |b, mine| {
+        let (at, len, ..) = mine[2];
+        b[at + len - 3] ^= 1;
+    });
+    expect_integrity_error(&fx, "alpha", "u1", 2).await;
+
+    // An entry cut out of the middle: the gap is found.
+    let (fx, _) = tamper_fixture().await;
+    edit_pack(&fx, |b, mine| {
+        let (at, len, ..) = mine[1];
+        b.drain(at..at + len);
+    });
+    expect_integrity_error(&fx, "alpha", "u1", 1).await;
+
+    // Two entries swapped: a record at another position does not open.
+    let (fx, _) = tamper_fixture().await;
+    edit_pack(&fx, |b, mine| {
+        let ((a, alen, ..), (c, clen, ..)) = (mine[1].clone(), mine[2].clone());
+        assert_eq!(a + alen, c, "u1's appends follow each other");
+        let (x, y) = (b[a..a + alen].to_vec(), b[c..c + clen].to_vec());
+        b.splice(a..c + clen, [y, x].concat());
+    });
+    expect_integrity_error(&fx, "alpha", "u1", 1).await;
+
+    // The metadata replaced by an age file anyone could make, or with a byte changed.
+    let (fx, _) = tamper_fixture().await;
+    let s = fx.open(3);
+    let keys = s.keys(&tid("alpha")).unwrap();
+    let sid = fx.sid(&s, "alpha", "u1");
+    let forged = serde_json::json!({"v": 1, "tenant": "alpha", "sid": sid, "key": skey("u1").to_string(),
+        "createdMs": 1, "dataKey": hex(&[7u8; 32]), "mac": hex(&[0u8; 32])});
+    let ct = age::encrypt(&keys.recipient, forged.to_string().as_bytes()).unwrap();
+    drop(s);
+    edit_pack(&fx, |b, mine| {
+        let (at, len, ..) = mine[0];
+        let body = journal::parse_body(&b[at + 4..at + len]).unwrap();
+        let entry = journal::encode(&sid, Some(&ct), 0, body.frames);
+        b.splice(at..at + len, entry);
+    });
+    let s = fx.open(3);
+    let err = s.history(&tid("alpha"), &skey("u1"), None).await.unwrap_err();
+    assert!(err.to_string().contains("not sealed with the tenant's meta key"), "{err}");
+    assert!(s.append(&tid("alpha"), &skey("u1"), &[user("x")]).await.is_err(), "nothing written under it");
+    drop(s);
+    let (fx, _) = tamper_fixture().await;
+    edit_pack(&fx, |b, mine| b[mine[0].0 + 4 + 32 + 4 + 30] ^= 1);
+    let s = fx.open(3);
+    let err = s.history(&tid("alpha"), &skey("u1"), None).await.unwrap_err();
+    assert!(err.to_string().contains("fails authentication"), "{err}");
+}
+
+#[tokio::test]
+async fn a_session_moved_into_another_tenants_pack_does_not_open_there() {
+    let (fx, _) = tamper_fixture().await;
+    let s = fx.open(3);
+    let (from, sid) = (fx.pack_path(&s, "bravo", "u1"), fx.sid(&s, "bravo", "u1"));
+    let to = s.pack_path(&tid("alpha"), &sid);
+    drop(s);
+    let bytes = fs::read(&from).unwrap();
+    let mut dest = fs::read(&to).unwrap_or_else(|_| pack::PACK_MAGIC.to_vec());
+    for (at, len, s, _) in pack_entries(&from) {
+        if s == sid {
+            dest.extend_from_slice(&bytes[at..at + len]);
+        }
+    }
+    fs::write(&to, dest).unwrap();
+    let s = fx.open(3);
+    let reads = s.read_tenant(&tid("alpha")).unwrap();
+    assert_eq!(reads.len(), 3, "alpha's two sessions and the planted one");
+    assert_eq!(reads.iter().filter(|r| !r.problems.is_empty()).count(), 1, "the planted one does not open");
+    for p in ["u1", "u2"] {
+        assert_eq!(s.history(&tid("alpha"), &skey(p), None).await.unwrap().len(), 9);
+    }
+}
+
+#[tokio::test]
+async fn a_torn_pack_tail_is_cut_and_a_damaged_pack_fails_closed() {
+    for garbage in [vec![0x55u8, 0, 0], vec![0u8; 300], vec![0x40, 0x01, 0, 0, 9, 9, 9, 9, 9, 9, 9]] {
+        let (fx, _) = tamper_fixture().await;
+        let s = fx.open(3);
+        let pack = fx.pack_path(&s, "alpha", "u1");
+        drop(s);
+        let before = fs::metadata(&pack).unwrap().len();
+        OpenOptions::new().append(true).open(&pack).unwrap().write_all(&garbage).unwrap();
+        let s = fx.open(3);
+        assert_eq!(s.history(&tid("alpha"), &skey("u1"), None).await.unwrap().len(), 9);
+        assert_eq!(fs::metadata(&pack).unwrap().len(), before, "the torn tail is cut off");
+        s.append(&tid("alpha"), &skey("u1"), &[user("more")]).await.unwrap();
+        assert_eq!(s.history(&tid("alpha"), &skey("u1"), None).await.unwrap().len(), 10);
+    }
+    // An entry length changed in the middle of a pack: every session it may hold is refused
+    // (reads and appends), and the other packs are unaffected.
+    let (fx, _) = tamper_fixture().await;
+    edit_pack(&fx, |b, mine| b[mine[0].0..mine[0].0 + 4].copy_from_slice(&u32::MAX.to_le_bytes()));
+    let s = fx.open(3);
+    let err = s.history(&tid("alpha"), &skey("u1"), None).await.unwrap_err();
+    assert!(matches!(err, StoreError::Integrity(_)) && err.to_string().contains("pack"), "{err}");
+    assert!(s.append(&tid("alpha"), &skey("u1"), &[user("x")]).await.is_err());
+    assert_eq!(s.history(&tid("bravo"), &skey("u1"), None).await.unwrap().len(), 9);
+}
+
+#[test]
+fn pack_indexes_are_bounded_and_dropped_packs_reload_from_disk() {
+    let fx = Fixture::new();
+    let opts = StoreOptions { max_cached_sessions: 8, max_indexed_sessions: 1, ..StoreOptions::default() };
+    let store = EncryptedStore::open_at(&fx.root, fx.master(), &[tid("alpha")], opts).unwrap();
+    let t = tid("alpha");
+    for i in 0..2000 {
+        store.append_blocking(&t, &skey(&format!("p{i}")), &[user(&format!("a{i}"))]).unwrap();
+        // The bound (never below one index per pack), plus the pack in use.
+        assert!(store.inner.packs.lock().unwrap().indexed() <= pack::PACKS + 64);
+    }
+    for i in (0..2000).step_by(97) {
+        store.append_blocking(&t, &skey(&format!("p{i}")), &[user("b")]).unwrap();
+        assert_eq!(texts(&store.history_blocking(&t, &skey(&format!("p{i}")), None).unwrap()), [format!("a{i}"), "b".into()]);
+    }
+    assert_eq!(store.list_blocking(&t).unwrap().len(), 2000);
+    let files = all_files(&fx.root.join("tenants").join("alpha").join("sessions"));
+    assert!(files.len() <= pack::PACKS, "no file per conversation: {} files", files.len());
+}
+
+#[tokio::test]
+async fn deleting_a_packed_session_rewrites_its_pack_and_keeps_its_neighbours() {
+    let fx = Fixture::new();
+    let s = fx.open(3);
+    let t = tid("alpha");
+    // Sessions until two share a pack with "gone" (session ids are keyed hashes: random here).
+    let gone_pack = pack::pack_of(&fx.sid(&s, "alpha", "gone"));
+    let (mut n, mut sharing) = (0, 0);
+    while sharing < 2 {
+        s.append(&t, &skey(&format!("p{n}")), &[user(&format!("m{n}"))]).await.unwrap();
+        sharing += usize::from(pack::pack_of(&fx.sid(&s, "alpha", &format!("p{n}"))) == gone_pack);
+        n += 1;
+    }
+    s.append(&t, &skey("gone"), &[user(SENTENCE), user("two"), user("three"), user("four")]).await.unwrap();
+    let pack = fx.pack_path(&s, "alpha", "gone");
+    let sid = fx.sid(&s, "alpha", "gone");
+    let neighbours = pack_entries(&pack).iter().filter(|e| e.2 != sid).count();
+    assert!(neighbours >= 2);
+    assert!(s.delete_session(&t, &skey("gone")).await.unwrap());
+    assert!(pack_entries(&pack).iter().all(|e| e.2 != sid), "no entry of it is left");
+    assert_eq!(pack_entries(&pack).len(), neighbours);
+    assert!(!fx.session_dir(&s, "alpha", "gone").exists(), "its later segments are gone too");
+    assert!(!s.exists(&t, &skey("gone")).await.unwrap());
+    drop(s);
+    let s = fx.open(3);
+    assert!(!s.exists(&t, &skey("gone")).await.unwrap());
+    for i in 0..n {
+        assert_eq!(texts(&s.history(&t, &skey(&format!("p{i}")), None).await.unwrap()), [format!("m{i}")]);
+    }
+}
+
+#[tokio::test]
+async fn retention_takes_many_sessions_out_of_shared_packs_and_keeps_the_rest() {
+    let fx = Fixture::new();
+    let s = fx.open(3);
+    let t = tid("alpha");
+    for i in 0..300 {
+        s.append(&t, &skey(&format!("old{i}")), &[user("x"), user("y"), user("z"), user("w")]).await.unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(30));
+    let mid = SystemTime::now();
+    std::thread::sleep(Duration::from_millis(30));
+    for i in 0..5 {
+        s.append(&t, &skey(&format!("new{i}")), &[user(&format!("n{i}"))]).await.unwrap();
+    }
+    let retention = Retention { default_days: Some(1), per_tenant: BTreeMap::new() };
+    let report = s.apply_retention(&retention, mid + Duration::from_secs(86_400)).unwrap();
+    assert_eq!(report, vec![(tid("alpha"), 300), (tid("bravo"), 0)]);
+    assert_eq!(s.list(&t).await.unwrap().len(), 5);
+    drop(s);
+    let s = fx.open(3);
+    for i in 0..5 {
+        assert_eq!(texts(&s.history(&t, &skey(&format!("new{i}")), None).await.unwrap()), [format!("n{i}")]);
+    }
+    let sessions = fx.root.join("tenants").join("alpha").join("sessions");
+    let left: usize = all_files(&sessions).iter().map(|p| if p.is_dir() { 100 } else { 1 }).sum();
+    assert!(left <= 5, "only the kept sessions' packs are left: {:?}", all_files(&sessions));
 }
