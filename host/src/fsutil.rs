@@ -66,7 +66,13 @@ pub fn mode_of(path: &Path) -> io::Result<u32> {
 }
 
 /// Removes a file if it exists.
+/// Looked up first: an unlink takes its directory's lock exclusively even when there is nothing
+/// to remove, and the store's hot paths (a new conversation, a pack's first use) remove what is
+/// almost never there.
 pub fn remove_file_if_exists(path: &Path) -> io::Result<()> {
+    if fs::symlink_metadata(path).is_err_and(|e| e.kind() == io::ErrorKind::NotFound) {
+        return Ok(());
+    }
     match fs::remove_file(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         other => other,

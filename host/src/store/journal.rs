@@ -273,11 +273,10 @@ impl Journal {
         }
     }
 
-    /// Appends one entry and returns once it is durable (one fsync shared with every append
+    /// Appends one entry (`encode`d) of session `sid` and returns once it is durable (one fsync shared with every append
     /// that arrived meanwhile). The caller has already written the same bytes to the session's
     /// files; on an error it undoes them, as nothing was acknowledged.
-    pub(super) fn record(&self, sid: &str, meta: Option<&[u8]>, first_seq: u64, frames: &[u8]) -> io::Result<()> {
-        let entry = encode(sid, meta, first_seq, frames);
+    pub(super) fn record(&self, sid: &str, entry: &[u8]) -> io::Result<()> {
         let generation = {
             let mut s = self.state.lock().expect("journal lock");
             if s.retired {
@@ -296,7 +295,7 @@ impl Journal {
                     g
                 }
             };
-            if let Err(e) = (&generation.file).write_all(&entry) {
+            if let Err(e) = (&generation.file).write_all(entry) {
                 s.broken = true;
                 return Err(e);
             }

@@ -761,8 +761,12 @@ impl EncryptedStore {
     }
 
     fn pack(&self, t: &TenantId, sid: &str) -> PackSlot {
+        self.pack_at(t, pack::pack_of(sid))
+    }
+
+    fn pack_at(&self, t: &TenantId, index: u8) -> PackSlot {
         let dir = self.tenant_dir(t).join("sessions");
-        self.inner.packs.lock().expect("packs lock").slot(t, pack::pack_of(sid), &dir)
+        self.inner.packs.lock().expect("packs lock").slot(t, index, &dir)
     }
 
     /// Runs `f` on the pack of `sid`, loaded and locked.
@@ -772,7 +776,17 @@ impl EncryptedStore {
         sid: &str,
         f: impl FnOnce(&mut pack::Pack) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        let slot = self.pack(t, sid);
+        self.with_pack_at(t, pack::pack_of(sid), f)
+    }
+
+    /// Runs `f` on pack `index` of a tenant, loaded and locked.
+    fn with_pack_at<R>(
+        &self,
+        t: &TenantId,
+        index: u8,
+        f: impl FnOnce(&mut pack::Pack) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let slot = self.pack_at(t, index);
         let mut p = slot.lock().expect("pack lock");
         p.load().map_err(|e| store_io("cannot read", p.path(), e))?;
         f(&mut p)
@@ -811,11 +825,12 @@ impl EncryptedStore {
         out: &mut Vec<Record>,
     ) -> Result<(u64, Option<String>), StoreError> {
         self.with_pack(t, sid, |p| {
+            let p = &*p;
             if let Some(why) = p.problem() {
                 return Ok((0, Some(why.to_string())));
             }
             let mut next = 0u64;
-            for c in p.chunks(sid).to_vec() {
+            for c in p.chunks(sid) {
                 if c.first_seq != next {
                     let why = format!("its pack holds records from {} where {next} was next (missing or spliced)", c.first_seq);
                     return Ok((next, Some(integrity_text(t, sid, &why))));
@@ -824,7 +839,7 @@ impl EncryptedStore {
                     next += u64::from(c.records);
                     continue;
                 }
-                let bytes = p.read(&c).map_err(|e| store_io("cannot read", p.path(), e))?;
+                let bytes = p.read(c).map_err(|e| store_io("cannot read", p.path(), e))?;
                 let frames =
                     journal::parse_body(&bytes[4..]).map_err(String::from).and_then(|b| format::frames_in(b.frames));
                 let frames = match frames {
@@ -938,16 +953,10 @@ impl EncryptedStore {
         // Whatever a creation that crashed before it was acknowledged left in an older format (an
         // empty session file, a directory without `meta.age`, segments of another data key):
         // nothing in it was acknowledged, and none of its records would open under the new key.
-        // Looked up first: an unlink takes the directory's lock exclusively even when there is
-        // nothing to remove, and every new conversation of the tenant would take it.
         let path = self.session_file(t, sid);
-        if fs::symlink_metadata(&path).is_ok() {
-            fs::remove_file(&path).map_err(|e| store_io("cannot remove", &path, e))?;
-        }
+        fsutil::remove_file_if_exists(&path).map_err(|e| store_io("cannot remove", &path, e))?;
         let dir = self.session_dir(t, sid);
-        if fs::symlink_metadata(&dir).is_ok() {
-            fsutil::remove_dir_all_if_exists(&dir).map_err(|e| store_io("cannot remove", &dir, e))?;
-        }
+        fsutil::remove_dir_all_if_exists(&dir).map_err(|e| store_io("cannot remove", &dir, e))?;
         let sessions = path.parent().expect("sessions dir");
         if !sessions.is_dir() {
             fsutil::create_private_dir(sessions).map_err(|e| store_io("cannot create", sessions, e))?;
@@ -1108,22 +1117,23 @@ impl EncryptedStore {
         let mut in_pack = None;
         // Durable (and acknowledged) once the journal holds it.
         let committed = written.and_then(|()| {
-            if let Some(slot) = &pack_slot {
-                let mut p = slot.lock().expect("pack lock");
-                p.load().map_err(|e| store_io("cannot read", p.path(), e))?;
-                let entry = journal::encode(sid, new_meta.as_deref(), first_seq, &packed);
-                let before = p
-                    .append(sid, &entry, first_seq, packed_records, new_meta.is_some())
-                    .map_err(|e| store_io("cannot append to", p.path(), e))?;
-                in_pack = Some((p, before));
-            }
             if new_meta.is_none() && frames.is_empty() {
                 return Ok(());
             }
+            let entry = journal::encode(sid, new_meta.as_deref(), first_seq, &frames);
+            if let Some(slot) = &pack_slot {
+                let mut p = slot.lock().expect("pack lock");
+                p.load().map_err(|e| store_io("cannot read", p.path(), e))?;
+                // The pack gets the journal's very entry unless the append ran past segment 0.
+                let spilled = (packed.len() < frames.len())
+                    .then(|| journal::encode(sid, new_meta.as_deref(), first_seq, &packed));
+                let before = p
+                    .append(sid, spilled.as_deref().unwrap_or(&entry), first_seq, packed_records, new_meta.is_some())
+                    .map_err(|e| store_io("cannot append to", p.path(), e))?;
+                in_pack = Some((p, before));
+            }
             let journal = self.journal(t)?;
-            journal
-                .record(sid, new_meta.as_deref(), first_seq, &frames)
-                .map_err(|e| store_io("cannot commit to the journal of", &dir, e))
+            journal.record(sid, &entry).map_err(|e| store_io("cannot commit to the journal of", &dir, e))
         });
         if let Err(e) = committed {
             // Nothing of this append was acknowledged: take it back out of the session's files,
@@ -1326,13 +1336,13 @@ impl EncryptedStore {
             }
         }
         for index in packs {
-            let slot = self.inner.packs.lock().expect("packs lock").slot(t, index, &dir);
-            let mut p = slot.lock().expect("pack lock");
-            p.load().map_err(|e| store_io("cannot read", p.path(), e))?;
-            if let Some(why) = p.problem() {
-                tracing::error!(tenant = %t, problem = %why, "A session pack is damaged: the sessions it holds do not open.");
-            }
-            out.extend(p.sids().cloned());
+            self.with_pack_at(t, index, |p| {
+                if let Some(why) = p.problem() {
+                    tracing::error!(tenant = %t, problem = %why, "A session pack is damaged: the sessions it holds do not open.");
+                }
+                out.extend(p.sids().cloned());
+                Ok(())
+            })?;
         }
         out.sort();
         out.dedup();
@@ -1368,6 +1378,7 @@ impl EncryptedStore {
     /// out of it by one rewrite (retention deletes many at once). With `idle_before`, a session
     /// whose last message is not older than it (an append came meanwhile) is kept.
     fn delete_sids(&self, t: &TenantId, sids: &[String], idle_before: Option<u64>) -> Result<usize, StoreError> {
+        let keys = self.keys(t)?;
         let mut by_pack: BTreeMap<u8, Vec<&str>> = BTreeMap::new();
         for sid in sids {
             by_pack.entry(pack::pack_of(sid)).or_default().push(sid);
@@ -1381,7 +1392,6 @@ impl EncryptedStore {
             let slots: Vec<SessionSlot> = group.iter().map(|sid| self.slot(t, sid)).collect();
             let mut states: Vec<_> = slots.iter().map(|s| s.lock().expect("session lock")).collect();
             if let Some(cutoff) = idle_before {
-                let keys = self.keys(t)?;
                 let keep: Vec<bool> = group
                     .iter()
                     .zip(states.iter_mut())

@@ -245,15 +245,19 @@ impl Pack {
             }
         }
         let dir = self.path.parent().expect("sessions dir").to_path_buf();
+        // Until the rewrite is done, the next use rereads whatever the disk holds.
         self.file = None;
+        self.loaded = false;
         if kept.len() == PACK_MAGIC.len() {
             fsutil::remove_file_if_exists(&self.path)?;
             fsutil::sync_dir(&dir)?;
+            self.index(&[]);
         } else {
             fsutil::write_atomic(&self.path, &kept)?;
+            self.file = Some(OpenOptions::new().read(true).append(true).open(&self.path)?);
+            self.index(&kept);
         }
-        self.loaded = false;
-        self.load()?;
+        self.loaded = true;
         Ok(held)
     }
 }
