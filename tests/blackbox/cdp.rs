@@ -31,7 +31,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
 /// Binaries tried in order; `BULKHEAD_CHROMIUM` overrides them.
 const CANDIDATES: [&str; 2] = ["chromium", "chromium-browser"];
-const LAUNCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Generous: on two cores busy with the rest of the suite (and a first start that builds the
+/// font cache) Chromium has been seen to take over 30 s to print its address.
+const LAUNCH_TIMEOUT: Duration = Duration::from_secs(120);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 

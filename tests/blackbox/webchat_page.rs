@@ -21,7 +21,7 @@ const PAGE: &str = include_str!("../../host/src/gateway/webchat.html");
 const TOKEN: &str = "tok-acme-2d8f4b1e6a9c3f7d5b2e8a4c1f6d9b3e";
 /// Sets `window.__pwned` if it is ever parsed as markup.
 const HOSTILE: &str = "<img src=x onerror=\"window.__pwned=1\">";
-pub(crate) const WAIT: Duration = Duration::from_secs(10);
+pub(crate) const WAIT: Duration = Duration::from_secs(30);
 
 /// The fake gateway: records the `send` frames it gets; `/slow` turns wait for `release`.
 #[derive(Clone, Default)]
