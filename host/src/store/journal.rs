@@ -2,9 +2,11 @@
 //!
 //! An append writes its sealed records (and, for a new session, its sealed metadata) to the
 //! session's own files without an fsync, then the same bytes as one entry to the tenant's
-//! journal, and waits for an `fdatasync` of the journal shared with every other append of the
-//! tenant that arrived meanwhile (`sync::GroupCommit`). So a turn costs a share of one fsync, not
-//! three or four, and concurrent conversations commit together.
+//! journal (`Journal::write`), and is acknowledged once an `fdatasync` of the journal that started
+//! after it has succeeded (`Written::sync`). The tenant's writer thread (`writer.rs`) writes a
+//! batch of appends, then syncs once; the sync is also shared with any other caller meanwhile
+//! (`sync::GroupCommit`). So a turn costs a share of one fsync, not three or four, and concurrent
+//! conversations commit together.
 //!
 //! Every second (and when the store closes) a checkpoint closes the journal's generation (the next
 //! append starts a new one), flushes the file system (`syncfs`: every session file and directory
@@ -218,6 +220,44 @@ impl Generation {
     }
 }
 
+/// Entries written to one generation, durable once `sync` returns `Ok`.
+pub(super) struct Written {
+    generation: Arc<Generation>,
+    #[cfg(test)]
+    probe: Arc<SyncProbe>,
+}
+
+impl Written {
+    /// Returns once an `fdatasync` of the generation that started after this call has succeeded
+    /// (shared with every other caller meanwhile: `GroupCommit`).
+    pub(super) fn sync(&self) -> io::Result<()> {
+        let g = &self.generation;
+        g.commits.commit(|| {
+            #[cfg(test)]
+            {
+                self.probe.syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if self.probe.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Err(io::Error::other("injected fsync failure"));
+                }
+            }
+            g.file.sync_data()
+        })
+    }
+
+    /// Whether two writes went to the same generation (one sync covers both).
+    pub(super) fn same(&self, other: &Written) -> bool {
+        Arc::ptr_eq(&self.generation, &other.generation)
+    }
+}
+
+/// Tests: counts a journal's fsyncs, and makes them fail.
+#[cfg(test)]
+#[derive(Default)]
+pub(super) struct SyncProbe {
+    pub syncs: std::sync::atomic::AtomicUsize,
+    pub fail: std::sync::atomic::AtomicBool,
+}
+
 struct State {
     /// The generation the next one created gets.
     next_index: u64,
@@ -249,6 +289,8 @@ pub(super) struct Journal {
     state: Mutex<State>,
     /// One checkpoint at a time.
     checkpointing: Mutex<()>,
+    #[cfg(test)]
+    pub(super) probe: Arc<SyncProbe>,
 }
 
 impl Journal {
@@ -270,41 +312,46 @@ impl Journal {
                 retired: false,
             }),
             checkpointing: Mutex::new(()),
+            #[cfg(test)]
+            probe: Arc::default(),
         }
     }
 
-    /// Appends one entry (`encode`d) of session `sid` and returns once it is durable (one fsync shared with every append
-    /// that arrived meanwhile). The caller has already written the same bytes to the session's
-    /// files; on an error it undoes them, as nothing was acknowledged.
-    pub(super) fn record(&self, sid: &str, entry: &[u8]) -> io::Result<()> {
-        let generation = {
-            let mut s = self.state.lock().expect("journal lock");
-            if s.retired {
-                return Err(io::Error::other("the tenant's store was replaced or deleted meanwhile"));
-            }
-            let generation = match &s.current {
-                Some(g) if !s.broken => g.clone(),
-                _ => {
-                    fsutil::create_private_dir(&self.dir)?;
-                    let g = Arc::new(Generation::create(&self.dir, s.next_index)?);
-                    s.next_index += 1;
-                    if let Some(old) = s.current.replace(g.clone()) {
-                        s.done.push(old.path.clone());
-                    }
-                    s.broken = false;
-                    g
+    /// Writes one entry (`encode`d) of session `sid` without waiting for it to be durable: it is
+    /// once `Written::sync` has returned `Ok` (shared with every append that arrived meanwhile;
+    /// the writer thread writes a batch of entries, then syncs once). The caller has already
+    /// written the same bytes to the session's files; when the sync fails it undoes them, as
+    /// nothing was acknowledged.
+    pub(super) fn write(&self, sid: &str, entry: &[u8]) -> io::Result<Written> {
+        let mut s = self.state.lock().expect("journal lock");
+        if s.retired {
+            return Err(io::Error::other("the tenant's store was replaced or deleted meanwhile"));
+        }
+        let generation = match &s.current {
+            Some(g) if !s.broken => g.clone(),
+            _ => {
+                fsutil::create_private_dir(&self.dir)?;
+                let g = Arc::new(Generation::create(&self.dir, s.next_index)?);
+                s.next_index += 1;
+                if let Some(old) = s.current.replace(g.clone()) {
+                    s.done.push(old.path.clone());
                 }
-            };
-            if let Err(e) = (&generation.file).write_all(entry) {
-                s.broken = true;
-                return Err(e);
+                s.broken = false;
+                g
             }
-            s.bytes += entry.len() as u64;
-            s.since.get_or_insert_with(Instant::now);
-            s.touched.insert(sid.to_string());
-            generation
         };
-        generation.commits.commit(|| generation.file.sync_data())
+        if let Err(e) = (&generation.file).write_all(entry) {
+            s.broken = true;
+            return Err(e);
+        }
+        s.bytes += entry.len() as u64;
+        s.since.get_or_insert_with(Instant::now);
+        s.touched.insert(sid.to_string());
+        Ok(Written {
+            generation,
+            #[cfg(test)]
+            probe: self.probe.clone(),
+        })
     }
 
     /// Whether the journal is large enough, or has held entries long enough, for a checkpoint.

@@ -32,6 +32,7 @@ pub mod postgres;
 mod sync;
 #[cfg(test)]
 mod tests;
+mod writer;
 #[cfg(test)]
 mod suite;
 
@@ -285,6 +286,8 @@ struct Inner {
     /// Each tenant's journal (where appends become durable) and the checkpoint thread's state.
     journals: Arc<journal::Journals>,
     checkpointer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Each tenant's writer thread, while it has appends.
+    writers: writer::Writers,
     _lock: File,
 }
 
@@ -485,6 +488,7 @@ impl EncryptedStore {
                 packs: Mutex::new(packs),
                 journals: journals.clone(),
                 checkpointer: Mutex::new(None),
+                writers: writer::Writers::default(),
                 _lock: lock,
             }),
         };
@@ -760,10 +764,6 @@ impl EncryptedStore {
         self.tenant_dir(t).join("sessions").join(pack::pack_name(pack::pack_of(sid)))
     }
 
-    fn pack(&self, t: &TenantId, sid: &str) -> PackSlot {
-        self.pack_at(t, pack::pack_of(sid))
-    }
-
     fn pack_at(&self, t: &TenantId, index: u8) -> PackSlot {
         let dir = self.tenant_dir(t).join("sessions");
         self.inner.packs.lock().expect("packs lock").slot(t, index, &dir)
@@ -1020,22 +1020,108 @@ impl EncryptedStore {
         Ok(())
     }
 
+    /// One append, on the calling thread (tests; the gateway's appends go through the writer).
+    #[cfg(test)]
     fn append_blocking(&self, t: &TenantId, key: &SessionKey, messages: &[Message]) -> Result<(), StoreError> {
-        let keys = self.keys(t)?;
-        let key_text = key.to_string();
-        let sid = keys.session_id(&key_text);
-        let slot = self.slot(t, &sid);
-        let mut st = slot.lock().expect("session lock");
-        let result = self.append_locked(t, &keys, &sid, &key_text, messages, &mut st);
-        if result.is_err() {
-            // Whatever was half written is a torn tail: reload (and cut it) on the next access.
-            st.loaded = false;
-            st.tail = None;
-        }
-        result
+        self.append_batch(t, &[(key, messages)]).pop().expect("one result per append")
     }
 
-    fn append_locked(
+    /// Appends to several sessions of one tenant, made durable by one `fdatasync`: what arrived
+    /// at the tenant's writer thread while it was busy (`writer.rs`). Returns each append's
+    /// result, in order; appends to one session are applied in order.
+    fn append_batch(&self, t: &TenantId, items: &[(&SessionKey, &[Message])]) -> Vec<Result<(), StoreError>> {
+        let keys = match self.keys(t) {
+            Ok(k) => k,
+            Err(e) => return items.iter().map(|_| Err(dup_error(&e))).collect(),
+        };
+        let texts: Vec<String> = items.iter().map(|(k, _)| k.to_string()).collect();
+        let sids: Vec<String> = texts.iter().map(|k| keys.session_id(k)).collect();
+        let mut out = Vec::with_capacity(items.len());
+        let mut start = 0;
+        while start < items.len() {
+            // A run of distinct sessions (each session's lock is taken once per run).
+            let mut seen = std::collections::HashSet::new();
+            let end = (start..items.len()).find(|&i| !seen.insert(sids[i].as_str())).unwrap_or(items.len());
+            let messages: Vec<&[Message]> = items[start..end].iter().map(|(_, m)| *m).collect();
+            out.extend(self.append_run(t, &keys, &sids[start..end], &texts[start..end], &messages));
+            start = end;
+        }
+        out
+    }
+
+    /// Appends to distinct sessions, all staged under their locks, then one sync of the journal
+    /// (two if a checkpoint started a generation meanwhile), then each acknowledged or undone.
+    /// The run commits or fails as a whole.
+    fn append_run(
+        &self,
+        t: &TenantId,
+        keys: &TenantKeys,
+        sids: &[String],
+        texts: &[String],
+        messages: &[&[Message]],
+    ) -> Vec<Result<(), StoreError>> {
+        let n = sids.len();
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&a, &b| sids[a].cmp(&sids[b]));
+        // Sessions locked in id order, as `delete_sids` locks them, so the two never deadlock.
+        let slots: Vec<SessionSlot> = order.iter().map(|&i| self.slot(t, &sids[i])).collect();
+        let mut pack_indexes: Vec<u8> = sids.iter().map(|s| pack::pack_of(s)).collect();
+        pack_indexes.sort_unstable();
+        pack_indexes.dedup();
+        let pack_slots: Vec<(u8, PackSlot)> = pack_indexes.into_iter().map(|i| (i, self.pack_at(t, i))).collect();
+        let mut states: Vec<_> = slots.iter().map(|s| s.lock().expect("session lock")).collect();
+        let mut at = vec![0; n];
+        for (held, &i) in order.iter().enumerate() {
+            at[i] = held;
+        }
+        // Every session loaded before any pack is held (loading reads its pack).
+        let mut staged: Vec<Option<Result<Staged, StoreError>>> = (0..n)
+            .map(|i| {
+                let st = &mut states[at[i]];
+                self.load(t, keys, &sids[i], st).err().map(|e| {
+                    st.loaded = false;
+                    Err(e)
+                })
+            })
+            .collect();
+        let mut packs = Packs::new(&pack_slots);
+        for i in 0..n {
+            if staged[i].is_none() {
+                let st = &mut states[at[i]];
+                let r = self.stage(t, keys, &sids[i], &texts[i], messages[i], st, &mut packs);
+                if r.is_err() {
+                    st.loaded = false;
+                    st.tail = None;
+                }
+                staged[i] = Some(r);
+            }
+        }
+        let mut synced: Result<(), (io::ErrorKind, String)> = Ok(());
+        let mut done: Vec<&journal::Written> = Vec::new();
+        for w in staged.iter().flatten().filter_map(|r| r.as_ref().ok()).filter_map(|s| s.written.as_ref()) {
+            if synced.is_ok() && !done.iter().any(|d| d.same(w)) {
+                done.push(w);
+                synced = w.sync().map_err(|e| (e.kind(), e.to_string()));
+            }
+        }
+        drop(done);
+        // Undone newest first: an entry taken out of a pack is the last one in it.
+        let mut out: Vec<Result<(), StoreError>> = (0..n).map(|_| Ok(())).collect();
+        for i in (0..n).rev() {
+            let st = &mut states[at[i]];
+            out[i] = match staged[i].take().expect("every append staged or failed") {
+                Err(e) => Err(e),
+                Ok(s) => self.finish(t, &sids[i], st, &mut packs, s, synced.clone()),
+            };
+        }
+        out
+    }
+
+    /// Writes an append (sealed records, the metadata of a session it creates) to the session's
+    /// files and to the tenant's journal, without waiting for either to be durable. The session
+    /// is loaded and locked, and so are the packs in `packs` once used, until `finish`.
+    #[allow(clippy::too_many_arguments)]
+    fn stage(
         &self,
         t: &TenantId,
         keys: &TenantKeys,
@@ -1043,8 +1129,8 @@ impl EncryptedStore {
         key_text: &str,
         messages: &[Message],
         st: &mut SessionState,
-    ) -> Result<(), StoreError> {
-        self.load(t, keys, sid, st)?;
+        packs: &mut Packs<'_>,
+    ) -> Result<Staged, StoreError> {
         let dir = self.session_dir(t, sid);
         // The sealed meta of a session this append creates (it goes into the journal entry too).
         let mut new_meta = None;
@@ -1063,8 +1149,9 @@ impl EncryptedStore {
         // The frames that go to the session's pack (segment 0 of a format-3 session).
         let mut packed: Vec<u8> = Vec::new();
         let mut packed_records = 0u32;
-        // Each segment this append writes to, with its length before (to undo a failed append).
-        let mut undo: Vec<(PathBuf, u64)> = Vec::new();
+        // Each segment this append writes to, with its length before (to undo a failed append;
+        // `None`: created by it).
+        let mut undo: Vec<(PathBuf, Option<u64>)> = Vec::new();
         let mut seq = first_seq;
         let written = (|| {
             let mut pending: Vec<u8> = Vec::new();
@@ -1095,13 +1182,16 @@ impl EncryptedStore {
                             _ => {}
                         }
                     }
-                    let (file, _) = open_segment(&path)?;
+                    let (file, created) = open_segment(&path)?;
+                    if created {
+                        undo.push((path.clone(), None));
+                    }
                     st.tail = Some((seg, file));
                 }
                 if undo.last().is_none_or(|(p, _)| *p != path) {
                     let (_, f) = st.tail.as_ref().expect("tail set above");
                     let len = f.metadata().map_err(|e| store_io("cannot stat", &path, e))?.len();
-                    undo.push((path.clone(), len));
+                    undo.push((path.clone(), Some(len)));
                 }
                 pending.extend_from_slice(&frame);
                 if seq.is_multiple_of(per) {
@@ -1111,45 +1201,85 @@ impl EncryptedStore {
             let path = self.segment_path(t, sid, st.layout, seq.saturating_sub(1) / per);
             flush(st, &mut pending, &path)
         })();
-        // Segment 0 of a pack session: its entry in the pack, which stays locked until the
-        // journal has committed (so a failed commit can take the entry back out).
-        let pack_slot = (st.layout == Layout::Pack && (new_meta.is_some() || packed_records > 0)).then(|| self.pack(t, sid));
-        let mut in_pack = None;
-        // Durable (and acknowledged) once the journal holds it.
-        let committed = written.and_then(|()| {
+        let mut staged = Staged { written: None, pack_undo: None, segment_undo: undo, next_seq: seq, ts };
+        let journaled = written.and_then(|()| {
             if new_meta.is_none() && frames.is_empty() {
-                return Ok(());
+                return Ok(None);
             }
             let entry = journal::encode(sid, new_meta.as_deref(), first_seq, &frames);
-            if let Some(slot) = &pack_slot {
-                let mut p = slot.lock().expect("pack lock");
-                p.load().map_err(|e| store_io("cannot read", p.path(), e))?;
+            if st.layout == Layout::Pack && (new_meta.is_some() || packed_records > 0) {
+                // Segment 0 of a pack session: its entry in the pack, which stays locked until
+                // the journal has committed (so a failed commit can take the entry back out).
+                let index = pack::pack_of(sid);
+                let p = packs.get(index)?;
                 // The pack gets the journal's very entry unless the append ran past segment 0.
                 let spilled = (packed.len() < frames.len())
                     .then(|| journal::encode(sid, new_meta.as_deref(), first_seq, &packed));
                 let before = p
                     .append(sid, spilled.as_deref().unwrap_or(&entry), first_seq, packed_records, new_meta.is_some())
                     .map_err(|e| store_io("cannot append to", p.path(), e))?;
-                in_pack = Some((p, before));
+                staged.pack_undo = Some((index, before));
             }
             let journal = self.journal(t)?;
-            journal.record(sid, &entry).map_err(|e| store_io("cannot commit to the journal of", &dir, e))
+            journal.write(sid, &entry).map(Some).map_err(|e| store_io("cannot commit to the journal of", &dir, e))
         });
-        if let Err(e) = committed {
-            // Nothing of this append was acknowledged: take it back out of the session's files,
-            // so a later read does not show it (the caller reloads the session).
-            if let Some((mut p, before)) = in_pack.take() {
-                p.undo(sid, before);
+        match journaled {
+            Ok(written) => {
+                staged.written = written;
+                Ok(staged)
             }
-            for (path, len) in undo {
-                let _ = OpenOptions::new().write(true).open(&path).and_then(|f| f.set_len(len));
+            Err(e) => {
+                self.undo(sid, packs, staged);
+                Err(e)
             }
-            return Err(e);
         }
-        drop(in_pack);
-        st.next_seq = seq;
-        st.updated_ms = ts;
-        Ok(())
+    }
+
+    /// Acknowledges a staged append once its journal generation is durable (`synced`), or takes
+    /// it back out of the session's files: nothing of it was acknowledged.
+    fn finish(
+        &self,
+        t: &TenantId,
+        sid: &str,
+        st: &mut SessionState,
+        packs: &mut Packs<'_>,
+        staged: Staged,
+        synced: Result<(), (io::ErrorKind, String)>,
+    ) -> Result<(), StoreError> {
+        // An append with nothing to commit (no records, an existing session) cannot fail.
+        let synced = if staged.written.is_none() { Ok(()) } else { synced };
+        match synced {
+            Ok(()) => {
+                st.next_seq = staged.next_seq;
+                st.updated_ms = staged.ts;
+                Ok(())
+            }
+            Err((kind, why)) => {
+                self.undo(sid, packs, staged);
+                st.loaded = false;
+                st.tail = None;
+                let dir = self.session_dir(t, sid);
+                Err(store_io("cannot commit to the journal of", &dir, io::Error::new(kind, why)))
+            }
+        }
+    }
+
+    /// Takes a staged append back out of its pack and segments (the caller reloads the session,
+    /// so a later read does not show it).
+    fn undo(&self, sid: &str, packs: &mut Packs<'_>, staged: Staged) {
+        if let Some((index, before)) = staged.pack_undo
+            && let Ok(p) = packs.get(index)
+        {
+            p.undo(sid, before);
+        }
+        for (path, len) in staged.segment_undo {
+            // A segment this append created goes (a later load would count it as a full segment
+            // before it); one it added to is cut back.
+            let _ = match len {
+                None => fs::remove_file(&path),
+                Some(len) => OpenOptions::new().write(true).open(&path).and_then(|f| f.set_len(len)),
+            };
+        }
     }
 
     /// Reads a session. `strict`: stop at the first problem and return it as an error; otherwise
@@ -1796,6 +1926,50 @@ fn open_segment(path: &Path) -> Result<(File, bool), StoreError> {
     }
 }
 
+/// An append written to a session's files and the journal, not yet durable (`EncryptedStore::stage`).
+struct Staged {
+    written: Option<journal::Written>,
+    /// Where the session's pack ended before its entry (to undo it).
+    pack_undo: Option<(u8, u64)>,
+    /// Each segment written to, with its length before (`None`: this append created it).
+    segment_undo: Vec<(PathBuf, Option<u64>)>,
+    next_seq: u64,
+    ts: u64,
+}
+
+/// The packs appends write to, each locked at its first use and held until the journal has
+/// committed (so a failed commit can cut the entries back out: no one appends meanwhile).
+struct Packs<'a> {
+    slots: &'a [(u8, PackSlot)],
+    held: Vec<Option<std::sync::MutexGuard<'a, pack::Pack>>>,
+}
+
+impl<'a> Packs<'a> {
+    fn new(slots: &'a [(u8, PackSlot)]) -> Self {
+        Self { slots, held: slots.iter().map(|_| None).collect() }
+    }
+
+    /// Pack `index`, locked and loaded.
+    fn get(&mut self, index: u8) -> Result<&mut pack::Pack, StoreError> {
+        let slots = self.slots;
+        let i = slots
+            .iter()
+            .position(|(n, _)| *n == index)
+            .ok_or_else(|| StoreError::Io(format!("pack {index:02x} was not prepared for this append")))?;
+        let p = self.held[i].get_or_insert_with(|| slots[i].1.lock().expect("pack lock"));
+        p.load().map_err(|e| store_io("cannot read", p.path(), e))?;
+        Ok(p)
+    }
+}
+
+/// The same error again (one failure answers several callers).
+fn dup_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Io(m) => StoreError::Io(m.clone()),
+        StoreError::Integrity(m) => StoreError::Integrity(m.clone()),
+    }
+}
+
 /// Writes the pending frames to the open segment at `path` (durable through the journal, not an
 /// fsync).
 fn flush(st: &mut SessionState, pending: &mut Vec<u8>, path: &Path) -> Result<(), StoreError> {
@@ -1979,8 +2153,9 @@ impl SessionStore for EncryptedStore {
     }
 
     async fn append(&self, tenant: &TenantId, key: &SessionKey, messages: &[Message]) -> Result<(), StoreError> {
-        let (s, t, k, m) = (self.clone(), tenant.clone(), key.clone(), messages.to_vec());
-        blocking(move || s.append_blocking(&t, &k, &m)).await
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.submit(tenant, writer::Request { key: key.clone(), messages: messages.to_vec(), reply })?;
+        answer.await.map_err(|_| StoreError::Io("the store's writer stopped before it answered".into()))?
     }
 
     async fn history(

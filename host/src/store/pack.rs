@@ -101,7 +101,8 @@ impl Pack {
             Err(e) => return Err(e),
         };
         self.index(&bytes);
-        if self.problem.is_none() && (self.end as usize) < bytes.len() {
+        // A file shorter than its header (a creation a crash cut) is one too: it gets its header.
+        if self.problem.is_none() && ((self.end as usize) < bytes.len() || self.end < PACK_MAGIC.len() as u64) {
             tracing::warn!(pack = %self.path.display(), at = self.end, "Cut a torn write off the end of a session pack (an unacknowledged append).");
             let f = OpenOptions::new().write(true).open(&self.path)?;
             if self.end < PACK_MAGIC.len() as u64 {
@@ -215,7 +216,13 @@ impl Pack {
     }
 
     fn cut(&mut self, before: u64) {
-        let cut = self.file.as_ref().map(|f| f.set_len(before));
+        let cut = if before < PACK_MAGIC.len() as u64 {
+            // The append created the pack: it goes (a pack without its header would be damaged).
+            self.file = None;
+            Some(fsutil::remove_file_if_exists(&self.path))
+        } else {
+            self.file.as_ref().map(|f| f.set_len(before))
+        };
         if !matches!(cut, Some(Ok(()))) {
             // The bytes could not be taken back: reread the file at the next use (a torn tail,
             // or an entry that is in the journal only if it was acknowledged).

@@ -1252,3 +1252,113 @@ async fn retention_takes_many_sessions_out_of_shared_packs_and_keeps_the_rest() 
     let left: usize = all_files(&sessions).iter().map(|p| if p.is_dir() { 100 } else { 1 }).sum();
     assert!(left <= 5, "only the kept sessions' packs are left: {:?}", all_files(&sessions));
 }
+
+/// The pack files of a tenant and their lengths.
+fn pack_lengths(fx: &Fixture, tenant: &str) -> BTreeMap<PathBuf, u64> {
+    all_files(&fx.root.join("tenants").join(tenant).join("sessions"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "pack"))
+        .map(|p| {
+            let len = fs::metadata(&p).unwrap().len();
+            (p, len)
+        })
+        .collect()
+}
+
+#[test]
+fn a_batch_of_appends_to_many_sessions_shares_one_fsync_and_keeps_each_sessions_order() {
+    let fx = Fixture::new();
+    let store = open_unflushed(&fx, 4);
+    let t = tid("alpha");
+    let probe = store.journal(&t).unwrap().probe.clone();
+    let keys: Vec<SessionKey> = (0..40).map(|i| skey(&format!("p{i}"))).collect();
+    let first: Vec<Vec<Message>> = (0..40).map(|i| vec![user(&format!("a{i}"))]).collect();
+    let mut items: Vec<(&SessionKey, &[Message])> = keys.iter().zip(&first).map(|(k, m)| (k, m.as_slice())).collect();
+    // Session p0 twice in one batch, and one append that runs past segment 0 into a segment file.
+    let again = vec![user("b0")];
+    let long: Vec<Message> = (0..6).map(|i| user(&format!("l{i}"))).collect();
+    items.push((&keys[0], again.as_slice()));
+    items.push((&keys[1], long.as_slice()));
+    let results = store.append_batch(&t, &items);
+    assert_eq!(results.len(), 42);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    // The 40 distinct sessions are one run; p0 and p1 again start a second.
+    assert_eq!(probe.syncs.load(std::sync::atomic::Ordering::SeqCst), 2, "one fsync per run of distinct sessions");
+    assert_eq!(texts(&store.history_blocking(&t, &keys[0], None).unwrap()), ["a0", "b0"]);
+    let mut p1 = vec!["a1".to_string()];
+    p1.extend((0..6).map(|i| format!("l{i}")));
+    assert_eq!(texts(&store.history_blocking(&t, &keys[1], None).unwrap()), p1);
+    for (i, k) in keys.iter().enumerate().skip(2) {
+        assert_eq!(texts(&store.history_blocking(&t, k, None).unwrap()), [format!("a{i}")]);
+    }
+    drop(store);
+    let store = fx.open(4);
+    assert_eq!(texts(&store.history_blocking(&t, &keys[1], None).unwrap()), p1);
+    assert_eq!(store.list_blocking(&t).unwrap().len(), 40);
+}
+
+#[tokio::test]
+async fn a_failed_journal_sync_takes_the_whole_batch_back_out_of_packs_and_segments() {
+    let fx = Fixture::new();
+    let store = open_unflushed(&fx, 2);
+    let t = tid("alpha");
+    let keys: Vec<SessionKey> = (0..48).map(|i| skey(&format!("p{i}"))).collect();
+    // Eight sessions exist: p0 with a segment file past its pack entry, the others one record each.
+    store.append(&t, &keys[0], &[user("x0"), user("x1"), user("x2")]).await.unwrap();
+    for k in &keys[1..8] {
+        store.append(&t, k, &[user("x0")]).await.unwrap();
+    }
+    let packs_before = pack_lengths(&fx, "alpha");
+    let segments_before = segment_lengths(&fx, "alpha");
+    let probe = store.journal(&t).unwrap().probe.clone();
+    probe.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    // Forty new sessions over 256 packs share some (and the existing ones' packs), so entries
+    // are taken back out of packs that hold entries of other sessions of the same batch.
+    let more = vec![user("lost"), user("lost too")];
+    let items: Vec<(&SessionKey, &[Message])> = keys.iter().map(|k| (k, more.as_slice())).collect();
+    let results = store.append_batch(&t, &items);
+    assert!(results.iter().all(|r| r.as_ref().is_err_and(|e| e.to_string().contains("injected fsync failure"))));
+    assert_eq!(pack_lengths(&fx, "alpha"), packs_before, "every pack cut back to what was acknowledged");
+    assert_eq!(segment_lengths(&fx, "alpha"), segments_before, "every segment cut back");
+    assert_eq!(texts(&store.history(&t, &keys[0], None).await.unwrap()), ["x0", "x1", "x2"]);
+    for k in &keys[1..8] {
+        assert_eq!(texts(&store.history(&t, k, None).await.unwrap()), ["x0"]);
+    }
+    for k in &keys[8..] {
+        assert!(!store.exists(&t, k).await.unwrap(), "a session whose creation failed does not exist");
+    }
+    // The disk is back: the same appends go in after the acknowledged records.
+    probe.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    for k in &keys {
+        store.append(&t, k, &[user("after")]).await.unwrap();
+    }
+    assert_eq!(texts(&store.history(&t, &keys[0], None).await.unwrap()), ["x0", "x1", "x2", "after"]);
+    assert_eq!(texts(&store.history(&t, &keys[47], None).await.unwrap()), ["after"]);
+}
+
+#[tokio::test]
+async fn concurrent_appends_through_the_writer_are_all_acknowledged_in_order() {
+    let fx = Fixture::new();
+    let store = fx.open(3);
+    let t = tid("alpha");
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let (store, t) = (store.clone(), t.clone());
+            tokio::spawn(async move {
+                for j in 0..5 {
+                    store.append(&t, &skey(&format!("c{i}")), &[user(&format!("{i}.{j}"))]).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    for i in 0..64 {
+        let want: Vec<String> = (0..5).map(|j| format!("{i}.{j}")).collect();
+        assert_eq!(texts(&store.history(&t, &skey(&format!("c{i}")), None).await.unwrap()), want);
+    }
+    drop(store);
+    let store = fx.open(3);
+    assert_eq!(store.list(&t).await.unwrap().len(), 64);
+}
