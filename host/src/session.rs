@@ -202,7 +202,7 @@ impl TenantSessions {
 pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 
 /// What a message costs the memory-only store's bound: its text and a fixed overhead.
-fn message_bytes(m: &Message) -> usize {
+pub(crate) fn message_bytes(m: &Message) -> usize {
     const OVERHEAD: usize = 96;
     OVERHEAD
         + match m {

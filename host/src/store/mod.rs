@@ -66,8 +66,9 @@ use crate::session::{Message, SessionStore, SessionSummary, StoreError};
 pub const DEFAULT_RECORDS_PER_SEGMENT: u64 = 1024;
 
 /// What one cached open session costs (its state, its data key, its open segment file, in the
-/// kernel too): how `store.cacheMiB` becomes a number of sessions.
-pub const CACHED_SESSION_BYTES: usize = 8 << 10;
+/// kernel too, and up to `RECENT_BYTES` of its last messages): how `store.cacheMiB` becomes a
+/// number of sessions.
+pub const CACHED_SESSION_BYTES: usize = 10 << 10;
 
 /// Tuning knobs (tests use small segments and caches).
 #[derive(Debug, Clone)]
@@ -232,11 +233,68 @@ struct SessionState {
     updated_ms: u64,
     /// The segment open for appends and its index.
     tail: Option<(u64, File)>,
+    /// The last messages this process appended (`Recent`).
+    recent: Recent,
 }
 
 impl SessionState {
     fn empty() -> Self {
-        Self { loaded: false, meta: None, layout: Layout::Dir, next_seq: 0, updated_ms: 0, tail: None }
+        Self {
+            loaded: false,
+            meta: None,
+            layout: Layout::Dir,
+            next_seq: 0,
+            updated_ms: 0,
+            tail: None,
+            recent: Recent::default(),
+        }
+    }
+}
+
+/// What a cached open session keeps of its last messages (`RECENT_BYTES` at most): what this
+/// process appended since it loaded the session, so a turn reads its context from memory, not
+/// by a hop to a blocking thread, a read of its pack and a decryption. It holds exactly the
+/// records `from..next_seq` of the session, all acknowledged.
+#[derive(Default)]
+struct Recent {
+    from: u64,
+    messages: std::collections::VecDeque<Message>,
+    bytes: usize,
+}
+
+/// The bound on `Recent` per session (part of `CACHED_SESSION_BYTES`).
+const RECENT_BYTES: usize = 2 << 10;
+
+impl Recent {
+    /// Nothing kept, the next record being `next`.
+    fn at(next: u64) -> Self {
+        Self { from: next, messages: Default::default(), bytes: 0 }
+    }
+
+    /// Keeps acknowledged `messages` (the records up to `next_seq`), dropping the oldest past
+    /// the bound.
+    fn push(&mut self, messages: &[Message], next_seq: u64) {
+        debug_assert_eq!(self.from + self.messages.len() as u64 + messages.len() as u64, next_seq);
+        for m in messages {
+            self.bytes += crate::session::message_bytes(m);
+            self.messages.push_back(m.clone());
+        }
+        while self.bytes > RECENT_BYTES
+            && let Some(m) = self.messages.pop_front()
+        {
+            self.bytes -= crate::session::message_bytes(&m);
+            self.from += 1;
+        }
+    }
+
+    /// The last `limit` messages (all when `None`) of a session whose next record is `next_seq`,
+    /// when they are all kept.
+    fn last(&self, limit: Option<usize>, next_seq: u64) -> Option<Vec<Message>> {
+        let from = limit.map_or(0, |l| next_seq.saturating_sub(l as u64));
+        if from < self.from || self.from + self.messages.len() as u64 != next_seq {
+            return None;
+        }
+        Some(self.messages.iter().skip((from - self.from) as usize).cloned().collect())
     }
 }
 
@@ -1016,6 +1074,7 @@ impl EncryptedStore {
         st.layout = layout;
         st.next_seq = next;
         st.updated_ms = updated;
+        st.recent = Recent::at(next);
         st.loaded = true;
         Ok(())
     }
@@ -1111,7 +1170,7 @@ impl EncryptedStore {
             let st = &mut states[at[i]];
             out[i] = match staged[i].take().expect("every append staged or failed") {
                 Err(e) => Err(e),
-                Ok(s) => self.finish(t, &sids[i], st, &mut packs, s, synced.clone()),
+                Ok(s) => self.finish(t, &sids[i], st, &mut packs, s, messages[i], synced.clone()),
             };
         }
         out
@@ -1237,6 +1296,7 @@ impl EncryptedStore {
 
     /// Acknowledges a staged append once its journal generation is durable (`synced`), or takes
     /// it back out of the session's files: nothing of it was acknowledged.
+    #[allow(clippy::too_many_arguments)]
     fn finish(
         &self,
         t: &TenantId,
@@ -1244,6 +1304,7 @@ impl EncryptedStore {
         st: &mut SessionState,
         packs: &mut Packs<'_>,
         staged: Staged,
+        messages: &[Message],
         synced: Result<(), (io::ErrorKind, String)>,
     ) -> Result<(), StoreError> {
         // An append with nothing to commit (no records, an existing session) cannot fail.
@@ -1252,6 +1313,7 @@ impl EncryptedStore {
             Ok(()) => {
                 st.next_seq = staged.next_seq;
                 st.updated_ms = staged.ts;
+                st.recent.push(messages, st.next_seq);
                 Ok(())
             }
             Err((kind, why)) => {
@@ -1418,6 +1480,19 @@ impl EncryptedStore {
         }
         let skip = limit.map_or(0, |l| read.records.len().saturating_sub(l));
         Ok(read.records.into_iter().skip(skip).map(|r| Message::from(r.msg)).collect())
+    }
+
+    /// A loaded session's last messages from memory (`Recent`), when it keeps them all and its
+    /// lock is free; `None`: read it from disk.
+    fn recent_history(&self, t: &TenantId, key: &SessionKey, limit: Option<usize>) -> Option<Vec<Message>> {
+        let keys = self.keys(t).ok()?;
+        let sid = keys.session_id(&key.to_string());
+        let slot = self.slot(t, &sid);
+        let st = slot.try_lock().ok()?;
+        if !st.loaded || st.meta.is_none() {
+            return None;
+        }
+        st.recent.last(limit, st.next_seq)
     }
 
     /// Every session of a tenant, read leniently (for export and rotation).
@@ -2164,6 +2239,9 @@ impl SessionStore for EncryptedStore {
         key: &SessionKey,
         limit: Option<usize>,
     ) -> Result<Vec<Message>, StoreError> {
+        if let Some(kept) = self.recent_history(tenant, key, limit) {
+            return Ok(kept);
+        }
         let (s, t, k) = (self.clone(), tenant.clone(), key.clone());
         blocking(move || s.history_blocking(&t, &k, limit)).await
     }

@@ -1362,3 +1362,37 @@ async fn concurrent_appends_through_the_writer_are_all_acknowledged_in_order() {
     let store = fx.open(3);
     assert_eq!(store.list(&t).await.unwrap().len(), 64);
 }
+
+#[tokio::test]
+async fn a_turns_context_is_read_from_memory_when_kept_and_from_disk_otherwise() {
+    let fx = Fixture::new();
+    let store = fx.open(8);
+    let t = tid("alpha");
+    let k = skey("ctx");
+    let all: Vec<String> = (0..30).map(|i| format!("{i:02}{}", "m".repeat(200))).collect();
+    for m in &all {
+        store.append(&t, &k, &[user(m)]).await.unwrap();
+    }
+    // The last few are kept (within RECENT_BYTES), the whole transcript is not.
+    let kept = store.recent_history(&t, &k, Some(3)).expect("the last three are kept");
+    assert_eq!(texts(&kept), all[27..]);
+    assert!(store.recent_history(&t, &k, Some(20)).is_none());
+    assert!(store.recent_history(&t, &k, None).is_none());
+    // Either way a read gives the same answer.
+    assert_eq!(texts(&store.history(&t, &k, Some(3)).await.unwrap()), all[27..]);
+    assert_eq!(texts(&store.history(&t, &k, Some(20)).await.unwrap()), all[10..]);
+    assert_eq!(texts(&store.history(&t, &k, None).await.unwrap()), all);
+    // A session loaded from disk keeps nothing of what it held before: that is read (and verified).
+    drop(store);
+    let store = fx.open(8);
+    assert_eq!(texts(&store.history(&t, &k, Some(2)).await.unwrap()), all[28..]);
+    assert!(store.recent_history(&t, &k, Some(1)).is_none());
+    store.append(&t, &k, &[user("next")]).await.unwrap();
+    assert_eq!(texts(&store.recent_history(&t, &k, Some(1)).unwrap()), ["next"]);
+    assert!(store.recent_history(&t, &k, Some(2)).is_none());
+    // A failed append keeps nothing of itself.
+    store.journal(&t).unwrap().probe.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(store.append(&t, &k, &[user("lost")]).await.is_err());
+    store.journal(&t).unwrap().probe.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(texts(&store.history(&t, &k, Some(2)).await.unwrap()), ["29".to_string() + &"m".repeat(200), "next".into()]);
+}
