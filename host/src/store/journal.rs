@@ -279,6 +279,8 @@ struct State {
     done: Vec<PathBuf>,
     /// The tenant's tree was deleted or replaced: appends are refused.
     retired: bool,
+    /// An fsync failed and no checkpoint has succeeded since: writes wait for one (`sync_failed`).
+    unflushed_failure: bool,
 }
 
 /// A tenant's journal.
@@ -310,6 +312,7 @@ impl Journal {
                 sealing: HashSet::new(),
                 done: Vec::new(),
                 retired: false,
+                unflushed_failure: false,
             }),
             checkpointing: Mutex::new(()),
             #[cfg(test)]
@@ -323,6 +326,11 @@ impl Journal {
     /// written the same bytes to the session's files; when the sync fails it undoes them, as
     /// nothing was acknowledged.
     pub(super) fn write(&self, sid: &str, entry: &[u8]) -> io::Result<Written> {
+        if self.state.lock().expect("journal lock").unflushed_failure {
+            self.flush_after_failure().map_err(|e| {
+                io::Error::new(e.kind(), format!("an fsync of the journal failed and the checkpoint after it too: {e}"))
+            })?;
+        }
         let mut s = self.state.lock().expect("journal lock");
         if s.retired {
             return Err(io::Error::other("the tenant's store was replaced or deleted meanwhile"));
@@ -352,6 +360,24 @@ impl Journal {
             #[cfg(test)]
             probe: self.probe.clone(),
         })
+    }
+
+    /// After a failed fsync whose appends the caller has undone in the session files: the failed
+    /// entries are still in a generation, and a later fsync may make them durable, where a replay
+    /// would apply them in place of what is acknowledged after them. So nothing more is written
+    /// until a checkpoint has flushed the undone files and removed those generations (tried
+    /// now, and again by each write until it succeeds).
+    pub(super) fn sync_failed(&self) {
+        self.state.lock().expect("journal lock").unflushed_failure = true;
+        if let Err(e) = self.flush_after_failure() {
+            tracing::error!(journal = %self.dir.display(), error = %e, "The checkpoint after a failed journal fsync failed; appends are refused until one succeeds.");
+        }
+    }
+
+    fn flush_after_failure(&self) -> io::Result<()> {
+        self.checkpoint()?;
+        self.state.lock().expect("journal lock").unflushed_failure = false;
+        Ok(())
     }
 
     /// Whether the journal is large enough, or has held entries long enough, for a checkpoint.

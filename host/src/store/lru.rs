@@ -56,12 +56,6 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
         slot
     }
 
-    pub(super) fn remove(&mut self, id: &K) {
-        if let Some((_, at)) = self.slots.remove(id) {
-            self.by_use.remove(&at);
-        }
-    }
-
     pub(super) fn retain(&mut self, keep: impl Fn(&K) -> bool) {
         self.slots.retain(|k, _| keep(k));
         self.by_use.retain(|_, k| keep(k));

@@ -318,10 +318,6 @@ impl SessionCache {
         self.lru.get(id, || Mutex::new(SessionState::empty()), |len| len > max)
     }
 
-    fn remove(&mut self, id: &SlotId) {
-        self.lru.remove(id);
-    }
-
     fn remove_tenant(&mut self, t: &TenantId) {
         self.lru.retain(|(tt, _)| tt != t);
     }
@@ -1155,23 +1151,44 @@ impl EncryptedStore {
                 staged[i] = Some(r);
             }
         }
-        let mut synced: Result<(), (io::ErrorKind, String)> = Ok(());
-        let mut done: Vec<&journal::Written> = Vec::new();
+        // Each generation written to synced once, in the order written (two when a checkpoint
+        // started one meanwhile). Once one fails, every later one counts as failed too: its
+        // entries lie after the failed ones in the packs, and are undone with them.
+        let mut syncs: Vec<(&journal::Written, SyncResult)> = Vec::new();
         for w in staged.iter().flatten().filter_map(|r| r.as_ref().ok()).filter_map(|s| s.written.as_ref()) {
-            if synced.is_ok() && !done.iter().any(|d| d.same(w)) {
-                done.push(w);
-                synced = w.sync().map_err(|e| (e.kind(), e.to_string()));
+            if syncs.iter().any(|(d, _)| d.same(w)) {
+                continue;
             }
+            let r = match syncs.iter().find(|(_, r)| r.is_err()) {
+                Some((_, failed)) => failed.clone(),
+                None => w.sync().map_err(|e| (e.kind(), e.to_string())),
+            };
+            syncs.push((w, r));
         }
-        drop(done);
+        let failed = syncs.iter().any(|(_, r)| r.is_err());
+        let synced: Vec<SyncResult> = staged
+            .iter()
+            .map(|r| match r.as_ref().and_then(|r| r.as_ref().ok()).and_then(|s| s.written.as_ref()) {
+                Some(w) => syncs.iter().find(|(d, _)| d.same(w)).map_or(Ok(()), |(_, r)| r.clone()),
+                None => Ok(()),
+            })
+            .collect();
+        drop(syncs);
         // Undone newest first: an entry taken out of a pack is the last one in it.
         let mut out: Vec<Result<(), StoreError>> = (0..n).map(|_| Ok(())).collect();
         for i in (0..n).rev() {
             let st = &mut states[at[i]];
             out[i] = match staged[i].take().expect("every append staged or failed") {
                 Err(e) => Err(e),
-                Ok(s) => self.finish(t, &sids[i], st, &mut packs, s, messages[i], synced.clone()),
+                Ok(s) => self.finish(t, &sids[i], st, &mut packs, s, messages[i], synced[i].clone()),
             };
+        }
+        if failed && let Ok(journal) = self.journal(t) {
+            // The failed entries are still in the journal, and may reach the disk with a later
+            // fsync: no append is acknowledged until a checkpoint has flushed the undone files
+            // and removed those generations (a replay would put a failed entry where an
+            // acknowledged one belongs).
+            journal.sync_failed();
         }
         out
     }
@@ -1305,7 +1322,7 @@ impl EncryptedStore {
         packs: &mut Packs<'_>,
         staged: Staged,
         messages: &[Message],
-        synced: Result<(), (io::ErrorKind, String)>,
+        synced: SyncResult,
     ) -> Result<(), StoreError> {
         // An append with nothing to commit (no records, an existing session) cannot fail.
         let synced = if staged.written.is_none() { Ok(()) } else { synced };
@@ -1487,7 +1504,8 @@ impl EncryptedStore {
     fn recent_history(&self, t: &TenantId, key: &SessionKey, limit: Option<usize>) -> Option<Vec<Message>> {
         let keys = self.keys(t).ok()?;
         let sid = keys.session_id(&key.to_string());
-        let slot = self.slot(t, &sid);
+        // Never waits on a tokio worker: a lock someone holds sends the read to disk.
+        let slot = self.inner.sessions.try_lock().ok()?.slot((t.clone(), sid));
         let st = slot.try_lock().ok()?;
         if !st.loaded || st.meta.is_none() {
             return None;
@@ -1625,11 +1643,9 @@ impl EncryptedStore {
                 existed += usize::from(self.delete_session_files(t, sid)? || in_pack);
                 **st = SessionState::empty();
             }
+            // The slots stay in the cache, emptied: an append may already hold one and be
+            // waiting for its lock, and a second slot for the session must never exist.
             drop(states);
-            let mut cache = self.inner.sessions.lock().expect("sessions lock");
-            for sid in &group {
-                cache.remove(&(t.clone(), sid.to_string()));
-            }
         }
         Ok(existed)
     }
@@ -2000,6 +2016,10 @@ fn open_segment(path: &Path) -> Result<(File, bool), StoreError> {
         Err(e) => Err(store_io("cannot create", path, e)),
     }
 }
+
+/// How a journal generation's fsync went (the error's kind and text: one failure answers
+/// several appends).
+type SyncResult = Result<(), (io::ErrorKind, String)>;
 
 /// An append written to a session's files and the journal, not yet durable (`EncryptedStore::stage`).
 struct Staged {

@@ -1327,6 +1327,9 @@ async fn a_failed_journal_sync_takes_the_whole_batch_back_out_of_packs_and_segme
     for k in &keys[8..] {
         assert!(!store.exists(&t, k).await.unwrap(), "a session whose creation failed does not exist");
     }
+    // The failed entries left the journal with a checkpoint that made the undone files durable.
+    assert!(journal_files(&fx, "alpha").is_empty(), "{:?}", journal_files(&fx, "alpha"));
+    let durable = segment_lengths(&fx, "alpha");
     // The disk is back: the same appends go in after the acknowledged records.
     probe.fail.store(false, std::sync::atomic::Ordering::SeqCst);
     for k in &keys {
@@ -1334,6 +1337,18 @@ async fn a_failed_journal_sync_takes_the_whole_batch_back_out_of_packs_and_segme
     }
     assert_eq!(texts(&store.history(&t, &keys[0], None).await.unwrap()), ["x0", "x1", "x2", "after"]);
     assert_eq!(texts(&store.history(&t, &keys[47], None).await.unwrap()), ["after"]);
+    // A power loss now: the replay brings back what was acknowledged, never a failed append
+    // in its place.
+    store.crash();
+    lose_unflushed_writes(&fx, "alpha", &durable);
+    let store = open_unflushed(&fx, 2);
+    assert_eq!(texts(&store.history(&t, &keys[0], None).await.unwrap()), ["x0", "x1", "x2", "after"]);
+    for k in &keys[1..8] {
+        assert_eq!(texts(&store.history(&t, k, None).await.unwrap()), ["x0", "after"]);
+    }
+    for k in &keys[8..] {
+        assert_eq!(texts(&store.history(&t, k, None).await.unwrap()), ["after"]);
+    }
 }
 
 #[tokio::test]
