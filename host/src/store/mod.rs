@@ -254,10 +254,9 @@ impl SessionState {
 /// What a cached open session keeps of its last messages (`RECENT_BYTES` at most): what this
 /// process appended since it loaded the session, so a turn reads its context from memory, not
 /// by a hop to a blocking thread, a read of its pack and a decryption. It holds exactly the
-/// records `from..next_seq` of the session, all acknowledged.
+/// last records before `next_seq`, all acknowledged (a load starts it empty).
 #[derive(Default)]
 struct Recent {
-    from: u64,
     messages: std::collections::VecDeque<Message>,
     bytes: usize,
 }
@@ -266,15 +265,8 @@ struct Recent {
 const RECENT_BYTES: usize = 2 << 10;
 
 impl Recent {
-    /// Nothing kept, the next record being `next`.
-    fn at(next: u64) -> Self {
-        Self { from: next, messages: Default::default(), bytes: 0 }
-    }
-
-    /// Keeps acknowledged `messages` (the records up to `next_seq`), dropping the oldest past
-    /// the bound.
-    fn push(&mut self, messages: &[Message], next_seq: u64) {
-        debug_assert_eq!(self.from + self.messages.len() as u64 + messages.len() as u64, next_seq);
+    /// Keeps acknowledged `messages`, dropping the oldest past the bound.
+    fn push(&mut self, messages: &[Message]) {
         for m in messages {
             self.bytes += crate::session::message_bytes(m);
             self.messages.push_back(m.clone());
@@ -283,18 +275,18 @@ impl Recent {
             && let Some(m) = self.messages.pop_front()
         {
             self.bytes -= crate::session::message_bytes(&m);
-            self.from += 1;
         }
     }
 
     /// The last `limit` messages (all when `None`) of a session whose next record is `next_seq`,
     /// when they are all kept.
     fn last(&self, limit: Option<usize>, next_seq: u64) -> Option<Vec<Message>> {
+        let kept_from = next_seq.checked_sub(self.messages.len() as u64)?;
         let from = limit.map_or(0, |l| next_seq.saturating_sub(l as u64));
-        if from < self.from || self.from + self.messages.len() as u64 != next_seq {
+        if from < kept_from {
             return None;
         }
-        Some(self.messages.iter().skip((from - self.from) as usize).cloned().collect())
+        Some(self.messages.iter().skip((from - kept_from) as usize).cloned().collect())
     }
 }
 
@@ -1070,7 +1062,6 @@ impl EncryptedStore {
         st.layout = layout;
         st.next_seq = next;
         st.updated_ms = updated;
-        st.recent = Recent::at(next);
         st.loaded = true;
         Ok(())
     }
@@ -1330,7 +1321,7 @@ impl EncryptedStore {
             Ok(()) => {
                 st.next_seq = staged.next_seq;
                 st.updated_ms = staged.ts;
-                st.recent.push(messages, st.next_seq);
+                st.recent.push(messages);
                 Ok(())
             }
             Err((kind, why)) => {
